@@ -1,0 +1,497 @@
+"""Content-addressed blob storage: ``sha256/ab/cdef…`` on a local disk or in S3.
+
+Rules every backend keeps:
+- a blob's name is the SHA-256 of its bytes, so storing the same bytes twice stores nothing new;
+- a blob is published atomically (fully written under a temporary name, then made visible) and never overwritten;
+- every read re-hashes what it returns and fails with :class:`IntegrityError` on a mismatch, never a silent load;
+- memory stays bounded by a few chunk buffers whatever the size of the blob.
+
+Hashing uses windowed ``mmap`` (the kernel hands pages straight to OpenSSL's SHA-256, no ``read()`` copy), and
+a local publish uses ``copy_file_range`` (an in-kernel copy), the two cheapest ways to do each on Linux.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_ops.artifacts.progress import Progress
+from model_ops.errors import IntegrityError, NotFoundError, UsageError
+from model_ops.location import Location, s3_client
+
+HASH_WINDOW = 64 << 20
+COPY_CHUNK = 8 << 20
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+    existed: bool = False  # True when the bytes were already stored (deduplicated)
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+    modified: float  # seconds since the epoch
+
+
+def check_digest(digest: str) -> str:
+    if not DIGEST_RE.match(digest):
+        raise UsageError(f"{digest!r} is not a SHA-256 digest", hint="a digest is 64 lowercase hex characters")
+    return digest
+
+
+def hash_file(path: Path, progress: Progress | None = None) -> tuple[str, int]:
+    """SHA-256 and size of a file, reading it through bounded mmap windows."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset < size:
+            length = min(HASH_WINDOW, size - offset)
+            with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as window:
+                window.madvise(mmap.MADV_SEQUENTIAL)
+                with memoryview(window) as view:
+                    h.update(view)
+            offset += length
+            if progress:
+                progress.update(length)
+    return h.hexdigest(), size
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class BlobStore(ABC):
+    """Interface shared by the local and S3 stores."""
+
+    location: Location
+
+    @abstractmethod
+    def put_file(self, path: Path, *, label: str | None = None) -> Blob: ...
+
+    @abstractmethod
+    def put_bytes(self, data: bytes) -> Blob: ...
+
+    @abstractmethod
+    def exists(self, digest: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, digest: str) -> int | None:
+        """The stored size, or None when the blob is missing."""
+
+    @abstractmethod
+    def read_bytes(self, digest: str) -> bytes:
+        """The whole blob, verified. For manifests and models that fit in memory."""
+
+    @abstractmethod
+    def fetch_to(self, digest: str, dest: Path, *, label: str | None = None) -> None:
+        """Copy a blob to ``dest`` (verified, atomic: ``dest`` appears only when complete and correct)."""
+
+    @abstractmethod
+    def iter_blobs(self) -> Iterator[BlobInfo]: ...
+
+    @abstractmethod
+    def delete(self, digest: str) -> None: ...
+
+    @abstractmethod
+    def iter_temporaries(self) -> Iterator[BlobInfo]:
+        """Leftovers of interrupted writes (digest field holds the temporary name)."""
+
+    @abstractmethod
+    def delete_temporary(self, name: str) -> None: ...
+
+    def verify(self, digest: str) -> str | None:
+        """None when the blob is present and intact, else a sentence saying what is wrong."""
+        try:
+            with tempfile.TemporaryDirectory(prefix="model_ops_verify_") as tmp:
+                self.fetch_to(digest, Path(tmp) / "blob", label=None)
+        except NotFoundError:
+            return f"blob {digest} is missing"
+        except IntegrityError as e:
+            return e.message
+        return None
+
+    @staticmethod
+    def rel_key(digest: str) -> str:
+        return f"sha256/{digest[:2]}/{digest[2:]}"
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs under ``<dir>/sha256/ab/cdef…``; temporaries under ``<dir>/tmp`` on the same file system."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.root = location.path
+        self.tmp_dir = self.root / "tmp"
+
+    def _path(self, digest: str) -> Path:
+        return self.root / self.rel_key(check_digest(digest))
+
+    def _tempfile(self) -> Path:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir / f"{uuid.uuid4().hex}.part"
+
+    def _publish(self, tmp: Path, digest: str) -> bool:
+        """Move ``tmp`` to its content address; False when the blob already existed (tmp is removed)."""
+        final = self._path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        try:
+            os.link(tmp, final)  # link() never replaces an existing name: no overwrite, even under a race
+            published = True
+        except FileExistsError:
+            published = False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return published
+
+    def put_file(self, path: Path, *, label: str | None = None) -> Blob:
+        path = Path(path)
+        before = _stat_key(os.stat(path))
+        with Progress(before[0] * 2, label or f"storing {path.name}") as progress:
+            digest, size = hash_file(path, progress)
+            if self.exists(digest):
+                self.touch(digest)  # keeps a blob that is about to be referenced out of reach of gc
+                return Blob(digest, size, existed=True)
+            tmp = self._tempfile()
+            try:
+                _copy_file(path, tmp, progress)
+                if _stat_key(os.stat(path)) != before:
+                    raise UsageError(f"{path} changed while it was being stored",
+                                     hint="store a file that no other process is writing")
+                published = self._publish(tmp, digest)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return Blob(digest, size, existed=not published)
+
+    def put_bytes(self, data: bytes) -> Blob:
+        digest = hashlib.sha256(data).hexdigest()
+        if self.exists(digest):
+            self.touch(digest)
+            return Blob(digest, len(data), existed=True)
+        tmp = self._tempfile()
+        try:
+            tmp.write_bytes(data)
+            published = self._publish(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Blob(digest, len(data), existed=not published)
+
+    def exists(self, digest: str) -> bool:
+        return self._path(digest).is_file()
+
+    def touch(self, digest: str) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self._path(digest))
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return self._path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def read_bytes(self, digest: str) -> bytes:
+        try:
+            data = self._path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {digest} is missing from {self.location}",
+                                hint="run `model-ops fsck` to list every missing or damaged blob") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise _mismatch(digest, self.location)
+        return data
+
+    def fetch_to(self, digest: str, dest: Path, *, label: str | None = None) -> None:
+        src = self._path(digest)
+        if not src.is_file():
+            raise NotFoundError(f"blob {digest} is missing from {self.location}",
+                                hint="run `model-ops fsck` to list every missing or damaged blob")
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        size = src.stat().st_size
+        with Progress(size, label) as progress:
+            got, _ = hash_file(src, progress)
+            if got != digest:
+                raise _mismatch(digest, self.location)
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+            try:
+                _copy_file(src, tmp, None)
+                os.chmod(tmp, 0o644)
+                # Re-hash the copy: the check above proves the store, this one proves what the caller gets.
+                if hash_file(tmp)[0] != digest:
+                    raise _mismatch(digest, self.location)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for sub in sorted(base.iterdir()):
+            if not sub.is_dir():
+                continue
+            for f in sorted(sub.iterdir()):
+                st = f.stat()
+                yield BlobInfo(sub.name + f.name, st.st_size, st.st_mtime)
+
+    def delete(self, digest: str) -> None:
+        path = self._path(digest)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path, 0o644)
+            path.unlink()
+
+    def iter_temporaries(self) -> Iterator[BlobInfo]:
+        if not self.tmp_dir.is_dir():
+            return
+        for f in sorted(self.tmp_dir.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                st = f.stat()
+                yield BlobInfo(f.name, st.st_size, st.st_mtime)
+
+    def delete_temporary(self, name: str) -> None:
+        (self.tmp_dir / Path(name).name).unlink(missing_ok=True)
+
+
+def _copy_file(src: Path, dest: Path, progress: Progress | None) -> None:
+    """In-kernel copy (copy_file_range), falling back to a bounded buffered copy where the kernel refuses."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        copied = 0
+        try:
+            while copied < size:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(COPY_CHUNK * 8, size - copied))
+                if n == 0:
+                    break
+                copied += n
+                if progress:
+                    progress.update(n)
+        except OSError:
+            fin.seek(copied)
+            fout.seek(copied)
+            fout.truncate()
+            while chunk := fin.read(COPY_CHUNK):
+                fout.write(chunk)
+                copied += len(chunk)
+                if progress:
+                    progress.update(len(chunk))
+        if copied != size:
+            raise UsageError(f"{src} shrank while it was being stored", hint="store a file no process is writing")
+
+
+def _mismatch(digest: str, location: Location) -> IntegrityError:
+    return IntegrityError(
+        f"blob {digest} in {location} does not match its digest: the stored bytes were altered or damaged",
+        hint="do not use it; run `model-ops fsck` to see every affected version, restore the blob from a backup",
+    )
+
+
+class S3BlobStore(BlobStore):
+    """Blobs under ``s3://bucket/prefix/sha256/ab/cdef…``.
+
+    A local file is hashed first; if the blob exists nothing is uploaded. Otherwise it is uploaded in a second pass
+    (multipart above one part), re-hashed on the way, and the upload is completed only when both hashes agree, so a
+    file that changes under us never lands under the wrong name. Completion is conditional (``If-None-Match``), so
+    an existing blob is never overwritten.
+    """
+
+    PART_SIZE = 16 << 20
+    MAX_PARTS_IN_FLIGHT = 4
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.bucket = location.bucket
+
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        return s3_client()
+
+    def _key(self, digest: str) -> str:
+        return self.location.key(self.rel_key(check_digest(digest)))
+
+    def _head(self, digest: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(digest))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def exists(self, digest: str) -> bool:
+        return self._head(digest) is not None
+
+    def size(self, digest: str) -> int | None:
+        head = self._head(digest)
+        return None if head is None else int(head["ContentLength"])
+
+    def put_bytes(self, data: bytes) -> Blob:
+        digest = hashlib.sha256(data).hexdigest()
+        if self.exists(digest):
+            return Blob(digest, len(data), existed=True)
+        published = self._put_object(self._key(digest), data)
+        return Blob(digest, len(data), existed=not published)
+
+    def _put_object(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+
+    def put_file(self, path: Path, *, label: str | None = None) -> Blob:
+        path = Path(path)
+        size = os.stat(path).st_size
+        with Progress(size * 2, label or f"storing {path.name}") as progress:
+            digest, size = hash_file(path, progress)
+            if self.exists(digest):
+                return Blob(digest, size, existed=True)
+            key = self._key(digest)
+            if size <= self.PART_SIZE:
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise UsageError(f"{path} changed while it was being stored",
+                                     hint="store a file that no other process is writing")
+                progress.update(size)
+                return Blob(digest, size, existed=not self._put_object(key, data))
+            return Blob(digest, size, existed=not self._multipart(path, key, digest, progress))
+
+    def _multipart(self, path: Path, key: str, digest: str, progress: Progress) -> bool:
+        from botocore.exceptions import ClientError
+
+        client = self.client
+        upload_id = client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        parts: list[dict] = []
+        slots = threading.BoundedSemaphore(self.MAX_PARTS_IN_FLIGHT)
+        h = hashlib.sha256()
+
+        def upload(number: int, body: bytes) -> dict:
+            try:
+                etag = client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                          PartNumber=number, Body=body)["ETag"]
+                progress.update(len(body))
+                return {"PartNumber": number, "ETag": etag}
+            finally:
+                slots.release()
+
+        try:
+            with open(path, "rb") as f, ThreadPoolExecutor(self.MAX_PARTS_IN_FLIGHT) as pool:
+                futures = []
+                number = 1
+                while True:
+                    slots.acquire()  # bounds memory: at most MAX_PARTS_IN_FLIGHT parts held at once
+                    body = f.read(self.PART_SIZE)
+                    if not body:
+                        slots.release()
+                        break
+                    h.update(body)
+                    futures.append(pool.submit(upload, number, body))
+                    number += 1
+                parts = [fut.result() for fut in futures]
+            if h.hexdigest() != digest:
+                raise UsageError(f"{path} changed while it was being stored",
+                                 hint="store a file that no other process is writing")
+            try:
+                client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                 MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    return False
+                raise
+            return True
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+
+    def _get(self, digest: str):  # type: ignore[no-untyped-def]
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(digest))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise NotFoundError(f"blob {digest} is missing from {self.location}",
+                                    hint="run `model-ops fsck` to list every missing or damaged blob") from None
+            raise
+
+    def read_bytes(self, digest: str) -> bytes:
+        data = self._get(digest)["Body"].read()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise _mismatch(digest, self.location)
+        return data
+
+    def fetch_to(self, digest: str, dest: Path, *, label: str | None = None) -> None:
+        obj = self._get(digest)
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+        h = hashlib.sha256()
+        try:
+            with Progress(int(obj["ContentLength"]), label) as progress, open(tmp, "wb") as out:
+                for chunk in obj["Body"].iter_chunks(COPY_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    progress.update(len(chunk))
+            if h.hexdigest() != digest:
+                raise _mismatch(digest, self.location)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _list(self, prefix: str) -> Iterator[dict]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            yield from page.get("Contents", [])
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        prefix = self.location.key("sha256") + "/"
+        for obj in self._list(prefix):
+            rest = obj["Key"][len(prefix) :].replace("/", "")
+            if DIGEST_RE.match(rest):
+                yield BlobInfo(rest, int(obj["Size"]), obj["LastModified"].timestamp())
+
+    def delete(self, digest: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(digest))
+
+    def iter_temporaries(self) -> Iterator[BlobInfo]:
+        """Unfinished multipart uploads under this store (left by a killed process)."""
+        prefix = self.location.key("sha256") + "/"
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for up in page.get("Uploads", []):
+                yield BlobInfo(f"{up['Key']}\n{up['UploadId']}", 0, up["Initiated"].timestamp())
+
+    def delete_temporary(self, name: str) -> None:
+        key, upload_id = name.split("\n", 1)
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+
+def open_blobstore(location: Location) -> BlobStore:
+    return S3BlobStore(location) if location.is_s3 else LocalBlobStore(location)
+
+
+def age_seconds(info: BlobInfo, now: Callable[[], float] = time.time) -> float:
+    return now() - info.modified

@@ -1,0 +1,102 @@
+"""A version's artifact: a manifest listing its files with their digests and sizes.
+
+The manifest is canonical JSON (sorted keys, no whitespace, no timestamps), itself stored as a blob; its SHA-256 is
+the version's digest. The same files under the same names therefore always give the same digest, which is what makes
+registration idempotent and reproduction checkable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from model_ops.errors import IntegrityError, UsageError
+
+FORMAT = "model_ops.manifest/1"
+FLAVOR_SKOPS = "sklearn-skops"
+FLAVOR_FILES = "files"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    kind: str  # "file": one file; "directory": a tree of files
+    flavor: str  # how to load it: "sklearn-skops" or plain "files"
+    files: tuple[FileEntry, ...]
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "flavor": self.flavor,
+            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_dict(self) -> dict:
+        return json.loads(self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, digest: str = "?") -> Manifest:
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != FORMAT:
+                raise ValueError(f"unknown format {doc.get('format')!r}")
+            files = tuple(FileEntry(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in doc["files"])
+            manifest = cls(str(doc["kind"]), str(doc["flavor"]), files)
+        except (ValueError, KeyError, TypeError) as e:
+            raise IntegrityError(f"manifest {digest} is not a valid model_ops manifest: {e}") from None
+        for f in files:
+            _check_relpath(f.path)
+        return manifest
+
+
+def _check_relpath(path: str) -> str:
+    p = PurePosixPath(path)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise IntegrityError(f"manifest lists an unsafe path {path!r}")
+    return path
+
+
+def list_source_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
+    """The kind and the (relative name, absolute path) pairs to store, validating the input on the way."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist", hint="give the path of a model file or a directory of files")
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise UsageError(f"{path} is empty", hint="a model artifact must contain bytes; check the file was written")
+        return "file", [(path.name, path)]
+    if not path.is_dir():
+        raise UsageError(f"{path} is neither a regular file nor a directory")
+    entries: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            if full.is_symlink():
+                raise UsageError(f"{full} is a symbolic link", hint="store the files themselves, not links to them")
+            if not full.is_file():
+                raise UsageError(f"{full} is not a regular file")
+            entries.append((full.relative_to(path).as_posix(), full))
+    if not entries:
+        raise UsageError(f"directory {path} holds no files", hint="a model artifact must contain at least one file")
+    return "directory", entries
+
+
+def guess_flavor(kind: str, names: list[str]) -> str:
+    if kind == "file" and names[0].endswith(".skops"):
+        return FLAVOR_SKOPS
+    return FLAVOR_FILES

@@ -1,0 +1,99 @@
+"""Registry events: the append-only log that every registry state is folded from.
+
+One row per event, numbered by ``seq`` (1, 2, 3 … across the whole registry, no gaps). Several events written by
+one request (a promotion archives the old production version and moves ``champion``) share a commit, so they
+appear together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+REGISTERED = "registered"
+STAGE_CHANGED = "stage_changed"
+ALIAS_SET = "alias_set"
+ALIAS_REMOVED = "alias_removed"
+TAG_SET = "tag_set"
+TAG_REMOVED = "tag_removed"
+APPROVED = "approved"
+ROLLBACK = "rollback"
+DENIED = "denied"
+# Records written by the operations layer (deployments, evaluations, monitoring) through Registry.record().
+RECORD_KINDS = frozenset({"deployment", "evaluation", "monitoring", "retrain", "note"})
+STATE_KINDS = frozenset({REGISTERED, STAGE_CHANGED, ALIAS_SET, ALIAS_REMOVED, TAG_SET, TAG_REMOVED, APPROVED, ROLLBACK})
+
+SCHEMA = pa.schema([
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("version", pa.int64()),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("actor", pa.string(), nullable=False),
+    pa.field("key", pa.string()),        # alias name, tag key, verb of a denial
+    pa.field("from_value", pa.string()),  # previous stage / alias target / tag value
+    pa.field("to_value", pa.string()),    # new stage / alias target / tag value / semver of a registration
+    pa.field("digest", pa.string()),      # manifest digest of a registration
+    pa.field("reason", pa.string()),
+    pa.field("run_id", pa.string()),
+    pa.field("payload", pa.string()),     # JSON: the full version record, gate results, deployment details
+])
+COLUMNS = SCHEMA.names
+
+
+@dataclass
+class Event:
+    seq: int
+    ts: datetime
+    model: str
+    kind: str
+    actor: str
+    version: int | None = None
+    key: str | None = None
+    from_value: str | None = None
+    to_value: str | None = None
+    digest: str | None = None
+    reason: str | None = None
+    run_id: str | None = None
+    payload: str | None = None
+    _parsed: dict | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._parsed is None:
+            self._parsed = json.loads(self.payload) if self.payload else {}
+        return self._parsed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "ts": self.ts.isoformat(), "model": self.model, "version": self.version,
+            "kind": self.kind, "actor": self.actor, "key": self.key, "from": self.from_value, "to": self.to_value,
+            "digest": self.digest, "reason": self.reason, "run_id": self.run_id,
+            "details": self.data if self.kind != REGISTERED else None,
+        }
+
+
+def to_arrow(events: list[Event]) -> pa.Table:
+    cols: dict[str, list] = {name: [] for name in COLUMNS}
+    for e in events:
+        for name in COLUMNS:
+            cols[name].append(getattr(e, name))
+    return pa.table(cols, schema=SCHEMA)
+
+
+def from_arrow(table: pa.Table) -> list[Event]:
+    """Rows to events, sorted by seq. Column-wise conversion: it is the hot path of opening a large registry."""
+    if table.num_rows == 0:
+        return []
+    table = table.sort_by("seq")
+    cols = [table.column(name).to_pylist() for name in COLUMNS]
+    return [Event(seq=r[0], ts=r[1], model=r[2], version=r[3], kind=r[4], actor=r[5], key=r[6], from_value=r[7],
+                  to_value=r[8], digest=r[9], reason=r[10], run_id=r[11], payload=r[12]) for r in zip(*cols)]
+
+
+def utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)

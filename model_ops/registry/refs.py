@@ -1,0 +1,78 @@
+"""Model references: the same strings in the command line, the Python API and config.
+
+``models:/NAME/3`` (version number), ``models:/NAME/1.2.0`` (semantic version), ``models:/NAME@champion`` (alias;
+``@latest`` is the highest version) and ``models:/NAME/production`` (the version in a stage). The ``models:/``
+prefix may be left out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from model_ops.errors import UsageError
+
+PREFIX = "models:/"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+RESERVED_ALIASES = frozenset({"latest"})
+REF_FORMS = "models:/NAME/VERSION, models:/NAME/MAJOR.MINOR.PATCH, models:/NAME@ALIAS or models:/NAME/STAGE"
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    version: int | None = None
+    semver: str | None = None
+    alias: str | None = None
+    stage: str | None = None
+
+    def __str__(self) -> str:
+        if self.alias:
+            return f"{PREFIX}{self.name}@{self.alias}"
+        return f"{PREFIX}{self.name}/{self.version or self.semver or self.stage}"
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise UsageError(f"invalid model name {name!r}",
+                         hint="use letters, digits, '_', '.' and '-', starting with a letter or digit (max 128)")
+    return name
+
+
+def check_alias(alias: str, *, allow_reserved: bool = False) -> str:
+    if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+        raise UsageError(f"invalid alias {alias!r}",
+                         hint="use lowercase letters, digits, '_' and '-', starting with a letter (max 64)")
+    if not allow_reserved and alias in RESERVED_ALIASES:
+        raise UsageError(f"alias {alias!r} is reserved: it always points at the highest version",
+                         hint="choose another alias name")
+    return alias
+
+
+def parse_ref(text: str) -> Ref:
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError("empty model reference", hint=f"use {REF_FORMS}")
+    raw = text.strip()
+    body = raw[len(PREFIX):] if raw.startswith(PREFIX) else raw
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return Ref(check_name(name), alias=check_alias(alias, allow_reserved=True))
+        if "/" not in body:
+            raise UsageError(f"reference {raw!r} names no version, alias or stage", hint=f"use {REF_FORMS}")
+        name, what = body.split("/", 1)
+        check_name(name)
+        if what.isdigit():
+            version = int(what)
+            if version < 1:
+                raise UsageError(f"version numbers start at 1, not {what}")
+            return Ref(name, version=version)
+        if SEMVER_RE.match(what):
+            return Ref(name, semver=what)
+        if re.match(r"^[a-z][a-z0-9_-]*$", what):
+            return Ref(name, stage=what)
+    except UsageError as e:
+        raise UsageError(f"malformed model reference {raw!r}: {e.message}", hint=e.hint or f"use {REF_FORMS}") from None
+    raise UsageError(f"malformed model reference {raw!r}", hint=f"use {REF_FORMS}")

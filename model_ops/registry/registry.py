@@ -1,0 +1,780 @@
+"""The model registry: versions, semantic versions, stages, aliases, tags, approvals, audit and rollback.
+
+All state is a fold over the append-only event log (see ``eventlog.py``); this module turns requests into events.
+Each write runs the same loop: bring the fold up to date, check the request against the policy and the current
+state, commit the events by compare-and-swap, retry from the top if another writer got there first. A request that
+fails a check writes nothing (denials are the exception: they are recorded, by design).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from model_ops.artifacts import ArtifactStore, sklearn_io
+from model_ops.artifacts import signing
+from model_ops.artifacts.manifest import FLAVOR_SKOPS
+from model_ops.errors import ConflictError, IntegrityError, NotFoundError, PermissionDeniedError, PolicyError, UsageError
+from model_ops.location import Location, resolve_root
+from model_ops.registry import events as ev
+from model_ops.registry import semver as sv
+from model_ops.registry.environment import default_actor, environment, git_commit
+from model_ops.registry.eventlog import COMPACT_EVERY, DeltaCas, EventLog
+from model_ops.registry.policy import Policy, load_policy
+from model_ops.registry.refs import Ref, check_alias, check_name, parse_ref
+from model_ops.registry.state import ModelState, RegistryState, VersionState
+
+MAX_ATTEMPTS = 200
+RUN_ID_ENV = "MODEL_OPS_RUN_ID"
+
+VERSIONS_SCHEMA = pa.schema([
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("version", pa.int64(), nullable=False),
+    pa.field("semver", pa.string(), nullable=False),
+    pa.field("digest", pa.string(), nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("created_by", pa.string(), nullable=False),
+    pa.field("run_id", pa.string()),
+    pa.field("registered_seq", pa.int64(), nullable=False),
+    pa.field("record", pa.string(), nullable=False),
+])
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version, as the registry sees it now (stage, aliases and tags change; the rest never does)."""
+
+    name: str
+    version: int
+    semver: str
+    stage: str
+    aliases: tuple[str, ...]
+    digest: str
+    created_at: datetime
+    created_by: str
+    run_id: str | None
+    tags: Mapping[str, str]
+    record: Mapping[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def params(self) -> dict:
+        return dict(self.record.get("params") or {})
+
+    @property
+    def metrics(self) -> dict:
+        return dict(self.record.get("metrics") or {})
+
+    @property
+    def dataset(self) -> dict | None:
+        return self.record.get("dataset")
+
+    @property
+    def signature(self) -> dict | None:
+        return self.record.get("signature")
+
+    @property
+    def lineage(self) -> dict:
+        return dict(self.record.get("lineage") or {})
+
+    @property
+    def parent(self) -> int | None:
+        return self.record.get("parent")
+
+    @property
+    def bump(self) -> dict:
+        return dict(self.record.get("bump") or {})
+
+    @property
+    def flavor(self) -> str:
+        return str(self.record.get("flavor", ""))
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "semver": self.semver, "stage": self.stage,
+                "aliases": list(self.aliases), "digest": self.digest, "created_at": self.created_at.isoformat(),
+                "created_by": self.created_by}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.summary()
+        out.update({"ref": self.ref, "run_id": self.run_id, "tags": dict(self.tags)})
+        out.update({k: v for k, v in self.record.items() if k not in ("tags", "stage")})
+        return out
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse_timestamp(value: str | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return ev.utc(value)
+    text = str(value).strip()
+    try:
+        return ev.utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise UsageError(f"cannot read {value!r} as a time",
+                         hint="use ISO 8601, e.g. 2013-07-14T14:00:00Z (a time without a zone is taken as UTC)") from None
+
+
+def _json_obj(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UsageError(f"{what} must be a JSON object (a mapping of names to values), got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(dict(value), sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{what} cannot be stored as JSON: {e}") from None
+
+
+def _metrics(value: Any) -> dict[str, float]:
+    metrics = _json_obj(value, "metrics")
+    bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad:
+        raise UsageError(f"metrics must be finite numbers; not: {', '.join(bad)}")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _tags(value: Any) -> dict[str, str]:
+    tags = _json_obj(value, "tags")
+    for k, v in tags.items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise UsageError(f"tag {k!r} must be a string, number or boolean")
+        if not k or len(k) > 250:
+            raise UsageError(f"tag key {k!r} must be 1 to 250 characters")
+    return {k: str(v) for k, v in tags.items()}
+
+
+def parse_dataset(value: Any) -> dict | None:
+    """A dataset reference: ``URI@VERSION`` or a mapping with at least ``uri``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        uri, sep, version = value.rpartition("@")
+        if not sep or not uri:
+            raise UsageError(f"dataset {value!r} must be URI@VERSION", hint="e.g. s3://lake/features@42")
+        return {"uri": uri, "version": int(version) if version.isdigit() else version}
+    ds = _json_obj(value, "dataset")
+    if "uri" not in ds:
+        raise UsageError("dataset must name its 'uri'", hint='e.g. {"uri": "...", "version": 42, "schema_hash": "..."}')
+    return ds
+
+
+def _signature(value: Any) -> dict | None:
+    if value is None:
+        return None
+    sig = _json_obj(value, "signature")
+    inputs = sig.get("inputs")
+    if inputs is not None and (not isinstance(inputs, list) or not all(isinstance(i, dict) and "name" in i for i in inputs)):
+        raise UsageError("signature.inputs must be a list of {\"name\": ..., \"dtype\": ...}")
+    return sig
+
+
+class Registry:
+    """Open with :meth:`open`; safe to share between threads; any number of processes may use one root at once."""
+
+    def __init__(self, root: Location, actor: str | None = None, policy_path: str | os.PathLike[str] | None = None) -> None:
+        self.root = root
+        self.location = root.child("registry")
+        self.artifacts = ArtifactStore(root)
+        self.policy: Policy = load_policy(self.location, policy_path)
+        self.actor = actor or default_actor()
+        self._log = EventLog(self.location)
+        self._state: RegistryState | None = None
+        self._state_version = -1
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | Location | None = None, *, actor: str | None = None,
+             policy: str | os.PathLike[str] | None = None) -> Registry:
+        """Open the registry under ``root`` (default ``$MODEL_OPS_ROOT`` or ``./.model_ops``), creating it on first use."""
+        return cls(resolve_root(root), actor=actor, policy_path=policy)
+
+    # ------------------------------------------------------------------ reading
+
+    def _sync(self) -> RegistryState:
+        """The fold, brought up to date. Costs one stat (or HEAD) when nothing changed."""
+        with self._lock:
+            if self._state is None:
+                state = RegistryState(self.policy.production.stage)
+                state.apply_all(self._log.read_after(0))
+                self._state, self._state_version = state, self._log.version
+            elif self._log._commit_file_exists(self._state_version + 1):
+                self._log.refresh()
+                self._state.apply_all(self._log.read_after(self._state.last_seq))
+                self._state_version = self._log.version
+            return self._state
+
+    def _model(self, state: RegistryState, name: str) -> ModelState:
+        check_name(name)
+        m = state.models.get(name)
+        if m is None or not m.versions:
+            known = sorted(n for n, mm in state.models.items() if mm.versions)
+            raise NotFoundError(f"no model named {name!r} in {self.root}",
+                                hint=("models here: " + ", ".join(known[:20])) if known else "the registry is empty")
+        return m
+
+    def _mv(self, m: ModelState, vs: VersionState) -> ModelVersion:
+        return ModelVersion(m.name, vs.version, vs.semver, vs.stage, tuple(m.aliases_of(vs.version)), vs.digest,
+                            vs.created_at, vs.created_by, vs.run_id, dict(vs.tags), vs.record)
+
+    def _find(self, state: RegistryState, ref: Ref) -> tuple[ModelState, VersionState]:
+        m = self._model(state, ref.name)
+        number: int | None = None
+        if ref.version is not None:
+            number = ref.version
+            if number > len(m.versions):
+                raise NotFoundError(f"{ref.name} has no version {number} (latest is {len(m.versions)})")
+        elif ref.semver is not None:
+            number = m.by_semver.get(ref.semver)
+            if number is None:
+                raise NotFoundError(f"{ref.name} has no version with semver {ref.semver}")
+        elif ref.alias is not None:
+            if ref.alias == "latest":
+                number = len(m.versions)
+            else:
+                number = m.aliases.get(ref.alias)
+                if number is None:
+                    raise NotFoundError(f"{ref.name} has no alias {ref.alias!r}",
+                                        hint="aliases: " + (", ".join(sorted(m.aliases)) or "none yet"))
+        elif ref.stage is not None:
+            if ref.stage not in self.policy.stages:
+                raise UsageError(f"unknown stage {ref.stage!r} in {ref}",
+                                 hint="stages: " + ", ".join(self.policy.stages))
+            in_stage = [v for v in m.versions if v.stage == ref.stage]
+            if not in_stage:
+                raise NotFoundError(f"{ref.name} has no version in stage {ref.stage}")
+            number = in_stage[-1].version
+        vs = m.get(number or 0)
+        if vs is None:
+            raise NotFoundError(f"{ref} does not resolve to a version")
+        return m, vs
+
+    def resolve(self, ref: str | Ref) -> ModelVersion:
+        """The version a reference points at now (``models:/NAME/3``, ``/1.2.0``, ``@alias``, ``/stage``)."""
+        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
+        with self._lock:
+            return self._mv(*self._find(self._sync(), parsed))
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        return self.resolve(Ref(name, version=int(version)))
+
+    def models(self) -> list[str]:
+        with self._lock:
+            return sorted(n for n, m in self._sync().models.items() if m.versions)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        with self._lock:
+            m = self._model(self._sync(), name)
+            return [self._mv(m, vs) for vs in m.versions]
+
+    def audit(self, name: str | None = None) -> list[ev.Event]:
+        """Every event, oldest first (for one model when ``name`` is given). Read from the table, not the cache."""
+        if name is not None:
+            check_name(name)
+        events = self._log.read_events(model=name)
+        if name is not None and not events:
+            self._model(self._sync(), name)  # raises NotFoundError with the list of models
+        return events
+
+    def as_of(self, when: str | datetime, name: str | None = None) -> dict[str, dict]:
+        """Stages and aliases as they were at ``when``: the event fold cut at that moment."""
+        cut = parse_timestamp(when)
+        if name is not None:
+            check_name(name)
+        state = RegistryState(self.policy.production.stage)
+        state.apply_all(self._log.read_events(until=cut))
+        models = {n: m for n, m in state.models.items() if m.versions and (name is None or n == name)}
+        if name is not None and not models:
+            raise NotFoundError(f"model {name!r} had no versions at {cut.isoformat()}")
+        return {
+            n: {
+                "production": m.production,
+                "aliases": dict(sorted(m.aliases.items())),
+                "versions": [{"version": v.version, "semver": v.semver, "stage": v.stage,
+                              "aliases": m.aliases_of(v.version), "digest": v.digest} for v in m.versions],
+            }
+            for n, m in sorted(models.items())
+        }
+
+    # ------------------------------------------------------------------ writing
+
+    def _commit(self, build: Callable[[RegistryState], tuple[list[ev.Event], Callable[[], Any]]]) -> Any:
+        """Run ``build`` against the current state and commit its events atomically; retry on a lost race."""
+        delay = 0.002
+        for _ in range(MAX_ATTEMPTS):
+            with self._lock:
+                state = self._sync()
+                pending, result = build(state)
+                if not pending:
+                    return result()
+                ts = _now()
+                if state.last_ts is not None and ts <= state.last_ts:
+                    ts = state.last_ts + timedelta(microseconds=1)
+                for i, e in enumerate(pending):
+                    e.seq = state.last_seq + 1 + i
+                    e.ts = ts
+                if self._log.try_append(ev.to_arrow(pending)):
+                    state.apply_all(pending)
+                    self._state_version = self._log.version
+                    self._after_commit()
+                    return result()
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
+        raise ConflictError("the registry is too busy: the write lost the race to other writers "
+                            f"{MAX_ATTEMPTS} times; nothing was written", hint="try again")
+
+    def _after_commit(self) -> None:
+        version = self._log.version
+        if version and version % COMPACT_EVERY == 0:
+            self._log.maintain()
+            self._project_versions()
+
+    def _event(self, model: str, kind: str, *, version: int | None = None, key: str | None = None,
+               from_value: str | None = None, to_value: str | None = None, digest: str | None = None,
+               reason: str | None = None, run_id: str | None = None, payload: dict | None = None) -> ev.Event:
+        return ev.Event(seq=0, ts=_now(), model=model, kind=kind, actor=self.actor, version=version, key=key,
+                        from_value=from_value, to_value=to_value, digest=digest, reason=reason,
+                        run_id=run_id or os.environ.get(RUN_ID_ENV) or None,
+                        payload=json.dumps(payload, sort_keys=True) if payload is not None else None)
+
+    def _authorize(self, verb: str, model: str, version: int | None = None, run_id: str | None = None) -> None:
+        if self.policy.access.allows(self.actor, verb):
+            return
+        roles = self.policy.access.roles_of(self.actor) or ["no role"]
+        granted_by = self.policy.access.who_may(verb)
+        message = (f"actor {self.actor!r} (role {', '.join(roles)}) may not {verb.replace(':', ' ')}"
+                   f" on {model}" + (f" v{version}" if version else ""))
+        denial = self._event(model, ev.DENIED, version=version, key=verb, reason=message, run_id=run_id)
+        self._commit(lambda state: ([denial], lambda: None))
+        raise PermissionDeniedError(message + " (refused and recorded in the audit log)",
+                                    hint=("roles that may: " + ", ".join(granted_by)) if granted_by
+                                    else "no role in the policy grants it")
+
+    @staticmethod
+    def _reason(reason: str | None, what: str) -> str:
+        if reason is None or not str(reason).strip():
+            raise UsageError(f"{what} needs a reason", hint="say why with --reason TEXT (it goes into the audit log)")
+        return str(reason).strip()
+
+    def register(self, name: str, path: str | os.PathLike[str], *, params: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, float] | None = None, dataset: Any = None,
+                 signature: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+                 lineage: Mapping[str, Any] | None = None, parent: int | str | None = None,
+                 description: str | None = None, flavor: str | None = None, run_id: str | None = None) -> ModelVersion:
+        """Store the file or directory at ``path`` and register it as the next version of ``name``.
+
+        Registering bytes identical to an existing version of the model returns that version and writes nothing.
+        """
+        check_name(name)
+        record_in = {"params": _json_obj(params, "params"), "metrics": _metrics(metrics), "dataset": parse_dataset(dataset),
+                     "signature": _signature(signature), "tags": _tags(tags)}
+        extra_lineage = _json_obj(lineage, "lineage")
+        self._authorize("register", name, run_id=run_id)
+        key = signing.signing_key()
+        if self.policy.require_signed_artifacts and key is None:
+            raise UsageError("this registry requires signed artifacts and MODEL_OPS_SIGNING_KEY is not set",
+                             hint="set MODEL_OPS_SIGNING_KEY to the registry's signing key")
+        stored = self.artifacts.put(path, flavor)
+        artifact_signature = signing.sign(stored.digest, key) if key else None
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
+            m = state.models.get(name) or ModelState(name)
+            existing = m.by_digest.get(stored.digest)
+            if existing is not None:
+                return [], lambda: self._mv(m, m.versions[existing - 1])
+            parent_vs = self._parent(m, parent)
+            lin = {"code_version": None, "git_commit": git_commit(), "environment": environment(), "seed": None,
+                   "estimator": None, **extra_lineage}
+            record = {**record_in, "lineage": lin, "stage": self.policy.initial_stage,
+                      "parent": parent_vs.version if parent_vs else None, "flavor": stored.manifest.flavor,
+                      "size": stored.manifest.total_size, "files": len(stored.manifest.files),
+                      "description": description, "artifact_signature": artifact_signature}
+            level, why = sv.classify(parent_vs.record if parent_vs else None, record)
+            semver = sv.bump(level, parent_vs.semver if parent_vs else None, m.used_semvers())
+            record["bump"] = {"level": level, "reason": why, "from": parent_vs.semver if parent_vs else None}
+            number = len(m.versions) + 1
+            event = self._event(name, ev.REGISTERED, version=number, to_value=semver, digest=stored.digest,
+                                reason=why, run_id=run_id, payload=record)
+            return [event], lambda: self.get(name, number)
+
+        return self._commit(build)
+
+    def register_model(self, name: str, model: Any, **kwargs: Any) -> ModelVersion:
+        """Register a fitted scikit-learn estimator, serialised deterministically with skops."""
+        data = sklearn_io.dumps(model)
+        with tempfile.TemporaryDirectory(prefix="model_ops_register_") as tmp:
+            path = Path(tmp) / "model.skops"
+            path.write_bytes(data)
+            return self.register(name, path, flavor=FLAVOR_SKOPS, **kwargs)
+
+    @staticmethod
+    def _parent(m: ModelState, parent: int | str | None) -> VersionState | None:
+        if parent is None:
+            return m.versions[-1] if m.versions else None
+        number = int(parent) if str(parent).isdigit() else None
+        if number is None:
+            ref = parse_ref(str(parent))
+            number = ref.version or m.by_semver.get(ref.semver or "") or m.aliases.get(ref.alias or "")
+        vs = m.get(number or 0)
+        if vs is None:
+            raise NotFoundError(f"parent {parent!r} is not a version of {m.name}")
+        return vs
+
+    def _gate_results(self, m: ModelState, vs: VersionState, stage: str) -> dict:
+        gate = self.policy.gates.get(stage)
+        if gate is None:
+            return {}
+        results: dict[str, Any] = {}
+        failures = []
+        if gate.approvals:
+            approvers = set(m.approvals.get((vs.version, stage), set()))
+            if self.policy.four_eyes:
+                approvers.discard(self.actor)
+            results["approvals"] = {"required": gate.approvals, "given": sorted(approvers)}
+            if len(approvers) < gate.approvals:
+                failures.append(f"needs {gate.approvals} approval(s) for {stage} from someone other than the "
+                                f"actor, has {len(approvers)}")
+        metrics = vs.record.get("metrics") or {}
+        for metric, bound in gate.metrics.items():
+            value = metrics.get(metric)
+            ok = value is not None and (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
+            results[f"metric:{metric}"] = {"value": value, "min": bound.min, "max": bound.max, "passed": ok}
+            if not ok:
+                limits = " and ".join(x for x in (f">= {bound.min}" if bound.min is not None else "",
+                                                  f"<= {bound.max}" if bound.max is not None else "") if x)
+                failures.append(f"metric {metric} is {value if value is not None else 'not recorded'}, "
+                                f"the gate needs {limits}")
+        if failures:
+            raise PolicyError(f"{m.name} v{vs.version} cannot enter {stage}: " + "; ".join(failures),
+                              hint="`model-ops approve` records an approval; metrics come from registration")
+        return results
+
+    def transition(self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None) -> ModelVersion:
+        """Move a version to ``stage`` if the policy allows it. Promoting to production retires the old production
+        version (per policy) and moves the production alias, in one atomic commit."""
+        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
+        reason = self._reason(reason, "a stage transition")
+        if stage not in self.policy.stages:
+            raise UsageError(f"unknown stage {stage!r}", hint="stages: " + ", ".join(self.policy.stages))
+        with self._lock:
+            _, vs0 = self._find(self._sync(), parsed)
+        self._authorize(f"transition:{stage}", parsed.name, vs0.version, run_id)
+        prod = self.policy.production
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
+            m, vs = self._find(state, Ref(parsed.name, version=vs0.version))
+            if vs.stage == stage:
+                return [], lambda: self._mv(m, vs)
+            allowed = self.policy.allowed_targets(vs.stage)
+            if stage not in allowed:
+                raise PolicyError(f"{m.name} v{vs.version} cannot move from {vs.stage} to {stage}",
+                                  hint=f"from {vs.stage} the policy allows: " + (", ".join(allowed) or "nothing"))
+            gates = self._gate_results(m, vs, stage)
+            out = []
+            if stage == prod.stage and m.production is not None and m.production != vs.version:
+                # The old version leaves before the new one enters: at no event are there two in production.
+                out.append(self._event(m.name, ev.STAGE_CHANGED, version=m.production, from_value=prod.stage,
+                                       to_value=prod.replaced_goes_to, run_id=run_id,
+                                       reason=f"replaced in production by v{vs.version}",
+                                       payload={"cause": "replaced", "by": vs.version}))
+            out.append(self._event(m.name, ev.STAGE_CHANGED, version=vs.version, from_value=vs.stage, to_value=stage,
+                                   reason=reason, run_id=run_id, payload={"gates": gates, "cause": "transition"}))
+            if stage == prod.stage:
+                if prod.alias and m.aliases.get(prod.alias) != vs.version:
+                    old = m.aliases.get(prod.alias)
+                    out.append(self._event(m.name, ev.ALIAS_SET, version=vs.version, key=prod.alias,
+                                           from_value=str(old) if old else None, to_value=str(vs.version),
+                                           reason=f"follows production: {reason}", run_id=run_id))
+            elif vs.stage == prod.stage and prod.alias and m.aliases.get(prod.alias) == vs.version:
+                out.append(self._event(m.name, ev.ALIAS_REMOVED, version=vs.version, key=prod.alias,
+                                       from_value=str(vs.version), run_id=run_id,
+                                       reason=f"v{vs.version} left production: {reason}"))
+            return out, lambda: self.get(m.name, vs.version)
+
+        return self._commit(build)
+
+    def approve(self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None) -> ModelVersion:
+        """Record this actor's approval of a version for ``stage`` (counted by the stage's approvals gate)."""
+        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
+        reason = self._reason(reason, "an approval")
+        if stage not in self.policy.stages:
+            raise UsageError(f"unknown stage {stage!r}", hint="stages: " + ", ".join(self.policy.stages))
+        with self._lock:
+            _, vs0 = self._find(self._sync(), parsed)
+        self._authorize("approve", parsed.name, vs0.version, run_id)
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
+            m, vs = self._find(state, Ref(parsed.name, version=vs0.version))
+            if self.actor in m.approvals.get((vs.version, stage), set()):
+                return [], lambda: self._mv(m, vs)
+            return ([self._event(m.name, ev.APPROVED, version=vs.version, to_value=stage, reason=reason,
+                                 run_id=run_id)], lambda: self.get(m.name, vs.version))
+
+        return self._commit(build)
+
+    def set_alias(self, name: str, alias: str, version: int | str, *, reason: str | None = None,
+                  run_id: str | None = None) -> ModelVersion:
+        """Point ``alias`` at ``version`` (an alias names exactly one version; moving it is an audited event)."""
+        check_name(name)
+        check_alias(alias)
+        reason = self._reason(reason, "moving an alias")
+        prod_alias = self.policy.production.alias
+        if alias == prod_alias:
+            raise PolicyError(f"alias {alias!r} follows the production version and is not moved by hand",
+                              hint="promote with `model-ops transition REF production` or use `model-ops rollback`")
+        with self._lock:
+            _, vs0 = self._find(self._sync(), Ref(name, version=int(version)) if str(version).isdigit()
+                                else parse_ref(str(version)))
+        self._authorize(f"alias:{alias}", name, vs0.version, run_id)
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
+            m = self._model(state, name)
+            old = m.aliases.get(alias)
+            if old == vs0.version:
+                return [], lambda: self._mv(m, m.versions[old - 1])
+            return ([self._event(name, ev.ALIAS_SET, version=vs0.version, key=alias,
+                                 from_value=str(old) if old else None, to_value=str(vs0.version), reason=reason,
+                                 run_id=run_id)], lambda: self.get(name, vs0.version))
+
+        return self._commit(build)
+
+    def remove_alias(self, name: str, alias: str, *, reason: str | None = None, run_id: str | None = None) -> None:
+        check_name(name)
+        check_alias(alias)
+        reason = self._reason(reason, "removing an alias")
+        if alias == self.policy.production.alias:
+            raise PolicyError(f"alias {alias!r} follows the production version and is not removed by hand",
+                              hint="move the production version out of production instead")
+        with self._lock:
+            m0 = self._model(self._sync(), name)
+            if alias not in m0.aliases:
+                raise NotFoundError(f"{name} has no alias {alias!r}",
+                                    hint="aliases: " + (", ".join(sorted(m0.aliases)) or "none"))
+        self._authorize(f"alias:{alias}", name, run_id=run_id)
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], None]]:
+            m = self._model(state, name)
+            old = m.aliases.get(alias)
+            if old is None:
+                return [], lambda: None
+            return ([self._event(name, ev.ALIAS_REMOVED, version=old, key=alias, from_value=str(old), reason=reason,
+                                 run_id=run_id)], lambda: None)
+
+        self._commit(build)
+
+    def set_tag(self, ref: str | Ref, key: str, value: Any, *, run_id: str | None = None) -> ModelVersion:
+        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
+        tag = _tags({key: value})
+        with self._lock:
+            _, vs0 = self._find(self._sync(), parsed)
+        self._authorize("tag", parsed.name, vs0.version, run_id)
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
+            m, vs = self._find(state, Ref(parsed.name, version=vs0.version))
+            if vs.tags.get(key) == tag[key]:
+                return [], lambda: self._mv(m, vs)
+            return ([self._event(m.name, ev.TAG_SET, version=vs.version, key=key, from_value=vs.tags.get(key),
+                                 to_value=tag[key], run_id=run_id)], lambda: self.get(m.name, vs.version))
+
+        return self._commit(build)
+
+    def remove_tag(self, ref: str | Ref, key: str, *, run_id: str | None = None) -> ModelVersion:
+        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
+        with self._lock:
+            _, vs0 = self._find(self._sync(), parsed)
+        self._authorize("tag", parsed.name, vs0.version, run_id)
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
+            m, vs = self._find(state, Ref(parsed.name, version=vs0.version))
+            if key not in vs.tags:
+                return [], lambda: self._mv(m, vs)
+            return ([self._event(m.name, ev.TAG_REMOVED, version=vs.version, key=key, from_value=vs.tags[key],
+                                 run_id=run_id)], lambda: self.get(m.name, vs.version))
+
+        return self._commit(build)
+
+    def rollback(self, name: str, to: int | str | None = None, *, reason: str | None = None,
+                 run_id: str | None = None) -> ModelVersion:
+        """Put the previous production version (or ``to``) back in production, with the production alias.
+
+        "Previous" skips versions that were themselves rolled back, so repeated rollbacks walk further back in
+        history instead of bouncing between two bad versions.
+        """
+        check_name(name)
+        reason = self._reason(reason, "a rollback")
+        with self._lock:
+            self._model(self._sync(), name)
+        self._authorize("rollback", name, run_id=run_id)
+        prod = self.policy.production
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
+            m = self._model(state, name)
+            current = m.production
+            if current is None:
+                raise PolicyError(f"{name} has no version in {prod.stage}, so there is nothing to roll back",
+                                  hint="promote a version with `model-ops transition REF production`")
+            if to is not None:
+                _, target = self._find(state, Ref(name, version=int(to)) if str(to).isdigit() else parse_ref(str(to)))
+                if target.version == current:
+                    raise PolicyError(f"{name} v{current} is already in {prod.stage}")
+            else:
+                candidates = [v for v in reversed(m.production_history) if v != current and v not in m.rolled_back]
+                if not candidates:
+                    raise PolicyError(f"{name} has no earlier {prod.stage} version to roll back to",
+                                      hint="name one with --to VERSION")
+                target = m.versions[candidates[0] - 1]
+            out = [self._event(name, ev.ROLLBACK, version=target.version, from_value=str(current),
+                               to_value=str(target.version), reason=reason, run_id=run_id),
+                   self._event(name, ev.STAGE_CHANGED, version=current, from_value=prod.stage,
+                               to_value=prod.rolled_back_goes_to, reason=f"rolled back: {reason}", run_id=run_id,
+                               payload={"cause": "rollback", "to": target.version}),
+                   self._event(name, ev.STAGE_CHANGED, version=target.version, from_value=target.stage,
+                               to_value=prod.stage, reason=f"rollback from v{current}: {reason}", run_id=run_id,
+                               payload={"cause": "rollback", "from": current})]
+            if prod.alias:
+                out.append(self._event(name, ev.ALIAS_SET, version=target.version, key=prod.alias,
+                                       from_value=str(m.aliases.get(prod.alias) or "") or None,
+                                       to_value=str(target.version), reason=f"rollback: {reason}", run_id=run_id))
+            return out, lambda: self.get(name, target.version)
+
+        return self._commit(build)
+
+    def record(self, name: str, kind: str, *, version: int | None = None, reason: str | None = None,
+               details: Mapping[str, Any] | None = None, run_id: str | None = None) -> ev.Event:
+        """Append an operational record (deployment, evaluation, monitoring, retrain, note) to the audit log."""
+        check_name(name)
+        if kind not in ev.RECORD_KINDS:
+            raise UsageError(f"unknown record kind {kind!r}", hint="kinds: " + ", ".join(sorted(ev.RECORD_KINDS)))
+        payload = _json_obj(details, "details")
+        if version is not None:
+            self.get(name, version)
+        self._authorize("deploy" if kind == "deployment" else "record", name, version, run_id)
+        event = self._event(name, kind, version=version, reason=reason, run_id=run_id, payload=payload)
+        return self._commit(lambda state: ([event], lambda: event))
+
+    # ------------------------------------------------------------------ artifacts
+
+    def verify_signature(self, mv: ModelVersion) -> None:
+        sig = mv.record.get("artifact_signature")
+        key = signing.signing_key()
+        if self.policy.require_signed_artifacts or (sig and key):
+            signing.verify(mv.digest, sig, key, what=f"{mv.ref} (digest {mv.digest[:12]})")
+
+    def fetch(self, ref: str | Ref, dest: str | os.PathLike[str]) -> Path:
+        """Download a version's artifact to ``dest``, verifying every byte (and its signature, per policy)."""
+        mv = self.resolve(ref)
+        self.verify_signature(mv)
+        return self.artifacts.fetch(mv.digest, dest)
+
+    def load_model(self, ref: str | Ref, *, trusted: list[str] | tuple[str, ...] = ()) -> Any:
+        """Load a scikit-learn version (verified bytes, skops with a type allow-list) ready to predict."""
+        mv = self.resolve(ref)
+        if mv.flavor != FLAVOR_SKOPS:
+            raise UsageError(f"{mv.ref} is a {mv.flavor!r} artifact, not a scikit-learn model",
+                             hint="use fetch() to get its files")
+        self.verify_signature(mv)
+        return sklearn_io.loads(self.artifacts.read_file(mv.digest), trusted=trusted)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def _project_versions(self) -> None:
+        """Keep ``registry/versions`` (one row per version, for SQL readers) in step with the log. Best effort:
+        the log is the truth, and a lost race here is simply left to the next maintainer."""
+        table = DeltaCas(self.location.child("versions"), VERSIONS_SCHEMA, "model_ops_registry_versions")
+        done_col = table.read(columns=["registered_seq"]).column("registered_seq")
+        done = pa.compute.max(done_col).as_py() if len(done_col) else 0
+        state = self._state
+        if state is None:
+            return
+        rows = [(m.name, vs) for m in state.models.values() for vs in m.versions if vs.seq > (done or 0)]
+        if not rows:
+            return
+        data = pa.table({
+            "model": [n for n, _ in rows], "version": [v.version for _, v in rows],
+            "semver": [v.semver for _, v in rows], "digest": [v.digest for _, v in rows],
+            "created_at": [v.created_at for _, v in rows], "created_by": [v.created_by for _, v in rows],
+            "run_id": [v.run_id for _, v in rows], "registered_seq": [v.seq for _, v in rows],
+            "record": [v.payload for _, v in rows],
+        }, schema=VERSIONS_SCHEMA)
+        if table.try_append(data):
+            table.maintain()
+
+    def fsck(self) -> list[str]:
+        """Everything wrong with the registry and its artifacts; empty when consistent. Reads all from storage."""
+        problems: list[str] = []
+        state = RegistryState(self.policy.production.stage)
+        try:
+            state.apply_all(EventLog(self.location).read_after(0))
+        except Exception as e:  # an unreadable log is the worst finding; report it instead of crashing
+            return [f"the event log at {self.location.child('events')} cannot be read: {e}"]
+        problems.extend(state.problems)
+        checked: dict[str, list[str]] = {}
+        key = signing.signing_key()
+        for m in state.models.values():
+            for vs in m.versions:
+                if vs.digest not in checked:
+                    checked[vs.digest] = self.artifacts.check(vs.digest)
+                for p in checked[vs.digest]:
+                    problems.append(f"{m.name} v{vs.version}: {p}")
+                sig = vs.record.get("artifact_signature")
+                if self.policy.require_signed_artifacts or (sig and key):
+                    try:
+                        signing.verify(vs.digest, sig, key, what=f"{m.name} v{vs.version}")
+                    except IntegrityError as e:
+                        problems.append(e.message)
+            for alias, number in m.aliases.items():
+                if m.get(number) is None:
+                    problems.append(f"{m.name}: alias {alias} points at missing version {number}")
+            in_prod = [v.version for v in m.versions if v.stage == self.policy.production.stage]
+            if len(in_prod) > 1:
+                problems.append(f"{m.name}: {len(in_prod)} versions in production ({in_prod})")
+        return problems
+
+    def gc(self, *, apply: bool = False, grace: timedelta = timedelta(hours=24)) -> dict[str, Any]:
+        """Blobs that no version references (and leftovers of interrupted writes) older than ``grace``.
+
+        Dry run unless ``apply``. Refuses to delete anything while any version's manifest is unreadable, because
+        then it cannot know which blobs that version needs.
+        """
+        with self._lock:
+            state = self._sync()
+            digests = [vs.digest for m in state.models.values() for vs in m.versions]
+        unreadable = [d for d in set(digests) if self.artifacts.blobs.verify(d)]
+        if unreadable and apply:
+            raise IntegrityError(f"{len(unreadable)} version manifest(s) are missing or damaged, so garbage cannot "
+                                 "be told apart from their files; nothing was deleted",
+                                 hint="run `model-ops fsck` and repair the registry first")
+        keep = self.artifacts.reachable(digests)
+        cutoff = time.time() - grace.total_seconds()
+        blobs = [b for b in self.artifacts.blobs.iter_blobs() if b.digest not in keep]
+        old = [b for b in blobs if b.modified < cutoff]
+        temps = [t for t in self.artifacts.blobs.iter_temporaries() if t.modified < cutoff]
+        if apply:
+            self._authorize("delete", "*")
+            for b in old:
+                self.artifacts.blobs.delete(b.digest)
+            for t in temps:
+                self.artifacts.blobs.delete_temporary(t.digest)
+        return {
+            "applied": apply, "referenced_blobs": len(keep),
+            "unreferenced": [{"digest": b.digest, "size": b.size} for b in old],
+            "unreferenced_bytes": sum(b.size for b in old),
+            "too_recent": len(blobs) - len(old), "temporaries": len(temps),
+            "grace_hours": grace.total_seconds() / 3600,
+        }

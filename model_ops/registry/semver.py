@@ -1,0 +1,92 @@
+"""Semantic versions assigned automatically by comparing a new version with its parent.
+
+MAJOR: the interface changed: input signature (feature names or dtypes) or output (task, classes).
+MINOR: same interface, different training data version, estimator or hyper-parameters.
+PATCH: only code version, environment or the bytes themselves changed.
+The bump is applied above the highest semver already used in the line it belongs to, so semvers never repeat even
+when a version's parent is not the newest version.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from model_ops.registry.refs import SEMVER_RE
+
+FIRST = "1.0.0"
+
+
+def parse(semver: str) -> tuple[int, int, int]:
+    m = SEMVER_RE.match(semver)
+    if not m:
+        raise ValueError(f"not a semantic version: {semver!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _inputs(sig: dict | None) -> Any:
+    if not sig:
+        return None
+    inputs = sig.get("inputs")
+    if isinstance(inputs, list):
+        return sorted((str(i.get("name")), str(i.get("dtype", i.get("type")))) for i in inputs if isinstance(i, dict))
+    return inputs
+
+
+def _changed_keys(a: dict, b: dict) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if _canon(a.get(k)) != _canon(b.get(k))]
+
+
+def classify(parent: dict | None, new: dict) -> tuple[str, str]:
+    """('major'|'minor'|'patch', reason) for a new version record against its parent's record."""
+    if parent is None:
+        return "initial", "first version of the model"
+    psig, nsig = parent.get("signature") or {}, new.get("signature") or {}
+    if psig or nsig:
+        if _inputs(psig) != _inputs(nsig):
+            before = {n for n, _ in (_inputs(psig) or [])} if isinstance(_inputs(psig), list) else set()
+            after = {n for n, _ in (_inputs(nsig) or [])} if isinstance(_inputs(nsig), list) else set()
+            detail = []
+            if after - before:
+                detail.append("added " + ", ".join(sorted(after - before)))
+            if before - after:
+                detail.append("removed " + ", ".join(sorted(before - after)))
+            if not detail:
+                detail.append("feature dtypes changed")
+            return "major", "input signature changed (" + "; ".join(detail) + ")"
+        if _canon(psig.get("outputs")) != _canon(nsig.get("outputs")):
+            return "major", "output signature changed (task or classes)"
+    reasons = []
+    if _canon(parent.get("dataset")) != _canon(new.get("dataset")):
+        reasons.append("training data version changed")
+    pl, nl = parent.get("lineage") or {}, new.get("lineage") or {}
+    if _canon(pl.get("estimator")) != _canon(nl.get("estimator")):
+        reasons.append("estimator changed")
+    changed = _changed_keys(parent.get("params") or {}, new.get("params") or {})
+    if changed:
+        reasons.append("parameters changed (" + ", ".join(changed[:8]) + ("…" if len(changed) > 8 else "") + ")")
+    if reasons:
+        return "minor", "; ".join(reasons)
+    changed_lineage = [k for k in ("code_version", "git_commit", "environment", "seed") if
+                       _canon(pl.get(k)) != _canon(nl.get(k))]
+    if changed_lineage:
+        return "patch", "same interface, data and parameters; changed: " + ", ".join(changed_lineage)
+    return "patch", "same interface, data and parameters; different artifact bytes"
+
+
+def bump(level: str, parent_semver: str | None, used: set[tuple[int, int, int]]) -> str:
+    if level == "initial" or parent_semver is None:
+        return FIRST if not used else f"{max(v[0] for v in used) + 1}.0.0"
+    major, minor, _patch = parse(parent_semver)
+    if level == "major":
+        return f"{max(v[0] for v in used) + 1}.0.0"
+    if level == "minor":
+        top = max((v[1] for v in used if v[0] == major), default=minor)
+        return f"{major}.{top + 1}.0"
+    top = max((v[2] for v in used if v[0] == major and v[1] == minor), default=0)
+    return f"{major}.{minor}.{top + 1}"
