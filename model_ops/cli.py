@@ -1,0 +1,365 @@
+"""``model-ops``: the registry and artifact store from the command line.
+
+Exit codes: 0 ok; 1 not found, or a check found problems (fsck, integrity); 2 usage, bad input or a refused request.
+Every command takes ``--json`` and then prints exactly one JSON document on stdout. Errors go to stderr as one line
+saying what is wrong and one saying what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from model_ops import __version__
+from model_ops.errors import ModelOpsError, UsageError
+from model_ops.registry import Registry
+from model_ops.registry.events import Event
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"error: {message}\n  hint: run `{self.prog} --help` for the full usage", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    """A JSON value given inline or as @FILE."""
+    if text is None:
+        return None
+    source = "inline"
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise UsageError(f"cannot read {what} from {path}: {e.strerror}") from None
+        source = str(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} is not valid JSON ({source}): {e.msg} at line {e.lineno} column {e.colno}",
+                         hint='quote it for the shell, e.g. --params \'{"C": 1.0}\', or pass @file.json') from None
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, doc: Any, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(human)
+
+
+def _version_row(v: Any) -> dict[str, Any]:
+    s = v.summary()
+    s["aliases"] = ",".join(s["aliases"])
+    s["digest"] = s["digest"][:12]
+    s["created_at"] = s["created_at"][:19].replace("T", " ")
+    return s
+
+
+def _event_row(e: Event) -> dict[str, Any]:
+    if e.kind in ("alias_set", "alias_removed"):
+        change = f"{e.key}: {e.from_value or '-'} -> {e.to_value or '-'}"
+    elif e.kind in ("tag_set", "tag_removed"):
+        change = f"{e.key}={e.to_value if e.to_value is not None else '(removed)'}"
+    elif e.kind == "registered":
+        change = f"semver {e.to_value}"
+    elif e.kind == "denied":
+        change = e.key or ""
+    else:
+        change = f"{e.from_value or '-'} -> {e.to_value or '-'}" if (e.from_value or e.to_value) else ""
+    return {"seq": e.seq, "time": e.ts.isoformat()[:23].replace("T", " "), "model": e.model,
+            "version": e.version, "event": e.kind, "change": change, "actor": e.actor, "reason": e.reason or "",
+            "run": (e.run_id or "")[:8]}
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_register(reg: Registry, args: argparse.Namespace) -> int:
+    mv = reg.register(args.name, args.path, params=_json_arg(args.params, "--params"),
+                      metrics=_json_arg(args.metrics, "--metrics"), dataset=args.dataset,
+                      signature=_json_arg(args.signature, "--signature"), tags=_json_arg(args.tags, "--tags"),
+                      description=args.description, run_id=args.run_id)
+    _emit(args, mv.to_dict(), f"{mv.ref}  semver {mv.semver}  stage {mv.stage}  digest {mv.digest}\n"
+                              f"  {mv.bump.get('level')}: {mv.bump.get('reason')}")
+    return 0
+
+
+def cmd_versions(reg: Registry, args: argparse.Namespace) -> int:
+    versions = reg.versions(args.name)
+    _emit(args, [v.summary() for v in versions],
+          _table([_version_row(v) for v in versions],
+                 ["version", "semver", "stage", "aliases", "digest", "created_at", "created_by"]))
+    return 0
+
+
+def cmd_models(reg: Registry, args: argparse.Namespace) -> int:
+    rows = []
+    for name in reg.models():
+        versions = reg.versions(name)
+        prod = [v.version for v in versions if v.stage == reg.policy.production.stage]
+        rows.append({"name": name, "versions": len(versions), "latest": versions[-1].version,
+                     "production": prod[0] if prod else None})
+    _emit(args, rows, _table(rows, ["name", "versions", "latest", "production"]))
+    return 0
+
+
+def cmd_show(reg: Registry, args: argparse.Namespace) -> int:
+    mv = reg.resolve(args.ref)
+    doc = mv.to_dict()
+    lines = [f"{mv.ref}  ({mv.name} {mv.semver})",
+             f"  stage       {mv.stage}",
+             f"  aliases     {', '.join(mv.aliases) or '-'}",
+             f"  digest      {mv.digest}",
+             f"  created     {mv.created_at.isoformat()} by {mv.created_by}" + (f" in run {mv.run_id}" if mv.run_id else ""),
+             f"  parent      {('v' + str(mv.parent)) if mv.parent else '-'}   bump: {mv.bump.get('level')} ({mv.bump.get('reason')})",
+             f"  artifact    {mv.flavor}, {mv.record.get('files')} file(s), {mv.record.get('size')} bytes"
+             + ("  signed" if mv.record.get("artifact_signature") else "")]
+    for label, value in (("params", mv.params), ("metrics", mv.metrics), ("dataset", mv.dataset),
+                         ("signature", mv.signature), ("tags", dict(mv.tags))):
+        if value:
+            lines.append(f"  {label:<11} {json.dumps(value, sort_keys=True)}")
+    lineage = mv.lineage
+    env = lineage.get("environment") or {}
+    lines.append(f"  lineage     code {lineage.get('code_version') or '-'}, git {lineage.get('git_commit') or '-'}, "
+                 f"seed {lineage.get('seed') if lineage.get('seed') is not None else '-'}")
+    if env:
+        pkgs = ", ".join(f"{k} {v}" for k, v in sorted((env.get("packages") or {}).items()))
+        lines.append(f"  environment Python {env.get('python')} on {env.get('platform')}; {pkgs}")
+    if mv.record.get("description"):
+        lines.append(f"  description {mv.record['description']}")
+    _emit(args, doc, "\n".join(lines))
+    return 0
+
+
+def cmd_resolve(reg: Registry, args: argparse.Namespace) -> int:
+    mv = reg.resolve(args.ref)
+    _emit(args, mv.summary(), str(mv.version))
+    return 0
+
+
+def cmd_transition(reg: Registry, args: argparse.Namespace) -> int:
+    mv = reg.transition(args.ref, args.stage, reason=args.reason, run_id=args.run_id)
+    _emit(args, mv.summary(), f"{mv.ref} is now in {mv.stage}" + (f" ({', '.join(mv.aliases)})" if mv.aliases else ""))
+    return 0
+
+
+def cmd_approve(reg: Registry, args: argparse.Namespace) -> int:
+    mv = reg.approve(args.ref, args.stage, reason=args.reason, run_id=args.run_id)
+    _emit(args, mv.summary(), f"{reg.actor} approved {mv.ref} for {args.stage}")
+    return 0
+
+
+def cmd_alias(reg: Registry, args: argparse.Namespace) -> int:
+    if args.alias_cmd == "set":
+        mv = reg.set_alias(args.name, args.alias, args.version, reason=args.reason, run_id=args.run_id)
+        _emit(args, mv.summary(), f"{args.name}@{args.alias} -> v{mv.version}")
+    else:
+        reg.remove_alias(args.name, args.alias, reason=args.reason, run_id=args.run_id)
+        _emit(args, {"name": args.name, "alias": args.alias, "removed": True}, f"removed {args.name}@{args.alias}")
+    return 0
+
+
+def cmd_tag(reg: Registry, args: argparse.Namespace) -> int:
+    if args.remove:
+        mv = reg.remove_tag(args.ref, args.key, run_id=args.run_id)
+    else:
+        if args.value is None:
+            raise UsageError("tag needs a VALUE (or --remove)")
+        mv = reg.set_tag(args.ref, args.key, args.value, run_id=args.run_id)
+    _emit(args, mv.to_dict(), f"{mv.ref} tags: {json.dumps(dict(mv.tags), sort_keys=True)}")
+    return 0
+
+
+def cmd_rollback(reg: Registry, args: argparse.Namespace) -> int:
+    before = [v.version for v in reg.versions(args.name) if v.stage == reg.policy.production.stage]
+    mv = reg.rollback(args.name, to=args.to, reason=args.reason, run_id=args.run_id)
+    _emit(args, {**mv.summary(), "rolled_back_from": before[0] if before else None},
+          f"{args.name}: production rolled back from v{before[0] if before else '?'} to v{mv.version} ({mv.semver})")
+    return 0
+
+
+def cmd_audit(reg: Registry, args: argparse.Namespace) -> int:
+    events = reg.audit(args.name)
+    _emit(args, [e.to_dict() for e in events],
+          _table([_event_row(e) for e in events],
+                 ["seq", "time", "model", "version", "event", "change", "actor", "reason", "run"]))
+    return 0
+
+
+def cmd_as_of(reg: Registry, args: argparse.Namespace) -> int:
+    state = reg.as_of(args.timestamp, args.name)
+    rows = [{"model": name, "version": v["version"], "semver": v["semver"], "stage": v["stage"],
+             "aliases": ",".join(v["aliases"])} for name, m in state.items() for v in m["versions"]]
+    _emit(args, {"as_of": args.timestamp, "models": state},
+          f"as of {args.timestamp}:\n" + _table(rows, ["model", "version", "semver", "stage", "aliases"]))
+    return 0
+
+
+def cmd_fetch(reg: Registry, args: argparse.Namespace) -> int:
+    mv = reg.resolve(args.ref)
+    dest = reg.fetch(mv.ref, args.dest)
+    _emit(args, {**mv.summary(), "path": str(dest)}, f"{mv.ref} -> {dest} (verified {mv.digest[:12]})")
+    return 0
+
+
+def cmd_fsck(reg: Registry, args: argparse.Namespace) -> int:
+    problems = reg.fsck()
+    _emit(args, {"consistent": not problems, "problems": problems},
+          "registry and artifacts are consistent" if not problems
+          else f"{len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    return 1 if problems else 0
+
+
+def cmd_gc(reg: Registry, args: argparse.Namespace) -> int:
+    if args.grace_hours < 0:
+        raise UsageError("--grace-hours must be zero or more")
+    report = reg.gc(apply=args.apply, grace=timedelta(hours=args.grace_hours))
+    n, size = len(report["unreferenced"]), report["unreferenced_bytes"]
+    verb = "removed" if args.apply else "would remove"
+    human = (f"{verb} {n} unreferenced blob(s), {size} bytes, and {report['temporaries']} leftover temporary file(s); "
+             f"{report['referenced_blobs']} referenced blob(s) kept; {report['too_recent']} unreferenced blob(s) "
+             f"younger than {args.grace_hours:g} h kept")
+    if not args.apply and (n or report["temporaries"]):
+        human += "\nrun again with --apply to remove them"
+    _emit(args, report, human)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="model-ops", description="Model registry and artifact store of model_ops.")
+    p.add_argument("--root", help="registry root: a path or s3://bucket/prefix (default $MODEL_OPS_ROOT or ./.model_ops)")
+    p.add_argument("--actor", help="who is acting (default $MODEL_OPS_ACTOR or the OS user)")
+    p.add_argument("--policy", help="policy YAML (default $MODEL_OPS_POLICY, <root>/registry/policy.yaml, built-in)")
+    p.add_argument("--version", action="version", version=f"model-ops {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    def add(name: str, func: Any, help_text: str, *, run_id: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(func=func)
+        sp.add_argument("--json", action="store_true", help="print one JSON document")
+        if run_id:
+            sp.add_argument("--run-id", help="the run this change belongs to (default $MODEL_OPS_RUN_ID)")
+        return sp
+
+    sp = add("register", cmd_register, "store a model file or directory and register it as the next version", run_id=True)
+    sp.add_argument("name")
+    sp.add_argument("path")
+    sp.add_argument("--params", help="JSON object (or @file.json)")
+    sp.add_argument("--metrics", help="JSON object of numbers (or @file.json)")
+    sp.add_argument("--dataset", help="training data as URI@VERSION")
+    sp.add_argument("--signature", help='JSON: {"inputs": [{"name", "dtype"}], "outputs": {...}}')
+    sp.add_argument("--tags", help="JSON object of tags")
+    sp.add_argument("--description")
+
+    sp = add("versions", cmd_versions, "list the versions of a model")
+    sp.add_argument("name")
+    add("models", cmd_models, "list the registered models")
+    sp = add("show", cmd_show, "everything recorded about a version, lineage included")
+    sp.add_argument("ref")
+    sp = add("resolve", cmd_resolve, "print the version number a reference points at")
+    sp.add_argument("ref")
+    sp = add("transition", cmd_transition, "move a version to another stage", run_id=True)
+    sp.add_argument("ref")
+    sp.add_argument("stage")
+    sp.add_argument("--reason", required=True)
+    sp = add("approve", cmd_approve, "approve a version for a stage (counted by approval gates)", run_id=True)
+    sp.add_argument("ref")
+    sp.add_argument("stage")
+    sp.add_argument("--reason", required=True)
+
+    sp = add("alias", cmd_alias, "set or remove an alias")
+    alias_sub = sp.add_subparsers(dest="alias_cmd", required=True, parser_class=_Parser, metavar="set|rm")
+    for name, help_text in (("set", "point ALIAS at VERSION"), ("rm", "remove ALIAS")):
+        asp = alias_sub.add_parser(name, help=help_text)
+        asp.add_argument("name")
+        asp.add_argument("alias")
+        if name == "set":
+            asp.add_argument("version")
+        asp.add_argument("--reason", required=True)
+        asp.add_argument("--run-id")
+        asp.add_argument("--json", action="store_true")
+
+    sp = add("tag", cmd_tag, "set (or --remove) a tag on a version", run_id=True)
+    sp.add_argument("ref")
+    sp.add_argument("key")
+    sp.add_argument("value", nargs="?")
+    sp.add_argument("--remove", action="store_true")
+    sp = add("rollback", cmd_rollback, "put the previous production version (or --to VERSION) back in production",
+             run_id=True)
+    sp.add_argument("name")
+    sp.add_argument("--to")
+    sp.add_argument("--reason", required=True)
+    sp = add("audit", cmd_audit, "every registry event, oldest first")
+    sp.add_argument("name", nargs="?")
+    sp = add("as-of", cmd_as_of, "stages and aliases as they were at TIMESTAMP (ISO 8601, UTC when no zone)")
+    sp.add_argument("timestamp")
+    sp.add_argument("name", nargs="?")
+    sp = add("fetch", cmd_fetch, "download a version's artifact to DEST, verifying every byte")
+    sp.add_argument("ref")
+    sp.add_argument("dest")
+    add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
+    sp = add("gc", cmd_gc, "remove blobs nothing references (dry run unless --apply)")
+    sp.add_argument("--apply", action="store_true")
+    sp.add_argument("--grace-hours", type=float, default=24.0,
+                    help="keep unreferenced blobs younger than this (in-flight registrations; default 24)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        reg = Registry.open(args.root, actor=args.actor, policy=args.policy)
+        return int(args.func(reg, args))
+    except ModelOpsError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written is visible (writes are atomic)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:  # a bug: say so plainly, with the traceback for the report
+        traceback.print_exc()
+        print("error: model-ops failed unexpectedly (a bug); please report the traceback above", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    """Console-script entry point. Leaves with ``os._exit`` after flushing: every write is complete by then, and
+    skipping interpreter finalisation avoids a rare abort while Arrow's and delta-rs's native thread pools are torn
+    down ("terminate called without an active exception", exit 134 instead of the real exit code)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    entry()
