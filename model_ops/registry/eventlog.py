@@ -130,6 +130,8 @@ class EventLog(DeltaCas):
         return ev.from_arrow(self.read(pc.field("seq") > seq))
 
     def read_events(self, model: str | None = None, until=None) -> list[ev.Event]:  # type: ignore[no-untyped-def]
+        """Events as stored now (refreshes this handle first: do not use the handle a writer's state is tied to)."""
+        self.refresh()
         expr = None
         if model is not None:
             expr = pc.field("model") == model

@@ -194,7 +194,8 @@ class Registry:
         self.artifacts = ArtifactStore(root)
         self.policy: Policy = load_policy(self.location, policy_path)
         self.actor = actor or default_actor()
-        self._log = EventLog(self.location)
+        self._log = EventLog(self.location)  # tied to the folded state: compare-and-swap commits start from it
+        self._reader = EventLog(self.location)  # audit and as-of read the latest table through this one
         self._state: RegistryState | None = None
         self._state_version = -1
         self._lock = threading.RLock()
@@ -287,7 +288,7 @@ class Registry:
         """Every event, oldest first (for one model when ``name`` is given). Read from the table, not the cache."""
         if name is not None:
             check_name(name)
-        events = self._log.read_events(model=name)
+        events = self._reader.read_events(model=name)
         if name is not None and not events:
             self._model(self._sync(), name)  # raises NotFoundError with the list of models
         return events
@@ -298,7 +299,7 @@ class Registry:
         if name is not None:
             check_name(name)
         state = RegistryState(self.policy.production.stage)
-        state.apply_all(self._log.read_events(until=cut))
+        state.apply_all(self._reader.read_events(until=cut))
         models = {n: m for n, m in state.models.items() if m.versions and (name is None or n == name)}
         if name is not None and not models:
             raise NotFoundError(f"model {name!r} had no versions at {cut.isoformat()}")
