@@ -240,3 +240,32 @@ def test_open_does_not_create_anything_until_needed(tmp_path: Path) -> None:
     assert reg.models() == []
     assert not (tmp_path / "root" / "artifacts").exists()
     assert os.listdir(tmp_path / "root" / "registry") == ["events"]
+
+
+def test_register_many_is_one_atomic_commit(reg: Registry, tmp_path: Path) -> None:
+    reg.register("m", blob(tmp_path, "0"), params={"C": 0})
+    entries = [{"path": blob(tmp_path, "a"), "params": {"C": 1}, "tags": {"src": "import"}},
+               {"path": blob(tmp_path, "a")},  # same bytes as the entry before: same version
+               {"path": blob(tmp_path, "0")},  # same bytes as v1
+               {"path": blob(tmp_path, "b"), "params": {"C": 1}, "lineage": {"code_version": "2"}},
+               {"path": blob(tmp_path, "c"), "params": {"C": 5}, "parent": 1}]
+    got = reg.register_many("m", entries)
+    assert [v.version for v in got] == [2, 2, 1, 3, 4]
+    assert [v.semver for v in got] == ["1.1.0", "1.1.0", "1.0.0", "1.1.1", "1.2.0"]
+    assert got[0].tags == {"src": "import"} and got[4].parent == 1
+    registered = [e for e in reg.audit("m") if e.kind == "registered"]
+    assert len({e.ts for e in registered[1:]}) == 1  # the three new versions landed in one commit
+    before = len(reg.audit("m"))
+    with pytest.raises(UsageError, match="metrics must be finite"):
+        reg.register_many("m", [{"path": blob(tmp_path, "d")}, {"path": blob(tmp_path, "e"), "metrics": {"x": "y"}}])
+    with pytest.raises(UsageError, match="unknown registration field"):
+        reg.register_many("m", [{"path": blob(tmp_path, "d"), "colour": "blue"}])
+    assert len(reg.audit("m")) == before and len(reg.versions("m")) == 4
+
+
+def test_records_are_read_lazily_and_survive_a_reopen(reg: Registry, tmp_path: Path) -> None:
+    reg.register("m", blob(tmp_path, "x"), params={"C": 1}, metrics={"auc": 0.8}, description="first")
+    fresh = Registry.open(reg.root)
+    mv = fresh.resolve("models:/m/1")
+    assert (mv.params, mv.metrics, mv.record["description"]) == ({"C": 1}, {"auc": 0.8}, "first")
+    assert mv.stage == "development"

@@ -126,11 +126,12 @@ class EventLog(DeltaCas):
     def __init__(self, registry_location: Location) -> None:
         super().__init__(registry_location.child("events"), ev.SCHEMA, "model_ops_registry_events")
 
-    def read_after(self, seq: int) -> list[ev.Event]:
-        return ev.from_arrow(self.read(pc.field("seq") > seq))
+    def read_after(self, seq: int) -> pa.Table:
+        """Rows with ``seq`` above the given one, at this handle's version."""
+        return self.read(pc.field("seq") > seq)
 
-    def read_events(self, model: str | None = None, until=None) -> list[ev.Event]:  # type: ignore[no-untyped-def]
-        """Events as stored now (refreshes this handle first: do not use the handle a writer's state is tied to)."""
+    def read_latest(self, model: str | None = None, until=None) -> pa.Table:  # type: ignore[no-untyped-def]
+        """Rows as stored now (refreshes this handle first: do not use the handle a writer's state is tied to)."""
         self.refresh()
         expr = None
         if model is not None:
@@ -138,4 +139,4 @@ class EventLog(DeltaCas):
         if until is not None:
             cut = pc.field("ts") <= pa.scalar(until, pa.timestamp("us", tz="UTC"))
             expr = cut if expr is None else expr & cut
-        return ev.from_arrow(self.read(expr))
+        return self.read(expr)

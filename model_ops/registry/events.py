@@ -60,12 +60,23 @@ class Event:
     reason: str | None = None
     run_id: str | None = None
     payload: str | None = None
+    # Events read from the table keep their payload in the Arrow column until asked for: opening a registry with
+    # 100k versions must not turn 100k JSON documents into Python strings.
+    payload_ref: tuple[pa.Array, int] | None = field(default=None, repr=False, compare=False)
     _parsed: dict | None = field(default=None, repr=False, compare=False)
+
+    def payload_text(self) -> str | None:
+        if self.payload is None and self.payload_ref is not None:
+            array, index = self.payload_ref
+            self.payload = array[index].as_py()
+            self.payload_ref = None
+        return self.payload
 
     @property
     def data(self) -> dict[str, Any]:
         if self._parsed is None:
-            self._parsed = json.loads(self.payload) if self.payload else {}
+            text = self.payload_text()
+            self._parsed = json.loads(text) if text else {}
         return self._parsed
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +92,7 @@ def to_arrow(events: list[Event]) -> pa.Table:
     cols: dict[str, list] = {name: [] for name in COLUMNS}
     for e in events:
         for name in COLUMNS:
-            cols[name].append(getattr(e, name))
+            cols[name].append(e.payload_text() if name == "payload" else getattr(e, name))
     return pa.table(cols, schema=SCHEMA)
 
 
@@ -90,9 +101,11 @@ def from_arrow(table: pa.Table) -> list[Event]:
     if table.num_rows == 0:
         return []
     table = table.sort_by("seq")
-    cols = [table.column(name).to_pylist() for name in COLUMNS]
+    cols = [table.column(name).to_pylist() for name in COLUMNS if name != "payload"]
+    payloads = table.column("payload").combine_chunks()
     return [Event(seq=r[0], ts=r[1], model=r[2], version=r[3], kind=r[4], actor=r[5], key=r[6], from_value=r[7],
-                  to_value=r[8], digest=r[9], reason=r[10], run_id=r[11], payload=r[12]) for r in zip(*cols)]
+                  to_value=r[8], digest=r[9], reason=r[10], run_id=r[11], payload_ref=(payloads, i))
+            for i, r in enumerate(zip(*cols))]
 
 
 def utc(ts: datetime) -> datetime:

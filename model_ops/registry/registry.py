@@ -116,6 +116,28 @@ class ModelVersion:
         return out
 
 
+class _LazyRecord(Mapping[str, Any]):
+    """A version's registration record, parsed from its event only when first read: listing 100k versions must
+    not parse 100k JSON documents."""
+
+    __slots__ = ("_vs",)
+
+    def __init__(self, vs: VersionState) -> None:
+        self._vs = vs
+
+    def __getitem__(self, key: str) -> Any:
+        return self._vs.record[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._vs.record)
+
+    def __len__(self) -> int:
+        return len(self._vs.record)
+
+    def __repr__(self) -> str:
+        return repr(self._vs.record)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -213,11 +235,11 @@ class Registry:
         with self._lock:
             if self._state is None:
                 state = RegistryState(self.policy.production.stage)
-                state.apply_all(self._log.read_after(0))
+                state.apply_table(self._log.read_after(0))
                 self._state, self._state_version = state, self._log.version
             elif self._log._commit_file_exists(self._state_version + 1):
                 self._log.refresh()
-                self._state.apply_all(self._log.read_after(self._state.last_seq))
+                self._state.apply_table(self._log.read_after(self._state.last_seq))
                 self._state_version = self._log.version
             return self._state
 
@@ -232,7 +254,7 @@ class Registry:
 
     def _mv(self, m: ModelState, vs: VersionState) -> ModelVersion:
         return ModelVersion(m.name, vs.version, vs.semver, vs.stage, tuple(m.aliases_of(vs.version)), vs.digest,
-                            vs.created_at, vs.created_by, vs.run_id, dict(vs.tags), vs.record)
+                            vs.created_at, vs.created_by, vs.run_id, dict(vs.tags), _LazyRecord(vs))
 
     def _find(self, state: RegistryState, ref: Ref) -> tuple[ModelState, VersionState]:
         m = self._model(state, ref.name)
@@ -288,7 +310,7 @@ class Registry:
         """Every event, oldest first (for one model when ``name`` is given). Read from the table, not the cache."""
         if name is not None:
             check_name(name)
-        events = self._reader.read_events(model=name)
+        events = ev.from_arrow(self._reader.read_latest(model=name))
         if name is not None and not events:
             self._model(self._sync(), name)  # raises NotFoundError with the list of models
         return events
@@ -299,7 +321,7 @@ class Registry:
         if name is not None:
             check_name(name)
         state = RegistryState(self.policy.production.stage)
-        state.apply_all(self._reader.read_events(until=cut))
+        state.apply_table(self._reader.read_latest(until=cut))
         models = {n: m for n, m in state.models.items() if m.versions and (name is None or n == name)}
         if name is not None and not models:
             raise NotFoundError(f"model {name!r} had no versions at {cut.isoformat()}")
@@ -382,39 +404,90 @@ class Registry:
 
         Registering bytes identical to an existing version of the model returns that version and writes nothing.
         """
+        entry = {"path": path, "params": params, "metrics": metrics, "dataset": dataset, "signature": signature,
+                 "tags": tags, "lineage": lineage, "parent": parent, "description": description, "flavor": flavor}
+        return self.register_many(name, [entry], run_id=run_id)[0]
+
+    def register_many(self, name: str, entries: list[Mapping[str, Any]], *, run_id: str | None = None) -> list[ModelVersion]:
+        """Register several artifacts of one model in a single atomic commit (imports and migrations).
+
+        Each entry takes the keyword arguments of :meth:`register` (``path`` required). Versions are numbered in
+        entry order; an entry's default parent is the entry before it. All or none are registered.
+        """
         check_name(name)
-        record_in = {"params": _json_obj(params, "params"), "metrics": _metrics(metrics), "dataset": parse_dataset(dataset),
-                     "signature": _signature(signature), "tags": _tags(tags)}
-        extra_lineage = _json_obj(lineage, "lineage")
+        if not entries:
+            return []
         self._authorize("register", name, run_id=run_id)
         key = signing.signing_key()
         if self.policy.require_signed_artifacts and key is None:
             raise UsageError("this registry requires signed artifacts and MODEL_OPS_SIGNING_KEY is not set",
                              hint="set MODEL_OPS_SIGNING_KEY to the registry's signing key")
-        stored = self.artifacts.put(path, flavor)
-        artifact_signature = signing.sign(stored.digest, key) if key else None
+        prepared = [self._prepare(e) for e in entries]  # validates everything before storing anything
+        for item in prepared:
+            stored = self.artifacts.put(item.pop("path"), item.pop("flavor"))
+            item["digest"], item["manifest"] = stored.digest, stored.manifest
+            item["artifact_signature"] = signing.sign(stored.digest, key) if key else None
+        return self._commit(lambda state: self._build_registrations(state, name, prepared, run_id))
 
-        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
-            m = state.models.get(name) or ModelState(name)
-            existing = m.by_digest.get(stored.digest)
-            if existing is not None:
-                return [], lambda: self._mv(m, m.versions[existing - 1])
-            parent_vs = self._parent(m, parent)
-            lin = {"code_version": None, "git_commit": git_commit(), "environment": environment(), "seed": None,
-                   "estimator": None, **extra_lineage}
-            record = {**record_in, "lineage": lin, "stage": self.policy.initial_stage,
-                      "parent": parent_vs.version if parent_vs else None, "flavor": stored.manifest.flavor,
-                      "size": stored.manifest.total_size, "files": len(stored.manifest.files),
-                      "description": description, "artifact_signature": artifact_signature}
-            level, why = sv.classify(parent_vs.record if parent_vs else None, record)
-            semver = sv.bump(level, parent_vs.semver if parent_vs else None, m.used_semvers())
-            record["bump"] = {"level": level, "reason": why, "from": parent_vs.semver if parent_vs else None}
-            number = len(m.versions) + 1
-            event = self._event(name, ev.REGISTERED, version=number, to_value=semver, digest=stored.digest,
-                                reason=why, run_id=run_id, payload=record)
-            return [event], lambda: self.get(name, number)
+    @staticmethod
+    def _prepare(entry: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(entry) - {"path", "params", "metrics", "dataset", "signature", "tags", "lineage", "parent",
+                                "description", "flavor"}
+        if unknown:
+            raise UsageError(f"unknown registration field(s): {', '.join(sorted(unknown))}")
+        if "path" not in entry:
+            raise UsageError("a registration needs the path of its artifact")
+        return {"path": entry["path"], "flavor": entry.get("flavor"), "params": _json_obj(entry.get("params"), "params"),
+                "metrics": _metrics(entry.get("metrics")), "dataset": parse_dataset(entry.get("dataset")),
+                "signature": _signature(entry.get("signature")), "tags": _tags(entry.get("tags")),
+                "lineage": _json_obj(entry.get("lineage"), "lineage"), "parent": entry.get("parent"),
+                "description": entry.get("description")}
 
-        return self._commit(build)
+    def _build_registrations(self, state: RegistryState, name: str, prepared: list[dict[str, Any]],
+                             run_id: str | None) -> tuple[list[ev.Event], Callable[[], list[ModelVersion]]]:
+        m = state.models.get(name) or ModelState(name)
+        count = len(m.versions)
+        digests = dict(m.by_digest)
+        used = m.used_semvers()
+        fresh: dict[int, tuple[dict, str]] = {}  # versions created by this batch: number -> (record, semver)
+
+        def lookup(number: int) -> tuple[dict, str] | None:
+            if number in fresh:
+                return fresh[number]
+            vs = m.get(number)
+            return (vs.record, vs.semver) if vs else None
+
+        out: list[ev.Event] = []
+        numbers: list[int] = []
+        for item in prepared:
+            if item["digest"] in digests:
+                numbers.append(digests[item["digest"]])
+                continue
+            parent_no = self._parent_number(m, item["parent"]) if item["parent"] is not None else (count or None)
+            parent = lookup(parent_no) if parent_no else None
+            if parent_no and parent is None:
+                raise NotFoundError(f"parent {item['parent']!r} is not a version of {name}")
+            manifest = item["manifest"]
+            record = {"params": item["params"], "metrics": item["metrics"], "dataset": item["dataset"],
+                      "signature": item["signature"],
+                      "lineage": {"code_version": None, "git_commit": git_commit(), "environment": environment(),
+                                  "seed": None, "estimator": None, **item["lineage"]},
+                      "parent": parent_no, "flavor": manifest.flavor, "size": manifest.total_size,
+                      "files": len(manifest.files), "description": item["description"],
+                      "artifact_signature": item["artifact_signature"]}
+            level, why = sv.classify(parent[0] if parent else None, record)
+            semver = sv.bump(level, parent[1] if parent else None, used)
+            record["bump"] = {"level": level, "reason": why, "from": parent[1] if parent else None}
+            count += 1
+            used.add(sv.parse(semver))
+            digests[item["digest"]] = count
+            fresh[count] = (record, semver)
+            numbers.append(count)
+            out.append(self._event(name, ev.REGISTERED, version=count, from_value=self.policy.initial_stage,
+                                   to_value=semver, digest=item["digest"], reason=why, run_id=run_id, payload=record))
+            out.extend(self._event(name, ev.TAG_SET, version=count, key=k, to_value=v, run_id=run_id,
+                                   reason="set at registration") for k, v in sorted(item["tags"].items()))
+        return out, lambda: [self.get(name, n) for n in numbers]
 
     def register_model(self, name: str, model: Any, **kwargs: Any) -> ModelVersion:
         """Register a fitted scikit-learn estimator, serialised deterministically with skops."""
@@ -425,17 +498,11 @@ class Registry:
             return self.register(name, path, flavor=FLAVOR_SKOPS, **kwargs)
 
     @staticmethod
-    def _parent(m: ModelState, parent: int | str | None) -> VersionState | None:
-        if parent is None:
-            return m.versions[-1] if m.versions else None
-        number = int(parent) if str(parent).isdigit() else None
-        if number is None:
-            ref = parse_ref(str(parent))
-            number = ref.version or m.by_semver.get(ref.semver or "") or m.aliases.get(ref.alias or "")
-        vs = m.get(number or 0)
-        if vs is None:
-            raise NotFoundError(f"parent {parent!r} is not a version of {m.name}")
-        return vs
+    def _parent_number(m: ModelState, parent: int | str) -> int | None:
+        if isinstance(parent, int) or str(parent).isdigit():
+            return int(parent)
+        ref = parse_ref(str(parent))
+        return ref.version or m.by_semver.get(ref.semver or "") or m.aliases.get(ref.alias or "")
 
     def _gate_results(self, m: ModelState, vs: VersionState, stage: str) -> dict:
         gate = self.policy.gates.get(stage)
@@ -721,7 +788,7 @@ class Registry:
         problems: list[str] = []
         state = RegistryState(self.policy.production.stage)
         try:
-            state.apply_all(EventLog(self.location).read_after(0))
+            state.apply_all(ev.from_arrow(EventLog(self.location).read_after(0)))
         except Exception as e:  # an unreadable log is the worst finding; report it instead of crashing
             return [f"the event log at {self.location.child('events')} cannot be read: {e}"]
         problems.extend(state.problems)
