@@ -17,7 +17,6 @@ import hashlib
 import mmap
 import os
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -117,16 +116,9 @@ class BlobStore(ABC):
     @abstractmethod
     def delete_temporary(self, name: str) -> None: ...
 
+    @abstractmethod
     def verify(self, digest: str) -> str | None:
         """None when the blob is present and intact, else a sentence saying what is wrong."""
-        try:
-            with tempfile.TemporaryDirectory(prefix="model_ops_verify_") as tmp:
-                self.fetch_to(digest, Path(tmp) / "blob", label=None)
-        except NotFoundError:
-            return f"blob {digest} is missing"
-        except IntegrityError as e:
-            return e.message
-        return None
 
     @staticmethod
     def rel_key(digest: str) -> str:
@@ -239,6 +231,14 @@ class LocalBlobStore(BlobStore):
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)
+
+    def verify(self, digest: str) -> str | None:
+        path = self._path(digest)
+        if not path.is_file():
+            return f"blob {digest} is missing"
+        if hash_file(path)[0] != digest:
+            return _mismatch(digest, self.location).message
+        return None
 
     def iter_blobs(self) -> Iterator[BlobInfo]:
         base = self.root / "sha256"
@@ -460,6 +460,16 @@ class S3BlobStore(BlobStore):
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def verify(self, digest: str) -> str | None:
+        try:
+            body = self._get(digest)["Body"]
+        except NotFoundError:
+            return f"blob {digest} is missing"
+        h = hashlib.sha256()
+        for chunk in body.iter_chunks(COPY_CHUNK):
+            h.update(chunk)
+        return None if h.hexdigest() == digest else _mismatch(digest, self.location).message
 
     def _list(self, prefix: str) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
