@@ -31,6 +31,8 @@ from model_ops.errors import IntegrityError, NotFoundError, UsageError
 from model_ops.location import Location, s3_client
 
 HASH_WINDOW = 64 << 20
+# Half of gc's default grace period (24 h): a reused S3 blob older than this gets its LastModified renewed.
+TOUCH_AFTER_SECONDS = 12 * 3600
 COPY_CHUNK = 8 << 20
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -160,8 +162,10 @@ class LocalBlobStore(BlobStore):
         with Progress(before[0] * 2, label or f"storing {path.name}") as progress:
             digest, size = hash_file(path, progress)
             if self.exists(digest):
-                self.touch(digest)  # keeps a blob that is about to be referenced out of reach of gc
-                return Blob(digest, size, existed=True)
+                if self.size(digest) == size:
+                    self.touch(digest)  # keeps a blob that is about to be referenced out of reach of gc
+                    return Blob(digest, size, existed=True)
+                self._discard_damaged(digest)  # truncated or overwritten: replace it with the good bytes
             tmp = self._tempfile()
             try:
                 _copy_file(path, tmp, progress)
@@ -176,8 +180,10 @@ class LocalBlobStore(BlobStore):
     def put_bytes(self, data: bytes) -> Blob:
         digest = hashlib.sha256(data).hexdigest()
         if self.exists(digest):
-            self.touch(digest)
-            return Blob(digest, len(data), existed=True)
+            if self.verify(digest) is None:  # small (manifests): checking the whole blob is cheap
+                self.touch(digest)
+                return Blob(digest, len(data), existed=True)
+            self._discard_damaged(digest)
         tmp = self._tempfile()
         try:
             tmp.write_bytes(data)
@@ -188,6 +194,11 @@ class LocalBlobStore(BlobStore):
 
     def exists(self, digest: str) -> bool:
         return self._path(digest).is_file()
+
+    def _discard_damaged(self, digest: str) -> None:
+        """Remove a blob whose bytes are known to be wrong, so the correct bytes can take its name. This is the
+        one case where a name is reused: what was there could never have been read (reads verify)."""
+        self.delete(digest)
 
     def touch(self, digest: str) -> None:
         with contextlib.suppress(OSError):
@@ -342,18 +353,37 @@ class S3BlobStore(BlobStore):
         head = self._head(digest)
         return None if head is None else int(head["ContentLength"])
 
+    def _reuse(self, digest: str, size: int, full_check: bool = False) -> bool:
+        """True when an intact blob already holds these bytes. A damaged one is replaced; an old one is touched."""
+        head = self._head(digest)
+        if head is None:
+            return False
+        intact = int(head["ContentLength"]) == size and (not full_check or self.verify(digest) is None)
+        if not intact:
+            return False
+        age = time.time() - head["LastModified"].timestamp()
+        if age > TOUCH_AFTER_SECONDS:
+            # S3 has no utime: copying the object onto itself renews LastModified, so gc's grace period
+            # protects a blob that a registration is about to reference again.
+            self.client.copy({"Bucket": self.bucket, "Key": self._key(digest)}, self.bucket, self._key(digest),
+                             ExtraArgs={"MetadataDirective": "REPLACE"})
+        return True
+
     def put_bytes(self, data: bytes) -> Blob:
         digest = hashlib.sha256(data).hexdigest()
-        if self.exists(digest):
+        if self._reuse(digest, len(data), full_check=True):
             return Blob(digest, len(data), existed=True)
-        published = self._put_object(self._key(digest), data)
+        published = self._put_object(self._key(digest), data, replace=self.exists(digest))
         return Blob(digest, len(data), existed=not published)
 
-    def _put_object(self, key: str, data: bytes) -> bool:
+    def _put_object(self, key: str, data: bytes, replace: bool = False) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+            if replace:  # the blob there is damaged; these bytes hash to its name
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
             return True
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -365,8 +395,9 @@ class S3BlobStore(BlobStore):
         size = os.stat(path).st_size
         with Progress(size * 2, label or f"storing {path.name}") as progress:
             digest, size = hash_file(path, progress)
-            if self.exists(digest):
+            if self._reuse(digest, size):
                 return Blob(digest, size, existed=True)
+            damaged = self.exists(digest)
             key = self._key(digest)
             if size <= self.PART_SIZE:
                 data = path.read_bytes()
@@ -374,10 +405,10 @@ class S3BlobStore(BlobStore):
                     raise UsageError(f"{path} changed while it was being stored",
                                      hint="store a file that no other process is writing")
                 progress.update(size)
-                return Blob(digest, size, existed=not self._put_object(key, data))
-            return Blob(digest, size, existed=not self._multipart(path, key, digest, progress))
+                return Blob(digest, size, existed=not self._put_object(key, data, replace=damaged))
+            return Blob(digest, size, existed=not self._multipart(path, key, digest, progress, replace=damaged))
 
-    def _multipart(self, path: Path, key: str, digest: str, progress: Progress) -> bool:
+    def _multipart(self, path: Path, key: str, digest: str, progress: Progress, replace: bool = False) -> bool:
         from botocore.exceptions import ClientError
 
         client = self.client
@@ -412,9 +443,10 @@ class S3BlobStore(BlobStore):
             if h.hexdigest() != digest:
                 raise UsageError(f"{path} changed while it was being stored",
                                  hint="store a file that no other process is writing")
+            condition = {} if replace else {"IfNoneMatch": "*"}
             try:
                 client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                 MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+                                                 MultipartUpload={"Parts": parts}, **condition)
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                     client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)

@@ -17,8 +17,19 @@ from typing import Any
 from model_ops.errors import PolicyError, UsageError
 
 TRUSTED_ENV = "MODEL_OPS_TRUSTED_TYPES"
-# Types from these packages are trusted by default: they are what scikit-learn pipelines are made of.
-DEFAULT_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
+# Beyond skops' own defaults, these exact classes are trusted: the data-holding classes that ordinary
+# scikit-learn models (trees, boosting, neighbours, calibration) are made of. Never trust by module prefix: skops
+# rebuilds some objects by calling the named function, so trusting "builtins." or "sklearn." would let a crafted
+# file name builtins.exec, or a scikit-learn test helper that runs a script, and execute code on load.
+DEFAULT_TRUSTED = frozenset({
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+})
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 _NPY = re.compile(r"^(\d+)\.npy$")
 
@@ -79,12 +90,12 @@ def trusted_extra() -> list[str]:
 
 
 def loads(data: bytes, trusted: list[str] | tuple[str, ...] = ()) -> Any:
-    """Load skops bytes, refusing any type that is neither a default-trusted type nor named in ``trusted``."""
+    """Load skops bytes, refusing any type that is neither trusted by default nor named exactly in ``trusted``."""
     import skops.io as sio
 
-    allowed = set(trusted) | set(trusted_extra())
+    allowed = DEFAULT_TRUSTED | set(trusted) | set(trusted_extra())
     untrusted = sio.get_untrusted_types(data=data)
-    refused = sorted(t for t in untrusted if t not in allowed and not t.startswith(DEFAULT_TRUSTED_PREFIXES))
+    refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
         raise PolicyError(
             f"the model contains types that are not on the allow-list: {', '.join(refused)}",

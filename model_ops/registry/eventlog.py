@@ -20,7 +20,7 @@ import os
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from model_ops.location import Location, s3_client
 from model_ops.registry import events as ev
@@ -104,6 +104,13 @@ class DeltaCas:
                             commit_properties=CommitProperties(max_commit_retries=0))
         except CommitFailedError:
             self._dt = None  # the handle may be half-updated; reopen from storage
+            return False
+        except DeltaError as e:
+            # The snapshot's own log files were expired under it (a handle idle past the log retention): the
+            # write did not happen; the caller rebuilds its state from the table as it is now.
+            if "Invalid table version" not in str(e):
+                raise
+            self._dt = None
             return False
         return True
 

@@ -37,6 +37,8 @@ from model_ops.registry.refs import Ref, check_alias, check_name, parse_ref
 from model_ops.registry.state import ModelState, RegistryState, VersionState
 
 MAX_ATTEMPTS = 200
+# Well inside the event log's retention (delta.logRetentionDuration, 7 days): see Registry._sync.
+STALE_AFTER = timedelta(days=1)
 RUN_ID_ENV = "MODEL_OPS_RUN_ID"
 
 VERSIONS_SCHEMA = pa.schema([
@@ -220,6 +222,7 @@ class Registry:
         self._reader = EventLog(self.location)  # audit and as-of read the latest table through this one
         self._state: RegistryState | None = None
         self._state_version = -1
+        self._confirmed = 0.0
         self._lock = threading.RLock()
 
     @classmethod
@@ -231,8 +234,18 @@ class Registry:
     # ------------------------------------------------------------------ reading
 
     def _sync(self) -> RegistryState:
-        """The fold, brought up to date. Costs one stat (or HEAD) when nothing changed."""
+        """The fold, brought up to date. Costs one stat (or HEAD) when nothing changed.
+
+        The probe "does Delta commit V+1 exist?" is exact as long as V+1, if it exists, cannot have been expired
+        yet. Delta expires commit files only after the log retention (7 days), and V+1 is younger than the last
+        moment we saw V as the newest. So a state last confirmed longer ago than ``STALE_AFTER`` is rebuilt from
+        scratch instead of probed.
+        """
         with self._lock:
+            now = time.monotonic()
+            if self._state is not None and now - self._confirmed > STALE_AFTER.total_seconds():
+                self._state = None
+                self._log = EventLog(self.location)
             if self._state is None:
                 state = RegistryState(self.policy.production.stage)
                 state.apply_table(self._log.read_after(0))
@@ -241,6 +254,7 @@ class Registry:
                 self._log.refresh()
                 self._state.apply_table(self._log.read_after(self._state.last_seq))
                 self._state_version = self._log.version
+            self._confirmed = now
             return self._state
 
     def _model(self, state: RegistryState, name: str) -> ModelState:
@@ -357,6 +371,8 @@ class Registry:
                     self._state_version = self._log.version
                     self._after_commit()
                     return result()
+                if not self._log._commit_file_exists(self._state_version + 1):
+                    self._state = None  # lost the race yet no V+1: the log moved on past expiry; rebuild
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.25)
         raise ConflictError("the registry is too busy: the write lost the race to other writers "
