@@ -1,0 +1,73 @@
+"""Shared fixtures: an isolated environment for every test, a fresh local registry root, and an S3 endpoint
+(moto's server on loopback, started once per session) for the tests marked ``s3``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import pytest
+
+S3_BUCKET = "model-ops-test"
+
+# Settings that would leak the developer's own registry, policy, keys or run into the tests.
+_MODEL_OPS_ENV = ("MODEL_OPS_ROOT", "MODEL_OPS_POLICY", "MODEL_OPS_SIGNING_KEY", "MODEL_OPS_TRUSTED_TYPES",
+                  "MODEL_OPS_RUN_ID", "MODEL_OPS_ACTOR")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in _MODEL_OPS_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MODEL_OPS_PROGRESS", "0")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A registry root that does not exist yet (the registry creates it on first write)."""
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def reg(root: Path):  # type: ignore[no-untyped-def]
+    from model_ops.registry import Registry
+
+    return Registry.open(root, actor="tester")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():  # type: ignore[no-untyped-def]
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto), with the test bucket created."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=S3_BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``s3://model-ops-test/<unique prefix>``: registry tables and artifacts both in the test endpoint."""
+    from model_ops import location
+
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    # Keep the developer's ~/.aws out of it.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    location._cached_client.cache_clear()
+    yield f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
+    location._cached_client.cache_clear()
