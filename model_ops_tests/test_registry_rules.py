@@ -80,11 +80,16 @@ def test_semver_classification() -> None:
 
 
 def test_semver_bumps_never_repeat() -> None:
-    used = {(1, 0, 0), (1, 1, 0), (1, 2, 0)}
+    used = sv.SemverIndex.of({"1.0.0", "1.1.0", "1.2.0"})
     assert sv.bump("minor", "1.1.0", used) == "1.3.0"  # parent is not the newest: still a fresh minor
     assert sv.bump("patch", "1.1.0", used) == "1.1.1"
     assert sv.bump("major", "1.1.0", used) == "2.0.0"
-    assert sv.bump("initial", None, set()) == "1.0.0"
+    assert sv.bump("initial", None, sv.SemverIndex()) == "1.0.0"
+    batch = sv.SemverIndex(over=used)  # a batch's own bumps stack on the model's without copying them
+    batch.add("1.3.0")
+    assert sv.bump("minor", "1.0.0", batch) == "1.4.0" and sv.bump("minor", "1.0.0", used) == "1.3.0"
+    batch.add("2.0.0")
+    assert sv.bump("major", "1.0.0", batch) == "3.0.0" and sv.bump("patch", "2.0.0", batch) == "2.0.1"
 
 
 def test_registered_semvers_follow_the_parent(reg: Registry, tmp_path: Path) -> None:

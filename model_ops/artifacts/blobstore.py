@@ -228,16 +228,13 @@ class LocalBlobStore(BlobStore):
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = src.stat().st_size
-        with Progress(size, label) as progress:
-            got, _ = hash_file(src, progress)
-            if got != digest:
-                raise _mismatch(digest, self.location)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+        with Progress(size * 2, label) as progress:
             try:
-                _copy_file(src, tmp, None)
+                _copy_file(src, tmp, progress)
                 os.chmod(tmp, 0o644)
-                # Re-hash the copy: the check above proves the store, this one proves what the caller gets.
-                if hash_file(tmp)[0] != digest:
+                # Hashing the copy proves what the caller gets, and through it the stored bytes it came from.
+                if hash_file(tmp, progress)[0] != digest:
                     raise _mismatch(digest, self.location)
                 os.replace(tmp, dest)
             finally:

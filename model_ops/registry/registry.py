@@ -463,8 +463,8 @@ class Registry:
                              run_id: str | None) -> tuple[list[ev.Event], Callable[[], list[ModelVersion]]]:
         m = state.models.get(name) or ModelState(name)
         count = len(m.versions)
-        digests = dict(m.by_digest)
-        used = m.used_semvers()
+        digests: dict[str, int] = {}  # this batch's; the model's own stay in m.by_digest (not copied: O(1))
+        used = sv.SemverIndex(over=m.semvers)
         fresh: dict[int, tuple[dict, str]] = {}  # versions created by this batch: number -> (record, semver)
 
         def lookup(number: int) -> tuple[dict, str] | None:
@@ -476,8 +476,9 @@ class Registry:
         out: list[ev.Event] = []
         numbers: list[int] = []
         for item in prepared:
-            if item["digest"] in digests:
-                numbers.append(digests[item["digest"]])
+            known = digests.get(item["digest"]) or m.by_digest.get(item["digest"])
+            if known is not None:
+                numbers.append(known)
                 continue
             parent_no = self._parent_number(m, item["parent"]) if item["parent"] is not None else (count or None)
             parent = lookup(parent_no) if parent_no else None
@@ -495,7 +496,7 @@ class Registry:
             semver = sv.bump(level, parent[1] if parent else None, used)
             record["bump"] = {"level": level, "reason": why, "from": parent[1] if parent else None}
             count += 1
-            used.add(sv.parse(semver))
+            used.add(semver)
             digests[item["digest"]] = count
             fresh[count] = (record, semver)
             numbers.append(count)

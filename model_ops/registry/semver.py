@@ -79,14 +79,50 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
     return "patch", "same interface, data and parameters; different artifact bytes"
 
 
-def bump(level: str, parent_semver: str | None, used: set[tuple[int, int, int]]) -> str:
+class SemverIndex:
+    """The highest semver used per line (overall major; minor per major; patch per major.minor), kept as versions
+    register so a bump costs O(1) instead of a scan over every version of the model. A batch stacks its own index
+    on the model's (``over``) without copying it."""
+
+    __slots__ = ("top_major", "top_minor", "top_patch", "over")
+
+    def __init__(self, over: SemverIndex | None = None) -> None:
+        self.top_major: int | None = None
+        self.top_minor: dict[int, int] = {}
+        self.top_patch: dict[tuple[int, int], int] = {}
+        self.over = over
+
+    @classmethod
+    def of(cls, semvers: list[str] | set[str]) -> SemverIndex:
+        index = cls()
+        for s in semvers:
+            index.add(s)
+        return index
+
+    def add(self, semver: str) -> None:
+        major, minor, patch = parse(semver)
+        self.top_major = major if self.top_major is None else max(self.top_major, major)
+        self.top_minor[major] = max(self.top_minor.get(major, minor), minor)
+        self.top_patch[(major, minor)] = max(self.top_patch.get((major, minor), patch), patch)
+
+    def _get(self, attr: str, key: object, default: int | None) -> int | None:
+        mine = getattr(self, attr).get(key)
+        theirs = self.over._get(attr, key, None) if self.over else None
+        values = [v for v in (mine, theirs) if v is not None]
+        return max(values) if values else default
+
+    def major(self) -> int | None:
+        values = [v for v in (self.top_major, self.over.major() if self.over else None) if v is not None]
+        return max(values) if values else None
+
+
+def bump(level: str, parent_semver: str | None, used: SemverIndex) -> str:
+    top = used.major()
     if level == "initial" or parent_semver is None:
-        return FIRST if not used else f"{max(v[0] for v in used) + 1}.0.0"
+        return FIRST if top is None else f"{top + 1}.0.0"
     major, minor, _patch = parse(parent_semver)
     if level == "major":
-        return f"{max(v[0] for v in used) + 1}.0.0"
+        return f"{(top if top is not None else major) + 1}.0.0"
     if level == "minor":
-        top = max((v[1] for v in used if v[0] == major), default=minor)
-        return f"{major}.{top + 1}.0"
-    top = max((v[2] for v in used if v[0] == major and v[1] == minor), default=0)
-    return f"{major}.{minor}.{top + 1}"
+        return f"{major}.{used._get('top_minor', major, minor) + 1}.0"  # type: ignore[operator]
+    return f"{major}.{minor}.{used._get('top_patch', (major, minor), 0) + 1}"  # type: ignore[operator]

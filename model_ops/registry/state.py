@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model_ops.registry import events as ev
-from model_ops.registry.semver import parse as parse_semver
+from model_ops.registry.semver import SemverIndex
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -75,6 +75,7 @@ class ModelState:
     production_history: list[int] = field(default_factory=list)  # versions in the order they entered production
     rolled_back: set[int] = field(default_factory=set)
     approvals: dict[tuple[int, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    _semvers: SemverIndex | None = field(default=None, repr=False)  # built on first registration, then kept
 
     def get(self, version: int) -> VersionState | None:
         return self.versions[version - 1] if 1 <= version <= len(self.versions) else None
@@ -82,8 +83,11 @@ class ModelState:
     def aliases_of(self, version: int) -> list[str]:
         return sorted(a for a, v in self.aliases.items() if v == version)
 
-    def used_semvers(self) -> set[tuple[int, int, int]]:
-        return {parse_semver(s) for s in self.by_semver}
+    @property
+    def semvers(self) -> SemverIndex:
+        if self._semvers is None:
+            self._semvers = SemverIndex.of(self.by_semver)
+        return self._semvers
 
 
 class RegistryState:
@@ -141,6 +145,8 @@ class RegistryState:
                 m.versions.append(vs)
                 m.by_digest.setdefault(vs.digest, number)
                 m.by_semver[vs.semver] = number
+                if m._semvers is not None:
+                    m._semvers.add(vs.semver)
         for e in ev.from_arrow(table.filter(pc.invert(is_reg))):
             self._apply_change(e)
         self.last_seq = int(seqs[-1])
@@ -168,6 +174,8 @@ class RegistryState:
             m.versions.append(vs)
             m.by_digest.setdefault(vs.digest, vs.version)
             m.by_semver[vs.semver] = vs.version
+            if m._semvers is not None:
+                m._semvers.add(vs.semver)
             return
         self._apply_change(e)
 
