@@ -34,6 +34,7 @@ TABLE_CONFIG = {
     "delta.deletedFileRetentionDuration": "interval 1 days",
 }
 COMPACT_EVERY = 100
+COMPACT_TARGET_BYTES = 16 << 20
 VACUUM_EVERY = 1000
 
 
@@ -120,7 +121,9 @@ class DeltaCas:
         if version == 0 or version % COMPACT_EVERY:
             return
         try:
-            self.table.optimize.compact()
+            # Files at the target size are left alone, so each compaction merges only the recent small files
+            # instead of rewriting the whole table (the default target, 256 MiB, would rewrite everything).
+            self.table.optimize.compact(target_size=COMPACT_TARGET_BYTES)
             if version % VACUUM_EVERY == 0:
                 self.table.vacuum(dry_run=False)
                 self.table.cleanup_metadata()
