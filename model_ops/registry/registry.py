@@ -34,7 +34,7 @@ from model_ops.registry.environment import default_actor, environment, git_commi
 from model_ops.registry.eventlog import COMPACT_EVERY, DeltaCas, EventLog
 from model_ops.registry.policy import Policy, load_policy
 from model_ops.registry.refs import Ref, check_alias, check_name, parse_ref
-from model_ops.registry.state import ModelState, RegistryState, VersionState
+from model_ops.registry.state import ModelState, RegistryState, VersionState, gc_paused
 
 MAX_ATTEMPTS = 200
 # Well inside the event log's retention (delta.logRetentionDuration, 7 days): see Registry._sync.
@@ -318,7 +318,8 @@ class Registry:
     def versions(self, name: str) -> list[ModelVersion]:
         with self._lock:
             m = self._model(self._sync(), name)
-            return [self._mv(m, vs) for vs in m.versions]
+            with gc_paused():
+                return [self._mv(m, vs) for vs in m.versions]
 
     def audit(self, name: str | None = None) -> list[ev.Event]:
         """Every event, oldest first (for one model when ``name`` is given). Read from the table, not the cache."""

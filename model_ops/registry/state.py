@@ -6,8 +6,11 @@ for a version that does not exist) is not applied and is recorded in ``problems`
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -20,6 +23,19 @@ from model_ops.registry import events as ev
 from model_ops.registry.semver import SemverIndex
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while allocating many objects that hold no cycles: otherwise each
+    allocation burst triggers full collections that walk every object in the process (3x slower at 100k)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class VersionState:
@@ -125,6 +141,15 @@ class RegistryState:
             self.problems.append(f"event log gap or duplicate after event {self.last_seq}")
         is_reg = pc.equal(table.column("kind"), ev.REGISTERED)
         regs = table.filter(is_reg)
+        with gc_paused():
+            self._register_rows(regs)
+        for e in ev.from_arrow(table.filter(pc.invert(is_reg))):
+            self._apply_change(e)
+        self.last_seq = int(seqs[-1])
+        newest = ev.utc(pc.max(table.column("ts")).as_py())
+        self.last_ts = newest if self.last_ts is None else max(self.last_ts, newest)
+
+    def _register_rows(self, regs: pa.Table) -> None:
         if regs.num_rows:
             cols = {n: regs.column(n).to_pylist() for n in ("model", "version", "to_value", "digest", "actor",
                                                             "from_value", "run_id", "seq")}
@@ -147,11 +172,6 @@ class RegistryState:
                 m.by_semver[vs.semver] = number
                 if m._semvers is not None:
                     m._semvers.add(vs.semver)
-        for e in ev.from_arrow(table.filter(pc.invert(is_reg))):
-            self._apply_change(e)
-        self.last_seq = int(seqs[-1])
-        newest = ev.utc(pc.max(table.column("ts")).as_py())
-        self.last_ts = newest if self.last_ts is None else max(self.last_ts, newest)
 
     def apply(self, e: ev.Event) -> None:
         if e.seq <= self.last_seq:
