@@ -10,29 +10,29 @@ from pathlib import Path
 import dagster as dg
 
 from model_ops.definitions import defs
-from model_ops.defs.resources import RegistryResource
+from model_ops.defs.resources import ModelOpsResource
 
 PROJECT = Path(__file__).parents[1]
 
 
 def test_registry_resource_opens_the_configured_root(tmp_path: Path) -> None:
-    resource = RegistryResource(root=str(tmp_path / "root"), actor="pipeline")
+    resource = ModelOpsResource(root=str(tmp_path / "root"), actor="pipeline")
     reg = resource.get_registry()
     assert reg.actor == "pipeline"
     assert str(reg.root) == str((tmp_path / "root").resolve())
 
     @dg.asset
-    def registered(registry: RegistryResource) -> int:
+    def registered(model_ops: ModelOpsResource) -> int:
         src = tmp_path / "model.bin"
         src.write_bytes(b"weights")
-        return registry.get_registry().register("m", src).version
+        return model_ops.get_registry().register("m", src).version
 
-    result = dg.materialize([registered], resources={"registry": resource})
+    result = dg.materialize([registered], resources={"model_ops": resource})
     assert result.success and result.output_for_node("registered") == 1
 
 
 def test_definitions_resolve() -> None:
-    assert isinstance(defs.resources["registry"], RegistryResource)
+    assert isinstance(defs.resources["model_ops"], ModelOpsResource)
     defs.resolve_all_job_defs()
 
 

@@ -1,29 +1,63 @@
-"""Dagster resources over the Dagster-free library.
+"""Dagster resources over the Dagster-free library, chosen by environment, never by code edits.
 
-The root is chosen by environment, never by code edits: ``MODEL_OPS_ROOT`` (a path or ``s3://bucket/prefix``),
-default ``./.model_ops``. Every registry change made from a run carries that run's id into the audit log.
+``MODEL_OPS_ENV=local`` (default): everything under ``MODEL_OPS_ROOT`` (default ``./.model_ops``).
+``MODEL_OPS_ENV=s3``: ``MODEL_OPS_ROOT`` must be ``s3://bucket/prefix``; Delta tables and artifacts both live
+there, with credentials and endpoint from the standard AWS settings. Every registry change made from a run
+carries that run's id into the audit log.
 """
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 from pydantic import Field
 
-from model_ops.location import resolve_root
+from model_ops.data.delta import Dataset
+from model_ops.errors import UsageError
+from model_ops.location import Location, resolve_root
 from model_ops.registry import Registry
 
+ENV_VAR = "MODEL_OPS_ENV"
+ENVIRONMENTS = ("local", "s3")
 
-class RegistryResource(dg.ConfigurableResource):
-    """The model registry and artifact store at ``root``.
+
+class ModelOpsResource(dg.ConfigurableResource):
+    """The registry, the artifact store and the Delta datasets of model_ops, all under one root.
 
     ``actor`` defaults to ``MODEL_OPS_ACTOR`` or the OS user running the code location; set it to the identity
     your policy file grants the run's verbs (for example a ``pipeline`` role allowed to register and stage).
     """
 
-    root: str | None = Field(default=None, description="Registry root: a local path or s3://bucket/prefix; "
-                             "default $MODEL_OPS_ROOT, else ./.model_ops.")
+    root: str | None = Field(default=None, description="A local path or s3://bucket/prefix; default "
+                             "$MODEL_OPS_ROOT, else ./.model_ops.")
     actor: str | None = Field(default=None, description="Who the registry records as acting for this run.")
     policy: str | None = Field(default=None, description="Path of a policy YAML; default: the registry's own.")
 
+    def location(self) -> Location:
+        return resolve_root(self.root)
+
     def get_registry(self) -> Registry:
-        return Registry.open(resolve_root(self.root), actor=self.actor, policy=self.policy)
+        return Registry.open(self.location(), actor=self.actor, policy=self.policy)
+
+    def dataset(self, model: str, name: str) -> Dataset:
+        """The Delta table of asset ``model/name`` (``<root>/datasets/<model>/<name>``)."""
+        return Dataset(self.location().child("datasets", model, name), f"{model}/{name}")
+
+
+def environment() -> str:
+    env = os.environ.get(ENV_VAR, "local").strip().lower() or "local"
+    if env not in ENVIRONMENTS:
+        raise UsageError(f"{ENV_VAR}={env} is not an environment model_ops knows",
+                         hint=f"use one of: {', '.join(ENVIRONMENTS)}")
+    return env
+
+
+def resources() -> dict[str, dg.ConfigurableResource]:
+    """The resources for the environment named by ``MODEL_OPS_ENV``."""
+    env = environment()
+    resource = ModelOpsResource()
+    if env == "s3" and not resource.location().is_s3:
+        raise UsageError(f"{ENV_VAR}=s3 needs MODEL_OPS_ROOT=s3://bucket/prefix, got {resource.location().uri}",
+                         hint="set MODEL_OPS_ROOT to an s3:// URI (and AWS_ENDPOINT_URL for a non-AWS endpoint)")
+    return {"model_ops": resource}

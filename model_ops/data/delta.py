@@ -1,0 +1,123 @@
+"""Delta Lake datasets: one table per asset, partitioned by month, each write a new table version.
+
+Every dataset a model is trained on is named by ``uri@version``: Delta keeps old versions readable (time travel),
+so a training set recorded in the registry can be read back exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from model_ops.errors import NotFoundError
+from model_ops.location import Location
+
+PARTITION = "batch"
+
+
+class Dataset:
+    """A Delta table at ``location`` (local path or ``s3://``), partitioned by ``batch`` when it has one."""
+
+    def __init__(self, location: Location, name: str) -> None:
+        self.location = location
+        self.name = name
+        self.uri = location.uri if location.is_s3 else str(location.path)
+        self.options = location.delta_storage_options()
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.uri})"
+
+    def exists(self) -> bool:
+        return DeltaTable.is_deltatable(self.uri, storage_options=self.options)
+
+    def table(self, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(self.uri, version=version, storage_options=self.options)
+        except TableNotFoundError as exc:
+            raise NotFoundError(f"dataset {self.name} has not been written yet ({self.uri})",
+                                hint="materialize its asset first") from exc
+
+    def version(self) -> int:
+        return self.table().version()
+
+    def replace_batch(self, batch: str, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
+        """Replace one month's rows (all of them, only them) in one atomic commit; returns the new version."""
+        _require_batch(data, batch)
+        props = CommitProperties(custom_metadata=metadata) if metadata else None
+        if not self.exists():
+            write_deltalake(self.uri, data, mode="append", partition_by=[PARTITION], storage_options=self.options,
+                            commit_properties=props)
+        else:
+            write_deltalake(self.uri, data, mode="overwrite", predicate=f"{PARTITION} = '{batch}'",
+                            partition_by=[PARTITION], storage_options=self.options, commit_properties=props)
+        return self.version()
+
+    def delete_batch(self, batch: str) -> int | None:
+        """Remove one month's rows; returns the new version (None when the table does not exist yet)."""
+        if not self.exists():
+            return None
+        table = self.table()
+        if batch not in self.batches(table=table):
+            return table.version()
+        table.delete(f"{PARTITION} = '{batch}'")
+        return self.version()
+
+    def overwrite(self, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
+        """Replace the whole table (unpartitioned snapshots); old versions stay readable."""
+        props = CommitProperties(custom_metadata=metadata) if metadata else None
+        write_deltalake(self.uri, data, mode="overwrite", schema_mode="overwrite" if self.exists() else None,
+                        storage_options=self.options, commit_properties=props)
+        return self.version()
+
+    def batches(self, version: int | None = None, table: DeltaTable | None = None) -> list[str]:
+        """The months present at ``version`` (default latest), sorted."""
+        table = table or self.table(version)
+        return sorted({p[PARTITION] for p in table.partitions() if PARTITION in p})
+
+    def read(self, batches: Sequence[str] | None = None, version: int | None = None,
+             columns: list[str] | None = None) -> pd.DataFrame:
+        """Rows of the given months (all when None) at ``version`` (default latest), in a stable order."""
+        table = self.table(version)
+        parts = [(PARTITION, "in", list(batches))] if batches is not None else None
+        if batches is not None and not batches:
+            return table.to_pyarrow_table(columns=columns).slice(0, 0).to_pandas()
+        return table.to_pandas(partitions=parts, columns=columns)
+
+    def arrow_schema(self, version: int | None = None) -> pa.Schema:
+        return pa.schema(self.table(version).schema().to_arrow())
+
+    def schema_hash(self, version: int | None = None) -> str:
+        return schema_hash(self.arrow_schema(version))
+
+    def last_commit_metadata(self) -> dict[str, Any]:
+        if not self.exists():
+            return {}
+        history = self.table().history(1)
+        return dict(history[0]) if history else {}
+
+
+def _require_batch(data: pa.Table, batch: str) -> None:
+    if PARTITION not in data.column_names:
+        raise ValueError(f"data written to a monthly dataset needs a {PARTITION!r} column")
+    values = set(data.column(PARTITION).unique().to_pylist())
+    if values - {batch}:
+        raise ValueError(f"rows for {sorted(values - {batch})} cannot be written into month {batch}")
+
+
+def schema_hash(schema: pa.Schema) -> str:
+    """A short, stable fingerprint of column names and types (not metadata), for data versions and lineage."""
+    text = ";".join(f"{f.name}:{f.type}:{f.nullable}" for f in schema)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def frame_fingerprint(df: pd.DataFrame) -> str:
+    """Content hash of a frame (values, order and column names), to tell whether a snapshot really changed."""
+    h = hashlib.sha256(",".join(map(str, df.columns)).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,33 @@
+"""Shared pieces of the per-model asset factories: asset keys, attribution and metadata helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from model_ops.specs.schema import ModelSpec
+
+
+def key(spec: ModelSpec, name: str) -> dg.AssetKey:
+    """``flight_delay/features`` and so on: every asset of a model is prefixed with the model's name."""
+    return dg.AssetKey([spec.name, name])
+
+
+def common(spec: ModelSpec) -> dict[str, Any]:
+    return {"group_name": spec.name, "owners": [spec.owner]}
+
+
+def column_schema(df: pd.DataFrame) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(str(c), str(t)) for c, t in df.dtypes.items()])
+
+
+def md_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_none_"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(out)

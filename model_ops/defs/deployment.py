@@ -1,0 +1,62 @@
+"""The deployment asset: every change of what serves is one materialization, with its action as run config.
+
+The manifest itself lives in the registry (production stage + the newest deployment record), so this asset's
+history and the registry's audit log tell the same story, and a rollback from the command line is seen here.
+"""
+
+
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from model_ops.defs.common import common, key
+from model_ops.defs.resources import ModelOpsResource
+from model_ops.ml import deployment as dep
+from model_ops.specs.schema import ModelSpec
+
+DEPLOY_CODE_VERSION = "deploy-1"
+
+
+class DeployConfig(dg.Config):
+    """What to change. ``deploy`` (default) starts the newest staging version: straight to production when
+    nothing serves, else as a canary at the spec's first step."""
+
+    action: Literal["deploy", "advance", "promote", "rollback", "shadow_on", "shadow_off"] = "deploy"
+    version: int | None = Field(default=None, description="Registry version to act on (default: per action).")
+    reason: str | None = Field(default=None, description="Why; recorded in the audit log.")
+
+
+def manifest_metadata(manifest: dep.Manifest) -> dict[str, object]:
+    return {"production_version": manifest.production or -1, "canary_version": manifest.canary or -1,
+            "canary_weight": manifest.canary_weight, "shadow_version": manifest.shadow or -1,
+            "manifest": dg.MetadataValue.json(manifest.to_dict())}
+
+
+def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=key(spec, "deployment"), deps=[key(spec, "evaluation")], code_version=f"{DEPLOY_CODE_VERSION}-"
+        f"{spec.fingerprint('deployment')}", kinds={"deployment"},
+        description="The deployment manifest: the production version, the canary version and its traffic weight, "
+                    "the shadow version. Each action (deploy, advance, promote, rollback, shadow_on, shadow_off) "
+                    "is a materialization with run config and a `deployment` record in the registry's audit log. "
+                    f"Canary steps: {', '.join(f'{s:.0%}' for s in spec.deployment.canary_steps)}.",
+        **common(spec),
+    )
+    def _deployment(context: dg.AssetExecutionContext, config: DeployConfig,
+                    model_ops: ModelOpsResource) -> dg.MaterializeResult:
+        reg = model_ops.get_registry()
+        if config.action == "deploy" and config.version is None and not any(
+                v.stage == "staging" for v in reg.versions(spec.name)):
+            manifest = dep.current(reg, spec.name)
+            change = dep.Change("deploy", manifest, manifest, "no version is waiting in staging; "
+                                f"{manifest.describe()} (unchanged)", False)
+        else:
+            change = dep.apply(reg, spec, config.action, version=config.version, reason=config.reason,
+                               run_id=context.run_id)
+        context.log.info(f"{spec.name}: {change.message}")
+        return dg.MaterializeResult(metadata={
+            "action": change.action, "changed": change.changed, "message": change.message,
+            "serving": change.after.describe(), **manifest_metadata(change.after)})
+
+    return _deployment

@@ -1,0 +1,1 @@
+"""Dagster-free ML layer: training pipelines, evaluation metrics, deployment manifests, traffic routing."""

@@ -1,0 +1,193 @@
+"""The deployment manifest: which versions serve a model's traffic, and the actions that change it.
+
+Who serves production is the registry's production stage, always (so the CLI, a rollback sensor and this module
+can never disagree about it). The canary (version + traffic weight) and the shadow live in the newest
+``deployment`` record of the registry's audit log. Every action that changes what serves appends such a record,
+so the deployment history is the audit log, and "what served at 14:00" is answered by the records before 14:00.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from model_ops.errors import NotFoundError, PolicyError, UsageError
+from model_ops.registry import Registry
+from model_ops.specs.schema import ModelSpec
+
+ACTIONS = ("deploy", "advance", "promote", "rollback", "shadow_on", "shadow_off")
+CANARY_ALIAS = "canary"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: str
+    production: int | None
+    canary: int | None = None
+    canary_weight: float = 0.0
+    shadow: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        parts = [f"production v{self.production}" if self.production else "nothing in production"]
+        if self.canary:
+            parts.append(f"canary v{self.canary} at {self.canary_weight:.0%}")
+        if self.shadow:
+            parts.append(f"shadow v{self.shadow}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Change:
+    action: str
+    before: Manifest
+    after: Manifest
+    message: str
+    changed: bool
+
+
+def _production(reg: Registry, name: str) -> int | None:
+    try:
+        return reg.resolve(f"models:/{name}/{reg.policy.production.stage}").version
+    except NotFoundError:
+        return None
+
+
+def current(reg: Registry, name: str) -> Manifest:
+    """The manifest in force now."""
+    prod = _production(reg, name)
+    canary, weight, shadow = None, 0.0, None
+    try:
+        events = reg.audit(name)
+    except NotFoundError:
+        events = []
+    for event in reversed(events):
+        if event.kind == "deployment":
+            m = event.data.get("manifest") or {}
+            canary, weight, shadow = m.get("canary"), float(m.get("canary_weight") or 0.0), m.get("shadow")
+            break
+    if canary is not None and canary == prod:
+        canary, weight = None, 0.0
+    if shadow is not None and shadow == prod:
+        shadow = None
+    return Manifest(name, prod, canary, weight if canary else 0.0, shadow)
+
+
+def _newest_in(reg: Registry, name: str, stage: str, exclude: set[int | None]) -> int:
+    in_stage = [v.version for v in reg.versions(name) if v.stage == stage and v.version not in exclude]
+    if not in_stage:
+        raise PolicyError(f"{name} has no version in {stage} to deploy",
+                          hint="versions reach staging when their evaluation passes every gate "
+                               "(materialize the evaluation asset), or with `model-ops transition REF staging`")
+    return in_stage[-1]
+
+
+def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = None, reason: str | None = None,
+          run_id: str | None = None) -> Change:
+    """Carry out one deployment action and record it; a request that changes nothing records nothing."""
+    if action not in ACTIONS:
+        raise UsageError(f"unknown deployment action {action!r}", hint="actions: " + ", ".join(ACTIONS))
+    name = spec.name
+    before = current(reg, name)
+    why = (reason or "").strip() or f"{action} requested" + (f" by run {run_id}" if run_id else "")
+    steps = spec.deployment.canary_steps
+    after, acted, message = before, version, ""
+
+    if version is not None:
+        reg.get(name, version)  # NotFoundError naming the model's versions
+
+    if action == "deploy":
+        target = version or _newest_in(reg, name, "staging", {before.production})
+        acted = target
+        if target in (before.production, before.canary):
+            role = "production" if target == before.production else "the canary"
+            return Change(action, before, before, f"v{target} already serves as {role}; nothing changed", False)
+        if before.production is None:
+            reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=why, run_id=run_id)
+            after = replace(before, production=target)
+            message = f"v{target} deployed straight to production (nothing was serving)"
+        else:
+            _stage(reg, name, target, "staging", why, run_id)
+            reg.set_alias(name, CANARY_ALIAS, target, reason=why, run_id=run_id)
+            after = replace(before, canary=target, canary_weight=steps[0])
+            message = f"v{target} started as canary at {steps[0]:.0%} beside production v{before.production}"
+            if before.canary:
+                message += f" (supersedes canary v{before.canary})"
+    elif action == "advance":
+        if before.canary is None:
+            raise PolicyError(f"{name} has no canary to advance", hint="start one with action deploy")
+        acted = before.canary
+        later = [s for s in steps if s > before.canary_weight]
+        if not later:
+            return apply(reg, spec, "promote", reason=why + " (advanced past the last canary step)", run_id=run_id)
+        after = replace(before, canary_weight=later[0])
+        message = f"canary v{before.canary} advanced from {before.canary_weight:.0%} to {later[0]:.0%}"
+    elif action == "promote":
+        target = version or before.canary
+        if target is None:
+            raise PolicyError(f"{name} has no canary to promote", hint="start one with action deploy, or name a version")
+        if target == before.production:
+            return Change(action, before, before, f"v{target} is already in production; nothing changed", False)
+        acted = target
+        reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=why, run_id=run_id)
+        _drop_canary_alias(reg, name, why, run_id)
+        after = replace(before, production=target, canary=None, canary_weight=0.0,
+                        shadow=None if before.shadow == target else before.shadow)
+        message = f"v{target} promoted to production (was v{before.production})"
+    elif action == "rollback":
+        if before.canary is not None and version is None:
+            acted = before.canary
+            reg.transition(f"models:/{name}/{before.canary}", reg.policy.production.rolled_back_goes_to,
+                           reason=f"canary rolled back: {why}", run_id=run_id)
+            _drop_canary_alias(reg, name, why, run_id)
+            after = replace(before, canary=None, canary_weight=0.0)
+            message = f"canary v{before.canary} rolled back; production v{before.production} serves all traffic"
+        else:
+            mv = reg.rollback(name, to=version, reason=why, run_id=run_id)
+            acted = mv.version
+            after = replace(before, production=mv.version,
+                            canary=None if before.canary == mv.version else before.canary,
+                            canary_weight=0.0 if before.canary == mv.version else before.canary_weight)
+            message = f"production rolled back from v{before.production} to v{mv.version}"
+    elif action == "shadow_on":
+        target = version or _newest_in(reg, name, "staging", {before.production})
+        acted = target
+        if target == before.production:
+            raise PolicyError(f"v{target} is in production; a shadow must be another version")
+        if target == before.shadow:
+            return Change(action, before, before, f"v{target} already runs in shadow; nothing changed", False)
+        after = replace(before, shadow=target)
+        message = f"v{target} now scores in shadow (never served)"
+    elif action == "shadow_off":
+        if before.shadow is None:
+            return Change(action, before, before, "no shadow was running; nothing changed", False)
+        acted = before.shadow
+        after = replace(before, shadow=None)
+        message = f"shadow v{before.shadow} stopped"
+
+    reg.record(name, "deployment", version=acted, reason=why, run_id=run_id,
+               details={"action": action, "message": message, "manifest": after.to_dict(),
+                        "previous": before.to_dict()})
+    return Change(action, before, after, message, True)
+
+
+def _stage(reg: Registry, name: str, version: int, stage: str, why: str, run_id: str | None) -> None:
+    mv = reg.get(name, version)
+    if mv.stage != stage:
+        raise PolicyError(f"{name} v{version} is in {mv.stage}; only {stage} versions can start a canary",
+                          hint=f"move it with `model-ops transition models:/{name}/{version} {stage}`")
+
+
+def _drop_canary_alias(reg: Registry, name: str, why: str, run_id: str | None) -> None:
+    try:
+        reg.remove_alias(name, CANARY_ALIAS, reason=why, run_id=run_id)
+    except NotFoundError:
+        pass
+
+
+def history(reg: Registry, name: str) -> list[dict[str, Any]]:
+    """Every deployment change, oldest first: when, who, what, why, and the manifest after it."""
+    return [{"ts": e.ts.isoformat(), "actor": e.actor, "version": e.version, "reason": e.reason,
+             "run_id": e.run_id, **e.data} for e in reg.audit(name) if e.kind == "deployment"]

@@ -1,0 +1,28 @@
+"""Sticky traffic routing: the same key always lands in the same arm for a given canary weight.
+
+A key's bucket is a hash of the key (not a random draw), so a flight scored twice is served by the same model,
+and raising the canary weight only moves keys from production to canary, never back and forth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+PRODUCTION, CANARY, SHADOW = "production", "canary", "shadow"
+
+
+def buckets(keys: pd.Series, salt: str = "") -> np.ndarray:
+    """A uniform number in [0, 1) per key, identical on every call and machine."""
+    def one(k: str) -> float:
+        return int.from_bytes(hashlib.blake2b(f"{salt}{k}".encode(), digest_size=8).digest(), "big") / 2**64
+    return np.fromiter((one(k) for k in keys.astype(str)), dtype="float64", count=len(keys))
+
+
+def assign_arms(keys: pd.Series, canary_weight: float, salt: str = "") -> np.ndarray:
+    """``canary`` for keys whose bucket is below the weight, ``production`` for the rest."""
+    if not 0.0 <= canary_weight <= 1.0:
+        raise ValueError(f"canary weight must be within [0, 1], got {canary_weight}")
+    return np.where(buckets(keys, salt) < canary_weight, CANARY, PRODUCTION)
