@@ -13,7 +13,7 @@ S3_BUCKET = "model-ops-test"
 
 # Settings that would leak the developer's own registry, policy, keys or run into the tests.
 _MODEL_OPS_ENV = ("MODEL_OPS_ROOT", "MODEL_OPS_POLICY", "MODEL_OPS_SIGNING_KEY", "MODEL_OPS_TRUSTED_TYPES",
-                  "MODEL_OPS_RUN_ID", "MODEL_OPS_ACTOR")
+                  "MODEL_OPS_RUN_ID", "MODEL_OPS_ACTOR", "MODEL_OPS_SPECS_DIR", "MODEL_OPS_ENV")
 
 
 @pytest.fixture(autouse=True)

@@ -84,10 +84,10 @@ class Dataset:
              columns: list[str] | None = None) -> pd.DataFrame:
         """Rows of the given months (all when None) at ``version`` (default latest), in a stable order."""
         table = self.table(version)
-        parts = [(PARTITION, "in", list(batches))] if batches is not None else None
         if batches is not None and not batches:
             return table.to_pyarrow_table(columns=columns).slice(0, 0).to_pandas()
-        return table.to_pandas(partitions=parts, columns=columns)
+        filters = [(PARTITION, "in", list(batches))] if batches is not None else None
+        return table.to_pandas(filters=filters, columns=columns)
 
     def arrow_schema(self, version: int | None = None) -> pa.Schema:
         return pa.schema(self.table(version).schema().to_arrow())

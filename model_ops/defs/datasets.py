@@ -158,10 +158,11 @@ def choose_window(months: list[str], spec: ModelSpec, config: TrainingSetConfig)
     if holdout not in months:
         raise UsageError(f"holdout month {holdout} has no validated features",
                          hint="months available: " + ", ".join(months))
-    window = [m for m in months if m != holdout and (config.window_start is None or m >= config.window_start)
-              and (config.window_end is None or m <= config.window_end)]
-    if config.holdout is None:
-        window = [m for m in window if m < holdout]
+    if config.window_start is None and config.window_end is None:
+        window = [m for m in months if m < holdout]  # never train on months after the one judged
+    else:
+        window = [m for m in months if m != holdout and (config.window_start is None or m >= config.window_start)
+                  and (config.window_end is None or m <= config.window_end)]
     if spec.training.window_months and config.window_start is None:
         window = window[-spec.training.window_months:]
     if not window:

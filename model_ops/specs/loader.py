@@ -47,7 +47,8 @@ def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = {"extra_forbidden": "unknown field (not part of a model spec; check its spelling)",
+                   "missing": "required field is missing"}.get(err["type"], err["msg"].removeprefix("Value error, "))
             problems.append(f"field {_field(err['loc'])}: {msg}")
         raise SpecError(f"invalid model spec {path}: " + "; ".join(problems),
                         hint="see model_ops/specs/flight_delay.yaml for a complete, valid spec") from exc
