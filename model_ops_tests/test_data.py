@@ -79,7 +79,9 @@ def test_rows_of_another_month_and_null_keys_are_named(raw) -> None:  # type: ig
     assert "1 rows have no carrier: rows 9" in messages
 
 
-def test_empty_month_fails_row_count(spec, features) -> None:  # type: ignore[no-untyped-def]
+def test_empty_month_fails_row_count(spec, raw, features) -> None:  # type: ignore[no-untyped-def]
+    empty = contracts.summary(feat.raw_contract("flights", raw["flights"].head(0), MONTH))
+    assert empty == "flights 2013-02-01: the source delivered no rows (an empty or missing file?); the month is not stored"
     outcomes = {o.name: o for o in feature_checks(spec, features.head(0), MONTH)}
     assert outcomes["schema_contract"].passed
     assert not outcomes["row_count"].passed and "0 rows, the spec requires at least 1000" in outcomes["row_count"].message

@@ -47,6 +47,10 @@ def raw_contract(table: str, df: pd.DataFrame, month: str) -> list[CheckOutcome]
     outcomes = [schema_contract(df, RAW_COLUMNS[table], what)]
     if not outcomes[0].passed:
         return outcomes
+    if df.empty:
+        outcomes.append(CheckOutcome("rows_delivered", False, f"{what}: the source delivered no rows (an empty or "
+                                     "missing file?); the month is not stored"))
+        return outcomes
     keys = RAW_KEYS[table]
     null_keys = df[keys].isna().any(axis=1)
     if null_keys.any():

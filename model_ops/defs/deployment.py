@@ -53,7 +53,7 @@ def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                                 f"{manifest.describe()} (unchanged)", False)
         else:
             change = dep.apply(reg, spec, config.action, version=config.version, reason=config.reason,
-                               run_id=context.run_id)
+                               run_id=context.run.run_id)
         context.log.info(f"{spec.name}: {change.message}")
         return dg.MaterializeResult(metadata={
             "action": change.action, "changed": change.changed, "message": change.message,

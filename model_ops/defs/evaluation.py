@@ -83,10 +83,10 @@ def evaluation_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                    "champion_metrics": champion.flat() if champion else None, "gates": gate_dicts}
         moved = None
         if passed and candidate_mv.stage == reg.policy.initial_stage:
-            moved = reg.transition(candidate_mv.ref, "staging", run_id=context.run_id, reason=(
+            moved = reg.transition(candidate_mv.ref, "staging", run_id=context.run.run_id, reason=(
                 "passed every evaluation gate: " + "; ".join(g.message for g in gates)))
         card = model_card.render(spec, moved or reg.get(spec.name, number), candidate.flat(), gate_dicts)
-        reg.record(spec.name, "evaluation", version=number, run_id=context.run_id,
+        reg.record(spec.name, "evaluation", version=number, run_id=context.run.run_id,
                    reason="passed every gate" if passed else "failed: " + "; ".join(
                        g.message for g in gates if not g.passed),
                    details={**summary, "model_card": card})

@@ -45,11 +45,11 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             signature=trained.signature,
             tags={"estimator": spec.estimator.class_.rsplit(".", 1)[-1], "owner": spec.owner},
             lineage={"code_version": code_version(spec), "seed": spec.seed, "estimator": spec.estimator.class_,
-                     "dagster_run_id": context.run_id, "schema_hash": schema, "rows": trained.rows,
+                     "dagster_run_id": context.run.run_id, "schema_hash": schema, "rows": trained.rows,
                      "positives": trained.positives, "window": window, "holdout": holdout,
                      "source": commit.get("model_ops.source"), "spec": spec.model_dump(mode="json", by_alias=True)},
             description=spec.description.strip(),
-            run_id=context.run_id,
+            run_id=context.run.run_id,
         )
         card = model_card.render(spec, mv)
         context.log.info(f"{spec.name}: {mv.ref} ({mv.semver}, {mv.stage}) sha256:{mv.digest[:12]}")
@@ -58,7 +58,7 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             metadata={"version": mv.version, "semver": mv.semver, "ref": mv.ref, "stage": mv.stage,
                       "digest": mv.digest, "dataset": f"{snap.uri}@{version}", "train_rows": trained.rows,
                       "window": ", ".join(window), "bump": f"{mv.bump.get('level')}: {mv.bump.get('reason')}",
-                      "new_version": mv.run_id == context.run_id,
+                      "new_version": mv.run_id == context.run.run_id,
                       "model_card": dg.MetadataValue.md(card)})
 
     return _candidate
