@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-import logging
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -37,20 +40,40 @@ def reg(root: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():  # type: ignore[no-untyped-def]
-    """A real S3 HTTP endpoint on 127.0.0.1 (moto), with the test bucket created."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto's server in its own process), with the test bucket created.
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    Its own process, not a thread of the test process: some delta-rs calls hold the GIL while they wait for
+    the endpoint, which would deadlock against a server thread that needs the GIL to answer.
+    """
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"the S3 test endpoint did not start; see {log.name}") from None
+            time.sleep(0.1)
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
                  aws_secret_access_key="testing").create_bucket(Bucket=S3_BUCKET)
     yield endpoint
-    server.stop()
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
 
 
 @pytest.fixture

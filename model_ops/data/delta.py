@@ -34,7 +34,13 @@ class Dataset:
         return f"Dataset({self.uri})"
 
     def exists(self) -> bool:
-        return DeltaTable.is_deltatable(self.uri, storage_options=self.options)
+        # Not DeltaTable.is_deltatable: it keeps the GIL for the whole remote listing, stalling every other
+        # thread of the process (Dagster's heartbeats, an in-process S3 endpoint) until it returns.
+        try:
+            DeltaTable(self.uri, storage_options=self.options)
+        except TableNotFoundError:
+            return False
+        return True
 
     def table(self, version: int | None = None) -> DeltaTable:
         try:
