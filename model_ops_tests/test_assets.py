@@ -57,6 +57,8 @@ def test_train_evaluate_deploy(graph: Graph) -> None:
     ts_tags = graph.instance.get_latest_materialization_event(dg.AssetKey([M, "training_set"])).asset_materialization.tags
     assert ts_tags["dagster/data_version"] == f"{snap['delta_version']}:{snap['schema_hash']}"
 
+    raw = graph.instance.get_latest_materialization_event(dg.AssetKey([M, "evaluation"])).asset_materialization
+    assert isinstance(raw.metadata["candidate_roc_auc"], dg.FloatMetadataValue)  # plotted across runs by the UI
     evaluation = graph.metadata(M, "evaluation")
     assert 0.62 < evaluation["candidate_roc_auc"] < 0.9 and evaluation["promoted_to_staging"]
     assert "# flight_delay v1 (1.0.0)" in evaluation["model_card"] and "PASS **meets_thresholds**" in evaluation["model_card"]
