@@ -150,6 +150,14 @@ def cmd_show(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(reg: Registry, args: argparse.Namespace) -> int:
+    from model_ops.ml.model_card import latest
+
+    mv, card = latest(reg, args.ref)
+    _emit(args, {"ref": mv.ref, "semver": mv.semver, "model_card": card}, card.rstrip("\n"))
+    return 0
+
+
 def cmd_resolve(reg: Registry, args: argparse.Namespace) -> int:
     mv = reg.resolve(args.ref)
     _emit(args, mv.summary(), str(mv.version))
@@ -277,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     add("models", cmd_models, "list the registered models")
     sp = add("show", cmd_show, "everything recorded about a version, lineage included")
+    sp.add_argument("ref")
+    sp = add("card", cmd_card, "print a version's model card (markdown: data, model, evaluation, gates)")
     sp.add_argument("ref")
     sp = add("resolve", cmd_resolve, "print the version number a reference points at")
     sp.add_argument("ref")

