@@ -109,7 +109,7 @@ def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = 
             after = replace(before, production=target)
             message = f"v{target} deployed straight to production (nothing was serving)"
         else:
-            _stage(reg, name, target, "staging", why, run_id)
+            _require_stage(reg, name, target, "staging")
             reg.set_alias(name, CANARY_ALIAS, target, reason=why, run_id=run_id)
             after = replace(before, canary=target, canary_weight=steps[0])
             message = f"v{target} started as canary at {steps[0]:.0%} beside production v{before.production}"
@@ -173,7 +173,7 @@ def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = 
     return Change(action, before, after, message, True)
 
 
-def _stage(reg: Registry, name: str, version: int, stage: str, why: str, run_id: str | None) -> None:
+def _require_stage(reg: Registry, name: str, version: int, stage: str) -> None:
     mv = reg.get(name, version)
     if mv.stage != stage:
         raise PolicyError(f"{name} v{version} is in {mv.stage}; only {stage} versions can start a canary",
