@@ -79,12 +79,12 @@ def main() -> int:
     for month in ("2013-01-01", "2013-02-01", "2013-03-01", "2013-04-01"):
         run(("flights", "weather", "features"), month)
     print("\n2. train on January-March, evaluate on April, deploy")
-    lifecycle()
+    lifecycle(holdout="2013-04-01")
     print("\n3. score April")
     run(("predictions",), "2013-04-01")
     print("\n4. ingest May, retrain on February-April, evaluate on May, deploy as canary, score, promote")
     run(("flights", "weather", "features"), "2013-05-01")
-    lifecycle(window_start="2013-02-01")
+    lifecycle(window_start="2013-02-01", holdout="2013-05-01")
     run(("predictions",), "2013-05-01")
     p = meta("predictions")
     print(f"    May scored by {p['serving']}: " + ", ".join(
