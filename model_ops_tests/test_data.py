@@ -118,6 +118,8 @@ def test_training_window_and_holdout(spec) -> None:  # type: ignore[no-untyped-d
     months = ["2013-01-01", "2013-02-01", "2013-03-01", "2013-04-01"]
     assert choose_window(months, spec, TrainingSetConfig()) == (months[:3], months[3])
     assert choose_window(months, spec, TrainingSetConfig(holdout="2013-02-01")) == (["2013-01-01"], "2013-02-01")
+    assert choose_window(months, spec, TrainingSetConfig(holdout="2013-03-01", window_start="2013-02-01")) == (
+        ["2013-02-01"], "2013-03-01")
     assert choose_window(months, spec, TrainingSetConfig(window_start="2013-02-01")) == (months[1:3], months[3])
     assert choose_window(months, spec, TrainingSetConfig(holdout="2013-02-01", window_end="2013-04-01")) == (
         ["2013-01-01", "2013-03-01", "2013-04-01"], "2013-02-01")

@@ -6,6 +6,7 @@ import json
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from model_ops.data import contracts, features as feat, sources
 from model_ops.data.delta import PARTITION, frame_fingerprint
@@ -140,9 +141,12 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
 class TrainingSetConfig(dg.Config):
     """Which months to train on and which to hold out; defaults come from the model spec."""
 
-    holdout: str | None = None
-    window_start: str | None = None
-    window_end: str | None = None
+    holdout: str | None = Field(default=None, description="Month held out for evaluation, e.g. 2013-05-01; "
+                                "default: the newest month with validated features.")
+    window_start: str | None = Field(default=None, description="First training month; default: the first "
+                                     "available (or the spec's training.window_months before the holdout).")
+    window_end: str | None = Field(default=None, description="Last training month; default: the month before the "
+                                   "holdout. Set it past the holdout only on purpose: it trains on the future.")
 
 
 def choose_window(months: list[str], spec: ModelSpec, config: TrainingSetConfig) -> tuple[list[str], str]:
@@ -158,11 +162,12 @@ def choose_window(months: list[str], spec: ModelSpec, config: TrainingSetConfig)
     if holdout not in months:
         raise UsageError(f"holdout month {holdout} has no validated features",
                          hint="months available: " + ", ".join(months))
-    if config.window_start is None and config.window_end is None:
-        window = [m for m in months if m < holdout]  # never train on months after the one judged
+    if config.window_end is None:
+        # Never train on months after the one judged, unless a window_end says so explicitly.
+        window = [m for m in months if m < holdout and (config.window_start is None or m >= config.window_start)]
     else:
         window = [m for m in months if m != holdout and (config.window_start is None or m >= config.window_start)
-                  and (config.window_end is None or m <= config.window_end)]
+                  and m <= config.window_end]
     if spec.training.window_months and config.window_start is None:
         window = window[-spec.training.window_months:]
     if not window:
