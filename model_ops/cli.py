@@ -158,6 +158,34 @@ def cmd_card(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(reg: Registry | None, args: argparse.Namespace) -> int:
+    from model_ops.data.delta import open_arrow
+    from model_ops.ml import drift
+
+    reference, current = open_arrow(args.reference), open_arrow(args.current)
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    if columns is None:
+        columns = [n for n in reference.schema.names if n in current.schema.names]
+        if not columns:
+            raise UsageError("the reference and the current data share no column",
+                             hint="check the paths, or name the columns with --columns")
+    try:
+        ref_profile = drift.profile(reference, columns=columns)
+        report = drift.compare(ref_profile, drift.profile_like(ref_profile, current), min_rows=args.min_rows,
+                               threshold=args.threshold)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="name columns present in both with --columns") from exc
+    rows = [{**{k: v for k, v in vars(f).items()}, "drift": "DRIFT" if f.drift else
+             ("insufficient data" if f.status == "insufficient_data" else "-")} for f in report.features]
+    summary = ("insufficient data: the current window has fewer than "
+               f"{report.min_rows} rows" if report.status == "insufficient_data" else
+               f"{sum(f.drift for f in report.features)} of {len(report.features)} features drift "
+               f"(share {report.drift_share:.2f}); dataset drift: {'YES' if report.dataset_drift else 'no'}")
+    _emit(args, report.to_dict(), _table(rows, ["feature", "kind", "method", "statistic", "threshold", "psi",
+                                                "drift", "n_reference", "n_current"]) + "\n" + summary)
+    return 1 if report.dataset_drift else 0
+
+
 def cmd_resolve(reg: Registry, args: argparse.Namespace) -> int:
     mv = reg.resolve(args.ref)
     _emit(args, mv.summary(), str(mv.version))
@@ -329,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("fetch", cmd_fetch, "download a version's artifact to DEST, verifying every byte")
     sp.add_argument("ref")
     sp.add_argument("dest")
+    sp = add("drift", cmd_drift, "per-feature and dataset drift of CURRENT against REFERENCE (Parquet or Delta); "
+             "exit 1 on dataset drift")
+    sp.set_defaults(no_registry=True)
+    sp.add_argument("--reference", required=True, help="Parquet file or folder, or Delta table (PATH@VERSION pins one)")
+    sp.add_argument("--current", required=True, help="the same for the window to judge")
+    sp.add_argument("--columns", help="comma-separated columns to compare (default: every shared column)")
+    sp.add_argument("--min-rows", type=int, default=500, help="below this many current rows: insufficient data")
+    sp.add_argument("--threshold", type=float, help="distance threshold for large references (default 0.1)")
     add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
     sp = add("gc", cmd_gc, "remove blobs nothing references (dry run unless --apply)")
     sp.add_argument("--apply", action="store_true")
@@ -340,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        reg = Registry.open(args.root, actor=args.actor, policy=args.policy)
+        reg = None if getattr(args, "no_registry", False) else \
+            Registry.open(args.root, actor=args.actor, policy=args.policy)
         return int(args.func(reg, args))
     except ModelOpsError as e:
         print(f"error: {e.message}", file=sys.stderr)

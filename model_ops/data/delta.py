@@ -127,3 +127,45 @@ def frame_fingerprint(df: pd.DataFrame) -> str:
     h = hashlib.sha256(",".join(map(str, df.columns)).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
     return h.hexdigest()[:16]
+
+
+def open_arrow(path: str) -> Any:
+    """A Parquet file or folder, or a Delta table (``path@VERSION`` pins one), as a pyarrow dataset."""
+    import pyarrow.dataset as pads
+
+    from model_ops.errors import UsageError
+    from model_ops.location import resolve_root
+
+    base, _, pinned = path.rpartition("@") if "@" in path else (path, "", "")
+    if pinned and not pinned.isdigit():
+        raise UsageError(f"{path!r}: the part after @ must be a Delta table version", hint="e.g. features@3")
+    location = resolve_root(base)
+    uri = location.uri if location.is_s3 else str(location.path)
+    try:
+        return DeltaTable(uri, version=int(pinned) if pinned else None,
+                          storage_options=location.delta_storage_options()).to_pyarrow_dataset()
+    except TableNotFoundError:
+        if pinned:
+            raise UsageError(f"{base} is not a Delta table, so it has no version {pinned}") from None
+    except Exception as exc:  # noqa: BLE001 - delta-rs raises several kinds for "not a table here"
+        if pinned:
+            raise UsageError(f"cannot read Delta table {base} at version {pinned}: {exc}") from exc
+    if not location.is_s3 and not location.path.exists():
+        raise UsageError(f"{path} does not exist", hint="give a Parquet file, a folder of Parquet files or a Delta table")
+    try:
+        if location.is_s3:
+            return pads.dataset(uri[len("s3://"):], format="parquet", filesystem=_s3fs(location))
+        return pads.dataset(uri, format="parquet")
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
+        raise UsageError(f"{path} is neither a Delta table nor readable Parquet: {exc}",
+                         hint="give a Parquet file, a folder of Parquet files or a Delta table") from exc
+
+
+def _s3fs(location: Location) -> Any:
+    import pyarrow.fs as pafs
+
+    from model_ops.location import s3_endpoint
+
+    endpoint = s3_endpoint()
+    return pafs.S3FileSystem(endpoint_override=endpoint, scheme="http" if endpoint and endpoint.startswith("http:")
+                             else "https")
