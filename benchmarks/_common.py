@@ -80,7 +80,8 @@ def versions_of(*packages: str) -> dict:
     return out
 
 
-def run_measured(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> tuple[str, float, float]:
+def run_measured(cmd: list[str], timeout: float | None = None, env: dict | None = None,
+                 ok: tuple[int, ...] = (0,)) -> tuple[str, float, float]:
     """Run cmd under /usr/bin/time -f %M; return (stdout, wall s, peak RSS MB of the command itself).
 
     The command is forked by GNU time, a tiny process. Started straight from this (large) Python process, its own
@@ -92,7 +93,7 @@ def run_measured(cmd: list[str], timeout: float | None = None, env: dict | None 
         p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
         wall = time.perf_counter() - t
-        if p.returncode != 0:
+        if p.returncode not in ok:
             sys.stderr.write(p.stderr[-4000:])
             raise SystemExit(f"command failed with exit code {p.returncode}: {' '.join(cmd)}")
         with open(rss_file) as f:
@@ -102,12 +103,12 @@ def run_measured(cmd: list[str], timeout: float | None = None, env: dict | None 
         os.remove(rss_file)
 
 
-def run_peer(script: str, *args: str, timeout: float | None = None) -> dict:
+def run_peer(script: str, *args: str, timeout: float | None = None, python: str | None = None) -> dict:
     """Run one of the peers' scripts with the peers' venv; return its JSON line (the last line of stdout).
     Adds _invocation_wall_s and _process_peak_rss_mb (GNU time). The script's own peak_rss_mb (ru_maxrss) is
     clean too, because GNU time, not this process, forks it."""
-    cmd = [PEERS_PYTHON, os.path.join(PEERS_DIR, script), *map(str, args)]
-    if not os.path.exists(PEERS_PYTHON):
+    cmd = [python or PEERS_PYTHON, os.path.join(PEERS_DIR, script), *map(str, args)]
+    if not os.path.exists(cmd[0]):
         raise SystemExit(f"peer venv not found at {PEERS_PYTHON}; run: VENV=/tmp/peers-venv bash {PEERS_DIR}/setup.sh")
     eprint(f"[peers] running: {' '.join(cmd)}")
     stdout, wall, rss = run_measured(cmd, timeout=timeout)
