@@ -15,12 +15,14 @@ import traceback
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_ops import __version__
 from model_ops.errors import ModelOpsError, UsageError
-from model_ops.registry import Registry
-from model_ops.registry.events import Event
+
+if TYPE_CHECKING:  # the registry (Delta, boto3) is imported when a command needs it: `drift` does not
+    from model_ops.registry import Registry
+    from model_ops.registry.events import Event
 
 
 class _Parser(argparse.ArgumentParser):
@@ -159,7 +161,7 @@ def cmd_card(reg: Registry, args: argparse.Namespace) -> int:
 
 
 def cmd_drift(reg: Registry | None, args: argparse.Namespace) -> int:
-    from model_ops.data.delta import open_arrow
+    from model_ops.data.tables import open_arrow
     from model_ops.ml import drift
 
     reference, current = open_arrow(args.reference), open_arrow(args.current)
@@ -376,8 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        reg = None if getattr(args, "no_registry", False) else \
-            Registry.open(args.root, actor=args.actor, policy=args.policy)
+        if getattr(args, "no_registry", False):
+            reg = None
+        else:
+            from model_ops.registry import Registry
+
+            reg = Registry.open(args.root, actor=args.actor, policy=args.policy)
         return int(args.func(reg, args))
     except ModelOpsError as e:
         print(f"error: {e.message}", file=sys.stderr)
