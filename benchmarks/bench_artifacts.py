@@ -150,7 +150,8 @@ def one_rep(size_mb: int, workdir: str | None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def med(reps: list[dict], *path: str) -> float | None:
+def _values(reps: list[dict], *path: str) -> list[float]:
+    """The numbers found at ``path`` (nested keys) in each repetition's result."""
     vals = []
     for r in reps:
         v = r
@@ -158,17 +159,16 @@ def med(reps: list[dict], *path: str) -> float | None:
             v = v.get(p) if isinstance(v, dict) else None
         if isinstance(v, (int, float)):
             vals.append(v)
+    return vals
+
+
+def med(reps: list[dict], *path: str) -> float | None:
+    vals = _values(reps, *path)
     return round(statistics.median(vals), 3) if vals else None
 
 
 def rng_of(reps: list[dict], *path: str) -> str:
-    vals = []
-    for r in reps:
-        v = r
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)):
-            vals.append(v)
+    vals = _values(reps, *path)
     return f"{min(vals)}-{max(vals)}" if len(vals) > 1 else ""
 
 

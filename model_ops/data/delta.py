@@ -90,8 +90,9 @@ class Dataset:
              columns: list[str] | None = None) -> pd.DataFrame:
         """Rows of the given months (all when None) at ``version`` (default latest), in a stable order."""
         table = self.table(version)
-        if batches is not None and not batches:
-            return table.to_pyarrow_table(columns=columns).slice(0, 0).to_pandas()
+        if batches is not None and not batches:  # no rows asked for: the schema alone, nothing read
+            schema = pa.schema(table.schema().to_arrow())
+            return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table().to_pandas()
         filters = [(PARTITION, "in", list(batches))] if batches is not None else None
         return table.to_pandas(filters=filters, columns=columns)
 

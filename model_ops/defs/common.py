@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import dagster as dg
@@ -31,3 +33,16 @@ def md_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         out.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     return "\n".join(out)
+
+
+def json_safe(value: Any) -> Any:
+    """A value the UI's JSON metadata accepts: NaN becomes null, anything unknown its string form."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.loads(json.dumps(clean(value), default=str))

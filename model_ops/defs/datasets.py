@@ -2,7 +2,6 @@
 training set snapshot. All are Delta tables under ``<root>/datasets/<model>/``."""
 
 
-import json
 
 import dagster as dg
 import pandas as pd
@@ -10,7 +9,7 @@ from pydantic import Field
 
 from model_ops.data import contracts, features as feat, sources
 from model_ops.data.delta import PARTITION, frame_fingerprint
-from model_ops.defs.common import column_schema, common, key
+from model_ops.defs.common import column_schema, common, json_safe, key
 from model_ops.defs.partitions import monthly
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.errors import UsageError
@@ -31,7 +30,7 @@ FEATURE_CHECKS = {
 def _check(spec: ModelSpec, asset: str, outcome: contracts.CheckOutcome, name: str | None = None) -> dg.AssetCheckResult:
     meta = {"message": outcome.message}
     if outcome.details:
-        meta["details"] = dg.MetadataValue.json(json.loads(json.dumps(outcome.details, default=str)))
+        meta["details"] = dg.MetadataValue.json(json_safe(outcome.details))
     return dg.AssetCheckResult(asset_key=key(spec, asset), check_name=name or outcome.name, passed=outcome.passed,
                                description=outcome.message, metadata=meta)
 
@@ -53,25 +52,25 @@ def raw_asset(spec: ModelSpec, table: str) -> dg.AssetsDefinition:
         ds = model_ops.dataset(spec.name, table)
         df = feat.with_timestamps(sources.load_month(table, month))
         outcomes = feat.raw_contract(table, df, month)
-        failed = [o for o in outcomes if not o.passed]
-        if failed:
+        check = _check(spec, table, fold_outcomes(outcomes), "source_contract")
+        if not check.passed:
             version = ds.delete_batch(month)
             context.log.error(f"{table} {month} rejected: {contracts.summary(outcomes)}")
             return dg.MaterializeResult(
                 metadata={"status": "rejected", "reason": contracts.summary(outcomes), "dagster/row_count": 0,
                           "delta_version": version if version is not None else -1, "table_uri": ds.uri},
-                check_results=[_check(spec, table, dg_outcome(outcomes), "source_contract")])
+                check_results=[check])
         data = feat.conform(table, df, month)
         version = ds.replace_batch(month, data)
         return dg.MaterializeResult(
             metadata={"status": "stored", "dagster/row_count": data.num_rows, "delta_version": version,
                       "table_uri": ds.uri, "dagster/column_schema": column_schema(data.to_pandas().head(0))},
-            check_results=[_check(spec, table, dg_outcome(outcomes), "source_contract")])
+            check_results=[check])
 
     return _raw
 
 
-def dg_outcome(outcomes: list[contracts.CheckOutcome]) -> contracts.CheckOutcome:
+def fold_outcomes(outcomes: list[contracts.CheckOutcome]) -> contracts.CheckOutcome:
     """Several contract outcomes folded into one check result."""
     failed = [o for o in outcomes if not o.passed]
     if failed:

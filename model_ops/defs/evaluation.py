@@ -8,7 +8,7 @@ gate is moved to ``staging``, and a failed gate stops the run before ``deploymen
 
 import dagster as dg
 
-from model_ops.defs.common import common, key, md_table
+from model_ops.defs.common import common, json_safe, key, md_table
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.errors import NotFoundError
 from model_ops.ml import evaluation as ev, model_card
@@ -85,7 +85,8 @@ def evaluation_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         if passed and candidate_mv.stage == reg.policy.initial_stage:
             moved = reg.transition(candidate_mv.ref, "staging", run_id=context.run.run_id, reason=(
                 "passed every evaluation gate: " + "; ".join(g.message for g in gates)))
-        card = model_card.render(spec, moved or reg.get(spec.name, number), candidate.flat(), gate_dicts)
+        evaluated = moved or candidate_mv
+        card = model_card.render(spec, evaluated, candidate.flat(), gate_dicts)
         reg.record(spec.name, "evaluation", version=number, run_id=context.run.run_id,
                    reason="passed every gate" if passed else "failed: " + "; ".join(
                        g.message for g in gates if not g.passed),
@@ -93,7 +94,7 @@ def evaluation_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         if not passed:
             context.log.error(f"{candidate_mv.ref} stays in {candidate_mv.stage}: " + "; ".join(
                 g.message for g in gates if not g.passed))
-        stage = (moved or reg.get(spec.name, number)).stage
+        stage = evaluated.stage
         metadata = {f"candidate_{k}": v for k, v in candidate.flat().items()}
         if champion:
             metadata.update({f"champion_{k}": v for k, v in champion.metrics.items()})
@@ -112,20 +113,8 @@ def evaluation_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             check_results=[dg.AssetCheckResult(asset_key=asset_key, check_name=g.name, passed=g.passed,
                                                description=g.message,
                                                metadata={"message": g.message,
-                                                         "details": dg.MetadataValue.json(_jsonable(g.details))})
+                                                         "details": dg.MetadataValue.json(json_safe(g.details))})
                            for g in gates])
 
     return _evaluation
 
-
-def _jsonable(value: object) -> object:
-    import json
-    import math
-
-    def clean(v: object) -> object:
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        return v
-    return json.loads(json.dumps(clean(value)))
