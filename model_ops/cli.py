@@ -188,6 +188,20 @@ def cmd_drift(reg: Registry | None, args: argparse.Namespace) -> int:
     return 1 if report.dataset_drift else 0
 
 
+def cmd_demo(reg: Registry | None, args: argparse.Namespace) -> int:
+    from model_ops.demo import main_json, run_demo
+
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else None
+    result = run_demo(root=args.root, dagster_home=args.dagster_home, until=args.until, faulty=not args.no_faulty,
+                      progress=progress)
+    if args.json:
+        main_json(result)
+    problems = result["summary"]["fsck_problems"]
+    for p in problems:
+        print(f"fsck: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_resolve(reg: Registry, args: argparse.Namespace) -> int:
     mv = reg.resolve(args.ref)
     _emit(args, mv.summary(), str(mv.version))
@@ -367,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--columns", help="comma-separated columns to compare (default: every shared column)")
     sp.add_argument("--min-rows", type=int, default=500, help="below this many current rows: insufficient data")
     sp.add_argument("--threshold", type=float, help="distance threshold for large references (default 0.1)")
+    sp = add("demo", cmd_demo, "replay 2013 month by month on the built-in flight_delay spec through Dagster: "
+             "monitoring, drift-triggered retraining, canary analysis, promotion and rollback")
+    sp.set_defaults(no_registry=True)
+    sp.add_argument("--until", default="2013-12", help="last month to replay, YYYY-MM (default 2013-12)")
+    sp.add_argument("--dagster-home", help="Dagster instance directory (default $DAGSTER_HOME, else ./.dagster_home)")
+    sp.add_argument("--no-faulty", action="store_true", help="do not release the deliberately faulty candidate")
     add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
     sp = add("gc", cmd_gc, "remove blobs nothing references (dry run unless --apply)")
     sp.add_argument("--apply", action="store_true")

@@ -20,9 +20,11 @@ DEPLOY_CODE_VERSION = "deploy-1"
 
 class DeployConfig(dg.Config):
     """What to change. ``deploy`` (default) starts the newest staging version: straight to production when
-    nothing serves, else as a canary at the spec's first step."""
+    nothing serves, else as a canary at the spec's first step. ``rollback`` aborts a running canary (or, when
+    none runs, restores the previous production version); ``rollback_production`` always restores production."""
 
-    action: Literal["deploy", "advance", "promote", "rollback", "shadow_on", "shadow_off"] = "deploy"
+    action: Literal["deploy", "advance", "promote", "rollback", "rollback_production", "shadow_on",
+                    "shadow_off"] = "deploy"
     version: int | None = Field(default=None, description="Registry version to act on (default: per action).")
     reason: str | None = Field(default=None, description="Why; recorded in the audit log.")
 

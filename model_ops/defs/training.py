@@ -5,7 +5,7 @@ import dagster as dg
 
 from model_ops.defs.common import common, key
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ml import model_card, training
+from model_ops.ml import drift, model_card, monitoring, training
 from model_ops.specs.schema import ModelSpec
 
 TRAIN_CODE_VERSION = f"train-{training.RECIPE_VERSION}"
@@ -21,7 +21,8 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         kinds={"scikitlearn", "skops"}, tags={"model_ops/stage": "train"}, pool="training",
         description=f"Fits {spec.estimator.class_} on the training window of the newest training snapshot and "
                     "registers it as a version in the model registry, with its lineage (dataset URI and Delta "
-                    "version, schema hash, rows, params, seed, code version, git commit, environment, run id). "
+                    "version, schema hash, rows, params, seed, code version, git commit, environment, run id) "
+                    "and the drift reference profile of its training rows (monitoring never rereads them). "
                     "Identical inputs give identical bytes, hence the same registry version. The data version is "
                     "the artifact's SHA-256.",
         **common(spec),
@@ -51,6 +52,13 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             description=spec.description.strip(),
             run_id=context.run.run_id,
         )
+        fitted_rows = training.labelled(train, spec)
+        reference = drift.profile(monitoring.drift_table(
+            fitted_rows, training.predict_scores(trained.pipeline, fitted_rows, spec), spec))
+        registry.attach(spec.name, mv.version, monitoring.PROFILE_LABEL, reference.to_json().encode(),
+                        reason=f"drift reference: {reference.rows} training rows of {', '.join(window)}, "
+                               f"{len(reference.columns) - 1} monitored features and the score",
+                        run_id=context.run.run_id)
         card = model_card.render(spec, mv)
         context.log.info(f"{spec.name}: {mv.ref} ({mv.semver}, {mv.stage}) sha256:{mv.digest[:12]}")
         return dg.MaterializeResult(

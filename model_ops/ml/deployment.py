@@ -15,7 +15,7 @@ from model_ops.errors import NotFoundError, PolicyError, UsageError
 from model_ops.registry import Registry
 from model_ops.specs.schema import ModelSpec
 
-ACTIONS = ("deploy", "advance", "promote", "rollback", "shadow_on", "shadow_off")
+ACTIONS = ("deploy", "advance", "promote", "rollback", "rollback_production", "shadow_on", "shadow_off")
 CANARY_ALIAS = "canary"
 
 
@@ -136,8 +136,8 @@ def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = 
         after = replace(before, production=target, canary=None, canary_weight=0.0,
                         shadow=None if before.shadow == target else before.shadow)
         message = f"v{target} promoted to production (was v{before.production})"
-    elif action == "rollback":
-        if before.canary is not None and version is None:
+    elif action in ("rollback", "rollback_production"):
+        if action == "rollback" and before.canary is not None and version in (None, before.canary):
             acted = before.canary
             reg.transition(f"models:/{name}/{before.canary}", reg.policy.production.rolled_back_goes_to,
                            reason=f"canary rolled back: {why}", run_id=run_id)
@@ -185,6 +185,11 @@ def _drop_canary_alias(reg: Registry, name: str, why: str, run_id: str | None) -
         reg.remove_alias(name, CANARY_ALIAS, reason=why, run_id=run_id)
     except NotFoundError:
         pass
+
+
+def previous_production(reg: Registry, name: str) -> int | None:
+    """The version a production rollback would restore (None when there is none)."""
+    return reg.rollback_target(name)
 
 
 def history(reg: Registry, name: str) -> list[dict[str, Any]]:

@@ -23,8 +23,9 @@ TAG_REMOVED = "tag_removed"
 APPROVED = "approved"
 ROLLBACK = "rollback"
 DENIED = "denied"
+ATTACHMENT = "attachment"  # bytes kept beside a version (key = label, digest = the stored artifact)
 # Records written by the operations layer (deployments, evaluations, monitoring) through Registry.record().
-RECORD_KINDS = frozenset({"deployment", "evaluation", "monitoring", "retrain", "note"})
+RECORD_KINDS = frozenset({"deployment", "evaluation", "monitoring", "canary_analysis", "retrain", "alert", "note"})
 STATE_KINDS = frozenset({REGISTERED, STAGE_CHANGED, ALIAS_SET, ALIAS_REMOVED, TAG_SET, TAG_REMOVED, APPROVED, ROLLBACK})
 
 SCHEMA = pa.schema([

@@ -695,6 +695,14 @@ class Registry:
 
         return self._commit(build)
 
+    def rollback_target(self, name: str) -> int | None:
+        """The version ``rollback(name)`` would put back in production now, or None when there is none."""
+        with self._lock:
+            m = self._model(self._sync(), name)
+            current = m.production
+            candidates = [v for v in reversed(m.production_history) if v != current and v not in m.rolled_back]
+        return candidates[0] if current is not None and candidates else None
+
     def rollback(self, name: str, to: int | str | None = None, *, reason: str | None = None,
                  run_id: str | None = None) -> ModelVersion:
         """Put the previous production version (or ``to``) back in production, with the production alias.
@@ -753,6 +761,41 @@ class Registry:
         self._authorize("deploy" if kind == "deployment" else "record", name, version, run_id)
         event = self._event(name, kind, version=version, reason=reason, run_id=run_id, payload=payload)
         return self._commit(lambda state: ([event], lambda: event))
+
+    def attach(self, name: str, version: int, label: str, data: bytes, *, reason: str | None = None,
+               run_id: str | None = None) -> ev.Event:
+        """Keep ``data`` beside a version (its drift reference profile, a report) in the artifact store, verified
+        on read like the model itself, and record it in the audit log. ``gc`` keeps every attached blob and
+        ``fsck`` checks them. Attaching the same bytes again records nothing new."""
+        check_name(name)
+        check_alias(label)
+        self.get(name, version)
+        self._authorize("record", name, version, run_id)
+        current = self._attachment_event(name, version, label)
+        with tempfile.TemporaryDirectory(prefix="model_ops_attach_") as tmp:
+            path = Path(tmp) / label
+            path.write_bytes(data)
+            stored = self.artifacts.put(path)
+        if current is not None and current.digest == stored.digest:
+            return current
+        event = self._event(name, ev.ATTACHMENT, version=version, key=label, digest=stored.digest,
+                            reason=reason or f"{label} attached", run_id=run_id, payload={"bytes": len(data)})
+        return self._commit(lambda state: ([event], lambda: event))
+
+    def _attachment_event(self, name: str, version: int, label: str) -> ev.Event | None:
+        found = None
+        for e in self.audit(name):
+            if e.kind == ev.ATTACHMENT and e.version == version and e.key == label:
+                found = e
+        return found
+
+    def attachment(self, name: str, version: int, label: str) -> bytes | None:
+        """The newest bytes attached to ``name`` v``version`` under ``label`` (verified), or None."""
+        event = self._attachment_event(name, version, label)
+        return None if event is None or event.digest is None else self.artifacts.read_file(event.digest)
+
+    def _attached_digests(self) -> list[str]:
+        return [e.digest for e in self.audit() if e.kind == ev.ATTACHMENT and e.digest]
 
     # ------------------------------------------------------------------ artifacts
 
@@ -830,6 +873,8 @@ class Registry:
             in_prod = [v.version for v in m.versions if v.stage == self.policy.production.stage]
             if len(in_prod) > 1:
                 problems.append(f"{m.name}: {len(in_prod)} versions in production ({in_prod})")
+        for digest in sorted(set(self._attached_digests()) - set(checked)):
+            problems.extend(f"attachment {digest[:12]}: {p}" for p in self.artifacts.check(digest))
         return problems
 
     def gc(self, *, apply: bool = False, grace: timedelta = timedelta(hours=24)) -> dict[str, Any]:
@@ -841,6 +886,7 @@ class Registry:
         with self._lock:
             state = self._sync()
             digests = [vs.digest for m in state.models.values() for vs in m.versions]
+        digests += self._attached_digests()
         unreadable = [d for d in set(digests) if self.artifacts.blobs.verify(d)]
         if unreadable and apply:
             raise IntegrityError(f"{len(unreadable)} version manifest(s) are missing or damaged, so garbage cannot "

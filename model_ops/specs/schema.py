@@ -107,10 +107,25 @@ class Gates(_Strict):
     latency_sla_ms: dict[Literal["single_p99", "batch_p99_per_1k"], float] = Field(default_factory=dict)
 
 
+class CanaryAnalysis(_Strict):
+    """How one window of canary traffic is judged against production on the same traffic.
+
+    A window is Failed when the canary is worse than production by more than ``max_regression`` on any metric,
+    Successful when it is not, and Inconclusive when either arm has fewer than ``min_labels`` labelled rows.
+    Rollback when failed windows exceed ``failure_limit`` (counted over the whole canary), so a bad canary is
+    rolled back after ``failure_limit + 1`` failed windows.
+    """
+
+    max_regression: dict[str, float] = Field(default_factory=lambda: {"roc_auc": 0.02, "log_loss": 0.02})
+    min_labels: int = Field(default=500, ge=1)
+    failure_limit: int = Field(default=1, ge=0)
+
+
 class Deployment(_Strict):
     canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5])
     shadow: bool = False
     decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
 
     @field_validator("canary_steps")
     @classmethod
@@ -123,12 +138,22 @@ class Deployment(_Strict):
 
 
 class Monitoring(_Strict):
+    """Drift, live performance, retraining and the production guard (see docs in the README)."""
+
     drift_window_min_rows: int = Field(default=500, ge=1)
+    drift_exclude: list[str] = Field(default_factory=list)
     persistence_windows: int = Field(default=2, ge=1)
+    min_labels: int = Field(default=500, ge=1)
+    performance_metric: str = "log_loss"
+    performance_drop: float = Field(default=0.05, ge=0.0)
+    performance_floor: dict[str, Bound] = Field(default_factory=dict)
+    guard_windows: int = Field(default=2, ge=1)
+    staging_retention_days: float = Field(default=30.0, gt=0.0)
 
 
 METRICS = {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier", "ece"}
 LOWER_IS_BETTER = {"log_loss", "brier", "ece"}
+LIVE_METRICS = {"roc_auc", "log_loss", "brier", "accuracy"}
 
 
 class ModelSpec(_Strict):
@@ -187,6 +212,15 @@ class ModelSpec(_Strict):
         for metric in list(self.gates.thresholds) + list(self.gates.max_regression):
             if metric not in METRICS:
                 raise ValueError(f"gate metric {metric!r} is unknown; metrics: {', '.join(sorted(METRICS))}")
+        live = [self.monitoring.performance_metric, *self.monitoring.performance_floor,
+                *self.deployment.analysis.max_regression]
+        for metric in live:
+            if metric not in LIVE_METRICS:
+                raise ValueError(f"monitoring metric {metric!r} cannot be computed from served traffic; "
+                                 f"use one of: {', '.join(sorted(LIVE_METRICS))}")
+        for name in self.monitoring.drift_exclude:
+            if name not in names:
+                raise ValueError(f"monitoring.drift_exclude names {name!r}, which is not a feature")
         return self
 
     @property

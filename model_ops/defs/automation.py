@@ -1,0 +1,189 @@
+"""Jobs, sensors and schedules that close the loop for one model.
+
+The sensors only read (the registry, the monitoring tables) and request runs; every change they cause is a run of
+an asset or job, so it is in the run history, the asset history and the registry's audit log. Their decisions
+live in the Dagster-free ``ml.automation`` and ``ml.monitoring``. Run keys come from the state a decision was taken
+on, so evaluating a sensor twice on the same state requests one run. Each sensor keeps its own cursor: the last
+state it decided on, so an unchanged world costs one registry read and a skip.
+"""
+
+
+import json
+
+import dagster as dg
+
+from model_ops.defs.common import key
+from model_ops.defs.resources import ModelOpsResource
+from model_ops.ml import automation, retention
+from model_ops.ml.monitoring import Decision
+from model_ops.specs.schema import ModelSpec
+
+SENSOR_INTERVAL_SECONDS = 60
+INGEST_ASSETS = ("flights", "weather", "features")
+MONTHLY_ASSETS = (*INGEST_ASSETS, "predictions", "drift_report", "live_performance")
+RETRAIN_ASSETS = ("training_set", "candidate_model", "evaluation")
+TRIGGER_TAG = "model_ops/trigger"
+
+
+def job_names(spec: ModelSpec) -> dict[str, str]:
+    return {"ingest": f"{spec.name}_ingest", "monthly": f"{spec.name}_monthly", "retrain": f"{spec.name}_retrain", "deploy": f"{spec.name}_deploy",
+            "retention": f"{spec.name}_retention"}
+
+
+def sensor_names(spec: ModelSpec) -> dict[str, str]:
+    return {"drift": f"{spec.name}_drift_sensor", "deployment": f"{spec.name}_deployment_sensor",
+            "guard": f"{spec.name}_production_guard"}
+
+
+def jobs(spec: ModelSpec) -> list:
+    names = job_names(spec)
+    return [
+        dg.define_asset_job(names["monthly"], selection=[key(spec, n) for n in MONTHLY_ASSETS],
+                            description=f"A month of {spec.name} traffic arrives: ingest and check it, score it with "
+                                        "the manifest in force, then measure drift and realized performance."),
+        dg.define_asset_job(names["ingest"], selection=[key(spec, n) for n in INGEST_ASSETS],
+                            description=f"Ingest and check a month of {spec.name} source data, without scoring it "
+                                        "(backfills, and the months a first model is trained on)."),
+        dg.define_asset_job(names["retrain"], selection=[key(spec, n) for n in RETRAIN_ASSETS],
+                            description=f"Retrain {spec.name}: snapshot the training window, fit and register a "
+                                        "candidate, evaluate it against the champion (staging when every gate passes)."),
+        dg.define_asset_job(names["deploy"], selection=[key(spec, "deployment")],
+                            description=f"One deployment action on {spec.name} (run config: action, version, reason)."),
+    ]
+
+
+def _deploy_request(spec: ModelSpec, decision: Decision, sensor: str) -> dg.RunRequest:
+    op = "__".join(key(spec, "deployment").path)
+    return dg.RunRequest(
+        run_key=automation.run_key(decision), job_name=job_names(spec)["deploy"],
+        run_config={"ops": {op: {"config": {"action": decision.action, "version": decision.version,
+                                            "reason": decision.reason}}}},
+        tags={TRIGGER_TAG: sensor, "model_ops/action": decision.action,
+              "model_ops/version": str(decision.version), "model_ops/window": decision.window or ""})
+
+
+def _state_cursor(decision: Decision) -> str:
+    return json.dumps({"decision": decision.action, "version": decision.version, "window": decision.window,
+                       "state": decision.evidence.get("state_seq")}, sort_keys=True)
+
+
+def deployment_sensor(spec: ModelSpec) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=sensor_names(spec)["deployment"], job_name=job_names(spec)["deploy"],
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Progressive delivery of {spec.name}: a version reaching staging starts a canary at "
+                    f"{spec.deployment.canary_steps[0]:.0%}; each month of canary traffic is judged against production "
+                    "(live_performance); a Successful month advances the weight (past the last step: promotion, the "
+                    f"old version archived); Failed months are counted and more than "
+                    f"{spec.deployment.analysis.failure_limit} roll the canary back; an Inconclusive month holds.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
+        decision = automation.deployment_step(model_ops.get_registry(), spec)
+        cursor = _state_cursor(decision)
+        if not decision.acts:
+            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
+        return dg.SensorResult(run_requests=[_deploy_request(spec, decision, "deployment_sensor")], cursor=cursor)
+
+    return _sensor
+
+
+def drift_sensor(spec: ModelSpec) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=sensor_names(spec)["drift"], job_name=job_names(spec)["retrain"],
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Retrains {spec.name} when the production version's traffic shows dataset drift for "
+                    f"{spec.monitoring.persistence_windows} consecutive months and, where labels exist, its "
+                    f"{spec.monitoring.performance_metric} is worse than at evaluation by more than "
+                    f"{spec.monitoring.performance_drop}. Too little data never counts. The evidence goes into the "
+                    "run's tags and a `retrain` record in the registry's audit log.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
+        reg = model_ops.get_registry()
+        decision = automation.retrain_step(
+            reg, spec, automation.window_rows(model_ops.dataset(spec.name, "drift")),
+            automation.window_rows(model_ops.dataset(spec.name, "live_performance")))
+        cursor = json.dumps({"version": decision.version, "window": decision.window,
+                             "decision": decision.action}, sort_keys=True)
+        if not decision.acts:
+            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
+        run_key = f"retrain:v{decision.version}:{decision.window}"
+        reg.record(spec.name, "retrain", version=decision.version, reason=decision.reason,
+                   details={"window": decision.window, "evidence": decision.evidence, "run_key": run_key,
+                            "sensor": sensor_names(spec)["drift"]})
+        ev = decision.evidence
+        tags = {TRIGGER_TAG: "drift_sensor", "model_ops/production_version": str(decision.version),
+                "model_ops/drift_windows": ",".join(ev.get("windows", [])),
+                "model_ops/drift_share": ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None)}
+        if ev.get("metric"):
+            tags["model_ops/live_" + ev["metric"]] = f"{ev['live']:.4f}"
+            tags["model_ops/baseline_" + ev["metric"]] = f"{ev['baseline']:.4f}"
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, job_name=job_names(spec)["retrain"],
+                                                           tags=tags)], cursor=cursor)
+
+    return _sensor
+
+
+def production_guard(spec: ModelSpec) -> dg.SensorDefinition:
+    floor = ", ".join(f"{m} {b.model_dump(exclude_none=True)}" for m, b in spec.monitoring.performance_floor.items())
+
+    @dg.sensor(
+        name=sensor_names(spec)["guard"], job_name=job_names(spec)["deploy"],
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Keeps watching {spec.name} after promotion: when the production version's realized quality "
+                    f"is below the floor ({floor or 'none set'}) for {spec.monitoring.guard_windows} consecutive "
+                    "conclusive months, production is rolled back to the previous production version.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
+        decision = automation.guard_step(model_ops.get_registry(), spec, automation.window_rows(
+            model_ops.dataset(spec.name, "live_performance")))
+        cursor = _state_cursor(decision)
+        if not decision.acts:
+            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
+        return dg.SensorResult(run_requests=[_deploy_request(spec, decision, "production_guard")], cursor=cursor)
+
+    return _sensor
+
+
+def retention_job(spec: ModelSpec) -> dg.JobDefinition:
+    @dg.op(name=f"{spec.name}_archive_stale_staging",
+           description=f"Archives {spec.name} versions idle in staging for more than "
+                       f"{spec.monitoring.staging_retention_days:g} days, unless an alias, the deployment or a "
+                       "retained version's lineage references them.")
+    def _archive(context: dg.OpExecutionContext, model_ops: ModelOpsResource) -> None:
+        reg = model_ops.get_registry()
+        todo = retention.plan(reg, spec)
+        for n, why in todo.kept.items():
+            context.log.info(f"{spec.name} v{n} is stale but kept: {why}")
+        done = retention.apply(reg, todo, run_id=context.run.run_id)
+        context.log.info(f"{spec.name}: archived {', '.join(f'v{n}' for n in done) or 'nothing'}")
+
+    @dg.job(name=job_names(spec)["retention"], description=f"Retention for {spec.name}'s registry entries.")
+    def _job() -> None:
+        _archive()
+
+    return _job
+
+
+def schedules(spec: ModelSpec, monthly_job: object,
+              retention_def: dg.JobDefinition) -> list[dg.ScheduleDefinition]:
+    return [
+        dg.build_schedule_from_partitioned_job(
+            monthly_job, name=f"{spec.name}_monthly_schedule", hour_of_day=6,
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            description="Ingests, scores and monitors the newest month on the 1st. Off by default: the built-in "
+                        "source is the fixed year 2013, so a schedule would only redo December; turn it on for a "
+                        "live source."),
+        dg.ScheduleDefinition(
+            name=f"{spec.name}_retention_schedule", job=retention_def, cron_schedule="0 3 * * *",
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="Daily retention: archives stale staging versions, never anything referenced."),
+    ]
+
+
+def automation_defs(spec: ModelSpec) -> dict[str, list]:
+    asset_jobs = jobs(spec)
+    keep = retention_job(spec)
+    return {"jobs": [*asset_jobs, keep], "sensors": [deployment_sensor(spec), drift_sensor(spec),
+                                                     production_guard(spec)],
+            "schedules": schedules(spec, asset_jobs[0], keep)}
+

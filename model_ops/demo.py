@@ -1,0 +1,259 @@
+"""``model-ops demo``: replay 2013 month by month on the built-in spec through the real Dagster machinery.
+
+Everything runs as Dagster runs of the project's own jobs, recorded in the instance at ``$DAGSTER_HOME``, and every
+decision is taken by the project's own sensors, evaluated against that instance; nothing here decides anything
+itself except two things it says it does: which month "arrives" next, and releasing one deliberately faulty
+candidate (trained on shuffled labels, staged by hand past the evaluation gates) so the canary analysis has
+something to catch. Sensors are ticked here right after each month instead of by the daemon every minute, so the
+replay takes minutes, not a year; run keys are honoured exactly as the daemon honours them.
+
+Afterwards ``dagster dev -w workspace.yaml`` shows the runs, checks and plotted metrics, and
+``model-ops audit flight_delay`` the same events as the timeline printed here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model_ops.errors import UsageError
+
+MODEL = "flight_delay"
+FIRST_TRAINING_MONTHS = 4  # January to March trained on, April held out
+MINIMAL_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+
+
+@dataclass
+class Timeline:
+    """What happened, month by month, in the order it happened; printed as it grows."""
+
+    emit: Callable[[str], None]
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, month: str, kind: str, version: int | None, reason: str, **extra: Any) -> None:
+        entry = {"month": month[:7], "kind": kind, "model_version": version, "reason": reason, **extra}
+        self.entries.append(entry)
+        tag = f"v{version}" if version is not None else "-"
+        self.emit(f"  {month[:7]}  {kind:<17} {tag:<4} {reason}")
+
+
+def _prepare_home(dagster_home: str | None) -> Path:
+    home = Path(dagster_home or os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        project_yaml = Path(__file__).resolve().parents[1] / "dagster.yaml"
+        (home / "dagster.yaml").write_text(project_yaml.read_text() if project_yaml.exists() else MINIMAL_INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def run_demo(*, root: str | None = None, dagster_home: str | None = None, until: str = "2013-12",
+             faulty: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Replay January..``until`` and return the timeline and a summary (see the module docstring)."""
+    emit = progress or (lambda line: print(line, flush=True))
+    if root:
+        os.environ["MODEL_OPS_ROOT"] = root
+    home = _prepare_home(dagster_home)
+
+    import dagster as dg
+
+    from model_ops.data.sources import MONTHS
+    from model_ops.definitions import build_definitions
+    from model_ops.defs.automation import job_names, sensor_names
+    from model_ops.defs.resources import ModelOpsResource
+    from model_ops.ml import deployment as dep
+    from model_ops.registry import events as ev
+    from model_ops.specs import load_specs
+
+    last = f"{until[:7]}-01"
+    if last not in MONTHS or MONTHS.index(last) < FIRST_TRAINING_MONTHS:
+        raise UsageError(f"--until {until} is not a month the replay can stop at",
+                         hint=f"use a month from {MONTHS[FIRST_TRAINING_MONTHS][:7]} to {MONTHS[-1][:7]}")
+    spec = next(s for s in load_specs() if s.name == MODEL)
+    defs = build_definitions([spec])
+    resource = ModelOpsResource()
+    reg = resource.get_registry()
+    if MODEL in reg.models():
+        raise UsageError(f"the registry at {resource.location().uri} already holds {MODEL}; the demo replays 2013 "
+                         "from an empty registry",
+                         hint="pass --root to a new directory (and --dagster-home to a new one), or remove "
+                              ".model_ops and .dagster_home")
+    instance = dg.DagsterInstance.get()
+    jobs, sensors = job_names(spec), sensor_names(spec)
+    if instance.get_runs_count(dg.RunsFilter(job_name=jobs["retrain"])):
+        raise UsageError(f"the Dagster instance at {home} already has {MODEL} runs; its sensor run keys would "
+                         "collide with a fresh replay", hint="pass --dagster-home to a new directory")
+
+    timeline = Timeline(emit)
+    cursors: dict[str, str | None] = {}
+    seen = {"seq": 0}
+    started = time.perf_counter()
+    month = MONTHS[0]
+
+    def execute(job: str, *, partition: str | None = None, run_config: Any = None,
+                tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
+        config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance, partition_key=partition, run_config=config, tags=tags or {}, raise_on_error=False)
+        if not result.success:
+            failed = [f"{e.check_name}: {e.description}" for e in result.get_asset_check_evaluations()
+                      if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+            emit(f"  {month[:7]}  run {job} {'for ' + partition if partition else ''} did not succeed"
+                 + (f" ({'; '.join(failed)})" if failed else ""))
+        return result
+
+    def tick(name: str) -> int:
+        """Evaluate one sensor against the instance and launch what it requests, skipping used run keys."""
+        sensor = defs.resolve_sensor_def(name)
+        context = dg.build_sensor_context(instance=instance, cursor=cursors.get(name), definitions=defs,
+                                          sensor_name=name, resources={"model_ops": resource})
+        data = sensor.evaluate_tick(context)
+        cursors[name] = data.cursor
+        launched = 0
+        for request in data.run_requests or []:
+            tags = {**request.tags, "dagster/sensor_name": name, "dagster/run_key": request.run_key or ""}
+            if request.run_key and instance.get_runs_count(dg.RunsFilter(tags={
+                    "dagster/sensor_name": name, "dagster/run_key": request.run_key})):
+                continue
+            execute(request.job_name, partition=request.partition_key, run_config=request.run_config, tags=tags)
+            launched += 1
+        return launched
+
+    def record_new_events() -> None:
+        for e in reg.audit(MODEL):
+            if e.seq <= seen["seq"]:
+                continue
+            seen["seq"] = e.seq
+            d = e.data
+            if e.kind == ev.REGISTERED:
+                lineage = d.get("lineage") or {}
+                window = lineage.get("window") or []
+                faulty_tag = lineage.get("faulty")
+                timeline.add(month, "faulty_candidate" if faulty_tag else "candidate", e.version,
+                             f"registered {e.to_value or ''} trained on "
+                             f"{window[0][:7] + '..' + window[-1][:7] if window else 'its window'}"
+                             + (f" ({faulty_tag})" if faulty_tag else ""))
+            elif e.kind == "evaluation":
+                timeline.add(month, "evaluated", e.version, f"holdout {str(d.get('holdout'))[:7]}: {e.reason}",
+                             metrics={k: d.get("metrics", {}).get(k) for k in ("roc_auc", "log_loss")})
+            elif e.kind == "retrain":
+                timeline.add(month, "retrain", e.version, e.reason or "", evidence=d.get("evidence"))
+            elif e.kind == "canary_analysis":
+                timeline.add(month, "canary_analysis", e.version, e.reason or "", phase=d.get("phase"),
+                             checks=d.get("checks"))
+            elif e.kind == "deployment":
+                action, manifest = d.get("action"), d.get("manifest") or {}
+                kind = {"deploy": "canary_started" if manifest.get("canary") == e.version else "deployed",
+                        "advance": "canary_advanced", "promote": "promoted", "rollback": "rollback",
+                        "rollback_production": "rollback"}.get(action, action)
+                timeline.add(month, kind, e.version, d.get("message", "") + (f" (why: {e.reason})" if kind in (
+                    "rollback", "promoted") else ""), manifest=manifest)
+            elif e.kind == ev.STAGE_CHANGED and e.to_value == "staging" and "faulty" in (e.reason or ""):
+                timeline.add(month, "staged_by_hand", e.version, e.reason or "")
+
+    def settle() -> None:
+        """Tick the sensors until none of them requests anything more (a retrain's result starts a canary)."""
+        for _ in range(4):
+            launched = sum(tick(sensors[s]) for s in ("drift", "deployment", "guard"))
+            record_new_events()
+            if not launched:
+                return
+
+    def monitored(m: str) -> None:
+        drift = resource.dataset(MODEL, "drift")
+        perf = resource.dataset(MODEL, "live_performance")
+        d = drift.read([m]).to_dict("records") if drift.exists() else []
+        p = perf.read([m]).to_dict("records") if perf.exists() else []
+        if not d:
+            return
+        row = d[0]
+        arms = {r["arm"]: r for r in p}
+        prod = arms.get("production", {})
+        share = row.get("drift_share")
+        text = (f"drift share {share:.2f} ({row['status']})" if share == share and share is not None
+                else row["status"])
+        if prod.get("log_loss") == prod.get("log_loss") and prod.get("log_loss") is not None:
+            text += f"; production log loss {prod['log_loss']:.3f}, ROC-AUC {prod['roc_auc']:.3f}"
+        if "canary" in arms:
+            c = arms["canary"]
+            text += f"; canary v{c['model_version']} on {c['served']} flights"
+        timeline.add(m, "monitored", int(row["model_version"]), text, drift_share=share,
+                     dataset_drift=bool(row["dataset_drift"]), drifted=row["drifted"],
+                     live={k: prod.get(k) for k in ("roc_auc", "log_loss", "labelled")})
+
+    emit(f"model_ops demo: replaying 2013 for {MODEL} into {resource.location().uri} (Dagster instance {home})")
+    emit("  month    event             ver  evidence")
+    for month in MONTHS[:FIRST_TRAINING_MONTHS]:
+        emit(f"  {month[:7]}  ingest            -    flights, weather and features with their checks")
+        execute(jobs["ingest"], partition=month)
+    execute(jobs["retrain"], tags={"model_ops/trigger": "demo: first model"})
+    record_new_events()
+    settle()
+    faulty_done = not faulty
+    for month in MONTHS[FIRST_TRAINING_MONTHS:MONTHS.index(last) + 1]:
+        execute(jobs["monthly"], partition=month)
+        monitored(month)
+        record_new_events()
+        settle()
+        if not faulty_done and any(t["kind"] == "promoted" for t in timeline.entries) and \
+                dep.current(reg, MODEL).canary is None and month < last:
+            version = release_faulty_candidate(reg, resource, spec)
+            faulty_done = True
+            record_new_events()
+            timeline.entries[-1]["version_note"] = "deliberately faulty"
+            emit(f"  {month[:7]}  (demo)            v{version}  released a deliberately faulty candidate to show "
+                 "the canary analysis catching it")
+            settle()
+
+    versions = [{"version": v.version, "semver": v.semver, "stage": v.stage, "aliases": list(v.aliases),
+                 "faulty": bool(v.tags.get("faulty"))} for v in reg.versions(MODEL)]
+    counts = {k: sum(1 for t in timeline.entries if t["kind"] == k)
+              for k in ("retrain", "canary_started", "promoted", "rollback", "canary_analysis")}
+    summary = {"model": MODEL, "months": [m[:7] for m in MONTHS[:MONTHS.index(last) + 1]],
+               "production": dep.current(reg, MODEL).production, "versions": versions, "counts": counts,
+               "seconds": round(time.perf_counter() - started, 1), "root": resource.location().uri,
+               "dagster_home": str(home), "fsck_problems": reg.fsck()}
+    emit(f"done in {summary['seconds']} s: production v{summary['production']}; "
+         + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    emit("next: `dagster dev -w workspace.yaml` (runs, checks, plotted metrics) and `model-ops audit flight_delay`")
+    return {"timeline": timeline.entries, "summary": summary}
+
+
+def release_faulty_candidate(reg: Any, resource: Any, spec: Any) -> int:
+    """Register a model fitted on shuffled labels (the bug a mis-joined label table causes) and stage it by hand,
+    skipping the evaluation gates that would have caught it: the canary is the last line of defence."""
+    import numpy as np
+
+    from model_ops.ml import training
+
+    snap = resource.dataset(spec.name, "training_set")
+    version = snap.version()
+    df = snap.read(version=version)
+    rows = training.labelled(df[df["split"] == "train"], spec).copy()
+    rng = np.random.default_rng(spec.seed)
+    rows[spec.target.name] = rng.permutation(rows[spec.target.name].to_numpy())
+    trained = training.fit(rows, spec)
+    reason = "labels shuffled on purpose by model-ops demo"
+    mv = reg.register_model(
+        spec.name, trained.pipeline, params=trained.params, signature=trained.signature,
+        dataset={"uri": snap.uri, "version": version, "schema_hash": snap.schema_hash(version), "rows": trained.rows},
+        metrics={"train_rows": trained.rows}, tags={"faulty": reason, "owner": spec.owner},
+        lineage={"seed": spec.seed, "estimator": spec.estimator.class_, "faulty": reason,
+                 "code_version": "model-ops demo (shuffled labels)",
+                 "window": sorted(rows["batch"].unique())},
+        description="A deliberately faulty candidate released by the demo.")
+    reg.transition(mv.ref, "staging", reason="demo: deliberately faulty candidate (trained on shuffled labels), "
+                                             "staged by hand past the evaluation gates to show canary analysis")
+    return mv.version
+
+
+def main_json(result: dict[str, Any]) -> None:
+    import json
+
+    json.dump(result, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")

@@ -1,0 +1,148 @@
+"""The sensors' reading of the world: registry state, audit records and monitoring rows → one decision.
+
+Dagster-free (the sensors are thin wrappers), so the whole loop can be driven and tested without a daemon. Every
+decision carries a ``run_key`` derived from the state it was taken on: the same state always gives the same key
+(a sensor evaluated twice requests one run), and a changed state gives a new one (a version redeployed after a
+rollback is not blocked by the key of its first attempt).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from model_ops.data.delta import Dataset
+from model_ops.errors import NotFoundError
+from model_ops.ml import deployment as dep
+from model_ops.ml.monitoring import Decision, canary_decision, guard_decision, retrain_decision
+from model_ops.ml.routing import PRODUCTION
+from model_ops.registry import Registry
+from model_ops.registry import events as ev
+from model_ops.specs.schema import ModelSpec
+
+
+def _events(reg: Registry, name: str) -> list[ev.Event]:
+    try:
+        return reg.audit(name)
+    except NotFoundError:
+        return []
+
+
+def _ts(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def window_rows(table: Dataset) -> list[dict[str, Any]]:
+    """All rows of a monitoring table (one or a few per month: small), oldest window first."""
+    if not table.exists():
+        return []
+    rows = table.read().to_dict("records")
+    for r in rows:
+        r["window"] = r["batch"]
+    return sorted(rows, key=lambda r: (r["window"], str(r.get("arm", ""))))
+
+
+def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
+    """Start a canary for a new staging version, or take the running canary's next step."""
+    name = spec.name
+    events = _events(reg, name)
+    if not events:
+        return Decision("none", f"{name} has no versions yet")
+    manifest = dep.current(reg, name)
+    deployments = [e for e in events if e.kind == "deployment"]
+    state_seq = max([e.seq for e in events if e.kind in ("deployment", ev.STAGE_CHANGED, ev.ROLLBACK)], default=0)
+    if manifest.canary is not None:
+        started = [e for e in deployments if e.version == manifest.canary and e.data.get("action") == "deploy"]
+        start = started[-1].ts if started else deployments[-1].ts
+        last_change = deployments[-1].ts
+        measurements = []
+        for e in events:
+            if e.kind != "canary_analysis" or e.version != manifest.canary:
+                continue
+            scored = _ts(e.data.get("scored_at") or e.ts)
+            if scored <= start:
+                continue
+            measurements.append({**e.data, "at_current_weight": scored > last_change})
+        decision = canary_decision(manifest.canary, manifest.canary_weight, measurements, spec)
+    else:
+        waiting = [v for v in reg.versions(name) if v.stage == "staging" and v.version != manifest.production]
+        deployed = {e.version for e in deployments if e.data.get("action") == "deploy"}
+        fresh = [v for v in waiting if v.version not in deployed]
+        if not fresh:
+            return Decision("none", f"{manifest.describe()}; nothing new in staging")
+        v = fresh[-1]
+        where = "to production (nothing serves yet)" if manifest.production is None else \
+            f"as a canary at {spec.deployment.canary_steps[0]:.0%} beside production v{manifest.production}"
+        decision = Decision("deploy", f"v{v.version} ({v.semver}) reached staging: deploy {where}", v.version)
+    decision.evidence["state_seq"] = state_seq
+    return decision
+
+
+def run_key(decision: Decision) -> str:
+    """``action:vN:window@state``: one run per decision on a given registry state."""
+    return f"{decision.action}:v{decision.version}:{decision.window or '-'}@{decision.evidence.get('state_seq', 0)}"
+
+
+def _production_since(reg: Registry, name: str, events: list[ev.Event]) -> tuple[int | None, datetime | None]:
+    manifest = dep.current(reg, name)
+    if manifest.production is None:
+        return None, None
+    entered = [e.ts for e in events if e.kind == ev.STAGE_CHANGED and e.version == manifest.production
+               and e.to_value == reg.policy.production.stage]
+    return manifest.production, (entered[-1] if entered else None)
+
+
+def evaluation_metric(events: list[ev.Event], version: int, metric: str) -> float | None:
+    """The version's value of ``metric`` in its newest evaluation record (its own holdout)."""
+    for e in reversed(events):
+        if e.kind == "evaluation" and e.version == version:
+            value = (e.data.get("metrics") or {}).get(metric)
+            if value is not None:
+                return float(value)
+    return None
+
+
+def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]],
+                 performance_rows: list[dict[str, Any]]) -> Decision:
+    """Request a retrain when the production version's traffic keeps drifting (and, with labels, it hurts)."""
+    name = spec.name
+    events = _events(reg, name)
+    production, _ = _production_since(reg, name, events)
+    if production is None:
+        return Decision("none", f"nothing serves {name} in production; nothing to monitor")
+    manifest = dep.current(reg, name)
+    if manifest.canary is not None:
+        return Decision("none", f"canary v{manifest.canary} is already being rolled out; retraining waits for it")
+    waiting = [v.version for v in reg.versions(name) if v.stage == "staging" and v.version != production]
+    if waiting:
+        return Decision("none", f"v{waiting[-1]} waits in staging for deployment; retraining waits for it")
+    mine = [r for r in drift_rows if int(r["model_version"]) == production]
+    perf = {r["window"]: {"status": r["status"], "metrics": {m: r.get(m) for m in ("roc_auc", "log_loss", "brier",
+                                                                                    "accuracy")}}
+            for r in performance_rows if r.get("arm") == PRODUCTION and int(r["model_version"]) == production}
+    baseline = evaluation_metric(events, production, spec.monitoring.performance_metric)
+    decision = retrain_decision(mine, perf, baseline, spec)
+    decision.version = production
+    asked = {(e.version, e.data.get("window")) for e in events if e.kind == "retrain"}
+    if decision.acts and (production, decision.window) in asked:
+        return Decision("none", f"a retrain for v{production} at {decision.window} was already requested",
+                        production, decision.window, decision.evidence)
+    return decision
+
+
+def guard_step(reg: Registry, spec: ModelSpec, performance_rows: list[dict[str, Any]]) -> Decision:
+    """Roll production back to its predecessor when it stays below the spec's floor after promotion."""
+    name = spec.name
+    events = _events(reg, name)
+    production, since = _production_since(reg, name, events)
+    if production is None:
+        return Decision("none", f"nothing serves {name} in production")
+    if not spec.monitoring.performance_floor:
+        return Decision("none", "the spec sets no performance floor", production)
+    rows = [r for r in performance_rows if r.get("arm") == PRODUCTION and int(r["model_version"]) == production
+            and (since is None or _ts(r["scored_at"]) > since)]
+    decision = guard_decision(production, rows, dep.previous_production(reg, name), spec)
+    decision.evidence["state_seq"] = max([e.seq for e in events if e.kind in (ev.STAGE_CHANGED, ev.ROLLBACK)],
+                                         default=0)
+    decision.evidence["production"] = production
+    return decision
