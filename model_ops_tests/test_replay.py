@@ -1,0 +1,117 @@
+"""End to end on the real 2013 data: the replay through Dagster, January to October.
+
+Drift in May and June (worse log loss in June) retrains; the new version goes through canary and is promoted;
+the deliberately faulty candidate fails two canary windows and is rolled back. The audit log tells the same story
+as the timeline, the Dagster instance holds the runs, and ticking the sensors again on the final state requests
+nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from model_ops.cli import main as cli
+from model_ops.demo import run_demo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("replay")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_HOME", str(base / "home"))
+        mp.setenv("MODEL_OPS_ROOT", str(base / "root"))
+        for var in ("MODEL_OPS_SPECS_DIR", "MODEL_OPS_ENV", "MODEL_OPS_ACTOR", "MODEL_OPS_POLICY"):
+            mp.delenv(var, raising=False)
+        lines: list[str] = []
+        result = run_demo(root=str(base / "root"), dagster_home=str(base / "home"), until="2013-10",
+                          progress=lines.append)
+        yield {"result": result, "lines": lines, "base": base}
+
+
+def kinds(result: dict) -> list[tuple[str, str, int | None]]:
+    return [(t["month"], t["kind"], t["model_version"]) for t in result["timeline"]]
+
+
+def test_drift_retrains_and_the_new_version_is_promoted_through_canary(replay: dict) -> None:
+    events = kinds(replay["result"])
+    assert ("2013-04", "deployed", 1) in events
+    assert ("2013-06", "retrain", 1) in events
+    retrain = next(t for t in replay["result"]["timeline"] if t["kind"] == "retrain")
+    assert retrain["evidence"]["windows"] == ["2013-05-01", "2013-06-01"]
+    assert retrain["evidence"]["worse_by"] > 0.05
+    assert ("2013-06", "canary_started", 2) in events
+    assert ("2013-07", "canary_advanced", 2) in events
+    assert ("2013-08", "promoted", 2) in events
+    order = [k for _, k, v in events if v == 2]
+    assert order.index("canary_started") < order.index("canary_advanced") < order.index("promoted")
+
+
+def test_the_faulty_candidate_is_caught_by_canary_analysis_and_rolled_back(replay: dict) -> None:
+    timeline = replay["result"]["timeline"]
+    faulty = next(t for t in timeline if t["kind"] == "faulty_candidate")
+    v = faulty["model_version"]
+    analyses = [t for t in timeline if t["kind"] == "canary_analysis" and t["model_version"] == v]
+    assert [a["phase"] for a in analyses] == ["Failed", "Failed"]
+    rollback = next(t for t in timeline if t["kind"] == "rollback")
+    assert rollback["model_version"] == v and "failed (2) > failure_limit (1)" in rollback["reason"]
+    summary = replay["result"]["summary"]
+    assert summary["production"] == 2 and summary["fsck_problems"] == []
+    stages = {x["version"]: x["stage"] for x in summary["versions"]}
+    assert stages == {1: "archived", 2: "production", v: "archived"}
+    assert any("deliberately faulty" in line for line in replay["lines"])
+
+
+def test_the_audit_log_and_the_dagster_instance_hold_the_same_history(replay: dict, capsys) -> None:  # type: ignore[no-untyped-def]
+    root = str(replay["base"] / "root")
+    assert cli(["--root", root, "audit", "flight_delay", "--json"]) == 0
+    audit = json.loads(capsys.readouterr().out)
+    audit = audit if isinstance(audit, list) else audit["events"]
+    deployments = [e for e in audit if e["kind"] == "deployment"]
+    timeline_deploys = [t for t in replay["result"]["timeline"]
+                        if t["kind"] in ("deployed", "canary_started", "canary_advanced", "promoted", "rollback")]
+    assert [e["version"] for e in deployments] == [t["model_version"] for t in timeline_deploys]
+    assert sum(e["kind"] == "canary_analysis" for e in audit) == 4
+    with dg.DagsterInstance.from_config(str(replay["base"] / "home")) as instance:
+        runs = instance.get_runs()
+        by_sensor = [r for r in runs if r.tags.get("dagster/sensor_name")]
+        assert {r.job_name for r in by_sensor} == {"flight_delay_deploy", "flight_delay_retrain"}
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        monthly = {r.tags.get("dagster/partition") for r in runs if r.job_name == "flight_delay_monthly"}
+        assert monthly == {f"2013-{m:02d}-01" for m in range(5, 11)}
+
+
+def test_sensors_ticked_again_on_the_final_state_request_nothing_new(replay: dict) -> None:
+    from model_ops.definitions import build_definitions
+    from model_ops.defs.automation import sensor_names
+    from model_ops.defs.resources import ModelOpsResource
+    from model_ops.specs import load_specs
+
+    spec = next(s for s in load_specs() if s.name == "flight_delay")
+    defs = build_definitions([spec])
+    resource = ModelOpsResource(root=str(replay["base"] / "root"))
+    with dg.DagsterInstance.from_config(str(replay["base"] / "home")) as instance:
+        for name in sensor_names(spec).values():
+            data = defs.resolve_sensor_def(name).evaluate_tick(
+                dg.build_sensor_context(instance=instance, resources={"model_ops": resource}))
+            for request in data.run_requests or []:
+                assert instance.get_runs_count(dg.RunsFilter(tags={"dagster/run_key": request.run_key})) == 1, \
+                    f"{name} asks for a new run on a settled state: {request.run_key}"
+
+
+def test_a_second_replay_into_the_same_root_is_refused_with_exit_2(replay: dict, capsys) -> None:  # type: ignore[no-untyped-def]
+    root = str(replay["base"] / "root")
+    assert cli(["--root", root, "demo", "--dagster-home", str(replay["base"] / "other")]) == 2
+    assert "already holds flight_delay" in capsys.readouterr().err
+
+
+def test_a_month_outside_the_replay_is_refused_with_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert cli(["--root", str(tmp_path / "root"), "demo", "--until", "2013-02"]) == 2
+    assert "--until 2013-02" in capsys.readouterr().err
+    assert not (tmp_path / "root").exists()
