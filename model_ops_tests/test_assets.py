@@ -151,7 +151,7 @@ def test_a_failing_gate_stops_deployment_and_leaves_the_registry_unchanged(tmp_p
         reg = g.registry()
         assert [(v.version, v.stage, v.aliases) for v in reg.versions(M)] == [(1, "development", ())]
         kinds = [e.kind for e in reg.audit(M)]
-        assert kinds == ["registered", "tag_set", "tag_set", "evaluation"]  # no stage, alias or deployment change
+        assert kinds == ["registered", "tag_set", "tag_set", "attachment", "evaluation"]  # no stage, alias or deployment
         assert reg.audit(M)[-1].reason.startswith("failed: below the spec's thresholds")
 
 

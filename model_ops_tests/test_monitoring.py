@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from sklearn.linear_model import LogisticRegression
 
@@ -139,6 +140,19 @@ def test_persistent_drift_that_does_not_hurt_does_not_retrain() -> None:
     assert d.action == "none" and "held up" in d.reason
 
 
+def test_drift_windows_must_be_consecutive_months() -> None:
+    d = mon.retrain_decision([drift_row("2013-05-01"), drift_row("2013-07-01")], {}, 0.6, SPEC)
+    assert d.action == "none" and "not consecutive" in d.reason
+    across_years = mon.retrain_decision([drift_row("2013-12-01"), drift_row("2014-01-01")], {}, None, SPEC)
+    assert across_years.action == "retrain"
+
+
+def test_labels_without_an_evaluation_baseline_say_so() -> None:
+    rows = [drift_row("2013-05"), drift_row("2013-06")]
+    d = mon.retrain_decision(rows, {"2013-06": perf(0.5)}, None, SPEC)
+    assert d.action == "retrain" and "no evaluation log_loss" in d.reason
+
+
 def test_without_conclusive_labels_drift_alone_decides() -> None:
     rows = [drift_row("2013-05"), drift_row("2013-06")]
     d = mon.retrain_decision(rows, {"2013-06": perf(float("nan"), status="inconclusive")}, 0.61, SPEC)
@@ -201,6 +215,25 @@ def test_the_floor_reports_each_violation() -> None:
     broken = mon.below_floor({"roc_auc": 0.55, "log_loss": 0.8}, SPEC.monitoring.performance_floor)
     assert broken == ["roc_auc 0.5500 < floor 0.6", "log_loss 0.8000 > ceiling 0.75"]
     assert mon.below_floor({"roc_auc": float("nan")}, SPEC.monitoring.performance_floor) == []
+
+
+def test_a_profile_with_columns_the_spec_no_longer_monitors_is_still_usable() -> None:
+    from model_ops.ml import drift
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"temp": rng.normal(50, 10, 5000), "month_of_year": rng.integers(1, 4, 5000).astype(float)})
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+        mon.SCORE_COLUMN, pa.array(rng.random(5000)))
+    reference = drift.profile(table)                      # profiled when month_of_year was still monitored
+    current = table.drop_columns(["month_of_year"])       # the spec now excludes it
+    report, prediction = mon.compare_window(reference, current, SPEC)
+    assert [f.feature for f in report.features] == ["temp"] and not report.dataset_drift
+    assert prediction.feature == mon.SCORE_COLUMN and not prediction.drift
+
+
+def test_retention_on_a_model_never_registered_is_empty(reg) -> None:  # type: ignore[no-untyped-def]
+    plan = retention.plan(reg, SPEC)
+    assert plan.archive == {} and plan.kept == {}
 
 
 # ----------------------------------------------------------------------------- registry: attachments, rollback

@@ -162,11 +162,34 @@ def test_persistent_drift_that_hurts_requests_one_retrain_with_evidence(world: W
     assert request.job_name == "flight_delay_retrain" and request.run_key == "retrain:v1:2013-06-01"
     assert request.tags["model_ops/drift_windows"] == "2013-05-01,2013-06-01"
     assert request.tags["model_ops/live_log_loss"] == "0.7200"
-    (record,) = [e for e in world.reg.audit(SPEC.name) if e.kind == "retrain"]
-    assert "dataset drift in 2 consecutive windows" in record.reason and record.data["window"] == "2013-06-01"
+    assert "dataset drift in 2 consecutive windows" in request.tags["model_ops/reason"]
     again = world.tick("drift", cursor=data.cursor)
-    assert not again.run_requests and "already requested" in again.skip_message
-    assert sum(e.kind == "retrain" for e in world.reg.audit(SPEC.name)) == 1
+    assert [r.run_key for r in again.run_requests] == [request.run_key]  # the daemon launches a run key once
+    assert not any(e.kind == "retrain" for e in world.reg.audit(SPEC.name))  # evaluating a sensor records nothing
+
+
+def test_months_served_before_a_rollback_are_not_held_against_the_restored_version(world: World) -> None:
+    v1 = in_production_with_evaluation(world)
+    world.drift("2013-05-01", v1)
+    world.drift("2013-06-01", v1)
+    v2 = world.version(2)
+    dep.apply(world.reg, SPEC, "deploy", version=v2)
+    dep.apply(world.reg, SPEC, "promote")
+    world.reg.rollback(SPEC.name, reason="back to v1")
+    assert not world.tick("drift").run_requests
+    world.drift("2013-07-01", v1)
+    assert not world.tick("drift").run_requests  # one window since v1 came back
+    world.drift("2013-08-01", v1)
+    (request,) = world.tick("drift").run_requests
+    assert request.tags["model_ops/drift_windows"] == "2013-07-01,2013-08-01"
+
+
+def test_drifted_windows_with_a_gap_between_them_are_not_persistent(world: World) -> None:
+    v1 = in_production_with_evaluation(world)
+    world.drift("2013-05-01", v1)
+    world.drift("2013-07-01", v1)
+    data = world.tick("drift")
+    assert not data.run_requests and "not consecutive" in data.skip_message
 
 
 @pytest.mark.parametrize("status, share", [("insufficient_data", None), ("no_drift", 0.2)])
@@ -202,6 +225,35 @@ def test_the_guard_rolls_production_back_after_consecutive_bad_windows(world: Wo
     dep.apply(world.reg, SPEC, cfg["action"], version=cfg["version"], reason=cfg["reason"])
     assert dep.current(world.reg, SPEC.name).production == v1
     assert not world.tick("guard").run_requests  # v1's own record starts afresh
+
+
+def test_a_late_deployment_run_does_nothing_when_the_deployment_changed(world: World) -> None:
+    v1, v2 = start_canary(world)
+    world.measure(v2, "2013-07-01", "Failed")
+    world.measure(v2, "2013-08-01", "Failed")
+    (request,) = world.tick("deployment").run_requests
+    cfg = config_of(request)
+    assert cfg["expect_serving"] == f"{v1}:{v2}"
+    dep.apply(world.reg, SPEC, "rollback", reason="a person aborted it first")
+    late = dep.apply(world.reg, SPEC, cfg["action"], version=cfg["version"], reason=cfg["reason"],
+                     expect=cfg["expect_serving"])
+    assert not late.changed and "nothing changed" in late.message
+    assert dep.current(world.reg, SPEC.name).production == v1 and world.reg.get(SPEC.name, v2).stage == "archived"
+
+
+def test_an_older_staging_version_is_not_canaried_against_a_newer_production(world: World) -> None:
+    v1 = world.version(1)
+    dep.apply(world.reg, SPEC, "deploy", version=v1)
+    v2, v3 = world.version(2), world.version(3)
+    (request,) = world.tick("deployment").run_requests
+    assert config_of(request)["version"] == v3
+    dep.apply(world.reg, SPEC, "deploy", version=v3)
+    dep.apply(world.reg, SPEC, "promote")
+    data = world.tick("deployment")
+    assert not data.run_requests and world.reg.get(SPEC.name, v2).stage == "staging"
+    world.drift("2013-05-01", v3)
+    world.drift("2013-06-01", v3)
+    assert world.tick("drift").run_requests  # the passed-over v2 does not block retraining either
 
 
 def test_windows_before_a_promotion_are_not_held_against_the_new_version(world: World) -> None:

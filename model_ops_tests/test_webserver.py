@@ -47,15 +47,17 @@ def test_webserver_shows_the_asset_graph(tmp_path: Path) -> None:
 
     by_name = {n["assetKey"]["path"][1]: n for n in nodes if n["assetKey"]["path"][0] == "flight_delay"}
     assert set(by_name) == {"flights", "weather", "features", "training_set", "candidate_model", "evaluation",
-                            "deployment", "predictions"}
+                            "deployment", "predictions", "drift_report", "live_performance"}
     for name, node in by_name.items():
         assert node["groupName"] == "flight_delay" and len(node["description"]) > 80, name
         assert node["owners"] == [{"team": "ml-platform"}] and node["kinds"], name
-    assert {n for n, node in by_name.items() if node["isPartitioned"]} == {"flights", "weather", "features",
-                                                                          "predictions"}
+    assert {n for n, node in by_name.items() if node["isPartitioned"]} == {
+        "flights", "weather", "features", "predictions", "drift_report", "live_performance"}
     checks = {name: {c["name"]: c["blocking"] for c in node["assetChecksOrError"]["checks"]}
               for name, node in by_name.items()}
     assert checks["features"] == {"schema_contract": True, "no_unexpected_nulls": True, "values_in_range": True,
                                   "row_count": True}
     assert checks["evaluation"] == {"meets_thresholds": True, "no_regression_vs_champion": True,
                                     "latency_within_sla": True}
+    assert checks["drift_report"] == {"no_dataset_drift": False}   # monitoring warns, it never blocks
+    assert checks["live_performance"] == {"production_within_floor": False, "canary_analysis": False}

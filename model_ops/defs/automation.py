@@ -1,10 +1,11 @@
 """Jobs, sensors and schedules that close the loop for one model.
 
 The sensors only read (the registry, the monitoring tables) and request runs; every change they cause is a run of
-an asset or job, so it is in the run history, the asset history and the registry's audit log. Their decisions
-live in the Dagster-free ``ml.automation`` and ``ml.monitoring``. Run keys come from the state a decision was taken
-on, so evaluating a sensor twice on the same state requests one run. Each sensor keeps its own cursor: the last
-state it decided on, so an unchanged world costs one registry read and a skip.
+an asset or job, so it is in the run history, the asset history and the registry's audit log (a retrain's evidence
+is recorded by the retrain run itself, so a sensor preview or a failed submission records nothing). Their
+decisions live in the Dagster-free ``ml.automation`` and ``ml.monitoring``. Run keys come from the state a
+decision was taken on, so evaluating a sensor twice on the same state requests one run. Each sensor keeps its own
+cursor, the last decision and the state it was taken on, shown in the UI's tick history.
 """
 
 
@@ -12,7 +13,7 @@ import json
 
 import dagster as dg
 
-from model_ops.defs.common import key
+from model_ops.defs.common import EVIDENCE_TAG, REASON_TAG, TRIGGER_TAG, key
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ml import automation, retention
 from model_ops.ml.monitoring import Decision
@@ -22,7 +23,6 @@ SENSOR_INTERVAL_SECONDS = 60
 INGEST_ASSETS = ("flights", "weather", "features")
 MONTHLY_ASSETS = (*INGEST_ASSETS, "predictions", "drift_report", "live_performance")
 RETRAIN_ASSETS = ("training_set", "candidate_model", "evaluation")
-TRIGGER_TAG = "model_ops/trigger"
 
 
 def job_names(spec: ModelSpec) -> dict[str, str]:
@@ -57,7 +57,8 @@ def _deploy_request(spec: ModelSpec, decision: Decision, sensor: str) -> dg.RunR
     return dg.RunRequest(
         run_key=automation.run_key(decision), job_name=job_names(spec)["deploy"],
         run_config={"ops": {op: {"config": {"action": decision.action, "version": decision.version,
-                                            "reason": decision.reason}}}},
+                                            "reason": decision.reason,
+                                            "expect_serving": decision.evidence.get("serving")}}}},
         tags={TRIGGER_TAG: sensor, "model_ops/action": decision.action,
               "model_ops/version": str(decision.version), "model_ops/window": decision.window or ""})
 
@@ -107,13 +108,12 @@ def drift_sensor(spec: ModelSpec) -> dg.SensorDefinition:
         if not decision.acts:
             return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
         run_key = f"retrain:v{decision.version}:{decision.window}"
-        reg.record(spec.name, "retrain", version=decision.version, reason=decision.reason,
-                   details={"window": decision.window, "evidence": decision.evidence, "run_key": run_key,
-                            "sensor": sensor_names(spec)["drift"]})
         ev = decision.evidence
         tags = {TRIGGER_TAG: "drift_sensor", "model_ops/production_version": str(decision.version),
+                "model_ops/drift_window": decision.window or "",
                 "model_ops/drift_windows": ",".join(ev.get("windows", [])),
-                "model_ops/drift_share": ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None)}
+                "model_ops/drift_share": ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None),
+                REASON_TAG: decision.reason, EVIDENCE_TAG: json.dumps(ev, sort_keys=True, default=str)}
         if ev.get("metric"):
             tags["model_ops/live_" + ev["metric"]] = f"{ev['live']:.4f}"
             tags["model_ops/baseline_" + ev["metric"]] = f"{ev['baseline']:.4f}"

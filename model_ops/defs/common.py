@@ -12,6 +12,12 @@ import pandas as pd
 from model_ops.specs.schema import ModelSpec
 
 
+# Run tags set by the sensors: who asked for a run, why, and the evidence (JSON).
+TRIGGER_TAG = "model_ops/trigger"
+REASON_TAG = "model_ops/reason"
+EVIDENCE_TAG = "model_ops/evidence"
+
+
 def key(spec: ModelSpec, name: str) -> dg.AssetKey:
     """``flight_delay/features`` and so on: every asset of a model is prefixed with the model's name."""
     return dg.AssetKey([spec.name, name])

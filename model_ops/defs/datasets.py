@@ -3,13 +3,15 @@ training set snapshot. All are Delta tables under ``<root>/datasets/<model>/``."
 
 
 
+import json
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from model_ops.data import contracts, features as feat, sources
 from model_ops.data.delta import PARTITION, frame_fingerprint
-from model_ops.defs.common import column_schema, common, json_safe, key
+from model_ops.defs.common import EVIDENCE_TAG, REASON_TAG, TRIGGER_TAG, column_schema, common, json_safe, key
 from model_ops.defs.partitions import monthly
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.errors import UsageError
@@ -176,6 +178,21 @@ def choose_window(months: list[str], spec: ModelSpec, config: TrainingSetConfig)
     return window, holdout
 
 
+def record_retrain_trigger(context: dg.AssetExecutionContext, model_ops: ModelOpsResource, spec: ModelSpec) -> None:
+    """A retrain requested by the drift sensor writes its evidence to the audit log from inside the run, so the
+    record exists exactly when the run does (a sensor preview or a failed submission records nothing)."""
+    tags = context.run.tags
+    if tags.get(TRIGGER_TAG) != "drift_sensor":
+        return
+    evidence = json.loads(tags.get(EVIDENCE_TAG) or "{}")
+    version = tags.get("model_ops/production_version")
+    model_ops.get_registry().record(
+        spec.name, "retrain", version=int(version) if version and version.isdigit() else None,
+        reason=tags.get(REASON_TAG), run_id=context.run.run_id,
+        details={"window": tags.get("model_ops/drift_window"), "evidence": evidence,
+                 "run_key": tags.get("dagster/run_key"), "sensor": tags.get("dagster/sensor_name")})
+
+
 def training_set_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=key(spec, "training_set"), deps=[key(spec, "features")],
@@ -189,6 +206,7 @@ def training_set_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     )
     def _training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig,
                       model_ops: ModelOpsResource) -> dg.MaterializeResult:
+        record_retrain_trigger(context, model_ops, spec)
         features_ds = model_ops.dataset(spec.name, "features")
         source_version = features_ds.version()
         window, holdout = choose_window(features_ds.batches(source_version), spec, config)

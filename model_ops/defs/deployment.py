@@ -20,13 +20,17 @@ DEPLOY_CODE_VERSION = "deploy-1"
 
 class DeployConfig(dg.Config):
     """What to change. ``deploy`` (default) starts the newest staging version: straight to production when
-    nothing serves, else as a canary at the spec's first step. ``rollback`` aborts a running canary (or, when
-    none runs, restores the previous production version); ``rollback_production`` always restores production."""
+    nothing serves, else as a canary at the spec's first step. ``rollback`` without a version (or with the canary's)
+    aborts a running canary; with no canary, or naming another version, it rolls production back (to that version).
+    ``rollback_production`` always rolls production back."""
 
     action: Literal["deploy", "advance", "promote", "rollback", "rollback_production", "shadow_on",
                     "shadow_off"] = "deploy"
     version: int | None = Field(default=None, description="Registry version to act on (default: per action).")
     reason: str | None = Field(default=None, description="Why; recorded in the audit log.")
+    expect_serving: str | None = Field(default=None, description=(
+        "Act only if production:canary is still this (e.g. '2:3', '-' for none); sensors set it so that a late "
+        "run never acts on a deployment that changed after the decision."))
 
 
 def manifest_metadata(manifest: dep.Manifest) -> dict[str, object]:
@@ -55,7 +59,7 @@ def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                                 f"{manifest.describe()} (unchanged)", False)
         else:
             change = dep.apply(reg, spec, config.action, version=config.version, reason=config.reason,
-                               run_id=context.run.run_id)
+                               run_id=context.run.run_id, expect=config.expect_serving)
         context.log.info(f"{spec.name}: {change.message}")
         return dg.MaterializeResult(metadata={
             "action": change.action, "changed": change.changed, "message": change.message,

@@ -150,8 +150,8 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         description="Realized quality of each served arm (production, canary) once the month's outcomes are known: "
                     "labels (actual arrival delay) joined to the prediction log by flight id, with label coverage. "
                     f"Fewer than {spec.monitoring.min_labels} labels is inconclusive, never 'fine'. When a canary "
-                    "served, the canary analysis of the month (Successful / Failed / Inconclusive against production "
-                    "on the same flights) is recorded in the registry's audit log for the deployment sensor. "
+                    "served, the canary analysis of the month (Successful / Failed / Inconclusive against production's "
+                    "share of the same month's traffic) is recorded in the registry's audit log for the deployment sensor. "
                     f"Production floor: {floor}.",
         check_specs=[
             dg.AssetCheckSpec("production_within_floor", asset=asset_key, description=(

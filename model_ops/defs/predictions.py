@@ -36,8 +36,9 @@ def score_arm(model: object, rows: pd.DataFrame, spec: ModelSpec) -> tuple[np.nd
 
 
 def score_month(features: pd.DataFrame, manifest: dep.Manifest, models: dict[int, object],
-                spec: ModelSpec, semvers: dict[int, str]) -> pd.DataFrame:
-    """The prediction log rows of one month (pure apart from timing: tested directly)."""
+                spec: ModelSpec, semvers: dict[int, str], scored_at: datetime | None = None) -> pd.DataFrame:
+    """The prediction log rows of one month (pure apart from timing: tested directly). ``scored_at`` is taken
+    before the manifest was read, so a window counts as served after a deployment change only if it was."""
     arms = routing.assign_arms(features["flight_id"], manifest.canary_weight if manifest.canary else 0.0,
                                salt=spec.name)
     plan = [(routing.PRODUCTION, manifest.production, arms == routing.PRODUCTION, True)]
@@ -45,7 +46,7 @@ def score_month(features: pd.DataFrame, manifest: dep.Manifest, models: dict[int
         plan.append((routing.CANARY, manifest.canary, arms == routing.CANARY, True))
     if manifest.shadow:
         plan.append((routing.SHADOW, manifest.shadow, np.ones(len(features), dtype=bool), False))
-    scored_at = datetime.now(timezone.utc)
+    scored_at = scored_at or datetime.now(timezone.utc)
     frames = []
     for arm, version, mask, served in plan:
         rows = features[mask]
@@ -80,6 +81,7 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     def _predictions(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
         month = context.partition_key
         reg = model_ops.get_registry()
+        scored_at = datetime.now(timezone.utc)
         manifest = dep.current(reg, spec.name)
         if manifest.production is None:
             raise dg.Failure(f"nothing serves {spec.name} in production, so there is nothing to score with: "
@@ -93,7 +95,7 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         versions = {v for v in (manifest.production, manifest.canary, manifest.shadow) if v}
         models = {v: reg.load_model(f"models:/{spec.name}/{v}") for v in versions}
         semvers = {v: reg.get(spec.name, v).semver for v in versions}
-        log = score_month(features.reset_index(drop=True), manifest, models, spec, semvers)
+        log = score_month(features.reset_index(drop=True), manifest, models, spec, semvers, scored_at)
         out = model_ops.dataset(spec.name, "predictions")
         delta_version = out.replace_batch(month, pa.Table.from_pandas(log, preserve_index=False))
         served = log[log["served"]]

@@ -2,8 +2,9 @@
 
 Dagster-free (the sensors are thin wrappers), so the whole loop can be driven and tested without a daemon. Every
 decision carries a ``run_key`` derived from the state it was taken on: the same state always gives the same key
-(a sensor evaluated twice requests one run), and a changed state gives a new one (a version redeployed after a
-rollback is not blocked by the key of its first attempt).
+(a sensor evaluated twice requests one run) and a changed state a new one. Deployment decisions also carry the
+``production:canary`` they were taken on, and the deployment asset does nothing if that changed before the run
+executed, so a queued or late run can never act on a different deployment.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ def window_rows(table: Dataset) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["window"], str(r.get("arm", ""))))
 
 
+def fresh_staging(reg: Registry, name: str, manifest: dep.Manifest, events: list[ev.Event]) -> list[Any]:
+    """Staging versions newer than production and than anything deployed before: what the next canary should be.
+    An older staging version (passed over, or superseded) is left for a person to deploy by hand."""
+    deployed = [e.version for e in events if e.kind == "deployment" and e.data.get("action") == "deploy"
+                and e.version is not None]
+    floor = max([manifest.production or 0, *deployed])
+    return [v for v in reg.versions(name) if v.stage == "staging" and v.version > floor]
+
+
 def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
     """Start a canary for a new staging version, or take the running canary's next step."""
     name = spec.name
@@ -49,32 +59,32 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
     if not events:
         return Decision("none", f"{name} has no versions yet")
     manifest = dep.current(reg, name)
-    deployments = [e for e in events if e.kind == "deployment"]
     state_seq = max([e.seq for e in events if e.kind in ("deployment", ev.STAGE_CHANGED, ev.ROLLBACK)], default=0)
     if manifest.canary is not None:
-        started = [e for e in deployments if e.version == manifest.canary and e.data.get("action") == "deploy"]
-        start = started[-1].ts if started else deployments[-1].ts
-        last_change = deployments[-1].ts
+        # only a change of this canary's weight starts a new measurement window (a shadow change does not)
+        changes = [e for e in events if e.kind == "deployment" and e.version == manifest.canary
+                   and e.data.get("action") in ("deploy", "advance")]
+        started = [e for e in changes if e.data.get("action") == "deploy"]
+        start = (started or changes)[-1].ts if changes else None
+        last_change = changes[-1].ts if changes else None
         measurements = []
         for e in events:
             if e.kind != "canary_analysis" or e.version != manifest.canary:
                 continue
             scored = _ts(e.data.get("scored_at") or e.ts)
-            if scored <= start:
+            if start is not None and scored <= start:
                 continue
-            measurements.append({**e.data, "at_current_weight": scored > last_change})
+            measurements.append({**e.data, "at_current_weight": last_change is None or scored > last_change})
         decision = canary_decision(manifest.canary, manifest.canary_weight, measurements, spec)
     else:
-        waiting = [v for v in reg.versions(name) if v.stage == "staging" and v.version != manifest.production]
-        deployed = {e.version for e in deployments if e.data.get("action") == "deploy"}
-        fresh = [v for v in waiting if v.version not in deployed]
+        fresh = fresh_staging(reg, name, manifest, events)
         if not fresh:
             return Decision("none", f"{manifest.describe()}; nothing new in staging")
         v = fresh[-1]
         where = "to production (nothing serves yet)" if manifest.production is None else \
             f"as a canary at {spec.deployment.canary_steps[0]:.0%} beside production v{manifest.production}"
         decision = Decision("deploy", f"v{v.version} ({v.semver}) reached staging: deploy {where}", v.version)
-    decision.evidence["state_seq"] = state_seq
+    decision.evidence.update({"state_seq": state_seq, "serving": manifest.serving})
     return decision
 
 
@@ -104,29 +114,33 @@ def evaluation_metric(events: list[ev.Event], version: int, metric: str) -> floa
 
 def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]],
                  performance_rows: list[dict[str, Any]]) -> Decision:
-    """Request a retrain when the production version's traffic keeps drifting (and, with labels, it hurts)."""
+    """Request a retrain when the production version's traffic keeps drifting (and, with labels, it hurts).
+
+    Only windows served since the version (last) entered production count, so months it served before a
+    rollback, or another version's months, are never held against it.
+    """
     name = spec.name
     events = _events(reg, name)
-    production, _ = _production_since(reg, name, events)
+    production, since = _production_since(reg, name, events)
     if production is None:
         return Decision("none", f"nothing serves {name} in production; nothing to monitor")
     manifest = dep.current(reg, name)
     if manifest.canary is not None:
         return Decision("none", f"canary v{manifest.canary} is already being rolled out; retraining waits for it")
-    waiting = [v.version for v in reg.versions(name) if v.stage == "staging" and v.version != production]
+    waiting = fresh_staging(reg, name, manifest, events)
     if waiting:
-        return Decision("none", f"v{waiting[-1]} waits in staging for deployment; retraining waits for it")
-    mine = [r for r in drift_rows if int(r["model_version"]) == production]
+        return Decision("none", f"v{waiting[-1].version} waits in staging for deployment; retraining waits for it")
+
+    def served_by_production(r: dict[str, Any], stamp: str) -> bool:
+        return int(r["model_version"]) == production and (since is None or _ts(r[stamp]) > since)
+
+    mine = [r for r in drift_rows if served_by_production(r, "computed_at")]
     perf = {r["window"]: {"status": r["status"], "metrics": {m: r.get(m) for m in ("roc_auc", "log_loss", "brier",
                                                                                     "accuracy")}}
-            for r in performance_rows if r.get("arm") == PRODUCTION and int(r["model_version"]) == production}
+            for r in performance_rows if r.get("arm") == PRODUCTION and served_by_production(r, "scored_at")}
     baseline = evaluation_metric(events, production, spec.monitoring.performance_metric)
     decision = retrain_decision(mine, perf, baseline, spec)
     decision.version = production
-    asked = {(e.version, e.data.get("window")) for e in events if e.kind == "retrain"}
-    if decision.acts and (production, decision.window) in asked:
-        return Decision("none", f"a retrain for v{production} at {decision.window} was already requested",
-                        production, decision.window, decision.evidence)
     return decision
 
 
@@ -142,7 +156,7 @@ def guard_step(reg: Registry, spec: ModelSpec, performance_rows: list[dict[str, 
     rows = [r for r in performance_rows if r.get("arm") == PRODUCTION and int(r["model_version"]) == production
             and (since is None or _ts(r["scored_at"]) > since)]
     decision = guard_decision(production, rows, dep.previous_production(reg, name), spec)
-    decision.evidence["state_seq"] = max([e.seq for e in events if e.kind in (ev.STAGE_CHANGED, ev.ROLLBACK)],
-                                         default=0)
-    decision.evidence["production"] = production
+    decision.evidence.update({"state_seq": max([e.seq for e in events if e.kind in (ev.STAGE_CHANGED, ev.ROLLBACK)],
+                                               default=0),
+                              "production": production, "serving": dep.current(reg, name).serving})
     return decision

@@ -30,6 +30,11 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def serving(self) -> str:
+        """``production:canary`` (``-`` for none): what a decision was taken on, so a late run can tell."""
+        return f"{self.production or '-'}:{self.canary or '-'}"
+
     def describe(self) -> str:
         parts = [f"production v{self.production}" if self.production else "nothing in production"]
         if self.canary:
@@ -85,12 +90,19 @@ def _newest_in(reg: Registry, name: str, stage: str, exclude: set[int | None]) -
 
 
 def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = None, reason: str | None = None,
-          run_id: str | None = None) -> Change:
-    """Carry out one deployment action and record it; a request that changes nothing records nothing."""
+          run_id: str | None = None, expect: str | None = None) -> Change:
+    """Carry out one deployment action and record it; a request that changes nothing records nothing.
+
+    ``expect`` (``Manifest.serving`` of the state the request was decided on) makes a late request harmless: when
+    production or the canary changed since, nothing is done. Sensors always set it.
+    """
     if action not in ACTIONS:
         raise UsageError(f"unknown deployment action {action!r}", hint="actions: " + ", ".join(ACTIONS))
     name = spec.name
     before = current(reg, name)
+    if expect is not None and expect != before.serving:
+        return Change(action, before, before, f"{action} was decided when production:canary was {expect}, but it is "
+                      f"{before.serving} now ({before.describe()}); nothing changed", False)
     why = (reason or "").strip() or f"{action} requested" + (f" by run {run_id}" if run_id else "")
     steps = spec.deployment.canary_steps
     after, acted, message = before, version, ""

@@ -3,8 +3,8 @@
 Dagster-free so every rule is tested directly. Three rules close the loop, each counting windows (months of
 traffic) the way progressive-delivery tools count measurements:
 
-- canary analysis: each window of canary traffic is Successful, Failed or Inconclusive against production on the
-  same flights; failed windows are counted over the whole canary and the canary is rolled back when
+- canary analysis: each window of canary traffic is Successful, Failed or Inconclusive against production in the
+  same month (the two arms are disjoint, sticky-hashed shares of the same traffic); failed windows are counted over the whole canary and the canary is rolled back when
   ``failed > failure_limit``; a successful window at the current weight advances it (past the last step:
   promotion); inconclusive holds.
 - retraining: dataset drift in the newest ``persistence_windows`` windows in a row, and, where labels exist,
@@ -56,7 +56,10 @@ def compare_window(reference: drift.Profile, current: pa.Table, spec: ModelSpec)
                                                                                           drift.FeatureDrift]:
     """Feature drift (dataset verdict over the features only) and prediction drift, kept apart so a shift in
     scores is reported even when few inputs moved."""
-    cur = drift.profile_like(reference, current)
+    # a spec edit may monitor fewer (or new) columns than the version's profile holds: judge the ones in both
+    shared = [c for c in reference.columns if c in current.column_names]
+    reference = drift.Profile(reference.rows, {c: reference.columns[c] for c in shared})
+    cur = drift.profile_like(reference, current.select(shared))
     report = drift.compare(reference, cur, min_rows=spec.monitoring.drift_window_min_rows)
     prediction = next(f for f in report.features if f.feature == SCORE_COLUMN)
     features = [f for f in report.features if f.feature != SCORE_COLUMN]
@@ -140,7 +143,7 @@ def arm_performance(window: str, log: pd.DataFrame, labels: pd.Series, spec: Mod
 
 @dataclass
 class CanaryWindow:
-    """One canary measurement: the canary against production on the same window of traffic."""
+    """One canary measurement: the canary against production in the same window of traffic."""
 
     window: str
     phase: str  # Successful, Failed or Inconclusive
@@ -249,6 +252,11 @@ def canary_decision(canary: int, weight: float, measurements: list[dict[str, Any
 
 # ------------------------------------------------------------------------------------------------- retraining
 
+def _month_index(window: str) -> int:
+    year, month = int(window[:4]), int(window[5:7])
+    return year * 12 + month
+
+
 def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, dict[str, Any]],
                      baseline: float | None, spec: ModelSpec) -> Decision:
     """Whether drift of the production version's traffic is persistent (and, with labels, hurts) enough to retrain.
@@ -263,6 +271,11 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
                         f"{need} consecutive drifted windows are needed")
     recent = drift_rows[-need:]
     windows = [r["window"] for r in recent]
+    gaps = [(a, b) for a, b in zip(windows, windows[1:]) if _month_index(b) - _month_index(a) != 1]
+    if gaps:
+        return Decision("none", f"the last {need} monitored windows are not consecutive months "
+                        f"({', '.join(f'{a} then {b}' for a, b in gaps)}); persistence starts again",
+                        window=windows[-1], evidence={"windows": windows})
     evidence: dict[str, Any] = {"windows": windows, "drift_share": [r.get("drift_share") for r in recent],
                                 "drifted": [r.get("drifted") for r in recent]}
     not_drifted = [r for r in recent if r.get("status") != "drift"]
@@ -289,6 +302,9 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
                             window=windows[-1], evidence=evidence)
         reason += (f"; {metric} in {w} {value:.4f} vs {baseline:.4f} at evaluation "
                    f"(worse by {delta:.4f} > {spec.monitoring.performance_drop})")
+    elif labelled:
+        evidence["metric"] = None
+        reason += f"; the version has no evaluation {metric} to compare live performance with, so drift alone decides"
     else:
         evidence["metric"] = None
         reason += "; no conclusive labels in these windows, so drift alone decides"

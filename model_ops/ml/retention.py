@@ -30,6 +30,8 @@ def plan(reg: Registry, spec: ModelSpec, now: datetime | None = None) -> Retenti
     name = spec.name
     now = now or datetime.now(timezone.utc)
     limit = timedelta(days=spec.monitoring.staging_retention_days)
+    if name not in reg.models():
+        return RetentionPlan(name)  # nothing registered yet: nothing to keep or archive
     versions = {v.version: v for v in reg.versions(name)}
     entered: dict[int, datetime] = {}
     for e in reg.audit(name):
