@@ -39,6 +39,9 @@ def kinds(result: dict) -> list[tuple[str, str, int | None]]:
 
 
 def test_drift_retrains_and_the_new_version_is_promoted_through_canary(replay: dict) -> None:
+    document = json.loads(json.dumps(replay["result"]))  # what --json prints: plain JSON, no fallbacks needed
+    assert set(document) == {"timeline", "summary"}
+    assert {"month", "kind", "model_version", "reason"} <= set(document["timeline"][0])
     events = kinds(replay["result"])
     assert ("2013-04", "deployed", 1) in events
     assert ("2013-06", "retrain", 1) in events

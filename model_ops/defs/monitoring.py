@@ -176,6 +176,13 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                        reason=f"{month} {analysis.phase}: {analysis.message}",
                        details=json_safe({**analysis.to_dict(), "scored_at": scored_at.isoformat(),
                                           "arms": [a.to_dict() for a in arms]}))
+            if analysis.phase == mon.INCONCLUSIVE:
+                reg.record(spec.name, "alert", version=analysis.canary_version, run_id=context.run.run_id,
+                           reason=f"canary v{analysis.canary_version} is held at its weight: {month} was "
+                                  f"inconclusive ({analysis.message}); it waits for a conclusive month, or for a "
+                                  "person to advance or roll it back",
+                           details={"window": month, "phase": analysis.phase})
+                context.log.warning(f"{spec.name}: canary v{analysis.canary_version} held, {month} inconclusive")
         rows = [{"batch": month, "arm": a.arm, "model_version": a.model_version, "served": a.served,
                  "labelled": a.labelled, "coverage": a.coverage, "status": a.status, "reason": a.reason,
                  "scored_at": scored_at, **{m: a.metrics.get(m) for m in ("roc_auc", "log_loss", "brier", "accuracy")}}

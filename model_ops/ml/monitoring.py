@@ -281,7 +281,9 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
     not_drifted = [r for r in recent if r.get("status") != "drift"]
     if not_drifted:
         r = not_drifted[-1]
-        what = "too little data" if r.get("status") == "insufficient_data" else f"drift share {r.get('drift_share')}"
+        share = r.get("drift_share")
+        what = "too little data" if r.get("status") == "insufficient_data" or share is None else \
+            f"drift share {share:.2f}, under {drift.DRIFT_SHARE}"
         return Decision("none", f"no persistent drift: {r['window']} had {what}", window=windows[-1],
                         evidence=evidence)
     metric = spec.monitoring.performance_metric
