@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 SMALL_REFERENCE = 1000
 P_VALUE = 0.05
@@ -188,20 +187,32 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 
 def _numbers(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Float64 values, nulls as NaN; zero-copy for float64 columns without nulls."""
+    """Float64 values, nulls as NaN; zero-copy (read-only) for float64 columns without nulls.
+
+    Read straight from the Arrow buffers: ``Array.to_numpy`` imports pandas on first use, a quarter of a second
+    that a drift check on a small window would otherwise spend before reading anything.
+    """
     if not pa.types.is_float64(col.type):
-        col = pc.cast(col, pa.float64())
+        col = col.cast(pa.float64())
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    return col.to_numpy(zero_copy_only=False)
+    n, offset = len(col), col.offset
+    if n == 0:
+        return np.empty(0)
+    validity, data = col.buffers()[:2]
+    values = np.frombuffer(data, dtype=np.float64, count=offset + n)[offset:]
+    if col.null_count:
+        valid = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")[offset:offset + n]
+        values = np.where(valid.astype(bool), values, np.nan)
+    return values
 
 
 def _counts(col: pa.ChunkedArray | pa.Array) -> tuple[dict[str, int], int]:
     """Category counts; whole-valued floats count as integers so 3.0 and 3 are one category."""
     if pa.types.is_floating(col.type) and _whole(col):
-        col = pc.cast(col, pa.int64())
-    col = pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
-    vc = pc.value_counts(col)
+        col = col.cast(pa.int64())
+    col = col.cast(pa.string()) if not pa.types.is_string(col.type) else col
+    vc = col.value_counts()
     out: dict[str, int] = {}
     nulls = 0
     for value, count in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
@@ -241,16 +252,25 @@ def _numeric_column(source: _BatchSource, column: str, rows: int) -> tuple[np.nd
     return None, np.concatenate(parts) if parts else np.empty(0)
 
 
-def _grid(sample: np.ndarray) -> NumericProfile:
-    if not len(sample):
+def _quantiles(ordered: np.ndarray, qs: Any) -> np.ndarray:
+    """``np.quantile`` (linear method) of an already sorted sample, without sorting it again."""
+    h = (len(ordered) - 1) * np.asarray(qs, dtype=np.float64)
+    lo = np.floor(h).astype(np.intp)
+    hi = np.minimum(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
+
+
+def _grid(ordered: np.ndarray) -> NumericProfile:
+    """The fine grid of a column from a sorted sample of it."""
+    if not len(ordered):
         return NumericProfile(0.0, 1.0, [0] * FINE_BINS)
-    lo, hi = (float(v) for v in np.quantile(sample, [TAIL_QUANTILE, 1 - TAIL_QUANTILE]))
+    lo, hi = (float(v) for v in _quantiles(ordered, [TAIL_QUANTILE, 1 - TAIL_QUANTILE]))
     if hi <= lo:
-        lo, hi = float(sample.min()), float(sample.max())
+        lo, hi = float(ordered[0]), float(ordered[-1])
     if hi <= lo:
         hi = lo + 1.0
     width = (hi - lo) / FINE_BINS
-    deciles = np.quantile(sample, np.linspace(0.1, 0.9, 9))
+    deciles = _quantiles(ordered, np.linspace(0.1, 0.9, 9))
     idx = sorted({int(np.clip(round((d - lo) / width), 0, FINE_BINS)) for d in deciles})
     return NumericProfile(lo, hi, [0] * FINE_BINS, deciles=idx)
 
@@ -283,8 +303,10 @@ def profile(batches: Any, *, columns: list[str] | None = None, rows: int | None 
     def one(c: str) -> NumericProfile | CategoricalProfile:
         if _is_numeric(types[c]):
             whole, sample = _numeric_column(source, c, n)
-            if len(np.unique(sample)) > CATEGORICAL_MAX_UNIQUE:
-                p = _grid(sample)
+            ordered = np.sort(sample)
+            distinct = int(np.count_nonzero(np.diff(ordered))) + 1 if len(ordered) else 0
+            if distinct > CATEGORICAL_MAX_UNIQUE:
+                p = _grid(ordered)
                 if whole is not None:
                     p.nulls = n - len(whole)
                 _fill(p, source, c, whole)
