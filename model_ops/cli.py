@@ -202,6 +202,38 @@ def cmd_demo(reg: Registry | None, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_reproduce(reg: Registry, args: argparse.Namespace) -> int:
+    from model_ops.ml.provenance import reproduce
+
+    result = reproduce(reg, args.ref)
+    if result.identical:
+        human = (f"{result.ref}: rebuilt byte for byte from {result.checked.get('dataset')} "
+                 f"(sha256 {result.rebuilt_sha256})")
+    else:
+        human = f"{result.ref}: NOT reproduced\n" + "\n".join(
+            f"  {d['kind']:<10} {d['what']}: {d.get('message') or ''}"
+            + (f" (recorded {d['recorded']!r}, now {d['now']!r})" if d.get("recorded") is not None
+               or d.get("now") is not None else "") for d in result.differences)
+    _emit(args, result.to_dict(), human)
+    return 0 if result.identical else 1
+
+
+def cmd_lineage(reg: Registry, args: argparse.Namespace) -> int:
+    from model_ops.ml.provenance import lineage, render_lineage
+
+    tree = lineage(reg, args.ref)
+    _emit(args, tree, render_lineage(tree))
+    return 0
+
+
+def cmd_diff(reg: Registry, args: argparse.Namespace) -> int:
+    from model_ops.ml.provenance import diff, render_diff
+
+    d = diff(reg, args.ref_a, args.ref_b)
+    _emit(args, d, render_diff(d))
+    return 0
+
+
 def cmd_resolve(reg: Registry, args: argparse.Namespace) -> int:
     mv = reg.resolve(args.ref)
     _emit(args, mv.summary(), str(mv.version))
@@ -381,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--columns", help="comma-separated columns to compare (default: every shared column)")
     sp.add_argument("--min-rows", type=int, default=500, help="below this many current rows: insufficient data")
     sp.add_argument("--threshold", type=float, help="distance threshold for large references (default 0.1)")
+    sp = add("reproduce", cmd_reproduce, "retrain a version from its recorded lineage and compare digests; exit 1 "
+             "with what differs (data, code version, packages, parameters)")
+    sp.add_argument("ref")
+    sp = add("lineage", cmd_lineage, "dataset -> run -> version -> evaluations -> stage and alias changes -> "
+             "deployments, as a tree")
+    sp.add_argument("ref")
+    sp = add("diff", cmd_diff, "what differs between two versions: data, parameters, metrics, signature, code, "
+             "packages, and the semver bump reason")
+    sp.add_argument("ref_a")
+    sp.add_argument("ref_b")
     sp = add("demo", cmd_demo, "replay 2013 month by month on the built-in flight_delay spec through Dagster: "
              "monitoring, drift-triggered retraining, canary analysis, promotion and rollback")
     sp.set_defaults(no_registry=True)

@@ -226,30 +226,19 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
 
 def release_faulty_candidate(reg: Any, resource: Any, spec: Any) -> int:
     """Register a model fitted on shuffled labels (the bug a mis-joined label table causes) and stage it by hand,
-    skipping the evaluation gates that would have caught it: the canary is the last line of defence."""
-    import numpy as np
+    skipping the evaluation gates that would have caught it: the canary is the last line of defence. The
+    permutation's seed is in its lineage, so ``model-ops reproduce`` rebuilds it byte for byte like any other."""
+    from model_ops.ml import candidates
 
-    from model_ops.ml import training
-
-    snap = resource.dataset(spec.name, "training_set")
-    version = snap.version()
-    df = snap.read(version=version)
-    rows = training.labelled(df[df["split"] == "train"], spec).copy()
-    rng = np.random.default_rng(spec.seed)
-    rows[spec.target.name] = rng.permutation(rows[spec.target.name].to_numpy())
-    trained = training.fit(rows, spec)
     reason = "labels shuffled on purpose by model-ops demo"
-    mv = reg.register_model(
-        spec.name, trained.pipeline, params=trained.params, signature=trained.signature,
-        dataset={"uri": snap.uri, "version": version, "schema_hash": snap.schema_hash(version), "rows": trained.rows},
-        metrics={"train_rows": trained.rows}, tags={"faulty": reason, "owner": spec.owner},
-        lineage={"seed": spec.seed, "estimator": spec.estimator.class_, "faulty": reason,
-                 "code_version": "model-ops demo (shuffled labels)",
-                 "window": sorted(rows["batch"].unique())},
-        description="A deliberately faulty candidate released by the demo.")
-    reg.transition(mv.ref, "staging", reason="demo: deliberately faulty candidate (trained on shuffled labels), "
-                                             "staged by hand past the evaluation gates to show canary analysis")
-    return mv.version
+    made = candidates.train_and_register(
+        reg, resource.dataset(spec.name, "training_set"), spec, permutation_seed=spec.seed,
+        tags={"faulty": reason}, lineage={"faulty": reason},
+        description="A deliberately faulty candidate released by the demo (fitted on shuffled labels).")
+    reg.transition(made.version.ref, "staging",
+                   reason="demo: deliberately faulty candidate (trained on shuffled labels), staged by hand past "
+                          "the evaluation gates to show canary analysis")
+    return made.version.version
 
 
 def main_json(result: dict[str, Any]) -> None:

@@ -69,10 +69,15 @@ def test_train_evaluate_deploy(graph: Graph) -> None:
 
 def test_model_card_from_the_command_line(graph: Graph, capsys: pytest.CaptureFixture[str]) -> None:
     from model_ops.cli import main
+    from model_ops.registry import Registry
 
+    Registry.open(graph.root, actor="reviewer").approve(f"models:/{M}/1", "production", reason="read the card")
     assert main(["--root", graph.root, "card", f"models:/{M}@champion"]) == 0
     card = capsys.readouterr().out
     assert card.startswith("# flight_delay v1 (1.0.0)") and "## Holdout evaluation" in card and "| roc_auc |" in card
+    assert "### Holdout by carrier" in card and "## Intended use and limits" in card
+    assert "## Approvals, stages and deployments" in card and "→ **staging**" in card
+    assert "**approved** for production by reviewer: read the card" in card
     assert main(["--root", graph.root, "card", f"models:/{M}/9"]) == 1
 
 

@@ -118,3 +118,12 @@ def test_a_month_outside_the_replay_is_refused_with_exit_2(tmp_path: Path, monke
     assert cli(["--root", str(tmp_path / "root"), "demo", "--until", "2013-02"]) == 2
     assert "--until 2013-02" in capsys.readouterr().err
     assert not (tmp_path / "root").exists()
+
+
+def test_every_version_the_replay_created_is_reproduced_byte_for_byte(replay: dict, capsys) -> None:  # type: ignore[no-untyped-def]
+    root = str(replay["base"] / "root")
+    versions = [v["version"] for v in replay["result"]["summary"]["versions"]]
+    assert len(versions) == 3  # v1, the retrained v2 and the faulty candidate (its label permutation is recorded)
+    for number in versions:
+        assert cli(["--root", root, "reproduce", f"models:/flight_delay/{number}"]) == 0, capsys.readouterr().out
+        assert "rebuilt byte for byte" in capsys.readouterr().out

@@ -108,6 +108,13 @@ class Dataset:
         history = self.table().history(1)
         return dict(history[0]) if history else {}
 
+    def commit_metadata(self, version: int) -> dict[str, Any]:
+        """The commit info (with model_ops' own keys) written with Delta ``version``; empty when expired."""
+        for commit in self.table().history():
+            if commit.get("version") == version:
+                return dict(commit)
+        return {}
+
 
 def _require_batch(data: pa.Table, batch: str) -> None:
     if PARTITION not in data.column_names:

@@ -86,7 +86,7 @@ def evaluation_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             moved = reg.transition(candidate_mv.ref, "staging", run_id=context.run.run_id, reason=(
                 "passed every evaluation gate: " + "; ".join(g.message for g in gates)))
         evaluated = moved or candidate_mv
-        card = model_card.render(spec, evaluated, candidate.flat(), gate_dicts)
+        card = model_card.render(spec, evaluated, candidate.flat(), gate_dicts, candidate.slices)
         reg.record(spec.name, "evaluation", version=number, run_id=context.run.run_id,
                    reason="passed every gate" if passed else "failed: " + "; ".join(
                        g.message for g in gates if not g.passed),

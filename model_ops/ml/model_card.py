@@ -10,7 +10,8 @@ from model_ops.specs.schema import ModelSpec
 
 
 def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None = None,
-           gates: list[dict[str, Any]] | None = None) -> str:
+           gates: list[dict[str, Any]] | None = None,
+           slices: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
     lineage = mv.lineage
     ds = mv.dataset or {}
     lines = [
@@ -39,6 +40,12 @@ def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None 
     if evaluation:
         lines += ["", "## Holdout evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(evaluation.items()) if isinstance(v, (int, float))]
+    for column, values in (slices or {}).items():
+        lines += ["", f"### Holdout by {column}", "", f"| {column} | rows | roc_auc | f1 | positive rate |",
+                  "|---|---|---|---|---|"]
+        for value, m in sorted(values.items()):
+            lines.append(f"| {value} | {int(m.get('rows', 0))} | {m.get('roc_auc', float('nan')):.4f} | "
+                         f"{m.get('f1', float('nan')):.4f} | {m.get('positive_rate', float('nan')):.4f} |")
     if gates:
         lines += ["", "## Promotion gates", ""]
         lines += [f"- {'PASS' if g['passed'] else 'FAIL'} **{g['name']}**: {g['message']}" for g in gates]
@@ -52,8 +59,28 @@ def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None 
 def latest(reg: Registry, ref: str) -> tuple[ModelVersion, str]:
     """The newest model card recorded for the version ``ref`` points at (written by each evaluation)."""
     mv = reg.resolve(ref)
-    for event in reversed(reg.audit(mv.name)):
+    events = reg.audit(mv.name)
+    for event in reversed(events):
         if event.version == mv.version and event.kind in ("evaluation", "note") and event.data.get("model_card"):
-            return mv, str(event.data["model_card"])
+            return mv, str(event.data["model_card"]) + _decisions(events, mv)
     raise NotFoundError(f"{mv.ref} has no model card yet",
                         hint="the evaluation asset writes one for every version it evaluates")
+
+
+def _decisions(events: list[Any], mv: ModelVersion) -> str:
+    """Approvals, stage changes and deployments of the version, read from the audit log when the card is shown
+    (they happen after the card was written)."""
+    lines = ["", "## Approvals, stages and deployments", ""]
+    for e in events:
+        if e.version != mv.version:
+            continue
+        when = e.ts.isoformat()[:19]
+        if e.kind == "approved":
+            lines.append(f"- {when} **approved** for {e.key or e.to_value} by {e.actor}: {e.reason or ''}")
+        elif e.kind == "stage_changed":
+            lines.append(f"- {when} {e.from_value} → **{e.to_value}** by {e.actor}: {e.reason or ''}")
+        elif e.kind == "deployment":
+            lines.append(f"- {when} deployment *{e.data.get('action')}* by {e.actor}: {e.data.get('message', '')}")
+    if len(lines) == 3:
+        lines.append("- none yet")
+    return "\n".join(lines) + "\n"

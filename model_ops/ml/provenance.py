@@ -1,0 +1,225 @@
+"""Reproducing a version byte for byte, its lineage as one tree, and what differs between two versions.
+
+``reproduce`` retrains from what the version recorded (the training snapshot at its Delta version, the spec and
+seed kept in its lineage, the permutation seed if its labels were permuted) with today's code and packages, and
+compares the rebuilt skops bytes with the registered ones. When they differ it says which of data, code version,
+package versions and parameters differ, each checked on its own: the snapshot's rows against the fingerprint written
+with them, the recipe's code version, the recorded environment, the fitted parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from model_ops.data.delta import Dataset, frame_fingerprint
+from model_ops.errors import ModelOpsError
+from model_ops.location import resolve_root
+from model_ops.ml import candidates
+from model_ops.registry import Registry
+from model_ops.registry import events as ev
+from model_ops.registry.environment import environment
+from model_ops.registry.registry import ModelVersion
+from model_ops.specs.schema import ModelSpec
+
+
+@dataclass
+class Reproduction:
+    ref: str
+    identical: bool
+    registered_sha256: str | None
+    rebuilt_sha256: str | None
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    checked: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _registered_file_sha(reg: Registry, mv: ModelVersion) -> str | None:
+    files = reg.artifacts.manifest(mv.digest).files
+    return files[0].sha256 if len(files) == 1 else None
+
+
+def _package_differences(recorded: dict[str, Any]) -> list[dict[str, Any]]:
+    now = environment()
+    out = []
+    if recorded.get("python") and recorded["python"] != now["python"]:
+        out.append({"kind": "packages", "what": "python", "recorded": recorded["python"], "now": now["python"]})
+    before, after = recorded.get("packages") or {}, now["packages"]
+    for name in sorted(set(before) | set(after)):
+        if before.get(name) != after.get(name):
+            out.append({"kind": "packages", "what": name, "recorded": before.get(name), "now": after.get(name)})
+    return out
+
+
+def reproduce(reg: Registry, ref: str) -> Reproduction:
+    """Rebuild ``ref`` from its recorded lineage and compare digests (see the module docstring)."""
+    mv = reg.resolve(ref)
+    lineage, dataset = mv.lineage, mv.dataset or {}
+    out = Reproduction(mv.ref, False, _registered_file_sha(reg, mv), None)
+    if "spec" not in lineage or "uri" not in dataset or "version" not in dataset:
+        out.differences.append({"kind": "lineage", "what": "recipe", "recorded": None, "now": None,
+                                "message": f"{mv.ref} records no training recipe (spec and snapshot): it was "
+                                           "registered outside the candidate_model pipeline, so it cannot be rebuilt"})
+        return out
+    spec = ModelSpec.model_validate(lineage["spec"])
+    snap = Dataset(resolve_root(dataset["uri"]), f"{mv.name}/training_set")
+    version = int(dataset["version"])
+    out.checked = {"dataset": f"{dataset['uri']}@{version}", "code_version": candidates.code_version(spec),
+                   "seed": spec.seed}
+    try:
+        df = snap.read(version=version)
+    except Exception as exc:  # expired or deleted versions surface as several delta-rs error types
+        out.differences.append({"kind": "data", "what": "snapshot", "recorded": f"{dataset['uri']}@{version}",
+                                "now": None, "message": f"the training snapshot at Delta version {version} cannot "
+                                                        f"be read any more ({exc.__class__.__name__}: {exc})"})
+        return out
+    recorded_fp = lineage.get("snapshot_fingerprint") or snap.commit_metadata(version).get("model_ops.fingerprint")
+    now_fp = frame_fingerprint(df)
+    if recorded_fp and recorded_fp != now_fp:
+        out.differences.append({"kind": "data", "what": "snapshot rows", "recorded": recorded_fp, "now": now_fp,
+                                "message": f"the rows of {dataset['uri']}@{version} no longer match the fingerprint "
+                                           "written with them: the table's files were changed outside model_ops"})
+    schema = snap.schema_hash(version)
+    if dataset.get("schema_hash") and dataset["schema_hash"] != schema:
+        out.differences.append({"kind": "data", "what": "schema hash", "recorded": dataset["schema_hash"],
+                                "now": schema, "message": "the snapshot's schema differs from the recorded one"})
+    try:
+        trained, _, _ = candidates.fit_snapshot(snap, version, spec, lineage.get(candidates.LABEL_PERMUTATION))
+    except ModelOpsError as exc:
+        out.differences.append({"kind": "data", "what": "fit", "recorded": None, "now": None, "message": exc.message})
+        return out
+    out.rebuilt_sha256 = candidates.artifact_sha256(trained.pipeline)
+    out.identical = out.rebuilt_sha256 == out.registered_sha256
+    if out.identical:
+        if out.differences:  # the bytes decide; a metadata mismatch that changed nothing is kept as a note
+            out.checked["notes"] = [d["message"] for d in out.differences]
+            out.differences = []
+        return out
+    if trained.rows != lineage.get("rows"):
+        out.differences.append({"kind": "data", "what": "training rows", "recorded": lineage.get("rows"),
+                                "now": trained.rows, "message": "a different number of labelled rows was fitted"})
+    recorded_code = lineage.get("code_version")
+    if recorded_code != out.checked["code_version"]:
+        out.differences.append({"kind": "code", "what": "code_version", "recorded": recorded_code,
+                                "now": out.checked["code_version"],
+                                "message": "the training recipe or the spec sections it depends on changed"})
+    for key in sorted(set(mv.params) | set(trained.params)):
+        if mv.params.get(key) != trained.params.get(key):
+            out.differences.append({"kind": "parameters", "what": key, "recorded": mv.params.get(key),
+                                    "now": trained.params.get(key),
+                                    "message": "the registered model was fitted with other parameters than its "
+                                               "recorded spec gives"})
+    out.differences.extend(_package_differences(lineage.get("environment") or {}))
+    if not out.differences:
+        out.differences.append({"kind": "unknown", "what": "artifact", "recorded": out.registered_sha256,
+                                "now": out.rebuilt_sha256, "message": "data, code version, packages and parameters "
+                                                                      "all match, yet the bytes differ"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ lineage
+
+def lineage(reg: Registry, ref: str) -> dict[str, Any]:
+    """Dataset → run → version → evaluations and gates → stage and alias changes → deployments."""
+    mv = reg.resolve(ref)
+    ds, lin = mv.dataset or {}, mv.lineage
+    events = [e for e in reg.audit(mv.name) if e.version == mv.version]
+    return {
+        "ref": mv.ref, "semver": mv.semver, "digest": mv.digest, "stage": mv.stage, "aliases": list(mv.aliases),
+        "dataset": {"uri": ds.get("uri"), "delta_version": ds.get("version"), "rows": ds.get("rows"),
+                    "schema_hash": ds.get("schema_hash"), "source": lin.get("source"), "window": lin.get("window"),
+                    "holdout": lin.get("holdout")},
+        "run": {"dagster_run_id": lin.get("dagster_run_id") or mv.run_id, "created_at": mv.created_at.isoformat(),
+                "created_by": mv.created_by, "code_version": lin.get("code_version"),
+                "git_commit": lin.get("git_commit"), "seed": lin.get("seed"), "parent": mv.parent,
+                "bump": mv.bump},
+        "evaluations": [{"ts": e.ts.isoformat(), "reason": e.reason, "holdout": e.data.get("holdout"),
+                         "champion": e.data.get("champion"), "gates": e.data.get("gates"),
+                         "metrics": {k: e.data.get("metrics", {}).get(k) for k in ("roc_auc", "log_loss")}}
+                        for e in events if e.kind == "evaluation"],
+        "changes": [{"ts": e.ts.isoformat(), "kind": e.kind, "from": e.from_value, "to": e.to_value, "key": e.key,
+                     "actor": e.actor, "reason": e.reason, "run_id": e.run_id}
+                    for e in events if e.kind in (ev.STAGE_CHANGED, ev.ALIAS_SET, ev.ALIAS_REMOVED, ev.APPROVED,
+                                                  ev.ROLLBACK)],
+        "deployments": [{"ts": e.ts.isoformat(), "action": e.data.get("action"), "message": e.data.get("message"),
+                         "reason": e.reason, "actor": e.actor, "run_id": e.run_id}
+                        for e in events if e.kind == "deployment"],
+        "monitoring": [{"ts": e.ts.isoformat(), "kind": e.kind, "reason": e.reason}
+                       for e in events if e.kind in ("canary_analysis", "retrain", "alert")],
+    }
+
+
+def render_lineage(tree: dict[str, Any]) -> str:
+    d, r = tree["dataset"], tree["run"]
+    lines = [f"dataset  {d['uri']} @ Delta version {d['delta_version']}  ({d['rows']} rows, schema {d['schema_hash']})",
+             f"         from {d['source'] or '-'}; window {', '.join(d['window'] or []) or '-'}; "
+             f"holdout {d['holdout'] or '-'}",
+             f"└─ run   {r['dagster_run_id'] or '-'}  by {r['created_by']} at {r['created_at']}",
+             f"         code {r['code_version'] or '-'}, git {r['git_commit'] or '-'}, seed {r['seed']}",
+             f"   └─ version {tree['ref']} ({tree['semver']}) sha256:{tree['digest'][:12]}  now {tree['stage']}"
+             + (f" [{', '.join(tree['aliases'])}]" if tree["aliases"] else ""),
+             f"         parent {('v' + str(r['parent'])) if r['parent'] else '-'}; "
+             f"{r['bump'].get('level')}: {r['bump'].get('reason')}"]
+    for e in tree["evaluations"]:
+        lines.append(f"      ├─ evaluated {e['ts'][:19]} on {e['holdout']}: {e['reason']}")
+        for g in e.get("gates") or []:
+            lines.append(f"      │    {'PASS' if g['passed'] else 'FAIL'} {g['name']}: {g['message']}")
+    later = [(c["ts"], f"{c['kind']} {(c['key'] + ' ') if c['key'] else ''}{c['from'] or ''} -> {c['to'] or ''} "
+                       f"by {c['actor']}: {c['reason'] or ''}") for c in tree["changes"]]
+    later += [(m["ts"], f"{m['kind']}: {m['reason']}") for m in tree["monitoring"]]
+    later += [(d["ts"], f"deployment {d['action']}: {d['message']}") for d in tree["deployments"]]
+    later.sort()
+    for i, (ts, text) in enumerate(later):
+        lines.append(f"      {'└─' if i == len(later) - 1 else '├─'} {ts[:19]} {text}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------- diff
+
+def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
+    """Parameters, metrics, signature, data versions, code and packages of two versions, and B's bump reason."""
+    a, b = reg.resolve(ref_a), reg.resolve(ref_b)
+
+    def changed(x: dict[str, Any], y: dict[str, Any]) -> dict[str, list[Any]]:
+        return {k: [x.get(k), y.get(k)] for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)}
+
+    la, lb = a.lineage, b.lineage
+    pa_, pb = (la.get("environment") or {}).get("packages") or {}, (lb.get("environment") or {}).get("packages") or {}
+    return {
+        "a": {"ref": a.ref, "semver": a.semver, "digest": a.digest, "stage": a.stage},
+        "b": {"ref": b.ref, "semver": b.semver, "digest": b.digest, "stage": b.stage},
+        "same_artifact": a.digest == b.digest,
+        "params": changed(a.params, b.params),
+        "metrics": changed(a.metrics, b.metrics),
+        "signature_changed": a.signature != b.signature,
+        "data": changed({**(a.dataset or {}), "window": la.get("window"), "holdout": la.get("holdout")},
+                        {**(b.dataset or {}), "window": lb.get("window"), "holdout": lb.get("holdout")}),
+        "code": changed({k: la.get(k) for k in ("code_version", "git_commit", "seed", "estimator")},
+                        {k: lb.get(k) for k in ("code_version", "git_commit", "seed", "estimator")}),
+        "packages": changed(pa_, pb),
+        "bump": {"level": b.bump.get("level"), "reason": b.bump.get("reason"), "from": b.bump.get("from"),
+                 "parent": b.parent},
+    }
+
+
+def render_diff(d: dict[str, Any]) -> str:
+    a, b = d["a"], d["b"]
+    lines = [f"{a['ref']} ({a['semver']}, {a['stage']})  ->  {b['ref']} ({b['semver']}, {b['stage']})",
+             f"artifact   {'identical' if d['same_artifact'] else 'differs'}",
+             f"semver     {b['semver']}: {d['bump']['level']} bump from {d['bump']['from'] or '-'} "
+             f"(parent v{d['bump']['parent']}): {d['bump']['reason']}",
+             f"signature  {'changed' if d['signature_changed'] else 'same'}"]
+    for section in ("data", "params", "metrics", "code", "packages"):
+        items = d[section]
+        if not items:
+            lines.append(f"{section:<10} same")
+            continue
+        lines.append(f"{section:<10} " + "; ".join(f"{k}: {_short(x)} -> {_short(y)}" for k, (x, y) in items.items()))
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
