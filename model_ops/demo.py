@@ -56,13 +56,18 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
              faulty: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Replay January..``until`` and return the timeline and a summary (see the module docstring)."""
     emit = progress or (lambda line: print(line, flush=True))
+    from model_ops.data.sources import MONTHS
+
+    last = f"{until[:7]}-01"
+    if last not in MONTHS or MONTHS.index(last) < FIRST_TRAINING_MONTHS:
+        raise UsageError(f"--until {until} is not a month the replay can stop at",
+                         hint=f"use a month from {MONTHS[FIRST_TRAINING_MONTHS][:7]} to {MONTHS[-1][:7]}")
     if root:
         os.environ["MODEL_OPS_ROOT"] = root
     home = _prepare_home(dagster_home)
 
     import dagster as dg
 
-    from model_ops.data.sources import MONTHS
     from model_ops.definitions import build_definitions
     from model_ops.defs.automation import job_names, sensor_names
     from model_ops.defs.resources import ModelOpsResource
@@ -70,10 +75,6 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     from model_ops.registry import events as ev
     from model_ops.specs import load_specs
 
-    last = f"{until[:7]}-01"
-    if last not in MONTHS or MONTHS.index(last) < FIRST_TRAINING_MONTHS:
-        raise UsageError(f"--until {until} is not a month the replay can stop at",
-                         hint=f"use a month from {MONTHS[FIRST_TRAINING_MONTHS][:7]} to {MONTHS[-1][:7]}")
     spec = next(s for s in load_specs() if s.name == MODEL)
     defs = build_definitions([spec])
     resource = ModelOpsResource()

@@ -117,7 +117,7 @@ def test_a_month_outside_the_replay_is_refused_with_exit_2(tmp_path: Path, monke
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     assert cli(["--root", str(tmp_path / "root"), "demo", "--until", "2013-02"]) == 2
     assert "--until 2013-02" in capsys.readouterr().err
-    assert not (tmp_path / "root").exists()
+    assert not (tmp_path / "root").exists() and not (tmp_path / "home").exists()
 
 
 def test_every_version_the_replay_created_is_reproduced_byte_for_byte(replay: dict, capsys) -> None:  # type: ignore[no-untyped-def]
