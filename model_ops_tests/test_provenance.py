@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from model_ops.cli import main as cli
 from model_ops.data import features as feat
@@ -65,6 +66,8 @@ def test_a_version_is_rebuilt_byte_for_byte_after_later_snapshots(world, frames,
     assert cli(["--root", str(tmp_path / "root"), "reproduce", f"models:/flight_delay/{v1}"]) == 0
     assert "rebuilt byte for byte" in capsys.readouterr().out
     assert reproduce(reg, f"models:/flight_delay/{v2}").identical
+    kept = DeltaTable(snap.uri).metadata().configuration   # old snapshot versions outlive Delta's 30-day default
+    assert kept["delta.logRetentionDuration"] == kept["delta.deletedFileRetentionDuration"] == "interval 3650 days"
 
 
 def flip_labels(data_file: Path) -> bytes:

@@ -19,6 +19,11 @@ from model_ops.errors import NotFoundError
 from model_ops.location import Location
 
 PARTITION = "batch"
+# Every model_ops table keeps its history (log entries and replaced files) for ten years, because lineage points at
+# Delta versions: `model-ops reproduce` reads a training snapshot at the version a model recorded, however many
+# snapshots came after. Delta's defaults would expire the log after 30 days and allow vacuuming after 7.
+HISTORY = {"delta.logRetentionDuration": "interval 3650 days",
+           "delta.deletedFileRetentionDuration": "interval 3650 days"}
 
 
 class Dataset:
@@ -58,7 +63,7 @@ class Dataset:
         props = CommitProperties(custom_metadata=metadata) if metadata else None
         if not self.exists():
             write_deltalake(self.uri, data, mode="append", partition_by=[PARTITION], storage_options=self.options,
-                            commit_properties=props)
+                            commit_properties=props, configuration=HISTORY)
         else:
             write_deltalake(self.uri, data, mode="overwrite", predicate=f"{PARTITION} = '{batch}'",
                             partition_by=[PARTITION], storage_options=self.options, commit_properties=props)
@@ -77,8 +82,10 @@ class Dataset:
     def overwrite(self, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
         """Replace the whole table (unpartitioned snapshots); old versions stay readable."""
         props = CommitProperties(custom_metadata=metadata) if metadata else None
-        write_deltalake(self.uri, data, mode="overwrite", schema_mode="overwrite" if self.exists() else None,
-                        storage_options=self.options, commit_properties=props)
+        exists = self.exists()
+        write_deltalake(self.uri, data, mode="overwrite", schema_mode="overwrite" if exists else None,
+                        storage_options=self.options, commit_properties=props,
+                        configuration=None if exists else HISTORY)
         return self.version()
 
     def batches(self, version: int | None = None, table: DeltaTable | None = None) -> list[str]:
