@@ -206,7 +206,6 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
             version = release_faulty_candidate(reg, resource, spec)
             faulty_done = True
             record_new_events()
-            timeline.entries[-1]["version_note"] = "deliberately faulty"
             emit(f"  {month[:7]}  (demo)            v{version}  released a deliberately faulty candidate to show "
                  "the canary analysis catching it")
             settle()

@@ -10,6 +10,7 @@ cursor, the last decision and the state it was taken on, shown in the UI's tick 
 
 
 import json
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -63,9 +64,13 @@ def _deploy_request(spec: ModelSpec, decision: Decision, sensor: str) -> dg.RunR
               "model_ops/version": str(decision.version), "model_ops/window": decision.window or ""})
 
 
-def _state_cursor(decision: Decision) -> str:
-    return json.dumps({"decision": decision.action, "version": decision.version, "window": decision.window,
-                       "state": decision.evidence.get("state_seq")}, sort_keys=True)
+def _result(decision: Decision, request: Callable[[], dg.RunRequest]) -> dg.SensorResult:
+    """Skip with the decision's reason, or request the run; the cursor records the decision and its state."""
+    cursor = json.dumps({"decision": decision.action, "version": decision.version, "window": decision.window,
+                         "state": decision.evidence.get("state_seq")}, sort_keys=True)
+    if not decision.acts:
+        return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
+    return dg.SensorResult(run_requests=[request()], cursor=cursor)
 
 
 def deployment_sensor(spec: ModelSpec) -> dg.SensorDefinition:
@@ -80,10 +85,7 @@ def deployment_sensor(spec: ModelSpec) -> dg.SensorDefinition:
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
         decision = automation.deployment_step(model_ops.get_registry(), spec)
-        cursor = _state_cursor(decision)
-        if not decision.acts:
-            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
-        return dg.SensorResult(run_requests=[_deploy_request(spec, decision, "deployment_sensor")], cursor=cursor)
+        return _result(decision, lambda: _deploy_request(spec, decision, "deployment_sensor"))
 
     return _sensor
 
@@ -99,28 +101,27 @@ def drift_sensor(spec: ModelSpec) -> dg.SensorDefinition:
                     "run's tags and a `retrain` record in the registry's audit log.",
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
-        reg = model_ops.get_registry()
         decision = automation.retrain_step(
-            reg, spec, automation.window_rows(model_ops.dataset(spec.name, "drift")),
+            model_ops.get_registry(), spec, automation.window_rows(model_ops.dataset(spec.name, "drift")),
             automation.window_rows(model_ops.dataset(spec.name, "live_performance")))
-        cursor = json.dumps({"version": decision.version, "window": decision.window,
-                             "decision": decision.action}, sort_keys=True)
-        if not decision.acts:
-            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
-        run_key = f"retrain:v{decision.version}:{decision.window}"
-        ev = decision.evidence
-        tags = {TRIGGER_TAG: "drift_sensor", "model_ops/production_version": str(decision.version),
-                "model_ops/drift_window": decision.window or "",
-                "model_ops/drift_windows": ",".join(ev.get("windows", [])),
-                "model_ops/drift_share": ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None),
-                REASON_TAG: decision.reason, EVIDENCE_TAG: json.dumps(ev, sort_keys=True, default=str)}
-        if ev.get("metric"):
-            tags["model_ops/live_" + ev["metric"]] = f"{ev['live']:.4f}"
-            tags["model_ops/baseline_" + ev["metric"]] = f"{ev['baseline']:.4f}"
-        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, job_name=job_names(spec)["retrain"],
-                                                           tags=tags)], cursor=cursor)
+        return _result(decision, lambda: _retrain_request(spec, decision))
 
     return _sensor
+
+
+def _retrain_request(spec: ModelSpec, decision: Decision) -> dg.RunRequest:
+    """The retrain run with the evidence in its tags (the run writes the audit record from them)."""
+    ev = decision.evidence
+    tags = {TRIGGER_TAG: "drift_sensor", "model_ops/production_version": str(decision.version),
+            "model_ops/drift_window": decision.window or "",
+            "model_ops/drift_windows": ",".join(ev.get("windows", [])),
+            "model_ops/drift_share": ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None),
+            REASON_TAG: decision.reason, EVIDENCE_TAG: json.dumps(ev, sort_keys=True, default=str)}
+    if ev.get("metric"):
+        tags["model_ops/live_" + ev["metric"]] = f"{ev['live']:.4f}"
+        tags["model_ops/baseline_" + ev["metric"]] = f"{ev['baseline']:.4f}"
+    return dg.RunRequest(run_key=f"retrain:v{decision.version}:{decision.window}",
+                         job_name=job_names(spec)["retrain"], tags=tags)
 
 
 def production_guard(spec: ModelSpec) -> dg.SensorDefinition:
@@ -136,10 +137,7 @@ def production_guard(spec: ModelSpec) -> dg.SensorDefinition:
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
         decision = automation.guard_step(model_ops.get_registry(), spec, automation.window_rows(
             model_ops.dataset(spec.name, "live_performance")))
-        cursor = _state_cursor(decision)
-        if not decision.acts:
-            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
-        return dg.SensorResult(run_requests=[_deploy_request(spec, decision, "production_guard")], cursor=cursor)
+        return _result(decision, lambda: _deploy_request(spec, decision, "production_guard"))
 
     return _sensor
 

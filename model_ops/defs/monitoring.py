@@ -16,7 +16,7 @@ import pyarrow as pa
 from model_ops.defs.common import common, json_safe, key, md_table
 from model_ops.defs.partitions import monthly
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ml import drift, monitoring as mon, training
+from model_ops.ml import drift, monitoring as mon
 from model_ops.ml.routing import CANARY, PRODUCTION
 from model_ops.specs.schema import ModelSpec
 
@@ -57,8 +57,7 @@ def _reference_profile(context: dg.AssetExecutionContext, model_ops: ModelOpsRes
                          f"{snap.uri} to build one from; attach one with Registry.attach(..., "
                          f"'{mon.PROFILE_LABEL}', ...) or register the version through {spec.name}/candidate_model")
     df = snap.read(version=int(recorded))
-    rows = training.labelled(df[df["split"] == "train"], spec)
-    reference = drift.profile(mon.drift_table(rows, training.predict_scores(reg.load_model(mv.ref), rows, spec), spec))
+    reference = mon.reference_profile(df[df["split"] == "train"], reg.load_model(mv.ref), spec)
     reg.attach(spec.name, version, mon.PROFILE_LABEL, reference.to_json().encode(), run_id=context.run.run_id,
                reason=f"drift reference built from the recorded training snapshot {snap.uri}@{recorded} "
                       f"({reference.rows} rows): the version was registered without one")

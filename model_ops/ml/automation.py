@@ -58,7 +58,7 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
     events = _events(reg, name)
     if not events:
         return Decision("none", f"{name} has no versions yet")
-    manifest = dep.current(reg, name)
+    manifest = dep.current(reg, name, events)
     state_seq = max([e.seq for e in events if e.kind in ("deployment", ev.STAGE_CHANGED, ev.ROLLBACK)], default=0)
     if manifest.canary is not None:
         # only a change of this canary's weight starts a new measurement window (a shadow change does not)
@@ -93,13 +93,11 @@ def run_key(decision: Decision) -> str:
     return f"{decision.action}:v{decision.version}:{decision.window or '-'}@{decision.evidence.get('state_seq', 0)}"
 
 
-def _production_since(reg: Registry, name: str, events: list[ev.Event]) -> tuple[int | None, datetime | None]:
-    manifest = dep.current(reg, name)
-    if manifest.production is None:
-        return None, None
+def _production_since(reg: Registry, manifest: dep.Manifest, events: list[ev.Event]) -> datetime | None:
+    """When the production version (last) entered production."""
     entered = [e.ts for e in events if e.kind == ev.STAGE_CHANGED and e.version == manifest.production
                and e.to_value == reg.policy.production.stage]
-    return manifest.production, (entered[-1] if entered else None)
+    return entered[-1] if entered else None
 
 
 def evaluation_metric(events: list[ev.Event], version: int, metric: str) -> float | None:
@@ -121,10 +119,10 @@ def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]
     """
     name = spec.name
     events = _events(reg, name)
-    production, since = _production_since(reg, name, events)
+    manifest = dep.current(reg, name, events)
+    production, since = manifest.production, _production_since(reg, manifest, events)
     if production is None:
         return Decision("none", f"nothing serves {name} in production; nothing to monitor")
-    manifest = dep.current(reg, name)
     if manifest.canary is not None:
         return Decision("none", f"canary v{manifest.canary} is already being rolled out; retraining waits for it")
     waiting = fresh_staging(reg, name, manifest, events)
@@ -148,7 +146,8 @@ def guard_step(reg: Registry, spec: ModelSpec, performance_rows: list[dict[str, 
     """Roll production back to its predecessor when it stays below the spec's floor after promotion."""
     name = spec.name
     events = _events(reg, name)
-    production, since = _production_since(reg, name, events)
+    manifest = dep.current(reg, name, events)
+    production, since = manifest.production, _production_since(reg, manifest, events)
     if production is None:
         return Decision("none", f"nothing serves {name} in production")
     if not spec.monitoring.performance_floor:
@@ -158,5 +157,5 @@ def guard_step(reg: Registry, spec: ModelSpec, performance_rows: list[dict[str, 
     decision = guard_decision(production, rows, dep.previous_production(reg, name), spec)
     decision.evidence.update({"state_seq": max([e.seq for e in events if e.kind in (ev.STAGE_CHANGED, ev.ROLLBACK)],
                                                default=0),
-                              "production": production, "serving": dep.current(reg, name).serving})
+                              "production": production, "serving": manifest.serving})
     return decision

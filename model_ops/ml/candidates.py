@@ -15,7 +15,7 @@ import pandas as pd
 
 from model_ops.artifacts import sklearn_io
 from model_ops.data.delta import Dataset
-from model_ops.ml import drift, monitoring, training
+from model_ops.ml import monitoring, training
 from model_ops.registry import Registry
 from model_ops.registry.registry import ModelVersion
 from model_ops.specs.schema import ModelSpec
@@ -49,13 +49,6 @@ def training_rows(snapshot: pd.DataFrame, spec: ModelSpec, permutation_seed: int
     return rows
 
 
-def fit_snapshot(snap: Dataset, version: int, spec: ModelSpec,
-                 permutation_seed: int | None = None) -> tuple[training.Trained, pd.DataFrame, pd.DataFrame]:
-    df = snap.read(version=version)
-    train = training_rows(df, spec, permutation_seed)
-    return training.fit(train, spec), train, df
-
-
 def artifact_sha256(model: Any) -> str:
     """SHA-256 of the model's canonical skops bytes (the one file of its registered artifact)."""
     return hashlib.sha256(sklearn_io.dumps(model)).hexdigest()
@@ -65,7 +58,9 @@ def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id:
                        permutation_seed: int | None = None, tags: dict[str, str] | None = None,
                        lineage: dict[str, Any] | None = None, description: str | None = None) -> Candidate:
     version = snap.version()
-    trained, train, df = fit_snapshot(snap, version, spec, permutation_seed)
+    df = snap.read(version=version)
+    train = training_rows(df, spec, permutation_seed)
+    trained = training.fit(train, spec)
     commit = snap.commit_metadata(version)
     holdout = str(df.loc[df["split"] == "holdout", "batch"].iloc[0]) if (df["split"] == "holdout").any() else None
     window = sorted(train["batch"].unique())
@@ -84,9 +79,7 @@ def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id:
         signature=trained.signature,
         tags={"estimator": spec.estimator.class_.rsplit(".", 1)[-1], "owner": spec.owner, **(tags or {})},
         lineage=recorded, description=description or spec.description.strip(), run_id=run_id)
-    fitted_rows = training.labelled(train, spec)
-    reference = drift.profile(monitoring.drift_table(
-        fitted_rows, training.predict_scores(trained.pipeline, fitted_rows, spec), spec))
+    reference = monitoring.reference_profile(train, trained.pipeline, spec)
     reg.attach(spec.name, mv.version, monitoring.PROFILE_LABEL, reference.to_json().encode(), run_id=run_id,
                reason=f"drift reference: {reference.rows} training rows of {', '.join(window)}, "
                       f"{len(reference.columns) - 1} monitored features and the score")

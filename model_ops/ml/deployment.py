@@ -60,14 +60,15 @@ def _production(reg: Registry, name: str) -> int | None:
         return None
 
 
-def current(reg: Registry, name: str) -> Manifest:
-    """The manifest in force now."""
+def current(reg: Registry, name: str, events: list[Any] | None = None) -> Manifest:
+    """The manifest in force now (from ``events``, the model's audit log, when the caller already read it)."""
     prod = _production(reg, name)
     canary, weight, shadow = None, 0.0, None
-    try:
-        events = reg.audit(name)
-    except NotFoundError:
-        events = []
+    if events is None:
+        try:
+            events = reg.audit(name)
+        except NotFoundError:
+            events = []
     for event in reversed(events):
         if event.kind == "deployment":
             m = event.data.get("manifest") or {}

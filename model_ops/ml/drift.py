@@ -27,7 +27,7 @@ import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -506,9 +506,15 @@ def compare(reference: Profile, current: Profile, *, min_rows: int = MIN_ROWS, t
                                 "drift" if drifted else "no_drift",
                                 None if psi_value is None else round(psi_value, 6),
                                 None if p is None else float(p)))
-    judged = [f for f in out if f.status != "insufficient_data"]
+    return dataset_verdict(out, min_rows=min_rows, drift_share=drift_share)
+
+
+def dataset_verdict(features: list[FeatureDrift], *, min_rows: int = MIN_ROWS,
+                    drift_share: float = DRIFT_SHARE) -> DriftReport:
+    """The dataset verdict over ``features``: drift when at least ``drift_share`` of the judged ones drift."""
+    judged = [f for f in features if f.status != "insufficient_data"]
     if not judged:
-        return DriftReport(out, None, False, "insufficient_data", min_rows)
+        return DriftReport(features, None, False, "insufficient_data", min_rows)
     share = sum(f.drift for f in judged) / len(judged)
     dataset = share >= drift_share
-    return DriftReport(out, round(share, 6), dataset, "drift" if dataset else "no_drift", min_rows)
+    return DriftReport(features, round(share, 6), dataset, "drift" if dataset else "no_drift", min_rows)

@@ -28,8 +28,8 @@ import pyarrow as pa
 
 from model_ops.ml import drift
 from model_ops.ml.evaluation import quality
-from model_ops.ml.routing import CANARY, PRODUCTION
-from model_ops.ml.training import model_input
+from model_ops.ml.routing import PRODUCTION
+from model_ops.ml.training import labelled, model_input, predict_scores
 from model_ops.specs.schema import LOWER_IS_BETTER, Bound, ModelSpec
 
 SCORE_COLUMN = "prediction_score"
@@ -52,6 +52,12 @@ def drift_table(rows: pd.DataFrame, scores: np.ndarray, spec: ModelSpec) -> pa.T
     return table.append_column(SCORE_COLUMN, pa.array(np.asarray(scores, dtype="float64")))
 
 
+def reference_profile(train: pd.DataFrame, model: Any, spec: ModelSpec) -> drift.Profile:
+    """The drift reference of a model: its labelled training rows' monitored columns and its scores on them."""
+    rows = labelled(train, spec)
+    return drift.profile(drift_table(rows, predict_scores(model, rows, spec), spec))
+
+
 def compare_window(reference: drift.Profile, current: pa.Table, spec: ModelSpec) -> tuple[drift.DriftReport,
                                                                                           drift.FeatureDrift]:
     """Feature drift (dataset verdict over the features only) and prediction drift, kept apart so a shift in
@@ -63,13 +69,7 @@ def compare_window(reference: drift.Profile, current: pa.Table, spec: ModelSpec)
     report = drift.compare(reference, cur, min_rows=spec.monitoring.drift_window_min_rows)
     prediction = next(f for f in report.features if f.feature == SCORE_COLUMN)
     features = [f for f in report.features if f.feature != SCORE_COLUMN]
-    judged = [f for f in features if f.status != "insufficient_data"]
-    if not judged:
-        return drift.DriftReport(features, None, False, "insufficient_data", report.min_rows), prediction
-    share = sum(f.drift for f in judged) / len(judged)
-    dataset = share >= drift.DRIFT_SHARE
-    return drift.DriftReport(features, round(share, 6), dataset, "drift" if dataset else "no_drift",
-                             report.min_rows), prediction
+    return drift.dataset_verdict(features, min_rows=report.min_rows), prediction
 
 
 # ------------------------------------------------------------------------------------------- live performance

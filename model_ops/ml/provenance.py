@@ -15,7 +15,7 @@ from typing import Any
 from model_ops.data.delta import Dataset, frame_fingerprint
 from model_ops.errors import ModelOpsError
 from model_ops.location import resolve_root
-from model_ops.ml import candidates
+from model_ops.ml import candidates, training
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.environment import environment
@@ -86,7 +86,7 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
         out.differences.append({"kind": "data", "what": "schema hash", "recorded": dataset["schema_hash"],
                                 "now": schema, "message": "the snapshot's schema differs from the recorded one"})
     try:
-        trained, _, _ = candidates.fit_snapshot(snap, version, spec, lineage.get(candidates.LABEL_PERMUTATION))
+        trained = training.fit(candidates.training_rows(df, spec, lineage.get(candidates.LABEL_PERMUTATION)), spec)
     except ModelOpsError as exc:
         out.differences.append({"kind": "data", "what": "fit", "recorded": None, "now": None, "message": exc.message})
         return out
