@@ -40,7 +40,7 @@ def main() -> int:
     from model_ops.cli import main as model_ops
     from model_ops.definitions import defs
     from model_ops.defs.resources import ModelOpsResource
-    from model_ops.ml import deployment as dep
+    from model_ops.ops import deployment as dep
 
     resource = ModelOpsResource()
     assets = list(defs.assets or [])

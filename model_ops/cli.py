@@ -189,7 +189,7 @@ def cmd_drift(reg: Registry | None, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(reg: Registry | None, args: argparse.Namespace) -> int:
-    from model_ops.demo import main_json, run_demo
+    from model_ops.defs.replay import main_json, run_demo
 
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else None
     result = run_demo(root=args.root, dagster_home=args.dagster_home, until=args.until, faulty=not args.no_faulty,
@@ -203,7 +203,7 @@ def cmd_demo(reg: Registry | None, args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(reg: Registry, args: argparse.Namespace) -> int:
-    from model_ops.ml.provenance import reproduce
+    from model_ops.ops.provenance import reproduce
 
     result = reproduce(reg, args.ref)
     if result.identical:
@@ -219,7 +219,7 @@ def cmd_reproduce(reg: Registry, args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(reg: Registry, args: argparse.Namespace) -> int:
-    from model_ops.ml.provenance import lineage, render_lineage
+    from model_ops.ops.provenance import lineage, render_lineage
 
     tree = lineage(reg, args.ref)
     _emit(args, tree, render_lineage(tree))
@@ -227,7 +227,7 @@ def cmd_lineage(reg: Registry, args: argparse.Namespace) -> int:
 
 
 def cmd_diff(reg: Registry, args: argparse.Namespace) -> int:
-    from model_ops.ml.provenance import diff, render_diff
+    from model_ops.ops.provenance import diff, render_diff
 
     d = diff(reg, args.ref_a, args.ref_b)
     _emit(args, d, render_diff(d))

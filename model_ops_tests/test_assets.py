@@ -10,7 +10,7 @@ import pytest
 
 from model_ops.defs.datasets import features_asset
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ml import deployment as dep
+from model_ops.ops import deployment as dep
 from model_ops.specs import get_spec
 from model_ops_tests.graph_helpers import TRAIN_TO_DEPLOY, Graph, checks, materialized
 
@@ -190,7 +190,7 @@ def test_a_corrupted_month_is_caught_and_kept_out(tmp_path: Path, monkeypatch: p
         assert not result.success
         passed, message = checks(result)[check]
         assert not passed and words in message, message
-        assert g.resource.dataset(M, "features").batches() == [JAN]
+        assert g.resource.dataset(M, "features").partition_keys() == [JAN]
         g.ingest(M, MAR)
         assert g.run(M, ("training_set",)).success
         assert g.metadata(M, "training_set")["window"] == JAN  # February never reaches training

@@ -8,7 +8,7 @@ import pytest
 
 from model_ops.defs.resources import resources
 from model_ops.errors import UsageError
-from model_ops.ml import deployment as dep
+from model_ops.ops import deployment as dep
 from model_ops_tests.graph_helpers import TRAIN_TO_DEPLOY, Graph
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model_ops.data.delta import Dataset
-from model_ops.ml import deployment as dep
+from model_ops.ops import deployment as dep
 from model_ops.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_lifecycle_from_the_dagster_command_line(tmp_path: Path) -> None:
     reg = Registry.open(root)
     assert dep.current(reg, "flight_delay") == dep.Manifest("flight_delay", 1)
     log = Dataset(reg.root.child("datasets", "flight_delay", "predictions"), "predictions").read()
-    assert len(log) > 20000 and set(log["arm"]) == {"production"} and set(log["batch"]) == {"2013-02-01"}
+    assert len(log) > 20000 and set(log["arm"]) == {"production"} and set(log["partition"]) == {"2013-02-01"}
 
     bad = materialize(env, "flight_delay/flights", "2014-05-01")
     assert bad.returncode != 0 and "2014-05-01" in bad.stdout + bad.stderr

@@ -13,7 +13,7 @@ from model_ops.data.delta import Dataset
 from model_ops.defs.datasets import TrainingSetConfig, choose_window, feature_checks
 from model_ops.errors import UsageError
 from model_ops.location import resolve_root
-from model_ops.ml import routing
+from model_ops.ops import routing
 from model_ops.specs import get_spec
 
 MONTH = "2013-02-01"
@@ -101,17 +101,17 @@ def test_out_of_range_and_null_values_are_named(spec, features) -> None:  # type
 
 def test_replacing_a_month_leaves_the_others(tmp_path: Path, spec, features) -> None:  # type: ignore[no-untyped-def]
     ds = Dataset(resolve_root(tmp_path).child("datasets", "m", "features"), "m/features")
-    ds.replace_batch(MONTH, feat.to_arrow(features))
-    other = features.assign(batch="2013-03-01").head(100)
-    ds.replace_batch("2013-03-01", feat.to_arrow(other))
-    v = ds.replace_batch(MONTH, feat.to_arrow(features.head(10)))
-    assert ds.batches() == [MONTH, "2013-03-01"]
+    ds.replace_partition(MONTH, feat.to_arrow(features))
+    other = features.assign(partition="2013-03-01").head(100)
+    ds.replace_partition("2013-03-01", feat.to_arrow(other))
+    v = ds.replace_partition(MONTH, feat.to_arrow(features.head(10)))
+    assert ds.partition_keys() == [MONTH, "2013-03-01"]
     assert len(ds.read([MONTH])) == 10 and len(ds.read(["2013-03-01"])) == 100
     assert len(ds.read([MONTH], version=v - 1)) == len(features)  # time travel keeps the old month
-    with pytest.raises(ValueError, match="cannot be written into month"):
-        ds.replace_batch(MONTH, feat.to_arrow(other))
-    ds.delete_batch("2013-03-01")
-    assert ds.batches() == [MONTH]
+    with pytest.raises(ValueError, match="cannot be written into partition"):
+        ds.replace_partition(MONTH, feat.to_arrow(other))
+    ds.delete_partition("2013-03-01")
+    assert ds.partition_keys() == [MONTH]
 
 
 def test_training_window_and_holdout(spec) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,8 @@ from sklearn.metrics import roc_auc_score
 from model_ops.artifacts import sklearn_io
 from model_ops.data import features as feat, sources
 from model_ops.errors import PolicyError
-from model_ops.ml import deployment as dep, evaluation as ev, training
+from model_ops.ml import evaluation as ev, training
+from model_ops.ops import deployment as dep
 from model_ops.registry import Registry
 from model_ops.specs import get_spec
 from model_ops.specs.schema import ESTIMATORS, ModelSpec

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from model_ops.ml import deployment as dep
+from model_ops.ops import deployment as dep
 from model_ops.ml import monitoring as mon
-from model_ops.ml import retention
+from model_ops.ops import retention
 from model_ops.specs import load_specs
 
 SPEC = next(s for s in load_specs() if s.name == "flight_delay")

@@ -22,7 +22,7 @@ from model_ops.data.delta import Dataset, frame_fingerprint
 from model_ops.data.sources import load_month
 from model_ops.location import resolve_root
 from model_ops.ml import candidates
-from model_ops.ml.provenance import diff, lineage, reproduce
+from model_ops.ops.provenance import diff, lineage, reproduce
 from model_ops.registry import Registry
 from model_ops.specs import load_specs
 
@@ -39,10 +39,10 @@ def write_snapshot(root: Path, frames: dict[str, pd.DataFrame], train: str, hold
     """As the features and training_set assets do: months into the features table, a snapshot read from it."""
     features = Dataset(resolve_root(str(root / "datasets" / "flight_delay" / "features")), "flight_delay/features")
     for month in (train, holdout):
-        features.replace_batch(month, feat.to_arrow(frames[month]))
+        features.replace_partition(month, feat.to_arrow(frames[month]))
     df = features.read([train, holdout])
-    df["split"] = (df["batch"] == holdout).map({True: "holdout", False: "train"})
-    df = df.sort_values(["batch", "flight_id"], kind="stable").reset_index(drop=True)
+    df["split"] = (df["partition"] == holdout).map({True: "holdout", False: "train"})
+    df = df.sort_values(["partition", "flight_id"], kind="stable").reset_index(drop=True)
     snap = Dataset(resolve_root(str(root / "datasets" / "flight_delay" / "training_set")), "flight_delay/training_set")
     snap.overwrite(feat.to_arrow(df), metadata={"model_ops.fingerprint": frame_fingerprint(df)})
     return snap

@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from model_ops.cli import main as cli
-from model_ops.demo import run_demo
+from model_ops.defs.replay import run_demo
 
 pytestmark = pytest.mark.slow
 

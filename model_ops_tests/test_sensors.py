@@ -17,7 +17,7 @@ from model_ops.definitions import build_definitions
 from model_ops.defs.automation import sensor_names
 from model_ops.defs.monitoring import DRIFT_SCHEMA, PERFORMANCE_SCHEMA
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ml import deployment as dep
+from model_ops.ops import deployment as dep
 from model_ops.specs import load_specs
 
 SPEC = next(s for s in load_specs() if s.name == "flight_delay")
@@ -51,17 +51,17 @@ class World:
                                  "canary_version": version})
 
     def drift(self, window: str, version: int, status: str = "drift", share: float | None = 0.6) -> None:
-        row = {"batch": window, "model_version": version, "status": status, "dataset_drift": status == "drift",
+        row = {"partition": window, "model_version": version, "status": status, "dataset_drift": status == "drift",
                "drift_share": share, "drifted": "temp", "prediction_statistic": 0.3, "prediction_drift": True,
                "rows": 20000, "computed_at": datetime.now(timezone.utc), "report": "{}"}
-        self.resource.dataset(SPEC.name, "drift").replace_batch(window, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA))
+        self.resource.dataset(SPEC.name, "drift").replace_partition(window, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA))
 
     def performance(self, window: str, version: int, status: str = "ok", log_loss: float | None = 0.5,
                     roc_auc: float | None = 0.7, labelled: int = 20000) -> None:
-        row = {"batch": window, "arm": "production", "model_version": version, "served": 20000, "labelled": labelled,
+        row = {"partition": window, "arm": "production", "model_version": version, "served": 20000, "labelled": labelled,
                "coverage": labelled / 20000, "status": status, "reason": "test", "scored_at": datetime.now(timezone.utc),
                "roc_auc": roc_auc, "log_loss": log_loss, "brier": None, "accuracy": None}
-        self.resource.dataset(SPEC.name, "live_performance").replace_batch(
+        self.resource.dataset(SPEC.name, "live_performance").replace_partition(
             window, pa.Table.from_pylist([row], schema=PERFORMANCE_SCHEMA))
 
 

@@ -18,7 +18,7 @@ from deltalake.exceptions import TableNotFoundError
 from model_ops.errors import NotFoundError
 from model_ops.location import Location
 
-PARTITION = "batch"
+PARTITION = "partition"
 # Every model_ops table keeps its history (log entries and replaced files) for ten years, because lineage points at
 # Delta versions: `model-ops reproduce` reads a training snapshot at the version a model recorded, however many
 # snapshots came after. Delta's defaults would expire the log after 30 days and allow vacuuming after 7.
@@ -27,7 +27,7 @@ HISTORY = {"delta.logRetentionDuration": "interval 3650 days",
 
 
 class Dataset:
-    """A Delta table at ``location`` (local path or ``s3://``), partitioned by ``batch`` when it has one."""
+    """A Delta table at ``location`` (local path or ``s3://``), partitioned by ``partition`` when it has one."""
 
     def __init__(self, location: Location, name: str) -> None:
         self.location = location
@@ -57,26 +57,26 @@ class Dataset:
     def version(self) -> int:
         return self.table().version()
 
-    def replace_batch(self, batch: str, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
+    def replace_partition(self, key: str, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
         """Replace one month's rows (all of them, only them) in one atomic commit; returns the new version."""
-        _require_batch(data, batch)
+        _require_partition(data, key)
         props = CommitProperties(custom_metadata=metadata) if metadata else None
         if not self.exists():
             write_deltalake(self.uri, data, mode="append", partition_by=[PARTITION], storage_options=self.options,
                             commit_properties=props, configuration=HISTORY)
         else:
-            write_deltalake(self.uri, data, mode="overwrite", predicate=f"{PARTITION} = '{batch}'",
+            write_deltalake(self.uri, data, mode="overwrite", predicate=f"{PARTITION} = '{key}'",
                             partition_by=[PARTITION], storage_options=self.options, commit_properties=props)
         return self.version()
 
-    def delete_batch(self, batch: str) -> int | None:
+    def delete_partition(self, key: str) -> int | None:
         """Remove one month's rows; returns the new version (None when the table does not exist yet)."""
         if not self.exists():
             return None
         table = self.table()
-        if batch not in self.batches(table=table):
+        if key not in self.partition_keys(table=table):
             return table.version()
-        table.delete(f"{PARTITION} = '{batch}'")
+        table.delete(f"{PARTITION} = '{key}'")
         return self.version()
 
     def overwrite(self, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
@@ -88,19 +88,19 @@ class Dataset:
                         configuration=None if exists else HISTORY)
         return self.version()
 
-    def batches(self, version: int | None = None, table: DeltaTable | None = None) -> list[str]:
+    def partition_keys(self, version: int | None = None, table: DeltaTable | None = None) -> list[str]:
         """The months present at ``version`` (default latest), sorted."""
         table = table or self.table(version)
         return sorted({p[PARTITION] for p in table.partitions() if PARTITION in p})
 
-    def read(self, batches: Sequence[str] | None = None, version: int | None = None,
+    def read(self, partitions: Sequence[str] | None = None, version: int | None = None,
              columns: list[str] | None = None) -> pd.DataFrame:
         """Rows of the given months (all when None) at ``version`` (default latest), in a stable order."""
         table = self.table(version)
-        if batches is not None and not batches:  # no rows asked for: the schema alone, nothing read
+        if partitions is not None and not partitions:  # no rows asked for: the schema alone, nothing read
             schema = pa.schema(table.schema().to_arrow())
             return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table().to_pandas()
-        filters = [(PARTITION, "in", list(batches))] if batches is not None else None
+        filters = [(PARTITION, "in", list(partitions))] if partitions is not None else None
         return table.to_pandas(filters=filters, columns=columns)
 
     def arrow_schema(self, version: int | None = None) -> pa.Schema:
@@ -123,12 +123,12 @@ class Dataset:
         return {}
 
 
-def _require_batch(data: pa.Table, batch: str) -> None:
+def _require_partition(data: pa.Table, key: str) -> None:
     if PARTITION not in data.column_names:
         raise ValueError(f"data written to a monthly dataset needs a {PARTITION!r} column")
     values = set(data.column(PARTITION).unique().to_pylist())
-    if values - {batch}:
-        raise ValueError(f"rows for {sorted(values - {batch})} cannot be written into month {batch}")
+    if values - {key}:
+        raise ValueError(f"rows for {sorted(values - {key})} cannot be written into partition {key}")
 
 
 def schema_hash(schema: pa.Schema) -> str:

@@ -16,7 +16,7 @@ import dagster as dg
 
 from model_ops.defs.common import EVIDENCE_TAG, REASON_TAG, TRIGGER_TAG, key
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ml import automation, retention
+from model_ops.ops import automation, retention
 from model_ops.ml.monitoring import Decision
 from model_ops.specs.schema import ModelSpec
 

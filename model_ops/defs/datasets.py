@@ -56,14 +56,14 @@ def raw_asset(spec: ModelSpec, table: str) -> dg.AssetsDefinition:
         outcomes = feat.raw_contract(table, df, month)
         check = _check(spec, table, fold_outcomes(outcomes), "source_contract")
         if not check.passed:
-            version = ds.delete_batch(month)
+            version = ds.delete_partition(month)
             context.log.error(f"{table} {month} rejected: {contracts.summary(outcomes)}")
             return dg.MaterializeResult(
                 metadata={"status": "rejected", "reason": contracts.summary(outcomes), "dagster/row_count": 0,
                           "delta_version": version if version is not None else -1, "table_uri": ds.uri},
                 check_results=[check])
         data = feat.conform(table, df, month)
-        version = ds.replace_batch(month, data)
+        version = ds.replace_partition(month, data)
         return dg.MaterializeResult(
             metadata={"status": "stored", "dagster/row_count": data.num_rows, "delta_version": version,
                       "table_uri": ds.uri, "dagster/column_schema": column_schema(data.to_pandas().head(0))},
@@ -109,7 +109,7 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         month = context.partition_key
         flights_ds, weather_ds = model_ops.dataset(spec.name, "flights"), model_ops.dataset(spec.name, "weather")
         ds = model_ops.dataset(spec.name, "features")
-        missing = [d.name for d in (flights_ds, weather_ds) if not d.exists() or month not in d.batches()]
+        missing = [d.name for d in (flights_ds, weather_ds) if not d.exists() or month not in d.partition_keys()]
         if missing:
             df = pd.DataFrame()
             outcomes = [contracts.CheckOutcome(n, False, f"{spec.name} features {month}: no stored "
@@ -121,14 +121,14 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         failed = [o for o in outcomes if not o.passed]
         results = [_check(spec, "features", o) for o in outcomes]
         if failed:
-            version = ds.delete_batch(month)
+            version = ds.delete_partition(month)
             context.log.error(f"features {month} kept out: {contracts.summary(outcomes)}")
             return dg.MaterializeResult(
                 metadata={"status": "rejected", "reason": contracts.summary(outcomes), "dagster/row_count": len(df),
                           "delta_version": version if version is not None else -1, "table_uri": ds.uri},
                 check_results=results)
         labelled = df[spec.target.name].notna()
-        version = ds.replace_batch(month, feat.to_arrow(df))
+        version = ds.replace_partition(month, feat.to_arrow(df))
         return dg.MaterializeResult(
             metadata={"status": "stored", "dagster/row_count": len(df), "delta_version": version,
                       "table_uri": ds.uri, "labelled_rows": int(labelled.sum()),
@@ -209,7 +209,7 @@ def training_set_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         record_retrain_trigger(context, model_ops, spec)
         features_ds = model_ops.dataset(spec.name, "features")
         source_version = features_ds.version()
-        window, holdout = choose_window(features_ds.batches(source_version), spec, config)
+        window, holdout = choose_window(features_ds.partition_keys(source_version), spec, config)
         df = features_ds.read(window + [holdout], version=source_version)
         df["split"] = (df[PARTITION] == holdout).map({True: "holdout", False: "train"})
         df = df.sort_values([PARTITION, "flight_id"], kind="stable").reset_index(drop=True)

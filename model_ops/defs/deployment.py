@@ -12,7 +12,7 @@ from pydantic import Field
 
 from model_ops.defs.common import common, key
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ml import deployment as dep
+from model_ops.ops import deployment as dep
 from model_ops.specs.schema import ModelSpec
 
 DEPLOY_CODE_VERSION = "deploy-1"

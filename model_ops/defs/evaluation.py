@@ -77,7 +77,7 @@ def evaluation_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                  ev.latency_within_sla(candidate, spec)]
         gate_dicts = [{"name": g.name, "passed": g.passed, "message": g.message} for g in gates]
         passed = all(g.passed for g in gates)
-        holdout_month = str(holdout["batch"].iloc[0]) if len(holdout) else None
+        holdout_month = str(holdout["partition"].iloc[0]) if len(holdout) else None
         summary = {"candidate": number, "champion": champion_mv.version if champion_mv else None,
                    "holdout": holdout_month, "metrics": candidate.flat(),
                    "champion_metrics": champion.flat() if champion else None, "gates": gate_dicts}

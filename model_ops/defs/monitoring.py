@@ -17,17 +17,17 @@ from model_ops.defs.common import common, json_safe, key, md_table
 from model_ops.defs.partitions import monthly
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ml import drift, monitoring as mon
-from model_ops.ml.routing import CANARY, PRODUCTION
+from model_ops.ops.routing import CANARY, PRODUCTION
 from model_ops.specs.schema import ModelSpec
 
 MONITOR_CODE_VERSION = "monitor-1"
 DRIFT_SCHEMA = pa.schema([
-    ("batch", pa.string()), ("model_version", pa.int64()), ("status", pa.string()), ("dataset_drift", pa.bool_()),
+    ("partition", pa.string()), ("model_version", pa.int64()), ("status", pa.string()), ("dataset_drift", pa.bool_()),
     ("drift_share", pa.float64()), ("drifted", pa.string()), ("prediction_statistic", pa.float64()),
     ("prediction_drift", pa.bool_()), ("rows", pa.int64()), ("computed_at", pa.timestamp("us", tz="UTC")),
     ("report", pa.string())])
 PERFORMANCE_SCHEMA = pa.schema([
-    ("batch", pa.string()), ("arm", pa.string()), ("model_version", pa.int64()), ("served", pa.int64()),
+    ("partition", pa.string()), ("arm", pa.string()), ("model_version", pa.int64()), ("served", pa.int64()),
     ("labelled", pa.int64()), ("coverage", pa.float64()), ("status", pa.string()), ("reason", pa.string()),
     ("scored_at", pa.timestamp("us", tz="UTC")), ("roc_auc", pa.float64()), ("log_loss", pa.float64()),
     ("brier", pa.float64()), ("accuracy", pa.float64())])
@@ -35,7 +35,7 @@ PERFORMANCE_SCHEMA = pa.schema([
 
 def _month_log(model_ops: ModelOpsResource, spec: ModelSpec, month: str) -> pd.DataFrame:
     log_ds = model_ops.dataset(spec.name, "predictions")
-    if not log_ds.exists() or month not in log_ds.batches():
+    if not log_ds.exists() or month not in log_ds.partition_keys():
         raise dg.Failure(f"{spec.name} has no predictions for {month}: materialize {spec.name}/predictions for "
                          f"{month} first")
     return log_ds.read([month])
@@ -96,13 +96,13 @@ def drift_report_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         reference = _reference_profile(context, model_ops, spec, version)
         report, prediction = mon.compare_window(reference, mon.drift_table(served, served["score"].to_numpy(), spec),
                                                 spec)
-        row = {"batch": month, "model_version": version, "status": report.status,
+        row = {"partition": month, "model_version": version, "status": report.status,
                "dataset_drift": report.dataset_drift, "drift_share": report.drift_share,
                "drifted": ",".join(report.drifted), "prediction_statistic": prediction.statistic,
                "prediction_drift": prediction.drift, "rows": int(len(served)),
                "computed_at": datetime.now(timezone.utc), "report": report_json(report, prediction)}
         table = model_ops.dataset(spec.name, "drift")
-        delta_version = table.replace_batch(month, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA))
+        delta_version = table.replace_partition(month, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA))
         feature_rows = [{"feature": f.feature, "method": f.method, "statistic": f.statistic, "threshold": f.threshold,
                          "psi": f.psi, "drift": f.drift, "status": f.status, "n_current": f.n_current}
                         for f in [*report.features, prediction]]
@@ -182,12 +182,12 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                                   "person to advance or roll it back",
                            details={"window": month, "phase": analysis.phase})
                 context.log.warning(f"{spec.name}: canary v{analysis.canary_version} held, {month} inconclusive")
-        rows = [{"batch": month, "arm": a.arm, "model_version": a.model_version, "served": a.served,
+        rows = [{"partition": month, "arm": a.arm, "model_version": a.model_version, "served": a.served,
                  "labelled": a.labelled, "coverage": a.coverage, "status": a.status, "reason": a.reason,
                  "scored_at": scored_at, **{m: a.metrics.get(m) for m in ("roc_auc", "log_loss", "brier", "accuracy")}}
                 for a in arms]
         table = model_ops.dataset(spec.name, "live_performance")
-        delta_version = table.replace_batch(month, pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
+        delta_version = table.replace_partition(month, pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
         metadata: dict[str, object] = {"arms": dg.MetadataValue.md(md_table([
             {"arm": a.arm, "version": a.model_version, "served": a.served, "labelled": a.labelled,
              "coverage": a.coverage, **{m: a.metrics.get(m, float("nan")) for m in ("roc_auc", "log_loss")},

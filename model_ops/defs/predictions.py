@@ -14,7 +14,7 @@ from model_ops.data.delta import PARTITION
 from model_ops.defs.common import common, key, md_table
 from model_ops.defs.partitions import monthly
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ml import deployment as dep, routing
+from model_ops.ops import deployment as dep, routing
 from model_ops.ml.training import predict_scores
 from model_ops.specs.schema import ModelSpec
 
@@ -87,7 +87,7 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             raise dg.Failure(f"nothing serves {spec.name} in production, so there is nothing to score with: "
                              f"materialize {spec.name}/deployment first")
         features_ds = model_ops.dataset(spec.name, "features")
-        if not features_ds.exists() or month not in features_ds.batches():
+        if not features_ds.exists() or month not in features_ds.partition_keys():
             raise dg.Failure(f"{spec.name} has no validated features for {month} (never materialized, or kept "
                              f"out by a failed check): materialize {spec.name}/features for {month} first")
         version = features_ds.version()
@@ -97,7 +97,7 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         semvers = {v: reg.get(spec.name, v).semver for v in versions}
         log = score_month(features.reset_index(drop=True), manifest, models, spec, semvers, scored_at)
         out = model_ops.dataset(spec.name, "predictions")
-        delta_version = out.replace_batch(month, pa.Table.from_pandas(log, preserve_index=False))
+        delta_version = out.replace_partition(month, pa.Table.from_pandas(log, preserve_index=False))
         served = log[log["served"]]
         by_arm = log.groupby("arm").agg(rows=("score", "size"), mean_score=("score", "mean"),
                                         positive_rate=("prediction", "mean"),

@@ -62,8 +62,8 @@ def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id:
     train = training_rows(df, spec, permutation_seed)
     trained = training.fit(train, spec)
     commit = snap.commit_metadata(version)
-    holdout = str(df.loc[df["split"] == "holdout", "batch"].iloc[0]) if (df["split"] == "holdout").any() else None
-    window = sorted(train["batch"].unique())
+    holdout = str(df.loc[df["split"] == "holdout", "partition"].iloc[0]) if (df["split"] == "holdout").any() else None
+    window = sorted(train["partition"].unique())
     schema = snap.schema_hash(version)
     recorded = {"code_version": code_version(spec), "seed": spec.seed, "estimator": spec.estimator.class_,
                 "dagster_run_id": run_id, "schema_hash": schema, "rows": trained.rows,

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from model_ops.ml import drift
 from model_ops.ml.evaluation import quality
-from model_ops.ml.routing import PRODUCTION
+from model_ops.ops.routing import PRODUCTION
 from model_ops.ml.training import labelled, model_input, predict_scores
 from model_ops.specs.schema import LOWER_IS_BETTER, Bound, ModelSpec
 

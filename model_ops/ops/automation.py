@@ -14,9 +14,9 @@ from typing import Any
 
 from model_ops.data.delta import Dataset
 from model_ops.errors import NotFoundError
-from model_ops.ml import deployment as dep
+from model_ops.ops import deployment as dep
 from model_ops.ml.monitoring import Decision, canary_decision, guard_decision, retrain_decision
-from model_ops.ml.routing import PRODUCTION
+from model_ops.ops.routing import PRODUCTION
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.specs.schema import ModelSpec
@@ -39,7 +39,7 @@ def window_rows(table: Dataset) -> list[dict[str, Any]]:
         return []
     rows = table.read().to_dict("records")
     for r in rows:
-        r["window"] = r["batch"]
+        r["window"] = r["partition"]
     return sorted(rows, key=lambda r: (r["window"], str(r.get("arm", ""))))
 
 

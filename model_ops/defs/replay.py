@@ -71,7 +71,7 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     from model_ops.definitions import build_definitions
     from model_ops.defs.automation import job_names, sensor_names
     from model_ops.defs.resources import ModelOpsResource
-    from model_ops.ml import deployment as dep
+    from model_ops.ops import deployment as dep
     from model_ops.registry import events as ev
     from model_ops.specs import load_specs
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from model_ops.ml import deployment as dep
+from model_ops.ops import deployment as dep
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.specs.schema import ModelSpec
