@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, git_state, eprint, machine, ratio, run_peer, table, verdict, versions_of  # noqa: E402
+from _common import emit, eprint, git_state, machine, ratio, run_peer, table, verdict, versions_of  # noqa: E402
 
 PY = sys.executable
 ENV = dict(os.environ, MODEL_OPS_PROGRESS="0")

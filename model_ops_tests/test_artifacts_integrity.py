@@ -36,7 +36,9 @@ KEY_B = "another-signing-key-of-16-or-more-chars"
 
 
 def _file_blob(reg: Registry, digest: str) -> str:
-    (entry,) = reg.artifacts.manifest(digest).files
+    """The blob of the artifact's model file (a model's artifact also holds its flavor.json)."""
+    files = reg.artifacts.manifest(digest).files
+    (entry,) = [f for f in files if f.path.endswith(".skops")] if len(files) > 1 else files
     return entry.sha256
 
 
@@ -60,7 +62,7 @@ def test_damaged_blob_is_refused_and_reported(reg: Registry, root: Path, tmp_pat
     DAMAGE[damage](blob_path(root, victim))
 
     error = EXPECTED[damage]
-    dest = tmp_path / "out" / "model.skops"
+    dest = tmp_path / "out" / "model"
     with pytest.raises(error):
         reg.fetch("models:/m/1", dest)
     assert not dest.exists()
@@ -77,7 +79,7 @@ def test_damaged_blob_is_refused_and_reported(reg: Registry, root: Path, tmp_pat
     assert not any(p.startswith("m v2:") for p in problems), problems
     # The intact version is untouched by its neighbour's damage.
     np.testing.assert_array_equal(reg.load_model("models:/m/2").predict(X), tiny_model(2).predict(X))
-    assert reg.fetch(f"models:/m/{intact.version}", tmp_path / "ok.skops").read_bytes() == \
+    assert (reg.fetch(f"models:/m/{intact.version}", tmp_path / "ok") / "model.skops").read_bytes() == \
         sklearn_io.dumps(tiny_model(2))
 
 
@@ -120,14 +122,14 @@ def test_model_file_round_trip_and_fetch_into_a_directory(reg: Registry, tmp_pat
     X, _ = training_data()
     model = tiny_model(3)
     mv = reg.register_model("m", model)
-    assert mv.flavor == "sklearn-skops"
+    assert mv.flavor == "sklearn"
     np.testing.assert_array_equal(reg.load_model(mv.ref).predict(X), model.predict(X))
     (tmp_path / "dir").mkdir()
     got = reg.fetch(mv.ref, tmp_path / "dir")
-    assert got == tmp_path / "dir" / "model.skops"
-    assert got.read_bytes() == sklearn_io.dumps(model)
+    assert got == tmp_path / "dir" and sorted(p.name for p in got.iterdir()) == ["flavor.json", "model.skops"]
+    assert (got / "model.skops").read_bytes() == sklearn_io.dumps(model)
     with pytest.raises(UsageError):
-        reg.fetch(mv.ref, got)  # exists: never overwritten
+        reg.fetch(mv.ref, got)  # not empty: never merged into or overwritten
 
 
 # ---------------------------------------------------------------------------------------------------- dedup
@@ -206,7 +208,7 @@ def test_signed_registry(root: Path, tmp_path: Path, signed_policy: Path, monkey
     mv = reg.register_model("m", model)
     assert mv.record["artifact_signature"]["key_id"] == key_id(KEY_A.encode())
     np.testing.assert_array_equal(reg.load_model(mv.ref).predict(X), model.predict(X))
-    assert reg.fetch(mv.ref, tmp_path / "a.skops").read_bytes() == sklearn_io.dumps(model)
+    assert (reg.fetch(mv.ref, tmp_path / "a") / "model.skops").read_bytes() == sklearn_io.dumps(model)
     assert Registry.open(root, policy=signed_policy).fsck() == []
 
     for key in (KEY_B, None):  # another key, then no key at all
@@ -282,7 +284,7 @@ def test_a_model_file_cannot_run_code_when_loaded(reg: Registry, tmp_path: Path,
     module, name, args = CODE_RUNNERS[runner]
     marker = tmp_path / "code-ran"
     mv = reg.register("evil", write_file(tmp_path, "model.skops", skops_calling(module, name, args(marker))))
-    assert mv.flavor == "sklearn-skops"
+    assert mv.flavor == "sklearn-skops"  # one bare .skops file: the format of earlier releases
     try:
         with pytest.raises(PolicyError) as refused:
             reg.load_model(mv.ref)

@@ -137,7 +137,7 @@ def test_features_asset_invoked_directly(graph: Graph) -> None:
     with dg.build_asset_context(partition_key=JAN, resources={"model_ops": resource}) as context:
         result = asset(context=context)
     assert result.metadata["status"] == "stored" and all(c.passed for c in result.check_results)
-    assert {c.check_name for c in result.check_results} == {"schema_contract", "no_unexpected_nulls",
+    assert {c.check_name for c in result.check_results} == {"schema_contract", "no_unexpected_nulls", "keys_unique",
                                                             "values_in_range", "row_count"}
 
 
@@ -156,7 +156,7 @@ def test_a_failing_gate_stops_deployment_and_leaves_the_registry_unchanged(tmp_p
         reg = g.registry()
         assert [(v.version, v.stage, v.aliases) for v in reg.versions(M)] == [(1, "development", ())]
         kinds = [e.kind for e in reg.audit(M)]
-        assert kinds == ["registered", "tag_set", "tag_set", "attachment", "evaluation"]  # no stage, alias or deployment
+        assert kinds == ["registered", "tag_set", "tag_set", "tag_set", "attachment", "evaluation"]  # no stage, alias or deployment
         assert reg.audit(M)[-1].reason.startswith("failed: below the spec's thresholds")
 
 
@@ -164,11 +164,11 @@ def test_a_failing_gate_stops_deployment_and_leaves_the_registry_unchanged(tmp_p
     ("missing_column", "flights.source_contract", "missing column(s): distance"),
     ("wrong_types", "flights.source_contract", "sched_dep_time is object, expected int, e.g. rows 0, 1, 2"),
     ("empty", "flights.source_contract", "flights 2013-02-01: the source delivered no rows"),
-    ("truncated", "features.row_count", "200 rows, the spec requires at least 1000"),
+    ("truncated", "features.row_count", "200 rows, the spec requires at least 1000 per partition"),
 ])
 def test_a_corrupted_month_is_caught_and_kept_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    corruption: str, check: str, words: str) -> None:
-    from model_ops.data import sources
+    from model_ops.data import nycflights13 as sources
 
     real = sources.load_month
 

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_ops.data import contracts, features as feat, sources
+from model_ops.data import contracts
+from model_ops.data import features as feat
+from model_ops.data import nycflights13 as sources
 from model_ops.data.delta import Dataset
-from model_ops.defs.datasets import TrainingSetConfig, choose_window, feature_checks
+from model_ops.data.snapshot import choose_window
 from model_ops.errors import UsageError
 from model_ops.location import resolve_root
 from model_ops.ops import routing
@@ -26,19 +28,19 @@ def spec():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def raw() -> dict[str, pd.DataFrame]:
-    return {t: feat.with_timestamps(sources.load_month(t, MONTH)) for t in sources.TABLES}
+    return {t: sources.with_timestamps(sources.load_month(t, MONTH)) for t in sources.TABLES}
 
 
 @pytest.fixture(scope="module")
 def features(spec, raw) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    stored = {t: feat.conform(t, raw[t], MONTH).to_pandas() for t in sources.TABLES}
-    return feat.build_features(stored["flights"], stored["weather"], spec, MONTH)
+    stored = {t: sources.conform(t, raw[t], MONTH).to_pandas() for t in sources.TABLES}
+    return sources.build_features(stored["flights"], stored["weather"], spec, MONTH)
 
 
 def test_real_month_passes_every_contract(spec, raw, features) -> None:  # type: ignore[no-untyped-def]
     for table in sources.TABLES:
-        assert all(o.passed for o in feat.raw_contract(table, raw[table], MONTH))
-    outcomes = feature_checks(spec, features, MONTH)
+        assert all(o.passed for o in sources.raw_contract(table, raw[table], MONTH))
+    outcomes = feat.checks(features, spec, MONTH)
     assert all(o.passed for o in outcomes), contracts.summary(outcomes)
     assert len(features) == len(raw["flights"]) == 24951
     assert features["flight_id"].is_unique
@@ -58,14 +60,14 @@ def test_weather_join_matches_origin_and_hour(raw, features) -> None:  # type: i
 
 def test_missing_column_is_named(raw) -> None:  # type: ignore[no-untyped-def]
     broken = raw["flights"].drop(columns=["distance", "carrier"])
-    outcome = feat.raw_contract("flights", broken, MONTH)[0]
+    outcome = sources.raw_contract("flights", broken, MONTH)[0]
     assert not outcome.passed and "missing column(s): carrier, distance" in outcome.message
 
 
 def test_wrong_types_are_named_with_rows(raw) -> None:  # type: ignore[no-untyped-def]
     broken = raw["flights"].copy()
     broken["distance"] = broken["distance"].astype(str) + " mi"
-    outcome = feat.raw_contract("flights", broken, MONTH)[0]
+    outcome = sources.raw_contract("flights", broken, MONTH)[0]
     assert not outcome.passed
     assert "distance is object, expected float, e.g. rows 0, 1, 2, 3, 4 and 24946 more" in outcome.message
 
@@ -74,15 +76,15 @@ def test_rows_of_another_month_and_null_keys_are_named(raw) -> None:  # type: ig
     broken = raw["flights"].copy()
     broken.loc[7, "month"] = 3
     broken.loc[9, "carrier"] = None
-    messages = contracts.summary(feat.raw_contract("flights", broken, MONTH))
+    messages = contracts.summary(sources.raw_contract("flights", broken, MONTH))
     assert "1 rows belong to another month (e.g. 2013-03): rows 7" in messages
     assert "1 rows have no carrier: rows 9" in messages
 
 
 def test_empty_month_fails_row_count(spec, raw, features) -> None:  # type: ignore[no-untyped-def]
-    empty = contracts.summary(feat.raw_contract("flights", raw["flights"].head(0), MONTH))
+    empty = contracts.summary(sources.raw_contract("flights", raw["flights"].head(0), MONTH))
     assert empty == "flights 2013-02-01: the source delivered no rows (an empty or missing file?); the month is not stored"
-    outcomes = {o.name: o for o in feature_checks(spec, features.head(0), MONTH)}
+    outcomes = {o.name: o for o in feat.checks(features.head(0), spec, MONTH)}
     assert outcomes["schema_contract"].passed
     assert not outcomes["row_count"].passed and "0 rows, the spec requires at least 1000" in outcomes["row_count"].message
 
@@ -92,7 +94,7 @@ def test_out_of_range_and_null_values_are_named(spec, features) -> None:  # type
     broken.loc[[3, 5], "temp"] = 999.0
     broken.loc[:, "distance"] = np.where(broken.index < 10, np.nan, broken["distance"])
     broken.loc[11, "origin"] = "SFO"
-    outcomes = {o.name: o for o in feature_checks(spec, broken, MONTH)}
+    outcomes = {o.name: o for o in feat.checks(broken, spec, MONTH)}
     assert "temp outside [-30.0, 120.0] in 2 rows (e.g. 999.0): rows 3, 5" in outcomes["values_in_range"].message
     assert "origin has values outside ['EWR', 'JFK', 'LGA']: ['SFO'] in rows 11" in outcomes["values_in_range"].message
     assert "distance is null in 10 of 24951 rows" in outcomes["no_unexpected_nulls"].message
@@ -116,19 +118,19 @@ def test_replacing_a_month_leaves_the_others(tmp_path: Path, spec, features) -> 
 
 def test_training_window_and_holdout(spec) -> None:  # type: ignore[no-untyped-def]
     months = ["2013-01-01", "2013-02-01", "2013-03-01", "2013-04-01"]
-    assert choose_window(months, spec, TrainingSetConfig()) == (months[:3], months[3])
-    assert choose_window(months, spec, TrainingSetConfig(holdout="2013-02-01")) == (["2013-01-01"], "2013-02-01")
-    assert choose_window(months, spec, TrainingSetConfig(holdout="2013-03-01", window_start="2013-02-01")) == (
+    assert choose_window(months, spec) == (months[:3], months[3])
+    assert choose_window(months, spec, holdout="2013-02-01") == (["2013-01-01"], "2013-02-01")
+    assert choose_window(months, spec, holdout="2013-03-01", window_start="2013-02-01") == (
         ["2013-02-01"], "2013-03-01")
-    assert choose_window(months, spec, TrainingSetConfig(window_start="2013-02-01")) == (months[1:3], months[3])
-    assert choose_window(months, spec, TrainingSetConfig(holdout="2013-02-01", window_end="2013-04-01")) == (
+    assert choose_window(months, spec, window_start="2013-02-01") == (months[1:3], months[3])
+    assert choose_window(months, spec, holdout="2013-02-01", window_end="2013-04-01") == (
         ["2013-01-01", "2013-03-01", "2013-04-01"], "2013-02-01")
-    with pytest.raises(UsageError, match="at least two months"):
-        choose_window(months[:1], spec, TrainingSetConfig())
-    with pytest.raises(UsageError, match="holdout month 2013-09-01 has no validated features"):
-        choose_window(months, spec, TrainingSetConfig(holdout="2013-09-01"))
-    with pytest.raises(UsageError, match="not a month key"):
-        choose_window(months, spec, TrainingSetConfig(holdout="May"))
+    with pytest.raises(UsageError, match="at least two partitions"):
+        choose_window(months[:1], spec)
+    with pytest.raises(UsageError, match="holdout partition 2013-09-01 has no validated features"):
+        choose_window(months, spec, holdout="2013-09-01")
+    with pytest.raises(UsageError, match="not a monthly partition key"):
+        choose_window(months, spec, holdout="May")
 
 
 def test_routing_is_sticky_uniform_and_monotonic(features) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from model_ops.cli import main as cli
 from model_ops.data import features as feat
 from model_ops.data.delta import Dataset, frame_fingerprint
-from model_ops.data.sources import load_month
+from model_ops.data.nycflights13 import build_features, load_month
 from model_ops.location import resolve_root
 from model_ops.ml import candidates
 from model_ops.ops.provenance import diff, lineage, reproduce
@@ -32,7 +32,7 @@ MONTHS = ("2013-01-01", "2013-02-01")
 
 @pytest.fixture(scope="module")
 def frames() -> dict[str, pd.DataFrame]:
-    return {m: feat.build_features(load_month("flights", m), load_month("weather", m), SPEC, m) for m in MONTHS}
+    return {m: build_features(load_month("flights", m), load_month("weather", m), SPEC, m) for m in MONTHS}
 
 
 def write_snapshot(root: Path, frames: dict[str, pd.DataFrame], train: str, holdout: str) -> Dataset:

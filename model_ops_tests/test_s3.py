@@ -18,8 +18,16 @@ from model_ops.location import resolve_root, s3_client
 from model_ops.registry import Registry
 from model_ops_tests import helpers
 from model_ops_tests.conftest import S3_BUCKET
-from model_ops_tests.helpers import MODEL, check_audit, check_invariants, snapshot, tiny_model, training_data, \
-    unique_bytes, write_file
+from model_ops_tests.helpers import (
+    MODEL,
+    check_audit,
+    check_invariants,
+    snapshot,
+    tiny_model,
+    training_data,
+    unique_bytes,
+    write_file,
+)
 
 pytestmark = pytest.mark.s3
 

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 
 from model_ops.definitions import build_definitions
 from model_ops.defs.automation import sensor_names
-from model_ops.defs.monitoring import DRIFT_SCHEMA, PERFORMANCE_SCHEMA
+from model_ops.defs.monitoring import DRIFT_SCHEMA, performance_schema
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ops import deployment as dep
 from model_ops.specs import load_specs
@@ -62,7 +62,7 @@ class World:
                "coverage": labelled / 20000, "status": status, "reason": "test", "scored_at": datetime.now(timezone.utc),
                "roc_auc": roc_auc, "log_loss": log_loss, "brier": None, "accuracy": None}
         self.resource.dataset(SPEC.name, "live_performance").replace_partition(
-            window, pa.Table.from_pylist([row], schema=PERFORMANCE_SCHEMA))
+            window, pa.Table.from_pylist([row], schema=performance_schema(SPEC)))
 
 
 @pytest.fixture

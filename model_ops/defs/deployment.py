@@ -10,7 +10,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from model_ops.defs.common import common, key
+from model_ops.defs.common import attribution, key
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ops import deployment as dep
 from model_ops.specs.schema import ModelSpec
@@ -47,7 +47,7 @@ def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                     "the shadow version. Each action (deploy, advance, promote, rollback, shadow_on, shadow_off) "
                     "is a materialization with run config and a `deployment` record in the registry's audit log. "
                     f"Canary steps: {', '.join(f'{s:.0%}' for s in spec.deployment.canary_steps)}.",
-        **common(spec),
+        **attribution(spec),
     )
     def _deployment(context: dg.AssetExecutionContext, config: DeployConfig,
                     model_ops: ModelOpsResource) -> dg.MaterializeResult:

@@ -1,68 +1,84 @@
-"""Monthly monitoring assets: drift of the served traffic and realized performance per arm.
+"""Monitoring assets, one per partition: drift of the served traffic and realized performance per arm.
 
-Both read the month's prediction log, so they judge exactly the traffic that was served, and both keep one
+Both read the partition's prediction log, so they judge exactly the traffic that was served, and both keep one
 Delta row per window (``drift``, ``live_performance``) that the sensors read; the canary measurements also go
 to the registry's audit log, where the deployment sensor counts them.
 """
 
-
 import json
 from datetime import datetime, timezone
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from model_ops.defs.common import common, json_safe, key, md_table
-from model_ops.defs.partitions import monthly
+from model_ops.data import features as feat
+from model_ops.data.delta import PARTITION
+from model_ops.data.snapshot import SPLIT, TRAIN
+from model_ops.data.sources import source_table
+from model_ops.defs.common import attribution, key, md_table, partition_key, typed_spec
+from model_ops.defs.partitions import partitions_def
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.ml import drift, monitoring as mon
-from model_ops.ops.routing import CANARY, PRODUCTION
-from model_ops.specs.schema import ModelSpec
+from model_ops.jsonable import json_safe
+from model_ops.ml import drift
+from model_ops.ml import monitoring as mon
+from model_ops.specs.schema import LIVE_METRICS, ModelSpec
+from model_ops.vocab import Arm, ArmStatus, CanaryPhase, DriftStatus, RecordKind
 
-MONITOR_CODE_VERSION = "monitor-1"
+MONITOR_CODE_VERSION = "monitor-2"
 DRIFT_SCHEMA = pa.schema([
-    ("partition", pa.string()), ("model_version", pa.int64()), ("status", pa.string()), ("dataset_drift", pa.bool_()),
+    (PARTITION, pa.string()), ("model_version", pa.int64()), ("status", pa.string()), ("dataset_drift", pa.bool_()),
     ("drift_share", pa.float64()), ("drifted", pa.string()), ("prediction_statistic", pa.float64()),
     ("prediction_drift", pa.bool_()), ("rows", pa.int64()), ("computed_at", pa.timestamp("us", tz="UTC")),
     ("report", pa.string())])
-PERFORMANCE_SCHEMA = pa.schema([
-    ("partition", pa.string()), ("arm", pa.string()), ("model_version", pa.int64()), ("served", pa.int64()),
-    ("labelled", pa.int64()), ("coverage", pa.float64()), ("status", pa.string()), ("reason", pa.string()),
-    ("scored_at", pa.timestamp("us", tz="UTC")), ("roc_auc", pa.float64()), ("log_loss", pa.float64()),
-    ("brier", pa.float64()), ("accuracy", pa.float64())])
 
 
-def _month_log(model_ops: ModelOpsResource, spec: ModelSpec, month: str) -> pd.DataFrame:
+def performance_schema(spec: ModelSpec) -> pa.Schema:
+    return pa.schema([
+        (PARTITION, pa.string()), ("arm", pa.string()), ("model_version", pa.int64()), ("served", pa.int64()),
+        ("labelled", pa.int64()), ("coverage", pa.float64()), ("status", pa.string()), ("reason", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+        *[(m, pa.float64()) for m in sorted(LIVE_METRICS[spec.task])]])
+
+
+def _partition_log(model_ops: ModelOpsResource, spec: ModelSpec, partition: str) -> pd.DataFrame:
     log_ds = model_ops.dataset(spec.name, "predictions")
-    if not log_ds.exists() or month not in log_ds.partition_keys():
-        raise dg.Failure(f"{spec.name} has no predictions for {month}: materialize {spec.name}/predictions for "
-                         f"{month} first")
-    return log_ds.read([month])
+    if not log_ds.exists() or partition not in log_ds.partition_keys():
+        raise dg.Failure(f"{spec.name} has no predictions for {partition}: materialize {spec.name}/predictions for "
+                         f"{partition} first")
+    return log_ds.read([partition])
 
 
-def _reference_profile(context: dg.AssetExecutionContext, model_ops: ModelOpsResource, spec: ModelSpec,
-                       version: int) -> drift.Profile:
-    """The version's attached reference profile. A version registered without one (by hand, or before profiles
-    existed) gets it built once from its recorded training snapshot and attached, so later months reuse it."""
-    reg = model_ops.get_registry()
-    raw = reg.attachment(spec.name, version, mon.PROFILE_LABEL)
-    if raw is not None:
-        return drift.Profile.from_json(raw.decode())
-    mv = reg.get(spec.name, version)
+def _classes(reg: Any, spec: ModelSpec, versions: list[int]) -> dict[int, list[Any]]:
+    """Each version's classes, from its signature (classifiers only)."""
+    out = {}
+    for v in versions:
+        classes = ((reg.get(spec.name, v).signature or {}).get("outputs") or {}).get("classes")
+        if classes is not None:
+            out[v] = list(classes)
+    return out
+
+
+def _reference(context: dg.AssetExecutionContext, model_ops: ModelOpsResource, spec: ModelSpec,
+               version: int) -> drift.Profile:
+    """The version's reference profile; one built once from its recorded training snapshot when it has none."""
     snap = model_ops.dataset(spec.name, "training_set")
-    recorded = (mv.dataset or {}).get("version")
-    if recorded is None or (mv.dataset or {}).get("uri") != snap.uri:
-        raise dg.Failure(f"{mv.ref} has no drift reference profile and records no training snapshot of "
-                         f"{snap.uri} to build one from; attach one with Registry.attach(..., "
-                         f"'{mon.PROFILE_LABEL}', ...) or register the version through {spec.name}/candidate_model")
-    df = snap.read(version=int(recorded))
-    reference = mon.reference_profile(df[df["split"] == "train"], reg.load_model(mv.ref), spec)
-    reg.attach(spec.name, version, mon.PROFILE_LABEL, reference.to_json().encode(), run_id=context.run.run_id,
-               reason=f"drift reference built from the recorded training snapshot {snap.uri}@{recorded} "
-                      f"({reference.rows} rows): the version was registered without one")
-    context.log.warning(f"{mv.ref} had no drift reference profile; built it from {snap.uri}@{recorded} and attached it")
-    return reference
+
+    def training_rows(mv: Any) -> pd.DataFrame:
+        recorded = (mv.dataset or {}).get("version")
+        if recorded is None or (mv.dataset or {}).get("uri") != snap.uri:
+            raise dg.Failure(f"{mv.ref} has no drift reference profile and records no training snapshot of "
+                             f"{snap.uri} to build one from; attach one with Registry.attach(..., "
+                             f"'{mon.PROFILE_LABEL}', ...) or register the version through {spec.name}/candidate_model")
+        df = snap.read(version=int(recorded))
+        return df[df[SPLIT] == TRAIN]
+
+    profile, built = mon.reference_profile_for(model_ops.get_registry(), spec, version, training_rows,
+                                               run_id=context.run.run_id, source=f"its training snapshot {snap.uri}")
+    if built:
+        context.log.warning(f"{spec.name} v{version} had no drift reference profile; built it and attached it")
+    return profile
 
 
 def drift_report_asset(spec: ModelSpec) -> dg.AssetsDefinition:
@@ -70,148 +86,169 @@ def drift_report_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     columns = mon.drift_columns(spec)
 
     @dg.asset(
-        key=asset_key, partitions_def=monthly, deps=[key(spec, "predictions")],
+        key=asset_key, partitions_def=partitions_def(spec), deps=[key(spec, "predictions")],
         code_version=f"{MONITOR_CODE_VERSION}-{spec.fingerprint('features', 'monitoring')}", kinds={"deltalake"},
-        description="Feature and prediction drift of the month's traffic served by production, against the "
+        description="Feature and prediction drift of the partition's traffic served by production, against the "
                     "production version's reference profile (computed from its training rows when it was "
                     "registered). Normalised Wasserstein / Jensen-Shannon above 1,000 reference rows, KS / "
                     "chi-square below; dataset drift when at least half the monitored features drift; fewer than "
                     f"{spec.monitoring.drift_window_min_rows} rows is 'insufficient data', never drift. "
-                    f"Monitored: {', '.join(columns)} and the score"
+                    f"Monitored: {', '.join(columns)} and the model's output"
                     + (f" (excluded: {', '.join(spec.monitoring.drift_exclude)})" if spec.monitoring.drift_exclude
-                       else "") + ". One row per month in the `drift` Delta table, read by the drift sensor.",
+                       else "") + ". One row per partition in the `drift` Delta table, read by the drift sensor.",
         check_specs=[dg.AssetCheckSpec("no_dataset_drift", asset=asset_key, description=(
-            "Warns when the month's served traffic has drifted from the production version's training data "
+            "Warns when the partition's served traffic has drifted from the production version's training data "
             "(or is too small to judge). Retraining waits for persistence; see the drift sensor."))],
-        **common(spec),
+        **attribution(spec),
     )
     def _drift_report(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
-        month = context.partition_key
-        log = _month_log(model_ops, spec, month)
-        served = log[log["served"] & (log["arm"] == PRODUCTION)]
+        partition = partition_key(context)
+        log = _partition_log(model_ops, spec, partition)
+        typed = typed_spec(spec, model_ops.dataset(spec.name, "features"))
+        served = log[log["served"] & (log["arm"] == Arm.PRODUCTION)]
         if served.empty:
-            raise dg.Failure(f"no production traffic in the {month} prediction log of {spec.name}")
+            raise dg.Failure(f"no production traffic in the {partition} prediction log of {spec.name}")
         version = int(served["model_version"].mode().iloc[0])
         served = served[served["model_version"] == version]
-        reference = _reference_profile(context, model_ops, spec, version)
-        report, prediction = mon.compare_window(reference, mon.drift_table(served, served["score"].to_numpy(), spec),
-                                                spec)
-        row = {"partition": month, "model_version": version, "status": report.status,
+        reference = _reference(context, model_ops, typed, version)
+        classes = _classes(model_ops.get_registry(), typed, [version]).get(version)
+        window = mon.compare_window(reference, mon.log_drift_table(served, typed, classes), typed)
+        report, prediction = window.report, window.prediction
+        row = {PARTITION: partition, "model_version": version, "status": str(report.status),
                "dataset_drift": report.dataset_drift, "drift_share": report.drift_share,
-               "drifted": ",".join(report.drifted), "prediction_statistic": prediction.statistic,
-               "prediction_drift": prediction.drift, "rows": int(len(served)),
-               "computed_at": datetime.now(timezone.utc), "report": report_json(report, prediction)}
+               "drifted": ",".join(report.drifted),
+               "prediction_statistic": prediction.statistic if prediction else None,
+               "prediction_drift": window.prediction_drift, "rows": int(len(served)),
+               "computed_at": datetime.now(timezone.utc), "report": json.dumps(json_safe(window.to_dict()),
+                                                                               sort_keys=True)}
         table = model_ops.dataset(spec.name, "drift")
-        delta_version = table.replace_partition(month, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA))
+        table.replace_partition(partition, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA))
         feature_rows = [{"feature": f.feature, "method": f.method, "statistic": f.statistic, "threshold": f.threshold,
                          "psi": f.psi, "drift": f.drift, "status": f.status, "n_current": f.n_current}
-                        for f in [*report.features, prediction]]
-        verdict = {"drift": f"dataset drift: {len(report.drifted)} of {len(report.features)} features drifted "
-                            f"({', '.join(report.drifted)})",
-                   "no_drift": f"no dataset drift (share {report.drift_share})",
-                   "insufficient_data": f"insufficient data: {len(served)} rows < "
-                                        f"{spec.monitoring.drift_window_min_rows}, no verdict"}[report.status]
-        context.log.info(f"{spec.name} {month} against v{version}: {verdict}")
+                        for f in [*report.features, *window.predictions]]
+        verdict = {DriftStatus.DRIFT: f"dataset drift: {len(report.drifted)} of {len(report.features)} features "
+                                      f"drifted ({', '.join(report.drifted)})",
+                   DriftStatus.NO_DRIFT: f"no dataset drift (share {report.drift_share})",
+                   DriftStatus.INSUFFICIENT_DATA: f"insufficient data: {len(served)} rows < "
+                                                  f"{spec.monitoring.drift_window_min_rows}, no verdict"}[
+            DriftStatus(report.status)]
+        context.log.info(f"{spec.name} {partition} against v{version}: {verdict}")
         metadata: dict[str, object] = {
-            "status": report.status, "dataset_drift": report.dataset_drift,
-            "drift_share": report.drift_share if report.drift_share is not None else float("nan"),
+            "status": str(report.status), "dataset_drift": report.dataset_drift,
             "drifted_features": ", ".join(report.drifted) or "none", "production_version": version,
-            "rows": len(served), "prediction_drift": prediction.drift,
-            "prediction_statistic": prediction.statistic if prediction.statistic is not None else float("nan"),
-            "features": dg.MetadataValue.md(md_table(feature_rows)), "delta_version": delta_version,
-            "table_uri": table.uri,
+            "rows": len(served), "prediction_drift": window.prediction_drift,
+            "features": dg.MetadataValue.md(md_table(feature_rows)), "table_uri": table.uri,
         }
+        if report.drift_share is not None:
+            metadata["drift_share"] = float(report.drift_share)
+        if prediction is not None and prediction.statistic is not None:
+            metadata["prediction_statistic"] = float(prediction.statistic)
         for f in report.features:
             if f.statistic is not None:
                 metadata[f"drift_{f.feature}"] = float(f.statistic)
         return dg.MaterializeResult(metadata=metadata, check_results=[dg.AssetCheckResult(
-            asset_key=asset_key, check_name="no_dataset_drift", passed=report.status == "no_drift",
+            asset_key=asset_key, check_name="no_dataset_drift", passed=report.status == DriftStatus.NO_DRIFT,
             severity=dg.AssetCheckSeverity.WARN, description=verdict,
-            metadata={"drift_share": report.drift_share if report.drift_share is not None else float("nan"),
-                      "drifted": ", ".join(report.drifted) or "none"})])
+            metadata={"drifted": ", ".join(report.drifted) or "none"})])
 
     return _drift_report
 
 
-def report_json(report: drift.DriftReport, prediction: drift.FeatureDrift) -> str:
-    return json.dumps(json_safe({**report.to_dict(), "prediction": prediction.__dict__}), sort_keys=True)
+def labels_for(model_ops: ModelOpsResource, spec: ModelSpec, partition: str, keys: pd.Series) -> pd.Series:
+    """The known outcome of each key, indexed by key: from the declared labels table (late outcomes, labelled by
+    the target's rule) or else from the features' own label column."""
+    if spec.labels is not None:
+        table = source_table(spec, model_ops.location(), spec.labels.uri)
+        try:
+            rows = table.dataset().to_table(columns=[spec.labels.key_column, spec.labels.column]).to_pandas()
+        except Exception as exc:  # noqa: BLE001 - a labels table that is missing or unreadable: no labels yet
+            raise dg.Failure(f"the labels table {table.uri} of {spec.name} cannot be read: {exc}") from exc
+        rows = rows[rows[spec.labels.key_column].isin(set(keys))]
+        y = feat.label(rows[spec.labels.column], spec)
+        return pd.Series(y.to_numpy(), index=rows[spec.labels.key_column].to_numpy())
+    feats = model_ops.dataset(spec.name, "features").read([partition], columns=[spec.key_column, spec.label])
+    feats = feats.drop_duplicates(spec.key_column)
+    return pd.Series(feats[spec.label].to_numpy(), index=feats[spec.key_column].to_numpy())
 
 
 def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     asset_key = key(spec, "live_performance")
-    floor = ", ".join(f"{m} {'≥ ' + str(b.min) if b.min is not None else ''}{'≤ ' + str(b.max) if b.max is not None else ''}"
-                      for m, b in spec.monitoring.performance_floor.items()) or "none set"
+    floor = ", ".join(f"{m} {b.describe()}" for m, b in spec.monitoring.performance_floor.items()) or "none set"
+    where = f"the labels table {spec.labels.uri}" if spec.labels else f"the features' {spec.label} column"
+    schema = performance_schema(spec)
 
     @dg.asset(
-        key=asset_key, partitions_def=monthly, deps=[key(spec, "predictions"), key(spec, "features")],
-        code_version=f"{MONITOR_CODE_VERSION}-{spec.fingerprint('target', 'deployment', 'monitoring')}",
+        key=asset_key, partitions_def=partitions_def(spec), deps=[key(spec, "predictions"), key(spec, "features")],
+        code_version=f"{MONITOR_CODE_VERSION}-{spec.fingerprint('target', 'labels', 'deployment', 'monitoring')}",
         kinds={"deltalake"},
-        description="Realized quality of each served arm (production, canary) once the month's outcomes are known: "
-                    "labels (actual arrival delay) joined to the prediction log by flight id, with label coverage. "
-                    f"Fewer than {spec.monitoring.min_labels} labels is inconclusive, never 'fine'. When a canary "
-                    "served, the canary analysis of the month (Successful / Failed / Inconclusive against production's "
-                    "share of the same month's traffic) is recorded in the registry's audit log for the deployment sensor. "
+        description="Realized quality of each served arm (production, canary) once the partition's outcomes are "
+                    f"known: labels from {where} joined to the prediction log by {spec.key_column}, with label "
+                    f"coverage; {', '.join(sorted(LIVE_METRICS[spec.task]))}. Fewer than "
+                    f"{spec.monitoring.min_labels} labels is inconclusive, never 'fine'. When a canary served, the "
+                    "canary analysis of the partition (Successful / Failed / Inconclusive against production's share "
+                    "of the same traffic) is recorded in the registry's audit log for the deployment sensor. "
                     f"Production floor: {floor}.",
         check_specs=[
             dg.AssetCheckSpec("production_within_floor", asset=asset_key, description=(
-                "Warns when production's realized quality is below the spec's floor, or cannot be judged.")),
+                "Warns when production's realized quality is below the declared floor, or cannot be judged.")),
             dg.AssetCheckSpec("canary_analysis", asset=asset_key, description=(
-                "Warns when the month's canary measurement is Failed or Inconclusive."))],
-        **common(spec),
+                "Warns when the partition's canary measurement is Failed or Inconclusive."))],
+        **attribution(spec),
     )
     def _live_performance(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
-        month = context.partition_key
-        log = _month_log(model_ops, spec, month)
-        feats = model_ops.dataset(spec.name, "features").read([month], columns=["flight_id", spec.target.name])
-        labels = feats.drop_duplicates("flight_id").set_index("flight_id")[spec.target.name].astype("float64")
-        arms = mon.arm_performance(month, log, labels, spec)
+        partition = partition_key(context)
+        log = _partition_log(model_ops, spec, partition)
+        typed = typed_spec(spec, model_ops.dataset(spec.name, "features"))
+        labels = labels_for(model_ops, typed, partition, log[spec.key_column])
+        reg = model_ops.get_registry()
+        versions = sorted(int(v) for v in log["model_version"].unique())
+        arms = mon.arm_performance(partition, log, labels, typed, _classes(reg, typed, versions))
         scored_at = pd.Timestamp(log["scored_at"].max()).to_pydatetime()
         by_arm = {a.arm: a for a in arms}
-        prod, canary = by_arm.get(PRODUCTION), by_arm.get(CANARY)
-        analysis = mon.analyse_canary(month, prod, canary, spec)
-        reg = model_ops.get_registry()
+        prod, canary = by_arm.get(Arm.PRODUCTION), by_arm.get(Arm.CANARY)
+        analysis = mon.analyse_canary(partition, prod, canary, typed)
         if analysis is not None:
-            reg.record(spec.name, "canary_analysis", version=analysis.canary_version, run_id=context.run.run_id,
-                       reason=f"{month} {analysis.phase}: {analysis.message}",
+            reg.record(spec.name, RecordKind.CANARY_ANALYSIS, version=analysis.canary_version,
+                       run_id=context.run.run_id, reason=f"{partition} {analysis.phase}: {analysis.message}",
                        details=json_safe({**analysis.to_dict(), "scored_at": scored_at.isoformat(),
                                           "arms": [a.to_dict() for a in arms]}))
-            if analysis.phase == mon.INCONCLUSIVE:
-                reg.record(spec.name, "alert", version=analysis.canary_version, run_id=context.run.run_id,
-                           reason=f"canary v{analysis.canary_version} is held at its weight: {month} was "
-                                  f"inconclusive ({analysis.message}); it waits for a conclusive month, or for a "
-                                  "person to advance or roll it back",
-                           details={"window": month, "phase": analysis.phase})
-                context.log.warning(f"{spec.name}: canary v{analysis.canary_version} held, {month} inconclusive")
-        rows = [{"partition": month, "arm": a.arm, "model_version": a.model_version, "served": a.served,
-                 "labelled": a.labelled, "coverage": a.coverage, "status": a.status, "reason": a.reason,
-                 "scored_at": scored_at, **{m: a.metrics.get(m) for m in ("roc_auc", "log_loss", "brier", "accuracy")}}
-                for a in arms]
+            if analysis.phase == CanaryPhase.INCONCLUSIVE:
+                reg.record(spec.name, RecordKind.ALERT, version=analysis.canary_version, run_id=context.run.run_id,
+                           reason=f"canary v{analysis.canary_version} is held at its weight: {partition} was "
+                                  f"inconclusive ({analysis.message}); it waits for a conclusive partition, or for "
+                                  "a person to advance or roll it back",
+                           details={"window": partition, "phase": str(analysis.phase)})
+                context.log.warning(f"{spec.name}: canary v{analysis.canary_version} held, {partition} inconclusive")
+        rows = [{PARTITION: partition, "arm": a.arm, "model_version": a.model_version, "served": a.served,
+                 "labelled": a.labelled, "coverage": a.coverage, "status": str(a.status), "reason": a.reason,
+                 "scored_at": scored_at, **{m: a.metrics.get(m) for m in LIVE_METRICS[spec.task]}} for a in arms]
         table = model_ops.dataset(spec.name, "live_performance")
-        delta_version = table.replace_partition(month, pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
+        table.replace_partition(partition, pa.Table.from_pylist(rows, schema=schema))
+        shown = sorted(LIVE_METRICS[spec.task])
         metadata: dict[str, object] = {"arms": dg.MetadataValue.md(md_table([
             {"arm": a.arm, "version": a.model_version, "served": a.served, "labelled": a.labelled,
-             "coverage": a.coverage, **{m: a.metrics.get(m, float("nan")) for m in ("roc_auc", "log_loss")},
-             "status": a.status} for a in arms])), "delta_version": delta_version, "table_uri": table.uri}
+             "coverage": a.coverage, **{m: a.metrics.get(m, float("nan")) for m in shown},
+             "status": str(a.status)} for a in arms])), "table_uri": table.uri}
         for a in arms:
             metadata[f"{a.arm}_version"] = a.model_version
             metadata[f"{a.arm}_label_coverage"] = a.coverage
-            metadata[f"{a.arm}_status"] = a.status
+            metadata[f"{a.arm}_status"] = str(a.status)
             for m, v in a.metrics.items():
                 metadata[f"{a.arm}_{m}"] = float(v)
         if analysis is not None:
-            metadata["canary_analysis"] = analysis.phase
+            metadata["canary_analysis"] = str(analysis.phase)
             metadata["canary_analysis_message"] = analysis.message
-        prod_ok = prod is not None and prod.status == mon.OK
+        prod_ok = prod is not None and prod.status == ArmStatus.OK
         prod_text = "no production traffic" if prod is None else (
             f"production v{prod.model_version}: {prod.status} ({prod.reason})")
-        canary_text = "no canary served this month" if analysis is None else \
+        canary_text = "no canary served in this partition" if analysis is None else \
             f"canary v{analysis.canary_version} {analysis.phase}: {analysis.message}"
-        context.log.info(f"{spec.name} {month}: {prod_text}; {canary_text}")
+        context.log.info(f"{spec.name} {partition}: {prod_text}; {canary_text}")
         return dg.MaterializeResult(metadata=metadata, check_results=[
             dg.AssetCheckResult(asset_key=asset_key, check_name="production_within_floor", passed=prod_ok,
                                 severity=dg.AssetCheckSeverity.WARN, description=prod_text),
             dg.AssetCheckResult(asset_key=asset_key, check_name="canary_analysis",
-                                passed=analysis is None or analysis.phase == mon.SUCCESSFUL,
+                                passed=analysis is None or analysis.phase == CanaryPhase.SUCCESSFUL,
                                 severity=dg.AssetCheckSeverity.WARN, description=canary_text)])
 
     return _live_performance

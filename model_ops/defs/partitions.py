@@ -1,7 +1,20 @@
-"""Monthly partitions: one per month of the built-in data, keyed by the first day (2013-01-01 … 2013-12-01)."""
+"""A model's Dagster partitions, from its declaration: daily / weekly / monthly windows from ``start`` (open-ended
+unless ``end``), or none. Keys match :class:`model_ops.data.partitions.Partitioning` exactly (a test holds them
+together), so the library and the UI always mean the same rows by a partition."""
 
 import dagster as dg
 
-from model_ops.data.sources import FIRST_MONTH
+from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import Cadence
 
-monthly = dg.MonthlyPartitionsDefinition(start_date=FIRST_MONTH, end_date="2014-01-01")
+
+def partitions_def(spec: ModelSpec) -> dg.TimeWindowPartitionsDefinition | None:
+    p = spec.partitioning
+    if p is None:
+        return None
+    start, end = p.start, p.end
+    if p.cadence is Cadence.MONTHLY:
+        return dg.MonthlyPartitionsDefinition(start_date=start, end_date=end)
+    if p.cadence is Cadence.WEEKLY:
+        return dg.WeeklyPartitionsDefinition(start_date=start, end_date=end)
+    return dg.DailyPartitionsDefinition(start_date=start, end_date=end)

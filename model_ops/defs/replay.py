@@ -56,7 +56,7 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
              faulty: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Replay January..``until`` and return the timeline and a summary (see the module docstring)."""
     emit = progress or (lambda line: print(line, flush=True))
-    from model_ops.data.sources import MONTHS
+    from model_ops.data.nycflights13 import MONTHS
 
     last = f"{until[:7]}-01"
     if last not in MONTHS or MONTHS.index(last) < FIRST_TRAINING_MONTHS:
@@ -197,7 +197,7 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     settle()
     faulty_done = not faulty
     for month in MONTHS[FIRST_TRAINING_MONTHS:MONTHS.index(last) + 1]:
-        execute(jobs["monthly"], partition=month)
+        execute(jobs["partition"], partition=month)
         monitored(month)
         record_new_events()
         settle()
@@ -222,6 +222,20 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
          + ", ".join(f"{n} {k}" for k, n in counts.items()))
     emit("next: `dagster dev -w workspace.yaml` (runs, checks, plotted metrics) and `model-ops audit flight_delay`")
     return {"timeline": timeline.entries, "summary": summary}
+
+
+def story_problems(summary: dict[str, Any], *, faulty: bool, full_year: bool) -> list[str]:
+    """What the replay promised and did not happen. The year has real seasonal drift, so a full replay must end
+    with a version serving, a retrain, a canary promoted, and (when the faulty candidate was released) that
+    candidate rolled back; a shorter replay must at least leave something serving."""
+    counts = summary["counts"]
+    problems = [] if summary["production"] else ["nothing serves flight_delay in production at the end"]
+    if full_year:
+        wanted = {"retrain": "no retrain was triggered by drift", "promoted": "no canary was promoted"}
+        if faulty:
+            wanted["rollback"] = "the faulty candidate was never rolled back"
+        problems += [why for kind, why in wanted.items() if not counts.get(kind)]
+    return problems + [f"fsck: {p}" for p in summary["fsck_problems"]]
 
 
 def release_faulty_candidate(reg: Any, resource: Any, spec: Any) -> int:

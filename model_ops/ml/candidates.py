@@ -1,24 +1,28 @@
-"""A candidate model from a training snapshot: fit, register with full lineage, attach its drift reference.
+"""A candidate model's life before deployment: fit it from a training snapshot, register it with full lineage and
+its drift reference, then evaluate it against the champion on the same holdout and stage it when every gate passes.
 
-Shared by the ``candidate_model`` asset and ``model-ops reproduce``, so the model a reproduction rebuilds is made by
-exactly the code that made the registered one.
+Shared by the Dagster assets, ``model-ops reproduce`` and the command line, so the model a reproduction rebuilds
+is made by exactly the code that made the registered one, and promotion after evaluation has one implementation.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from model_ops.artifacts import sklearn_io
-from model_ops.data.delta import Dataset
-from model_ops.ml import monitoring, training
+from model_ops.data.delta import PARTITION, Dataset
+from model_ops.data.snapshot import HOLDOUT, SPLIT, TRAIN
+from model_ops.errors import NotFoundError, UsageError
+from model_ops.jsonable import json_safe
+from model_ops.ml import evaluation as ev
+from model_ops.ml import model_card, monitoring, training
 from model_ops.registry import Registry
 from model_ops.registry.registry import ModelVersion
 from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import RecordKind
 
 # A lineage key for candidates whose labels were permuted on purpose (the demo's faulty candidate): the seed of the
 # permutation, so a reproduction permutes them identically.
@@ -26,7 +30,8 @@ LABEL_PERMUTATION = "label_permutation_seed"
 
 
 def code_version(spec: ModelSpec) -> str:
-    return f"train-{training.RECIPE_VERSION}-{spec.fingerprint('features', 'target', 'estimator', 'seed')}"
+    return (f"train-{training.RECIPE_VERSION}-"
+            f"{spec.fingerprint('task', 'features', 'target', 'estimator', 'trainer', 'seed')}")
 
 
 @dataclass
@@ -40,18 +45,18 @@ class Candidate:
 
 def training_rows(snapshot: pd.DataFrame, spec: ModelSpec, permutation_seed: int | None = None) -> pd.DataFrame:
     """The rows a candidate is fitted on (the snapshot's train split), labels permuted when asked to."""
-    train = snapshot[snapshot["split"] == "train"]
+    train = snapshot[snapshot[SPLIT] == TRAIN]
     if permutation_seed is None:
         return train
     rows = training.labelled(train, spec).copy()
     rng = np.random.default_rng(permutation_seed)
-    rows[spec.target.name] = rng.permutation(rows[spec.target.name].to_numpy())
+    rows[spec.label] = rng.permutation(rows[spec.label].to_numpy())
     return rows
 
 
-def artifact_sha256(model: Any) -> str:
-    """SHA-256 of the model's canonical skops bytes (the one file of its registered artifact)."""
-    return hashlib.sha256(sklearn_io.dumps(model)).hexdigest()
+def holdout_of(snapshot: pd.DataFrame) -> str | None:
+    hold = snapshot.loc[snapshot[SPLIT] == HOLDOUT, PARTITION]
+    return str(hold.iloc[0]) if len(hold) else None
 
 
 def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id: str | None = None,
@@ -62,25 +67,99 @@ def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id:
     train = training_rows(df, spec, permutation_seed)
     trained = training.fit(train, spec)
     commit = snap.commit_metadata(version)
-    holdout = str(df.loc[df["split"] == "holdout", "partition"].iloc[0]) if (df["split"] == "holdout").any() else None
-    window = sorted(train["partition"].unique())
+    holdout = holdout_of(df)
+    window = sorted(train[PARTITION].astype(str).unique())
     schema = snap.schema_hash(version)
-    recorded = {"code_version": code_version(spec), "seed": spec.seed, "estimator": spec.estimator.class_,
-                "dagster_run_id": run_id, "schema_hash": schema, "rows": trained.rows,
-                "positives": trained.positives, "window": window, "holdout": holdout,
-                "source": commit.get("model_ops.source"), "snapshot_fingerprint": commit.get("model_ops.fingerprint"),
+    recorded = {"code_version": code_version(spec), "seed": spec.seed, "task": str(spec.task),
+                "estimator": spec.estimator.class_ if spec.estimator else None, "trainer": trained.trainer,
+                "dagster_run_id": run_id, "schema_hash": schema, "rows": trained.rows, **trained.summary,
+                "window": window, "holdout": holdout, "source": commit.get("model_ops.source"),
+                "snapshot_fingerprint": commit.get("model_ops.fingerprint"),
                 "spec": spec.model_dump(mode="json", by_alias=True), **(lineage or {})}
     if permutation_seed is not None:
         recorded[LABEL_PERMUTATION] = permutation_seed
+    kind = spec.estimator.class_.rsplit(".", 1)[-1] if spec.estimator else spec.trainer or "trainer"
+    metrics: dict[str, float] = {"train_rows": trained.rows}
+    if "positive_rate" in trained.summary:
+        metrics["train_positive_rate"] = trained.summary["positive_rate"]
+    if "target_mean" in trained.summary:
+        metrics["train_target_mean"] = trained.summary["target_mean"]
     mv = reg.register_model(
-        spec.name, trained.pipeline, params=trained.params,
-        metrics={"train_rows": trained.rows, "train_positive_rate": trained.positives / trained.rows},
+        spec.name, trained.model, params=trained.params, metrics=metrics,
         dataset={"uri": snap.uri, "version": version, "schema_hash": schema, "rows": trained.rows},
-        signature=trained.signature,
-        tags={"estimator": spec.estimator.class_.rsplit(".", 1)[-1], "owner": spec.owner, **(tags or {})},
+        signature=trained.signature, tags={"estimator": kind, "owner": spec.owner, "task": str(spec.task),
+                                           **(tags or {})},
         lineage=recorded, description=description or spec.description.strip(), run_id=run_id)
-    reference = monitoring.reference_profile(train, trained.pipeline, spec)
+    reference = monitoring.reference_profile(train, trained.model, spec)
     reg.attach(spec.name, mv.version, monitoring.PROFILE_LABEL, reference.to_json().encode(), run_id=run_id,
                reason=f"drift reference: {reference.rows} training rows of {', '.join(window)}, "
-                      f"{len(reference.columns) - 1} monitored features and the score")
+                      f"{len(reference.columns) - 1} monitored columns and the model's output")
     return Candidate(mv, trained, window, holdout, version)
+
+
+@dataclass
+class Evaluated:
+    """What evaluating a candidate found and did (the Dagster asset turns it into metadata and checks)."""
+
+    candidate: ModelVersion
+    evaluation: ev.Evaluation
+    champion: ModelVersion | None
+    champion_evaluation: ev.Evaluation | None
+    gates: list[ev.GateResult]
+    holdout: str | None
+    staged: ModelVersion | None
+    card: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def stage(self) -> str:
+        return (self.staged or self.candidate).stage
+
+
+def champion_of(reg: Registry, name: str) -> ModelVersion | None:
+    try:
+        return reg.resolve(f"models:/{name}@{reg.policy.production.alias or 'champion'}")
+    except NotFoundError:
+        return None
+
+
+def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: int, *, run_id: str | None = None,
+                       candidate_stage: str = "staging") -> Evaluated:
+    """The candidate and the current champion on the candidate's holdout; every gate; the candidate moved from
+    the policy's initial stage to ``candidate_stage`` when all pass; an ``evaluation`` record with the model card."""
+    candidate_mv = reg.get(spec.name, number)
+    dataset = candidate_mv.dataset or {}
+    if "version" not in dataset:
+        raise UsageError(f"{candidate_mv.ref} records no training snapshot version; it cannot be evaluated here",
+                         hint="evaluate versions registered by the candidate_model asset")
+    df = snap.read(version=int(dataset["version"]))
+    holdout = df[df[SPLIT] == HOLDOUT]
+    candidate = ev.evaluate(reg.load_model(candidate_mv.ref), holdout, spec)
+    champion_mv = champion_of(reg, spec.name)
+    champion = None
+    if champion_mv is not None:
+        champion = candidate if champion_mv.version == number else \
+            ev.evaluate(reg.load_model(champion_mv.ref), holdout, spec, measure_latency=False)
+    label = f"champion v{champion_mv.version}" if champion_mv else None
+    gates = [ev.meets_thresholds(candidate, spec), ev.no_regression(candidate, champion, spec, label),
+             ev.latency_within_sla(candidate, spec)]
+    gate_dicts = [{"name": g.name, "passed": g.passed, "message": g.message} for g in gates]
+    passed = all(g.passed for g in gates)
+    holdout_key = holdout_of(df)
+    summary = {"candidate": number, "champion": champion_mv.version if champion_mv else None,
+               "holdout": holdout_key, "metrics": candidate.flat(),
+               "champion_metrics": champion.flat() if champion else None, "gates": gate_dicts}
+    staged = None
+    if passed and candidate_mv.stage == reg.policy.initial_stage:
+        staged = reg.transition(candidate_mv.ref, candidate_stage, run_id=run_id, reason=(
+            "passed every evaluation gate: " + "; ".join(g.message for g in gates)))
+    card = model_card.render(spec, staged or candidate_mv, candidate.flat(), gate_dicts, candidate.slices)
+    reg.record(spec.name, RecordKind.EVALUATION, version=number, run_id=run_id,
+               reason="passed every gate" if passed else "failed: " + "; ".join(
+                   g.message for g in gates if not g.passed),
+               details=json_safe({**summary, "model_card": card}))
+    return Evaluated(candidate_mv, candidate, champion_mv, champion, gates, holdout_key, staged, card, summary)

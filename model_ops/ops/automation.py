@@ -13,13 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from model_ops.data.delta import Dataset
+from model_ops.data.partitions import Partitioning
 from model_ops.errors import NotFoundError
-from model_ops.ops import deployment as dep
 from model_ops.ml.monitoring import Decision, canary_decision, guard_decision, retrain_decision
+from model_ops.ops import deployment as dep
 from model_ops.ops.routing import PRODUCTION
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
-from model_ops.specs.schema import ModelSpec
+from model_ops.specs.schema import LIVE_METRICS, ModelSpec
 
 
 def _events(reg: Registry, name: str) -> list[ev.Event]:
@@ -75,7 +76,8 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
             if start is not None and scored <= start:
                 continue
             measurements.append({**e.data, "at_current_weight": last_change is None or scored > last_change})
-        decision = canary_decision(manifest.canary, manifest.canary_weight, measurements, spec)
+        decision = canary_decision(manifest.canary, manifest.canary_weight, measurements, spec,
+                                   Partitioning.of(spec).keys())
     else:
         fresh = fresh_staging(reg, name, manifest, events)
         if not fresh:
@@ -133,11 +135,10 @@ def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]
         return int(r["model_version"]) == production and (since is None or _ts(r[stamp]) > since)
 
     mine = [r for r in drift_rows if served_by_production(r, "computed_at")]
-    perf = {r["window"]: {"status": r["status"], "metrics": {m: r.get(m) for m in ("roc_auc", "log_loss", "brier",
-                                                                                    "accuracy")}}
+    perf = {r["window"]: {"status": r["status"], "metrics": {m: r.get(m) for m in LIVE_METRICS[spec.task]}}
             for r in performance_rows if r.get("arm") == PRODUCTION and served_by_production(r, "scored_at")}
-    baseline = evaluation_metric(events, production, spec.monitoring.performance_metric)
-    decision = retrain_decision(mine, perf, baseline, spec)
+    baseline = evaluation_metric(events, production, spec.monitoring_metric)
+    decision = retrain_decision(mine, perf, baseline, spec, partition_keys=Partitioning.of(spec).keys())
     decision.version = production
     return decision
 

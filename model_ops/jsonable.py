@@ -1,0 +1,21 @@
+"""Values made storable as strict JSON (audit records, UI metadata): NaN and infinities become null, anything
+unknown its string form. Metrics are NaN where they are undefined (a class absent from a window), and a record
+must still be written."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def json_safe(value: Any) -> Any:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.loads(json.dumps(clean(value), default=str))
