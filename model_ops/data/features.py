@@ -52,6 +52,8 @@ def label(values: pd.Series, spec: ModelSpec) -> pd.Series:
     if spec.task is Task.REGRESSION:
         return pd.to_numeric(values, errors="coerce").astype("float64")
     if spec.task is Task.MULTICLASS:
+        if pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values):
+            return values.astype("Int64")  # integer class codes stay integers (XGBoost needs 0..K-1)
         return values.astype("string").astype(object).where(values.notna(), None)
     if pd.api.types.is_bool_dtype(values):
         return values.astype("Int8")

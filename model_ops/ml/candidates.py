@@ -15,10 +15,10 @@ import pandas as pd
 
 from model_ops.data.delta import PARTITION, Dataset
 from model_ops.data.snapshot import HOLDOUT, SPLIT, TRAIN
-from model_ops.errors import NotFoundError, UsageError
+from model_ops.errors import NotFoundError, PolicyError, UsageError
 from model_ops.jsonable import json_safe
 from model_ops.ml import evaluation as ev
-from model_ops.ml import model_card, monitoring, training
+from model_ops.ml import flavors, model_card, monitoring, training
 from model_ops.registry import Registry
 from model_ops.registry.registry import ModelVersion
 from model_ops.specs.schema import ModelSpec
@@ -66,6 +66,12 @@ def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id:
     df = snap.read(version=version)
     train = training_rows(df, spec, permutation_seed)
     trained = training.fit(train, spec)
+    refused = flavors.untrusted_types(trained.model)
+    if refused:
+        raise PolicyError(f"{spec.name}: the fitted model holds types that loading would refuse: "
+                          f"{', '.join(refused)}; nothing was registered",
+                          hint="use scikit-learn's own transformers, or trust these types by name with "
+                               f"MODEL_OPS_TRUSTED_TYPES={','.join(refused)} if you trust their code")
     commit = snap.commit_metadata(version)
     holdout = holdout_of(df)
     window = sorted(train[PARTITION].astype(str).unique())

@@ -129,7 +129,7 @@ def target(rows: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     y = rows[spec.label]
     if spec.task is Task.REGRESSION:
         return y.astype("float64").to_numpy()
-    if spec.target.derived or pd.api.types.is_integer_dtype(y) or isinstance(y.dtype, pd.Int8Dtype):
+    if spec.target.derived or pd.api.types.is_integer_dtype(y):
         return y.astype("int64").to_numpy()
     return y.to_numpy()
 
@@ -178,7 +178,15 @@ def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
                              hint="return a fitted scikit-learn, XGBoost or LightGBM model")
     else:
         model = pipeline(spec)
-        model.fit(X, y)
+        try:
+            model.fit(X, y)
+        except ValueError as exc:
+            if "Invalid classes inferred" not in str(exc):
+                raise
+            raise UsageError(f"cannot train {spec.name}: {spec.estimator.class_ if spec.estimator else 'the model'} "
+                             f"needs its classes coded 0..K-1, and {spec.label} holds {sorted(map(str, set(y)))}",
+                             hint="code the target as integers in the source, or use a scikit-learn "
+                                  "classifier, which takes any labels") from exc
     final = model.steps[-1][1] if isinstance(model, Pipeline) else model
     params = {k: _plain(v) for k, v in final.get_params().items()} if hasattr(final, "get_params") else {}
     classes = [_plain(c) for c in model.classes_] if spec.task.is_classification and hasattr(model, "classes_") \
@@ -194,8 +202,11 @@ def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
 
 
 def _plain(value: Any) -> Any:
+    """A parameter as JSON can hold it (NaN, e.g. XGBoost's ``missing``, as the string ``"nan"``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return repr(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     return repr(value)

@@ -13,6 +13,7 @@ from model_ops.data.delta import frame_fingerprint
 from model_ops.data.sources import SourceTable
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.errors import NotFoundError
+from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import SourceKind
 
 TABLES = {"seattle_weather": "seattle_weather", "nyc_flight_durations": "flight_duration"}
@@ -50,3 +51,13 @@ def example_table(table: str, example: str) -> dg.AssetsDefinition:
 
 
 defs = dg.Definitions(assets=[example_table(t, e) for t, e in TABLES.items()])
+
+
+def feeding(spec: ModelSpec) -> dg.AssetKey | None:
+    """The example table asset a model reads (as its upstream asset, or as the Delta table it writes)."""
+    if spec.source.kind is SourceKind.ASSET:
+        return dg.AssetKey(str(spec.source.asset).split("/"))
+    for table in TABLES:
+        if spec.source.uri == f"sources/{table}":
+            return dg.AssetKey(["examples", table])
+    return None
