@@ -197,8 +197,7 @@ def cmd_demo(reg: Registry | None, args: argparse.Namespace) -> int:
     if args.json:
         main_json(result)
     summary = result["summary"]
-    problems = story_problems(summary, faulty=not args.no_faulty, full_year=summary["complete"],
-                              expect_retrain=args.model == "flight_delay")
+    problems = story_problems(summary, faulty=not args.no_faulty, full_year=summary["complete"])
     for p in problems:
         print(f"demo: {p}", file=sys.stderr)
     return 1 if problems else 0
@@ -330,6 +329,26 @@ def cmd_gc(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(reg: Registry, args: argparse.Namespace) -> int:
+    """Per-stage retention: the plan (what would be archived and why, what stays and why), applied with --apply."""
+    from model_ops.ops import retention
+    from model_ops.registry.registry import parse_timestamp
+    from model_ops.specs import load_specs
+
+    specs = {s.name: s for s in load_specs()}  # a model's own staging override applies
+    names = args.names or reg.models()
+    for name in args.names:
+        reg.versions(name)  # an unknown model: NotFoundError, exit 1
+    now = parse_timestamp(args.now) if args.now else None
+    plans = [retention.plan(reg, specs.get(n, n), now=now) for n in names]
+    done = {p.model: retention.apply(reg, p) for p in plans} if args.apply else {}
+    human = "\n\n".join(retention.render(p, done.get(p.model) if args.apply else None) for p in plans)
+    if not args.apply and any(p.archive for p in plans):
+        human += "\nrun again with --apply to archive them"
+    _emit(args, [{**p.to_dict(), "applied": done.get(p.model)} for p in plans], human or "no models registered")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -437,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dagster-home", help="Dagster instance directory (default $DAGSTER_HOME, else ./.dagster_home)")
     sp.add_argument("--no-faulty", action="store_true", help="do not release the deliberately faulty candidate")
     add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
+    sp = add("retention", cmd_retention, "archive versions past their stage's retention period, never what serves, "
+             "is aliased or is needed by a served version's lineage (dry run unless --apply)")
+    sp.add_argument("names", nargs="*", metavar="NAME", help="models (default: all)")
+    sp.add_argument("--apply", action="store_true")
+    sp.add_argument("--now", help="judge ages as of this time (ISO 8601; default now)")
     sp = add("gc", cmd_gc, "remove blobs nothing references (dry run unless --apply)")
     sp.add_argument("--apply", action="store_true")
     sp.add_argument("--grace-hours", type=float, default=24.0,

@@ -4,6 +4,7 @@ checked by `dg check yaml` / `dg check defs`, and built into the model's whole a
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,11 @@ def test_dg_discovers_and_checks_the_project(tmp_path: Path) -> None:
     assert "flight_delay/candidate_model" in dg("list", "defs")
     assert "validated successfully" in dg("check", "yaml")
     assert "All definitions loaded successfully" in dg("check", "defs")
+    name = f"scaffold_probe_{os.getpid()}"
+    folder = ROOT / "model_ops" / "defs" / "models" / name
+    try:
+        dg("scaffold", "defs", "model_ops.ModelComponent", name)
+        assert validate_spec(spec_attributes(folder / "defs.yaml"), name).name == name
+        assert "validated successfully" in dg("check", "yaml")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

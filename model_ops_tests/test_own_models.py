@@ -249,3 +249,24 @@ def test_promotion_that_breaks_the_production_signature_needs_breaking(tmp_path:
                 reg.transition(newest.ref, "production", reason="test")
             assert reg.transition(newest.ref, "production", reason="the column is gone upstream",
                                   breaking=True).stage == "production"
+
+
+def test_a_static_table_without_partitions_holds_out_its_newest_rows(tmp_path: Path) -> None:
+    uri = str(tmp_path / "tables" / "cancer")
+    write_table(bundled("cancer"), uri, "delta")
+    spec = declare(tmp_path, declaration(
+        "cancer_static", uri, "binary_classification", ["mean_radius", "worst_area", "mean_texture"],
+        {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}, partitions="none",
+        training={"holdout_fraction": 0.25, "min_rows_per_partition": 100}))
+    with dg.instance_for_test() as instance:
+        g = Graph(instance, str(tmp_path / "root"), specs=[spec])
+        for names in (("features",), TRAIN_TO_DEPLOY, MONITOR):
+            result = g.run("cancer_static", names)
+            assert result.success, checks(result)
+        snap = g.resource.dataset("cancer_static", "training_set").read()
+        hold = snap[snap["split"] == "holdout"]
+        assert len(hold) == int(np.ceil(len(snap) * 0.25))
+        assert hold["seen_at"].min() >= snap.loc[snap["split"] == "train", "seen_at"].max()
+        log = g.resource.dataset("cancer_static", "predictions").read()
+        assert set(log["partition"]) == {"all"} and len(log) == len(bundled("cancer"))
+        assert g.registry().resolve("models:/cancer_static@champion").stage == "production"

@@ -18,6 +18,7 @@ from model_ops.ops import retention
 from model_ops.registry import Registry
 from model_ops.registry.policy import Gate, default_policy_text
 from model_ops.specs.schema import ModelSpec
+from model_ops_tests.helpers import tiny_model
 
 SPEC = ModelSpec.model_validate({
     "name": "churn", "description": "retention tests", "owner": "team:ops", "task": "binary_classification",
@@ -278,3 +279,20 @@ def test_policy_gates_check_metrics_with_the_shared_bound() -> None:
     assert results["metric:log_loss"]["passed"] is True
     assert gate.metric_results({"log_loss": float("nan")})[1] == ["roc_auc is not available, needs >= 0.7",
                                                                   "log_loss is not available, needs <= 0.5"]
+
+
+def test_the_retention_command_is_a_dry_run_unless_applied(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model_ops.cli import main
+
+    reg = Registry.open(root, actor="tester")
+    for seed in range(2):
+        reg.register_model("m", tiny_model(seed))
+    later = "2030-01-01T00:00:00Z"
+    assert main(["--root", str(root), "retention", "--now", later]) == 0
+    assert "2 to archive" in capsys.readouterr().out
+    assert [v.stage for v in Registry.open(root).versions("m")] == ["development", "development"]
+    assert main(["--root", str(root), "retention", "--now", later, "--apply", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["applied"] == [1, 2]
+    assert [v.stage for v in Registry.open(root).versions("m")] == ["archived", "archived"]
+    assert main(["--root", str(root), "retention", "nosuch"]) == 1
+    assert main(["--root", str(root), "retention", "--now", "soon"]) == 2
