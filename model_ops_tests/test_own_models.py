@@ -270,3 +270,22 @@ def test_a_static_table_without_partitions_holds_out_its_newest_rows(tmp_path: P
         log = g.resource.dataset("cancer_static", "predictions").read()
         assert set(log["partition"]) == {"all"} and len(log) == len(bundled("cancer"))
         assert g.registry().resolve("models:/cancer_static@champion").stage == "production"
+
+
+def test_outcomes_from_a_labels_table_train_the_model_and_judge_live_traffic(tmp_path: Path) -> None:
+    frame = bundled("cancer")
+    source, outcomes = str(tmp_path / "tables" / "cancer"), str(tmp_path / "tables" / "outcomes")
+    write_table(frame.drop(columns=["target"]), source, "delta")
+    late = frame[["record_id", "target"]].rename(columns={"record_id": "patient", "target": "malignant"})
+    write_table(late.iloc[: int(len(late) * 0.9)], outcomes, "delta")  # a tenth has no outcome yet
+    spec = declare(tmp_path, declaration(
+        "cancer_late", source, "binary_classification", ["mean_radius", "worst_area"],
+        {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
+        labels={"uri": outcomes, "key_column": "patient", "column": "malignant"},
+        target={"column": "malignant"}))
+    with lifecycle(tmp_path, spec) as (g, _):
+        mv = g.registry().resolve("models:/cancer_late@champion")
+        assert 0.8 * len(frame) * 0.75 < mv.lineage["rows"] < 0.9 * len(frame)  # three weeks, known outcomes only
+        perf = g.resource.dataset("cancer_late", "live_performance").read()
+        row = perf.iloc[0]
+        assert row["labelled"] < row["served"] and 0.5 < row["coverage"] < 1.0 and row["roc_auc"] > 0.9  # newest last

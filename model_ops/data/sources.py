@@ -153,3 +153,28 @@ def resolve_uri(uri: str, root: str | Location | None = None) -> Location:
         return resolve_root(uri.removeprefix("file://"))
     base = root if isinstance(root, Location) else resolve_root(root)
     return base.child(*[p for p in uri.split("/") if p and p != "."])
+
+
+def read_labels(spec: ModelSpec, keys: pd.Series, root: str | Location | None = None) -> pd.Series:
+    """The known outcome of each of ``keys`` from the declared labels table (outcomes that arrive after scoring),
+    labelled by the target's rule and indexed by key; keys without an outcome yet are absent."""
+    from model_ops.data.features import label
+
+    assert spec.labels is not None
+    table = SourceTable(resolve_uri(spec.labels.uri, root), SourceKind.DELTA if not spec.labels.uri.endswith(
+        ".parquet") else SourceKind.PARQUET)
+    key, column = spec.labels.key_column, spec.labels.column
+    try:
+        import pyarrow.dataset as pads
+
+        ds = table.dataset()
+        missing = [c for c in (key, column) if c not in ds.schema.names]
+        if missing:
+            raise UsageError(f"the labels table {table.uri} of {spec.name} has no column(s) {', '.join(missing)}",
+                             hint="fix labels.key_column / labels.column in the declaration")
+        wanted = pa.array(keys.dropna().unique().tolist())
+        rows = ds.to_table(columns=[key, column], filter=pads.field(key).isin(wanted)).to_pandas()
+    except NotFoundError:
+        return pd.Series(dtype=object)
+    rows = rows.drop_duplicates(key, keep="last")
+    return pd.Series(label(rows[column], spec).to_numpy(), index=rows[key].to_numpy())

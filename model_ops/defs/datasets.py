@@ -12,7 +12,7 @@ from model_ops.data import contracts, nycflights13, snapshot
 from model_ops.data import features as feat
 from model_ops.data.delta import frame_fingerprint
 from model_ops.data.partitions import Partitioning
-from model_ops.data.sources import schema_kinds, source_table
+from model_ops.data.sources import read_labels, schema_kinds, source_table
 from model_ops.defs.common import (
     EVIDENCE_TAG,
     REASON_TAG,
@@ -185,6 +185,9 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             rows, kinds, origin = source_rows(context, model_ops, spec, partition)
             typed = spec if spec.typed and spec.source.kind is SourceKind.NYCFLIGHTS13 else spec.with_schema(kinds)
             df = feat.select(rows, typed, partition)
+            if typed.labels is not None:  # outcomes that have arrived so far, from the labels table
+                known = read_labels(typed, df[typed.key_column], model_ops.location())
+                df[typed.label] = df[typed.key_column].map(known)
             outcomes = feat.checks(df, typed, partition)
         except _NoRows as exc:
             outcomes = [contracts.CheckOutcome(n, False, f"{what}: {exc}") for n in feat.FEATURE_CHECKS]

@@ -13,10 +13,9 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from model_ops.data import features as feat
 from model_ops.data.delta import PARTITION
 from model_ops.data.snapshot import SPLIT, TRAIN
-from model_ops.data.sources import source_table
+from model_ops.data.sources import read_labels
 from model_ops.defs.common import attribution, key, md_table, partition_key, typed_spec
 from model_ops.defs.partitions import partitions_def
 from model_ops.defs.resources import ModelOpsResource
@@ -158,14 +157,7 @@ def labels_for(model_ops: ModelOpsResource, spec: ModelSpec, partition: str, key
     """The known outcome of each key, indexed by key: from the declared labels table (late outcomes, labelled by
     the target's rule) or else from the features' own label column."""
     if spec.labels is not None:
-        table = source_table(spec, model_ops.location(), spec.labels.uri)
-        try:
-            rows = table.dataset().to_table(columns=[spec.labels.key_column, spec.labels.column]).to_pandas()
-        except Exception as exc:  # noqa: BLE001 - a labels table that is missing or unreadable: no labels yet
-            raise dg.Failure(f"the labels table {table.uri} of {spec.name} cannot be read: {exc}") from exc
-        rows = rows[rows[spec.labels.key_column].isin(set(keys))]
-        y = feat.label(rows[spec.labels.column], spec)
-        return pd.Series(y.to_numpy(), index=rows[spec.labels.key_column].to_numpy())
+        return read_labels(spec, keys, model_ops.location())
     feats = model_ops.dataset(spec.name, "features").read([partition], columns=[spec.key_column, spec.label])
     feats = feats.drop_duplicates(spec.key_column)
     return pd.Series(feats[spec.label].to_numpy(), index=feats[spec.key_column].to_numpy())
