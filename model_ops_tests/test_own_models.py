@@ -230,25 +230,45 @@ def test_bad_declarations_are_refused_with_the_field_and_write_nothing(tmp_path:
     assert not (tmp_path / "root").exists()
 
 
-def test_promotion_that_breaks_the_production_signature_needs_breaking(tmp_path: Path) -> None:
+def test_a_breaking_version_waits_for_a_person_and_an_added_feature_does_not(tmp_path: Path) -> None:
+    from model_ops.ops import automation
+
     uri = str(tmp_path / "tables" / "cancer")
     write_table(bundled("cancer"), uri, "delta")
+    estimator = {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}
     first = declare(tmp_path, declaration("cancer", uri, "binary_classification", ["mean_radius", "worst_area"],
-                                          {"class": "sklearn.linear_model.LogisticRegression"}))
+                                          estimator))
     with lifecycle(tmp_path, first) as (g, _):
-        second = declare(tmp_path, declaration("cancer", uri, "binary_classification", ["mean_radius"],
-                                               {"class": "sklearn.linear_model.LogisticRegression"}))
-        with dg.instance_for_test() as instance:
-            g2 = Graph(instance, g.root, specs=[second])
-            assert g2.run("cancer", ("training_set", "candidate_model")).success
-            reg = g2.registry()
-            newest = reg.versions("cancer")[-1]
-            assert newest.semver.startswith("2.") and "worst_area" in newest.bump["reason"]
-            reg.transition(newest.ref, "staging", reason="test")
-            with pytest.raises(PolicyError, match="worst_area"):
-                reg.transition(newest.ref, "production", reason="test")
-            assert reg.transition(newest.ref, "production", reason="the column is gone upstream",
-                                  breaking=True).stage == "production"
+        root = g.root
+    # a feature added: the features are re-materialized with the new column, the candidate is compared with the
+    # champion on the champion's own inputs, and the deployment sensor starts a canary as usual
+    wider = declare(tmp_path, declaration("cancer", uri, "binary_classification",
+                                          ["mean_radius", "worst_area", "mean_texture"], estimator))
+    with dg.instance_for_test() as instance:
+        g = Graph(instance, root, specs=[wider])
+        for week in WEEKS:
+            assert g.run("cancer", ("features",), partition=week).success
+        result = g.run("cancer", ("training_set", "candidate_model", "evaluation"))
+        assert result.success, checks(result)
+        reg = g.registry()
+        v2 = reg.versions("cancer")[-1]
+        assert v2.version == 2 and v2.semver.startswith("2.") and "mean_texture" in v2.bump["reason"]
+        assert checks(result)["evaluation.no_regression_vs_champion"][0]
+        assert automation.deployment_step(reg, wider).action == "deploy"
+    # a feature removed: the version breaks production's interface, so the sensor holds it for a person
+    narrower = declare(tmp_path, declaration("cancer", uri, "binary_classification", ["mean_radius"], estimator))
+    with dg.instance_for_test() as instance:
+        g = Graph(instance, root, specs=[narrower])
+        assert g.run("cancer", ("training_set", "candidate_model")).success
+        reg = g.registry()
+        v3 = reg.versions("cancer")[-1]
+        reg.transition(v3.ref, "staging", reason="reviewed by hand")
+        decision = automation.deployment_step(reg, narrower)
+        assert decision.action == "hold" and "worst_area" in decision.reason and "--breaking" in decision.reason
+        with pytest.raises(PolicyError, match="worst_area"):
+            reg.transition(v3.ref, "production", reason="test")
+        assert reg.transition(v3.ref, "production", reason="the column is gone upstream",
+                              breaking=True).stage == "production"
 
 
 def test_a_static_table_without_partitions_holds_out_its_newest_rows(tmp_path: Path) -> None:
@@ -277,11 +297,11 @@ def test_outcomes_from_a_labels_table_train_the_model_and_judge_live_traffic(tmp
     source, outcomes = str(tmp_path / "tables" / "cancer"), str(tmp_path / "tables" / "outcomes")
     write_table(frame.drop(columns=["target"]), source, "delta")
     late = frame[["record_id", "target"]].rename(columns={"record_id": "patient", "target": "malignant"})
-    write_table(late.iloc[: int(len(late) * 0.9)], outcomes, "delta")  # a tenth has no outcome yet
+    write_table(late.iloc[: int(len(late) * 0.9)], outcomes, "parquet")  # a tenth has no outcome yet
     spec = declare(tmp_path, declaration(
         "cancer_late", source, "binary_classification", ["mean_radius", "worst_area"],
         {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
-        labels={"uri": outcomes, "key_column": "patient", "column": "malignant"},
+        labels={"kind": "parquet", "uri": outcomes, "key_column": "patient", "column": "malignant"},
         target={"column": "malignant"}))
     with lifecycle(tmp_path, spec) as (g, _):
         mv = g.registry().resolve("models:/cancer_late@champion")

@@ -38,7 +38,7 @@ def cancer_table(path: Path) -> Path:
     frame = load_breast_cancer(as_frame=True).frame
     frame.columns = [c.replace(" ", "_") for c in frame.columns]
     frame["patient_id"] = [f"p{i:04d}" for i in range(len(frame))]
-    frame["seen_at"] = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(frame)) // 20, unit="D")
+    frame["seen_at"] = pd.Timestamp("2023-12-31", tz="UTC") + pd.to_timedelta(np.arange(len(frame)) // 20, unit="D")
     frame["site"] = np.where(np.arange(len(frame)) % 3 == 0, "north", "south")
     write_deltalake(str(path), frame)
     return path
@@ -48,7 +48,7 @@ def cancer_decl(uri: Path, **changes: object) -> dict:
     data = {"name": "cancer", "description": "Malignant or benign, from the bundled breast-cancer data.",
             "owner": "team:clinic", "task": "binary_classification",
             "source": {"kind": "delta", "uri": str(uri), "time_column": "seen_at", "key_column": "patient_id"},
-            "partitions": {"cadence": "weekly", "start": "2024-01-01"},
+            "partitions": {"cadence": "weekly", "start": "2023-12-31"},
             "features": [{"name": "mean_radius"}, {"name": "mean_texture", "min": 0}, {"name": "site"}],
             "target": {"column": "target"},
             "estimator": {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}}
@@ -91,6 +91,8 @@ def test_fingerprint_tracks_only_the_named_sections(tmp_path: Path) -> None:
     (lambda d: d.update(partitions={"cadence": "monthly", "start": "2013-01-15"}), "partitions", "first of a month"),
     (lambda d: d.update(partitions={"cadence": "monthly", "start": "soon"}), "partitions.start", "date"),
     (lambda d: d.pop("target"), "target", "required field is missing"),
+    (lambda d: d["features"].append({"name": "score", "type": "float"}), "(top level)", "uses for its own columns"),
+    (lambda d: d.update(partitions={"cadence": "weekly", "start": "2013-01-02"}), "partitions", "start on a Sunday"),
 ])
 def test_invalid_declaration_names_file_field_and_problem(tmp_path: Path, mutate, field: str, words: str) -> None:
     data = builtin_data()

@@ -1,4 +1,4 @@
-"""Delta Lake datasets: one table per asset, partitioned by month, each write a new table version.
+"""Delta Lake datasets: one table per asset, partitioned by the model's partitions, each write a new table version.
 
 Every dataset a model is trained on is named by ``uri@version``: Delta keeps old versions readable (time travel),
 so a training set recorded in the registry can be read back exactly as it was.
@@ -58,19 +58,22 @@ class Dataset:
         return self.table().version()
 
     def replace_partition(self, key: str, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
-        """Replace one month's rows (all of them, only them) in one atomic commit; returns the new version."""
+        """Replace one partition's rows (all of them, only them) in one atomic commit; returns the new version."""
         _require_partition(data, key)
         props = CommitProperties(custom_metadata=metadata) if metadata else None
         if not self.exists():
             write_deltalake(self.uri, data, mode="append", partition_by=[PARTITION], storage_options=self.options,
                             commit_properties=props, configuration=HISTORY)
         else:
+            # merge: a partition may bring columns the table does not have yet (a feature added to the declaration,
+            # a class a new version predicts); older partitions read them as null
             write_deltalake(self.uri, data, mode="overwrite", predicate=f"{PARTITION} = '{key}'",
-                            partition_by=[PARTITION], storage_options=self.options, commit_properties=props)
+                            partition_by=[PARTITION], storage_options=self.options, commit_properties=props,
+                            schema_mode="merge")
         return self.version()
 
     def delete_partition(self, key: str) -> int | None:
-        """Remove one month's rows; returns the new version (None when the table does not exist yet)."""
+        """Remove one partition's rows; returns the new version (None when the table does not exist yet)."""
         if not self.exists():
             return None
         table = self.table()
@@ -89,13 +92,13 @@ class Dataset:
         return self.version()
 
     def partition_keys(self, version: int | None = None, table: DeltaTable | None = None) -> list[str]:
-        """The months present at ``version`` (default latest), sorted."""
+        """The partition keys present at ``version`` (default latest), sorted."""
         table = table or self.table(version)
         return sorted({p[PARTITION] for p in table.partitions() if PARTITION in p})
 
     def read(self, partitions: Sequence[str] | None = None, version: int | None = None,
              columns: list[str] | None = None) -> pd.DataFrame:
-        """Rows of the given months (all when None) at ``version`` (default latest), in a stable order."""
+        """Rows of the given partitions (all when None) at ``version`` (default latest), in a stable order."""
         table = self.table(version)
         if partitions is not None and not partitions:  # no rows asked for: the schema alone, nothing read
             schema = pa.schema(table.schema().to_arrow())
@@ -125,7 +128,7 @@ class Dataset:
 
 def _require_partition(data: pa.Table, key: str) -> None:
     if PARTITION not in data.column_names:
-        raise ValueError(f"data written to a monthly dataset needs a {PARTITION!r} column")
+        raise ValueError(f"data written to a partitioned dataset needs a {PARTITION!r} column")
     values = set(data.column(PARTITION).unique().to_pylist())
     if values - {key}:
         raise ValueError(f"rows for {sorted(values - {key})} cannot be written into partition {key}")

@@ -15,10 +15,14 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from model_ops.errors import NotFoundError, UsageError
+from model_ops.errors import ModelOpsError, NotFoundError, UsageError
 from model_ops.location import Location, resolve_root, s3_endpoint
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import SourceKind
+
+
+class UnreachableError(ModelOpsError):
+    """A source that exists, as far as anyone knows, but cannot be read now (network, credentials)."""
 
 
 def arrow_kind(t: pa.DataType) -> str:
@@ -64,6 +68,9 @@ class SourceTable:
         except TableNotFoundError as exc:
             raise NotFoundError(f"source table {self.uri} does not exist (yet)",
                                 hint="write the table, or point source.uri at an existing Delta table") from exc
+        except OSError as exc:  # delta-rs: an endpoint that cannot be reached, refused credentials
+            raise UnreachableError(f"cannot read the Delta table {self.uri}: {str(exc).splitlines()[0]}",
+                                   hint="check the URI, the network and the AWS settings") from exc
 
     def dataset(self, version: int | None = None) -> Any:
         """A pyarrow dataset over the source (at a Delta ``version`` when given)."""
@@ -100,13 +107,16 @@ class SourceTable:
             pa.schema(self.delta_table().schema().to_arrow())
 
     def data_version(self) -> str:
-        """The Delta table version, or a digest of the Parquet files' names, sizes and footers' row counts."""
+        """The Delta table version, or a digest of the Parquet files' names and footers. A footer holds every row
+        group's size and per-column statistics, so rewriting a file with other values changes it, without reading
+        the data pages of a large dataset."""
         if self.kind is not SourceKind.PARQUET:
             return f"delta:{self.delta_table().version()}"
         ds = self.dataset()
         h = hashlib.sha256()
         for frag in sorted(ds.get_fragments(), key=lambda f: f.path):
-            h.update(f"{frag.path}:{frag.metadata.num_rows}:{frag.metadata.serialized_size}".encode())
+            h.update(frag.path.encode())
+            h.update(frag.metadata.to_dict().__repr__().encode())
         return f"parquet:{h.hexdigest()[:16]}"
 
     def read(self, time_column: str, window: tuple[pd.Timestamp, pd.Timestamp] | None,
@@ -161,8 +171,7 @@ def read_labels(spec: ModelSpec, keys: pd.Series, root: str | Location | None = 
     from model_ops.data.features import label
 
     assert spec.labels is not None
-    table = SourceTable(resolve_uri(spec.labels.uri, root), SourceKind.DELTA if not spec.labels.uri.endswith(
-        ".parquet") else SourceKind.PARQUET)
+    table = SourceTable(resolve_uri(spec.labels.uri, root), spec.labels.kind)
     key, column = spec.labels.key_column, spec.labels.column
     try:
         import pyarrow.dataset as pads
@@ -172,8 +181,13 @@ def read_labels(spec: ModelSpec, keys: pd.Series, root: str | Location | None = 
         if missing:
             raise UsageError(f"the labels table {table.uri} of {spec.name} has no column(s) {', '.join(missing)}",
                              hint="fix labels.key_column / labels.column in the declaration")
-        wanted = pa.array(keys.dropna().unique().tolist())
-        rows = ds.to_table(columns=[key, column], filter=pads.field(key).isin(wanted)).to_pandas()
+        wanted = keys.dropna().unique()
+        key_type = ds.schema.field(key).type
+        try:
+            wanted_arrow = pa.array(wanted).cast(key_type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            wanted_arrow = pa.array([str(k) for k in wanted]).cast(key_type, safe=False)
+        rows = ds.to_table(columns=[key, column], filter=pads.field(key).isin(wanted_arrow)).to_pandas()
     except NotFoundError:
         return pd.Series(dtype=object)
     rows = rows.drop_duplicates(key, keep="last")

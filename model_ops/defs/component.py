@@ -24,7 +24,7 @@ from model_ops.defs.monitoring import drift_report_asset, live_performance_asset
 from model_ops.defs.predictions import predictions_asset
 from model_ops.defs.scaffold import ModelScaffolder
 from model_ops.defs.training import candidate_model_asset
-from model_ops.errors import ModelOpsError, NotFoundError
+from model_ops.errors import ModelOpsError
 from model_ops.specs.loader import schema_error
 from model_ops.specs.schema import ModelSpec, SchemaMismatch
 from model_ops.vocab import SourceKind
@@ -40,10 +40,8 @@ def checked(spec: ModelSpec, where: str) -> ModelSpec:
             return spec.with_schema(schema_kinds(table.schema()))
     except SchemaMismatch as exc:
         raise schema_error(exc, where, spec.source.uri or str(spec.source.kind)) from exc
-    except NotFoundError:
-        pass  # not written yet: checked by the features asset when it reads the first partition
     except ModelOpsError:
-        pass
+        pass  # not written yet, or unreachable now: checked by the features asset when it reads a partition
     return spec
 
 

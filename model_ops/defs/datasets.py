@@ -26,6 +26,7 @@ from model_ops.defs.partitions import partitions_def
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.errors import ModelOpsError
 from model_ops.jsonable import json_safe
+from model_ops.ml.monitoring import join_labels
 from model_ops.specs.schema import ModelSpec, SchemaMismatch
 from model_ops.vocab import SourceKind, Task
 
@@ -141,13 +142,16 @@ def source_rows(context: dg.AssetExecutionContext, model_ops: ModelOpsResource, 
     try:
         kinds = schema_kinds(table.schema())
         rows = table.read(spec.time_column, None if parts.static else parts.window(partition), columns)
-    except ModelOpsError as exc:
-        raise _NoRows(exc.message) from exc
-    return rows, kinds, f"{table.uri}@{table.data_version()}"
+        origin = f"{table.uri}@{table.data_version()}"
+    except ModelOpsError as exc:  # unreadable now: fail the run and keep what is stored, never delete it
+        raise dg.Failure(f"{spec.name} features {partition}: {exc.message}"
+                         + (f" ({exc.hint})" if exc.hint else "")) from exc
+    return rows, kinds, origin
 
 
 class _NoRows(Exception):
-    """The partition's source rows cannot be had; the message says why (becomes every check's message)."""
+    """The built-in source's raw rows of the partition were rejected or never ingested; the message says why
+    (becomes every check's message, and the partition is kept out of the features)."""
 
 
 def fold_outcomes(outcomes: list[contracts.CheckOutcome]) -> contracts.CheckOutcome:
@@ -187,7 +191,7 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             df = feat.select(rows, typed, partition)
             if typed.labels is not None:  # outcomes that have arrived so far, from the labels table
                 known = read_labels(typed, df[typed.key_column], model_ops.location())
-                df[typed.label] = df[typed.key_column].map(known)
+                df[typed.label] = join_labels(df[typed.key_column], known).to_numpy()
             outcomes = feat.checks(df, typed, partition)
         except _NoRows as exc:
             outcomes = [contracts.CheckOutcome(n, False, f"{what}: {exc}") for n in feat.FEATURE_CHECKS]

@@ -14,7 +14,7 @@ from model_ops.defs.common import attribution, key, md_table, partition_key, typ
 from model_ops.defs.partitions import partitions_def
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ml import tasks
-from model_ops.ml.training import model_input
+from model_ops.ml.training import model_input, version_spec
 from model_ops.ops import deployment as dep
 from model_ops.ops import routing
 from model_ops.specs.schema import ModelSpec
@@ -41,9 +41,12 @@ def score_arm(model: object, rows: pd.DataFrame, spec: ModelSpec) -> tuple[dict[
 
 
 def score_partition(features: pd.DataFrame, manifest: dep.Manifest, models: dict[int, object],
-                    spec: ModelSpec, semvers: dict[int, str], scored_at: datetime | None = None) -> pd.DataFrame:
+                    spec: ModelSpec, semvers: dict[int, str], scored_at: datetime | None = None,
+                    specs: dict[int, ModelSpec] | None = None) -> pd.DataFrame:
     """The prediction log rows of one partition (pure apart from timing: tested directly). ``scored_at`` is taken
-    before the manifest was read, so a window counts as served after a deployment change only if it was."""
+    before the manifest was read, so a window counts as served after a deployment change only if it was.
+    ``specs`` holds each version's view of the declaration (its own inputs) where it differs from ``spec``."""
+    specs = specs or {}
     keys = features[spec.key_column]
     arms = routing.assign_arms(keys, manifest.canary_weight if manifest.canary else 0.0, salt=spec.name)
     plan = [(Arm.PRODUCTION, manifest.production, arms == routing.PRODUCTION, True)]
@@ -57,10 +60,10 @@ def score_partition(features: pd.DataFrame, manifest: dep.Manifest, models: dict
         rows = features[mask]
         if rows.empty:
             continue
-        outputs, latency = score_arm(models[version], rows, spec)
+        outputs, latency = score_arm(models[version], rows, specs.get(version, spec))
         out = pd.DataFrame({
-            "request_id": [str(uuid.uuid5(REQUEST_NS, f"{spec.name}/{k}/{arm}/{version}"))
-                           for k in rows[spec.key_column]],
+            "request_id": [str(uuid.uuid5(REQUEST_NS, f"{spec.name}/{p}/{k}/{arm}/{version}"))
+                           for p, k in zip(rows[PARTITION], rows[spec.key_column])],
             "ts": rows[spec.time_column].to_numpy(), "scored_at": scored_at, PARTITION: rows[PARTITION].to_numpy(),
             spec.key_column: rows[spec.key_column].to_numpy(), "model_version": version,
             "model_semver": semvers[version], "arm": str(arm), "served": served, **outputs, "latency_ms": latency,
@@ -100,8 +103,10 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         features = features_ds.read([partition], version=version).sort_values(spec.key_column, kind="stable")
         versions = {v for v in (manifest.production, manifest.canary, manifest.shadow) if v}
         models = {v: reg.load_model(f"models:/{spec.name}/{v}") for v in versions}
-        semvers = {v: reg.get(spec.name, v).semver for v in versions}
-        log = score_partition(features.reset_index(drop=True), manifest, models, typed, semvers, scored_at)
+        records = {v: reg.get(spec.name, v) for v in versions}
+        semvers = {v: mv.semver for v, mv in records.items()}
+        specs = {v: version_spec(typed, mv.signature) for v, mv in records.items()}
+        log = score_partition(features.reset_index(drop=True), manifest, models, typed, semvers, scored_at, specs)
         out = model_ops.dataset(spec.name, "predictions")
         delta_version = out.replace_partition(partition, pa.Table.from_pandas(log, preserve_index=False))
         served = log[log["served"]]

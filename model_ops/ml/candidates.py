@@ -146,12 +146,24 @@ def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: in
     holdout = df[df[SPLIT] == HOLDOUT]
     candidate = ev.evaluate(reg.load_model(candidate_mv.ref), holdout, spec)
     champion_mv = champion_of(reg, spec.name)
-    champion = None
-    if champion_mv is not None:
-        champion = candidate if champion_mv.version == number else \
-            ev.evaluate(reg.load_model(champion_mv.ref), holdout, spec, measure_latency=False)
+    champion, incomparable = None, None
+    if champion_mv is not None and champion_mv.version == number:
+        champion = candidate
+    elif champion_mv is not None:
+        own = training.version_spec(spec, champion_mv.signature)
+        missing = [c for c in own.feature_names if c not in holdout.columns or holdout[c].isna().all()]
+        if missing:
+            incomparable = ev.GateResult(
+                "no_regression_vs_champion", False,
+                f"cannot compare with champion v{champion_mv.version}: it needs input column(s) "
+                f"{', '.join(missing)} that the candidate's holdout no longer has; review the change and promote "
+                f"by hand with `model-ops transition {candidate_mv.ref} staging` (and --breaking for production)",
+                {"missing": missing})
+        else:
+            champion = ev.evaluate(reg.load_model(champion_mv.ref), holdout, own, measure_latency=False)
     label = f"champion v{champion_mv.version}" if champion_mv else None
-    gates = [ev.meets_thresholds(candidate, spec), ev.no_regression(candidate, champion, spec, label),
+    gates = [ev.meets_thresholds(candidate, spec),
+             incomparable or ev.no_regression(candidate, champion, spec, label),
              ev.latency_within_sla(candidate, spec)]
     gate_dicts = [{"name": g.name, "passed": g.passed, "message": g.message} for g in gates]
     passed = all(g.passed for g in gates)

@@ -54,8 +54,15 @@ def build(value: Any, seed: int, where: str = "estimator") -> Any:
             accepted = inspect.signature(cls).parameters
         except (TypeError, ValueError):
             accepted = {}
-        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-        unknown = sorted(set(params) - set(accepted)) if accepted and not takes_kwargs else []
+        open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        if open_ended:
+            # XGBoost and LightGBM take **kwargs (their native parameters): names are theirs to check, and the
+            # seed parameter is among what get_params() lists
+            try:
+                accepted = {**accepted, **dict.fromkeys(cls().get_params())}
+            except Exception:  # noqa: BLE001 - a class that cannot be built bare: let its own check speak
+                pass
+        unknown = sorted(set(params) - set(accepted)) if accepted and not open_ended else []
         if unknown:
             raise UsageError(f"{where}: {value['class']} has no parameter(s) {', '.join(unknown)}",
                              hint=f"accepted: {', '.join(sorted(accepted))}")
@@ -119,6 +126,22 @@ def model_input(df: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     return out
 
 
+def version_spec(spec: ModelSpec, signature: dict[str, Any] | None) -> ModelSpec:
+    """The declaration as a registered version saw it: the features of its input signature (a version trained
+    before a feature was added or removed keeps being scored, and compared, on its own inputs)."""
+    inputs = (signature or {}).get("inputs") or []
+    if not inputs or [i.get("name") for i in inputs] == spec.feature_names:
+        return spec
+    data = spec.model_dump(by_alias=True)
+    declared = {f["name"]: f for f in data["features"]}
+    data["features"] = [{**declared.get(i["name"], {"name": i["name"]}),
+                         "type": i.get("type") if i.get("type") in set(FeatureType) else
+                         (declared.get(i["name"], {}).get("type") or "float")} for i in inputs]
+    names = {f["name"] for f in data["features"]}
+    data["monitoring"]["drift_exclude"] = [n for n in data["monitoring"]["drift_exclude"] if n in names]
+    return ModelSpec.model_validate(data)
+
+
 def labelled(df: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     """Rows with a known outcome, in canonical (key) order so row order never changes the fit."""
     rows = df[df[spec.label].notna()]
@@ -168,6 +191,11 @@ def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
         raise UsageError(f"cannot train {spec.name}: the training window has {len(rows)} labelled rows of a single "
                          f"class ({np.unique(y)[0]!r}); at least two classes are needed",
                          hint="materialize more partitions of features or widen the training window")
+    if spec.task is Task.BINARY and len(np.unique(y)) > 2:
+        raise UsageError(f"cannot train {spec.name} as binary_classification: {spec.label} has "
+                         f"{len(np.unique(y))} classes ({', '.join(map(str, np.unique(y)[:6]))})",
+                         hint="declare task: multiclass_classification, or derive a two-class target with "
+                              "target: {column: ..., op: ..., threshold: ...}")
     X = model_input(rows, spec)
     recorded_trainer = None
     if spec.trainer is not None:

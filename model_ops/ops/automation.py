@@ -20,6 +20,7 @@ from model_ops.ops import deployment as dep
 from model_ops.ops.routing import PRODUCTION
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
+from model_ops.registry.registry import breaking_changes
 from model_ops.specs.schema import LIVE_METRICS, ModelSpec
 
 
@@ -83,6 +84,14 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
         if not fresh:
             return Decision("none", f"{manifest.describe()}; nothing new in staging")
         v = fresh[-1]
+        breaks = [] if manifest.production is None else \
+            breaking_changes(reg.get(name, manifest.production).signature, v.signature)
+        if breaks:
+            # promotion would be refused: a canary of it could only end stuck, so a person decides
+            return Decision("hold", f"v{v.version} ({v.semver}) waits in staging: it breaks production "
+                            f"v{manifest.production}'s interface ({'; '.join(breaks)}); deploy it by hand and promote "
+                            "with --breaking once callers are ready", v.version,
+                            evidence={"state_seq": state_seq, "serving": manifest.serving, "breaking": breaks})
         where = "to production (nothing serves yet)" if manifest.production is None else \
             f"as a canary at {spec.deployment.canary_steps[0]:.0%} beside production v{manifest.production}"
         decision = Decision("deploy", f"v{v.version} ({v.semver}) reached staging: deploy {where}", v.version)

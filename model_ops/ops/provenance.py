@@ -2,7 +2,7 @@
 
 ``reproduce`` retrains from what the version recorded (the training snapshot at its Delta version, the spec and
 seed kept in its lineage, the permutation seed if its labels were permuted) with today's code and packages, and
-compares the rebuilt skops bytes with the registered ones. When they differ it says which of data, code version,
+compares the rebuilt artifact's digest (every flavor) with the registered one. When they differ it says which of data, code version,
 package versions and parameters differ, each checked on its own: the snapshot's rows against the fingerprint written
 with them, the recipe's code version, the recorded environment, the fitted parameters.
 """
@@ -105,6 +105,12 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
         out.differences.append({"kind": "code", "what": "code_version", "recorded": recorded_code,
                                 "now": out.checked["code_version"],
                                 "message": "the training recipe or the spec sections it depends on changed"})
+    recorded_trainer, now_trainer = lineage.get("trainer") or {}, trained.trainer or {}
+    if recorded_trainer.get("source_sha256") != now_trainer.get("source_sha256"):
+        out.differences.append({"kind": "code", "what": f"trainer {recorded_trainer.get('name') or now_trainer.get('name')}",
+                                "recorded": recorded_trainer.get("source_sha256"),
+                                "now": now_trainer.get("source_sha256"),
+                                "message": "the training function's source changed since the version was fitted"})
     for key in sorted(set(mv.params) | set(trained.params)):
         if mv.params.get(key) != trained.params.get(key):
             out.differences.append({"kind": "parameters", "what": key, "recorded": mv.params.get(key),
@@ -137,7 +143,8 @@ def lineage(reg: Registry, ref: str) -> dict[str, Any]:
                 "bump": mv.bump},
         "evaluations": [{"ts": e.ts.isoformat(), "reason": e.reason, "holdout": e.data.get("holdout"),
                          "champion": e.data.get("champion"), "gates": e.data.get("gates"),
-                         "metrics": {k: e.data.get("metrics", {}).get(k) for k in ("roc_auc", "log_loss")}}
+                         "metrics": {k: v for k, v in (e.data.get("metrics") or {}).items()
+                                     if not k.startswith("latency_")}}
                         for e in events if e.kind == "evaluation"],
         "changes": [{"ts": e.ts.isoformat(), "kind": e.kind, "from": e.from_value, "to": e.to_value, "key": e.key,
                      "actor": e.actor, "reason": e.reason, "run_id": e.run_id}

@@ -41,9 +41,14 @@ LOWER_IS_BETTER = {"log_loss", "brier", "ece", "rmse", "mae", "mape"}
 DEFAULT_CANARY_METRICS: dict[Task, dict[str, float]] = {
     Task.BINARY: {"roc_auc": 0.02, "log_loss": 0.02},
     Task.MULTICLASS: {"accuracy": 0.02, "log_loss": 0.05},
-    Task.REGRESSION: {"rmse": 0.0, "r2": 0.02},
+    Task.REGRESSION: {"r2": 0.02},  # scale-free: RMSE and MAE are in the target's units, so a spec sets those
 }
-DEFAULT_PERFORMANCE_METRIC = {Task.BINARY: "log_loss", Task.MULTICLASS: "log_loss", Task.REGRESSION: "rmse"}
+DEFAULT_PERFORMANCE_METRIC = {Task.BINARY: "log_loss", Task.MULTICLASS: "log_loss", Task.REGRESSION: "r2"}
+# Columns the datasets and the prediction log write themselves: a feature by one of these names would be
+# overwritten by (or overwrite) model_ops' own values.
+RESERVED_COLUMNS = {"partition", "split", "request_id", "ts", "scored_at", "model_version", "model_semver", "arm",
+                    "served", "score", "prediction", "latency_ms"}
+RESERVED_PREFIXES = ("proba_", "actual_", "prediction_")
 
 
 def is_known_metric(task: Task, metric: str) -> bool:
@@ -118,8 +123,11 @@ class Source(_Strict):
 
 
 class Labels(_Strict):
-    """Outcomes that arrive after scoring, joined to predictions by key."""
+    """Outcomes that arrive after scoring, joined by key: to the features when they are materialized (training
+    sees the outcomes known by then; re-materialize a partition to take later ones) and to the prediction log by
+    live performance."""
 
+    kind: Literal[SourceKind.DELTA, SourceKind.PARQUET] = SourceKind.DELTA
     uri: str
     key_column: str
     column: str
@@ -148,6 +156,9 @@ class Partitions(_Strict):
             raise ValueError(f"partitions end {self.end} must be after start {self.start}")
         if self.cadence is Cadence.MONTHLY and self.start_date.day != 1:
             raise ValueError(f"monthly partitions start on the first of a month, not {self.start}")
+        if self.cadence is Cadence.WEEKLY and self.start_date.weekday() != 6:
+            raise ValueError(f"weekly partitions run Sunday to Saturday (as Dagster's do) and start on a Sunday; "
+                             f"{self.start} is a {self.start_date.strftime('%A')}")
         return self
 
     @property
@@ -404,6 +415,10 @@ class ModelSpec(_Strict):
             raise ValueError(f"feature {n!r} is {why}: it is only known after the outcome and would leak the label")
         if self.target.label in names:
             raise ValueError(f"target label {self.target.label!r} is also a feature")
+        for n in names:
+            if n in RESERVED_COLUMNS or n.startswith(RESERVED_PREFIXES):
+                raise ValueError(f"feature {n!r} has a name model_ops uses for its own columns (predictions, "
+                                 "snapshots): rename the column in the source or choose another feature")
         ids = {self.source.key, self.source.time}
         for n in names:
             if n in ids and not builtin:
