@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_ops import __version__
 from model_ops.errors import ModelOpsError, UsageError
+from model_ops.vocab import DriftStatus
 
 if TYPE_CHECKING:  # the registry (Delta, boto3) is imported when a command needs it: `drift` does not
     from model_ops.registry import Registry
@@ -77,13 +78,15 @@ def _version_row(v: Any) -> dict[str, Any]:
 
 
 def _event_row(e: Event) -> dict[str, Any]:
-    if e.kind in ("alias_set", "alias_removed"):
+    from model_ops.registry import events as ev
+
+    if e.kind in (ev.ALIAS_SET, ev.ALIAS_REMOVED):
         change = f"{e.key}: {e.from_value or '-'} -> {e.to_value or '-'}"
-    elif e.kind in ("tag_set", "tag_removed"):
+    elif e.kind in (ev.TAG_SET, ev.TAG_REMOVED):
         change = f"{e.key}={e.to_value if e.to_value is not None else '(removed)'}"
-    elif e.kind == "registered":
+    elif e.kind == ev.REGISTERED:
         change = f"semver {e.to_value}"
-    elif e.kind == "denied":
+    elif e.kind == ev.DENIED:
         change = e.key or ""
     else:
         change = f"{e.from_value or '-'} -> {e.to_value or '-'}" if (e.from_value or e.to_value) else ""
@@ -178,9 +181,9 @@ def cmd_drift(reg: Registry | None, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc), hint="name columns present in both with --columns") from exc
     rows = [{**{k: v for k, v in vars(f).items()}, "drift": "DRIFT" if f.drift else
-             ("insufficient data" if f.status == "insufficient_data" else "-")} for f in report.features]
+             ("insufficient data" if f.status == DriftStatus.INSUFFICIENT_DATA else "-")} for f in report.features]
     summary = ("insufficient data: the current window has fewer than "
-               f"{report.min_rows} rows" if report.status == "insufficient_data" else
+               f"{report.min_rows} rows" if report.status == DriftStatus.INSUFFICIENT_DATA else
                f"{sum(f.drift for f in report.features)} of {len(report.features)} features drift "
                f"(share {report.drift_share:.2f}); dataset drift: {'YES' if report.dataset_drift else 'no'}")
     _emit(args, report.to_dict(), _table(rows, ["feature", "kind", "method", "statistic", "threshold", "psi",

@@ -79,6 +79,15 @@ class DeployAction(StrEnum):
     SHADOW_OFF = "shadow_off"
 
 
+class DecisionAction(StrEnum):
+    """What a sensor's decision asks for besides a deployment action (a ``DeployAction``): a retrain, holding
+    (a person decides), or nothing."""
+
+    RETRAIN = "retrain"
+    HOLD = "hold"
+    NONE = "none"
+
+
 class RecordKind(StrEnum):
     """Kinds of the records model_ops writes to the audit log beside the registry's own events."""
 
@@ -91,7 +100,8 @@ class RecordKind(StrEnum):
 
 
 class RunTag(StrEnum):
-    """Tags model_ops sets on Dagster runs (sensors write them, assets read them)."""
+    """Tags model_ops sets on Dagster runs (sensors write them, assets read them). Dagster serialises only plain
+    strings, so tag keys and values handed to it are ``.value`` / ``str(...)``."""
 
     TRIGGER = "model_ops/trigger"
     REASON = "model_ops/reason"
@@ -101,3 +111,10 @@ class RunTag(StrEnum):
     VERSION = "model_ops/version"
     WINDOW = "model_ops/window"
     PRODUCTION_VERSION = "model_ops/production_version"
+    DRIFT_WINDOWS = "model_ops/drift_windows"
+    DRIFT_SHARE = "model_ops/drift_share"
+    # Prefixes of one tag per monitored metric: ``model_ops/live_log_loss``, ``model_ops/baseline_log_loss``.
+    LIVE_PREFIX = "model_ops/live_"
+    BASELINE_PREFIX = "model_ops/baseline_"
+    # Written by retrain requests before WINDOW named every decision's window: read only, for runs queued then.
+    DRIFT_WINDOW = "model_ops/drift_window"

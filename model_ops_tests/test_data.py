@@ -17,6 +17,7 @@ from model_ops.errors import UsageError
 from model_ops.location import resolve_root
 from model_ops.ops import routing
 from model_ops.specs import get_spec
+from model_ops.vocab import Arm
 
 MONTH = "2013-02-01"
 
@@ -137,9 +138,9 @@ def test_routing_is_sticky_uniform_and_monotonic(features) -> None:  # type: ign
     keys = features["flight_id"]
     a10 = routing.assign_arms(keys, 0.1, salt="m")
     assert (a10 == routing.assign_arms(keys.sample(frac=1, random_state=3).sort_index(), 0.1, salt="m")).all()
-    share = (a10 == routing.CANARY).mean()
+    share = (a10 == Arm.CANARY).mean()
     assert 0.09 < share < 0.11
     a50 = routing.assign_arms(keys, 0.5, salt="m")
-    assert ((a10 == routing.CANARY) <= (a50 == routing.CANARY)).all()  # raising the weight only adds canary keys
+    assert ((a10 == Arm.CANARY) <= (a50 == Arm.CANARY)).all()  # raising the weight only adds canary keys
     with pytest.raises(ValueError):
         routing.assign_arms(keys, 1.5)

@@ -18,7 +18,7 @@ from model_ops.ml.training import model_input
 from model_ops.ops import deployment as dep
 from model_ops.specs import load_specs
 from model_ops.specs.schema import LIVE_METRICS
-from model_ops.vocab import ArmStatus, CanaryPhase, Task
+from model_ops.vocab import ArmStatus, CanaryPhase, DecisionAction, Task
 from model_ops_tests.test_tasks import diabetes, fit, make_spec, wine
 
 SPEC = next(s for s in load_specs() if s.name == "flight_delay")
@@ -53,7 +53,9 @@ def test_lower_is_better_metrics_count_the_right_way() -> None:
 
 
 def test_a_regression_canary_is_judged_on_its_tasks_metrics() -> None:
-    spec = make_spec(Task.REGRESSION, diabetes())
+    assert make_spec(Task.REGRESSION, diabetes()).canary_metrics == {"r2": 0.02}  # scale-free by default
+    spec = make_spec(Task.REGRESSION, diabetes(),
+                     deployment={"analysis": {"max_regression": {"rmse": 0.0, "r2": 0.02}}})
     assert spec.canary_metrics == {"rmse": 0.0, "r2": 0.02}
     prod = arm("production", 1, rmse=55.0, r2=0.45)
     worse = mon.analyse_canary("2024-01-01", prod, arm("canary", 2, rmse=56.0, r2=0.44), spec)
@@ -83,7 +85,7 @@ def m(window: str, phase: str, current: bool = True) -> dict:
 def test_rollback_only_when_failures_exceed_the_limit() -> None:
     assert SPEC.deployment.analysis.failure_limit == 1
     one = mon.canary_decision(2, 0.1, [m("2013-07-01", CanaryPhase.FAILED)], SPEC)
-    assert one.action == mon.HOLD and not one.acts
+    assert one.action == DecisionAction.HOLD and not one.acts
     two = mon.canary_decision(2, 0.1, [m("2013-07-01", CanaryPhase.FAILED), m("2013-08-01", CanaryPhase.FAILED)],
                               SPEC)
     assert two.action == "rollback" and two.version == 2
@@ -119,13 +121,13 @@ def test_windows_are_ordered_by_the_partition_keys_when_given() -> None:
 
 def test_a_success_at_an_earlier_weight_does_not_advance_again() -> None:
     d = mon.canary_decision(2, 0.5, [m("2013-07-01", CanaryPhase.SUCCESSFUL, current=False)], SPEC)
-    assert d.action == mon.NONE and "waiting" in d.reason
+    assert d.action == DecisionAction.NONE and "waiting" in d.reason
 
 
 def test_inconclusive_holds_however_many_times() -> None:
     history = [m(f"2013-{k:02d}-01", CanaryPhase.INCONCLUSIVE) for k in range(5, 12)]
     d = mon.canary_decision(2, 0.1, history, SPEC)
-    assert d.action == mon.HOLD and "inconclusive" in d.reason
+    assert d.action == DecisionAction.HOLD and "inconclusive" in d.reason
 
 
 # ------------------------------------------------------------------------------------------------ retraining
@@ -143,64 +145,65 @@ def retrain(rows: list[dict], performance: dict, baseline: float | None, spec=SP
 
 
 def test_no_data_never_retrains() -> None:
-    assert retrain([], {}, 0.6).action == mon.NONE
+    assert retrain([], {}, 0.6).action == DecisionAction.NONE
 
 
 def test_one_drifted_window_is_not_persistent() -> None:
-    assert retrain([drift_row("2013-05-01")], {}, 0.6).action == mon.NONE
+    assert retrain([drift_row("2013-05-01")], {}, 0.6).action == DecisionAction.NONE
 
 
 def test_a_window_with_too_little_data_breaks_persistence() -> None:
     d = retrain([drift_row("2013-05-01"), drift_row("2013-06-01", "insufficient_data", None)], {}, 0.6)
-    assert d.action == mon.NONE and "too little data" in d.reason
+    assert d.action == DecisionAction.NONE and "too little data" in d.reason
 
 
 def test_persistent_drift_with_worse_live_performance_retrains() -> None:
     rows = [drift_row("2013-05-01"), drift_row("2013-06-01")]
     d = retrain(rows, {"2013-05-01": perf(0.51), "2013-06-01": perf(0.72)}, 0.61)
-    assert d.action == mon.RETRAIN and d.window == "2013-06-01"
+    assert d.action == DecisionAction.RETRAIN and d.window == "2013-06-01"
     assert "log_loss in 2013-06-01 0.7200 vs 0.6100" in d.reason
     assert d.evidence["windows"] == ["2013-05-01", "2013-06-01"]
 
 
 def test_persistent_drift_that_does_not_hurt_does_not_retrain() -> None:
     d = retrain([drift_row("2013-05-01"), drift_row("2013-06-01")], {"2013-06-01": perf(0.60)}, 0.61)
-    assert d.action == mon.NONE and "held up" in d.reason
+    assert d.action == DecisionAction.NONE and "held up" in d.reason
 
 
 def test_drift_windows_must_be_consecutive_partitions() -> None:
     d = retrain([drift_row("2013-05-01"), drift_row("2013-07-01")], {}, 0.6)
-    assert d.action == mon.NONE and "not consecutive" in d.reason and "2013-05-01 then 2013-07-01" in d.reason
-    assert retrain([drift_row("2013-12-01"), drift_row("2014-01-01")], {}, None).action == mon.RETRAIN
-    assert retrain([drift_row("2013-12-01"), drift_row("2014-01-01")], {}, None, keys=MONTHS[:12]).action == mon.NONE
+    assert d.action == DecisionAction.NONE and "not consecutive" in d.reason and "2013-05-01 then 2013-07-01" in d.reason
+    assert retrain([drift_row("2013-12-01"), drift_row("2014-01-01")], {}, None).action == DecisionAction.RETRAIN
+    assert retrain([drift_row("2013-12-01"), drift_row("2014-01-01")], {}, None, keys=MONTHS[:12]).action == DecisionAction.NONE
 
 
 def test_consecutive_means_neighbouring_partitions_whatever_the_cadence() -> None:
     days = [str(date(2024, 2, 27) + timedelta(days=i)) for i in range(5)]  # across a leap day
-    assert retrain([drift_row("2024-02-28"), drift_row("2024-02-29")], {}, None, keys=days).action == mon.RETRAIN
-    assert retrain([drift_row("2024-02-29"), drift_row("2024-03-01")], {}, None, keys=days).action == mon.RETRAIN
-    assert retrain([drift_row("2024-02-28"), drift_row("2024-03-01")], {}, None, keys=days).action == mon.NONE
+    assert retrain([drift_row("2024-02-28"), drift_row("2024-02-29")], {}, None, keys=days).action == DecisionAction.RETRAIN
+    assert retrain([drift_row("2024-02-29"), drift_row("2024-03-01")], {}, None, keys=days).action == DecisionAction.RETRAIN
+    assert retrain([drift_row("2024-02-28"), drift_row("2024-03-01")], {}, None, keys=days).action == DecisionAction.NONE
 
 
 def test_the_performance_metric_follows_the_task() -> None:
-    spec = make_spec(Task.REGRESSION, diabetes(), monitoring={"performance_drop": 2.0})
+    assert make_spec(Task.REGRESSION, diabetes()).monitoring_metric == "r2"  # scale-free by default
+    spec = make_spec(Task.REGRESSION, diabetes(), monitoring={"performance_drop": 2.0, "performance_metric": "rmse"})
     assert spec.monitoring_metric == "rmse"
     rows = [drift_row("2013-05-01"), drift_row("2013-06-01")]
     worse = retrain(rows, {"2013-06-01": {"status": ArmStatus.OK, "metrics": {"rmse": 60.0}}}, 55.0, spec)
-    assert worse.action == mon.RETRAIN and "rmse in 2013-06-01 60.0000 vs 55.0000" in worse.reason
+    assert worse.action == DecisionAction.RETRAIN and "rmse in 2013-06-01 60.0000 vs 55.0000" in worse.reason
     fine = retrain(rows, {"2013-06-01": {"status": ArmStatus.OK, "metrics": {"rmse": 56.0}}}, 55.0, spec)
-    assert fine.action == mon.NONE and "held up" in fine.reason
+    assert fine.action == DecisionAction.NONE and "held up" in fine.reason
 
 
 def test_labels_without_an_evaluation_baseline_say_so() -> None:
     d = retrain([drift_row("2013-05-01"), drift_row("2013-06-01")], {"2013-06-01": perf(0.5)}, None)
-    assert d.action == mon.RETRAIN and "no evaluation log_loss" in d.reason
+    assert d.action == DecisionAction.RETRAIN and "no evaluation log_loss" in d.reason
 
 
 def test_without_conclusive_labels_drift_alone_decides() -> None:
     rows = [drift_row("2013-05-01"), drift_row("2013-06-01")]
     d = retrain(rows, {"2013-06-01": perf(float("nan"), status="inconclusive")}, 0.61)
-    assert d.action == mon.RETRAIN and "drift alone" in d.reason
+    assert d.action == DecisionAction.RETRAIN and "drift alone" in d.reason
 
 
 # ------------------------------------------------------------------------------------------- production guard
@@ -212,7 +215,7 @@ def guard_row(window: str, status: str, reason: str = "roc_auc = 0.5000, needs >
 def test_the_guard_needs_consecutive_windows_below_the_floor() -> None:
     rows = [guard_row("2013-09-01", ArmStatus.BELOW_FLOOR), guard_row("2013-10-01", ArmStatus.OK),
             guard_row("2013-11-01", ArmStatus.BELOW_FLOOR)]
-    assert mon.guard_decision(3, rows, 2, SPEC).action == mon.NONE
+    assert mon.guard_decision(3, rows, 2, SPEC).action == DecisionAction.NONE
     rows.append(guard_row("2013-12-01", ArmStatus.BELOW_FLOOR))
     d = mon.guard_decision(3, rows, 2, SPEC)
     assert d.action == "rollback_production" and d.version == 2 and "back to v2" in d.reason
@@ -221,14 +224,14 @@ def test_the_guard_needs_consecutive_windows_below_the_floor() -> None:
 
 def test_the_guard_never_acts_on_too_little_data() -> None:
     rows = [guard_row(f"2013-{k:02d}-01", "inconclusive", "12 labelled") for k in range(5, 13)]
-    assert mon.guard_decision(3, rows, 2, SPEC).action == mon.NONE
-    assert mon.guard_decision(3, [], 2, SPEC).action == mon.NONE
+    assert mon.guard_decision(3, rows, 2, SPEC).action == DecisionAction.NONE
+    assert mon.guard_decision(3, [], 2, SPEC).action == DecisionAction.NONE
 
 
 def test_the_guard_holds_when_there_is_nothing_to_roll_back_to() -> None:
     rows = [guard_row("2013-11-01", ArmStatus.BELOW_FLOOR), guard_row("2013-12-01", ArmStatus.BELOW_FLOOR)]
     d = mon.guard_decision(1, rows, None, SPEC)
-    assert d.action == mon.HOLD and not d.acts
+    assert d.action == DecisionAction.HOLD and not d.acts
 
 
 # ------------------------------------------------------------------------------------------ live performance

@@ -171,14 +171,14 @@ def test_a_writer_that_lost_the_race_retries_against_the_new_state(root: Path, t
     a.transition(f"{MODEL}/2", "staging", reason="r")
 
     # Now b writes again, but its probe misses a's commits once: it builds on stale state (v1 in production, no v2).
-    probe = b._log._commit_file_exists
+    probe = b._log.has_commit
     calls = {"n": 0}
 
     def stale_once(version: int) -> bool:
         calls["n"] += 1
         return False if calls["n"] == 1 else probe(version)
 
-    monkeypatch.setattr(b._log, "_commit_file_exists", stale_once)
+    monkeypatch.setattr(b._log, "has_commit", stale_once)
     mv = b.register(MODEL, write_file(tmp_path / "3", "model.bin", b"three"))
     assert calls["n"] >= 2, "the stale build was never retried"
     assert mv.version == 3  # not a second version 2

@@ -20,7 +20,7 @@ from model_ops.defs.resources import ModelOpsResource
 from model_ops.ml.monitoring import Decision
 from model_ops.ops import automation, retention
 from model_ops.specs.schema import ModelSpec
-from model_ops.vocab import SourceKind
+from model_ops.vocab import RunTag, SourceKind
 
 SENSOR_INTERVAL_SECONDS = 60
 MONITOR_ASSETS = ("predictions", "drift_report", "live_performance")
@@ -70,8 +70,8 @@ def _deploy_request(spec: ModelSpec, decision: Decision, sensor: str) -> dg.RunR
         run_config={"ops": {op: {"config": {"action": str(decision.action), "version": decision.version,
                                             "reason": decision.reason,
                                             "expect_serving": decision.evidence.get("serving")}}}},
-        tags={TRIGGER_TAG: sensor, "model_ops/action": str(decision.action),
-              "model_ops/version": str(decision.version), "model_ops/window": decision.window or ""})
+        tags={TRIGGER_TAG: sensor, RunTag.ACTION.value: str(decision.action),
+              RunTag.VERSION.value: str(decision.version), RunTag.WINDOW.value: decision.window or ""})
 
 
 def _result(decision: Decision, request: Callable[[], dg.RunRequest]) -> dg.SensorResult:
@@ -122,14 +122,14 @@ def drift_sensor(spec: ModelSpec) -> dg.SensorDefinition:
 def _retrain_request(spec: ModelSpec, decision: Decision) -> dg.RunRequest:
     """The retrain run with the evidence in its tags (the run writes the audit record from them)."""
     ev = decision.evidence
-    tags = {TRIGGER_TAG: "drift_sensor", "model_ops/production_version": str(decision.version),
-            "model_ops/drift_window": decision.window or "",
-            "model_ops/drift_windows": ",".join(ev.get("windows", [])),
-            "model_ops/drift_share": ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None),
+    tags = {TRIGGER_TAG: "drift_sensor", RunTag.PRODUCTION_VERSION.value: str(decision.version),
+            RunTag.WINDOW.value: decision.window or "",
+            RunTag.DRIFT_WINDOWS.value: ",".join(ev.get("windows", [])),
+            RunTag.DRIFT_SHARE.value: ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None),
             REASON_TAG: decision.reason, EVIDENCE_TAG: json.dumps(ev, sort_keys=True, default=str)}
     if ev.get("metric"):
-        tags["model_ops/live_" + ev["metric"]] = f"{ev['live']:.4f}"
-        tags["model_ops/baseline_" + ev["metric"]] = f"{ev['baseline']:.4f}"
+        tags[RunTag.LIVE_PREFIX.value + ev["metric"]] = f"{ev['live']:.4f}"
+        tags[RunTag.BASELINE_PREFIX.value + ev["metric"]] = f"{ev['baseline']:.4f}"
     return dg.RunRequest(run_key=f"retrain:v{decision.version}:{decision.window}",
                          job_name=job_names(spec)["retrain"], tags=tags)
 

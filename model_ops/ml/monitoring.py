@@ -40,7 +40,7 @@ from model_ops.ml import drift, tasks
 from model_ops.ml.tasks import Predicted, finite, worse_by
 from model_ops.ml.training import model_input
 from model_ops.specs.schema import LIVE_METRICS, ModelSpec
-from model_ops.vocab import Arm, ArmStatus, CanaryPhase, DeployAction, DriftStatus, Task
+from model_ops.vocab import Arm, ArmStatus, CanaryPhase, DecisionAction, DeployAction, DriftStatus, Task
 
 PROFILE_LABEL = "reference_profile"
 # Prediction columns of a drift table (beside the monitored features). Binary: P(positive); regression: the
@@ -48,8 +48,6 @@ PROFILE_LABEL = "reference_profile"
 SCORE_COLUMN = "prediction_score"
 PREDICTED_CLASS_COLUMN = "prediction_class"
 PROBA_DRIFT_PREFIX = "prediction_proba_"
-# Decision actions beside the deployment actions.
-RETRAIN, HOLD, NONE = "retrain", "hold", "none"
 
 
 # ------------------------------------------------------------------------------------------------- drift inputs
@@ -322,10 +320,10 @@ def analyse_canary(window: str, production: ArmPerformance | None, canary: ArmPe
 
 @dataclass
 class Decision:
-    """What a sensor should do. ``action`` is a deployment action (``DeployAction``), ``retrain``, ``hold`` or
-    ``none``."""
+    """What a sensor should do. ``action`` is a deployment action (``DeployAction``) or a ``DecisionAction``
+    (``retrain``, ``hold``, ``none``); both are plain strings too."""
 
-    action: str
+    action: DeployAction | DecisionAction
     reason: str
     version: int | None = None
     window: str | None = None
@@ -333,7 +331,7 @@ class Decision:
 
     @property
     def acts(self) -> bool:
-        return self.action not in (NONE, HOLD)
+        return self.action not in (DecisionAction.NONE, DecisionAction.HOLD)
 
 
 def _ordered(windows: Sequence[str], partition_keys: Sequence[str] | None) -> list[str]:
@@ -366,7 +364,8 @@ def canary_decision(canary: int, weight: float, measurements: list[dict[str, Any
                         f"last failure in {last['window']}: {last['message']}", canary, last["window"], evidence)
     current = [m for m in ordered if m.get("at_current_weight")]
     if not current:
-        return Decision(NONE, f"canary v{canary} at {weight:.0%}: waiting for a window of traffic at this weight",
+        return Decision(DecisionAction.NONE,
+                        f"canary v{canary} at {weight:.0%}: waiting for a window of traffic at this weight",
                         canary, None, evidence)
     last = current[-1]
     if last["phase"] == CanaryPhase.SUCCESSFUL:
@@ -375,9 +374,9 @@ def canary_decision(canary: int, weight: float, measurements: list[dict[str, Any
                         f"canary analysis {last['window']} Successful at {weight:.0%}: {last['message']}",
                         canary, last["window"], evidence)
     if last["phase"] == CanaryPhase.INCONCLUSIVE:
-        return Decision(HOLD, f"canary v{canary} held at {weight:.0%}: {last['window']} inconclusive "
+        return Decision(DecisionAction.HOLD, f"canary v{canary} held at {weight:.0%}: {last['window']} inconclusive "
                         f"({last['message']}); needs a conclusive window or a person", canary, last["window"], evidence)
-    return Decision(HOLD, f"canary v{canary} held at {weight:.0%}: {last['window']} Failed "
+    return Decision(DecisionAction.HOLD, f"canary v{canary} held at {weight:.0%}: {last['window']} Failed "
                     f"({len(failed)} of failure_limit {limit} used); the next window decides",
                     canary, last["window"], evidence)
 
@@ -406,13 +405,13 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
     """
     need = spec.monitoring.persistence_windows
     if len(drift_rows) < need:
-        return Decision(NONE, f"{len(drift_rows)} monitored window(s) of the production version; "
+        return Decision(DecisionAction.NONE, f"{len(drift_rows)} monitored window(s) of the production version; "
                         f"{need} consecutive drifted windows are needed")
     recent = drift_rows[-need:]
     windows = [r["window"] for r in recent]
     gaps = _gaps(windows, partition_keys)
     if gaps:
-        return Decision(NONE, f"the last {need} monitored windows are not consecutive partitions "
+        return Decision(DecisionAction.NONE, f"the last {need} monitored windows are not consecutive partitions "
                         f"({', '.join(f'{a} then {b}' for a, b in gaps)}); persistence starts again",
                         window=windows[-1], evidence={"windows": windows})
     evidence: dict[str, Any] = {"windows": windows, "drift_share": [r.get("drift_share") for r in recent],
@@ -423,7 +422,7 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
         share = r.get("drift_share")
         what = "too little data" if r.get("status") == DriftStatus.INSUFFICIENT_DATA or share is None else \
             f"drift share {share:.2f}, under {drift.DRIFT_SHARE}"
-        return Decision(NONE, f"no persistent drift: {r['window']} had {what}", window=windows[-1],
+        return Decision(DecisionAction.NONE, f"no persistent drift: {r['window']} had {what}", window=windows[-1],
                         evidence=evidence)
     metric = spec.monitoring_metric
     labelled = [(w, performance[w]) for w in windows
@@ -438,7 +437,7 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
         evidence.update({"metric": metric, "live": value, "baseline": baseline, "worse_by": delta,
                          "performance_window": w})
         if delta <= spec.monitoring.performance_drop:
-            return Decision(NONE, f"drift persists but {metric} held up in {w}: {value:.4f} vs "
+            return Decision(DecisionAction.NONE, f"drift persists but {metric} held up in {w}: {value:.4f} vs "
                             f"{baseline:.4f} at evaluation (worse by {delta:.4f} ≤ {spec.monitoring.performance_drop})",
                             window=windows[-1], evidence=evidence)
         reason += (f"; {metric} in {w} {value:.4f} vs {baseline:.4f} at evaluation "
@@ -449,7 +448,7 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
     else:
         evidence["metric"] = None
         reason += "; no conclusive labels in these windows, so drift alone decides"
-    return Decision(RETRAIN, reason, window=windows[-1], evidence=evidence)
+    return Decision(DecisionAction.RETRAIN, reason, window=windows[-1], evidence=evidence)
 
 
 # ------------------------------------------------------------------------------------------- production guard
@@ -472,12 +471,12 @@ def guard_decision(production: int, rows: list[dict[str, Any]], previous: int | 
     evidence = {"windows": [{k: r.get(k) for k in ("window", "status", "reason")} for r in run],
                 "guard_windows": need, "floor": {k: v.describe() for k, v in spec.monitoring.performance_floor.items()}}
     if len(run) < need:
-        return Decision(NONE, f"production v{production}: {len(run)} consecutive window(s) below the floor, "
-                        f"{need} needed", production, evidence=evidence)
+        return Decision(DecisionAction.NONE, f"production v{production}: {len(run)} consecutive window(s) below "
+                        f"the floor, {need} needed", production, evidence=evidence)
     detail = "; ".join(f"{r['window']}: {r['reason']}" for r in run)
     if previous is None:
-        return Decision(HOLD, f"production v{production} below the floor for {len(run)} windows ({detail}) "
-                        "but there is no earlier production version to roll back to", production,
+        return Decision(DecisionAction.HOLD, f"production v{production} below the floor for {len(run)} windows "
+                        f"({detail}) but there is no earlier production version to roll back to", production,
                         run[-1]["window"], evidence)
     return Decision(DeployAction.ROLLBACK_PRODUCTION, f"production guard: v{production} below the floor for "
                     f"{len(run)} consecutive windows ({detail}); back to v{previous}", previous, run[-1]["window"],

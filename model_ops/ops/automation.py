@@ -17,11 +17,11 @@ from model_ops.data.partitions import Partitioning
 from model_ops.errors import NotFoundError
 from model_ops.ml.monitoring import Decision, canary_decision, guard_decision, retrain_decision
 from model_ops.ops import deployment as dep
-from model_ops.ops.routing import PRODUCTION
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.registry import breaking_changes
 from model_ops.specs.schema import LIVE_METRICS, ModelSpec
+from model_ops.vocab import Arm, DecisionAction, DeployAction, RecordKind
 
 
 def _events(reg: Registry, name: str) -> list[ev.Event]:
@@ -48,10 +48,11 @@ def window_rows(table: Dataset) -> list[dict[str, Any]]:
 def fresh_staging(reg: Registry, name: str, manifest: dep.Manifest, events: list[ev.Event]) -> list[Any]:
     """Staging versions newer than production and than anything deployed before: what the next canary should be.
     An older staging version (passed over, or superseded) is left for a person to deploy by hand."""
-    deployed = [e.version for e in events if e.kind == "deployment" and e.data.get("action") == "deploy"
-                and e.version is not None]
+    deployed = [e.version for e in events if e.kind == RecordKind.DEPLOYMENT
+                and e.data.get("action") == DeployAction.DEPLOY and e.version is not None]
     floor = max([manifest.production or 0, *deployed])
-    return [v for v in reg.versions(name) if v.stage == "staging" and v.version > floor]
+    staging = dep.staging_stage(reg)
+    return [v for v in reg.versions(name) if v.stage == staging and v.version > floor]
 
 
 def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
@@ -59,19 +60,20 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
     name = spec.name
     events = _events(reg, name)
     if not events:
-        return Decision("none", f"{name} has no versions yet")
+        return Decision(DecisionAction.NONE, f"{name} has no versions yet")
     manifest = dep.current(reg, name, events)
-    state_seq = max([e.seq for e in events if e.kind in ("deployment", ev.STAGE_CHANGED, ev.ROLLBACK)], default=0)
+    state_seq = max([e.seq for e in events if e.kind in (RecordKind.DEPLOYMENT, ev.STAGE_CHANGED, ev.ROLLBACK)],
+                    default=0)
     if manifest.canary is not None:
         # only a change of this canary's weight starts a new measurement window (a shadow change does not)
-        changes = [e for e in events if e.kind == "deployment" and e.version == manifest.canary
-                   and e.data.get("action") in ("deploy", "advance")]
-        started = [e for e in changes if e.data.get("action") == "deploy"]
+        changes = [e for e in events if e.kind == RecordKind.DEPLOYMENT and e.version == manifest.canary
+                   and e.data.get("action") in (DeployAction.DEPLOY, DeployAction.ADVANCE)]
+        started = [e for e in changes if e.data.get("action") == DeployAction.DEPLOY]
         start = (started or changes)[-1].ts if changes else None
         last_change = changes[-1].ts if changes else None
         measurements = []
         for e in events:
-            if e.kind != "canary_analysis" or e.version != manifest.canary:
+            if e.kind != RecordKind.CANARY_ANALYSIS or e.version != manifest.canary:
                 continue
             scored = _ts(e.data.get("scored_at") or e.ts)
             if start is not None and scored <= start:
@@ -82,19 +84,20 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
     else:
         fresh = fresh_staging(reg, name, manifest, events)
         if not fresh:
-            return Decision("none", f"{manifest.describe()}; nothing new in staging")
+            return Decision(DecisionAction.NONE, f"{manifest.describe()}; nothing new in {dep.staging_stage(reg)}")
         v = fresh[-1]
         breaks = [] if manifest.production is None else \
             breaking_changes(reg.get(name, manifest.production).signature, v.signature)
         if breaks:
             # promotion would be refused: a canary of it could only end stuck, so a person decides
-            return Decision("hold", f"v{v.version} ({v.semver}) waits in staging: it breaks production "
+            return Decision(DecisionAction.HOLD, f"v{v.version} ({v.semver}) waits in {v.stage}: it breaks production "
                             f"v{manifest.production}'s interface ({'; '.join(breaks)}); deploy it by hand and promote "
                             "with --breaking once callers are ready", v.version,
                             evidence={"state_seq": state_seq, "serving": manifest.serving, "breaking": breaks})
         where = "to production (nothing serves yet)" if manifest.production is None else \
             f"as a canary at {spec.deployment.canary_steps[0]:.0%} beside production v{manifest.production}"
-        decision = Decision("deploy", f"v{v.version} ({v.semver}) reached staging: deploy {where}", v.version)
+        decision = Decision(DeployAction.DEPLOY, f"v{v.version} ({v.semver}) reached {v.stage}: deploy {where}",
+                            v.version)
     decision.evidence.update({"state_seq": state_seq, "serving": manifest.serving})
     return decision
 
@@ -114,7 +117,7 @@ def _production_since(reg: Registry, manifest: dep.Manifest, events: list[ev.Eve
 def evaluation_metric(events: list[ev.Event], version: int, metric: str) -> float | None:
     """The version's value of ``metric`` in its newest evaluation record (its own holdout)."""
     for e in reversed(events):
-        if e.kind == "evaluation" and e.version == version:
+        if e.kind == RecordKind.EVALUATION and e.version == version:
             value = (e.data.get("metrics") or {}).get(metric)
             if value is not None:
                 return float(value)
@@ -133,19 +136,21 @@ def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]
     manifest = dep.current(reg, name, events)
     production, since = manifest.production, _production_since(reg, manifest, events)
     if production is None:
-        return Decision("none", f"nothing serves {name} in production; nothing to monitor")
+        return Decision(DecisionAction.NONE, f"nothing serves {name} in production; nothing to monitor")
     if manifest.canary is not None:
-        return Decision("none", f"canary v{manifest.canary} is already being rolled out; retraining waits for it")
+        return Decision(DecisionAction.NONE,
+                        f"canary v{manifest.canary} is already being rolled out; retraining waits for it")
     waiting = fresh_staging(reg, name, manifest, events)
     if waiting:
-        return Decision("none", f"v{waiting[-1].version} waits in staging for deployment; retraining waits for it")
+        return Decision(DecisionAction.NONE, f"v{waiting[-1].version} waits in {waiting[-1].stage} for deployment; "
+                        "retraining waits for it")
 
     def served_by_production(r: dict[str, Any], stamp: str) -> bool:
         return int(r["model_version"]) == production and (since is None or _ts(r[stamp]) > since)
 
     mine = [r for r in drift_rows if served_by_production(r, "computed_at")]
     perf = {r["window"]: {"status": r["status"], "metrics": {m: r.get(m) for m in LIVE_METRICS[spec.task]}}
-            for r in performance_rows if r.get("arm") == PRODUCTION and served_by_production(r, "scored_at")}
+            for r in performance_rows if r.get("arm") == Arm.PRODUCTION and served_by_production(r, "scored_at")}
     baseline = evaluation_metric(events, production, spec.monitoring_metric)
     decision = retrain_decision(mine, perf, baseline, spec, partition_keys=Partitioning.of(spec).keys())
     decision.version = production
@@ -159,10 +164,10 @@ def guard_step(reg: Registry, spec: ModelSpec, performance_rows: list[dict[str, 
     manifest = dep.current(reg, name, events)
     production, since = manifest.production, _production_since(reg, manifest, events)
     if production is None:
-        return Decision("none", f"nothing serves {name} in production")
+        return Decision(DecisionAction.NONE, f"nothing serves {name} in production")
     if not spec.monitoring.performance_floor:
-        return Decision("none", "the spec sets no performance floor", production)
-    rows = [r for r in performance_rows if r.get("arm") == PRODUCTION and int(r["model_version"]) == production
+        return Decision(DecisionAction.NONE, "the spec sets no performance floor", production)
+    rows = [r for r in performance_rows if r.get("arm") == Arm.PRODUCTION and int(r["model_version"]) == production
             and (since is None or _ts(r["scored_at"]) > since)]
     decision = guard_decision(production, rows, dep.previous_production(reg, name), spec)
     decision.evidence.update({"state_seq": max([e.seq for e in events if e.kind in (ev.STAGE_CHANGED, ev.ROLLBACK)],

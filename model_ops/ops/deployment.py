@@ -8,14 +8,16 @@ so the deployment history is the audit log, and "what served at 14:00" is answer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from model_ops.errors import NotFoundError, PolicyError, UsageError
 from model_ops.registry import Registry
 from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import DeployAction, RecordKind
 
-ACTIONS = ("deploy", "advance", "promote", "rollback", "rollback_production", "shadow_on", "shadow_off")
+ACTIONS = tuple(a.value for a in DeployAction)
 CANARY_ALIAS = "canary"
 
 
@@ -70,7 +72,7 @@ def current(reg: Registry, name: str, events: list[Any] | None = None) -> Manife
         except NotFoundError:
             events = []
     for event in reversed(events):
-        if event.kind == "deployment":
+        if event.kind == RecordKind.DEPLOYMENT:
             m = event.data.get("manifest") or {}
             canary, weight, shadow = m.get("canary"), float(m.get("canary_weight") or 0.0), m.get("shadow")
             break
@@ -81,110 +83,165 @@ def current(reg: Registry, name: str, events: list[Any] | None = None) -> Manife
     return Manifest(name, prod, canary, weight if canary else 0.0, shadow)
 
 
+def staging_stage(reg: Registry) -> str:
+    """The stage a candidate waits in before deployment: the policy's ``retention.staging_stage`` (``staging``, the
+    shipped name, when the policy names none)."""
+    return reg.policy.retention.staging_stage or "staging"
+
+
 def _newest_in(reg: Registry, name: str, stage: str, exclude: set[int | None]) -> int:
     in_stage = [v.version for v in reg.versions(name) if v.stage == stage and v.version not in exclude]
     if not in_stage:
         raise PolicyError(f"{name} has no version in {stage} to deploy",
-                          hint="versions reach staging when their evaluation passes every gate "
-                               "(materialize the evaluation asset), or with `model-ops transition REF staging`")
+                          hint=f"versions reach {stage} when their evaluation passes every gate "
+                               f"(materialize the evaluation asset), or with `model-ops transition REF {stage}`")
     return in_stage[-1]
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One deployment action being carried out, on the manifest in force when it started."""
+
+    reg: Registry
+    spec: ModelSpec
+    action: DeployAction
+    version: int | None
+    before: Manifest
+    why: str
+    run_id: str | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def unchanged(self, message: str) -> Change:
+        return Change(self.action.value, self.before, self.before, message, False)
+
+
+# What an action did: the manifest after it, the version it acted on, and the message; or a Change when it
+# changed nothing (or handed over to another action, which recorded itself).
+_Outcome = tuple[Manifest, int | None, str] | Change
+
+
+def _deploy(r: _Request) -> _Outcome:
+    reg, name, before, steps = r.reg, r.name, r.before, r.spec.deployment.canary_steps
+    staging = staging_stage(reg)
+    target = r.version or _newest_in(reg, name, staging, {before.production})
+    if target in (before.production, before.canary):
+        role = "production" if target == before.production else "the canary"
+        return r.unchanged(f"v{target} already serves as {role}; nothing changed")
+    if before.production is None:
+        reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=r.why, run_id=r.run_id)
+        return replace(before, production=target), target, \
+            f"v{target} deployed straight to production (nothing was serving)"
+    _require_stage(reg, name, target, staging)
+    reg.set_alias(name, CANARY_ALIAS, target, reason=r.why, run_id=r.run_id)
+    message = f"v{target} started as canary at {steps[0]:.0%} beside production v{before.production}"
+    if before.canary:
+        message += f" (supersedes canary v{before.canary})"
+    return replace(before, canary=target, canary_weight=steps[0]), target, message
+
+
+def _advance(r: _Request) -> _Outcome:
+    before = r.before
+    if before.canary is None:
+        raise PolicyError(f"{r.name} has no canary to advance", hint="start one with action deploy")
+    later = [s for s in r.spec.deployment.canary_steps if s > before.canary_weight]
+    if not later:
+        return apply(r.reg, r.spec, DeployAction.PROMOTE, reason=r.why + " (advanced past the last canary step)",
+                     run_id=r.run_id)
+    return replace(before, canary_weight=later[0]), before.canary, \
+        f"canary v{before.canary} advanced from {before.canary_weight:.0%} to {later[0]:.0%}"
+
+
+def _promote(r: _Request) -> _Outcome:
+    reg, name, before = r.reg, r.name, r.before
+    target = r.version or before.canary
+    if target is None:
+        raise PolicyError(f"{name} has no canary to promote", hint="start one with action deploy, or name a version")
+    if target == before.production:
+        return r.unchanged(f"v{target} is already in production; nothing changed")
+    reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=r.why, run_id=r.run_id)
+    _drop_canary_alias(reg, name, r.why, r.run_id)
+    after = replace(before, production=target, canary=None, canary_weight=0.0,
+                    shadow=None if before.shadow == target else before.shadow)
+    return after, target, f"v{target} promoted to production (was v{before.production})"
+
+
+def _rollback(r: _Request) -> _Outcome:
+    """``rollback`` aborts a running canary (unless it names another version); otherwise, and always for
+    ``rollback_production``, production goes back to the previous (or the named) version."""
+    reg, name, before, why = r.reg, r.name, r.before, r.why
+    if r.action is DeployAction.ROLLBACK and before.canary is not None and r.version in (None, before.canary):
+        reg.transition(f"models:/{name}/{before.canary}", reg.policy.production.rolled_back_goes_to,
+                       reason=f"canary rolled back: {why}", run_id=r.run_id)
+        _drop_canary_alias(reg, name, why, r.run_id)
+        return replace(before, canary=None, canary_weight=0.0), before.canary, \
+            f"canary v{before.canary} rolled back; production v{before.production} serves all traffic"
+    mv = reg.rollback(name, to=r.version, reason=why, run_id=r.run_id)
+    after = replace(before, production=mv.version,
+                    canary=None if before.canary == mv.version else before.canary,
+                    canary_weight=0.0 if before.canary == mv.version else before.canary_weight)
+    return after, mv.version, f"production rolled back from v{before.production} to v{mv.version}"
+
+
+def _shadow_on(r: _Request) -> _Outcome:
+    before = r.before
+    target = r.version or _newest_in(r.reg, r.name, staging_stage(r.reg), {before.production})
+    if target == before.production:
+        raise PolicyError(f"v{target} is in production; a shadow must be another version")
+    if target == before.shadow:
+        return r.unchanged(f"v{target} already runs in shadow; nothing changed")
+    return replace(before, shadow=target), target, f"v{target} now scores in shadow (never served)"
+
+
+def _shadow_off(r: _Request) -> _Outcome:
+    before = r.before
+    if before.shadow is None:
+        return r.unchanged("no shadow was running; nothing changed")
+    return replace(before, shadow=None), before.shadow, f"shadow v{before.shadow} stopped"
+
+
+_HANDLERS: dict[DeployAction, Callable[[_Request], _Outcome]] = {
+    DeployAction.DEPLOY: _deploy,
+    DeployAction.ADVANCE: _advance,
+    DeployAction.PROMOTE: _promote,
+    DeployAction.ROLLBACK: _rollback,
+    DeployAction.ROLLBACK_PRODUCTION: _rollback,
+    DeployAction.SHADOW_ON: _shadow_on,
+    DeployAction.SHADOW_OFF: _shadow_off,
+}
 
 
 def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = None, reason: str | None = None,
           run_id: str | None = None, expect: str | None = None) -> Change:
-    """Carry out one deployment action and record it; a request that changes nothing records nothing.
+    """Carry out one deployment action (a ``DeployAction`` or its string) and record it; a request that changes
+    nothing records nothing.
 
     ``expect`` (``Manifest.serving`` of the state the request was decided on) makes a late request harmless: when
     production or the canary changed since, nothing is done. Sensors always set it.
     """
     if action not in ACTIONS:
         raise UsageError(f"unknown deployment action {action!r}", hint="actions: " + ", ".join(ACTIONS))
+    act = DeployAction(action)
     name = spec.name
     before = current(reg, name)
     if expect is not None and expect != before.serving:
-        return Change(action, before, before, f"{action} was decided when production:canary was {expect}, but it is "
-                      f"{before.serving} now ({before.describe()}); nothing changed", False)
-    why = (reason or "").strip() or f"{action} requested" + (f" by run {run_id}" if run_id else "")
-    steps = spec.deployment.canary_steps
-    after, acted, message = before, version, ""
+        return Change(act.value, before, before, f"{act} was decided when production:canary was {expect}, but it "
+                      f"is {before.serving} now ({before.describe()}); nothing changed", False)
+    why = (reason or "").strip() or f"{act} requested" + (f" by run {run_id}" if run_id else "")
 
     if version is not None:
         reg.get(name, version)  # NotFoundError naming the model's versions
 
-    if action == "deploy":
-        target = version or _newest_in(reg, name, "staging", {before.production})
-        acted = target
-        if target in (before.production, before.canary):
-            role = "production" if target == before.production else "the canary"
-            return Change(action, before, before, f"v{target} already serves as {role}; nothing changed", False)
-        if before.production is None:
-            reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=why, run_id=run_id)
-            after = replace(before, production=target)
-            message = f"v{target} deployed straight to production (nothing was serving)"
-        else:
-            _require_stage(reg, name, target, "staging")
-            reg.set_alias(name, CANARY_ALIAS, target, reason=why, run_id=run_id)
-            after = replace(before, canary=target, canary_weight=steps[0])
-            message = f"v{target} started as canary at {steps[0]:.0%} beside production v{before.production}"
-            if before.canary:
-                message += f" (supersedes canary v{before.canary})"
-    elif action == "advance":
-        if before.canary is None:
-            raise PolicyError(f"{name} has no canary to advance", hint="start one with action deploy")
-        acted = before.canary
-        later = [s for s in steps if s > before.canary_weight]
-        if not later:
-            return apply(reg, spec, "promote", reason=why + " (advanced past the last canary step)", run_id=run_id)
-        after = replace(before, canary_weight=later[0])
-        message = f"canary v{before.canary} advanced from {before.canary_weight:.0%} to {later[0]:.0%}"
-    elif action == "promote":
-        promoted = version or before.canary
-        if promoted is None:
-            raise PolicyError(f"{name} has no canary to promote", hint="start one with action deploy, or name a version")
-        target = promoted
-        if target == before.production:
-            return Change(action, before, before, f"v{target} is already in production; nothing changed", False)
-        acted = target
-        reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=why, run_id=run_id)
-        _drop_canary_alias(reg, name, why, run_id)
-        after = replace(before, production=target, canary=None, canary_weight=0.0,
-                        shadow=None if before.shadow == target else before.shadow)
-        message = f"v{target} promoted to production (was v{before.production})"
-    elif action in ("rollback", "rollback_production"):
-        if action == "rollback" and before.canary is not None and version in (None, before.canary):
-            acted = before.canary
-            reg.transition(f"models:/{name}/{before.canary}", reg.policy.production.rolled_back_goes_to,
-                           reason=f"canary rolled back: {why}", run_id=run_id)
-            _drop_canary_alias(reg, name, why, run_id)
-            after = replace(before, canary=None, canary_weight=0.0)
-            message = f"canary v{before.canary} rolled back; production v{before.production} serves all traffic"
-        else:
-            mv = reg.rollback(name, to=version, reason=why, run_id=run_id)
-            acted = mv.version
-            after = replace(before, production=mv.version,
-                            canary=None if before.canary == mv.version else before.canary,
-                            canary_weight=0.0 if before.canary == mv.version else before.canary_weight)
-            message = f"production rolled back from v{before.production} to v{mv.version}"
-    elif action == "shadow_on":
-        target = version or _newest_in(reg, name, "staging", {before.production})
-        acted = target
-        if target == before.production:
-            raise PolicyError(f"v{target} is in production; a shadow must be another version")
-        if target == before.shadow:
-            return Change(action, before, before, f"v{target} already runs in shadow; nothing changed", False)
-        after = replace(before, shadow=target)
-        message = f"v{target} now scores in shadow (never served)"
-    elif action == "shadow_off":
-        if before.shadow is None:
-            return Change(action, before, before, "no shadow was running; nothing changed", False)
-        acted = before.shadow
-        after = replace(before, shadow=None)
-        message = f"shadow v{before.shadow} stopped"
-
-    reg.record(name, "deployment", version=acted, reason=why, run_id=run_id,
-               details={"action": action, "message": message, "manifest": after.to_dict(),
+    outcome = _HANDLERS[act](_Request(reg, spec, act, version, before, why, run_id))
+    if isinstance(outcome, Change):
+        return outcome
+    after, acted, message = outcome
+    reg.record(name, RecordKind.DEPLOYMENT, version=acted, reason=why, run_id=run_id,
+               details={"action": act.value, "message": message, "manifest": after.to_dict(),
                         "previous": before.to_dict()})
-    return Change(action, before, after, message, True)
+    return Change(act.value, before, after, message, True)
 
 
 def _require_stage(reg: Registry, name: str, version: int, stage: str) -> None:
@@ -209,4 +266,4 @@ def previous_production(reg: Registry, name: str) -> int | None:
 def history(reg: Registry, name: str) -> list[dict[str, Any]]:
     """Every deployment change, oldest first: when, who, what, why, and the manifest after it."""
     return [{"ts": e.ts.isoformat(), "actor": e.actor, "version": e.version, "reason": e.reason,
-             "run_id": e.run_id, **e.data} for e in reg.audit(name) if e.kind == "deployment"]
+             "run_id": e.run_id, **e.data} for e in reg.audit(name) if e.kind == RecordKind.DEPLOYMENT]

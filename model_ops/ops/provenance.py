@@ -20,6 +20,7 @@ from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.environment import environment
 from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import RecordKind
 
 
 @dataclass
@@ -145,16 +146,16 @@ def lineage(reg: Registry, ref: str) -> dict[str, Any]:
                          "champion": e.data.get("champion"), "gates": e.data.get("gates"),
                          "metrics": {k: v for k, v in (e.data.get("metrics") or {}).items()
                                      if not k.startswith("latency_")}}
-                        for e in events if e.kind == "evaluation"],
+                        for e in events if e.kind == RecordKind.EVALUATION],
         "changes": [{"ts": e.ts.isoformat(), "kind": e.kind, "from": e.from_value, "to": e.to_value, "key": e.key,
                      "actor": e.actor, "reason": e.reason, "run_id": e.run_id}
                     for e in events if e.kind in (ev.STAGE_CHANGED, ev.ALIAS_SET, ev.ALIAS_REMOVED, ev.APPROVED,
                                                   ev.ROLLBACK)],
         "deployments": [{"ts": e.ts.isoformat(), "action": e.data.get("action"), "message": e.data.get("message"),
                          "reason": e.reason, "actor": e.actor, "run_id": e.run_id}
-                        for e in events if e.kind == "deployment"],
+                        for e in events if e.kind == RecordKind.DEPLOYMENT],
         "monitoring": [{"ts": e.ts.isoformat(), "kind": e.kind, "reason": e.reason}
-                       for e in events if e.kind in ("canary_analysis", "retrain", "alert")],
+                       for e in events if e.kind in (RecordKind.CANARY_ANALYSIS, RecordKind.RETRAIN, RecordKind.ALERT)],
     }
 
 

@@ -11,7 +11,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-PRODUCTION, CANARY, SHADOW = "production", "canary", "shadow"
+from model_ops.vocab import Arm
 
 
 def buckets(keys: pd.Series, salt: str = "") -> np.ndarray:
@@ -25,4 +25,4 @@ def assign_arms(keys: pd.Series, canary_weight: float, salt: str = "") -> np.nda
     """``canary`` for keys whose bucket is below the weight, ``production`` for the rest."""
     if not 0.0 <= canary_weight <= 1.0:
         raise ValueError(f"canary weight must be within [0, 1], got {canary_weight}")
-    return np.where(buckets(keys, salt) < canary_weight, CANARY, PRODUCTION)
+    return np.where(buckets(keys, salt) < canary_weight, Arm.CANARY.value, Arm.PRODUCTION.value)

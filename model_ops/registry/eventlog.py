@@ -73,7 +73,10 @@ class DeltaCas:
     def version(self) -> int:
         return self.table.version()
 
-    def _commit_file_exists(self, version: int) -> bool:
+    def has_commit(self, version: int) -> bool:
+        """Whether Delta commit ``version`` has been published: one ``stat`` (or ``HEAD``), no table read. Asked
+        for this handle's version + 1 it is the "did another writer commit?" probe. Exact only while that commit
+        cannot have been expired yet (see ``Registry._sync``): a missing file means "not written" only then."""
         name = f"_delta_log/{version:020d}.json"
         if not self.location.is_s3:
             return os.path.exists(os.path.join(self.location.uri, name))
@@ -89,7 +92,7 @@ class DeltaCas:
 
     def changed(self) -> bool:
         """True when another writer has committed since this object last read the table."""
-        return self._commit_file_exists(self.version + 1)
+        return self.has_commit(self.version + 1)
 
     def refresh(self) -> None:
         self.table.update_incremental()

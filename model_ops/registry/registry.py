@@ -3,13 +3,17 @@
 All state is a fold over the append-only event log (see ``eventlog.py``); this module turns requests into events.
 Each write runs the same loop: bring the fold up to date, check the request against the policy and the current
 state, commit the events by compare-and-swap, retry from the top if another writer got there first. A request that
-fails a check writes nothing (denials are the exception: they are recorded, by design).
+fails a check writes nothing (denials are the exception: they are recorded, by design). ``Registry._write`` holds
+the steps the write verbs share, ``Registry._commit`` the compare-and-swap loop.
+
+Beside this module: ``inputs.py`` coerces what callers pass into what the log stores, ``gates.py`` decides whether
+a version may enter a stage, ``maintenance.py`` holds fsck, gc and the SQL-readable versions table. Names other
+modules import from here (``parse_timestamp``, ``breaking_changes`` …) are re-exported.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import tempfile
@@ -19,45 +23,35 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
+from typing import Any, TypeVar, overload
 
 from model_ops.artifacts import ArtifactStore, signing
 from model_ops.artifacts.manifest import FLAVOR_SKOPS
-from model_ops.errors import (
-    ConflictError,
-    IntegrityError,
-    NotFoundError,
-    PermissionDeniedError,
-    PolicyError,
-    UsageError,
-)
+from model_ops.errors import ConflictError, NotFoundError, PermissionDeniedError, PolicyError, UsageError
 from model_ops.location import Location, resolve_root
 from model_ops.registry import events as ev
+from model_ops.registry import inputs, maintenance
 from model_ops.registry import semver as sv
 from model_ops.registry.environment import default_actor, environment, git_commit
-from model_ops.registry.eventlog import COMPACT_EVERY, DeltaCas, EventLog
+from model_ops.registry.eventlog import COMPACT_EVERY, EventLog
+from model_ops.registry.gates import breaking_changes, gate_results
+from model_ops.registry.inputs import as_ref, parse_dataset, parse_timestamp, require_reason
+from model_ops.registry.maintenance import VERSIONS_SCHEMA
 from model_ops.registry.policy import Policy, load_policy
 from model_ops.registry.refs import Ref, check_alias, check_name, parse_ref
 from model_ops.registry.state import ModelState, RegistryState, VersionState, gc_paused
+
+# Imported by other modules from here since before the split (``model_ops.registry.registry.parse_timestamp`` …).
+__all__ = ["VERSIONS_SCHEMA", "ModelVersion", "Registry", "breaking_changes", "parse_dataset", "parse_timestamp"]
 
 MAX_ATTEMPTS = 200
 # Well inside the event log's retention (delta.logRetentionDuration, 7 days): see Registry._sync.
 STALE_AFTER = timedelta(days=1)
 RUN_ID_ENV = "MODEL_OPS_RUN_ID"
 
-VERSIONS_SCHEMA = pa.schema([
-    pa.field("model", pa.string(), nullable=False),
-    pa.field("version", pa.int64(), nullable=False),
-    pa.field("semver", pa.string(), nullable=False),
-    pa.field("digest", pa.string(), nullable=False),
-    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("created_by", pa.string(), nullable=False),
-    pa.field("run_id", pa.string()),
-    pa.field("registered_seq", pa.int64(), nullable=False),
-    pa.field("record", pa.string(), nullable=False),
-])
+T = TypeVar("T")
+# What a write's build step returns: the events to commit, and how to compute the result once they are committed.
+Built = tuple[list[ev.Event], Callable[[], T]]
 
 
 @dataclass(frozen=True)
@@ -150,98 +144,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def parse_timestamp(value: str | datetime) -> datetime:
-    if isinstance(value, datetime):
-        return ev.utc(value)
-    text = str(value).strip()
-    try:
-        return ev.utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        raise UsageError(f"cannot read {value!r} as a time",
-                         hint="use ISO 8601, e.g. 2013-07-14T14:00:00Z (a time without a zone is taken as UTC)") from None
-
-
-def _json_obj(value: Any, what: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise UsageError(f"{what} must be a JSON object (a mapping of names to values), got {type(value).__name__}")
-    try:
-        return json.loads(json.dumps(dict(value), sort_keys=True, allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"{what} cannot be stored as JSON: {e}") from None
-
-
-def _metrics(value: Any) -> dict[str, float]:
-    metrics = _json_obj(value, "metrics")
-    bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
-    if bad:
-        raise UsageError(f"metrics must be finite numbers; not: {', '.join(bad)}")
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def _tags(value: Any) -> dict[str, str]:
-    tags = _json_obj(value, "tags")
-    for k, v in tags.items():
-        if not isinstance(v, (str, int, float, bool)):
-            raise UsageError(f"tag {k!r} must be a string, number or boolean")
-        if not k or len(k) > 250:
-            raise UsageError(f"tag key {k!r} must be 1 to 250 characters")
-    return {k: str(v) for k, v in tags.items()}
-
-
-def parse_dataset(value: Any) -> dict | None:
-    """A dataset reference: ``URI@VERSION`` or a mapping with at least ``uri``."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        uri, sep, version = value.rpartition("@")
-        if not sep or not uri:
-            raise UsageError(f"dataset {value!r} must be URI@VERSION", hint="e.g. s3://lake/features@42")
-        return {"uri": uri, "version": int(version) if version.isdigit() else version}
-    ds = _json_obj(value, "dataset")
-    if "uri" not in ds:
-        raise UsageError("dataset must name its 'uri'", hint='e.g. {"uri": "...", "version": 42, "schema_hash": "..."}')
-    return ds
-
-
-def _signature(value: Any) -> dict | None:
-    if value is None:
-        return None
-    sig = _json_obj(value, "signature")
-    inputs = sig.get("inputs")
-    if inputs is not None and (not isinstance(inputs, list) or not all(isinstance(i, dict) and "name" in i for i in inputs)):
-        raise UsageError("signature.inputs must be a list of {\"name\": ..., \"dtype\": ...}")
-    return sig
-
-
-def breaking_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
-    """How a version with signature ``new`` breaks callers of one with signature ``old``: an input column removed
-    or retyped, another task, other classes (or another order of them: it is the column order of predict_proba).
-    Added columns are not breaking. Nothing is breaking when either side records no signature to compare."""
-    if not old or not new:
-        return []
-    out = []
-    old_in, new_in = old.get("inputs"), new.get("inputs")
-    if isinstance(old_in, list) and isinstance(new_in, list):
-        before = {str(i["name"]): i.get("type", i.get("dtype")) for i in old_in if isinstance(i, Mapping)}
-        after = {str(i["name"]): i.get("type", i.get("dtype")) for i in new_in if isinstance(i, Mapping)}
-        removed = sorted(set(before) - set(after))
-        if removed:
-            out.append("removes input column(s) " + ", ".join(removed))
-        retyped = [f"{n} ({before[n]} -> {after[n]})" for n in sorted(set(before) & set(after))
-                   if before[n] is not None and after[n] is not None and str(before[n]) != str(after[n])]
-        if retyped:
-            out.append("retypes input column(s) " + ", ".join(retyped))
-    old_out, new_out = old.get("outputs") or {}, new.get("outputs") or {}
-    if old_out.get("task") and new_out.get("task") and old_out["task"] != new_out["task"]:
-        out.append(f"changes the task from {old_out['task']} to {new_out['task']}")
-    elif "classes" in old_out and "classes" in new_out and \
-            json.dumps(old_out["classes"], default=str) != json.dumps(new_out["classes"], default=str):
-        out.append(f"changes the classes from {old_out['classes']} to {new_out['classes']}")
-    return out
-
-
 class Registry:
     """Open with :meth:`open`; safe to share between threads; any number of processes may use one root at once."""
 
@@ -283,7 +185,7 @@ class Registry:
                 state = RegistryState(self.policy.production.stage)
                 state.apply_table(self._log.read_after(0))
                 self._state, self._state_version = state, self._log.version
-            elif self._log._commit_file_exists(self._state_version + 1):
+            elif self._log.has_commit(self._state_version + 1):
                 self._log.refresh()
                 self._state.apply_table(self._log.read_after(self._state.last_seq))
                 self._state_version = self._log.version
@@ -337,7 +239,7 @@ class Registry:
 
     def resolve(self, ref: str | Ref) -> ModelVersion:
         """The version a reference points at now (``models:/NAME/3``, ``/1.2.0``, ``@alias``, ``/stage``)."""
-        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
+        parsed = as_ref(ref)
         with self._lock:
             return self._mv(*self._find(self._sync(), parsed))
 
@@ -405,7 +307,7 @@ class Registry:
                     self._state_version = self._log.version
                     self._after_commit()
                     return result()
-                if not self._log._commit_file_exists(self._state_version + 1):
+                if not self._log.has_commit(self._state_version + 1):
                     self._state = None  # lost the race yet no V+1: the log moved on past expiry; rebuild
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.25)
@@ -416,7 +318,7 @@ class Registry:
         version = self._log.version
         if version and version % COMPACT_EVERY == 0:
             self._log.maintain()
-            self._project_versions()
+            maintenance.project_versions(self)
 
     def _event(self, model: str, kind: str, *, version: int | None = None, key: str | None = None,
                from_value: str | None = None, to_value: str | None = None, digest: str | None = None,
@@ -439,11 +341,51 @@ class Registry:
                                     hint=("roles that may: " + ", ".join(granted_by)) if granted_by
                                     else "no role in the policy grants it")
 
-    @staticmethod
-    def _reason(reason: str | None, what: str) -> str:
-        if reason is None or not str(reason).strip():
-            raise UsageError(f"{what} needs a reason", hint="say why with --reason TEXT (it goes into the audit log)")
-        return str(reason).strip()
+    @overload
+    def _write(self, verb: str, name: str, build: Callable[[RegistryState, ModelState, VersionState], Built[T]], *,
+               ref: Ref, run_id: str | None = None, check: Callable[[ModelState], None] | None = None) -> T: ...
+
+    @overload
+    def _write(self, verb: str, name: str, build: Callable[[RegistryState, ModelState], Built[T]], *,
+               ref: None = None, run_id: str | None = None, check: Callable[[ModelState], None] | None = None) -> T: ...
+
+    def _write(self, verb: str, name: str, build: Callable[..., Built[T]], *, ref: Ref | None = None,
+               run_id: str | None = None, check: Callable[[ModelState], None] | None = None) -> T:
+        """The steps the stage, approval, alias, tag and rollback verbs share, so each of them states only its own
+        rule. ``register_many``, ``record`` and ``attach`` authorize and commit directly: they may write for a model
+        with no versions yet (a first registration, a record naming no version), or store an artifact once, between
+        authorization and the commit, outside the retry loop.
+
+        1. Resolve the target once, against the state brought up to date: the version ``ref`` points at (``build``
+           is then called as ``build(state, m, vs)``), or with no ``ref`` just model ``name`` (``build(state, m)``).
+           ``check`` may refuse the request on that model. A missing target or a refusal is raised before
+           authorization, so it records no denial.
+        2. Authorize ``verb`` on ``name`` (and the version's number): a denial is committed to the audit log as its
+           own event and raised, before anything of the request is built.
+        3. Commit: ``build`` runs inside :meth:`_commit`'s compare-and-swap loop, once per attempt, against the
+           state as of that attempt. The version is pinned by the number resolved in step 1, not re-resolved from
+           ``ref``: an alias or stage moved by a racing writer cannot redirect a write that was authorized for
+           another version. ``build`` returns no events when there is nothing to change, and nothing is written.
+        """
+        with self._lock:
+            state = self._sync()
+            if ref is not None:
+                m0, vs0 = self._find(state, ref)
+                number: int | None = vs0.version
+            else:
+                m0, number = self._model(state, name), None
+            if check is not None:
+                check(m0)
+        self._authorize(verb, name, number, run_id)
+        if ref is None:
+            return self._commit(lambda latest: build(latest, self._model(latest, name)))
+        pinned = Ref(ref.name, version=number)
+        return self._commit(lambda latest: build(latest, *self._find(latest, pinned)))
+
+    def _known_stage(self, stage: str) -> str:
+        if stage not in self.policy.stages:
+            raise UsageError(f"unknown stage {stage!r}", hint="stages: " + ", ".join(self.policy.stages))
+        return stage
 
     def register(self, name: str, path: str | os.PathLike[str], *, params: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, float] | None = None, dataset: Any = None,
@@ -472,26 +414,12 @@ class Registry:
         if self.policy.require_signed_artifacts and key is None:
             raise UsageError("this registry requires signed artifacts and MODEL_OPS_SIGNING_KEY is not set",
                              hint="set MODEL_OPS_SIGNING_KEY to the registry's signing key")
-        prepared = [self._prepare(e) for e in entries]  # validates everything before storing anything
+        prepared = [inputs.registration(e) for e in entries]  # validates everything before storing anything
         for item in prepared:
             stored = self.artifacts.put(item.pop("path"), item.pop("flavor"))
             item["digest"], item["manifest"] = stored.digest, stored.manifest
             item["artifact_signature"] = signing.sign(stored.digest, key) if key else None
         return self._commit(lambda state: self._build_registrations(state, name, prepared, run_id))
-
-    @staticmethod
-    def _prepare(entry: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(entry) - {"path", "params", "metrics", "dataset", "signature", "tags", "lineage", "parent",
-                                "description", "flavor"}
-        if unknown:
-            raise UsageError(f"unknown registration field(s): {', '.join(sorted(unknown))}")
-        if "path" not in entry:
-            raise UsageError("a registration needs the path of its artifact")
-        return {"path": entry["path"], "flavor": entry.get("flavor"), "params": _json_obj(entry.get("params"), "params"),
-                "metrics": _metrics(entry.get("metrics")), "dataset": parse_dataset(entry.get("dataset")),
-                "signature": _signature(entry.get("signature")), "tags": _tags(entry.get("tags")),
-                "lineage": _json_obj(entry.get("lineage"), "lineage"), "parent": entry.get("parent"),
-                "description": entry.get("description")}
 
     def _build_registrations(self, state: RegistryState, name: str, prepared: list[dict[str, Any]],
                              run_id: str | None) -> tuple[list[ev.Event], Callable[[], list[ModelVersion]]]:
@@ -567,35 +495,6 @@ class Registry:
         ref = parse_ref(str(parent))
         return ref.version or m.by_semver.get(ref.semver or "") or m.aliases.get(ref.alias or "")
 
-    def _gate_results(self, m: ModelState, vs: VersionState, stage: str) -> dict:
-        gate = self.policy.gates.get(stage)
-        if gate is None:
-            return {}
-        results: dict[str, Any] = {}
-        failures = []
-        if gate.approvals:
-            approvers = set(m.approvals.get((vs.version, stage), set()))
-            if self.policy.four_eyes:
-                approvers.discard(self.actor)
-            results["approvals"] = {"required": gate.approvals, "given": sorted(approvers)}
-            if len(approvers) < gate.approvals:
-                failures.append(f"needs {gate.approvals} approval(s) for {stage} from someone other than the "
-                                f"actor, has {len(approvers)}")
-        metrics = vs.record.get("metrics") or {}
-        for metric, bound in gate.metrics.items():
-            value = metrics.get(metric)
-            ok = value is not None and (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
-            results[f"metric:{metric}"] = {"value": value, "min": bound.min, "max": bound.max, "passed": ok}
-            if not ok:
-                limits = " and ".join(x for x in (f">= {bound.min}" if bound.min is not None else "",
-                                                  f"<= {bound.max}" if bound.max is not None else "") if x)
-                failures.append(f"metric {metric} is {value if value is not None else 'not recorded'}, "
-                                f"the gate needs {limits}")
-        if failures:
-            raise PolicyError(f"{m.name} v{vs.version} cannot enter {stage}: " + "; ".join(failures),
-                              hint="`model-ops approve` records an approval; metrics come from registration")
-        return results
-
     def transition(self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None,
                    breaking: bool = False) -> ModelVersion:
         """Move a version to ``stage`` if the policy allows it. Promoting to production retires the old production
@@ -603,24 +502,19 @@ class Registry:
 
         A version whose signature breaks the production version's (see :func:`breaking_changes`) enters
         production only with ``breaking=True``; what it breaks is recorded in the stage change's data."""
-        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
-        reason = self._reason(reason, "a stage transition")
-        if stage not in self.policy.stages:
-            raise UsageError(f"unknown stage {stage!r}", hint="stages: " + ", ".join(self.policy.stages))
-        with self._lock:
-            _, vs0 = self._find(self._sync(), parsed)
-        self._authorize(f"transition:{stage}", parsed.name, vs0.version, run_id)
+        parsed = as_ref(ref)
+        reason = require_reason(reason, "a stage transition")
+        self._known_stage(stage)
         prod = self.policy.production
 
-        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
-            m, vs = self._find(state, Ref(parsed.name, version=vs0.version))
+        def build(state: RegistryState, m: ModelState, vs: VersionState) -> Built[ModelVersion]:
             if vs.stage == stage:
                 return [], lambda: self._mv(m, vs)
             allowed = self.policy.allowed_targets(vs.stage)
             if stage not in allowed:
                 raise PolicyError(f"{m.name} v{vs.version} cannot move from {vs.stage} to {stage}",
                                   hint=f"from {vs.stage} the policy allows: " + (", ".join(allowed) or "nothing"))
-            gates = self._gate_results(m, vs, stage)
+            gates = gate_results(self.policy, self.actor, m, vs, stage)
             payload: dict[str, Any] = {"gates": gates, "cause": "transition"}
             replacing = stage == prod.stage and m.production is not None and m.production != vs.version
             current = m.get(m.production) if replacing and m.production is not None else None
@@ -654,114 +548,102 @@ class Registry:
                                        reason=f"v{vs.version} left production: {reason}"))
             return out, lambda: self.get(m.name, vs.version)
 
-        return self._commit(build)
+        return self._write(f"transition:{stage}", parsed.name, build, ref=parsed, run_id=run_id)
 
     def approve(self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None) -> ModelVersion:
         """Record this actor's approval of a version for ``stage`` (counted by the stage's approvals gate)."""
-        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
-        reason = self._reason(reason, "an approval")
-        if stage not in self.policy.stages:
-            raise UsageError(f"unknown stage {stage!r}", hint="stages: " + ", ".join(self.policy.stages))
-        with self._lock:
-            _, vs0 = self._find(self._sync(), parsed)
-        self._authorize("approve", parsed.name, vs0.version, run_id)
+        parsed = as_ref(ref)
+        reason = require_reason(reason, "an approval")
+        self._known_stage(stage)
 
-        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
-            m, vs = self._find(state, Ref(parsed.name, version=vs0.version))
+        def build(state: RegistryState, m: ModelState, vs: VersionState) -> Built[ModelVersion]:
             if self.actor in m.approvals.get((vs.version, stage), set()):
                 return [], lambda: self._mv(m, vs)
             return ([self._event(m.name, ev.APPROVED, version=vs.version, to_value=stage, reason=reason,
                                  run_id=run_id)], lambda: self.get(m.name, vs.version))
 
-        return self._commit(build)
+        return self._write("approve", parsed.name, build, ref=parsed, run_id=run_id)
 
     def set_alias(self, name: str, alias: str, version: int | str, *, reason: str | None = None,
                   run_id: str | None = None) -> ModelVersion:
         """Point ``alias`` at ``version`` (an alias names exactly one version; moving it is an audited event)."""
         check_name(name)
         check_alias(alias)
-        reason = self._reason(reason, "moving an alias")
+        reason = require_reason(reason, "moving an alias")
         prod_alias = self.policy.production.alias
         if alias == prod_alias:
             raise PolicyError(f"alias {alias!r} follows the production version and is not moved by hand",
                               hint="promote with `model-ops transition REF production` or use `model-ops rollback`")
-        with self._lock:
-            _, vs0 = self._find(self._sync(), Ref(name, version=int(version)) if str(version).isdigit()
-                                else parse_ref(str(version)))
-        self._authorize(f"alias:{alias}", name, vs0.version, run_id)
+        target = Ref(name, version=int(version)) if str(version).isdigit() else parse_ref(str(version))
 
-        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
+        def build(state: RegistryState, _: ModelState, vs: VersionState) -> Built[ModelVersion]:
+            # The alias is looked up on ``name`` itself: ``version`` is resolved as a reference of its own.
             m = self._model(state, name)
             old = m.aliases.get(alias)
-            if old == vs0.version:
-                return [], lambda: self._mv(m, m.versions[old - 1])
-            return ([self._event(name, ev.ALIAS_SET, version=vs0.version, key=alias,
-                                 from_value=str(old) if old else None, to_value=str(vs0.version), reason=reason,
-                                 run_id=run_id)], lambda: self.get(name, vs0.version))
+            if old == vs.version:
+                return [], lambda: self._mv(m, m.versions[vs.version - 1])
+            return ([self._event(name, ev.ALIAS_SET, version=vs.version, key=alias,
+                                 from_value=str(old) if old else None, to_value=str(vs.version), reason=reason,
+                                 run_id=run_id)], lambda: self.get(name, vs.version))
 
-        return self._commit(build)
+        return self._write(f"alias:{alias}", name, build, ref=target, run_id=run_id)
 
     def remove_alias(self, name: str, alias: str, *, reason: str | None = None, run_id: str | None = None) -> None:
         check_name(name)
         check_alias(alias)
-        reason = self._reason(reason, "removing an alias")
+        reason = require_reason(reason, "removing an alias")
         if alias == self.policy.production.alias:
             raise PolicyError(f"alias {alias!r} follows the production version and is not removed by hand",
                               hint="move the production version out of production instead")
-        with self._lock:
-            m0 = self._model(self._sync(), name)
-            if alias not in m0.aliases:
-                raise NotFoundError(f"{name} has no alias {alias!r}",
-                                    hint="aliases: " + (", ".join(sorted(m0.aliases)) or "none"))
-        self._authorize(f"alias:{alias}", name, run_id=run_id)
 
-        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], None]]:
-            m = self._model(state, name)
+        def exists(m: ModelState) -> None:
+            if alias not in m.aliases:
+                raise NotFoundError(f"{name} has no alias {alias!r}",
+                                    hint="aliases: " + (", ".join(sorted(m.aliases)) or "none"))
+
+        def build(state: RegistryState, m: ModelState) -> Built[None]:
             old = m.aliases.get(alias)
             if old is None:
                 return [], lambda: None
             return ([self._event(name, ev.ALIAS_REMOVED, version=old, key=alias, from_value=str(old), reason=reason,
                                  run_id=run_id)], lambda: None)
 
-        self._commit(build)
+        self._write(f"alias:{alias}", name, build, run_id=run_id, check=exists)
 
     def set_tag(self, ref: str | Ref, key: str, value: Any, *, run_id: str | None = None) -> ModelVersion:
-        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
-        tag = _tags({key: value})
-        with self._lock:
-            _, vs0 = self._find(self._sync(), parsed)
-        self._authorize("tag", parsed.name, vs0.version, run_id)
+        parsed = as_ref(ref)
+        tag = inputs.tags({key: value})
 
-        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
-            m, vs = self._find(state, Ref(parsed.name, version=vs0.version))
+        def build(state: RegistryState, m: ModelState, vs: VersionState) -> Built[ModelVersion]:
             if vs.tags.get(key) == tag[key]:
                 return [], lambda: self._mv(m, vs)
             return ([self._event(m.name, ev.TAG_SET, version=vs.version, key=key, from_value=vs.tags.get(key),
                                  to_value=tag[key], run_id=run_id)], lambda: self.get(m.name, vs.version))
 
-        return self._commit(build)
+        return self._write("tag", parsed.name, build, ref=parsed, run_id=run_id)
 
     def remove_tag(self, ref: str | Ref, key: str, *, run_id: str | None = None) -> ModelVersion:
-        parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
-        with self._lock:
-            _, vs0 = self._find(self._sync(), parsed)
-        self._authorize("tag", parsed.name, vs0.version, run_id)
+        parsed = as_ref(ref)
 
-        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
-            m, vs = self._find(state, Ref(parsed.name, version=vs0.version))
+        def build(state: RegistryState, m: ModelState, vs: VersionState) -> Built[ModelVersion]:
             if key not in vs.tags:
                 return [], lambda: self._mv(m, vs)
             return ([self._event(m.name, ev.TAG_REMOVED, version=vs.version, key=key, from_value=vs.tags[key],
                                  run_id=run_id)], lambda: self.get(m.name, vs.version))
 
-        return self._commit(build)
+        return self._write("tag", parsed.name, build, ref=parsed, run_id=run_id)
+
+    @staticmethod
+    def _rollback_candidates(m: ModelState) -> list[int]:
+        """Earlier production versions, newest first, skipping those that were themselves rolled back."""
+        return [v for v in reversed(m.production_history) if v != m.production and v not in m.rolled_back]
 
     def rollback_target(self, name: str) -> int | None:
         """The version ``rollback(name)`` would put back in production now, or None when there is none."""
         with self._lock:
             m = self._model(self._sync(), name)
             current = m.production
-            candidates = [v for v in reversed(m.production_history) if v != current and v not in m.rolled_back]
+            candidates = self._rollback_candidates(m)
         return candidates[0] if current is not None and candidates else None
 
     def rollback(self, name: str, to: int | str | None = None, *, reason: str | None = None,
@@ -772,14 +654,10 @@ class Registry:
         history instead of bouncing between two bad versions.
         """
         check_name(name)
-        reason = self._reason(reason, "a rollback")
-        with self._lock:
-            self._model(self._sync(), name)
-        self._authorize("rollback", name, run_id=run_id)
+        reason = require_reason(reason, "a rollback")
         prod = self.policy.production
 
-        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], ModelVersion]]:
-            m = self._model(state, name)
+        def build(state: RegistryState, m: ModelState) -> Built[ModelVersion]:
             current = m.production
             if current is None:
                 raise PolicyError(f"{name} has no version in {prod.stage}, so there is nothing to roll back",
@@ -789,7 +667,7 @@ class Registry:
                 if target.version == current:
                     raise PolicyError(f"{name} v{current} is already in {prod.stage}")
             else:
-                candidates = [v for v in reversed(m.production_history) if v != current and v not in m.rolled_back]
+                candidates = self._rollback_candidates(m)
                 if not candidates:
                     raise PolicyError(f"{name} has no earlier {prod.stage} version to roll back to",
                                       hint="name one with --to VERSION")
@@ -808,7 +686,7 @@ class Registry:
                                        to_value=str(target.version), reason=f"rollback: {reason}", run_id=run_id))
             return out, lambda: self.get(name, target.version)
 
-        return self._commit(build)
+        return self._write("rollback", name, build, run_id=run_id)
 
     def record(self, name: str, kind: str, *, version: int | None = None, reason: str | None = None,
                details: Mapping[str, Any] | None = None, run_id: str | None = None) -> ev.Event:
@@ -816,7 +694,7 @@ class Registry:
         check_name(name)
         if kind not in ev.RECORD_KINDS:
             raise UsageError(f"unknown record kind {kind!r}", hint="kinds: " + ", ".join(sorted(ev.RECORD_KINDS)))
-        payload = _json_obj(details, "details")
+        payload = inputs.json_obj(details, "details")
         if version is not None:
             self.get(name, version)
         self._authorize("deploy" if kind == "deployment" else "record", name, version, run_id)
@@ -890,60 +768,9 @@ class Registry:
 
     # ------------------------------------------------------------------ maintenance
 
-    def _project_versions(self) -> None:
-        """Keep ``registry/versions`` (one row per version, for SQL readers) in step with the log. Best effort:
-        the log is the truth, and a lost race here is simply left to the next maintainer."""
-        table = DeltaCas(self.location.child("versions"), VERSIONS_SCHEMA, "model_ops_registry_versions")
-        done_col = table.read(columns=["registered_seq"]).column("registered_seq")
-        done = pa.compute.max(done_col).as_py() if len(done_col) else 0
-        state = self._state
-        if state is None:
-            return
-        rows = [(m.name, vs) for m in state.models.values() for vs in m.versions if vs.seq > (done or 0)]
-        if not rows:
-            return
-        data = pa.table({
-            "model": [n for n, _ in rows], "version": [v.version for _, v in rows],
-            "semver": [v.semver for _, v in rows], "digest": [v.digest for _, v in rows],
-            "created_at": [v.created_at for _, v in rows], "created_by": [v.created_by for _, v in rows],
-            "run_id": [v.run_id for _, v in rows], "registered_seq": [v.seq for _, v in rows],
-            "record": [v.payload for _, v in rows],
-        }, schema=VERSIONS_SCHEMA)
-        if table.try_append(data):
-            table.maintain()
-
     def fsck(self) -> list[str]:
         """Everything wrong with the registry and its artifacts; empty when consistent. Reads all from storage."""
-        problems: list[str] = []
-        state = RegistryState(self.policy.production.stage)
-        try:
-            state.apply_all(ev.from_arrow(EventLog(self.location).read_after(0)))
-        except Exception as e:  # an unreadable log is the worst finding; report it instead of crashing
-            return [f"the event log at {self.location.child('events')} cannot be read: {e}"]
-        problems.extend(state.problems)
-        checked: dict[str, list[str]] = {}
-        key = signing.signing_key()
-        for m in state.models.values():
-            for vs in m.versions:
-                if vs.digest not in checked:
-                    checked[vs.digest] = self.artifacts.check(vs.digest)
-                for p in checked[vs.digest]:
-                    problems.append(f"{m.name} v{vs.version}: {p}")
-                sig = vs.record.get("artifact_signature")
-                if self.policy.require_signed_artifacts or (sig and key):
-                    try:
-                        signing.verify(vs.digest, sig, key, what=f"{m.name} v{vs.version}")
-                    except IntegrityError as e:
-                        problems.append(e.message)
-            for alias, number in m.aliases.items():
-                if m.get(number) is None:
-                    problems.append(f"{m.name}: alias {alias} points at missing version {number}")
-            in_prod = [v.version for v in m.versions if v.stage == self.policy.production.stage]
-            if len(in_prod) > 1:
-                problems.append(f"{m.name}: {len(in_prod)} versions in production ({in_prod})")
-        for digest in sorted(set(self._attached_digests()) - set(checked)):
-            problems.extend(f"attachment {digest[:12]}: {p}" for p in self.artifacts.check(digest))
-        return problems
+        return maintenance.fsck(self)
 
     def gc(self, *, apply: bool = False, grace: timedelta = timedelta(hours=24)) -> dict[str, Any]:
         """Blobs that no version references (and leftovers of interrupted writes) older than ``grace``.
@@ -951,30 +778,4 @@ class Registry:
         Dry run unless ``apply``. Refuses to delete anything while any version's manifest is unreadable, because
         then it cannot know which blobs that version needs.
         """
-        with self._lock:
-            state = self._sync()
-            digests = [vs.digest for m in state.models.values() for vs in m.versions]
-        digests += self._attached_digests()
-        unreadable = [d for d in set(digests) if self.artifacts.blobs.verify(d)]
-        if unreadable and apply:
-            raise IntegrityError(f"{len(unreadable)} version manifest(s) are missing or damaged, so garbage cannot "
-                                 "be told apart from their files; nothing was deleted",
-                                 hint="run `model-ops fsck` and repair the registry first")
-        keep = self.artifacts.reachable(digests)
-        cutoff = time.time() - grace.total_seconds()
-        blobs = [b for b in self.artifacts.blobs.iter_blobs() if b.digest not in keep]
-        old = [b for b in blobs if b.modified < cutoff]
-        temps = [t for t in self.artifacts.blobs.iter_temporaries() if t.modified < cutoff]
-        if apply:
-            self._authorize("delete", "*")
-            for b in old:
-                self.artifacts.blobs.delete(b.digest)
-            for t in temps:
-                self.artifacts.blobs.delete_temporary(t.digest)
-        return {
-            "applied": apply, "referenced_blobs": len(keep),
-            "unreferenced": [{"digest": b.digest, "size": b.size} for b in old],
-            "unreferenced_bytes": sum(b.size for b in old),
-            "too_recent": len(blobs) - len(old), "temporaries": len(temps),
-            "grace_hours": grace.total_seconds() / 3600,
-        }
+        return maintenance.gc(self, apply=apply, grace=grace)

@@ -1,0 +1,137 @@
+"""Upkeep of a registry: consistency check (fsck), garbage collection of blobs, and the SQL-readable versions table.
+
+None of this changes what the registry means: the event log is the truth, and these functions only read it (fsck,
+gc's dry run), delete blobs nothing in it refers to (gc), or write a projection of it that can be rebuilt at any
+time (``registry/versions``). They take the :class:`Registry` whose storage and policy they work on; the
+``Registry`` methods of the same names delegate here, so the public API is unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from model_ops.artifacts import signing
+from model_ops.errors import IntegrityError
+from model_ops.registry import events as ev
+from model_ops.registry.eventlog import DeltaCas, EventLog
+from model_ops.registry.state import RegistryState
+
+if TYPE_CHECKING:
+    from model_ops.registry.registry import Registry
+
+VERSIONS_SCHEMA = pa.schema([
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("version", pa.int64(), nullable=False),
+    pa.field("semver", pa.string(), nullable=False),
+    pa.field("digest", pa.string(), nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("created_by", pa.string(), nullable=False),
+    pa.field("run_id", pa.string()),
+    pa.field("registered_seq", pa.int64(), nullable=False),
+    pa.field("record", pa.string(), nullable=False),
+])
+
+
+def project_versions(registry: Registry) -> None:
+    """Keep ``registry/versions`` (one row per version, for SQL readers) in step with the log. Best effort:
+    the log is the truth, and a lost race here is simply left to the next maintainer.
+
+    Called by the writer whose commit crossed a compaction boundary, from the state that commit just folded in,
+    so it costs no extra read of the log."""
+    table = DeltaCas(registry.location.child("versions"), VERSIONS_SCHEMA, "model_ops_registry_versions")
+    done_col = table.read(columns=["registered_seq"]).column("registered_seq")
+    done = pc.max(done_col).as_py() if len(done_col) else 0
+    state = registry._state
+    if state is None:
+        return
+    rows = [(m.name, vs) for m in state.models.values() for vs in m.versions if vs.seq > (done or 0)]
+    if not rows:
+        return
+    data = pa.table({
+        "model": [n for n, _ in rows], "version": [v.version for _, v in rows],
+        "semver": [v.semver for _, v in rows], "digest": [v.digest for _, v in rows],
+        "created_at": [v.created_at for _, v in rows], "created_by": [v.created_by for _, v in rows],
+        "run_id": [v.run_id for _, v in rows], "registered_seq": [v.seq for _, v in rows],
+        "record": [v.payload for _, v in rows],
+    }, schema=VERSIONS_SCHEMA)
+    if table.try_append(data):
+        table.maintain()
+
+
+def fsck(registry: Registry) -> list[str]:
+    """Everything wrong with the registry and its artifacts; empty when consistent. Reads all from storage: a
+    fresh handle on the log and a fresh fold, never the registry object's cached state, which is what is being
+    checked."""
+    policy, artifacts = registry.policy, registry.artifacts
+    problems: list[str] = []
+    state = RegistryState(policy.production.stage)
+    try:
+        state.apply_all(ev.from_arrow(EventLog(registry.location).read_after(0)))
+    except Exception as e:  # an unreadable log is the worst finding; report it instead of crashing
+        return [f"the event log at {registry.location.child('events')} cannot be read: {e}"]
+    problems.extend(state.problems)
+    checked: dict[str, list[str]] = {}
+    key = signing.signing_key()
+    for m in state.models.values():
+        for vs in m.versions:
+            if vs.digest not in checked:
+                checked[vs.digest] = artifacts.check(vs.digest)
+            for p in checked[vs.digest]:
+                problems.append(f"{m.name} v{vs.version}: {p}")
+            sig = vs.record.get("artifact_signature")
+            if policy.require_signed_artifacts or (sig and key):
+                try:
+                    signing.verify(vs.digest, sig, key, what=f"{m.name} v{vs.version}")
+                except IntegrityError as e:
+                    problems.append(e.message)
+        for alias, number in m.aliases.items():
+            if m.get(number) is None:
+                problems.append(f"{m.name}: alias {alias} points at missing version {number}")
+        in_prod = [v.version for v in m.versions if v.stage == policy.production.stage]
+        if len(in_prod) > 1:
+            problems.append(f"{m.name}: {len(in_prod)} versions in production ({in_prod})")
+    for digest in sorted(set(registry._attached_digests()) - set(checked)):
+        problems.extend(f"attachment {digest[:12]}: {p}" for p in artifacts.check(digest))
+    return problems
+
+
+def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(hours=24)) -> dict[str, Any]:
+    """Blobs that no version references (and leftovers of interrupted writes) older than ``grace``.
+
+    Dry run unless ``apply``. Refuses to delete anything while any version's manifest is unreadable, because
+    then it cannot know which blobs that version needs. The grace period covers writes in flight: a blob is
+    stored before the event that refers to it is committed.
+    """
+    blobs_store = registry.artifacts.blobs
+    with registry._lock:
+        state = registry._sync()
+        digests = [vs.digest for m in state.models.values() for vs in m.versions]
+    digests += registry._attached_digests()
+    unreadable = [d for d in set(digests) if blobs_store.verify(d)]
+    if unreadable and apply:
+        raise IntegrityError(f"{len(unreadable)} version manifest(s) are missing or damaged, so garbage cannot "
+                             "be told apart from their files; nothing was deleted",
+                             hint="run `model-ops fsck` and repair the registry first")
+    keep = registry.artifacts.reachable(digests)
+    cutoff = time.time() - grace.total_seconds()
+    blobs = [b for b in blobs_store.iter_blobs() if b.digest not in keep]
+    old = [b for b in blobs if b.modified < cutoff]
+    temps = [t for t in blobs_store.iter_temporaries() if t.modified < cutoff]
+    if apply:
+        registry._authorize("delete", "*")
+        for b in old:
+            blobs_store.delete(b.digest)
+        for t in temps:
+            blobs_store.delete_temporary(t.digest)
+    return {
+        "applied": apply, "referenced_blobs": len(keep),
+        "unreferenced": [{"digest": b.digest, "size": b.size} for b in old],
+        "unreferenced_bytes": sum(b.size for b in old),
+        "too_recent": len(blobs) - len(old), "temporaries": len(temps),
+        "grace_hours": grace.total_seconds() / 3600,
+    }
