@@ -290,6 +290,13 @@ def test_a_static_table_without_partitions_holds_out_its_newest_rows(tmp_path: P
         log = g.resource.dataset("cancer_static", "predictions").read()
         assert set(log["partition"]) == {"all"} and len(log) == len(bundled("cancer"))
         assert g.registry().resolve("models:/cancer_static@champion").stage == "production"
+        # each scoring of the table is a monitoring window (its day), so persistence can be counted
+        drift = g.resource.dataset("cancer_static", "drift").read()
+        today = pd.Timestamp(log["scored_at"].max()).tz_convert("UTC").date().isoformat()
+        assert drift["partition"].tolist() == [today]
+    from model_ops.ops.automation import window_keys
+
+    assert window_keys(spec, ["2026-12-02", "2026-12-01", "2026-12-02"]) == ["2026-12-01", "2026-12-02"]
 
 
 def test_outcomes_from_a_labels_table_train_the_model_and_judge_live_traffic(tmp_path: Path) -> None:

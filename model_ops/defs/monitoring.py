@@ -49,6 +49,14 @@ def _partition_log(model_ops: ModelOpsResource, spec: ModelSpec, partition: str)
     return log_ds.read([partition])
 
 
+def window_of(spec: ModelSpec, partition: str, log: pd.DataFrame) -> str:
+    """The monitoring window a scoring belongs to: its partition, or, for a static table scored again and again,
+    the day it was scored (so drift persistence, canary analysis and the guard have windows to count)."""
+    if spec.partitioning is not None:
+        return partition
+    return pd.Timestamp(log["scored_at"].max()).tz_convert("UTC").date().isoformat()
+
+
 def _classes(reg: Any, spec: ModelSpec, versions: list[int]) -> dict[int, list[Any]]:
     """Each version's classes, from its signature (classifiers only)."""
     out = {}
@@ -101,8 +109,8 @@ def drift_report_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         **attribution(spec),
     )
     def _drift_report(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
-        partition = partition_key(context)
-        log = _partition_log(model_ops, spec, partition)
+        log = _partition_log(model_ops, spec, partition_key(context))
+        partition = window_of(spec, partition_key(context), log)
         typed = typed_spec(spec, model_ops.dataset(spec.name, "features"))
         served = log[log["served"] & (log["arm"] == Arm.PRODUCTION)]
         if served.empty:
@@ -188,10 +196,11 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         **attribution(spec),
     )
     def _live_performance(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
-        partition = partition_key(context)
-        log = _partition_log(model_ops, spec, partition)
+        stored = partition_key(context)
+        log = _partition_log(model_ops, spec, stored)
+        partition = window_of(spec, stored, log)
         typed = typed_spec(spec, model_ops.dataset(spec.name, "features"))
-        labels = labels_for(model_ops, typed, partition, log[spec.key_column])
+        labels = labels_for(model_ops, typed, stored, log[spec.key_column])
         reg = model_ops.get_registry()
         versions = sorted(int(v) for v in log["model_version"].unique())
         arms = mon.arm_performance(partition, log, labels, typed, _classes(reg, typed, versions))

@@ -35,6 +35,13 @@ def _ts(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
+def window_keys(spec: ModelSpec, seen: list[str]) -> list[str]:
+    """Every window in order, for "consecutive" to mean something: the model's partitions, or, for a static
+    table, the days it was scored and monitored (each scoring of the table is one observation)."""
+    parts = Partitioning.of(spec)
+    return sorted(set(seen)) if parts.static else parts.keys()
+
+
 def window_rows(table: Dataset) -> list[dict[str, Any]]:
     """All rows of a monitoring table (one or a few per month: small), oldest window first."""
     if not table.exists():
@@ -80,7 +87,7 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
                 continue
             measurements.append({**e.data, "at_current_weight": last_change is None or scored > last_change})
         decision = canary_decision(manifest.canary, manifest.canary_weight, measurements, spec,
-                                   Partitioning.of(spec).keys())
+                                   window_keys(spec, [m["window"] for m in measurements]))
     else:
         fresh = fresh_staging(reg, name, manifest, events)
         if not fresh:
@@ -152,7 +159,8 @@ def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]
     perf = {r["window"]: {"status": r["status"], "metrics": {m: r.get(m) for m in LIVE_METRICS[spec.task]}}
             for r in performance_rows if r.get("arm") == Arm.PRODUCTION and served_by_production(r, "scored_at")}
     baseline = evaluation_metric(events, production, spec.monitoring_metric)
-    decision = retrain_decision(mine, perf, baseline, spec, partition_keys=Partitioning.of(spec).keys())
+    decision = retrain_decision(mine, perf, baseline, spec,
+                                partition_keys=window_keys(spec, [r["window"] for r in mine]))
     decision.version = production
     return decision
 
