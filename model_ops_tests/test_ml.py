@@ -81,6 +81,7 @@ def test_model_learns_something_real(spec, frames) -> None:  # type: ignore[no-u
     assert 0.62 < auc < 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
 def test_every_declared_estimator_fits_and_round_trips_in_its_flavor(spec, frames, estimator: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     small = with_estimator(spec, estimator, ESTIMATORS[estimator])

@@ -1,7 +1,8 @@
 """A team's own models on its own tables: scikit-learn's bundled breast-cancer (binary), wine (multiclass) and
 diabetes (regression) data written as Delta tables and Parquet files, declared in YAML only, taken through
 features, training, the gates, deployment, scoring and monitoring; XGBoost, LightGBM and a trainer of one's own;
-``model_ops.load`` on the result; and declarations that must be refused, with nothing written."""
+``model_ops.load`` on the result; and declarations that must be refused, with nothing written. The lifecycles run
+real Dagster materializations (a few seconds each) and are in the slow tier."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ def lifecycle(tmp_path: Path, spec: ModelSpec, root: str | None = None) -> Itera
         yield g, checks(result)
 
 
+@pytest.mark.slow
 def test_binary_model_on_a_delta_table_from_yaml_alone(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "cancer")
     write_table(bundled("cancer"), uri, "delta")
@@ -121,6 +123,7 @@ def test_binary_model_on_a_delta_table_from_yaml_alone(tmp_path: Path) -> None:
         assert loaded.predict_proba(rows).shape == (5, 2)
 
 
+@pytest.mark.slow
 def test_multiclass_xgboost_on_parquet_files(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "wine")
     write_table(bundled("wine"), uri, "parquet")
@@ -141,6 +144,7 @@ def test_multiclass_xgboost_on_parquet_files(tmp_path: Path) -> None:
         assert "prediction_class" in drift["report"].iloc[0]
 
 
+@pytest.mark.slow
 def test_regression_with_a_trainer_of_ones_own_records_it_in_lineage(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "diabetes")
     write_table(bundled("diabetes"), uri, "delta")
@@ -155,6 +159,7 @@ def test_regression_with_a_trainer_of_ones_own_records_it_in_lineage(tmp_path: P
         assert {"rmse", "mae", "r2", "mape"} <= set(perf.columns) and perf["rmse"].iloc[0] > 0
 
 
+@pytest.mark.slow
 def test_lightgbm_regression_round_trips_through_model_ops_load(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "diabetes")
     write_table(bundled("diabetes"), uri, "delta")
@@ -172,6 +177,7 @@ def test_lightgbm_regression_round_trips_through_model_ops_load(tmp_path: Path) 
             loaded.predict(frame.drop(columns=["bmi"]))
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_a_model_on_a_delta_table_on_s3(tmp_path: Path, s3_root: str) -> None:
     uri = f"{s3_root}/tables/cancer"
@@ -184,6 +190,7 @@ def test_a_model_on_a_delta_table_on_s3(tmp_path: Path, s3_root: str) -> None:
         assert mv.stage == "production" and mv.dataset["uri"].startswith("s3://")
 
 
+@pytest.mark.slow
 def test_a_model_holding_an_untrusted_type_is_refused_before_anything_is_registered(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "diabetes")
     write_table(bundled("diabetes"), uri, "delta")
@@ -230,6 +237,7 @@ def test_bad_declarations_are_refused_with_the_field_and_write_nothing(tmp_path:
     assert not (tmp_path / "root").exists()
 
 
+@pytest.mark.slow
 def test_a_breaking_version_waits_for_a_person_and_an_added_feature_does_not(tmp_path: Path) -> None:
     from model_ops.ops import automation
 
@@ -271,6 +279,7 @@ def test_a_breaking_version_waits_for_a_person_and_an_added_feature_does_not(tmp
                               breaking=True).stage == "production"
 
 
+@pytest.mark.slow
 def test_a_static_table_without_partitions_holds_out_its_newest_rows(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "cancer")
     write_table(bundled("cancer"), uri, "delta")
@@ -299,6 +308,7 @@ def test_a_static_table_without_partitions_holds_out_its_newest_rows(tmp_path: P
     assert window_keys(spec, ["2026-12-02", "2026-12-01", "2026-12-02"]) == ["2026-12-01", "2026-12-02"]
 
 
+@pytest.mark.slow
 def test_outcomes_from_a_labels_table_train_the_model_and_judge_live_traffic(tmp_path: Path) -> None:
     frame = bundled("cancer")
     source, outcomes = str(tmp_path / "tables" / "cancer"), str(tmp_path / "tables" / "outcomes")

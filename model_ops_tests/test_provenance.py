@@ -26,6 +26,8 @@ from model_ops.ops.provenance import diff, lineage, reproduce
 from model_ops.registry import Registry
 from model_ops.specs import load_specs
 
+pytestmark = pytest.mark.slow  # fits the flights model on several real months
+
 SPEC = next(s for s in load_specs() if s.name == "flight_delay")
 MONTHS = ("2013-01-01", "2013-02-01")
 
