@@ -12,9 +12,10 @@ Targets (issue: own models, "Speed"):
 library path the assets take: ``SourceTable.read`` (per month with ``--partitions monthly``), ``features.select``,
 ``snapshot.split``, ``frame_fingerprint``, ``Dataset.overwrite(features.to_arrow(...))``, ``Dataset.read``, the train
 split and ``training.fit``. Each phase reports wall and CPU seconds, RSS at its start and its own peak (VmHWM reset
-through /proc/self/clear_refs before it). When the ratio is above 3x (or with --diagnose) a second fresh process
-repeats the path with the frames' footprints between phases and ``training.fit`` taken apart step by step
-(``labelled``, ``model_input``, the default preprocessing's ``fit_transform``, the estimator's ``fit``).
+through /proc/self/clear_refs before it). When the ratio is above 3x, a second fresh process repeats the path on
+a --diagnose-rows table (memory scales with the rows; --diagnose: at full size) with the frames' footprints between
+phases and ``training.fit`` taken apart step by step (``labelled``, ``model_input``, the default preprocessing's
+``fit_transform``, the estimator's ``fit``), holding what ``fit`` holds.
 (2) runs in this process: 1 warm-up + --repeat timed repetitions; cProfile of one more when the median is above
 5 s (or with --profile).
 
@@ -44,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import eprint, emit, git_state, machine, run_measured, table, verdict, versions_of  # noqa: E402
+from _common import emit, eprint, git_state, machine, run_measured, table, verdict, versions_of  # noqa: E402
 
 GENERATOR_VERSION = "1"  # bump when the generated data change (a --workdir keeps tables between runs)
 KEY, TIME, TARGET = "event_id", "event_time", "converted"
@@ -243,7 +244,6 @@ def snapshot_worker(cfg: dict) -> dict:
     """In a fresh process: the source rows to a stored snapshot to a fitted model, phase by phase."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     import pandas as pd
-    import pyarrow as pa
 
     from model_ops.data import features as feat
     from model_ops.data import snapshot
@@ -258,7 +258,7 @@ def snapshot_worker(cfg: dict) -> dict:
     diagnose = cfg["diagnose"]
     gc.collect()
     meter = Meter()
-    out: dict = {"imports_rss_mb": rss_mb(), "ru_maxrss_after_imports_mb": round(before / 1024, 1),
+    out: dict = {"imports_rss_mb": rss_mb(), "ru_maxrss_at_start_mb": round(before / 1024, 1),
                  "own_phase_peaks": meter.own_peaks}
     sizes: dict[str, dict] = {}
     spec = model_spec(cfg["source"], cfg["partitions"], START)
@@ -322,21 +322,19 @@ def snapshot_worker(cfg: dict) -> dict:
             trained = training.fit(train, typed)
         out["fit_rows"] = trained.rows
         out["fit_summary"] = trained.summary
-    else:  # training.fit taken apart: the same library calls, in the same order
+    else:  # training.fit taken apart: the same library calls in the same order, holding what fit holds (the
+        # caller's train rows, the labelled rows and the model input stay referenced until fit returns)
         with meter.phase("fit.labelled"):
             labelled = training.labelled(train, typed)
             y = training.target(labelled, typed)
-            del train
         sizes["fit_labelled"] = footprint(labelled)
         with meter.phase("fit.model_input"):
             X = training.model_input(labelled, typed)
-            del labelled
         sizes["fit_model_input"] = footprint(X)
         model = training.pipeline(typed)
         pre, est = model.steps[0][1], model.steps[-1][1]
         with meter.phase("fit.preprocessing"):
             Xt = pre.fit_transform(X, y)
-            del X
         out["preprocessed"] = {"shape": list(Xt.shape), "dtype": str(Xt.dtype), "mb": round(Xt.nbytes / 2**20, 1),
                                "blocks": {name: len(cols) for name, _, cols in pre.transformers_ if name != "remainder"},
                                "one_hot_columns": int(Xt.shape[1] - len(NUMERIC))}
@@ -350,14 +348,8 @@ def snapshot_worker(cfg: dict) -> dict:
 
 
 def run_snapshot(args, work: Path) -> dict:
-    import pandas as pd
-
-    start = pd.Timestamp(START)
-    per_day = np.full(60, args.rows // 60)
-    per_day[: args.rows - per_day.sum()] += 1
-    days = [(str((start + pd.Timedelta(days=i)).date()), int(n)) for i, n in enumerate(per_day)]
     source = work / f"source_{args.rows}"
-    info = ensure_source(source, days, args.seed)
+    info = ensure_source(source, _days(args.rows), args.seed)
     eprint(f"[snapshot] source {source}: {info['rows']:,} rows, {info['columns']} columns"
            + (" (reused)" if info["reused"] else f" (generated in {info['generate_s']} s)"))
     result: dict = {"rows": info["rows"], "source_columns": info["columns"], "partitions": args.partitions,
@@ -378,9 +370,26 @@ def run_snapshot(args, work: Path) -> dict:
                                      for p in runs[0]["phases"]}
     result["verdict"] = verdict(result["ratio"], SNAPSHOT_RSS_LIMIT)
     if args.diagnose or result["ratio"] > SNAPSHOT_RSS_LIMIT:
-        eprint("[snapshot] diagnosing: the same path with frame footprints and training.fit step by step")
+        # Memory scales with the rows, so an automatic diagnosis runs on a smaller table (--diagnose: full size).
+        rows = args.rows if args.diagnose else min(args.rows, args.diagnose_rows)
+        if rows != args.rows:
+            source = work / f"source_{rows}"
+            ensure_source(source, _days(rows), args.seed)
+        eprint(f"[snapshot] diagnosing at {rows:,} rows: the same path with frame footprints and training.fit step "
+               "by step")
         result["diagnosis"] = _snapshot_process(source, work / "snapshot_diag", args.partitions, diagnose=True)
+        result["diagnosis"]["rows"] = rows
     return result
+
+
+def _days(rows: int) -> list[tuple[str, int]]:
+    """60 days from START, the rows spread evenly."""
+    import pandas as pd
+
+    start = pd.Timestamp(START)
+    per_day = np.full(60, rows // 60)
+    per_day[: rows - per_day.sum()] += 1
+    return [(str((start + pd.Timedelta(days=i)).date()), int(n)) for i, n in enumerate(per_day)]
 
 
 def _snapshot_process(source: Path, snap: Path, partitions: str, diagnose: bool) -> dict:
@@ -398,8 +407,6 @@ def _snapshot_process(source: Path, snap: Path, partitions: str, diagnose: bool)
 # ------------------------------------------------------------------------------------------------- (2) daily
 
 def run_daily(args, work: Path) -> dict:
-    import pandas as pd
-
     from model_ops.data import features as feat
     from model_ops.data.partitions import Partitioning
     from model_ops.data.sources import SourceTable, schema_kinds
@@ -462,7 +469,7 @@ def run_daily(args, work: Path) -> dict:
 def profile_summary(prof: cProfile.Profile, top: int = 15) -> dict:
     st = pstats.Stats(prof)
     entries = []
-    for (file, line, func), (cc, nc, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
+    for (file, line, func), (_cc, nc, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
         short = file.split("site-packages/")[-1].split("/work/main/")[-1]
         entries.append({"function": f"{short}:{line}({func})", "calls": nc, "tottime_s": round(tt, 3),
                         "cumtime_s": round(ct, 3)})
@@ -488,7 +495,8 @@ def summary(out: dict) -> None:
         if diag:
             rows = [[p, v["wall_s"], v["rss_start_mb"], v["peak_mb"], v["peak_above_start_mb"]]
                     for p, v in diag["phases"].items()]
-            eprint("\ndiagnosis (fresh process, fit taken apart; footprints between phases, untimed):")
+            eprint(f"\ndiagnosis at {diag['rows']:,} rows (fresh process, peak {diag['process_peak_rss_mb']} MB, "
+                   f"ratio {diag['ratio']}; fit taken apart; footprints between phases, untimed):")
             eprint(table(rows, ["phase", "wall s", "rss start MB", "peak MB", "peak - start MB"]))
             rows = [[name, f["rows"], f["numeric_mb"], f["object_pointers_mb"], f["object_payload_mb"], f["total_mb"]]
                     for name, f in diag["frames"].items()]
@@ -517,7 +525,10 @@ def main() -> None:
     parser.add_argument("--snapshot-repeat", type=int, default=1, help="fresh processes for the snapshot target")
     parser.add_argument("--partitions", choices=["none", "monthly"], default="none")
     parser.add_argument("--only", choices=["snapshot", "daily"])
-    parser.add_argument("--diagnose", action="store_true", help="take the snapshot path apart even when it passes")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="take the snapshot path apart at full size, even when it passes")
+    parser.add_argument("--diagnose-rows", type=int, default=500_000,
+                        help="rows of the automatic diagnosis when the ratio is above 3x")
     parser.add_argument("--profile", action="store_true", help="cProfile one more daily repetition even when it passes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the generated tables here and reuse them (default: a temporary dir)")
