@@ -8,6 +8,13 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (``np.int64(1)`` -> 1), anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
 
 def json_safe(value: Any) -> Any:
     def clean(v: Any) -> Any:

@@ -361,9 +361,3 @@ def latency_within_sla(ev: Evaluation, spec: ModelSpec) -> GateResult:
         return GateResult(LATENCY_WITHIN_SLA, True, "the spec sets no latency SLA", details)
     return GateResult(LATENCY_WITHIN_SLA, True, f"within the latency SLA: {'; '.join(passes)} ({after})", details)
 
-
-def gates(candidate: Evaluation, champion: Evaluation | None, spec: ModelSpec,
-          champion_label: str | None = None) -> list[GateResult]:
-    """The three promotion gates, in the order the evaluation asset checks them."""
-    return [meets_thresholds(candidate, spec), no_regression(candidate, champion, spec, champion_label),
-            latency_within_sla(candidate, spec)]

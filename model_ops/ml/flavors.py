@@ -46,6 +46,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_clas
 from model_ops.artifacts import sklearn_io
 from model_ops.artifacts.manifest import FLAVOR_SKOPS
 from model_ops.errors import IntegrityError, PolicyError, UsageError
+from model_ops.jsonable import plain
 
 SKLEARN, XGBOOST, LIGHTGBM = "sklearn", "xgboost", "lightgbm"
 FLAVORS = (SKLEARN, XGBOOST, LIGHTGBM)
@@ -171,7 +172,7 @@ def signature_of(model: Any) -> dict[str, Any] | None:
     estimator, XGBoost's feature types) and left out where it does not (passthrough, a custom function)."""
     outputs: dict[str, Any] = {}
     if is_classifier(model) and hasattr(model, "classes_"):
-        classes = [_plain_scalar(c) for c in np.asarray(model.classes_).tolist()]
+        classes = [plain(c) for c in np.asarray(model.classes_).tolist()]
         outputs = {"task": "binary_classification" if len(classes) == 2 else "multiclass_classification",
                    "classes": classes}
     elif is_regressor(model):
@@ -223,12 +224,18 @@ def _save_sklearn(model: Any, out: Path) -> dict[str, Any]:
             "versions": _versions("scikit-learn", "skops", "numpy")}
 
 
+def _refuse_custom_objective(est: Any, framework: str, examples: str) -> None:
+    """A Python objective function lives outside the framework's own model format, so it cannot be stored."""
+    if callable(getattr(est, "objective", None)):
+        article = "an" if framework[0] in "AEIOUX" else "a"
+        raise UsageError(f"{article} {framework} model with a custom objective function cannot be stored in "
+                         f"{framework}'s format", hint=f"use a built-in objective (e.g. {examples})")
+
+
 def _save_xgboost(model: Any, out: Path) -> dict[str, Any]:
     _require(XGBOOST)
     pre, step, est = _preprocessing(model)
-    if callable(getattr(est, "objective", None)):
-        raise UsageError("an XGBoost model with a custom objective function cannot be stored in XGBoost's format",
-                         hint="use a built-in objective (e.g. 'binary:logistic', 'reg:squarederror')")
+    _refuse_custom_objective(est, "XGBoost", "'binary:logistic', 'reg:squarederror'")
     est.save_model(str(out / BOOSTER_FILE[XGBOOST]))
     params = {k: v for k, v in est.get_params(deep=False).items() if k in _XGB_PREDICT_PARAMS}
     info = {"estimator": _qualname(est), "params": _encode_params(params),
@@ -239,9 +246,7 @@ def _save_xgboost(model: Any, out: Path) -> dict[str, Any]:
 def _save_lightgbm(model: Any, out: Path) -> dict[str, Any]:
     _require(LIGHTGBM)
     pre, step, est = _preprocessing(model)
-    if callable(getattr(est, "objective", None)):
-        raise UsageError("a LightGBM model with a custom objective function cannot be stored in LightGBM's format",
-                         hint="use a built-in objective (e.g. 'binary', 'multiclass', 'regression')")
+    _refuse_custom_objective(est, "LightGBM", "'binary', 'multiclass', 'regression'")
     booster = est.booster_
     # The thread count is written among the parameters, and by default it is the machine's core count.
     text = _THREADS_LINE.sub("[num_threads: 0]", booster.model_to_string())
@@ -252,7 +257,7 @@ def _save_lightgbm(model: Any, out: Path) -> dict[str, Any]:
                             "versions": _versions("lightgbm", "scikit-learn", "skops", "numpy")}
     if info["kind"] == "classifier":
         classes = np.asarray(est.classes_)
-        info["classes"] = [_plain_scalar(c) for c in classes.tolist()]
+        info["classes"] = [plain(c) for c in classes.tolist()]
         info["classes_dtype"] = classes.dtype.str if classes.dtype.kind in "biuf" else "object"
     names = getattr(est, "feature_names_in_", None)
     if names is not None:
@@ -618,15 +623,11 @@ def _versions(*dists: str) -> dict[str, str]:
     return {dist: _installed(dist) for dist in dists}
 
 
-def _plain_scalar(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _encode_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Scalar parameters as JSON, NaN and infinities spelled out (``{"float": "nan"}``); others are left out."""
     out: dict[str, Any] = {}
     for key, value in params.items():
-        value = _plain_scalar(value)
+        value = plain(value)
         if isinstance(value, float) and not math.isfinite(value):
             out[key] = {"float": repr(value)}
         elif value is None or isinstance(value, (bool, int, float, str)):

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from model_ops.jsonable import plain
 from model_ops.specs.schema import LOWER_IS_BETTER, ModelSpec
 from model_ops.vocab import Task
 
@@ -56,11 +57,6 @@ TOWARDS_ZERO = {"mean_residual"}
 
 
 # ------------------------------------------------------------------------------------------------ class names
-
-def plain(value: Any) -> Any:
-    """A numpy scalar as the Python value it holds (``np.int64(1)`` -> 1), anything else unchanged."""
-    return value.item() if isinstance(value, np.generic) else value
-
 
 def class_name(value: Any) -> str:
     """How a class is written in metric and column names: ``1`` for 1 and 1.0, ``True``, ``setosa``."""

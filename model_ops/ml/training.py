@@ -24,6 +24,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from model_ops.errors import UsageError
+from model_ops.jsonable import plain
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import FeatureType, Task
 
@@ -216,12 +217,12 @@ def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
                              hint="code the target as integers in the source, or use a scikit-learn "
                                   "classifier, which takes any labels") from exc
     final = model.steps[-1][1] if isinstance(model, Pipeline) else model
-    params = {k: _plain(v) for k, v in final.get_params().items()} if hasattr(final, "get_params") else {}
-    classes = [_plain(c) for c in model.classes_] if spec.task.is_classification and hasattr(model, "classes_") \
+    params = {k: _json_param(v) for k, v in final.get_params().items()} if hasattr(final, "get_params") else {}
+    classes = [_json_param(c) for c in model.classes_] if spec.task.is_classification and hasattr(model, "classes_") \
         else None
     if spec.task.is_classification:
         values, counts = np.unique(y, return_counts=True)
-        summary: dict[str, Any] = {"class_counts": {str(_plain(v)): int(c) for v, c in zip(values, counts)}}
+        summary: dict[str, Any] = {"class_counts": {str(_json_param(v)): int(c) for v, c in zip(values, counts)}}
         if spec.task is Task.BINARY:
             summary["positive_rate"] = float(np.mean(y == values.max()))
     else:
@@ -229,10 +230,9 @@ def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
     return Trained(model, params, signature(spec, classes), len(rows), summary, recorded_trainer)
 
 
-def _plain(value: Any) -> Any:
+def _json_param(value: Any) -> Any:
     """A parameter as JSON can hold it (NaN, e.g. XGBoost's ``missing``, as the string ``"nan"``)."""
-    if isinstance(value, np.generic):
-        value = value.item()
+    value = plain(value)
     if isinstance(value, float) and not np.isfinite(value):
         return repr(value)
     if isinstance(value, (str, int, float, bool)) or value is None:

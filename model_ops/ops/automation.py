@@ -131,6 +131,14 @@ def evaluation_metric(events: list[ev.Event], version: int, metric: str) -> floa
     return None
 
 
+def _watched(reg: Registry, name: str) -> tuple[list[ev.Event], dep.Manifest, datetime | None]:
+    """What the retrain and guard rules watch: the audit log, the manifest in force, and when the production
+    version (last) entered production."""
+    events = _events(reg, name)
+    manifest = dep.current(reg, name, events)
+    return events, manifest, _production_since(reg, manifest, events)
+
+
 def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]],
                  performance_rows: list[dict[str, Any]]) -> Decision:
     """Request a retrain when the production version's traffic keeps drifting (and, with labels, it hurts).
@@ -139,9 +147,8 @@ def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]
     rollback, or another version's months, are never held against it.
     """
     name = spec.name
-    events = _events(reg, name)
-    manifest = dep.current(reg, name, events)
-    production, since = manifest.production, _production_since(reg, manifest, events)
+    events, manifest, since = _watched(reg, name)
+    production = manifest.production
     if production is None:
         return Decision(DecisionAction.NONE, f"nothing serves {name} in production; nothing to monitor")
     if manifest.canary is not None:
@@ -168,9 +175,8 @@ def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]
 def guard_step(reg: Registry, spec: ModelSpec, performance_rows: list[dict[str, Any]]) -> Decision:
     """Roll production back to its predecessor when it stays below the spec's floor after promotion."""
     name = spec.name
-    events = _events(reg, name)
-    manifest = dep.current(reg, name, events)
-    production, since = manifest.production, _production_since(reg, manifest, events)
+    events, manifest, since = _watched(reg, name)
+    production = manifest.production
     if production is None:
         return Decision(DecisionAction.NONE, f"nothing serves {name} in production")
     if not spec.monitoring.performance_floor:

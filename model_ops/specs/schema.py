@@ -268,9 +268,6 @@ class Estimator(_Strict):
             raise ValueError(err.removeprefix("estimator: "))
         return self
 
-    @property
-    def is_pipeline(self) -> bool:
-        return self.class_ == "sklearn.pipeline.Pipeline"
 
 
 class Training(_Strict):
