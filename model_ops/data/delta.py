@@ -7,14 +7,16 @@ so a training set recorded in the registry can be read back exactly as it was.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+from pyarrow.parquet import filters_to_expression
 
+from model_ops.data.arrow import pool, to_pandas
 from model_ops.errors import NotFoundError
 from model_ops.location import Location
 
@@ -57,19 +59,32 @@ class Dataset:
     def version(self) -> int:
         return self.table().version()
 
-    def replace_partition(self, key: str, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
-        """Replace one partition's rows (all of them, only them) in one atomic commit; returns the new version."""
-        _require_partition(data, key)
-        props = CommitProperties(custom_metadata=metadata) if metadata else None
-        if not self.exists():
-            write_deltalake(self.uri, data, mode="append", partition_by=[PARTITION], storage_options=self.options,
-                            commit_properties=props, configuration=HISTORY)
+    def replace_partition(self, key: str, data: pa.Table | pa.RecordBatchReader,
+                          metadata: dict[str, str] | None = None) -> int:
+        """Replace one partition's rows (all of them, only them) in one atomic commit; returns the new version.
+
+        ``data`` may be a stream of record batches, written as it is read; a batch with rows of another partition
+        (or an error raised by the stream) aborts the write with nothing committed."""
+        failures: list[BaseException] = []
+        if isinstance(data, pa.Table):
+            _require_partition(data, key)
         else:
-            # merge: a partition may bring columns the table does not have yet (a feature added to the declaration,
-            # a class a new version predicts); older partitions read them as null
-            write_deltalake(self.uri, data, mode="overwrite", predicate=f"{PARTITION} = '{key}'",
-                            partition_by=[PARTITION], storage_options=self.options, commit_properties=props,
-                            schema_mode="merge")
+            data = pa.RecordBatchReader.from_batches(data.schema, _checked_batches(data, key, failures))
+        props = CommitProperties(custom_metadata=metadata) if metadata else None
+        try:
+            if not self.exists():
+                write_deltalake(self.uri, data, mode="append", partition_by=[PARTITION],
+                                storage_options=self.options, commit_properties=props, configuration=HISTORY)
+            else:
+                # merge: a partition may bring columns the table does not have yet (a feature added to the
+                # declaration, a class a new version predicts); older partitions read them as null
+                write_deltalake(self.uri, data, mode="overwrite", predicate=f"{PARTITION} = '{key}'",
+                                partition_by=[PARTITION], storage_options=self.options, commit_properties=props,
+                                schema_mode="merge")
+        except Exception as exc:
+            if failures:  # the stream's own error, not the engine's wrapping of it
+                raise failures[0] from exc
+            raise
         return self.version()
 
     def delete_partition(self, key: str) -> int | None:
@@ -83,7 +98,10 @@ class Dataset:
         return self.version()
 
     def overwrite(self, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
-        """Replace the whole table (unpartitioned snapshots); old versions stay readable."""
+        """Replace the whole table (unpartitioned snapshots); old versions stay readable. The rows are stored in
+        the order given (the engine reorders a table of several chunks, so it is written as one)."""
+        if any(column.num_chunks > 1 for column in data.columns):
+            data = data.combine_chunks()
         props = CommitProperties(custom_metadata=metadata) if metadata else None
         exists = self.exists()
         write_deltalake(self.uri, data, mode="overwrite", schema_mode="overwrite" if exists else None,
@@ -97,14 +115,22 @@ class Dataset:
         return sorted({p[PARTITION] for p in table.partitions() if PARTITION in p})
 
     def read(self, partitions: Sequence[str] | None = None, version: int | None = None,
-             columns: list[str] | None = None) -> pd.DataFrame:
+             columns: list[str] | None = None, where: Sequence[tuple[str, str, Any]] = ()) -> pd.DataFrame:
         """Rows of the given partitions (all when None) at ``version`` (default latest), in a stable order."""
+        return to_pandas(self.read_arrow(partitions, version, columns, where))
+
+    def read_arrow(self, partitions: Sequence[str] | None = None, version: int | None = None,
+                   columns: list[str] | None = None, where: Sequence[tuple[str, str, Any]] = ()) -> pa.Table:
+        """As :meth:`read`, as an Arrow table; ``where`` adds row filters in delta-rs' ``(column, op, value)``
+        form, e.g. ``[("split", "=", "train")]``."""
         table = self.table(version)
         if partitions is not None and not partitions:  # no rows asked for: the schema alone, nothing read
             schema = pa.schema(table.schema().to_arrow())
-            return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table().to_pandas()
-        filters = [(PARTITION, "in", list(partitions))] if partitions is not None else None
-        return table.to_pandas(filters=filters, columns=columns)
+            return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+        filters = [(PARTITION, "in", list(partitions))] if partitions is not None else []
+        filters += list(where)
+        return table.to_pyarrow_dataset().to_table(
+            columns=columns, filter=filters_to_expression(filters) if filters else None, memory_pool=pool())
 
     def arrow_schema(self, version: int | None = None) -> pa.Schema:
         return pa.schema(self.table(version).schema().to_arrow())
@@ -126,6 +152,17 @@ class Dataset:
         return {}
 
 
+def _checked_batches(reader: pa.RecordBatchReader, key: str,
+                     failures: list[BaseException]) -> Iterator[pa.RecordBatch]:
+    try:
+        for batch in reader:
+            _require_partition(pa.Table.from_batches([batch]), key)
+            yield batch
+    except Exception as exc:
+        failures.append(exc)
+        raise
+
+
 def _require_partition(data: pa.Table, key: str) -> None:
     if PARTITION not in data.column_names:
         raise ValueError(f"data written to a partitioned dataset needs a {PARTITION!r} column")
@@ -140,9 +177,26 @@ def schema_hash(schema: pa.Schema) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def frame_fingerprint(df: pd.DataFrame) -> str:
-    """Content hash of a frame (values, order and column names), to tell whether a snapshot really changed."""
-    h = hashlib.sha256(",".join(map(str, df.columns)).encode())
-    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+FINGERPRINT_ROWS = 500_000
+
+
+def frame_fingerprint(df: pd.DataFrame | pa.Table) -> str:
+    """Content hash of a frame (values, order and column names), to tell whether a snapshot really changed.
+
+    An Arrow table is hashed as the frame it reads back as, a slice of rows at a time: the hash of each row
+    depends on that row alone, so the digest is the same as the whole frame's without converting it at once."""
+    h = hashlib.sha256(",".join(map(str, df.columns if isinstance(df, pd.DataFrame) else df.column_names)).encode())
+    if isinstance(df, pd.DataFrame):
+        h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    else:
+        # a slice converts an integer or bool column without nulls to int or bool, the whole column to float or
+        # object when it has nulls anywhere: convert every slice the way the whole column converts
+        as_whole = {f.name: "float64" if pa.types.is_integer(f.type) else object for f in df.schema
+                    if (pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)) and df.column(f.name).null_count}
+        for start in range(0, max(df.num_rows, 1), FINGERPRINT_ROWS):
+            part = df.slice(start, FINGERPRINT_ROWS).to_pandas()
+            for name, dtype in as_whole.items():
+                part[name] = part[name].astype(dtype)
+            h.update(pd.util.hash_pandas_object(part, index=False).values.tobytes())
     return h.hexdigest()[:16]
 

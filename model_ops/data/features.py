@@ -33,10 +33,13 @@ def typed(values: pd.Series, kind: FeatureType) -> pd.Series:
     """A source column as a feature: categories as Python strings (None for missing), numbers as floats or ints
     (nullable ints stay floats so a missing value survives), bools as 0/1."""
     if kind is FeatureType.CATEGORY:
+        if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+            missing = values.isna()
+            return values.where(~missing, None) if missing.any() else values  # already strings: no copy
         return values.astype("string").astype(object).where(values.notna(), None)
     if kind is FeatureType.INT and not values.isna().any():
-        return pd.to_numeric(values).astype("int64")
-    return pd.to_numeric(values.astype("float64") if values.dtype == bool else values).astype("float64")
+        return pd.to_numeric(values).astype("int64", copy=False)
+    return pd.to_numeric(values.astype("float64") if values.dtype == bool else values).astype("float64", copy=False)
 
 
 def label(values: pd.Series, spec: ModelSpec) -> pd.Series:
@@ -63,22 +66,26 @@ def label(values: pd.Series, spec: ModelSpec) -> pd.Series:
 def select(rows: pd.DataFrame, spec: ModelSpec, partition: str) -> pd.DataFrame:
     """One row per key: partition, key, time, the declared features and the label (pure: tested directly).
 
-    Missing columns are left out rather than raising, so :func:`checks` can say which ones are missing."""
+    Missing columns are left out rather than raising, so :func:`checks` can say which ones are missing. Columns
+    already of their feature's type are taken as they are, not copied."""
     key, time = spec.key_column, spec.time_column
-    out = pd.DataFrame({PARTITION: pd.Series(partition, index=rows.index, dtype=object)})
+    index = pd.RangeIndex(len(rows))
+    partitions = np.empty(len(rows), dtype=object)
+    partitions.fill(partition)  # one string object for every row (np.full would make one per row)
+    out: dict[str, object] = {PARTITION: partitions}
     if key in rows.columns:
-        out[key] = rows[key]
+        out[key] = rows[key].to_numpy()
     if time in rows.columns:
-        out[time] = pd.to_datetime(rows[time], utc=True)
+        out[time] = pd.to_datetime(rows[time], utc=True).array
     for f in spec.features:
         if f.name in rows.columns:
-            out[f.name] = typed(rows[f.name], f.type) if f.type is not None else rows[f.name]
+            out[f.name] = (typed(rows[f.name], f.type) if f.type is not None else rows[f.name]).array
     target = spec.target.column
     if target in rows.columns:
         if spec.target.derived:
-            out["actual_" + target] = pd.to_numeric(rows[target], errors="coerce").astype("float64")
-        out[spec.label] = label(rows[target], spec)
-    return out.reset_index(drop=True)
+            out["actual_" + target] = pd.to_numeric(rows[target], errors="coerce").astype("float64").array
+        out[spec.label] = label(rows[target], spec).array
+    return pd.DataFrame(out, index=index, copy=False)
 
 
 def contract_columns(spec: ModelSpec) -> dict[str, str]:
@@ -108,3 +115,15 @@ def checks(df: pd.DataFrame, spec: ModelSpec, partition: str) -> list[CheckOutco
 
 def to_arrow(features: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(features, preserve_index=False)
+
+
+STREAM_ROWS = 262_144
+
+
+def to_arrow_stream(features: pd.DataFrame, rows: int = STREAM_ROWS) -> pa.RecordBatchReader:
+    """The frame as a stream of record batches of one schema (inferred from the whole frame, as
+    :func:`to_arrow` infers it), so writing it never holds a second copy of every row."""
+    schema = pa.Schema.from_pandas(features, preserve_index=False)
+    batches = (pa.RecordBatch.from_pandas(features.iloc[i:i + rows], schema=schema, preserve_index=False)
+               for i in range(0, len(features), rows))
+    return pa.RecordBatchReader.from_batches(schema, batches)

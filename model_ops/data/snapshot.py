@@ -10,8 +10,10 @@ version was fitted and evaluated on are one ``uri@version``.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from model_ops.data.arrow import pool
 from model_ops.data.delta import PARTITION
 from model_ops.data.partitions import Partitioning
 from model_ops.errors import UsageError
@@ -55,15 +57,24 @@ def choose_window(keys: list[str], spec: ModelSpec, holdout: str | None = None, 
     return window, chosen
 
 
-def split(df: pd.DataFrame, spec: ModelSpec, holdout: str) -> pd.DataFrame:
-    """The snapshot rows with their ``split``, in canonical order (partition, time, key)."""
-    df = df.sort_values([PARTITION, spec.time_column, spec.key_column], kind="stable").reset_index(drop=True)
+def split(table: pa.Table, spec: ModelSpec, holdout: str) -> pa.Table:
+    """The snapshot rows with their ``split``, in canonical order (partition, time, key).
+
+    Arrow throughout: the rows are reordered once (a stable sort of three columns, then one gather), never held
+    as two frames of Python objects."""
+    order = pc.sort_indices(table, sort_keys=[(PARTITION, "ascending"), (spec.time_column, "ascending"),
+                                              (spec.key_column, "ascending")])
+    table = pc.take(table, order, memory_pool=pool())
+    del order
     if Partitioning.of(spec).static:
-        n_hold = int(np.ceil(len(df) * spec.training.holdout_fraction))
-        order = df.sort_values([spec.time_column, spec.key_column], kind="stable").index
-        is_hold = np.zeros(len(df), dtype=bool)
-        is_hold[order[len(df) - n_hold:]] = True
-        df[SPLIT] = np.where(is_hold, HOLDOUT, TRAIN)
+        # one partition: the canonical order is already by (time, key), so the newest rows are the last ones
+        n_hold = int(np.ceil(table.num_rows * spec.training.holdout_fraction))
+        is_hold = pa.array(np.arange(table.num_rows) >= table.num_rows - n_hold)
     else:
-        df[SPLIT] = np.where(df[PARTITION] == holdout, HOLDOUT, TRAIN)
-    return df
+        is_hold = pc.equal(table.column(PARTITION), pa.scalar(holdout, table.schema.field(PARTITION).type))
+    return table.append_column(SPLIT, pc.if_else(is_hold, HOLDOUT, TRAIN))
+
+
+def rows_of(table: pa.Table, which: str) -> pa.Table:
+    """The rows of one split (``TRAIN`` or ``HOLDOUT``) of a snapshot table."""
+    return table.filter(pc.equal(table.column(SPLIT), which))

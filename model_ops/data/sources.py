@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from model_ops.data.arrow import pool, to_pandas
 from model_ops.errors import ModelOpsError, NotFoundError, UsageError
 from model_ops.location import Location, resolve_root, s3_endpoint
 from model_ops.specs.schema import ModelSpec
@@ -132,7 +133,29 @@ class SourceTable:
             lo, hi = (_scalar(t, field_type) for t in window)
             col = pads.field(time_column)
             expr = (col >= lo) & (col < hi)
-        return ds.to_table(columns=present, filter=expr).to_pandas()
+        before = self.data_version() if self.kind is SourceKind.PARQUET else None
+        first = to_pandas(ds.to_table(columns=present[:1], filter=expr, memory_pool=pool()))
+        if len(first) <= COLUMNWISE_ROWS or len(present) == 1:
+            return to_pandas(ds.to_table(columns=present, filter=expr, memory_pool=pool()))
+        # A large read, one column at a time: each is converted and its Arrow memory freed before the next is
+        # read, so the rows are never held twice (as Arrow and as a frame). Every scan applies the same filter
+        # to the same files in the same order, so the columns line up row for row. A Delta table is pinned to one
+        # version for the whole read; Parquet files rewritten in place between the scans are caught by their
+        # footers.
+        arrays: dict[str, Any] = {present[0]: first[present[0]].array}
+        for name in present[1:]:
+            arrays[name] = to_pandas(ds.to_table(columns=[name], filter=expr, memory_pool=pool()))[name].array
+            if len(arrays[name]) != len(first):
+                raise ModelOpsError(f"{self.uri} changed while it was being read ({len(first)} rows, then "
+                                    f"{len(arrays[name])})", hint="run again")
+        if before is not None and self.data_version() != before:
+            raise ModelOpsError(f"{self.uri} changed while it was being read (its Parquet files were rewritten)",
+                                hint="run again once the delivery is complete")
+        return pd.DataFrame(arrays, index=pd.RangeIndex(len(first)), copy=False)
+
+
+# Above this many rows a read converts one column at a time (see SourceTable.read).
+COLUMNWISE_ROWS = 1_000_000
 
 
 def _scalar(ts: pd.Timestamp, field_type: pa.DataType) -> pa.Scalar:

