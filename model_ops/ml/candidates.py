@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from model_ops.data.arrow import release
 from model_ops.data.delta import PARTITION, Dataset
 from model_ops.data.snapshot import HOLDOUT, SPLIT, TRAIN
 from model_ops.errors import NotFoundError, PolicyError, UsageError
@@ -44,29 +45,58 @@ class Candidate:
     snapshot_version: int
 
 
-def training_rows(snapshot: pd.DataFrame, spec: ModelSpec, permutation_seed: int | None = None) -> pd.DataFrame:
-    """The rows a candidate is fitted on (the snapshot's train split), labels permuted when asked to."""
-    train = snapshot[snapshot[SPLIT] == TRAIN]
-    if permutation_seed is None:
-        return train
-    rows = training.labelled(train, spec).copy()
-    rng = np.random.default_rng(permutation_seed)
-    rows[spec.label] = rng.permutation(rows[spec.label].to_numpy())
-    return rows
+def training_table(snap: Dataset, version: int, spec: ModelSpec) -> pa.Table:
+    """The train split of snapshot ``version``: the columns a fit reads (every column for a team's own trainer,
+    which may read any of them), without the holdout's rows."""
+    names = snap.arrow_schema(version).names
+    if spec.trainer is None:
+        wanted = [PARTITION, spec.key_column, spec.label, *spec.feature_names]
+        columns: list[str] | None = [c for c in dict.fromkeys(wanted) if c in names]
+    else:
+        columns = None
+    return snap.read_arrow(version=version, columns=columns, where=[(SPLIT, "=", TRAIN)])
 
 
-def holdout_of(snapshot: pd.DataFrame) -> str | None:
-    hold = snapshot.loc[snapshot[SPLIT] == HOLDOUT, PARTITION]
-    return str(hold.iloc[0]) if len(hold) else None
+def holdout_of(snap: Dataset, version: int) -> str | None:
+    hold = snap.read_arrow(version=version, columns=[PARTITION], where=[(SPLIT, "=", HOLDOUT)])
+    return str(hold.column(PARTITION)[0].as_py()) if hold.num_rows else None
+
+
+@dataclass
+class Fitted:
+    """A model fitted on a snapshot's train split, with what the fit was prepared from and the window it saw."""
+
+    trained: training.Trained
+    prepared: training.Prepared
+    window: list[str]
+
+
+def fit_snapshot(snap: Dataset, version: int, spec: ModelSpec, permutation_seed: int | None = None) -> Fitted:
+    """Fit ``spec`` on the train split of snapshot ``version``: the one path registration and ``reproduce`` take.
+
+    The rows are read as Arrow, turned into the model's input and let go of before the fit starts, so a fit
+    holds the input and what the estimator builds from it, not the rows beside them."""
+    table = training_table(snap, version, spec)
+    window = sorted(str(k) for k in pc.unique(table.column(PARTITION)).to_pylist())
+    prepared = training.prepare(table, spec, permutation_seed)
+    del table
+    release()
+    prepared.keep_inputs = False
+    trained = training.fit(prepared, spec)
+    if prepared.inputs is None:  # let go of during the fit: read again for the drift reference
+        table = training_table(snap, version, spec)
+        prepared.inputs = training.table_input(table, spec, training.canonical_order(table, spec))
+        del table
+        release()
+    return Fitted(trained, prepared, window)
 
 
 def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id: str | None = None,
                        permutation_seed: int | None = None, tags: dict[str, str] | None = None,
                        lineage: dict[str, Any] | None = None, description: str | None = None) -> Candidate:
     version = snap.version()
-    df = snap.read(version=version)
-    train = training_rows(df, spec, permutation_seed)
-    trained = training.fit(train, spec)
+    fitted = fit_snapshot(snap, version, spec, permutation_seed)
+    trained, window = fitted.trained, fitted.window
     refused = flavors.untrusted_types(trained.model)
     if refused:
         raise PolicyError(f"{spec.name}: the fitted model holds types that loading would refuse: "
@@ -74,8 +104,7 @@ def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id:
                           hint="use scikit-learn's own transformers, or trust these types by name with "
                                f"MODEL_OPS_TRUSTED_TYPES={','.join(refused)} if you trust their code")
     commit = snap.commit_metadata(version)
-    holdout = holdout_of(df)
-    window = sorted(train[PARTITION].astype(str).unique())
+    holdout = holdout_of(snap, version)
     schema = snap.schema_hash(version)
     recorded = {"code_version": code_version(spec), "seed": spec.seed, "task": str(spec.task),
                 "estimator": spec.estimator.class_ if spec.estimator else None, "trainer": trained.trainer,
@@ -97,7 +126,7 @@ def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id:
         signature=trained.signature, tags={"estimator": kind, "owner": spec.owner, "task": str(spec.task),
                                            **(tags or {})},
         lineage=recorded, description=description or spec.description.strip(), run_id=run_id)
-    reference = monitoring.reference_profile(train, trained.model, spec)
+    reference = monitoring.reference_profile(fitted.prepared, trained.model, spec)
     reg.attach(spec.name, mv.version, monitoring.PROFILE_LABEL, reference.to_json().encode(), run_id=run_id,
                reason=f"drift reference: {reference.rows} training rows of {', '.join(window)}, "
                       f"{len(reference.columns) - 1} monitored columns and the model's output")
@@ -145,8 +174,7 @@ def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: in
     if "version" not in dataset:
         raise UsageError(f"{candidate_mv.ref} records no training snapshot version; it cannot be evaluated here",
                          hint="evaluate versions registered by the candidate_model asset")
-    df = snap.read(version=int(dataset["version"]))
-    holdout = df[df[SPLIT] == HOLDOUT]
+    holdout = snap.read(version=int(dataset["version"]), where=[(SPLIT, "=", HOLDOUT)])
     candidate = ev.evaluate(reg.load_model(candidate_mv.ref), holdout, spec)
     champion_mv = champion_of(reg, spec.name)
     champion, incomparable = None, None
@@ -171,7 +199,7 @@ def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: in
              ev.latency_within_sla(candidate, spec)]
     gate_dicts = [{"name": g.name, "passed": g.passed, "message": g.message} for g in gates]
     passed = all(g.passed for g in gates)
-    holdout_key = holdout_of(df)
+    holdout_key = str(holdout[PARTITION].iloc[0]) if len(holdout) else None
     summary = {"candidate": number, "champion": champion_mv.version if champion_mv else None,
                "holdout": holdout_key, "metrics": candidate.flat(),
                "champion_metrics": champion.flat() if champion else None, "gates": gate_dicts}

@@ -60,7 +60,9 @@ LIGHTGBM_DETERMINISTIC = {"deterministic": True, "force_row_wise": True}
 
 # Recorded skops types are honoured only inside these packages (or named exactly here) ...
 _AUTO_PACKAGES = frozenset({"sklearn", "numpy", "scipy"})
-_AUTO_EXACT = frozenset({"collections.OrderedDict"})
+# functools.partial is rebuilt by skops from a function that must itself be trusted; check_array is scikit-learn's
+# input validation, which histogram gradient boosting with categorical features keeps as partial(check_array).
+_AUTO_EXACT = frozenset({"collections.OrderedDict", "functools.partial", "sklearn.utils.validation.check_array"})
 # ... and never in modules that read or write files, run scripts or exist for tests and builds.
 _DENIED_PARTS = frozenset({"testing", "_testing", "tests", "conftest", "externals", "f2py", "distutils",
                            "ctypeslib", "io", "datasets", "_datasource", "npyio", "_npyio_impl", "_build_utils"})

@@ -38,7 +38,7 @@ import pyarrow as pa
 from model_ops.bounds import Bound
 from model_ops.ml import drift, tasks
 from model_ops.ml.tasks import Predicted, finite, worse_by
-from model_ops.ml.training import model_input
+from model_ops.ml.training import Prepared, model_input
 from model_ops.specs.schema import LIVE_METRICS, ModelSpec
 from model_ops.vocab import Arm, ArmStatus, CanaryPhase, DecisionAction, DeployAction, DriftStatus, Task
 
@@ -73,11 +73,13 @@ def prediction_columns(predicted: Predicted) -> dict[str, pa.Array]:
     return out
 
 
-def drift_table(rows: pd.DataFrame, predicted: Predicted | np.ndarray, spec: ModelSpec) -> pa.Table:
+def drift_table(rows: pd.DataFrame, predicted: Predicted | np.ndarray, spec: ModelSpec, *,
+                typed: bool = False) -> pa.Table:
     """The monitored feature columns of some rows plus the model's outputs on them: what a reference profile and
     a window of served traffic are both profiled from, so the two are comparable column by column.
 
-    ``predicted`` may be a plain array of scores for binary and regression models."""
+    ``predicted`` may be a plain array of scores for binary and regression models; ``typed`` says ``rows`` is
+    already the model's input (:func:`model_input`)."""
     if not isinstance(predicted, Predicted):
         if spec.task is Task.MULTICLASS:
             raise ValueError("a multiclass drift table needs the model's Predicted outputs (classes and "
@@ -91,8 +93,8 @@ def drift_table(rows: pd.DataFrame, predicted: Predicted | np.ndarray, spec: Mod
     if clash:
         raise ValueError(f"feature(s) {', '.join(clash)} collide with the monitored prediction columns; "
                          "exclude them from drift (monitoring.drift_exclude) or rename them")
-    x = model_input(rows, spec)[columns]
-    table = pa.Table.from_pandas(x.reset_index(drop=True), preserve_index=False)
+    x = rows if typed else model_input(rows, spec)
+    table = pa.Table.from_arrays([pa.Array.from_pandas(x[c]) for c in columns], names=columns)
     for name, values in prediction_columns(predicted).items():
         table = table.append_column(name, values)
     return table
@@ -109,11 +111,12 @@ def labelled_rows(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     return frame[frame[spec.label].notna()]
 
 
-def reference_profile(train: pd.DataFrame, model: Any, spec: ModelSpec) -> drift.Profile:
-    """The drift reference of a model: its labelled training rows' monitored features and its outputs on them."""
-    rows = labelled_rows(train, spec)
-    predicted = tasks.predict(model, model_input(rows, spec), spec)
-    return drift.profile(drift_table(rows, predicted, spec))
+def reference_profile(train: pd.DataFrame | Prepared, model: Any, spec: ModelSpec) -> drift.Profile:
+    """The drift reference of a model: its labelled training rows' monitored features and its outputs on them
+    (given as the rows, or as what the fit was :func:`prepared <model_ops.ml.training.prepare>` from them)."""
+    inputs = train.inputs if isinstance(train, Prepared) else model_input(labelled_rows(train, spec), spec)
+    predicted = tasks.predict(model, inputs, spec)
+    return drift.profile(drift_table(inputs, predicted, spec, typed=True))
 
 
 def reference_profile_for(reg: Any, spec: ModelSpec, version: int,

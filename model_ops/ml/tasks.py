@@ -241,18 +241,31 @@ def model_classes(model: Any) -> list[Any]:
     return list(classes)
 
 
+PREDICT_ROWS = 250_000
+
+
+def _chunked(method: Any, X: pd.DataFrame) -> np.ndarray:
+    """``method(X)`` a slice of rows at a time: what preprocessing builds for a slice is freed before the next, so
+    scoring millions of rows needs memory for the outputs only. Every supported model scores rows independently,
+    so the outputs are the same as in one call."""
+    if len(X) <= PREDICT_ROWS:
+        return np.asarray(method(X), dtype="float64")
+    return np.concatenate([np.asarray(method(X.iloc[i:i + PREDICT_ROWS]), dtype="float64")
+                           for i in range(0, len(X), PREDICT_ROWS)])
+
+
 def predict(model: Any, X: pd.DataFrame, spec: ModelSpec) -> Predicted:
     """The model's outputs for the feature frame ``X`` (as :func:`model_ops.ml.training.model_input` builds it)."""
     task = spec.task
     empty = len(X) == 0  # scikit-learn refuses zero rows; no rows have no outputs
     if task is Task.REGRESSION:
-        value = np.empty(0) if empty else np.asarray(model.predict(X), dtype="float64").reshape(-1)
+        value = np.empty(0) if empty else _chunked(model.predict, X).reshape(-1)
         return Predicted(task, value, value)
     raw = model_classes(model)
     labels = np.asarray(raw)  # keeps the classes' dtype: int64, bool or str
     if labels.dtype.kind == "U":
         labels = labels.astype(object)
-    proba = np.empty((0, len(raw))) if empty else np.asarray(model.predict_proba(X), dtype="float64")
+    proba = np.empty((0, len(raw))) if empty else _chunked(model.predict_proba, X)
     if proba.ndim != 2 or proba.shape[1] != len(raw):
         raise ValueError(f"predict_proba returned shape {proba.shape} for {len(raw)} classes")
     classes = tuple(plain(c) for c in raw)

@@ -18,11 +18,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
+from model_ops.data.arrow import to_pandas
 from model_ops.errors import UsageError
 from model_ops.jsonable import plain
 from model_ops.specs.schema import ModelSpec
@@ -30,7 +34,7 @@ from model_ops.vocab import FeatureType, Task
 
 # Version of this module's recipe (pipeline layout, row ordering). Bump it when a change here alters the model
 # fitted from the same data: it is part of every candidate model's code version.
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
 SEED_PARAMS = ("random_state", "seed")
 
 
@@ -84,11 +88,28 @@ def build(value: Any, seed: int, where: str = "estimator") -> Any:
     return value
 
 
-def preprocessing(spec: ModelSpec) -> ColumnTransformer:
-    """The default preprocessing in front of a bare estimator."""
+def native_categories(model: Any) -> bool:
+    """Whether the default preprocessing hands categories to the estimator as category codes rather than one-hot
+    columns: scikit-learn's histogram gradient boosting splits on categories itself, needs neither imputation
+    nor scaling of numbers, and one-hot columns would multiply its input's size. A declaration that sets
+    ``categorical_features`` itself gets the one-hot preprocessing."""
+    return isinstance(model, (HistGradientBoostingClassifier, HistGradientBoostingRegressor)) and \
+        model.categorical_features == "from_dtype"
+
+
+def preprocessing(spec: ModelSpec, model: Any = None) -> ColumnTransformer:
+    """The default preprocessing in front of a bare estimator (``model``, when given, chooses the variant)."""
     numeric = [f.name for f in spec.features if spec.feature_type(f.name).numeric]
     categorical = [f.name for f in spec.features if not spec.feature_type(f.name).numeric]
     transformers: list[tuple[str, Any, list[str]]] = []
+    if model is not None and native_categories(model):
+        if numeric:
+            transformers.append(("numeric", "passthrough", numeric))  # missing values are split on natively
+        if categorical:
+            transformers.append(("categorical", OrdinalEncoder(
+                handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
+                min_frequency=20, max_categories=model.max_bins), categorical))
+        return ColumnTransformer(transformers)
     if numeric:
         transformers.append(("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
                                                    ("scale", StandardScaler())]), numeric))
@@ -111,19 +132,66 @@ def pipeline(spec: ModelSpec) -> Any:
     model = estimator(spec)
     if isinstance(model, Pipeline):
         return model
-    return Pipeline([("features", preprocessing(spec)), ("model", model)])
+    pre = preprocessing(spec, model)
+    if native_categories(model):
+        numeric = sum(1 for f in spec.features if spec.feature_type(f.name).numeric)
+        categorical = len(spec.features) - numeric
+        model.set_params(categorical_features=list(range(numeric, numeric + categorical)) or None)
+    return Pipeline([("features", pre), ("model", model)])
 
 
 def model_input(df: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """The feature columns, typed the way the model was fitted (categories as objects, numbers as floats)."""
+    """The feature columns, typed the way the model was fitted (categories as objects, numbers as floats).
+
+    Float columns are taken as they are (not copied): the model only reads them."""
     missing = [c for c in spec.feature_names if c not in df.columns]
     if missing:
         raise UsageError(f"input lacks feature column(s) {', '.join(missing)} required by {spec.name}")
-    out = pd.DataFrame(index=df.index)
+    out: dict[str, Any] = {}
     for f in spec.features:
         col = df[f.name]
-        out[f.name] = col.astype(object).where(col.notna(), None) if spec.feature_type(f.name) is \
-            FeatureType.CATEGORY else pd.to_numeric(col, errors="coerce").astype("float64")
+        if spec.feature_type(f.name) is FeatureType.CATEGORY:
+            values = col.to_numpy(dtype=object, copy=True)
+            values[pd.isna(values)] = None
+            out[f.name] = values
+        else:
+            out[f.name] = pd.to_numeric(col, errors="coerce").astype("float64", copy=False).to_numpy()
+    return pd.DataFrame(out, index=df.index, copy=False)
+
+
+def table_input(table: pa.Table, spec: ModelSpec, order: np.ndarray | None = None) -> pd.DataFrame:
+    """:func:`model_input` of an Arrow table's rows ``order`` (all, in table order, when None), built column by
+    column from Arrow: numbers straight into one float64 block, categories through a dictionary so equal values
+    share one Python object, and no frame of every column in between. One block for the numbers lets the
+    preprocessing read them without copying them again."""
+    missing = [c for c in spec.feature_names if c not in table.column_names]
+    if missing:
+        raise UsageError(f"input lacks feature column(s) {', '.join(missing)} required by {spec.name}")
+    n = table.num_rows if order is None else len(order)
+    numeric = [f.name for f in spec.features if spec.feature_type(f.name) is not FeatureType.CATEGORY]
+    block = np.empty((n, len(numeric)), dtype="float64", order="F")  # column j is contiguous, as pandas keeps it
+    categories: dict[str, np.ndarray] = {}
+    for f in spec.features:
+        col = table.column(f.name)
+        if order is not None:
+            col = col.take(order)
+        if f.name not in numeric:
+            encoded = pc.dictionary_encode(col).combine_chunks()
+            levels = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+            codes = encoded.indices
+            values = levels[codes.fill_null(0).to_numpy()] if len(levels) else np.full(len(codes), None, object)
+            values[codes.is_null().to_numpy(zero_copy_only=False)] = None
+            categories[f.name] = values
+        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type) \
+                or pa.types.is_null(col.type):
+            block[:, numeric.index(f.name)] = pc.cast(col, pa.float64()).to_numpy()
+        else:  # a number stored as text: as model_input coerces it
+            block[:, numeric.index(f.name)] = pd.to_numeric(col.to_pandas(), errors="coerce").astype("float64")
+        del col
+    out = pd.DataFrame(block, columns=numeric, copy=False)
+    for position, f in enumerate(spec.features):
+        if f.name in categories:
+            out.insert(position, f.name, categories.pop(f.name))
     return out
 
 
@@ -143,14 +211,35 @@ def version_spec(spec: ModelSpec, signature: dict[str, Any] | None) -> ModelSpec
     return ModelSpec.model_validate(data)
 
 
-def labelled(df: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """Rows with a known outcome, in canonical (key) order so row order never changes the fit."""
-    rows = df[df[spec.label].notna()]
-    return rows.sort_values(spec.key_column, kind="stable").reset_index(drop=True)
 
 
-def target(rows: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    y = rows[spec.label]
+def canonical_order(rows: pd.DataFrame | pa.Table, spec: ModelSpec) -> np.ndarray:
+    """Positions of the rows with a known outcome, in canonical (key) order, so row order never changes the fit."""
+    if isinstance(rows, pa.Table):
+        known = np.flatnonzero(rows.column(spec.label).is_valid().to_numpy(zero_copy_only=False))
+        keys: Any = rows.column(spec.key_column).take(known)
+    else:
+        known = np.flatnonzero(rows[spec.label].notna().to_numpy())
+        try:
+            keys = pa.array(rows[spec.key_column].to_numpy()[known], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # keys of mixed Python types: pandas compares them
+            by_key = rows[spec.key_column].iloc[known].reset_index(drop=True)
+            return known[by_key.sort_values(kind="stable").index.to_numpy()]
+    return known[pc.sort_indices(keys).to_numpy()]  # a stable sort, nulls last, as pandas sorts
+
+
+def labelled(rows: pd.DataFrame | pa.Table, spec: ModelSpec) -> pd.DataFrame:
+    """Rows with a known outcome, in canonical (key) order."""
+    order = canonical_order(rows, spec)
+    if isinstance(rows, pa.Table):
+        return to_pandas(rows.take(order))
+    out = rows.take(order)
+    out.index = pd.RangeIndex(len(out))
+    return out
+
+
+def target(rows: pd.DataFrame | pd.Series, spec: ModelSpec) -> np.ndarray:
+    y = rows if isinstance(rows, pd.Series) else rows[spec.label]
     if spec.task is Task.REGRESSION:
         return y.astype("float64").to_numpy()
     if spec.target.derived or pd.api.types.is_integer_dtype(y):
@@ -182,14 +271,55 @@ def trainer_function(spec: ModelSpec) -> tuple[Any, dict[str, str]]:
     return fn, {"name": spec.trainer, "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
 
 
-def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
-    rows = labelled(train, spec)
-    y = target(rows, spec)
-    if len(rows) == 0:
+@dataclass
+class Prepared:
+    """What a fit needs of its rows, in canonical (key) order: the model input, the target, and the labelled rows
+    themselves only for a team's own trainer (which is handed a frame). Built apart from :func:`fit` so a caller
+    can let go of the rows before the fit starts (see :func:`model_ops.ml.candidates.train_and_register`)."""
+
+    inputs: pd.DataFrame | None
+    y: np.ndarray
+    rows: pd.DataFrame | None = None
+    # False: the fit lets go of ``inputs`` once the default preprocessing has transformed them, so the estimator
+    # fits beside its own input only (the caller rebuilds them if it needs them again)
+    keep_inputs: bool = True
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def prepare(rows: pd.DataFrame | pa.Table, spec: ModelSpec, permutation_seed: int | None = None) -> Prepared:
+    """The labelled rows of ``rows`` as a fit takes them; ``permutation_seed`` shuffles the labels among them (the
+    demo's deliberately broken candidate), reproducibly."""
+    order = canonical_order(rows, spec)
+    if isinstance(rows, pa.Table):
+        label = rows.column(spec.label).take(order).to_pandas()
+    else:
+        label = rows[spec.label].iloc[order].reset_index(drop=True)
+    if permutation_seed is not None:
+        label = pd.Series(np.random.default_rng(permutation_seed).permutation(label.to_numpy()), dtype=label.dtype)
+    y = target(label, spec)
+    frame = None
+    if spec.trainer is not None:
+        frame = labelled(rows, spec)
+        frame[spec.label] = label.to_numpy()
+        X = model_input(frame, spec)
+    elif isinstance(rows, pa.Table):
+        X = table_input(rows, spec, order)
+    else:
+        X = model_input(rows.take(order).reset_index(drop=True), spec)
+    return Prepared(X, y, frame)
+
+
+def fit(train: pd.DataFrame | pa.Table | Prepared, spec: ModelSpec) -> Trained:
+    """The declared model fitted on the labelled rows of ``train``."""
+    prepared = train if isinstance(train, Prepared) else prepare(train, spec)
+    X, y = prepared.inputs, prepared.y
+    if len(y) == 0:
         raise UsageError(f"cannot train {spec.name}: the training window has no labelled rows",
                          hint="materialize more partitions of features or widen the training window")
     if spec.task.is_classification and len(np.unique(y)) < 2:
-        raise UsageError(f"cannot train {spec.name}: the training window has {len(rows)} labelled rows of a single "
+        raise UsageError(f"cannot train {spec.name}: the training window has {len(y)} labelled rows of a single "
                          f"class ({np.unique(y)[0]!r}); at least two classes are needed",
                          hint="materialize more partitions of features or widen the training window")
     if spec.task is Task.BINARY and len(np.unique(y)) > 2:
@@ -197,18 +327,25 @@ def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
                          f"{len(np.unique(y))} classes ({', '.join(map(str, np.unique(y)[:6]))})",
                          hint="declare task: multiclass_classification, or derive a two-class target with "
                               "target: {column: ..., op: ..., threshold: ...}")
-    X = model_input(rows, spec)
     recorded_trainer = None
     if spec.trainer is not None:
         fn, recorded_trainer = trainer_function(spec)
-        model = fn(rows, spec, spec.seed)
+        model = fn(prepared.rows, spec, spec.seed)
         if not hasattr(model, "predict"):
             raise UsageError(f"trainer {spec.trainer} returned {type(model).__name__}, which has no predict()",
                              hint="return a fitted scikit-learn, XGBoost or LightGBM model")
     else:
         model = pipeline(spec)
         try:
-            model.fit(X, y)
+            if isinstance(estimator(spec), Pipeline):
+                model.fit(X, y)
+            else:  # what Pipeline.fit does, step by step, so the untransformed input can go before the estimator fits
+                pre, final = model.steps[0][1], model.steps[-1][1]
+                Xt = pre.fit_transform(X, y)
+                if not prepared.keep_inputs:
+                    prepared.inputs = X = None
+                final.fit(Xt, y)
+                del Xt
         except ValueError as exc:
             if "Invalid classes inferred" not in str(exc):
                 raise
@@ -227,7 +364,7 @@ def fit(train: pd.DataFrame, spec: ModelSpec) -> Trained:
             summary["positive_rate"] = float(np.mean(y == values.max()))
     else:
         summary = {"target_mean": float(np.mean(y)), "target_std": float(np.std(y))}
-    return Trained(model, params, signature(spec, classes), len(rows), summary, recorded_trainer)
+    return Trained(model, params, signature(spec, classes), len(y), summary, recorded_trainer)
 
 
 def _json_param(value: Any) -> Any:

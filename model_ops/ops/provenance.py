@@ -15,7 +15,7 @@ from typing import Any
 from model_ops.data.delta import Dataset, frame_fingerprint
 from model_ops.errors import ModelOpsError
 from model_ops.location import resolve_root
-from model_ops.ml import candidates, flavors, training
+from model_ops.ml import candidates, flavors
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.environment import environment
@@ -70,14 +70,15 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
     out.checked = {"dataset": f"{dataset['uri']}@{version}", "code_version": candidates.code_version(spec),
                    "seed": spec.seed}
     try:
-        df = snap.read(version=version)
+        rows = snap.read_arrow(version=version)
     except Exception as exc:  # expired or deleted versions surface as several delta-rs error types
         out.differences.append({"kind": "data", "what": "snapshot", "recorded": f"{dataset['uri']}@{version}",
                                 "now": None, "message": f"the training snapshot at Delta version {version} cannot "
                                                         f"be read any more ({exc.__class__.__name__}: {exc})"})
         return out
     recorded_fp = lineage.get("snapshot_fingerprint") or snap.commit_metadata(version).get("model_ops.fingerprint")
-    now_fp = frame_fingerprint(df)
+    now_fp = frame_fingerprint(rows)
+    del rows
     if recorded_fp and recorded_fp != now_fp:
         out.differences.append({"kind": "data", "what": "snapshot rows", "recorded": recorded_fp, "now": now_fp,
                                 "message": f"the rows of {dataset['uri']}@{version} no longer match the fingerprint "
@@ -87,7 +88,7 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
         out.differences.append({"kind": "data", "what": "schema hash", "recorded": dataset["schema_hash"],
                                 "now": schema, "message": "the snapshot's schema differs from the recorded one"})
     try:
-        trained = training.fit(candidates.training_rows(df, spec, lineage.get(candidates.LABEL_PERMUTATION)), spec)
+        trained = candidates.fit_snapshot(snap, version, spec, lineage.get(candidates.LABEL_PERMUTATION)).trained
     except ModelOpsError as exc:
         out.differences.append({"kind": "data", "what": "fit", "recorded": None, "now": None, "message": exc.message})
         return out

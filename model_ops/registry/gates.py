@@ -7,13 +7,13 @@ production version committed in the meantime is part of the verdict.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from model_ops.bounds import Bound
 from model_ops.errors import PolicyError
 from model_ops.registry.policy import Policy
+from model_ops.registry.semver import outputs_key
 from model_ops.registry.state import ModelState, VersionState
 
 
@@ -81,6 +81,6 @@ def breaking_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | Non
     if old_out.get("task") and new_out.get("task") and old_out["task"] != new_out["task"]:
         out.append(f"changes the task from {old_out['task']} to {new_out['task']}")
     elif "classes" in old_out and "classes" in new_out and \
-            json.dumps(old_out["classes"], default=str) != json.dumps(new_out["classes"], default=str):
+            outputs_key({"classes": old_out["classes"]}) != outputs_key({"classes": new_out["classes"]}):
         out.append(f"changes the classes from {old_out['classes']} to {new_out['classes']}")
     return out

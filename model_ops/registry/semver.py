@@ -28,6 +28,15 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def outputs_key(outputs: Any) -> str:
+    """The output signature in canonical form, a class label compared by value: class ``1.0`` is class ``1`` (a
+    label column read with missing values arrives as floats, without them as integers)."""
+    if isinstance(outputs, dict) and isinstance(outputs.get("classes"), list):
+        outputs = {**outputs, "classes": [int(c) if isinstance(c, float) and c.is_integer() else c
+                                          for c in outputs["classes"]]}
+    return _canon(outputs)
+
+
 def _inputs(sig: dict | None) -> Any:
     if not sig:
         return None
@@ -59,7 +68,7 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
             if not detail:
                 detail.append("feature dtypes changed")
             return "major", "input signature changed (" + "; ".join(detail) + ")"
-        if _canon(psig.get("outputs")) != _canon(nsig.get("outputs")):
+        if outputs_key(psig.get("outputs")) != outputs_key(nsig.get("outputs")):
             return "major", "output signature changed (task or classes)"
     reasons = []
     if _canon(parent.get("dataset")) != _canon(new.get("dataset")):
