@@ -4,18 +4,19 @@ daily partition through features and contracts (no peer does this work; the targ
 Targets (issue: own models, "Speed"):
   (1) snapshot: a 5,000,000-row x 21-column Delta source (key, UTC time over 60 days, 16 float features, 2
       category features, a binary target): build the training snapshot and fit HistGradientBoosting on it with
-      peak RSS <= 3x the snapshot's Arrow size (``pa.Table.nbytes`` of ``features.to_arrow(snapshot)``);
+      peak RSS <= 3x the snapshot's Arrow size (``pa.Table.nbytes`` of the table ``snapshot.split`` returns);
   (2) daily: one 1,000,000-row day of a Delta source (four smaller days beside it) through ``SourceTable.read``
       of that day's window, ``features.select`` and ``features.checks`` in <= 5 s (median of warm repetitions).
 
 (1) runs in a fresh process started by GNU time (so its peak RSS is the work's, see "Notes on method"), along the
-library path the assets take: ``SourceTable.read`` (per month with ``--partitions monthly``), ``features.select``,
-``snapshot.split``, ``frame_fingerprint``, ``Dataset.overwrite(features.to_arrow(...))``, ``Dataset.read``, the train
-split and ``training.fit``. Each phase reports wall and CPU seconds, RSS at its start and its own peak (VmHWM reset
-through /proc/self/clear_refs before it). When the ratio is above 3x, a second fresh process repeats the path on
-a --diagnose-rows table (memory scales with the rows; --diagnose: at full size) with the frames' footprints between
-phases and ``training.fit`` taken apart step by step (``labelled``, ``model_input``, the default preprocessing's
-``fit_transform``, the estimator's ``fit``), holding what ``fit`` holds.
+library path the assets take: the features asset (``SourceTable.read``, ``features.select``, ``features.checks``
+and ``Dataset.replace_partition``, per month with ``--partitions monthly``), the training_set asset
+(``Dataset.read_arrow``, ``snapshot.split``, ``frame_fingerprint``, ``Dataset.overwrite``) and the candidate_model
+asset (``candidates.fit_snapshot``, ``monitoring.reference_profile``). Each phase reports wall and CPU seconds, RSS
+at its start and its own peak (VmHWM reset through /proc/self/clear_refs before it). When the ratio is above 3x, a
+second fresh process repeats the path on a --diagnose-rows table (memory scales with the rows; --diagnose: at full
+size) with the frames' footprints and ``fit_snapshot`` taken apart step by step (the train split read, ``prepare``,
+the default preprocessing's ``fit_transform``, the estimator's ``fit``).
 (2) runs in this process: 1 warm-up + --repeat timed repetitions; cProfile of one more when the median is above
 5 s (or with --profile).
 
@@ -241,18 +242,19 @@ def footprint(df) -> dict:
 # ------------------------------------------------------------------------------------------------- (1) snapshot
 
 def snapshot_worker(cfg: dict) -> dict:
-    """In a fresh process: the source rows to a stored snapshot to a fitted model, phase by phase."""
+    """In a fresh process: the source rows to stored features to a stored snapshot to a fitted model and its
+    drift reference, phase by phase, through the library calls the assets make."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     import pandas as pd
 
     from model_ops.data import features as feat
     from model_ops.data import snapshot
+    from model_ops.data.arrow import release
     from model_ops.data.delta import Dataset, frame_fingerprint
     from model_ops.data.partitions import STATIC, Partitioning
     from model_ops.data.sources import SourceTable, schema_kinds
     from model_ops.location import resolve_root
-    from model_ops.ml import training
-    from model_ops.ml.candidates import training_rows
+    from model_ops.ml import candidates, monitoring, training
     from model_ops.vocab import SourceKind
 
     diagnose = cfg["diagnose"]
@@ -265,83 +267,67 @@ def snapshot_worker(cfg: dict) -> dict:
     table_ = SourceTable(resolve_root(cfg["source"]), SourceKind.DELTA)
     columns = list(dict.fromkeys([spec.key_column, spec.time_column, *spec.feature_names, spec.target.column]))
     parts = Partitioning.of(spec)
+    features_ds = Dataset(resolve_root(cfg["snapshot"] + "/features"), "features")
+    snap = Dataset(resolve_root(cfg["snapshot"] + "/training_set"), "training_set")
 
     with meter.phase("schema"):
         typed = spec.with_schema(schema_kinds(table_.schema()))
-    if parts.static:
-        with meter.phase("read"):
-            rows = table_.read(spec.time_column, None, columns)
-        if diagnose:
-            sizes["source_rows"] = footprint(rows)
-        with meter.phase("select"):
-            df = feat.select(rows, typed, STATIC)
+    keys = [STATIC] if parts.static else parts.keys(until=pd.Timestamp(START).date() + pd.Timedelta(days=60))
+    with meter.phase("features"):  # the features asset, one partition at a time
+        for k in keys:
+            rows = table_.read(spec.time_column, None if parts.static else parts.window(k), columns)
+            df = feat.select(rows, typed, k)
             del rows
-        holdout = STATIC
-    else:  # one partition at a time, as the features asset reads them; the snapshot reads them all
-        keys = parts.keys(until=pd.Timestamp(START).date() + pd.Timedelta(days=60))
-        frames = []
-        with meter.phase("read+select"):
-            for k in keys:
-                rows = table_.read(spec.time_column, parts.window(k), columns)
-                frames.append(feat.select(rows, typed, k))
-                del rows
-            df = pd.concat(frames, ignore_index=True)
-            del frames
-        _, holdout = snapshot.choose_window(keys, typed)
-    if diagnose:
-        sizes["features"] = footprint(df)
-    with meter.phase("split"):
-        snap = snapshot.split(df, typed, holdout)
-        del df
-    if diagnose:
-        sizes["snapshot_frame"] = footprint(snap)
+            if diagnose and "features" not in sizes:
+                sizes["features"] = footprint(df)
+            failed = [o.message for o in feat.checks(df, typed, k) if not o.passed]
+            assert not failed, failed
+            features_ds.replace_partition(k, feat.to_arrow_stream(df))
+            del df
+            release()
+    window, holdout = snapshot.choose_window(features_ds.partition_keys(), typed)
+    with meter.phase("split"):  # the training_set asset
+        table = snapshot.split(features_ds.read_arrow(sorted({*window, holdout})), typed, holdout)
     with meter.phase("fingerprint"):
-        fingerprint = frame_fingerprint(snap)
-    with meter.phase("to_arrow"):
-        arrow = feat.to_arrow(snap)
-        del snap
-    out["snapshot_arrow_bytes"] = arrow.nbytes
-    out["snapshot_rows"] = arrow.num_rows
-    out["snapshot_columns"] = arrow.num_columns
-    out["snapshot_arrow_mb_by_column"] = {n: round(arrow.column(n).nbytes / 2**20, 1) for n in arrow.column_names}
-    out["snapshot_schema"] = {f.name: str(f.type) for f in arrow.schema}
-    dataset = Dataset(resolve_root(cfg["snapshot"]), "training_set")
+        fingerprint = frame_fingerprint(table)
+    out["snapshot_arrow_bytes"] = table.nbytes
+    out["snapshot_rows"] = table.num_rows
+    out["snapshot_columns"] = table.num_columns
+    out["snapshot_arrow_mb_by_column"] = {n: round(table.column(n).nbytes / 2**20, 1) for n in table.column_names}
+    out["snapshot_schema"] = {f.name: str(f.type) for f in table.schema}
     with meter.phase("write"):
-        version = dataset.overwrite(arrow, metadata={"model_ops.fingerprint": fingerprint})
-        del arrow
-    with meter.phase("read_back"):
-        stored = dataset.read(version=version)
-    if diagnose:
-        sizes["snapshot_read_back"] = footprint(stored)
-    with meter.phase("train_rows"):
-        train = training_rows(stored, typed)
-        del stored
-    out["train_rows"] = len(train)
+        version = snap.overwrite(table, metadata={"model_ops.fingerprint": fingerprint})
+        del table
+        release()
     if not diagnose:
-        with meter.phase("fit"):
-            trained = training.fit(train, typed)
-        out["fit_rows"] = trained.rows
-        out["fit_summary"] = trained.summary
-    else:  # training.fit taken apart: the same library calls in the same order, holding what fit holds (the
-        # caller's train rows, the labelled rows and the model input stay referenced until fit returns)
-        with meter.phase("fit.labelled"):
-            labelled = training.labelled(train, typed)
-            y = training.target(labelled, typed)
-        sizes["fit_labelled"] = footprint(labelled)
-        with meter.phase("fit.model_input"):
-            X = training.model_input(labelled, typed)
-        sizes["fit_model_input"] = footprint(X)
+        with meter.phase("fit"):  # the candidate_model asset: fit, then the drift reference
+            fitted = candidates.fit_snapshot(snap, version, typed)
+        with meter.phase("reference_profile"):
+            reference = monitoring.reference_profile(fitted.prepared, fitted.trained.model, typed)
+    else:  # candidates.fit_snapshot taken apart: the same calls in the same order
+        with meter.phase("fit.read_train"):
+            train = candidates.training_table(snap, version, typed)
+        with meter.phase("fit.prepare"):
+            prepared = training.prepare(train, typed)
+            del train
+            release()
+        sizes["model_input"] = footprint(prepared.inputs)
         model = training.pipeline(typed)
         pre, est = model.steps[0][1], model.steps[-1][1]
         with meter.phase("fit.preprocessing"):
-            Xt = pre.fit_transform(X, y)
-        out["preprocessed"] = {"shape": list(Xt.shape), "dtype": str(Xt.dtype), "mb": round(Xt.nbytes / 2**20, 1),
-                               "blocks": {name: len(cols) for name, _, cols in pre.transformers_ if name != "remainder"},
-                               "one_hot_columns": int(Xt.shape[1] - len(NUMERIC))}
+            Xt = pre.fit_transform(prepared.inputs, prepared.y)
+        out["preprocessed"] = {"shape": list(Xt.shape), "dtype": str(Xt.dtype), "mb": round(Xt.nbytes / 2**20, 1)}
         with meter.phase("fit.estimator"):
-            est.fit(Xt, y)
-        out["estimator"] = {"n_iter": int(est.n_iter_), "early_stopping": bool(est.do_early_stopping_)}
+            est.fit(Xt, prepared.y)
+        del Xt
+        out["estimator"] = {"class": type(est).__name__, "n_iter": int(getattr(est, "n_iter_", 0)),
+                            "early_stopping": bool(getattr(est, "do_early_stopping_", False))}
+        with meter.phase("reference_profile"):
+            reference = monitoring.reference_profile(prepared, model, typed)
+        fitted = candidates.Fitted(training.Trained(model, {}, {}, len(prepared), {}), prepared, window)
         out["frames"] = sizes
+    out["fit_rows"] = fitted.trained.rows
+    out["reference_rows"] = reference.rows
     out["phases"] = meter.phases
     out["ru_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
@@ -398,7 +384,11 @@ def _snapshot_process(source: Path, snap: Path, partitions: str, diagnose: bool)
     stdout, wall, peak = run_measured([sys.executable, __file__, "_snapshot", json.dumps(cfg)])
     run = json.loads(stdout.splitlines()[-1])
     run["process_wall_s"] = round(wall, 1)
-    run["process_peak_rss_mb"] = peak
+    # Resetting VmHWM for each phase also resets what the kernel reports to GNU time at exit (the peak since the
+    # last reset), so the process's peak is the highest of the phases' own peaks and what GNU time saw.
+    run["gnu_time_peak_rss_mb"] = peak
+    run["process_peak_rss_mb"] = max([peak, run.get("ru_maxrss_mb", 0)] +
+                                     [p["peak_mb"] for p in run["phases"].values()])
     run["ratio"] = round(peak / (run["snapshot_arrow_bytes"] / 2**20), 2)
     shutil.rmtree(snap, ignore_errors=True)
     return run
@@ -499,7 +489,7 @@ def summary(out: dict) -> None:
                    f"ratio {diag['ratio']}; fit taken apart; footprints between phases, untimed):")
             eprint(table(rows, ["phase", "wall s", "rss start MB", "peak MB", "peak - start MB"]))
             rows = [[name, f["rows"], f["numeric_mb"], f["object_pointers_mb"], f["object_payload_mb"], f["total_mb"]]
-                    for name, f in diag["frames"].items()]
+                    for name, f in diag["frames"].items()]  # features: the first partition
             eprint(table(rows, ["frame", "rows", "numeric MB", "obj ptr MB", "obj payload MB", "total MB"]))
             eprint(f"preprocessed matrix: {diag['preprocessed']}; estimator: {diag['estimator']}")
     daily = out.get("daily")
