@@ -14,17 +14,22 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-PEERS_DIR = os.environ.get("BENCH_PEERS_DIR",
-                           os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench-peers"))
+PEERS_DIR = os.environ.get(
+    "BENCH_PEERS_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench-peers")
+)
 PEERS_PYTHON = os.environ.get("BENCH_PEERS_PYTHON", "/tmp/peers-venv/bin/python")
 
 
 def stats(xs_s, **extra) -> dict:
     """Same fields as the peers' scripts: n, median_ms, p99_ms, total_s, first/last 10% medians (n >= 20)."""
     ms = np.asarray(xs_s, dtype=float) * 1000
-    out = {"n": len(ms), "median_ms": round(float(np.median(ms)), 3),
-           "p99_ms": round(float(np.percentile(ms, 99)), 3), "max_ms": round(float(ms.max()), 3),
-           "total_s": round(float(ms.sum()) / 1000, 3)}
+    out = {
+        "n": len(ms),
+        "median_ms": round(float(np.median(ms)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "max_ms": round(float(ms.max()), 3),
+        "total_s": round(float(ms.sum()) / 1000, 3),
+    }
     if len(ms) >= 20:
         k = len(ms) // 10
         out["first10pct_median_ms"] = round(float(np.median(ms[:k])), 3)
@@ -50,19 +55,26 @@ def machine() -> dict:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "loadavg_1m": round(os.getloadavg()[0], 2), "model_ops_git": git_state()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "model_ops_git": git_state(),
+    }
 
 
 def git_state() -> str | None:
     """HEAD of the model_ops checkout, with "+dirty" when model_ops/ differs from it (the code measured)."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "model_ops"], cwd=repo, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "model_ops"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return (head + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -80,8 +92,9 @@ def versions_of(*packages: str) -> dict:
     return out
 
 
-def run_measured(cmd: list[str], timeout: float | None = None, env: dict | None = None,
-                 ok: tuple[int, ...] = (0,)) -> tuple[str, float, float]:
+def run_measured(
+    cmd: list[str], timeout: float | None = None, env: dict | None = None, ok: tuple[int, ...] = (0,)
+) -> tuple[str, float, float]:
     """Run cmd under /usr/bin/time -f %M; return (stdout, wall s, peak RSS MB of the command itself).
 
     The command is forked by GNU time, a tiny process. Started straight from this (large) Python process, its own
@@ -90,8 +103,14 @@ def run_measured(cmd: list[str], timeout: float | None = None, env: dict | None 
     os.close(fd)
     try:
         t = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+        p = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
         wall = time.perf_counter() - t
         if p.returncode not in ok:
             sys.stderr.write(p.stderr[-4000:])

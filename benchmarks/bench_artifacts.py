@@ -16,6 +16,7 @@ Steps:
 against `dvc add` (new content) and `dvc add` of the same bytes under a new name. With --reps R > 1 both run
 R times, alternating, and medians are reported. Prints one JSON line; tables on stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,13 @@ def step(cmd: list[str], cwd: str) -> tuple[dict, bytes]:
     rss_file = os.path.join(cwd, ".rss")
     os.sync()
     t = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd, cwd=cwd, env=ENV,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd,
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wall = time.perf_counter() - t
     if p.returncode != 0:
         sys.stderr.write(p.stderr.decode()[-4000:])
@@ -125,9 +131,13 @@ def one_rep(size_mb: int, workdir: str | None) -> dict:
         os.remove(other)
         big = [b for b in file_blobs(root) if os.path.getsize(b) >= 2**20]
         r["dedup_check"] = {
-            "new_bytes": second["new_bytes"], "same_file_blob": second["file_sha256"] == first["file_sha256"],
-            "store_mb_after_first": store_mb_1, "store_mb_after_second": store_mb_2,
-            "store_files_after_first": files_1, "store_files_after_second": files_2, "large_blobs": len(big),
+            "new_bytes": second["new_bytes"],
+            "same_file_blob": second["file_sha256"] == first["file_sha256"],
+            "store_mb_after_first": store_mb_1,
+            "store_mb_after_second": store_mb_2,
+            "store_files_after_first": files_1,
+            "store_files_after_second": files_2,
+            "large_blobs": len(big),
             # the manifest lists the file name, so a new name gives a new (tiny) manifest blob; the data blob is shared
             "ok": second["new_bytes"] == 0 and len(big) == 1 and store_mb_2 - store_mb_1 < 0.01,
         }
@@ -142,6 +152,7 @@ def one_rep(size_mb: int, workdir: str | None) -> dict:
         r["fetch"]["in_process_fetch_s"] = round(json.loads(out)["fetch_s"], 3)
         with open(dest, "rb") as f:  # untimed independent check of what fetch delivered
             import hashlib
+
             assert hashlib.file_digest(f, "sha256").hexdigest() == src_sha, "fetched bytes differ"
         os.remove(dest)
         r["store_mb"] = du(os.path.join(root, "artifacts"))[0]
@@ -191,38 +202,82 @@ def main() -> None:
             peer_reps.append(run_peer("artifact_dvc.py", *peer_args))
 
     steps = ["cp", "hashlib_sha256", "import", "put_new", "put_dedup", "put_same_path_again", "fetch"]
-    ours = {s: {"s_median": med(ours_reps, s, "s"), "s_range": rng_of(ours_reps, s, "s"),
-                "peak_rss_mb_max": max(r[s]["peak_rss_mb"] for r in ours_reps)} for s in steps}
-    for s, k in (("put_new", "in_process_put_s"), ("put_dedup", "in_process_put_s"),
-                 ("put_same_path_again", "in_process_put_s"), ("fetch", "in_process_fetch_s")):
+    ours = {
+        s: {
+            "s_median": med(ours_reps, s, "s"),
+            "s_range": rng_of(ours_reps, s, "s"),
+            "peak_rss_mb_max": max(r[s]["peak_rss_mb"] for r in ours_reps),
+        }
+        for s in steps
+    }
+    for s, k in (
+        ("put_new", "in_process_put_s"),
+        ("put_dedup", "in_process_put_s"),
+        ("put_same_path_again", "in_process_put_s"),
+        ("fetch", "in_process_fetch_s"),
+    ):
         ours[s][k + "_median"] = med(ours_reps, s, k)
     dedup_ok = all(r["dedup_check"]["ok"] for r in ours_reps)
-    out: dict = {"bench": "artifact", "size_mb": args.size_mb, "reps": args.reps, "machine": machine(),
-                 "versions": versions_of("model_ops"), "ours": ours, "dedup_ok": dedup_ok, "ours_runs": ours_reps}
+    out: dict = {
+        "bench": "artifact",
+        "size_mb": args.size_mb,
+        "reps": args.reps,
+        "machine": machine(),
+        "versions": versions_of("model_ops"),
+        "ours": ours,
+        "dedup_ok": dedup_ok,
+        "ours_runs": ours_reps,
+    }
 
     mbps = lambda s: round(args.size_mb / s, 0) if s else None  # noqa: E731
-    rows = [[s, ours[s]["s_median"], ours[s]["s_range"], mbps(ours[s]["s_median"]) if s not in ("import",) else "",
-             ours[s]["peak_rss_mb_max"]] for s in steps]
-    eprint(f"\nmodel_ops artifacts, {args.size_mb} MB, {args.reps} rep(s), each step a fresh process "
-           f"(wall includes start-up); dedup ok: {dedup_ok}")
+    rows = [
+        [
+            s,
+            ours[s]["s_median"],
+            ours[s]["s_range"],
+            mbps(ours[s]["s_median"]) if s not in ("import",) else "",
+            ours[s]["peak_rss_mb_max"],
+        ]
+        for s in steps
+    ]
+    eprint(
+        f"\nmodel_ops artifacts, {args.size_mb} MB, {args.reps} rep(s), each step a fresh process "
+        f"(wall includes start-up); dedup ok: {dedup_ok}"
+    )
     eprint(table(rows, ["step", "s median", "range", "MB/s", "peak RSS MB (max)"]))
     eprint("dedup check (rep 1): " + json.dumps(ours_reps[0]["dedup_check"]))
 
-    targets = {"store_new_peak_rss_le_200MB": verdict(ours["put_new"]["peak_rss_mb_max"], 200),
-               "same_bytes_no_second_blob": "PASS" if dedup_ok else "FAIL"}
+    targets = {
+        "store_new_peak_rss_le_200MB": verdict(ours["put_new"]["peak_rss_mb_max"], 200),
+        "same_bytes_no_second_blob": "PASS" if dedup_ok else "FAIL",
+    }
     if peer_reps:
-        peer = {k: {"s_median": med(peer_reps, k, "s"), "s_range": rng_of(peer_reps, k, "s"),
-                    "peak_rss_mb_max": max(p[k]["peak_rss_mb"] for p in peer_reps)}
-                for k in ("cp", "sha256sum", "md5sum", "hashlib_sha256", "dvc_version", "dvc_add", "dvc_add_dedup",
-                          "dvc_readd_unchanged")}
+        peer = {
+            k: {
+                "s_median": med(peer_reps, k, "s"),
+                "s_range": rng_of(peer_reps, k, "s"),
+                "peak_rss_mb_max": max(p[k]["peak_rss_mb"] for p in peer_reps),
+            }
+            for k in (
+                "cp",
+                "sha256sum",
+                "md5sum",
+                "hashlib_sha256",
+                "dvc_version",
+                "dvc_add",
+                "dvc_add_dedup",
+                "dvc_readd_unchanged",
+            )
+        }
         peer["dvc_cache_mb"] = [p["dvc_cache_mb"] for p in peer_reps]
         peer["mlflow_log_artifact_s_median"] = med(peer_reps, "mlflow_log_artifact", "s")
         peer["tools"] = peer_reps[0].get("tools")
         r = {
             "put_new_vs_dvc_add": ratio(ours["put_new"]["s_median"], peer["dvc_add"]["s_median"]),
             "put_dedup_vs_dvc_add_dedup": ratio(ours["put_dedup"]["s_median"], peer["dvc_add_dedup"]["s_median"]),
-            "put_same_path_vs_dvc_readd_unchanged": ratio(ours["put_same_path_again"]["s_median"],
-                                                          peer["dvc_readd_unchanged"]["s_median"]),
+            "put_same_path_vs_dvc_readd_unchanged": ratio(
+                ours["put_same_path_again"]["s_median"], peer["dvc_readd_unchanged"]["s_median"]
+            ),
             "put_new_rss_vs_dvc_add": ratio(ours["put_new"]["peak_rss_mb_max"], peer["dvc_add"]["peak_rss_mb_max"]),
             "cp_floor_ours_vs_peer_run": ratio(ours["cp"]["s_median"], peer["cp"]["s_median"]),
         }
@@ -232,21 +287,56 @@ def main() -> None:
         out["peer_runs"] = peer_reps
         out["ratios_ours_over_peer"] = r
         prow = [
-            ["store new content", ours["put_new"]["s_median"], "dvc add", peer["dvc_add"]["s_median"],
-             r["put_new_vs_dvc_add"], "<= 0.3", targets["store_new_le_0.3x_dvc_add"]],
-            ["same bytes, new name", ours["put_dedup"]["s_median"], "dvc add (dedup)",
-             peer["dvc_add_dedup"]["s_median"], r["put_dedup_vs_dvc_add_dedup"], "<= 0.3",
-             targets["same_bytes_le_0.3x_dvc_dedup"]],
-            ["same path again", ours["put_same_path_again"]["s_median"], "dvc add (unchanged)",
-             peer["dvc_readd_unchanged"]["s_median"], r["put_same_path_vs_dvc_readd_unchanged"], "", ""],
-            ["peak RSS MB, store new", ours["put_new"]["peak_rss_mb_max"], "dvc add",
-             peer["dvc_add"]["peak_rss_mb_max"], r["put_new_rss_vs_dvc_add"], "<= 200 MB",
-             targets["store_new_peak_rss_le_200MB"]],
-            ["cp floor (noise check)", ours["cp"]["s_median"], "cp", peer["cp"]["s_median"],
-             r["cp_floor_ours_vs_peer_run"], "", ""],
+            [
+                "store new content",
+                ours["put_new"]["s_median"],
+                "dvc add",
+                peer["dvc_add"]["s_median"],
+                r["put_new_vs_dvc_add"],
+                "<= 0.3",
+                targets["store_new_le_0.3x_dvc_add"],
+            ],
+            [
+                "same bytes, new name",
+                ours["put_dedup"]["s_median"],
+                "dvc add (dedup)",
+                peer["dvc_add_dedup"]["s_median"],
+                r["put_dedup_vs_dvc_add_dedup"],
+                "<= 0.3",
+                targets["same_bytes_le_0.3x_dvc_dedup"],
+            ],
+            [
+                "same path again",
+                ours["put_same_path_again"]["s_median"],
+                "dvc add (unchanged)",
+                peer["dvc_readd_unchanged"]["s_median"],
+                r["put_same_path_vs_dvc_readd_unchanged"],
+                "",
+                "",
+            ],
+            [
+                "peak RSS MB, store new",
+                ours["put_new"]["peak_rss_mb_max"],
+                "dvc add",
+                peer["dvc_add"]["peak_rss_mb_max"],
+                r["put_new_rss_vs_dvc_add"],
+                "<= 200 MB",
+                targets["store_new_peak_rss_le_200MB"],
+            ],
+            [
+                "cp floor (noise check)",
+                ours["cp"]["s_median"],
+                "cp",
+                peer["cp"]["s_median"],
+                r["cp_floor_ours_vs_peer_run"],
+                "",
+                "",
+            ],
         ]
-        eprint(f"\nvs DVC {peer['tools'].get('dvc') if peer['tools'] else ''} ({len(peer_reps)} run(s)), "
-               "medians, ratio ours/theirs:")
+        eprint(
+            f"\nvs DVC {peer['tools'].get('dvc') if peer['tools'] else ''} ({len(peer_reps)} run(s)), "
+            "medians, ratio ours/theirs:"
+        )
         eprint(table(prow, ["what", "ours s", "peer step", "peer s", "ratio", "target", "verdict"]))
     out["targets"] = targets
     eprint("targets: " + json.dumps(targets))

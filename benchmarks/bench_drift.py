@@ -49,14 +49,19 @@ def write_frames(folder: Path, rows: int, feats: int, seed: int = 0) -> tuple[st
 def ours(reference: str, current: str, repeat: int) -> dict:
     walls, rss, doc = [], [], {}
     for _ in range(repeat):
-        out, wall, peak = run_measured([MODEL_OPS, "drift", "--reference", reference, "--current", current, "--json"],
-                                       ok=(0, 1))
+        out, wall, peak = run_measured(
+            [MODEL_OPS, "drift", "--reference", reference, "--current", current, "--json"], ok=(0, 1)
+        )
         walls.append(wall)
         rss.append(peak)
         doc = json.loads(out)
-    return {"wall_s": round(statistics.median(walls), 3), "runs_s": [round(w, 3) for w in walls],
-            "peak_rss_mb": max(rss), "flagged": [f["feature"] for f in doc["features"] if f["drift"]],
-            "methods": sorted({f["method"] for f in doc["features"]})}
+    return {
+        "wall_s": round(statistics.median(walls), 3),
+        "runs_s": [round(w, 3) for w in walls],
+        "peak_rss_mb": max(rss),
+        "flagged": [f["feature"] for f in doc["features"] if f["drift"]],
+        "methods": sorted({f["method"] for f in doc["features"]}),
+    }
 
 
 def main() -> None:
@@ -75,15 +80,20 @@ def main() -> None:
             row["model_ops"] = ours(reference, current, args.repeat)
             row["model_ops"]["correct"] = row["model_ops"]["flagged"] == shifted
             runs = [run_peer("drift_numpy.py", rows, args.features, python=numpy_python) for _ in range(args.repeat)]
-            row["numpy"] = {"drift_s": statistics.median(r["drift_s"] for r in runs),
-                            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "correct": runs[0]["correct"],
-                            "python": numpy_python}
+            row["numpy"] = {
+                "drift_s": statistics.median(r["drift_s"] for r in runs),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                "correct": runs[0]["correct"],
+                "python": numpy_python,
+            }
             row["ratio_vs_numpy"] = ratio(row["model_ops"]["wall_s"], row["numpy"]["drift_s"])
             if not args.no_evidently and rows <= 100_000 and os.path.exists(PEERS_PYTHON):
                 ev = [run_peer("drift_evidently.py", rows, args.features) for _ in range(max(1, args.repeat - 1))]
-                row["evidently"] = {"drift_s": statistics.median(r["drift_s"] for r in ev),
-                                    "peak_rss_mb": max(r["peak_rss_mb"] for r in ev),
-                                    "correct": ev[0].get("correct")}
+                row["evidently"] = {
+                    "drift_s": statistics.median(r["drift_s"] for r in ev),
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in ev),
+                    "correct": ev[0].get("correct"),
+                }
                 row["ratio_vs_evidently"] = ratio(row["model_ops"]["wall_s"], row["evidently"]["drift_s"])
             eprint(json.dumps(row))
             results.append(row)

@@ -42,9 +42,13 @@ def main() -> None:
         def run(step: str, names: tuple[str, ...], partition: str | None = None, **config: dict) -> None:
             t = time.perf_counter()
             result = dg.materialize(
-                assets, instance=instance, resources={"model_ops": resource}, partition_key=partition,
+                assets,
+                instance=instance,
+                resources={"model_ops": resource},
+                partition_key=partition,
                 selection=[dg.AssetKey(["flight_delay", n]) for n in names],
-                run_config=dg.RunConfig(ops={f"flight_delay__{k}": {"config": v} for k, v in config.items()}))
+                run_config=dg.RunConfig(ops={f"flight_delay__{k}": {"config": v} for k, v in config.items()}),
+            )
             assert result.success
             times.setdefault(step, []).append(time.perf_counter() - t)
 
@@ -63,14 +67,19 @@ def main() -> None:
         for _ in range(args.repeat - 1):
             run("ingest_month", INGEST, months[-1])
 
-    out = {"benchmark": "asset graph, flight_delay, one month", "machine": machine(), "rows_per_month": rows,
-           "peak_rss_mb": peak_rss_mb()}
+    out = {
+        "benchmark": "asset graph, flight_delay, one month",
+        "machine": machine(),
+        "rows_per_month": rows,
+        "peak_rss_mb": peak_rss_mb(),
+    }
     for step, xs in times.items():
         out[step] = stats(xs[1:] if len(xs) > 1 else xs, cold_ms=round(xs[0] * 1000, 1))
     out["targets"] = {
         "load_month_of_features_under_1s": out["load_month_of_features"]["median_ms"] < 1000,
-        "one_month_through_the_graph_s": round(sum(out[s]["median_ms"] for s in
-                                                   ("ingest_month", "train_evaluate_deploy", "score_month")) / 1000, 2),
+        "one_month_through_the_graph_s": round(
+            sum(out[s]["median_ms"] for s in ("ingest_month", "train_evaluate_deploy", "score_month")) / 1000, 2
+        ),
     }
     print(json.dumps(out, indent=2))
 

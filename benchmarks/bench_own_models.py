@@ -51,8 +51,10 @@ from _common import emit, eprint, git_state, machine, run_measured, table, verdi
 GENERATOR_VERSION = "1"  # bump when the generated data change (a --workdir keeps tables between runs)
 KEY, TIME, TARGET = "event_id", "event_time", "converted"
 NUMERIC = [f"num_{i:02d}" for i in range(16)]
-CATEGORIES = {"channel": (["web", "app", "email", "partner", "store"], [0.45, 0.3, 0.1, 0.1, 0.05]),
-              "region": ([f"region_{i:02d}" for i in range(40)], None)}
+CATEGORIES = {
+    "channel": (["web", "app", "email", "partner", "store"], [0.45, 0.3, 0.1, 0.1, 0.05]),
+    "region": ([f"region_{i:02d}" for i in range(40)], None),
+}
 NULLABLE = ("num_03", "num_11")  # 1 % nulls each, declared max_null_fraction 0.02
 START = "2024-01-01"  # 60 days from here are exactly January and February 2024
 DAILY_DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04", "2024-03-05"]
@@ -61,6 +63,7 @@ SNAPSHOT_RSS_LIMIT, DAILY_LIMIT_S = 3.0, 5.0
 
 
 # ------------------------------------------------------------------------------------------------- data
+
 
 def frame(rng: np.random.Generator, first_id: int, ids: np.ndarray, micros: np.ndarray):
     """One delivery of rows: the key, the time (UTC, microseconds), 16 floats, 2 categories and the target."""
@@ -90,9 +93,17 @@ def frame(rng: np.random.Generator, first_id: int, ids: np.ndarray, micros: np.n
         codes[name] = rng.choice(len(levels), size=n, p=p).astype("int32")
     effect_channel = np.array([0.0, 0.4, -0.6, 0.8, -0.2])
     effect_region = np.linspace(-0.5, 0.5, len(CATEGORIES["region"][0]))
-    logit = (0.9 * z[:, 0] - 0.6 * z[:, 1] + 0.4 * z[:, 2] * z[:, 3] + 0.5 * (np.log(num["num_06"]) - 3)
-             - 0.15 * num["num_11"] + 1.5 * (num["num_13"] - 0.3) + effect_channel[codes["channel"]]
-             + effect_region[codes["region"]] - 1.2)
+    logit = (
+        0.9 * z[:, 0]
+        - 0.6 * z[:, 1]
+        + 0.4 * z[:, 2] * z[:, 3]
+        + 0.5 * (np.log(num["num_06"]) - 3)
+        - 0.15 * num["num_11"]
+        + 1.5 * (num["num_13"] - 0.3)
+        + effect_channel[codes["channel"]]
+        + effect_region[codes["region"]]
+        - 1.2
+    )
     converted = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
     for name in NULLABLE:
         num[name][rng.random(n) < 0.01] = np.nan
@@ -115,11 +126,12 @@ def write_source(path: Path, days: list[tuple[str, int]], seed: int, days_per_wr
     ids = rng.permutation(total)
     done, written = 0, 0
     for i in range(0, len(days), days_per_write):
-        group = days[i:i + days_per_write]
-        micros = np.concatenate([
-            np.sort(rng.integers(0, 86_400_000_000, n)) + pd.Timestamp(d, tz="UTC").value // 1000 for d, n in group])
+        group = days[i : i + days_per_write]
+        micros = np.concatenate(
+            [np.sort(rng.integers(0, 86_400_000_000, n)) + pd.Timestamp(d, tz="UTC").value // 1000 for d, n in group]
+        )
         n = len(micros)
-        t = frame(rng, 0, ids[done:done + n], micros)
+        t = frame(rng, 0, ids[done : done + n], micros)
         write_deltalake(str(path), t, mode="append")
         written += t.nbytes
         done += n
@@ -136,8 +148,12 @@ def ensure_source(path: Path, days: list[tuple[str, int]], seed: int) -> dict:
             return have | {"reused": True}
     shutil.rmtree(path, ignore_errors=True)
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "_generate", json.dumps({"path": str(path), **want})],
-                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "_generate", json.dumps({"path": str(path), **want})],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
     info = want | json.loads(out.splitlines()[-1]) | {"generate_s": round(time.perf_counter() - t, 1)}
     marker.write_text(json.dumps(info))
     return info | {"reused": False}
@@ -158,17 +174,23 @@ def model_spec(uri: str, partitions: str, start: str):
             f["max"] = 1.0
         features.append(f)
     features += [{"name": n, "allowed": levels} for n, (levels, _) in CATEGORIES.items()]
-    return ModelSpec.model_validate({
-        "name": "bench_conversion", "description": "benchmark: conversion of an event", "owner": "team:bench",
-        "task": "binary_classification",
-        "source": {"kind": "delta", "uri": uri, "time_column": TIME, "key_column": KEY},
-        "partitions": "none" if partitions == "none" else {"cadence": partitions, "start": start},
-        "features": features, "target": {"column": TARGET},
-        "estimator": {"class": "sklearn.ensemble.HistGradientBoostingClassifier", "params": {"max_iter": 50}},
-    })
+    return ModelSpec.model_validate(
+        {
+            "name": "bench_conversion",
+            "description": "benchmark: conversion of an event",
+            "owner": "team:bench",
+            "task": "binary_classification",
+            "source": {"kind": "delta", "uri": uri, "time_column": TIME, "key_column": KEY},
+            "partitions": "none" if partitions == "none" else {"cadence": partitions, "start": start},
+            "features": features,
+            "target": {"column": TARGET},
+            "estimator": {"class": "sklearn.ensemble.HistGradientBoostingClassifier", "params": {"max_iter": 50}},
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------------- memory
+
 
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -208,8 +230,14 @@ class Meter:
         yield
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         peak = round(_status_kb("VmHWM") / 1024, 1)
-        self.phases[name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "rss_start_mb": start,
-                             "rss_end_mb": rss_mb(), "peak_mb": peak, "peak_above_start_mb": round(peak - start, 1)}
+        self.phases[name] = {
+            "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3),
+            "rss_start_mb": start,
+            "rss_end_mb": rss_mb(),
+            "peak_mb": peak,
+            "peak_above_start_mb": round(peak - start, 1),
+        }
 
 
 def footprint(df) -> dict:
@@ -227,19 +255,27 @@ def footprint(df) -> dict:
             size = sum(sys.getsizeof(arr[i]) for i in first)
             pointers += arr.nbytes
             payload += size
-            per_column[name] = {"dtype": "object", "mb": round((arr.nbytes + size) / 2**20, 1),
-                                "distinct_objects": len(first)}
+            per_column[name] = {
+                "dtype": "object",
+                "mb": round((arr.nbytes + size) / 2**20, 1),
+                "distinct_objects": len(first),
+            }
         else:
             nbytes = values.nbytes if hasattr(values, "nbytes") else col.memory_usage(index=False)
             numeric += nbytes
             per_column[name] = {"dtype": str(col.dtype), "mb": round(nbytes / 2**20, 1)}
-    return {"rows": len(df), "numeric_mb": round(numeric / 2**20, 1), "object_pointers_mb": round(pointers / 2**20, 1),
-            "object_payload_mb": round(payload / 2**20, 1),
-            "total_mb": round((numeric + pointers + payload + df.index.memory_usage()) / 2**20, 1),
-            "columns": per_column}
+    return {
+        "rows": len(df),
+        "numeric_mb": round(numeric / 2**20, 1),
+        "object_pointers_mb": round(pointers / 2**20, 1),
+        "object_payload_mb": round(payload / 2**20, 1),
+        "total_mb": round((numeric + pointers + payload + df.index.memory_usage()) / 2**20, 1),
+        "columns": per_column,
+    }
 
 
 # ------------------------------------------------------------------------------------------------- (1) snapshot
+
 
 def snapshot_worker(cfg: dict) -> dict:
     """In a fresh process: the source rows to stored features to a stored snapshot to a fitted model and its
@@ -260,8 +296,11 @@ def snapshot_worker(cfg: dict) -> dict:
     diagnose = cfg["diagnose"]
     gc.collect()
     meter = Meter()
-    out: dict = {"imports_rss_mb": rss_mb(), "ru_maxrss_at_start_mb": round(before / 1024, 1),
-                 "own_phase_peaks": meter.own_peaks}
+    out: dict = {
+        "imports_rss_mb": rss_mb(),
+        "ru_maxrss_at_start_mb": round(before / 1024, 1),
+        "own_phase_peaks": meter.own_peaks,
+    }
     sizes: dict[str, dict] = {}
     spec = model_spec(cfg["source"], cfg["partitions"], START)
     table_ = SourceTable(resolve_root(cfg["source"]), SourceKind.DELTA)
@@ -320,8 +359,11 @@ def snapshot_worker(cfg: dict) -> dict:
         with meter.phase("fit.estimator"):
             est.fit(Xt, prepared.y)
         del Xt
-        out["estimator"] = {"class": type(est).__name__, "n_iter": int(getattr(est, "n_iter_", 0)),
-                            "early_stopping": bool(getattr(est, "do_early_stopping_", False))}
+        out["estimator"] = {
+            "class": type(est).__name__,
+            "n_iter": int(getattr(est, "n_iter_", 0)),
+            "early_stopping": bool(getattr(est, "do_early_stopping_", False)),
+        }
         with meter.phase("reference_profile"):
             reference = monitoring.reference_profile(prepared, model, typed)
         fitted = candidates.Fitted(training.Trained(model, {}, {}, len(prepared), {}), prepared, window)
@@ -336,24 +378,36 @@ def snapshot_worker(cfg: dict) -> dict:
 def run_snapshot(args, work: Path) -> dict:
     source = work / f"source_{args.rows}"
     info = ensure_source(source, _days(args.rows), args.seed)
-    eprint(f"[snapshot] source {source}: {info['rows']:,} rows, {info['columns']} columns"
-           + (" (reused)" if info["reused"] else f" (generated in {info['generate_s']} s)"))
-    result: dict = {"rows": info["rows"], "source_columns": info["columns"], "partitions": args.partitions,
-                    "source_generated_s": info.get("generate_s"), "runs": []}
+    eprint(
+        f"[snapshot] source {source}: {info['rows']:,} rows, {info['columns']} columns"
+        + (" (reused)" if info["reused"] else f" (generated in {info['generate_s']} s)")
+    )
+    result: dict = {
+        "rows": info["rows"],
+        "source_columns": info["columns"],
+        "partitions": args.partitions,
+        "source_generated_s": info.get("generate_s"),
+        "runs": [],
+    }
     for i in range(args.snapshot_repeat):
         run = _snapshot_process(source, work / f"snapshot_{i}", args.partitions, diagnose=False)
         result["runs"].append(run)
-        eprint(f"[snapshot] run {i + 1}: peak {run['process_peak_rss_mb']} MB, ratio {run['ratio']}, "
-               f"{run['process_wall_s']} s")
+        eprint(
+            f"[snapshot] run {i + 1}: peak {run['process_peak_rss_mb']} MB, ratio {run['ratio']}, "
+            f"{run['process_wall_s']} s"
+        )
     runs = result["runs"]
     result["snapshot_arrow_bytes"] = runs[0]["snapshot_arrow_bytes"]
     result["snapshot_arrow_mb"] = round(runs[0]["snapshot_arrow_bytes"] / 2**20, 1)
     result["peak_rss_mb"] = statistics.median(r["process_peak_rss_mb"] for r in runs)
     result["ratio"] = round(result["peak_rss_mb"] / result["snapshot_arrow_mb"], 2)
-    result["ratio_above_imports"] = round(statistics.median(
-        (r["process_peak_rss_mb"] - r["imports_rss_mb"]) / result["snapshot_arrow_mb"] for r in runs), 2)
-    result["phase_wall_s_median"] = {p: round(statistics.median(r["phases"][p]["wall_s"] for r in runs), 2)
-                                     for p in runs[0]["phases"]}
+    result["ratio_above_imports"] = round(
+        statistics.median((r["process_peak_rss_mb"] - r["imports_rss_mb"]) / result["snapshot_arrow_mb"] for r in runs),
+        2,
+    )
+    result["phase_wall_s_median"] = {
+        p: round(statistics.median(r["phases"][p]["wall_s"] for r in runs), 2) for p in runs[0]["phases"]
+    }
     result["verdict"] = verdict(result["ratio"], SNAPSHOT_RSS_LIMIT)
     if args.diagnose or result["ratio"] > SNAPSHOT_RSS_LIMIT:
         # Memory scales with the rows, so an automatic diagnosis runs on a smaller table (--diagnose: full size).
@@ -361,8 +415,9 @@ def run_snapshot(args, work: Path) -> dict:
         if rows != args.rows:
             source = work / f"source_{rows}"
             ensure_source(source, _days(rows), args.seed)
-        eprint(f"[snapshot] diagnosing at {rows:,} rows: the same path with frame footprints and training.fit step "
-               "by step")
+        eprint(
+            f"[snapshot] diagnosing at {rows:,} rows: the same path with frame footprints and training.fit step by step"
+        )
         result["diagnosis"] = _snapshot_process(source, work / "snapshot_diag", args.partitions, diagnose=True)
         result["diagnosis"]["rows"] = rows
     return result
@@ -387,14 +442,16 @@ def _snapshot_process(source: Path, snap: Path, partitions: str, diagnose: bool)
     # Resetting VmHWM for each phase also resets what the kernel reports to GNU time at exit (the peak since the
     # last reset), so the process's peak is the highest of the phases' own peaks and what GNU time saw.
     run["gnu_time_peak_rss_mb"] = peak
-    run["process_peak_rss_mb"] = max([peak, run.get("ru_maxrss_mb", 0)] +
-                                     [p["peak_mb"] for p in run["phases"].values()])
+    run["process_peak_rss_mb"] = max(
+        [peak, run.get("ru_maxrss_mb", 0)] + [p["peak_mb"] for p in run["phases"].values()]
+    )
     run["ratio"] = round(peak / (run["snapshot_arrow_bytes"] / 2**20), 2)
     shutil.rmtree(snap, ignore_errors=True)
     return run
 
 
 # ------------------------------------------------------------------------------------------------- (2) daily
+
 
 def run_daily(args, work: Path) -> dict:
     from model_ops.data import features as feat
@@ -406,8 +463,10 @@ def run_daily(args, work: Path) -> dict:
     days = [(d, args.daily_rows if d == DAILY_DAY else max(1, args.daily_rows // 20)) for d in DAILY_DAYS]
     source = work / f"daily_{args.daily_rows}"
     info = ensure_source(source, days, args.seed + 1)
-    eprint(f"[daily] source {source}: {info['rows']:,} rows over {len(days)} days, {args.daily_rows:,} on "
-           f"{DAILY_DAY}" + (" (reused)" if info["reused"] else f" (generated in {info['generate_s']} s)"))
+    eprint(
+        f"[daily] source {source}: {info['rows']:,} rows over {len(days)} days, {args.daily_rows:,} on "
+        f"{DAILY_DAY}" + (" (reused)" if info["reused"] else f" (generated in {info['generate_s']} s)")
+    )
     spec = model_spec(str(source), "daily", DAILY_DAYS[0])
     parts = Partitioning.of(spec)
     window = parts.window(DAILY_DAY)
@@ -440,12 +499,21 @@ def run_daily(args, work: Path) -> dict:
         t, outcomes = once()
         reps.append(t)
     failed = [o.message for o in outcomes if not o.passed]
-    out: dict = {"rows": args.daily_rows, "source_rows": info["rows"], "day": DAILY_DAY, "repeat": args.repeat,
-                 "checks": {o.name: o.passed for o in outcomes}, "failed_checks": failed}
+    out: dict = {
+        "rows": args.daily_rows,
+        "source_rows": info["rows"],
+        "day": DAILY_DAY,
+        "repeat": args.repeat,
+        "checks": {o.name: o.passed for o in outcomes},
+        "failed_checks": failed,
+    }
     for phase in reps[0]:
         xs = [r[phase] for r in reps]
-        out[f"{phase}_s"] = {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3),
-                             "max": round(max(xs), 3)}
+        out[f"{phase}_s"] = {
+            "median": round(statistics.median(xs), 3),
+            "min": round(min(xs), 3),
+            "max": round(max(xs), 3),
+        }
     out["verdict"] = verdict(out["total_s"]["median"], DAILY_LIMIT_S)
     if args.profile or out["total_s"]["median"] > DAILY_LIMIT_S:
         prof = cProfile.Profile()
@@ -461,49 +529,69 @@ def profile_summary(prof: cProfile.Profile, top: int = 15) -> dict:
     entries = []
     for (file, line, func), (_cc, nc, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
         short = file.split("site-packages/")[-1].split("/work/main/")[-1]
-        entries.append({"function": f"{short}:{line}({func})", "calls": nc, "tottime_s": round(tt, 3),
-                        "cumtime_s": round(ct, 3)})
+        entries.append(
+            {"function": f"{short}:{line}({func})", "calls": nc, "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)}
+        )
     ours = [e for e in entries if e["function"].startswith("model_ops/")]
-    return {"total_s": round(st.total_tt, 3),  # type: ignore[attr-defined]
-            "by_tottime": sorted(entries, key=lambda e: -e["tottime_s"])[:top],
-            "model_ops_by_cumtime": sorted(ours, key=lambda e: -e["cumtime_s"])[:top]}
+    return {
+        "total_s": round(st.total_tt, 3),  # type: ignore[attr-defined]
+        "by_tottime": sorted(entries, key=lambda e: -e["tottime_s"])[:top],
+        "model_ops_by_cumtime": sorted(ours, key=lambda e: -e["cumtime_s"])[:top],
+    }
 
 
 # ------------------------------------------------------------------------------------------------- main
+
 
 def summary(out: dict) -> None:
     snap = out.get("snapshot")
     if snap:
         run = snap["runs"][0]
-        eprint(f"\n(1) snapshot + fit, {snap['rows']:,} rows, partitions {snap['partitions']}: snapshot Arrow "
-               f"{snap['snapshot_arrow_mb']} MB, peak RSS {snap['peak_rss_mb']} MB (median of {len(snap['runs'])}), "
-               f"ratio {snap['ratio']} (target <= {SNAPSHOT_RSS_LIMIT}): {snap['verdict']}")
-        rows = [[p, v["wall_s"], v["cpu_s"], v["rss_start_mb"], v["peak_mb"], v["peak_above_start_mb"]]
-                for p, v in run["phases"].items()]
+        eprint(
+            f"\n(1) snapshot + fit, {snap['rows']:,} rows, partitions {snap['partitions']}: snapshot Arrow "
+            f"{snap['snapshot_arrow_mb']} MB, peak RSS {snap['peak_rss_mb']} MB (median of {len(snap['runs'])}), "
+            f"ratio {snap['ratio']} (target <= {SNAPSHOT_RSS_LIMIT}): {snap['verdict']}"
+        )
+        rows = [
+            [p, v["wall_s"], v["cpu_s"], v["rss_start_mb"], v["peak_mb"], v["peak_above_start_mb"]]
+            for p, v in run["phases"].items()
+        ]
         eprint(table(rows, ["phase (run 1)", "wall s", "cpu s", "rss start MB", "peak MB", "peak - start MB"]))
         diag = snap.get("diagnosis")
         if diag:
-            rows = [[p, v["wall_s"], v["rss_start_mb"], v["peak_mb"], v["peak_above_start_mb"]]
-                    for p, v in diag["phases"].items()]
-            eprint(f"\ndiagnosis at {diag['rows']:,} rows (fresh process, peak {diag['process_peak_rss_mb']} MB, "
-                   f"ratio {diag['ratio']}; fit taken apart; footprints between phases, untimed):")
+            rows = [
+                [p, v["wall_s"], v["rss_start_mb"], v["peak_mb"], v["peak_above_start_mb"]]
+                for p, v in diag["phases"].items()
+            ]
+            eprint(
+                f"\ndiagnosis at {diag['rows']:,} rows (fresh process, peak {diag['process_peak_rss_mb']} MB, "
+                f"ratio {diag['ratio']}; fit taken apart; footprints between phases, untimed):"
+            )
             eprint(table(rows, ["phase", "wall s", "rss start MB", "peak MB", "peak - start MB"]))
-            rows = [[name, f["rows"], f["numeric_mb"], f["object_pointers_mb"], f["object_payload_mb"], f["total_mb"]]
-                    for name, f in diag["frames"].items()]  # features: the first partition
+            rows = [
+                [name, f["rows"], f["numeric_mb"], f["object_pointers_mb"], f["object_payload_mb"], f["total_mb"]]
+                for name, f in diag["frames"].items()
+            ]  # features: the first partition
             eprint(table(rows, ["frame", "rows", "numeric MB", "obj ptr MB", "obj payload MB", "total MB"]))
             eprint(f"preprocessed matrix: {diag['preprocessed']}; estimator: {diag['estimator']}")
     daily = out.get("daily")
     if daily:
-        eprint(f"\n(2) daily partition, {daily['rows']:,} rows of {daily['source_rows']:,}: total median "
-               f"{daily['total_s']['median']} s (range {daily['total_s']['min']}-{daily['total_s']['max']}, "
-               f"target <= {DAILY_LIMIT_S} s): {daily['verdict']}; checks passed: "
-               f"{all(daily['checks'].values())}")
-        rows = [[p, daily[f"{p}_s"]["median"], daily[f"{p}_s"]["min"], daily[f"{p}_s"]["max"]]
-                for p in ("open", "read", "select", "checks", "total", "cpu_total")]
+        eprint(
+            f"\n(2) daily partition, {daily['rows']:,} rows of {daily['source_rows']:,}: total median "
+            f"{daily['total_s']['median']} s (range {daily['total_s']['min']}-{daily['total_s']['max']}, "
+            f"target <= {DAILY_LIMIT_S} s): {daily['verdict']}; checks passed: "
+            f"{all(daily['checks'].values())}"
+        )
+        rows = [
+            [p, daily[f"{p}_s"]["median"], daily[f"{p}_s"]["min"], daily[f"{p}_s"]["max"]]
+            for p in ("open", "read", "select", "checks", "total", "cpu_total")
+        ]
         eprint(table(rows, ["phase", "median s", "min s", "max s"]))
         if "profile" in daily:
-            rows = [[e["function"][-70:], e["calls"], e["tottime_s"], e["cumtime_s"]]
-                    for e in daily["profile"]["by_tottime"][:10]]
+            rows = [
+                [e["function"][-70:], e["calls"], e["tottime_s"], e["cumtime_s"]]
+                for e in daily["profile"]["by_tottime"][:10]
+            ]
             eprint(table(rows, ["cProfile, one more repetition", "calls", "tottime s", "cumtime s"]))
 
 
@@ -515,18 +603,23 @@ def main() -> None:
     parser.add_argument("--snapshot-repeat", type=int, default=1, help="fresh processes for the snapshot target")
     parser.add_argument("--partitions", choices=["none", "monthly"], default="none")
     parser.add_argument("--only", choices=["snapshot", "daily"])
-    parser.add_argument("--diagnose", action="store_true",
-                        help="take the snapshot path apart at full size, even when it passes")
-    parser.add_argument("--diagnose-rows", type=int, default=500_000,
-                        help="rows of the automatic diagnosis when the ratio is above 3x")
+    parser.add_argument(
+        "--diagnose", action="store_true", help="take the snapshot path apart at full size, even when it passes"
+    )
+    parser.add_argument(
+        "--diagnose-rows", type=int, default=500_000, help="rows of the automatic diagnosis when the ratio is above 3x"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one more daily repetition even when it passes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the generated tables here and reuse them (default: a temporary dir)")
     parser.add_argument("--jsonl")
     args = parser.parse_args()
     git_start = git_state()
-    out: dict = {"benchmark": "own models at scale", "machine": machine(),
-                 "versions": versions_of("pandas", "pyarrow", "deltalake", "scikit-learn", "numpy")}
+    out: dict = {
+        "benchmark": "own models at scale",
+        "machine": machine(),
+        "versions": versions_of("pandas", "pyarrow", "deltalake", "scikit-learn", "numpy"),
+    }
     t = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.workdir:

@@ -11,6 +11,7 @@ usage: bench_registry.py N [--budget S] [--with-peers] [--profile FILE] [--jsonl
 and prints ratios ours/theirs. Prints one JSON line on stdout (ours, and peers + ratios with --with-peers);
 a table on stderr.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,6 +62,7 @@ def bench_ours(n: int, budget: float, profile: str | None) -> dict:
         prof = None
         if profile:
             import cProfile
+
             prof = cProfile.Profile()
         reg_times, fit_times = [], []
         deadline = time.perf_counter() + budget
@@ -109,13 +111,17 @@ def bench_ours(n: int, budget: float, profile: str | None) -> dict:
         def reopen():
             r2 = Registry.open(os.path.join(tmp, "root"), actor="bench")
             return r2.resolve(uri)
+
         reopen_s, mv2 = timed(reopen)
         assert mv2.version == k
 
         root = os.path.join(tmp, "root")
         disk_mb = round(sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs) / 2**20, 1)
         return {
-            "tool": "model_ops (local root)", "n": n, "n_done": n_versions, "import_s": round(IMPORT_S, 2),
+            "tool": "model_ops (local root)",
+            "n": n,
+            "n_done": n_versions,
+            "import_s": round(IMPORT_S, 2),
             "open_s": round(open_s, 4),
             "register_model": stats(reg_times, includes="skops dumps + canonicalise + artifact put + Delta commit"),
             "skops_dumps_only": stats(ser),
@@ -145,32 +151,53 @@ def main() -> None:
     git_start = git_state()
 
     ours = bench_ours(args.n, args.budget, args.profile)
-    out: dict = {"bench": "registry", "machine": machine(),
-                 "versions": versions_of("model_ops", "deltalake", "pyarrow", "scikit-learn", "skops", "numpy"),
-                 "ours": ours}
+    out: dict = {
+        "bench": "registry",
+        "machine": machine(),
+        "versions": versions_of("model_ops", "deltalake", "pyarrow", "scikit-learn", "skops", "numpy"),
+        "ours": ours,
+    }
     rows = [
-        ["register_model (a)", ours["register_model"]["median_ms"], ours["register_model"]["p99_ms"],
-         f'{ours["register_model"].get("first10pct_median_ms")} / {ours["register_model"].get("last10pct_median_ms")}'],
+        [
+            "register_model (a)",
+            ours["register_model"]["median_ms"],
+            ours["register_model"]["p99_ms"],
+            f"{ours['register_model'].get('first10pct_median_ms')} / {ours['register_model'].get('last10pct_median_ms')}",
+        ],
         ["  of which skops dumps", ours["skops_dumps_only"]["median_ms"], ours["skops_dumps_only"]["p99_ms"], ""],
         ["resolve @alias x200 (b)", ours["alias_resolve"]["median_ms"], ours["alias_resolve"]["p99_ms"], ""],
-        ["resolve @alias x2000 (b)", ours["alias_resolve_x2000"]["median_ms"], ours["alias_resolve_x2000"]["p99_ms"], ""],
+        [
+            "resolve @alias x2000 (b)",
+            ours["alias_resolve_x2000"]["median_ms"],
+            ours["alias_resolve_x2000"]["p99_ms"],
+            "",
+        ],
         ["versions() x20 (c)", ours["versions_list"]["median_ms"], ours["versions_list"]["p99_ms"], ""],
-        ["load_model warm x10 (d)", ours["load_model"]["median_ms"], ours["load_model"]["p99_ms"],
-         f'cold {ours["load_model"]["cold_ms"]}'],
+        [
+            "load_model warm x10 (d)",
+            ours["load_model"]["median_ms"],
+            ours["load_model"]["p99_ms"],
+            f"cold {ours['load_model']['cold_ms']}",
+        ],
         ["reopen + first resolve", ours["reopen_first_resolve_ms"], "", ""],
     ]
-    eprint(f"\nmodel_ops registry, N={args.n} (done {ours['n_done']}), peak RSS {ours['peak_rss_mb']} MB, "
-           f"wall {ours['wall_s']} s")
+    eprint(
+        f"\nmodel_ops registry, N={args.n} (done {ours['n_done']}), peak RSS {ours['peak_rss_mb']} MB, "
+        f"wall {ours['wall_s']} s"
+    )
     eprint(table(rows, ["operation", "median ms", "p99 ms", "first/last 10% ms"]))
 
     if args.with_peers:
         peer = run_peer("registry_mlflow.py", args.n)
         out["peer"] = peer
         r = {
-            "register_vs_mlflow_log_register": ratio(ours["register_model"]["median_ms"], peer["log_register"]["median_ms"]),
+            "register_vs_mlflow_log_register": ratio(
+                ours["register_model"]["median_ms"], peer["log_register"]["median_ms"]
+            ),
             "register_p99_vs_mlflow": ratio(ours["register_model"]["p99_ms"], peer["log_register"]["p99_ms"]),
-            "register_vs_mlflow_create_version_regonly": ratio(ours["register_model"]["median_ms"],
-                                                               peer["create_version_regonly"]["median_ms"]),
+            "register_vs_mlflow_create_version_regonly": ratio(
+                ours["register_model"]["median_ms"], peer["create_version_regonly"]["median_ms"]
+            ),
             "alias_resolve_median": ratio(ours["alias_resolve"]["median_ms"], peer["alias_resolve"]["median_ms"]),
             "alias_resolve_p99": ratio(ours["alias_resolve"]["p99_ms"], peer["alias_resolve"]["p99_ms"]),
             "list_versions_median": ratio(ours["versions_list"]["median_ms"], peer["search_versions"]["median_ms"]),
@@ -185,29 +212,84 @@ def main() -> None:
             "list_versions_le_one_third_mlflow": verdict(r["list_versions_median"], 1 / 3),
         }
         prow = [
-            ["register (vs log+register, pip_requirements)", ours["register_model"]["median_ms"],
-             peer["log_register"]["median_ms"], r["register_vs_mlflow_log_register"], "<= 0.5",
-             out["targets"]["register_median_le_0.5x_mlflow"]],
-            ["register p99", ours["register_model"]["p99_ms"], peer["log_register"]["p99_ms"],
-             r["register_p99_vs_mlflow"], "", ""],
-            ["register vs create_model_version only", ours["register_model"]["median_ms"],
-             peer["create_version_regonly"]["median_ms"], r["register_vs_mlflow_create_version_regonly"], "", ""],
-            ["alias resolve median (x200)", ours["alias_resolve"]["median_ms"], peer["alias_resolve"]["median_ms"],
-             r["alias_resolve_median"], "", ""],
-            ["alias resolve p99 (x200)", ours["alias_resolve"]["p99_ms"], peer["alias_resolve"]["p99_ms"],
-             r["alias_resolve_p99"], "p99 <= 1 ms", out["targets"]["alias_resolve_p99_le_1ms_warm_x200"]],
-            ["alias resolve p99 (ours x2000)", ours["alias_resolve_x2000"]["p99_ms"], "", "", "p99 <= 1 ms",
-             out["targets"]["alias_resolve_p99_le_1ms_warm_x2000"]],
-            ["list versions median (x20)", ours["versions_list"]["median_ms"], peer["search_versions"]["median_ms"],
-             r["list_versions_median"], "<= 0.333", out["targets"]["list_versions_le_one_third_mlflow"]],
-            ["list versions p99 (x20)", ours["versions_list"]["p99_ms"], peer["search_versions"]["p99_ms"],
-             r["list_versions_p99"], "", ""],
-            ["load_model warm median", ours["load_model"]["median_ms"], peer["load_model"]["median_ms"],
-             r["load_model_warm_median"], "", ""],
+            [
+                "register (vs log+register, pip_requirements)",
+                ours["register_model"]["median_ms"],
+                peer["log_register"]["median_ms"],
+                r["register_vs_mlflow_log_register"],
+                "<= 0.5",
+                out["targets"]["register_median_le_0.5x_mlflow"],
+            ],
+            [
+                "register p99",
+                ours["register_model"]["p99_ms"],
+                peer["log_register"]["p99_ms"],
+                r["register_p99_vs_mlflow"],
+                "",
+                "",
+            ],
+            [
+                "register vs create_model_version only",
+                ours["register_model"]["median_ms"],
+                peer["create_version_regonly"]["median_ms"],
+                r["register_vs_mlflow_create_version_regonly"],
+                "",
+                "",
+            ],
+            [
+                "alias resolve median (x200)",
+                ours["alias_resolve"]["median_ms"],
+                peer["alias_resolve"]["median_ms"],
+                r["alias_resolve_median"],
+                "",
+                "",
+            ],
+            [
+                "alias resolve p99 (x200)",
+                ours["alias_resolve"]["p99_ms"],
+                peer["alias_resolve"]["p99_ms"],
+                r["alias_resolve_p99"],
+                "p99 <= 1 ms",
+                out["targets"]["alias_resolve_p99_le_1ms_warm_x200"],
+            ],
+            [
+                "alias resolve p99 (ours x2000)",
+                ours["alias_resolve_x2000"]["p99_ms"],
+                "",
+                "",
+                "p99 <= 1 ms",
+                out["targets"]["alias_resolve_p99_le_1ms_warm_x2000"],
+            ],
+            [
+                "list versions median (x20)",
+                ours["versions_list"]["median_ms"],
+                peer["search_versions"]["median_ms"],
+                r["list_versions_median"],
+                "<= 0.333",
+                out["targets"]["list_versions_le_one_third_mlflow"],
+            ],
+            [
+                "list versions p99 (x20)",
+                ours["versions_list"]["p99_ms"],
+                peer["search_versions"]["p99_ms"],
+                r["list_versions_p99"],
+                "",
+                "",
+            ],
+            [
+                "load_model warm median",
+                ours["load_model"]["median_ms"],
+                peer["load_model"]["median_ms"],
+                r["load_model_warm_median"],
+                "",
+                "",
+            ],
         ]
-        eprint(f"\nvs {peer['tool']} (N={peer['n']}, done {peer['n_done']}, versions "
-               f"{peer['alias_resolve'].get('versions')}, peak RSS {peer['peak_rss_mb']} MB, wall {peer['wall_s']} s), "
-               "ratios ours/theirs:")
+        eprint(
+            f"\nvs {peer['tool']} (N={peer['n']}, done {peer['n_done']}, versions "
+            f"{peer['alias_resolve'].get('versions')}, peak RSS {peer['peak_rss_mb']} MB, wall {peer['wall_s']} s), "
+            "ratios ours/theirs:"
+        )
         eprint(table(prow, ["operation", "ours ms", "mlflow ms", "ratio", "target", "verdict"]))
 
     emit(out, git_start, args.jsonl)

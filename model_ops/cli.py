@@ -48,8 +48,10 @@ def _json_arg(text: str | None, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UsageError(f"{what} is not valid JSON ({source}): {e.msg} at line {e.lineno} column {e.colno}",
-                         hint='quote it for the shell, e.g. --params \'{"C": 1.0}\', or pass @file.json') from None
+        raise UsageError(
+            f"{what} is not valid JSON ({source}): {e.msg} at line {e.lineno} column {e.colno}",
+            hint="quote it for the shell, e.g. --params '{\"C\": 1.0}', or pass @file.json",
+        ) from None
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -90,29 +92,53 @@ def _event_row(e: Event) -> dict[str, Any]:
         change = e.key or ""
     else:
         change = f"{e.from_value or '-'} -> {e.to_value or '-'}" if (e.from_value or e.to_value) else ""
-    return {"seq": e.seq, "time": e.ts.isoformat()[:23].replace("T", " "), "model": e.model,
-            "version": e.version, "event": e.kind, "change": change, "actor": e.actor, "reason": e.reason or "",
-            "run": (e.run_id or "")[:8]}
+    return {
+        "seq": e.seq,
+        "time": e.ts.isoformat()[:23].replace("T", " "),
+        "model": e.model,
+        "version": e.version,
+        "event": e.kind,
+        "change": change,
+        "actor": e.actor,
+        "reason": e.reason or "",
+        "run": (e.run_id or "")[:8],
+    }
 
 
 # ---------------------------------------------------------------------------- commands
 
 
 def cmd_register(reg: Registry, args: argparse.Namespace) -> int:
-    mv = reg.register(args.name, args.path, params=_json_arg(args.params, "--params"),
-                      metrics=_json_arg(args.metrics, "--metrics"), dataset=args.dataset,
-                      signature=_json_arg(args.signature, "--signature"), tags=_json_arg(args.tags, "--tags"),
-                      description=args.description, run_id=args.run_id)
-    _emit(args, mv.to_dict(), f"{mv.ref}  semver {mv.semver}  stage {mv.stage}  digest {mv.digest}\n"
-                              f"  {mv.bump.get('level')}: {mv.bump.get('reason')}")
+    mv = reg.register(
+        args.name,
+        args.path,
+        params=_json_arg(args.params, "--params"),
+        metrics=_json_arg(args.metrics, "--metrics"),
+        dataset=args.dataset,
+        signature=_json_arg(args.signature, "--signature"),
+        tags=_json_arg(args.tags, "--tags"),
+        description=args.description,
+        run_id=args.run_id,
+    )
+    _emit(
+        args,
+        mv.to_dict(),
+        f"{mv.ref}  semver {mv.semver}  stage {mv.stage}  digest {mv.digest}\n"
+        f"  {mv.bump.get('level')}: {mv.bump.get('reason')}",
+    )
     return 0
 
 
 def cmd_versions(reg: Registry, args: argparse.Namespace) -> int:
     versions = reg.versions(args.name)
-    _emit(args, [v.summary() for v in versions],
-          _table([_version_row(v) for v in versions],
-                 ["version", "semver", "stage", "aliases", "digest", "created_at", "created_by"]))
+    _emit(
+        args,
+        [v.summary() for v in versions],
+        _table(
+            [_version_row(v) for v in versions],
+            ["version", "semver", "stage", "aliases", "digest", "created_at", "created_by"],
+        ),
+    )
     return 0
 
 
@@ -121,8 +147,14 @@ def cmd_models(reg: Registry, args: argparse.Namespace) -> int:
     for name in reg.models():
         versions = reg.versions(name)
         prod = [v.version for v in versions if v.stage == reg.policy.production.stage]
-        rows.append({"name": name, "versions": len(versions), "latest": versions[-1].version,
-                     "production": prod[0] if prod else None})
+        rows.append(
+            {
+                "name": name,
+                "versions": len(versions),
+                "latest": versions[-1].version,
+                "production": prod[0] if prod else None,
+            }
+        )
     _emit(args, rows, _table(rows, ["name", "versions", "latest", "production"]))
     return 0
 
@@ -130,22 +162,31 @@ def cmd_models(reg: Registry, args: argparse.Namespace) -> int:
 def cmd_show(reg: Registry, args: argparse.Namespace) -> int:
     mv = reg.resolve(args.ref)
     doc = mv.to_dict()
-    lines = [f"{mv.ref}  ({mv.name} {mv.semver})",
-             f"  stage       {mv.stage}",
-             f"  aliases     {', '.join(mv.aliases) or '-'}",
-             f"  digest      {mv.digest}",
-             f"  created     {mv.created_at.isoformat()} by {mv.created_by}" + (f" in run {mv.run_id}" if mv.run_id else ""),
-             f"  parent      {('v' + str(mv.parent)) if mv.parent else '-'}   bump: {mv.bump.get('level')} ({mv.bump.get('reason')})",
-             f"  artifact    {mv.flavor}, {mv.record.get('files')} file(s), {mv.record.get('size')} bytes"
-             + ("  signed" if mv.record.get("artifact_signature") else "")]
-    for label, value in (("params", mv.params), ("metrics", mv.metrics), ("dataset", mv.dataset),
-                         ("signature", mv.signature), ("tags", dict(mv.tags))):
+    lines = [
+        f"{mv.ref}  ({mv.name} {mv.semver})",
+        f"  stage       {mv.stage}",
+        f"  aliases     {', '.join(mv.aliases) or '-'}",
+        f"  digest      {mv.digest}",
+        f"  created     {mv.created_at.isoformat()} by {mv.created_by}" + (f" in run {mv.run_id}" if mv.run_id else ""),
+        f"  parent      {('v' + str(mv.parent)) if mv.parent else '-'}   bump: {mv.bump.get('level')} ({mv.bump.get('reason')})",
+        f"  artifact    {mv.flavor}, {mv.record.get('files')} file(s), {mv.record.get('size')} bytes"
+        + ("  signed" if mv.record.get("artifact_signature") else ""),
+    ]
+    for label, value in (
+        ("params", mv.params),
+        ("metrics", mv.metrics),
+        ("dataset", mv.dataset),
+        ("signature", mv.signature),
+        ("tags", dict(mv.tags)),
+    ):
         if value:
             lines.append(f"  {label:<11} {json.dumps(value, sort_keys=True)}")
     lineage = mv.lineage
     env = lineage.get("environment") or {}
-    lines.append(f"  lineage     code {lineage.get('code_version') or '-'}, git {lineage.get('git_commit') or '-'}, "
-                 f"seed {lineage.get('seed') if lineage.get('seed') is not None else '-'}")
+    lines.append(
+        f"  lineage     code {lineage.get('code_version') or '-'}, git {lineage.get('git_commit') or '-'}, "
+        f"seed {lineage.get('seed') if lineage.get('seed') is not None else '-'}"
+    )
     if env:
         pkgs = ", ".join(f"{k} {v}" for k, v in sorted((env.get("packages") or {}).items()))
         lines.append(f"  environment Python {env.get('python')} on {env.get('platform')}; {pkgs}")
@@ -172,22 +213,41 @@ def cmd_drift(reg: Registry | None, args: argparse.Namespace) -> int:
     if columns is None:
         columns = [n for n in reference.schema.names if n in current.schema.names]
         if not columns:
-            raise UsageError("the reference and the current data share no column",
-                             hint="check the paths, or name the columns with --columns")
+            raise UsageError(
+                "the reference and the current data share no column",
+                hint="check the paths, or name the columns with --columns",
+            )
     try:
         ref_profile = drift.profile(reference, columns=columns)
-        report = drift.compare(ref_profile, drift.profile_like(ref_profile, current), min_rows=args.min_rows,
-                               threshold=args.threshold)
+        report = drift.compare(
+            ref_profile, drift.profile_like(ref_profile, current), min_rows=args.min_rows, threshold=args.threshold
+        )
     except ValueError as exc:
         raise UsageError(str(exc), hint="name columns present in both with --columns") from exc
-    rows = [{**{k: v for k, v in vars(f).items()}, "drift": "DRIFT" if f.drift else
-             ("insufficient data" if f.status == DriftStatus.INSUFFICIENT_DATA else "-")} for f in report.features]
-    summary = ("insufficient data: the current window has fewer than "
-               f"{report.min_rows} rows" if report.status == DriftStatus.INSUFFICIENT_DATA else
-               f"{sum(f.drift for f in report.features)} of {len(report.features)} features drift "
-               f"(share {report.drift_share:.2f}); dataset drift: {'YES' if report.dataset_drift else 'no'}")
-    _emit(args, report.to_dict(), _table(rows, ["feature", "kind", "method", "statistic", "threshold", "psi",
-                                                "drift", "n_reference", "n_current"]) + "\n" + summary)
+    rows = [
+        {
+            **{k: v for k, v in vars(f).items()},
+            "drift": "DRIFT"
+            if f.drift
+            else ("insufficient data" if f.status == DriftStatus.INSUFFICIENT_DATA else "-"),
+        }
+        for f in report.features
+    ]
+    summary = (
+        f"insufficient data: the current window has fewer than {report.min_rows} rows"
+        if report.status == DriftStatus.INSUFFICIENT_DATA
+        else f"{sum(f.drift for f in report.features)} of {len(report.features)} features drift "
+        f"(share {report.drift_share:.2f}); dataset drift: {'YES' if report.dataset_drift else 'no'}"
+    )
+    _emit(
+        args,
+        report.to_dict(),
+        _table(
+            rows, ["feature", "kind", "method", "statistic", "threshold", "psi", "drift", "n_reference", "n_current"]
+        )
+        + "\n"
+        + summary,
+    )
     return 1 if report.dataset_drift else 0
 
 
@@ -195,8 +255,14 @@ def cmd_demo(reg: Registry | None, args: argparse.Namespace) -> int:
     from model_ops.defs.replay import main_json, run_demo, story_problems
 
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else None
-    result = run_demo(root=args.root, dagster_home=args.dagster_home, until=args.until, faulty=not args.no_faulty,
-                      progress=progress, model=args.model)
+    result = run_demo(
+        root=args.root,
+        dagster_home=args.dagster_home,
+        until=args.until,
+        faulty=not args.no_faulty,
+        progress=progress,
+        model=args.model,
+    )
     if args.json:
         main_json(result)
     summary = result["summary"]
@@ -211,13 +277,19 @@ def cmd_reproduce(reg: Registry, args: argparse.Namespace) -> int:
 
     result = reproduce(reg, args.ref)
     if result.identical:
-        human = (f"{result.ref}: rebuilt byte for byte from {result.checked.get('dataset')} "
-                 f"(sha256 {result.rebuilt_sha256})")
+        human = (
+            f"{result.ref}: rebuilt byte for byte from {result.checked.get('dataset')} (sha256 {result.rebuilt_sha256})"
+        )
     else:
         human = f"{result.ref}: NOT reproduced\n" + "\n".join(
             f"  {d['kind']:<10} {d['what']}: {d.get('message') or ''}"
-            + (f" (recorded {d['recorded']!r}, now {d['now']!r})" if d.get("recorded") is not None
-               or d.get("now") is not None else "") for d in result.differences)
+            + (
+                f" (recorded {d['recorded']!r}, now {d['now']!r})"
+                if d.get("recorded") is not None or d.get("now") is not None
+                else ""
+            )
+            for d in result.differences
+        )
     _emit(args, result.to_dict(), human)
     return 0 if result.identical else 1
 
@@ -280,25 +352,45 @@ def cmd_tag(reg: Registry, args: argparse.Namespace) -> int:
 def cmd_rollback(reg: Registry, args: argparse.Namespace) -> int:
     before = [v.version for v in reg.versions(args.name) if v.stage == reg.policy.production.stage]
     mv = reg.rollback(args.name, to=args.to, reason=args.reason, run_id=args.run_id)
-    _emit(args, {**mv.summary(), "rolled_back_from": before[0] if before else None},
-          f"{args.name}: production rolled back from v{before[0] if before else '?'} to v{mv.version} ({mv.semver})")
+    _emit(
+        args,
+        {**mv.summary(), "rolled_back_from": before[0] if before else None},
+        f"{args.name}: production rolled back from v{before[0] if before else '?'} to v{mv.version} ({mv.semver})",
+    )
     return 0
 
 
 def cmd_audit(reg: Registry, args: argparse.Namespace) -> int:
     events = reg.audit(args.name)
-    _emit(args, [e.to_dict() for e in events],
-          _table([_event_row(e) for e in events],
-                 ["seq", "time", "model", "version", "event", "change", "actor", "reason", "run"]))
+    _emit(
+        args,
+        [e.to_dict() for e in events],
+        _table(
+            [_event_row(e) for e in events],
+            ["seq", "time", "model", "version", "event", "change", "actor", "reason", "run"],
+        ),
+    )
     return 0
 
 
 def cmd_as_of(reg: Registry, args: argparse.Namespace) -> int:
     state = reg.as_of(args.timestamp, args.name)
-    rows = [{"model": name, "version": v["version"], "semver": v["semver"], "stage": v["stage"],
-             "aliases": ",".join(v["aliases"])} for name, m in state.items() for v in m["versions"]]
-    _emit(args, {"as_of": args.timestamp, "models": state},
-          f"as of {args.timestamp}:\n" + _table(rows, ["model", "version", "semver", "stage", "aliases"]))
+    rows = [
+        {
+            "model": name,
+            "version": v["version"],
+            "semver": v["semver"],
+            "stage": v["stage"],
+            "aliases": ",".join(v["aliases"]),
+        }
+        for name, m in state.items()
+        for v in m["versions"]
+    ]
+    _emit(
+        args,
+        {"as_of": args.timestamp, "models": state},
+        f"as of {args.timestamp}:\n" + _table(rows, ["model", "version", "semver", "stage", "aliases"]),
+    )
     return 0
 
 
@@ -311,9 +403,13 @@ def cmd_fetch(reg: Registry, args: argparse.Namespace) -> int:
 
 def cmd_fsck(reg: Registry, args: argparse.Namespace) -> int:
     problems = reg.fsck()
-    _emit(args, {"consistent": not problems, "problems": problems},
-          "registry and artifacts are consistent" if not problems
-          else f"{len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    _emit(
+        args,
+        {"consistent": not problems, "problems": problems},
+        "registry and artifacts are consistent"
+        if not problems
+        else f"{len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems),
+    )
     return 1 if problems else 0
 
 
@@ -323,9 +419,11 @@ def cmd_gc(reg: Registry, args: argparse.Namespace) -> int:
     report = reg.gc(apply=args.apply, grace=timedelta(hours=args.grace_hours))
     n, size = len(report["unreferenced"]), report["unreferenced_bytes"]
     verb = "removed" if args.apply else "would remove"
-    human = (f"{verb} {n} unreferenced blob(s), {size} bytes, and {report['temporaries']} leftover temporary file(s); "
-             f"{report['referenced_blobs']} referenced blob(s) kept; {report['too_recent']} unreferenced blob(s) "
-             f"younger than {args.grace_hours:g} h kept")
+    human = (
+        f"{verb} {n} unreferenced blob(s), {size} bytes, and {report['temporaries']} leftover temporary file(s); "
+        f"{report['referenced_blobs']} referenced blob(s) kept; {report['too_recent']} unreferenced blob(s) "
+        f"younger than {args.grace_hours:g} h kept"
+    )
     if not args.apply and (n or report["temporaries"]):
         human += "\nrun again with --apply to remove them"
     _emit(args, report, human)
@@ -357,7 +455,9 @@ def cmd_retention(reg: Registry, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="model-ops", description="Model registry and artifact store of model_ops.")
-    p.add_argument("--root", help="registry root: a path or s3://bucket/prefix (default $MODEL_OPS_ROOT or ./.model_ops)")
+    p.add_argument(
+        "--root", help="registry root: a path or s3://bucket/prefix (default $MODEL_OPS_ROOT or ./.model_ops)"
+    )
     p.add_argument("--actor", help="who is acting (default $MODEL_OPS_ACTOR or the OS user)")
     p.add_argument("--policy", help="policy YAML (default $MODEL_OPS_POLICY, <root>/registry/policy.yaml, built-in)")
     p.add_argument("--version", action="version", version=f"model-ops {__version__}")
@@ -371,7 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--run-id", help="the run this change belongs to (default $MODEL_OPS_RUN_ID)")
         return sp
 
-    sp = add("register", cmd_register, "store a model file or directory and register it as the next version", run_id=True)
+    sp = add(
+        "register", cmd_register, "store a model file or directory and register it as the next version", run_id=True
+    )
     sp.add_argument("name")
     sp.add_argument("path")
     sp.add_argument("--params", help="JSON object (or @file.json)")
@@ -394,9 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref")
     sp.add_argument("stage")
     sp.add_argument("--reason", required=True)
-    sp.add_argument("--breaking", action="store_true",
-                    help="accept that the version breaks the production version's input or output signature "
-                         "(recorded in the audit log with the reason)")
+    sp.add_argument(
+        "--breaking",
+        action="store_true",
+        help="accept that the version breaks the production version's input or output signature "
+        "(recorded in the audit log with the reason)",
+    )
     sp = add("approve", cmd_approve, "approve a version for a stage (counted by approval gates)", run_id=True)
     sp.add_argument("ref")
     sp.add_argument("stage")
@@ -419,8 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("key")
     sp.add_argument("value", nargs="?")
     sp.add_argument("--remove", action="store_true")
-    sp = add("rollback", cmd_rollback, "put the previous production version (or --to VERSION) back in production",
-             run_id=True)
+    sp = add(
+        "rollback",
+        cmd_rollback,
+        "put the previous production version (or --to VERSION) back in production",
+        run_id=True,
+    )
     sp.add_argument("name")
     sp.add_argument("--to")
     sp.add_argument("--reason", required=True)
@@ -432,42 +541,71 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("fetch", cmd_fetch, "download a version's artifact to DEST, verifying every byte")
     sp.add_argument("ref")
     sp.add_argument("dest")
-    sp = add("drift", cmd_drift, "per-feature and dataset drift of CURRENT against REFERENCE (Parquet or Delta); "
-             "exit 1 on dataset drift")
+    sp = add(
+        "drift",
+        cmd_drift,
+        "per-feature and dataset drift of CURRENT against REFERENCE (Parquet or Delta); exit 1 on dataset drift",
+    )
     sp.set_defaults(no_registry=True)
     sp.add_argument("--reference", required=True, help="Parquet file or folder, or Delta table (PATH@VERSION pins one)")
     sp.add_argument("--current", required=True, help="the same for the window to judge")
     sp.add_argument("--columns", help="comma-separated columns to compare (default: every shared column)")
     sp.add_argument("--min-rows", type=int, default=500, help="below this many current rows: insufficient data")
     sp.add_argument("--threshold", type=float, help="distance threshold for large references (default 0.1)")
-    sp = add("reproduce", cmd_reproduce, "retrain a version from its recorded lineage and compare digests; exit 1 "
-             "with what differs (data, code version, packages, parameters)")
+    sp = add(
+        "reproduce",
+        cmd_reproduce,
+        "retrain a version from its recorded lineage and compare digests; exit 1 "
+        "with what differs (data, code version, packages, parameters)",
+    )
     sp.add_argument("ref")
-    sp = add("lineage", cmd_lineage, "dataset -> run -> version -> evaluations -> stage and alias changes -> "
-             "deployments, as a tree")
+    sp = add(
+        "lineage",
+        cmd_lineage,
+        "dataset -> run -> version -> evaluations -> stage and alias changes -> deployments, as a tree",
+    )
     sp.add_argument("ref")
-    sp = add("diff", cmd_diff, "what differs between two versions: data, parameters, metrics, signature, code, "
-             "packages, and the semver bump reason")
+    sp = add(
+        "diff",
+        cmd_diff,
+        "what differs between two versions: data, parameters, metrics, signature, code, "
+        "packages, and the semver bump reason",
+    )
     sp.add_argument("ref_a")
     sp.add_argument("ref_b")
-    sp = add("demo", cmd_demo, "replay a model's partitions one by one through Dagster (the built-in flight_delay's "
-             "2013 by default): monitoring, drift-triggered retraining, canary analysis, promotion and rollback")
+    sp = add(
+        "demo",
+        cmd_demo,
+        "replay a model's partitions one by one through Dagster (the built-in flight_delay's "
+        "2013 by default): monitoring, drift-triggered retraining, canary analysis, promotion and rollback",
+    )
     sp.set_defaults(no_registry=True)
-    sp.add_argument("--model", default="flight_delay",
-                    help="flight_delay (default), or the examples seattle_weather or flight_duration")
+    sp.add_argument(
+        "--model",
+        default="flight_delay",
+        help="flight_delay (default), or the examples seattle_weather or flight_duration",
+    )
     sp.add_argument("--until", default=None, help="last month to replay, YYYY-MM (default: the last partition)")
     sp.add_argument("--dagster-home", help="Dagster instance directory (default $DAGSTER_HOME, else ./.dagster_home)")
     sp.add_argument("--no-faulty", action="store_true", help="do not release the deliberately faulty candidate")
     add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
-    sp = add("retention", cmd_retention, "archive versions past their stage's retention period, never what serves, "
-             "is aliased or is needed by a served version's lineage (dry run unless --apply)")
+    sp = add(
+        "retention",
+        cmd_retention,
+        "archive versions past their stage's retention period, never what serves, "
+        "is aliased or is needed by a served version's lineage (dry run unless --apply)",
+    )
     sp.add_argument("names", nargs="*", metavar="NAME", help="models (default: all)")
     sp.add_argument("--apply", action="store_true")
     sp.add_argument("--now", help="judge ages as of this time (ISO 8601; default now)")
     sp = add("gc", cmd_gc, "remove blobs nothing references (dry run unless --apply)")
     sp.add_argument("--apply", action="store_true")
-    sp.add_argument("--grace-hours", type=float, default=24.0,
-                    help="keep unreferenced blobs younger than this (in-flight registrations; default 24)")
+    sp.add_argument(
+        "--grace-hours",
+        type=float,
+        default=24.0,
+        help="keep unreferenced blobs younger than this (in-flight registrations; default 24)",
+    )
     return p
 
 

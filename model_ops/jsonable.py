@@ -25,4 +25,5 @@ def json_safe(value: Any) -> Any:
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         return v
+
     return json.loads(json.dumps(clean(value), default=str))

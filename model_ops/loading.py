@@ -41,8 +41,14 @@ _FILES = "files"
 _NUMERIC = ("float", "int", "bool")
 
 
-def load(ref: str | Ref, root: str | os.PathLike[str] | Location | None = None, actor: str | None = None, *,
-         trusted: Iterable[str] = (), registry: Registry | None = None) -> LoadedModel:
+def load(
+    ref: str | Ref,
+    root: str | os.PathLike[str] | Location | None = None,
+    actor: str | None = None,
+    *,
+    trusted: Iterable[str] = (),
+    registry: Registry | None = None,
+) -> LoadedModel:
     """The version ``ref`` points at (``models:/NAME@ALIAS``, ``models:/NAME/3``, ``models:/NAME/1.2.0``), ready to
     predict. ``root`` defaults like the command line (``$MODEL_OPS_ROOT``, else ``./.model_ops``); pass an open
     ``registry`` instead to reuse it. ``trusted`` names skops types to accept beyond those the artifact recorded."""
@@ -113,8 +119,10 @@ class LoadedModel:
         if isinstance(frame, Mapping) or (isinstance(frame, list) and all(isinstance(r, Mapping) for r in frame)):
             frame = pd.DataFrame(frame)
         if not isinstance(frame, pd.DataFrame):
-            raise UsageError(f"{self.ref} takes a pandas DataFrame, not a {type(frame).__name__}",
-                             hint="its columns: " + _describe(inputs))
+            raise UsageError(
+                f"{self.ref} takes a pandas DataFrame, not a {type(frame).__name__}",
+                hint="its columns: " + _describe(inputs),
+            )
         problems: list[str] = []
         lookup = {c: c for c in frame.columns}
         if self._native_categories and self.flavor == "lightgbm":
@@ -138,8 +146,10 @@ class LoadedModel:
                 problems.append(f"column {name!r} {problem}")
             out[name] = converted
         if problems:
-            raise UsageError(f"{self.ref} cannot score this frame: " + "; ".join(problems),
-                             hint="expected columns: " + _describe(inputs) + " (extra columns are ignored)")
+            raise UsageError(
+                f"{self.ref} cannot score this frame: " + "; ".join(problems),
+                hint="expected columns: " + _describe(inputs) + " (extra columns are ignored)",
+            )
         return pd.DataFrame(out, index=frame.index)
 
     @property
@@ -211,8 +221,12 @@ def _numeric(column: pd.Series, expected: str) -> tuple[pd.Series, str | None]:
 
 
 def _kind_name(kind: str) -> str:
-    return {"string": "text (str)", "mixed": "mixed values", "mixed-integer": "text mixed with numbers",
-            "bytes": "bytes"}.get(kind, f"{kind} values")
+    return {
+        "string": "text (str)",
+        "mixed": "mixed values",
+        "mixed-integer": "text mixed with numbers",
+        "bytes": "bytes",
+    }.get(kind, f"{kind} values")
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
@@ -241,8 +255,11 @@ def cached_files(store: ArtifactStore, digest: str) -> tuple[Manifest, dict[str,
             return manifest, {f.path: store.blobs.read_bytes(f.sha256) for f in manifest.files}
         found = _read_entry(entry, digest)
     if found is None:
-        raise IntegrityError(f"the cached copy of artifact {digest[:12]} at {entry} does not match its digest "
-                             "right after it was written", hint=f"check the disk under {cache_dir()}")
+        raise IntegrityError(
+            f"the cached copy of artifact {digest[:12]} at {entry} does not match its digest "
+            "right after it was written",
+            hint=f"check the disk under {cache_dir()}",
+        )
     return found
 
 

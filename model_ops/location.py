@@ -119,6 +119,8 @@ def resolve_root(root: str | os.PathLike[str] | Location | None = None) -> Locat
         return Location(raw.rstrip("/"))
     if "://" in raw:
         scheme = raw.split("://", 1)[0]
-        raise UsageError(f"root {raw!r} uses scheme {scheme!r}, which model_ops does not support",
-                         hint="use a local path or s3://BUCKET/PREFIX")
+        raise UsageError(
+            f"root {raw!r} uses scheme {scheme!r}, which model_ops does not support",
+            hint="use a local path or s3://BUCKET/PREFIX",
+        )
     return Location(str(Path(raw).expanduser().resolve()))

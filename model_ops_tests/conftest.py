@@ -15,8 +15,17 @@ import pytest
 S3_BUCKET = "model-ops-test"
 
 # Settings that would leak the developer's own registry, policy, keys or run into the tests.
-_MODEL_OPS_ENV = ("MODEL_OPS_ROOT", "MODEL_OPS_POLICY", "MODEL_OPS_SIGNING_KEY", "MODEL_OPS_TRUSTED_TYPES",
-                  "MODEL_OPS_RUN_ID", "MODEL_OPS_ACTOR", "MODEL_OPS_SPECS_DIR", "MODEL_OPS_ENV", "MODEL_OPS_CACHE")
+_MODEL_OPS_ENV = (
+    "MODEL_OPS_ROOT",
+    "MODEL_OPS_POLICY",
+    "MODEL_OPS_SIGNING_KEY",
+    "MODEL_OPS_TRUSTED_TYPES",
+    "MODEL_OPS_RUN_ID",
+    "MODEL_OPS_ACTOR",
+    "MODEL_OPS_SPECS_DIR",
+    "MODEL_OPS_ENV",
+    "MODEL_OPS_CACHE",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +62,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -66,8 +76,13 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
                 server.kill()
                 raise RuntimeError(f"the S3 test endpoint did not start; see {log.name}") from None
             time.sleep(0.1)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=S3_BUCKET)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=S3_BUCKET)
     yield endpoint
     server.terminate()
     try:

@@ -24,13 +24,23 @@ class Graph:
         self.assets = list(self.defs.assets or [])
         self.resource = ModelOpsResource(root=root, actor="pipeline")
 
-    def run(self, model: str, names: tuple[str, ...], partition: str | None = None,
-            config: dict[str, Any] | None = None, raise_on_error: bool = False) -> dg.ExecuteInProcessResult:
-        return dg.materialize(self.assets, instance=self.instance, resources={"model_ops": self.resource},
-                              selection=[dg.AssetKey([model, n]) for n in names], partition_key=partition,
-                              run_config=dg.RunConfig(ops={f"{model}__{k}": {"config": v}
-                                                           for k, v in (config or {}).items()}),
-                              raise_on_error=raise_on_error)
+    def run(
+        self,
+        model: str,
+        names: tuple[str, ...],
+        partition: str | None = None,
+        config: dict[str, Any] | None = None,
+        raise_on_error: bool = False,
+    ) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            self.assets,
+            instance=self.instance,
+            resources={"model_ops": self.resource},
+            selection=[dg.AssetKey([model, n]) for n in names],
+            partition_key=partition,
+            run_config=dg.RunConfig(ops={f"{model}__{k}": {"config": v} for k, v in (config or {}).items()}),
+            raise_on_error=raise_on_error,
+        )
 
     def ingest(self, model: str, *months: str) -> None:
         for month in months:
@@ -41,7 +51,8 @@ class Graph:
         event = self.instance.get_latest_materialization_event(dg.AssetKey([model, name]))
         if partition is not None:
             records = self.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey([model, name]), asset_partitions=[partition]), limit=1)
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey([model, name]), asset_partitions=[partition]), limit=1
+            )
             event = records.records[0].event_log_entry
         assert event is not None and event.asset_materialization is not None
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
@@ -52,8 +63,10 @@ class Graph:
 
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, tuple[bool, str]]:
     """``asset.check`` → (passed, message) for every check evaluated in the run."""
-    return {f"{e.asset_key.path[-1]}.{e.check_name}": (e.passed, e.description or "")
-            for e in result.get_asset_check_evaluations()}
+    return {
+        f"{e.asset_key.path[-1]}.{e.check_name}": (e.passed, e.description or "")
+        for e in result.get_asset_check_evaluations()
+    }
 
 
 def materialized(result: dg.ExecuteInProcessResult) -> set[str]:

@@ -104,11 +104,26 @@ def skops_calling(module: str, name: str, args: list[str]) -> bytes:
     import skops
 
     schema = {
-        "__class__": name, "__module__": module, "__loader__": "ConstructorFromReduceNode",
-        "content": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
-                    "content": [{"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
-                                 "content": json.dumps(a), "is_json": True} for a in args]},
-        "protocol": 2, "_skops_version": skops.__version__,
+        "__class__": name,
+        "__module__": module,
+        "__loader__": "ConstructorFromReduceNode",
+        "content": {
+            "__class__": "tuple",
+            "__module__": "builtins",
+            "__loader__": "TupleNode",
+            "content": [
+                {
+                    "__class__": "str",
+                    "__module__": "builtins",
+                    "__loader__": "JsonNode",
+                    "content": json.dumps(a),
+                    "is_json": True,
+                }
+                for a in args
+            ],
+        },
+        "protocol": 2,
+        "_skops_version": skops.__version__,
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -211,6 +226,7 @@ def _report_errors(queue: Any, role: str, wid: int) -> Any:
         except BaseException:
             queue.put(("error", role, wid, traceback.format_exc()))
             raise
+
     return wrap
 
 
@@ -219,8 +235,9 @@ def _rounds(total: int, rounds: int) -> list[int]:
     return [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
 
 
-def registrar(root: str, wid: int, count: int, workdir: str, barrier: Any, first: Any, queue: Any,
-              rounds: int = 1) -> None:
+def registrar(
+    root: str, wid: int, count: int, workdir: str, barrier: Any, first: Any, queue: Any, rounds: int = 1
+) -> None:
     """Register ``count`` distinct artifacts as versions of MODEL; report (version, digest) for each.
 
     Work is split into ``rounds``; every worker starts each round at ``barrier``, so the different kinds of
@@ -230,12 +247,14 @@ def registrar(root: str, wid: int, count: int, workdir: str, barrier: Any, first
         from model_ops.registry import Registry
 
         reg = Registry.open(root, actor=f"registrar-{wid}")
-        paths = [write_file(Path(workdir) / f"w{wid}" / f"{i}", "model.bin", unique_bytes(f"w{wid}-{i}", 4096))
-                 for i in range(count)]
+        paths = [
+            write_file(Path(workdir) / f"w{wid}" / f"{i}", "model.bin", unique_bytes(f"w{wid}-{i}", 4096))
+            for i in range(count)
+        ]
         got = []
         for n in _rounds(count, rounds):
             barrier.wait(timeout=120)
-            for path in paths[len(got):len(got) + n]:
+            for path in paths[len(got) : len(got) + n]:
                 mv = reg.register(MODEL, path, params={"worker": wid})
                 got.append((mv.version, mv.digest))
                 first.set()
@@ -360,8 +379,10 @@ def s3_registrar(root: str, wid: int, count: int, workdir: str, barrier: Any, qu
         from model_ops.registry import Registry
 
         reg = Registry.open(root, actor=f"s3-{wid}")
-        paths = [write_file(Path(workdir) / f"s3w{wid}" / f"{i}", "model.bin", unique_bytes(f"s3w{wid}-{i}", 2048))
-                 for i in range(count)]
+        paths = [
+            write_file(Path(workdir) / f"s3w{wid}" / f"{i}", "model.bin", unique_bytes(f"s3w{wid}-{i}", 2048))
+            for i in range(count)
+        ]
         barrier.wait(timeout=120)
         got = [(mv.version, mv.digest) for mv in (reg.register(MODEL, p) for p in paths)]
         queue.put(("registrar", "registrar", wid, got))

@@ -51,8 +51,9 @@ EXPECTED = {"flip": IntegrityError, "truncate": IntegrityError, "delete": NotFou
 
 @pytest.mark.parametrize("target", ["model file", "manifest"])
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_damaged_blob_is_refused_and_reported(reg: Registry, root: Path, tmp_path: Path, target: str,
-                                              damage: str) -> None:
+def test_damaged_blob_is_refused_and_reported(
+    reg: Registry, root: Path, tmp_path: Path, target: str, damage: str
+) -> None:
     X, _ = training_data()
     damaged = reg.register_model("m", tiny_model(1))
     intact = reg.register_model("m", tiny_model(2))
@@ -79,12 +80,12 @@ def test_damaged_blob_is_refused_and_reported(reg: Registry, root: Path, tmp_pat
     assert not any(p.startswith("m v2:") for p in problems), problems
     # The intact version is untouched by its neighbour's damage.
     np.testing.assert_array_equal(reg.load_model("models:/m/2").predict(X), tiny_model(2).predict(X))
-    assert (reg.fetch(f"models:/m/{intact.version}", tmp_path / "ok") / "model.skops").read_bytes() == \
-        sklearn_io.dumps(tiny_model(2))
+    assert (reg.fetch(f"models:/m/{intact.version}", tmp_path / "ok") / "model.skops").read_bytes() == sklearn_io.dumps(
+        tiny_model(2)
+    )
 
 
-def test_damaged_file_in_a_directory_artifact_leaves_no_partial_copy(reg: Registry, root: Path,
-                                                                     tmp_path: Path) -> None:
+def test_damaged_file_in_a_directory_artifact_leaves_no_partial_copy(reg: Registry, root: Path, tmp_path: Path) -> None:
     files = {"a.bin": b"a" * 1000, "sub/b.bin": b"b" * 1000, "sub/c.bin": b"c" * 1000}
     mv = reg.register("d", write_tree(tmp_path / "src", files))
     manifest = reg.artifacts.manifest(mv.digest)
@@ -101,8 +102,13 @@ def test_damaged_file_in_a_directory_artifact_leaves_no_partial_copy(reg: Regist
 
 
 def test_directory_artifact_round_trip(reg: Registry, tmp_path: Path) -> None:
-    files = {"model.json": b'{"kind": "tree"}', "weights/layer0.npy": os.urandom(50_000),
-             "weights/deeper/layer1.npy": os.urandom(3_000), "README": b"read me", "empty.txt": b""}
+    files = {
+        "model.json": b'{"kind": "tree"}',
+        "weights/layer0.npy": os.urandom(50_000),
+        "weights/deeper/layer1.npy": os.urandom(3_000),
+        "README": b"read me",
+        "empty.txt": b"",
+    }
     src = write_tree(tmp_path / "src", files)
     (src / "an-empty-dir").mkdir()  # holds no file: not part of the artifact
     mv = reg.register("tree", src)
@@ -225,8 +231,9 @@ def test_signed_registry(root: Path, tmp_path: Path, signed_policy: Path, monkey
         assert any("m v1" in p for p in reg.fsck())
 
 
-def test_unsigned_version_is_refused_once_signatures_are_required(root: Path, tmp_path: Path, signed_policy: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unsigned_version_is_refused_once_signatures_are_required(
+    root: Path, tmp_path: Path, signed_policy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     unsigned = Registry.open(root).register_model("m", tiny_model(5))  # registered under the default policy
     monkeypatch.setenv("MODEL_OPS_SIGNING_KEY", KEY_A)
     reg = Registry.open(root, policy=signed_policy)
@@ -262,9 +269,11 @@ def test_common_scikit_learn_models_load_without_extra_trust(reg: Registry, kind
     from sklearn.linear_model import LogisticRegression
 
     X, y = training_data(11)
-    model = {"logistic regression": LogisticRegression(max_iter=200),
-             "random forest": RandomForestClassifier(n_estimators=3, random_state=0),
-             "histogram gradient boosting": HistGradientBoostingClassifier(max_iter=3)}[kind].fit(X, y)
+    model = {
+        "logistic regression": LogisticRegression(max_iter=200),
+        "random forest": RandomForestClassifier(n_estimators=3, random_state=0),
+        "histogram gradient boosting": HistGradientBoostingClassifier(max_iter=3),
+    }[kind].fit(X, y)
     mv = reg.register_model("clf", model)
     np.testing.assert_array_equal(reg.load_model(mv.ref).predict(X), model.predict(X))
 
@@ -272,8 +281,10 @@ def test_common_scikit_learn_models_load_without_extra_trust(reg: Registry, kind
 CODE_RUNNERS = {
     "builtins.exec": ("builtins", "exec", lambda marker: [f"open({str(marker)!r}, 'w').write('ran')"]),
     "sklearn.utils._testing.assert_run_python_script_without_output": (
-        "sklearn.utils._testing", "assert_run_python_script_without_output",
-        lambda marker: [f"open({str(marker)!r}, 'w').write('ran')"]),
+        "sklearn.utils._testing",
+        "assert_run_python_script_without_output",
+        lambda marker: [f"open({str(marker)!r}, 'w').write('ran')"],
+    ),
 }
 
 

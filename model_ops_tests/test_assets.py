@@ -34,8 +34,10 @@ def test_train_evaluate_deploy(graph: Graph) -> None:
     assert result.success
     assert materialized(result) == set(TRAIN_TO_DEPLOY)
     assert {k: v[0] for k, v in checks(result).items()} == {
-        "evaluation.meets_thresholds": True, "evaluation.no_regression_vs_champion": True,
-        "evaluation.latency_within_sla": True}
+        "evaluation.meets_thresholds": True,
+        "evaluation.no_regression_vs_champion": True,
+        "evaluation.latency_within_sla": True,
+    }
     reg = graph.registry()
     mv = reg.resolve(f"models:/{M}@champion")
     assert (mv.version, mv.semver, mv.stage) == (1, "1.0.0", "production")
@@ -54,14 +56,19 @@ def test_train_evaluate_deploy(graph: Graph) -> None:
     event = graph.instance.get_latest_materialization_event(dg.AssetKey([M, "candidate_model"]))
     tags = event.asset_materialization.tags
     assert tags["dagster/data_version"] == mv.digest and tags["dagster/code_version"] == lineage["code_version"]
-    ts_tags = graph.instance.get_latest_materialization_event(dg.AssetKey([M, "training_set"])).asset_materialization.tags
+    ts_tags = graph.instance.get_latest_materialization_event(
+        dg.AssetKey([M, "training_set"])
+    ).asset_materialization.tags
     assert ts_tags["dagster/data_version"] == f"{snap['delta_version']}:{snap['schema_hash']}"
 
     raw = graph.instance.get_latest_materialization_event(dg.AssetKey([M, "evaluation"])).asset_materialization
     assert isinstance(raw.metadata["candidate_roc_auc"], dg.FloatMetadataValue)  # plotted across runs by the UI
     evaluation = graph.metadata(M, "evaluation")
     assert 0.62 < evaluation["candidate_roc_auc"] < 0.9 and evaluation["promoted_to_staging"]
-    assert "# flight_delay v1 (1.0.0)" in evaluation["model_card"] and "PASS **meets_thresholds**" in evaluation["model_card"]
+    assert (
+        "# flight_delay v1 (1.0.0)" in evaluation["model_card"]
+        and "PASS **meets_thresholds**" in evaluation["model_card"]
+    )
     recorded = [e for e in reg.audit(M) if e.kind == "evaluation"]
     assert recorded[-1].data["model_card"].startswith("# flight_delay v1") and recorded[-1].run_id == result.run_id
     assert graph.metadata(M, "deployment")["message"] == "v1 deployed straight to production (nothing was serving)"
@@ -137,14 +144,24 @@ def test_features_asset_invoked_directly(graph: Graph) -> None:
     with dg.build_asset_context(partition_key=JAN, resources={"model_ops": resource}) as context:
         result = asset(context=context)
     assert result.metadata["status"] == "stored" and all(c.passed for c in result.check_results)
-    assert {c.check_name for c in result.check_results} == {"schema_contract", "no_unexpected_nulls", "keys_unique",
-                                                            "values_in_range", "row_count"}
+    assert {c.check_name for c in result.check_results} == {
+        "schema_contract",
+        "no_unexpected_nulls",
+        "keys_unique",
+        "values_in_range",
+        "row_count",
+    }
 
 
 def test_a_failing_gate_stops_deployment_and_leaves_the_registry_unchanged(tmp_path: Path) -> None:
     spec = get_spec(M)
-    strict = spec.model_copy(update={"gates": spec.gates.model_copy(update={
-        "thresholds": {"roc_auc": spec.gates.thresholds["roc_auc"].model_copy(update={"min": 0.99})}})})
+    strict = spec.model_copy(
+        update={
+            "gates": spec.gates.model_copy(
+                update={"thresholds": {"roc_auc": spec.gates.thresholds["roc_auc"].model_copy(update={"min": 0.99})}}
+            )
+        }
+    )
     with dg.instance_for_test() as instance:
         g = Graph(instance, str(tmp_path / "root"), specs=[strict])
         g.ingest(M, JAN, FEB)
@@ -156,18 +173,29 @@ def test_a_failing_gate_stops_deployment_and_leaves_the_registry_unchanged(tmp_p
         reg = g.registry()
         assert [(v.version, v.stage, v.aliases) for v in reg.versions(M)] == [(1, "development", ())]
         kinds = [e.kind for e in reg.audit(M)]
-        assert kinds == ["registered", "tag_set", "tag_set", "tag_set", "attachment", "evaluation"]  # no stage, alias or deployment
+        assert kinds == [
+            "registered",
+            "tag_set",
+            "tag_set",
+            "tag_set",
+            "attachment",
+            "evaluation",
+        ]  # no stage, alias or deployment
         assert reg.audit(M)[-1].reason.startswith("failed: below the spec's thresholds")
 
 
-@pytest.mark.parametrize("corruption, check, words", [
-    ("missing_column", "flights.source_contract", "missing column(s): distance"),
-    ("wrong_types", "flights.source_contract", "sched_dep_time is object, expected int, e.g. rows 0, 1, 2"),
-    ("empty", "flights.source_contract", "flights 2013-02-01: the source delivered no rows"),
-    ("truncated", "features.row_count", "200 rows, the spec requires at least 1000 per partition"),
-])
-def test_a_corrupted_month_is_caught_and_kept_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   corruption: str, check: str, words: str) -> None:
+@pytest.mark.parametrize(
+    "corruption, check, words",
+    [
+        ("missing_column", "flights.source_contract", "missing column(s): distance"),
+        ("wrong_types", "flights.source_contract", "sched_dep_time is object, expected int, e.g. rows 0, 1, 2"),
+        ("empty", "flights.source_contract", "flights 2013-02-01: the source delivered no rows"),
+        ("truncated", "features.row_count", "200 rows, the spec requires at least 1000 per partition"),
+    ],
+)
+def test_a_corrupted_month_is_caught_and_kept_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corruption: str, check: str, words: str
+) -> None:
     from model_ops.data import nycflights13 as sources
 
     real = sources.load_month

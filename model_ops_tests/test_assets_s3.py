@@ -31,10 +31,17 @@ def test_lifecycle_on_s3(s3_root: str, s3_endpoint: str, monkeypatch: pytest.Mon
 
     bucket, prefix = s3_root[5:].split("/", 1)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
-    for part in ("datasets/flight_delay/features/", "datasets/flight_delay/predictions/", "registry/events/",
-                 "artifacts/sha256/"):
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    for part in (
+        "datasets/flight_delay/features/",
+        "datasets/flight_delay/predictions/",
+        "registry/events/",
+        "artifacts/sha256/",
+    ):
         assert any(f"{prefix}/{part}" in k for k in keys), part
 
 

@@ -43,8 +43,9 @@ def test_local_damaged_manifest_sized_blob_is_replaced_by_put_bytes(tmp_path: Pa
 
 
 @pytest.mark.s3
-def test_s3_damaged_blob_is_replaced_and_old_blob_is_touched(s3_root: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_damaged_blob_is_replaced_and_old_blob_is_touched(
+    s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = S3BlobStore(resolve_root(s3_root).child("artifacts"))
     client = boto3.client("s3")
     src = tmp_path / "w.bin"

@@ -55,11 +55,33 @@ def store_files(root: Path) -> set[Path]:
 
 def test_register_list_show_resolve(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sig = json.dumps({"inputs": [{"name": f"f{i}", "dtype": "float64"} for i in range(3)]})
-    first = run_json(capsys, "register", "flight_delay", str(model_file(tmp_path, 1.0)), "--params", '{"C": 1.0}',
-                     "--metrics", '{"roc_auc": 0.71}', "--dataset", "/lake/features@3", "--signature", sig)
+    first = run_json(
+        capsys,
+        "register",
+        "flight_delay",
+        str(model_file(tmp_path, 1.0)),
+        "--params",
+        '{"C": 1.0}',
+        "--metrics",
+        '{"roc_auc": 0.71}',
+        "--dataset",
+        "/lake/features@3",
+        "--signature",
+        sig,
+    )
     assert first["version"] == 1 and first["semver"] == "1.0.0" and first["stage"] == "development"
-    second = run_json(capsys, "register", "flight_delay", str(model_file(tmp_path, 2.0)), "--params", '{"C": 2.0}',
-                      "--dataset", "/lake/features@4", "--signature", sig)
+    second = run_json(
+        capsys,
+        "register",
+        "flight_delay",
+        str(model_file(tmp_path, 2.0)),
+        "--params",
+        '{"C": 2.0}',
+        "--dataset",
+        "/lake/features@4",
+        "--signature",
+        sig,
+    )
     assert second["version"] == 2 and second["semver"] == "1.1.0"
     assert "training data version changed" in second["bump"]["reason"]
 
@@ -141,8 +163,9 @@ def test_alias_set_and_remove(root: Path, tmp_path: Path, capsys: pytest.Capture
         (["frobnicate"], 2, "invalid choice"),
     ],
 )
-def test_bad_input_is_refused_and_writes_nothing(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                 argv: list[str], code: int, message: str) -> None:
+def test_bad_input_is_refused_and_writes_nothing(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
     run(capsys, "register", "m", str(model_file(tmp_path, 1.0)))
     (tmp_path / "EMPTY").write_bytes(b"")
     good = model_file(tmp_path, 5.0)
@@ -161,8 +184,9 @@ def test_bad_input_is_refused_and_writes_nothing(root: Path, tmp_path: Path, cap
     assert run(capsys, "fsck")[0] == 0
 
 
-def test_denied_action_is_refused_and_audited(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_denied_action_is_refused_and_audited(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     policy = tmp_path / "policy.yaml"
     text = (Path(__file__).parents[1] / "model_ops" / "registry" / "default_policy.yaml").read_text()
     policy.write_text(text.replace("actors: {}", "actors: {bob: data-scientist, carol: approver}"))
@@ -197,14 +221,17 @@ def test_fetch_fsck_and_a_flipped_byte(root: Path, tmp_path: Path, capsys: pytes
     code, out, _ = run(capsys, "fsck", "--json")
     report = json.loads(out)
     assert code == 1 and not report["consistent"]
-    assert any(p.startswith("m v1: file model_1.0.skops") and "does not match its digest" in p for p in report["problems"])
+    assert any(
+        p.startswith("m v1: file model_1.0.skops") and "does not match its digest" in p for p in report["problems"]
+    )
     code, _, err = run(capsys, "fetch", "models:/m/1", str(tmp_path / "again.skops"))
     assert code == 1 and "does not match its digest" in err
     assert not (tmp_path / "again.skops").exists()
 
 
-def test_gc_is_a_dry_run_until_applied_and_keeps_referenced_blobs(root: Path, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_gc_is_a_dry_run_until_applied_and_keeps_referenced_blobs(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from model_ops.artifacts import ArtifactStore
 
     run(capsys, "register", "m", str(model_file(tmp_path, 1.0)))
@@ -224,11 +251,21 @@ def test_gc_is_a_dry_run_until_applied_and_keeps_referenced_blobs(root: Path, tm
     assert run(capsys, "fetch", "models:/m/1", str(tmp_path / "still.skops"))[0] == 0
 
 
-def test_every_listing_command_prints_one_json_document(root: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_listing_command_prints_one_json_document(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run(capsys, "register", "m", str(model_file(tmp_path, 1.0)))
-    for argv in (["versions", "m"], ["models"], ["show", "models:/m/1"], ["resolve", "models:/m/1"], ["audit"],
-                 ["audit", "m"], ["as-of", "2999-01-01"], ["fsck"], ["gc"]):
+    for argv in (
+        ["versions", "m"],
+        ["models"],
+        ["show", "models:/m/1"],
+        ["resolve", "models:/m/1"],
+        ["audit"],
+        ["audit", "m"],
+        ["as-of", "2999-01-01"],
+        ["fsck"],
+        ["gc"],
+    ):
         doc = run_json(capsys, *argv)
         assert doc not in (None, "", [])
 

@@ -24,8 +24,15 @@ def test_the_scaffolded_declaration_is_valid_and_names_every_section(tmp_path: P
     from model_ops.defs.scaffold import ModelScaffolder
 
     target = tmp_path / "churn"
-    ModelScaffolder().scaffold(dg.ScaffoldRequest(type_name="model_ops.ModelComponent", target_path=target,
-                                                  scaffold_format="yaml", project_root=None, params=None))
+    ModelScaffolder().scaffold(
+        dg.ScaffoldRequest(
+            type_name="model_ops.ModelComponent",
+            target_path=target,
+            scaffold_format="yaml",
+            project_root=None,
+            params=None,
+        )
+    )
     text = (target / "defs.yaml").read_text()
     doc = yaml.safe_load(text)
     assert doc["type"] == "model_ops.ModelComponent"
@@ -41,9 +48,21 @@ def test_the_component_builds_the_models_asset_group() -> None:
 
     assert model_ops.ModelComponent.__name__ == "ModelComponent"
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert {f"flight_delay/{n}" for n in ("flights", "weather", "features", "training_set", "candidate_model",
-                                          "evaluation", "deployment", "predictions", "drift_report",
-                                          "live_performance")} <= keys
+    assert {
+        f"flight_delay/{n}"
+        for n in (
+            "flights",
+            "weather",
+            "features",
+            "training_set",
+            "candidate_model",
+            "evaluation",
+            "deployment",
+            "predictions",
+            "drift_report",
+            "live_performance",
+        )
+    } <= keys
 
 
 @pytest.mark.slow

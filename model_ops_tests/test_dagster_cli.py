@@ -19,8 +19,9 @@ PROJECT = Path(__file__).parents[1]
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 
 
-def materialize(env: dict[str, str], select: str, partition: str | None = None,
-                config: str | None = None) -> subprocess.CompletedProcess[str]:
+def materialize(
+    env: dict[str, str], select: str, partition: str | None = None, config: str | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [DAGSTER, "asset", "materialize", "-m", "model_ops.definitions", "--select", select]
     cmd += ["--partition", partition] if partition else []
     cmd += ["--config-json", config] if config else []
@@ -37,8 +38,9 @@ def test_lifecycle_from_the_dagster_command_line(tmp_path: Path) -> None:
     for month in ("2013-01-01", "2013-02-01"):
         out = materialize(env, ingest, month)
         assert out.returncode == 0, out.stderr[-3000:]
-    out = materialize(env, "flight_delay/training_set,flight_delay/candidate_model,flight_delay/evaluation,"
-                           "flight_delay/deployment")
+    out = materialize(
+        env, "flight_delay/training_set,flight_delay/candidate_model,flight_delay/evaluation,flight_delay/deployment"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     out = materialize(env, "flight_delay/predictions", "2013-02-01")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -50,7 +52,10 @@ def test_lifecycle_from_the_dagster_command_line(tmp_path: Path) -> None:
 
     bad = materialize(env, "flight_delay/flights", "2014-05-01")
     assert bad.returncode != 0 and "2014-05-01" in bad.stdout + bad.stderr
-    wrong_action = materialize(env, "flight_delay/deployment",
-                               config='{"ops": {"flight_delay__deployment": {"config": {"action": "explode"}}}}')
+    wrong_action = materialize(
+        env,
+        "flight_delay/deployment",
+        config='{"ops": {"flight_delay__deployment": {"config": {"action": "explode"}}}}',
+    )
     assert wrong_action.returncode != 0 and "explode" in wrong_action.stdout + wrong_action.stderr
     assert [e.kind for e in reg.audit("flight_delay")].count("deployment") == 1  # nothing written by the refusals

@@ -84,10 +84,14 @@ def test_rows_of_another_month_and_null_keys_are_named(raw) -> None:  # type: ig
 
 def test_empty_month_fails_row_count(spec, raw, features) -> None:  # type: ignore[no-untyped-def]
     empty = contracts.summary(sources.raw_contract("flights", raw["flights"].head(0), MONTH))
-    assert empty == "flights 2013-02-01: the source delivered no rows (an empty or missing file?); the month is not stored"
+    assert (
+        empty == "flights 2013-02-01: the source delivered no rows (an empty or missing file?); the month is not stored"
+    )
     outcomes = {o.name: o for o in feat.checks(features.head(0), spec, MONTH)}
     assert outcomes["schema_contract"].passed
-    assert not outcomes["row_count"].passed and "0 rows, the spec requires at least 1000" in outcomes["row_count"].message
+    assert (
+        not outcomes["row_count"].passed and "0 rows, the spec requires at least 1000" in outcomes["row_count"].message
+    )
 
 
 def test_out_of_range_and_null_values_are_named(spec, features) -> None:  # type: ignore[no-untyped-def]
@@ -122,10 +126,14 @@ def test_training_window_and_holdout(spec) -> None:  # type: ignore[no-untyped-d
     assert choose_window(months, spec) == (months[:3], months[3])
     assert choose_window(months, spec, holdout="2013-02-01") == (["2013-01-01"], "2013-02-01")
     assert choose_window(months, spec, holdout="2013-03-01", window_start="2013-02-01") == (
-        ["2013-02-01"], "2013-03-01")
+        ["2013-02-01"],
+        "2013-03-01",
+    )
     assert choose_window(months, spec, window_start="2013-02-01") == (months[1:3], months[3])
     assert choose_window(months, spec, holdout="2013-02-01", window_end="2013-04-01") == (
-        ["2013-01-01", "2013-03-01", "2013-04-01"], "2013-02-01")
+        ["2013-01-01", "2013-03-01", "2013-04-01"],
+        "2013-02-01",
+    )
     with pytest.raises(UsageError, match="at least two partitions"):
         choose_window(months[:1], spec)
     with pytest.raises(UsageError, match="holdout partition 2013-09-01 has no validated features"):

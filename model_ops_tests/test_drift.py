@@ -145,8 +145,16 @@ def test_cli_json_contract_and_exit_codes(tmp_path: Path, capsys: pytest.Capture
     assert main(["drift", "--reference", r, "--current", str(tmp_path / "delta"), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) >= {"features", "drift_share", "dataset_drift"} and doc["dataset_drift"] is True
-    assert set(doc["features"][0]) >= {"feature", "kind", "method", "statistic", "threshold", "drift",
-                                       "n_reference", "n_current"}
+    assert set(doc["features"][0]) >= {
+        "feature",
+        "kind",
+        "method",
+        "statistic",
+        "threshold",
+        "drift",
+        "n_reference",
+        "n_current",
+    }
     assert [f["feature"] for f in doc["features"] if f["drift"]] == ["a", "b"]
 
     assert main(["drift", "--reference", r, "--current", str(tmp_path / "delta") + "@0"]) == 0

@@ -41,13 +41,20 @@ def binary() -> tuple[pd.DataFrame, ModelSpec, Any]:
     df = cancer()
     df["size"] = pd.qcut(df["mean_radius"], 3, labels=["small", "medium", "large"]).astype(str)
     df["ward"] = [f"w{i % 40}" for i in range(len(df))]  # 40 values: too many to slice
-    spec = make_spec(Task.BINARY, df, categories=("size", "ward"),
-                     gates={"thresholds": {"roc_auc": {"min": 0.9}, "log_loss": {"max": 0.3}},
-                            "max_regression": {"roc_auc": 0.01, "log_loss": 0.02}})
+    spec = make_spec(
+        Task.BINARY,
+        df,
+        categories=("size", "ward"),
+        gates={
+            "thresholds": {"roc_auc": {"min": 0.9}, "log_loss": {"max": 0.3}},
+            "max_regression": {"roc_auc": 0.01, "log_loss": 0.02},
+        },
+    )
     return df, spec, fit_with_categories(df, spec)
 
 
 # ------------------------------------------------------------------------------------------- evaluation per task
+
 
 def test_binary_evaluation_metrics_slices_and_calibration(binary) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = binary
@@ -78,7 +85,9 @@ def test_multiclass_evaluation() -> None:
     spec = make_spec(Task.MULTICLASS, df, categories=("cellar",))
     model = fit_with_categories(df, spec)
     result = ev.evaluate(model, df, spec, measure_latency=False, min_slice_rows=50)
-    assert {"accuracy", "f1_macro", "f1_weighted", "log_loss", "recall_0", "recall_1", "recall_2"} == set(result.metrics)
+    assert {"accuracy", "f1_macro", "f1_weighted", "log_loss", "recall_0", "recall_1", "recall_2"} == set(
+        result.metrics
+    )
     assert result.calibration == [] and result.residuals == {} and result.positives is None
     assert result.class_counts == {"0": 59, "1": 71, "2": 48}
     assert set(result.slices["cellar"]["north"]) == {"rows", "accuracy", "f1_macro"}
@@ -110,6 +119,7 @@ def test_one_class_in_the_holdout_is_noted_not_fatal(binary) -> None:  # type: i
 
 # ---------------------------------------------------------------------------------------------------- gates
 
+
 def test_threshold_gate_messages_come_from_the_bound(binary) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = binary
     result = ev.evaluate(model, df, spec, measure_latency=False)
@@ -140,8 +150,11 @@ def test_no_regression_compares_each_metric_in_its_direction(binary) -> None:  #
 
 def test_regression_gates_go_the_right_way() -> None:
     df = diabetes()
-    spec = make_spec(Task.REGRESSION, df, gates={"thresholds": {"r2": {"min": 0.3}, "rmse": {"max": 70}},
-                                                 "max_regression": {"rmse": 1.0, "r2": 0.01}})
+    spec = make_spec(
+        Task.REGRESSION,
+        df,
+        gates={"thresholds": {"r2": {"min": 0.3}, "rmse": {"max": 70}}, "max_regression": {"rmse": 1.0, "r2": 0.01}},
+    )
     base = ev.Evaluation({"rmse": 55.0, "r2": 0.45}, {}, {}, [], 1, task=Task.REGRESSION)
     assert ev.meets_thresholds(base, spec).passed
     assert ev.no_regression(ev.Evaluation({"rmse": 54.0, "r2": 0.46}, {}, {}, [], 1), base, spec).passed
@@ -151,6 +164,7 @@ def test_regression_gates_go_the_right_way() -> None:
 
 
 # -------------------------------------------------------------------------------------------------- latency
+
 
 class Burner:
     """Wraps a model; each call first does a fixed amount of pure-Python work (``loops`` iterations)."""
@@ -203,7 +217,10 @@ def test_a_model_that_burns_cpu_fails_the_sla_after_re_measuring(binary, quick) 
     gate = ev.latency_within_sla(result, strict)
     assert not gate.passed and gate.message.startswith("too slow: single_p99 = ")
     assert " ms CPU (wall " in gate.message and gate.message.endswith("> SLA 4 ms after 4 measurements")
-    assert result.latency_ms["single_p99"] > 4 and result.latency_ms["single_p99_wall"] >= result.latency_ms["single_p99"] * 0.9
+    assert (
+        result.latency_ms["single_p99"] > 4
+        and result.latency_ms["single_p99_wall"] >= result.latency_ms["single_p99"] * 0.9
+    )
     assert gate.details["single_p99"]["measurements"] == 4
 
 
@@ -224,8 +241,14 @@ def test_a_fast_model_is_measured_once(binary, quick) -> None:  # type: ignore[n
     strict = with_gates(spec, latency_sla_ms={"single_p99": 50, "batch_p99_per_1k": 200})
     result = ev.evaluate(model, df, strict)
     assert result.latency_measurements == 1
-    assert {"single_p50", "single_p99", "batch_p50_per_1k", "batch_p99_per_1k", "single_p99_wall",
-            "batch_p99_per_1k_wall"} <= set(result.latency_ms)
+    assert {
+        "single_p50",
+        "single_p99",
+        "batch_p50_per_1k",
+        "batch_p99_per_1k",
+        "single_p99_wall",
+        "batch_p99_per_1k_wall",
+    } <= set(result.latency_ms)
     assert result.flat()["latency_single_p99_ms"] == result.latency_ms["single_p99"]
     assert ev.latency_within_sla(result, strict).passed
     unmeasured = ev.evaluate(model, df, strict, measure_latency=False)

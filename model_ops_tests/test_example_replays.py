@@ -16,13 +16,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("model, until", [("flight_duration", None), ("seattle_weather", "2013-09")])
-def test_an_example_model_goes_through_the_whole_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str], model: str,
-                                                      until: str | None) -> None:
+def test_an_example_model_goes_through_the_whole_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model: str, until: str | None
+) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     lines: list[str] = []
-    result = run_demo(root=str(tmp_path / "root"), dagster_home=str(tmp_path / "home"), until=until,
-                      progress=lines.append, model=model)
+    result = run_demo(
+        root=str(tmp_path / "root"),
+        dagster_home=str(tmp_path / "home"),
+        until=until,
+        progress=lines.append,
+        model=model,
+    )
     summary = result["summary"]
     assert story_problems(summary, faulty=True, full_year=True) == [], "\n".join(lines)
     kinds = [t["kind"] for t in result["timeline"]]

@@ -51,27 +51,44 @@ def preprocessed(estimator: Any, X: pd.DataFrame) -> Pipeline:
     numeric = [c for c in X.columns if X[c].dtype != object]
     categorical = [c for c in X.columns if X[c].dtype == object]
     transformers: list[tuple[str, Any, list[str]]] = [
-        ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric)]
+        ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric)
+    ]
     if categorical:
-        transformers.append(("categorical", Pipeline([
-            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False))]), categorical))
+        transformers.append(
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            )
+        )
     return Pipeline([("features", ColumnTransformer(transformers)), ("model", estimator)])
 
 
 def xgb_classifier(seed: int = 0) -> Any:
     import xgboost
 
-    return xgboost.XGBClassifier(n_estimators=15, max_depth=3, subsample=0.8, colsample_bytree=0.8,
-                                 random_state=seed)
+    return xgboost.XGBClassifier(n_estimators=15, max_depth=3, subsample=0.8, colsample_bytree=0.8, random_state=seed)
 
 
 def lgbm_classifier(seed: int = 0, **params: Any) -> Any:
     import lightgbm
 
-    return lightgbm.LGBMClassifier(n_estimators=15, num_leaves=8, subsample=0.8, subsample_freq=1,
-                                   colsample_bytree=0.8, random_state=seed, verbose=-1,
-                                   **flavors.LIGHTGBM_DETERMINISTIC, **params)
+    return lightgbm.LGBMClassifier(
+        n_estimators=15,
+        num_leaves=8,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.8,
+        random_state=seed,
+        verbose=-1,
+        **flavors.LIGHTGBM_DETERMINISTIC,
+        **params,
+    )
 
 
 def fitted(kind: str, seed: int = 0) -> tuple[Any, pd.DataFrame]:
@@ -102,16 +119,27 @@ def fitted(kind: str, seed: int = 0) -> tuple[Any, pd.DataFrame]:
         return lgbm_classifier(seed).fit(X.drop(columns="size"), y), X.drop(columns="size")
     if kind == "lightgbm regressor":
         X, y = diabetes()
-        return lightgbm.LGBMRegressor(n_estimators=15, num_leaves=8, random_state=seed, verbose=-1,
-                                      **flavors.LIGHTGBM_DETERMINISTIC).fit(X, y), X
+        return lightgbm.LGBMRegressor(
+            n_estimators=15, num_leaves=8, random_state=seed, verbose=-1, **flavors.LIGHTGBM_DETERMINISTIC
+        ).fit(X, y), X
     raise AssertionError(kind)
 
 
-KINDS = {"sklearn pipeline": "sklearn", "sklearn forest": "sklearn", "xgboost classifier": "xgboost",
-         "xgboost multiclass": "xgboost", "xgboost regressor": "xgboost", "lightgbm classifier": "lightgbm",
-         "lightgbm binary": "lightgbm", "lightgbm regressor": "lightgbm"}
-FILES = {"sklearn": {"flavor.json", "model.skops"},
-         "xgboost": {"flavor.json", "model.json"}, "lightgbm": {"flavor.json", "model.txt"}}
+KINDS = {
+    "sklearn pipeline": "sklearn",
+    "sklearn forest": "sklearn",
+    "xgboost classifier": "xgboost",
+    "xgboost multiclass": "xgboost",
+    "xgboost regressor": "xgboost",
+    "lightgbm classifier": "lightgbm",
+    "lightgbm binary": "lightgbm",
+    "lightgbm regressor": "lightgbm",
+}
+FILES = {
+    "sklearn": {"flavor.json", "model.skops"},
+    "xgboost": {"flavor.json", "model.json"},
+    "lightgbm": {"flavor.json", "model.txt"},
+}
 
 
 def assert_same_predictions(a: Any, b: Any, X: pd.DataFrame) -> None:
@@ -135,8 +163,10 @@ def test_round_trip_predicts_exactly_as_the_fitted_model(kind: str, tmp_path: Pa
     info = json.loads((tmp_path / "artifact" / "flavor.json").read_bytes())
     assert info["flavor"] == flavor and info["format"] == flavors.FORMAT
     final = model.steps[-1][1] if isinstance(model, Pipeline) else model
-    assert info["estimator"] == f"{type(model if flavor == 'sklearn' else final).__module__}." \
-                                f"{type(model if flavor == 'sklearn' else final).__qualname__}"
+    assert (
+        info["estimator"] == f"{type(model if flavor == 'sklearn' else final).__module__}."
+        f"{type(model if flavor == 'sklearn' else final).__qualname__}"
+    )
     assert {"scikit-learn", "skops", "numpy"} <= set(info["versions"])
 
     loaded = flavors.load(tmp_path / "artifact")
@@ -151,8 +181,9 @@ def test_round_trip_predicts_exactly_as_the_fitted_model(kind: str, tmp_path: Pa
     assert flavors.expected_digest(loaded) == flavors.expected_digest(model)
 
 
-@pytest.mark.parametrize("kind", ["sklearn pipeline", "xgboost classifier", "lightgbm classifier",
-                                  "lightgbm regressor"])
+@pytest.mark.parametrize(
+    "kind", ["sklearn pipeline", "xgboost classifier", "lightgbm classifier", "lightgbm regressor"]
+)
 def test_identical_training_gives_identical_bytes(kind: str, reg: Registry) -> None:
     first, _ = fitted(kind)
     again, _ = fitted(kind)
@@ -198,8 +229,7 @@ def test_unsupported_or_unfitted_models_are_refused(tmp_path: Path) -> None:
         flavors.save({"weights": [1, 2]}, tmp_path / "c")
     X, y = wine()
     with pytest.raises(UsageError, match="custom objective"):
-        flavors.save(lgbm_classifier(objective=lambda y_true, y_pred: (y_pred, y_pred)).fit(X, y == 0),
-                     tmp_path / "d")
+        flavors.save(lgbm_classifier(objective=lambda y_true, y_pred: (y_pred, y_pred)).fit(X, y == 0), tmp_path / "d")
     assert not (tmp_path / "a").exists() and list((tmp_path / "d").iterdir()) == []  # nothing half-written
 
 
@@ -234,8 +264,9 @@ def test_the_recorded_types_are_exactly_those_in_the_skops_file(tmp_path: Path) 
     info = json.loads((tmp_path / "a" / "flavor.json").read_bytes())
     found = sio.get_untrusted_types(data=(tmp_path / "a" / "model.skops").read_bytes())
     assert info["trusted_types"] == sorted(found) and "sklearn.tree._tree.Tree" in found
-    assert (tmp_path / "a" / "flavor.json").read_bytes() == json.dumps(info, sort_keys=True,
-                                                                        separators=(",", ":")).encode()
+    assert (tmp_path / "a" / "flavor.json").read_bytes() == json.dumps(
+        info, sort_keys=True, separators=(",", ":")
+    ).encode()
 
 
 def test_a_type_outside_the_recorded_set_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,7 +303,9 @@ CODE_RUNNERS = {
     "os.system": ("os", "system"),
     "subprocess.check_output": ("subprocess", "check_output"),
     "sklearn.utils._testing.assert_run_python_script_without_output": (
-        "sklearn.utils._testing", "assert_run_python_script_without_output"),
+        "sklearn.utils._testing",
+        "assert_run_python_script_without_output",
+    ),
     "numpy.memmap": ("numpy", "memmap"),
     "numpy._core.memmap.memmap": ("numpy._core.memmap", "memmap"),  # the same class by its defining module
     "scipy.io._netcdf.netcdf_file": ("scipy.io._netcdf", "netcdf_file"),
@@ -284,14 +317,23 @@ def test_a_dangerous_callable_recorded_in_flavor_json_is_still_refused(tmp_path:
     """Whoever writes an artifact writes its flavor.json: recording a callable there must not make it trusted."""
     module, name = CODE_RUNNERS[runner]
     marker = tmp_path / "code-ran"
-    args = {"os": [f"touch {marker}"], "subprocess": [f"touch {marker}"], "numpy": [str(marker), "uint8", "w+"],
-            "numpy._core.memmap": [str(marker), "uint8", "w+"], "scipy.io._netcdf": [str(marker), "w"]}
+    args = {
+        "os": [f"touch {marker}"],
+        "subprocess": [f"touch {marker}"],
+        "numpy": [str(marker), "uint8", "w+"],
+        "numpy._core.memmap": [str(marker), "uint8", "w+"],
+        "scipy.io._netcdf": [str(marker), "w"],
+    }
     artifact = tmp_path / "evil"
     artifact.mkdir()
     (artifact / "model.skops").write_bytes(
-        skops_calling(module, name, args.get(module, [f"open({str(marker)!r}, 'w').write('ran')"])))
-    (artifact / "flavor.json").write_text(json.dumps({"format": flavors.FORMAT, "flavor": "sklearn",
-                                                      "estimator": "x", "trusted_types": [runner], "versions": {}}))
+        skops_calling(module, name, args.get(module, [f"open({str(marker)!r}, 'w').write('ran')"]))
+    )
+    (artifact / "flavor.json").write_text(
+        json.dumps(
+            {"format": flavors.FORMAT, "flavor": "sklearn", "estimator": "x", "trusted_types": [runner], "versions": {}}
+        )
+    )
     try:
         with pytest.raises(PolicyError) as refused:
             flavors.load(artifact)
@@ -327,20 +369,39 @@ def test_signature_of_a_pipeline_names_its_columns_and_types() -> None:
     X, y = cancer(columns=3)
     X["unused"] = 1.0
     X["grade"] = (X["mean texture"] > 19).astype(int) + 1  # integer categories
-    ct = ColumnTransformer([
-        ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
-         ["mean radius", "mean texture"]),
-        ("text", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="?")),
-                           ("onehot", OneHotEncoder(handle_unknown="ignore"))]), ["size"]),
-        ("codes", OrdinalEncoder(), ["grade"]),
-        ("as_is", "passthrough", ["mean perimeter"]),
-    ], remainder="drop")
+    ct = ColumnTransformer(
+        [
+            (
+                "numeric",
+                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                ["mean radius", "mean texture"],
+            ),
+            (
+                "text",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="constant", fill_value="?")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore")),
+                    ]
+                ),
+                ["size"],
+            ),
+            ("codes", OrdinalEncoder(), ["grade"]),
+            ("as_is", "passthrough", ["mean perimeter"]),
+        ],
+        remainder="drop",
+    )
     model = Pipeline([("features", ct), ("model", LogisticRegression(max_iter=500))]).fit(X, y)
     assert flavors.signature_of(model) == {
-        "inputs": [{"name": "mean radius", "type": "float"}, {"name": "mean texture", "type": "float"},
-                   {"name": "mean perimeter"}, {"name": "size", "type": "category"},
-                   {"name": "grade", "type": "int"}],  # 'unused' is only dropped: not an input
-        "outputs": {"task": "binary_classification", "classes": [0, 1]}}
+        "inputs": [
+            {"name": "mean radius", "type": "float"},
+            {"name": "mean texture", "type": "float"},
+            {"name": "mean perimeter"},
+            {"name": "size", "type": "category"},
+            {"name": "grade", "type": "int"},
+        ],  # 'unused' is only dropped: not an input
+        "outputs": {"task": "binary_classification", "classes": [0, 1]},
+    }
 
 
 @pytest.mark.parametrize("kind", ["xgboost multiclass", "lightgbm regressor", "sklearn forest"])
@@ -349,8 +410,11 @@ def test_signature_of_bare_estimators(kind: str) -> None:
     sig = flavors.signature_of(model)
     assert sig is not None
     assert sig["inputs"] == [{"name": c, "type": "float"} for c in X.columns]
-    assert sig["outputs"] == ({"task": "regression"} if kind == "lightgbm regressor" else
-                              {"task": "multiclass_classification", "classes": [0, 1, 2]})
+    assert sig["outputs"] == (
+        {"task": "regression"}
+        if kind == "lightgbm regressor"
+        else {"task": "multiclass_classification", "classes": [0, 1, 2]}
+    )
 
 
 def test_signature_of_a_model_fitted_on_an_array_has_outputs_only() -> None:

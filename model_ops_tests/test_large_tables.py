@@ -21,13 +21,24 @@ from model_ops.specs.schema import ModelSpec
 
 
 def spec_for(estimator: dict, partitions: object = "none", **extra: object) -> ModelSpec:
-    return ModelSpec.model_validate({
-        "name": "large", "description": "large-table paths", "owner": "team:test", "task": "binary_classification",
-        "source": {"kind": "delta", "uri": "unused", "time_column": "t", "key_column": "k"},
-        "partitions": partitions,
-        "features": [{"name": "x", "type": "float"}, {"name": "y", "type": "float"},
-                     {"name": "c", "type": "category"}],
-        "target": {"column": "label"}, "estimator": estimator, **extra})
+    return ModelSpec.model_validate(
+        {
+            "name": "large",
+            "description": "large-table paths",
+            "owner": "team:test",
+            "task": "binary_classification",
+            "source": {"kind": "delta", "uri": "unused", "time_column": "t", "key_column": "k"},
+            "partitions": partitions,
+            "features": [
+                {"name": "x", "type": "float"},
+                {"name": "y", "type": "float"},
+                {"name": "c", "type": "category"},
+            ],
+            "target": {"column": "label"},
+            "estimator": estimator,
+            **extra,
+        }
+    )
 
 
 HGB = {"class": "sklearn.ensemble.HistGradientBoostingClassifier", "params": {"max_iter": 20}}
@@ -43,17 +54,30 @@ def rows(n: int, seed: int = 0, partition: str = "all") -> pd.DataFrame:
     label = (x + (c == "a") - y + rng.normal(scale=0.5, size=n) > 0.5).astype("float64")
     label[rng.random(n) < 0.05] = np.nan  # outcomes not known yet
     keys = np.array([f"k{i:06d}" for i in rng.permutation(n)], dtype=object)
-    return pd.DataFrame({PARTITION: partition, "k": keys,
-                         "t": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 86400, n), "s"),
-                         "x": x, "y": y, "c": c, "label": label})
+    return pd.DataFrame(
+        {
+            PARTITION: partition,
+            "k": keys,
+            "t": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 86400, n), "s"),
+            "x": x,
+            "y": y,
+            "c": c,
+            "label": label,
+        }
+    )
 
 
 def test_fingerprint_of_a_table_is_the_fingerprint_of_its_frame(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(delta, "FINGERPRINT_ROWS", 3)  # slices with and without nulls in each column
-    table = pa.table({"i": pa.array([1, 2, 3, 4, None, 6, 7], pa.int8()),
-                      "b": pa.array([True, False, True, None, True, True, False]),
-                      "s": ["a", "b", None, "d", "e", "f", "g"], "f": [1.0, None, 3, 4, 5, 6, 7],
-                      "t": pa.array([1, 2, 3, None, 5, 6, 7], pa.timestamp("us", tz="UTC"))})
+    table = pa.table(
+        {
+            "i": pa.array([1, 2, 3, 4, None, 6, 7], pa.int8()),
+            "b": pa.array([True, False, True, None, True, True, False]),
+            "s": ["a", "b", None, "d", "e", "f", "g"],
+            "f": [1.0, None, 3, 4, 5, 6, 7],
+            "t": pa.array([1, 2, 3, None, 5, 6, 7], pa.timestamp("us", tz="UTC")),
+        }
+    )
     assert frame_fingerprint(table) == frame_fingerprint(table.to_pandas())
     assert frame_fingerprint(table.slice(0, 0)) == frame_fingerprint(table.slice(0, 0).to_pandas())
     changed = table.set_column(3, "f", pa.array([1.0, None, 3, 4, 5, 6, 8]))
@@ -63,8 +87,7 @@ def test_fingerprint_of_a_table_is_the_fingerprint_of_its_frame(monkeypatch: pyt
 def test_split_orders_canonically_and_holds_out_the_newest_rows() -> None:
     spec = spec_for(LOGIT, training={"holdout_fraction": 0.25})
     df = rows(400)
-    split = snapshot.split(pa.Table.from_pandas(df.sample(frac=1, random_state=3), preserve_index=False), spec,
-                           "all")
+    split = snapshot.split(pa.Table.from_pandas(df.sample(frac=1, random_state=3), preserve_index=False), spec, "all")
     out = split.to_pandas()
     expected = df.sort_values(["t", "k"], kind="stable").reset_index(drop=True)
     assert out["k"].tolist() == expected["k"].tolist()
@@ -76,12 +99,15 @@ def test_split_orders_canonically_and_holds_out_the_newest_rows() -> None:
 
 def test_split_by_partition_holds_out_the_named_partition() -> None:
     spec = spec_for(LOGIT, {"cadence": "monthly", "start": "2024-01-01"})
-    table = pa.Table.from_pandas(pd.concat([rows(50, 1, "2024-02-01"), rows(60, 2, "2024-01-01")]),
-                                 preserve_index=False)
+    table = pa.Table.from_pandas(
+        pd.concat([rows(50, 1, "2024-02-01"), rows(60, 2, "2024-01-01")]), preserve_index=False
+    )
     out = snapshot.split(table, spec, "2024-02-01").to_pandas()
     assert out[PARTITION].tolist() == ["2024-01-01"] * 60 + ["2024-02-01"] * 50
     assert out.groupby(PARTITION)[snapshot.SPLIT].unique().map(list).to_dict() == {
-        "2024-01-01": [snapshot.TRAIN], "2024-02-01": [snapshot.HOLDOUT]}
+        "2024-01-01": [snapshot.TRAIN],
+        "2024-02-01": [snapshot.HOLDOUT],
+    }
 
 
 def test_a_streamed_partition_is_the_table_and_a_bad_batch_commits_nothing(tmp_path: Path) -> None:
@@ -92,8 +118,9 @@ def test_a_streamed_partition_is_the_table_and_a_bad_batch_commits_nothing(tmp_p
     whole.replace_partition("all", feat.to_arrow(frame))
     assert ds.arrow_schema() == whole.arrow_schema()
     by_key = ["k"]  # the engine may write a stream's batches in another order; the rows are the same
-    pd.testing.assert_frame_equal(ds.read().sort_values(by_key, ignore_index=True),
-                                  whole.read().sort_values(by_key, ignore_index=True))
+    pd.testing.assert_frame_equal(
+        ds.read().sort_values(by_key, ignore_index=True), whole.read().sort_values(by_key, ignore_index=True)
+    )
     bad = pd.concat([frame, rows(10, 5, "2024-02-01")], ignore_index=True)  # the last batch is another partition's
     with pytest.raises(ValueError, match="cannot be written into partition all"):
         ds.replace_partition("all", feat.to_arrow_stream(bad, rows=128))
@@ -175,8 +202,9 @@ def test_a_hist_gradient_boosting_model_with_categories_is_stored_and_loaded(tmp
     assert np.array_equal(reg.load_model(mv.ref).predict_proba(X), trained.model.predict_proba(X))
 
 
-def test_a_large_read_goes_column_by_column_and_notices_a_rewrite(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_large_read_goes_column_by_column_and_notices_a_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pyarrow.parquet as pq
 
     from model_ops.data import sources
@@ -199,8 +227,9 @@ def test_a_large_read_goes_column_by_column_and_notices_a_rewrite(tmp_path: Path
     def rewritten_midway(scanned: pa.Table) -> pd.DataFrame:
         scans["n"] += 1
         if scans["n"] == 2:  # after the first column's scan: the same rows, other values
-            pq.write_table(pa.Table.from_pandas(frame.assign(x=frame["x"] + 1), preserve_index=False),
-                           path / "part-0.parquet")
+            pq.write_table(
+                pa.Table.from_pandas(frame.assign(x=frame["x"] + 1), preserve_index=False), path / "part-0.parquet"
+            )
         return real(scanned)
 
     monkeypatch.setattr(sources, "to_pandas", rewritten_midway)
@@ -212,8 +241,10 @@ def test_class_labels_are_compared_by_value() -> None:
     from model_ops.registry import semver
     from model_ops.registry.gates import breaking_changes
 
-    as_float = {"inputs": [{"name": "x", "type": "float"}], "outputs": {"task": "binary_classification",
-                                                                       "classes": [0.0, 1.0]}}
+    as_float = {
+        "inputs": [{"name": "x", "type": "float"}],
+        "outputs": {"task": "binary_classification", "classes": [0.0, 1.0]},
+    }
     as_int = {**as_float, "outputs": {**as_float["outputs"], "classes": [0, 1]}}
     other = {**as_float, "outputs": {**as_float["outputs"], "classes": [0, 2]}}
     assert breaking_changes(as_float, as_int) == []

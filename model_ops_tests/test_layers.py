@@ -17,8 +17,13 @@ def dagster_imports(path: Path) -> list[int]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     lines = []
     for node in ast.walk(tree):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+            else []
+        )
         if any(n == "dagster" or n.startswith(("dagster.", "dagster_")) for n in names):
             lines.append(node.lineno)
     return lines
@@ -36,8 +41,10 @@ def test_only_the_dagster_layer_imports_dagster() -> None:
 
 
 def test_the_library_and_the_cli_import_without_dagster() -> None:
-    code = ("import sys, model_ops, model_ops.cli, model_ops.loading, model_ops.registry, model_ops.ml.candidates, "
-            "model_ops.ops.automation, model_ops.specs; "
-            "assert not [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')], 'dagster imported'")
+    code = (
+        "import sys, model_ops, model_ops.cli, model_ops.loading, model_ops.registry, model_ops.ml.candidates, "
+        "model_ops.ops.automation, model_ops.specs; "
+        "assert not [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')], 'dagster imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -47,8 +47,7 @@ def _cached_model_file(cache: Path, digest: str) -> Path:
 # ---------------------------------------------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("kind", ["sklearn pipeline", "xgboost classifier", "xgboost regressor",
-                                  "lightgbm classifier"])
+@pytest.mark.parametrize("kind", ["sklearn pipeline", "xgboost classifier", "xgboost regressor", "lightgbm classifier"])
 def test_load_by_alias_number_and_semver(kind: str, root: Path, reg: Registry) -> None:
     model, X = fitted(kind)
     mv = reg.register_model("churn", model)
@@ -56,8 +55,7 @@ def test_load_by_alias_number_and_semver(kind: str, root: Path, reg: Registry) -
     for ref in ("models:/churn@champion", "models:/churn/1", "models:/churn/1.0.0"):
         loaded = model_ops.load(ref, root=root)
         assert isinstance(loaded, LoadedModel)
-        assert (loaded.version, loaded.ref, loaded.semver, loaded.flavor) == (1, "models:/churn/1", "1.0.0",
-                                                                               mv.flavor)
+        assert (loaded.version, loaded.ref, loaded.semver, loaded.flavor) == (1, "models:/churn/1", "1.0.0", mv.flavor)
         assert loaded.signature == mv.signature and loaded.digest == mv.digest
         np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
         if hasattr(model, "predict_proba"):
@@ -113,8 +111,13 @@ def test_extra_columns_are_ignored_and_columns_reordered(churn: tuple) -> None:
     np.testing.assert_array_equal(loaded.predict(shuffled), model.predict(X))
     assert list(loaded.prepare(shuffled).columns) == list(X.columns)
     # numbers held as objects or as nullable floats are numbers; a pandas categorical of text is a category
-    loose = X.assign(**{"mean radius": X["mean radius"].astype(object), "mean texture": X["mean texture"].astype(
-        "Float64"), "size": X["size"].astype("category")})
+    loose = X.assign(
+        **{
+            "mean radius": X["mean radius"].astype(object),
+            "mean texture": X["mean texture"].astype("Float64"),
+            "size": X["size"].astype("category"),
+        }
+    )
     np.testing.assert_array_equal(loaded.predict(loose), model.predict(X))
     assert loaded.prepare(loose)["size"].dtype == object
 
@@ -124,19 +127,24 @@ def test_a_missing_column_is_named_with_its_type(churn: tuple) -> None:
     with pytest.raises(UsageError) as refused:
         loaded.predict(X.drop(columns=["mean texture", "size"]))
     message = refused.value.message
-    assert message.startswith("models:/churn/1 cannot score this frame: missing column(s) "
-                              "mean texture (float), size (category)")
+    assert message.startswith(
+        "models:/churn/1 cannot score this frame: missing column(s) mean texture (float), size (category)"
+    )
     assert "mean radius (float)" in str(refused.value)  # the hint lists every expected column
 
 
-@pytest.mark.parametrize(("column", "values", "problem"), [
-    ("mean radius", "text", "column 'mean radius' holds text (str) (dtype object), expected float"),
-    ("mean radius", "dates", "column 'mean radius' is datetime64[s], expected float"),
-    ("size", 1.5, "column 'size' is float64, expected category (text)"),
-    ("size", "mixed", "column 'size' holds text mixed with numbers, expected category (text)"),
-])
-def test_a_wrong_typed_column_is_refused_before_the_model_sees_it(churn: tuple, column: str, values: object,
-                                                                  problem: str) -> None:
+@pytest.mark.parametrize(
+    ("column", "values", "problem"),
+    [
+        ("mean radius", "text", "column 'mean radius' holds text (str) (dtype object), expected float"),
+        ("mean radius", "dates", "column 'mean radius' is datetime64[s], expected float"),
+        ("size", 1.5, "column 'size' is float64, expected category (text)"),
+        ("size", "mixed", "column 'size' holds text mixed with numbers, expected category (text)"),
+    ],
+)
+def test_a_wrong_typed_column_is_refused_before_the_model_sees_it(
+    churn: tuple, column: str, values: object, problem: str
+) -> None:
     loaded, X, _ = churn
     bad = X.copy()
     if values == "text":
@@ -161,8 +169,11 @@ def test_native_categorical_models_take_text_or_categoricals(framework: str, reg
 
     X, y = cancer()
     X["size"] = X["size"].astype("category")
-    model = (xgboost.XGBClassifier(n_estimators=5, enable_categorical=True, random_state=0) if framework == "xgboost"
-             else lightgbm.LGBMClassifier(n_estimators=5, verbose=-1, random_state=0)).fit(X, y)
+    model = (
+        xgboost.XGBClassifier(n_estimators=5, enable_categorical=True, random_state=0)
+        if framework == "xgboost"
+        else lightgbm.LGBMClassifier(n_estimators=5, verbose=-1, random_state=0)
+    ).fit(X, y)
     mv = reg.register_model("native", model)
     assert mv.signature["inputs"][-1] == {"name": "size", "type": "category"}
     loaded = model_ops.load(mv.ref, registry=reg)
@@ -224,8 +235,9 @@ def test_a_tampered_artifact_is_refused_and_not_cached(root: Path, reg: Registry
     assert list(cache.glob(".*.part")) == []
 
 
-def test_the_signature_is_checked_even_when_the_bytes_are_cached(root: Path, reg: Registry,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_signature_is_checked_even_when_the_bytes_are_cached(
+    root: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODEL_OPS_SIGNING_KEY", KEY)
     model, X = fitted("sklearn pipeline")
     mv = reg.register_model("churn", model)
@@ -235,8 +247,9 @@ def test_the_signature_is_checked_even_when_the_bytes_are_cached(root: Path, reg
         model_ops.load(mv.ref, root=root)
 
 
-def test_an_unwritable_cache_costs_the_caching_not_the_load(reg: Registry, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unwritable_cache_costs_the_caching_not_the_load(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, X = fitted("sklearn pipeline")
     mv = reg.register_model("churn", model)
     blocker = tmp_path / "not-a-directory"
@@ -265,24 +278,31 @@ def test_the_signature_comes_from_the_fitted_model_and_names_real_features(reg: 
     v2 = reg.register_model("churn", preprocessed(LogisticRegression(max_iter=500), X2).fit(X2, y))
     assert (v2.semver, v2.bump["reason"]) == ("2.0.0", "input signature changed (added bmi; removed mean area)")
     given = {"inputs": [{"name": "x", "type": "float"}]}
-    assert reg.register_model("given", LogisticRegression().fit(X[["mean radius"]], y),
-                              signature=given).signature == given
+    assert (
+        reg.register_model("given", LogisticRegression().fit(X[["mean radius"]], y), signature=given).signature == given
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- promotion
 
 
 def test_breaking_changes() -> None:
-    old = {"inputs": [{"name": "a", "type": "float"}, {"name": "b", "type": "category"}, {"name": "c"}],
-           "outputs": {"task": "binary_classification", "classes": [0, 1]}}
+    old = {
+        "inputs": [{"name": "a", "type": "float"}, {"name": "b", "type": "category"}, {"name": "c"}],
+        "outputs": {"task": "binary_classification", "classes": [0, 1]},
+    }
     same_plus = {**old, "inputs": [*old["inputs"], {"name": "d", "type": "int"}]}
     assert breaking_changes(old, same_plus) == []  # an added column is not breaking
     assert breaking_changes(old, {**old, "inputs": [{"name": "a", "type": "int"}, {"name": "c", "type": "int"}]}) == [
-        "removes input column(s) b", "retypes input column(s) a (float -> int)"]
+        "removes input column(s) b",
+        "retypes input column(s) a (float -> int)",
+    ]
     assert breaking_changes(old, {**old, "outputs": {"task": "binary_classification", "classes": [1, 0]}}) == [
-        "changes the classes from [0, 1] to [1, 0]"]
+        "changes the classes from [0, 1] to [1, 0]"
+    ]
     assert breaking_changes(old, {**old, "outputs": {"task": "regression"}}) == [
-        "changes the task from binary_classification to regression"]
+        "changes the task from binary_classification to regression"
+    ]
     assert breaking_changes(None, old) == [] and breaking_changes(old, None) == []
 
 
@@ -298,23 +318,29 @@ def test_a_breaking_version_enters_production_only_when_accepted(reg: Registry) 
     reg.transition(v3.ref, "staging", reason="evaluated")
     with pytest.raises(PolicyError) as refused:
         reg.transition(v3.ref, "production", reason="better")
-    assert refused.value.message == ("churn v3 breaks the interface of v2 in production: removes input column(s) "
-                                     "extra, mean texture")
+    assert refused.value.message == (
+        "churn v3 breaks the interface of v2 in production: removes input column(s) extra, mean texture"
+    )
     assert "breaking=True" in str(refused.value)
     assert reg.resolve("models:/churn@champion").version == 2 and reg.get("churn", 3).stage == "staging"
 
     promoted = reg.transition(v3.ref, "production", reason="callers stopped sending those columns", breaking=True)
     assert promoted.stage == "production" and "champion" in promoted.aliases
-    entered = [e for e in reg.audit("churn") if e.kind == "stage_changed" and e.version == 3 and e.to_value ==
-               "production"]
+    entered = [
+        e for e in reg.audit("churn") if e.kind == "stage_changed" and e.version == 3 and e.to_value == "production"
+    ]
     assert len(entered) == 1 and entered[0].actor == "tester"
     assert entered[0].reason == "callers stopped sending those columns"
     assert entered[0].data["breaking"] == {
-        "accepted": True, "against": 2, "changes": ["removes input column(s) extra, mean texture"]}
+        "accepted": True,
+        "against": 2,
+        "changes": ["removes input column(s) extra, mean texture"],
+    }
 
 
-def test_the_cli_transition_takes_breaking(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_transition_takes_breaking(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODEL_OPS_ROOT", str(root))
     reg = Registry.open(root)
     for task in ("binary_classification", "regression"):

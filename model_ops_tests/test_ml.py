@@ -27,16 +27,56 @@ ESTIMATORS = {
     "sklearn.ensemble.RandomForestClassifier": {"n_estimators": 3},
     "sklearn.linear_model.SGDClassifier": {"loss": "log_loss"},
     "xgboost.XGBClassifier": {"n_estimators": 10, "max_depth": 3, "n_jobs": 1},
-    "lightgbm.LGBMClassifier": {"n_estimators": 10, "num_leaves": 7, "n_jobs": 1, "deterministic": True,
-                                "force_row_wise": True, "verbose": -1},
-    "sklearn.pipeline.Pipeline": {"steps": [
-        ["columns", {"class": "sklearn.compose.ColumnTransformer", "params": {"transformers": [
-            ["num", {"class": "sklearn.pipeline.Pipeline", "params": {"steps": [
-                ["impute", {"class": "sklearn.impute.SimpleImputer", "params": {"strategy": "median"}}],
-                ["scale", {"class": "sklearn.preprocessing.StandardScaler"}]]}}, ["distance", "temp", "humid"]],
-            ["cat", {"class": "sklearn.preprocessing.OneHotEncoder", "params": {"handle_unknown": "ignore"}},
-             ["carrier", "origin"]]]}}],
-        ["model", {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}}]]},
+    "lightgbm.LGBMClassifier": {
+        "n_estimators": 10,
+        "num_leaves": 7,
+        "n_jobs": 1,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbose": -1,
+    },
+    "sklearn.pipeline.Pipeline": {
+        "steps": [
+            [
+                "columns",
+                {
+                    "class": "sklearn.compose.ColumnTransformer",
+                    "params": {
+                        "transformers": [
+                            [
+                                "num",
+                                {
+                                    "class": "sklearn.pipeline.Pipeline",
+                                    "params": {
+                                        "steps": [
+                                            [
+                                                "impute",
+                                                {
+                                                    "class": "sklearn.impute.SimpleImputer",
+                                                    "params": {"strategy": "median"},
+                                                },
+                                            ],
+                                            ["scale", {"class": "sklearn.preprocessing.StandardScaler"}],
+                                        ]
+                                    },
+                                },
+                                ["distance", "temp", "humid"],
+                            ],
+                            [
+                                "cat",
+                                {
+                                    "class": "sklearn.preprocessing.OneHotEncoder",
+                                    "params": {"handle_unknown": "ignore"},
+                                },
+                                ["carrier", "origin"],
+                            ],
+                        ]
+                    },
+                },
+            ],
+            ["model", {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}}],
+        ]
+    },
 }
 
 
@@ -46,8 +86,10 @@ def spec() -> ModelSpec:
 
 
 def month_features(spec: ModelSpec, month: str) -> pd.DataFrame:
-    stored = {t: sources.conform(t, sources.with_timestamps(sources.load_month(t, month)), month).to_pandas()
-              for t in sources.TABLES}
+    stored = {
+        t: sources.conform(t, sources.with_timestamps(sources.load_month(t, month)), month).to_pandas()
+        for t in sources.TABLES
+    }
     return sources.build_features(stored["flights"], stored["weather"], spec, month)
 
 
@@ -108,7 +150,8 @@ def test_evaluation_metrics_and_gate_messages(spec, frames) -> None:  # type: ig
     rows = training.labelled(holdout, spec)
     assert result.rows == len(rows) and result.positives == int(rows["delayed"].sum())
     assert result.metrics["roc_auc"] == pytest.approx(
-        roc_auc_score(rows["delayed"].astype(int), tasks.predict(model, training.model_input(rows, spec), spec).score))
+        roc_auc_score(rows["delayed"].astype(int), tasks.predict(model, training.model_input(rows, spec), spec).score)
+    )
     # slices: every categorical feature with at most 30 values (dest has more)
     assert set(result.slices) == {"carrier", "origin"} and set(result.slices["origin"]) == {"EWR", "JFK", "LGA"}
     assert set(result.slices["origin"]["JFK"]) == {"rows", "roc_auc", "f1", "positive_rate"}
@@ -118,9 +161,16 @@ def test_evaluation_metrics_and_gate_messages(spec, frames) -> None:  # type: ig
     assert result.latency_ms["batch_p99_per_1k"] > 0 and result.latency_measurements == 1
     assert ev.meets_thresholds(result, spec).passed and ev.latency_within_sla(result, spec).passed
 
-    strict = spec.model_copy(update={"gates": spec.gates.model_copy(update={
-        "thresholds": {"roc_auc": spec.gates.thresholds["roc_auc"].model_copy(update={"min": 0.99})},
-        "latency_sla_ms": {"single_p99": 0.0001}})})
+    strict = spec.model_copy(
+        update={
+            "gates": spec.gates.model_copy(
+                update={
+                    "thresholds": {"roc_auc": spec.gates.thresholds["roc_auc"].model_copy(update={"min": 0.99})},
+                    "latency_sla_ms": {"single_p99": 0.0001},
+                }
+            )
+        }
+    )
     gate = ev.meets_thresholds(result, strict)
     assert not gate.passed and gate.message.startswith("below the spec's thresholds: roc_auc = 0.")
     assert "needs >= 0.99" in gate.message
@@ -175,10 +225,24 @@ def test_deployment_actions(tmp_path: Path, spec) -> None:  # type: ignore[no-un
     assert dep.apply(reg, spec, "shadow_off").after.shadow is None
 
     history = dep.history(reg, "flight_delay")
-    assert [h["action"] for h in history] == ["deploy", "deploy", "advance", "promote", "deploy", "rollback",
-                                              "shadow_on", "rollback", "shadow_off"]
-    assert history[-1]["manifest"] == {"model": "flight_delay", "production": v2, "canary": None,
-                                       "canary_weight": 0.0, "shadow": None}
+    assert [h["action"] for h in history] == [
+        "deploy",
+        "deploy",
+        "advance",
+        "promote",
+        "deploy",
+        "rollback",
+        "shadow_on",
+        "rollback",
+        "shadow_off",
+    ]
+    assert history[-1]["manifest"] == {
+        "model": "flight_delay",
+        "production": v2,
+        "canary": None,
+        "canary_weight": 0.0,
+        "shadow": None,
+    }
     assert all(h["actor"] == "tester" for h in history)
 
 

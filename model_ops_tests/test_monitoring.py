@@ -26,11 +26,20 @@ MONTHS = [f"{y}-{m:02d}-01" for y in (2013, 2014) for m in range(1, 13)]  # mont
 
 
 def arm(arm_name: str, version: int, labelled: int = 3000, **metrics: float) -> mon.ArmPerformance:
-    return mon.ArmPerformance("2013-07-01", arm_name, version, labelled, labelled,
-                              metrics or {"roc_auc": 0.70, "log_loss": 0.55}, ArmStatus.OK, "")
+    return mon.ArmPerformance(
+        "2013-07-01",
+        arm_name,
+        version,
+        labelled,
+        labelled,
+        metrics or {"roc_auc": 0.70, "log_loss": 0.55},
+        ArmStatus.OK,
+        "",
+    )
 
 
 # ------------------------------------------------------------------------------------------ canary analysis
+
 
 def test_a_canary_as_good_as_production_is_successful() -> None:
     w = mon.analyse_canary("2013-07-01", arm("production", 1), arm("canary", 2, roc_auc=0.69, log_loss=0.56), SPEC)
@@ -47,15 +56,15 @@ def test_a_canary_worse_beyond_tolerance_fails_and_says_by_how_much() -> None:
 def test_lower_is_better_metrics_count_the_right_way() -> None:
     w = mon.analyse_canary("2013-07-01", arm("production", 1), arm("canary", 2, roc_auc=0.70, log_loss=0.60), SPEC)
     assert w is not None and w.phase == CanaryPhase.FAILED and "log_loss" in w.message
-    better = mon.analyse_canary("2013-07-01", arm("production", 1), arm("canary", 2, roc_auc=0.75, log_loss=0.40),
-                                SPEC)
+    better = mon.analyse_canary("2013-07-01", arm("production", 1), arm("canary", 2, roc_auc=0.75, log_loss=0.40), SPEC)
     assert better is not None and better.phase == CanaryPhase.SUCCESSFUL
 
 
 def test_a_regression_canary_is_judged_on_its_tasks_metrics() -> None:
     assert make_spec(Task.REGRESSION, diabetes()).canary_metrics == {"r2": 0.02}  # scale-free by default
-    spec = make_spec(Task.REGRESSION, diabetes(),
-                     deployment={"analysis": {"max_regression": {"rmse": 0.0, "r2": 0.02}}})
+    spec = make_spec(
+        Task.REGRESSION, diabetes(), deployment={"analysis": {"max_regression": {"rmse": 0.0, "r2": 0.02}}}
+    )
     assert spec.canary_metrics == {"rmse": 0.0, "r2": 0.02}
     prod = arm("production", 1, rmse=55.0, r2=0.45)
     worse = mon.analyse_canary("2024-01-01", prod, arm("canary", 2, rmse=56.0, r2=0.44), spec)
@@ -78,6 +87,7 @@ def test_no_canary_no_measurement() -> None:
 
 # ------------------------------------------------------------------------------------------ failure counter
 
+
 def m(window: str, phase: str, current: bool = True) -> dict:
     return {"window": window, "phase": phase, "message": f"{phase} in {window}", "at_current_weight": current}
 
@@ -86,35 +96,47 @@ def test_rollback_only_when_failures_exceed_the_limit() -> None:
     assert SPEC.deployment.analysis.failure_limit == 1
     one = mon.canary_decision(2, 0.1, [m("2013-07-01", CanaryPhase.FAILED)], SPEC)
     assert one.action == DecisionAction.HOLD and not one.acts
-    two = mon.canary_decision(2, 0.1, [m("2013-07-01", CanaryPhase.FAILED), m("2013-08-01", CanaryPhase.FAILED)],
-                              SPEC)
+    two = mon.canary_decision(2, 0.1, [m("2013-07-01", CanaryPhase.FAILED), m("2013-08-01", CanaryPhase.FAILED)], SPEC)
     assert two.action == "rollback" and two.version == 2
     assert two.reason.startswith("canary analysis: failed (2) > failure_limit (1)")
 
 
 def test_failures_are_counted_over_the_whole_canary_not_per_step() -> None:
-    history = [m("2013-07-01", CanaryPhase.FAILED, current=False), m("2013-08-01", CanaryPhase.SUCCESSFUL, current=False),
-               m("2013-09-01", CanaryPhase.FAILED)]
+    history = [
+        m("2013-07-01", CanaryPhase.FAILED, current=False),
+        m("2013-08-01", CanaryPhase.SUCCESSFUL, current=False),
+        m("2013-09-01", CanaryPhase.FAILED),
+    ]
     assert mon.canary_decision(2, 0.5, history, SPEC).action == "rollback"
 
 
 def test_a_remeasured_window_counts_once_with_its_newest_verdict() -> None:
-    history = [m("2013-07-01", CanaryPhase.FAILED), m("2013-07-01", CanaryPhase.FAILED),
-               m("2013-07-01", CanaryPhase.SUCCESSFUL)]
+    history = [
+        m("2013-07-01", CanaryPhase.FAILED),
+        m("2013-07-01", CanaryPhase.FAILED),
+        m("2013-07-01", CanaryPhase.SUCCESSFUL),
+    ]
     d = mon.canary_decision(2, 0.1, history, SPEC)
     assert d.action == "advance" and d.evidence["failed"] == 0
 
 
 def test_success_advances_and_the_last_step_promotes() -> None:
     assert mon.canary_decision(2, 0.1, [m("2013-07-01", CanaryPhase.SUCCESSFUL)], SPEC).action == "advance"
-    assert mon.canary_decision(2, 0.5, [m("2013-07-01", CanaryPhase.SUCCESSFUL, False),
-                                        m("2013-08-01", CanaryPhase.SUCCESSFUL)], SPEC).action == "promote"
+    assert (
+        mon.canary_decision(
+            2, 0.5, [m("2013-07-01", CanaryPhase.SUCCESSFUL, False), m("2013-08-01", CanaryPhase.SUCCESSFUL)], SPEC
+        ).action
+        == "promote"
+    )
 
 
 def test_windows_are_ordered_by_the_partition_keys_when_given() -> None:
     keys = ["w9", "w10", "w11"]  # keys whose lexical order is not their time order
-    history = [m("w10", CanaryPhase.FAILED, current=False), m("w9", CanaryPhase.SUCCESSFUL, current=False),
-               m("w11", CanaryPhase.SUCCESSFUL)]
+    history = [
+        m("w10", CanaryPhase.FAILED, current=False),
+        m("w9", CanaryPhase.SUCCESSFUL, current=False),
+        m("w11", CanaryPhase.SUCCESSFUL),
+    ]
     d = mon.canary_decision(2, 0.1, history, SPEC, partition_keys=keys)
     assert [w["window"] for w in d.evidence["windows"]] == keys and d.action == "advance" and d.window == "w11"
 
@@ -131,6 +153,7 @@ def test_inconclusive_holds_however_many_times() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ retraining
+
 
 def drift_row(window: str, status: str = "drift", share: float | None = 0.6, version: int = 1) -> dict:
     return {"window": window, "status": status, "drift_share": share, "drifted": "temp,dewp", "model_version": version}
@@ -172,16 +195,29 @@ def test_persistent_drift_that_does_not_hurt_does_not_retrain() -> None:
 
 def test_drift_windows_must_be_consecutive_partitions() -> None:
     d = retrain([drift_row("2013-05-01"), drift_row("2013-07-01")], {}, 0.6)
-    assert d.action == DecisionAction.NONE and "not consecutive" in d.reason and "2013-05-01 then 2013-07-01" in d.reason
+    assert (
+        d.action == DecisionAction.NONE and "not consecutive" in d.reason and "2013-05-01 then 2013-07-01" in d.reason
+    )
     assert retrain([drift_row("2013-12-01"), drift_row("2014-01-01")], {}, None).action == DecisionAction.RETRAIN
-    assert retrain([drift_row("2013-12-01"), drift_row("2014-01-01")], {}, None, keys=MONTHS[:12]).action == DecisionAction.NONE
+    assert (
+        retrain([drift_row("2013-12-01"), drift_row("2014-01-01")], {}, None, keys=MONTHS[:12]).action
+        == DecisionAction.NONE
+    )
 
 
 def test_consecutive_means_neighbouring_partitions_whatever_the_cadence() -> None:
     days = [str(date(2024, 2, 27) + timedelta(days=i)) for i in range(5)]  # across a leap day
-    assert retrain([drift_row("2024-02-28"), drift_row("2024-02-29")], {}, None, keys=days).action == DecisionAction.RETRAIN
-    assert retrain([drift_row("2024-02-29"), drift_row("2024-03-01")], {}, None, keys=days).action == DecisionAction.RETRAIN
-    assert retrain([drift_row("2024-02-28"), drift_row("2024-03-01")], {}, None, keys=days).action == DecisionAction.NONE
+    assert (
+        retrain([drift_row("2024-02-28"), drift_row("2024-02-29")], {}, None, keys=days).action
+        == DecisionAction.RETRAIN
+    )
+    assert (
+        retrain([drift_row("2024-02-29"), drift_row("2024-03-01")], {}, None, keys=days).action
+        == DecisionAction.RETRAIN
+    )
+    assert (
+        retrain([drift_row("2024-02-28"), drift_row("2024-03-01")], {}, None, keys=days).action == DecisionAction.NONE
+    )
 
 
 def test_the_performance_metric_follows_the_task() -> None:
@@ -208,13 +244,17 @@ def test_without_conclusive_labels_drift_alone_decides() -> None:
 
 # ------------------------------------------------------------------------------------------- production guard
 
+
 def guard_row(window: str, status: str, reason: str = "roc_auc = 0.5000, needs >= 0.6") -> dict:
     return {"window": window, "status": status, "reason": reason}
 
 
 def test_the_guard_needs_consecutive_windows_below_the_floor() -> None:
-    rows = [guard_row("2013-09-01", ArmStatus.BELOW_FLOOR), guard_row("2013-10-01", ArmStatus.OK),
-            guard_row("2013-11-01", ArmStatus.BELOW_FLOOR)]
+    rows = [
+        guard_row("2013-09-01", ArmStatus.BELOW_FLOOR),
+        guard_row("2013-10-01", ArmStatus.OK),
+        guard_row("2013-11-01", ArmStatus.BELOW_FLOOR),
+    ]
     assert mon.guard_decision(3, rows, 2, SPEC).action == DecisionAction.NONE
     rows.append(guard_row("2013-12-01", ArmStatus.BELOW_FLOOR))
     d = mon.guard_decision(3, rows, 2, SPEC)
@@ -236,15 +276,23 @@ def test_the_guard_holds_when_there_is_nothing_to_roll_back_to() -> None:
 
 # ------------------------------------------------------------------------------------------ live performance
 
+
 def test_arm_performance_joins_labels_reports_coverage_and_ignores_shadow() -> None:
     rng = np.random.default_rng(0)
     n = 2000
     ids = [f"f{i}" for i in range(n)]
     y = rng.integers(0, 2, n)
     scores = np.clip(y * 0.3 + rng.random(n) * 0.7, 0, 1)
-    log = pd.DataFrame({"flight_id": ids, "arm": ["production"] * 1400 + ["canary"] * 600, "model_version":
-                        [1] * 1400 + [2] * 600, "served": True, "score": scores,
-                        "prediction": (scores >= SPEC.threshold).astype("int64")})
+    log = pd.DataFrame(
+        {
+            "flight_id": ids,
+            "arm": ["production"] * 1400 + ["canary"] * 600,
+            "model_version": [1] * 1400 + [2] * 600,
+            "served": True,
+            "score": scores,
+            "prediction": (scores >= SPEC.threshold).astype("int64"),
+        }
+    )
     shadow = log.assign(arm="shadow", model_version=3, served=False)
     labels = pd.Series(np.where(np.arange(n) % 10 == 0, np.nan, y), index=ids, dtype="float64")
     arms = {a.arm: a for a in mon.arm_performance("2013-07-01", pd.concat([log, shadow]), labels, SPEC)}
@@ -257,8 +305,16 @@ def test_arm_performance_joins_labels_reports_coverage_and_ignores_shadow() -> N
 
 
 def test_too_few_labels_are_inconclusive_without_metrics() -> None:
-    log = pd.DataFrame({"flight_id": ["a", "b", "c"], "arm": "production", "model_version": 1, "served": True,
-                        "score": [0.1, 0.9, 0.5], "prediction": [0, 1, 1]})
+    log = pd.DataFrame(
+        {
+            "flight_id": ["a", "b", "c"],
+            "arm": "production",
+            "model_version": 1,
+            "served": True,
+            "score": [0.1, 0.9, 0.5],
+            "prediction": [0, 1, 1],
+        }
+    )
     (a,) = mon.arm_performance("2013-07-01", log, pd.Series([0.0, 1.0, 1.0], index=["a", "b", "c"]), SPEC)
     assert a.status == ArmStatus.INCONCLUSIVE and a.metrics == {} and "min_labels" in a.reason
 
@@ -273,9 +329,13 @@ def served_log(frame: pd.DataFrame, spec, model, canary_every: int = 3) -> pd.Da
     """A prediction log of ``frame`` as the predictions asset writes it: every ``canary_every``-th row to v2."""
     p = tasks.predict(model, model_input(frame, spec), spec)
     canary = np.arange(len(frame)) % canary_every == 0
-    return p.frame().assign(id=frame["id"].to_numpy(), arm=np.where(canary, "canary", "production"),
-                            model_version=np.where(canary, 2, 1), served=True,
-                            **{c: frame[c].to_numpy() for c in spec.feature_names})
+    return p.frame().assign(
+        id=frame["id"].to_numpy(),
+        arm=np.where(canary, "canary", "production"),
+        model_version=np.where(canary, 2, 1),
+        served=True,
+        **{c: frame[c].to_numpy() for c in spec.feature_names},
+    )
 
 
 def test_multiclass_live_performance_scores_served_rows_like_the_holdout() -> None:
@@ -310,13 +370,15 @@ def test_regression_live_performance_and_the_floor_on_production_only() -> None:
 
 # --------------------------------------------------------------------------------------------- drift inputs
 
+
 def test_a_profile_with_columns_the_spec_no_longer_monitors_is_still_usable() -> None:
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"temp": rng.normal(50, 10, 5000), "month_of_year": rng.integers(1, 4, 5000).astype(float)})
     table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
-        mon.SCORE_COLUMN, pa.array(rng.random(5000)))
-    reference = drift.profile(table)                      # profiled when month_of_year was still monitored
-    current = table.drop_columns(["month_of_year"])       # the spec now excludes it
+        mon.SCORE_COLUMN, pa.array(rng.random(5000))
+    )
+    reference = drift.profile(table)  # profiled when month_of_year was still monitored
+    current = table.drop_columns(["month_of_year"])  # the spec now excludes it
     window = mon.compare_window(reference, current, SPEC)
     assert [f.feature for f in window.report.features] == ["temp"] and not window.report.dataset_drift
     assert window.prediction is not None and window.prediction.feature == mon.SCORE_COLUMN
@@ -371,6 +433,7 @@ def test_a_reference_profile_is_built_once_for_a_version_registered_without_one(
 
 
 # ----------------------------------------------------------------------------- registry: attachments, rollback
+
 
 def tiny_model(seed: int) -> LogisticRegression:
     rng = np.random.default_rng(seed)

@@ -31,8 +31,9 @@ def bundled(name: str) -> pd.DataFrame:
     """One of scikit-learn's bundled data sets with a key, a time column spread over four weeks, and a site."""
     from sklearn import datasets
 
-    frame = {"cancer": datasets.load_breast_cancer, "wine": datasets.load_wine,
-             "diabetes": datasets.load_diabetes}[name](as_frame=True).frame
+    frame = {"cancer": datasets.load_breast_cancer, "wine": datasets.load_wine, "diabetes": datasets.load_diabetes}[
+        name
+    ](as_frame=True).frame
     frame.columns = [c.replace(" ", "_").replace("/", "_") for c in frame.columns]
     rng = np.random.default_rng(0)
     frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
@@ -59,11 +60,22 @@ def _options(uri: str) -> dict[str, str] | None:
     return resolve_root(uri).delta_storage_options() if uri.startswith("s3://") else None
 
 
-def declaration(name: str, uri: str, task: str, features: list[str], estimator: dict[str, Any] | None = None,
-                kind: str = "delta", with_site: bool = True, **changes: Any) -> dict[str, Any]:
+def declaration(
+    name: str,
+    uri: str,
+    task: str,
+    features: list[str],
+    estimator: dict[str, Any] | None = None,
+    kind: str = "delta",
+    with_site: bool = True,
+    **changes: Any,
+) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "name": name, "description": f"{name} on scikit-learn's bundled data", "owner": "team:data-science",
-        "task": task, "source": {"kind": kind, "uri": uri, "time_column": "seen_at", "key_column": "record_id"},
+        "name": name,
+        "description": f"{name} on scikit-learn's bundled data",
+        "owner": "team:data-science",
+        "task": task,
+        "source": {"kind": kind, "uri": uri, "time_column": "seen_at", "key_column": "record_id"},
         "partitions": {"cadence": "weekly", "start": "2024-01-07", "end": "2024-02-04"},
         "features": [{"name": f} for f in features] + ([{"name": "site", "type": "category"}] if with_site else []),
         "target": {"column": "target"},
@@ -102,10 +114,17 @@ def lifecycle(tmp_path: Path, spec: ModelSpec, root: str | None = None) -> Itera
 def test_binary_model_on_a_delta_table_from_yaml_alone(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "cancer")
     write_table(bundled("cancer"), uri, "delta")
-    spec = declare(tmp_path, declaration(
-        "cancer", uri, "binary_classification", ["mean_radius", "mean_texture", "worst_area", "worst_smoothness"],
-        {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
-        gates={"thresholds": {"roc_auc": {"min": 0.9}}, "latency_sla_ms": {"single_p99": 50}}))
+    spec = declare(
+        tmp_path,
+        declaration(
+            "cancer",
+            uri,
+            "binary_classification",
+            ["mean_radius", "mean_texture", "worst_area", "worst_smoothness"],
+            {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
+            gates={"thresholds": {"roc_auc": {"min": 0.9}}, "latency_sla_ms": {"single_p99": 50}},
+        ),
+    )
     with lifecycle(tmp_path, spec) as (g, found):
         reg = g.registry()
         mv = reg.resolve("models:/cancer@champion")
@@ -127,11 +146,20 @@ def test_binary_model_on_a_delta_table_from_yaml_alone(tmp_path: Path) -> None:
 def test_multiclass_xgboost_on_parquet_files(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "wine")
     write_table(bundled("wine"), uri, "parquet")
-    spec = declare(tmp_path, declaration(
-        "wine", uri, "multiclass_classification", ["alcohol", "flavanoids", "color_intensity", "proline"],
-        {"class": "xgboost.XGBClassifier", "params": {"n_estimators": 30, "max_depth": 3, "n_jobs": 1}},
-        kind="parquet", gates={"thresholds": {"accuracy": {"min": 0.8}}},
-        training={"min_rows_per_partition": 20}, monitoring={"drift_window_min_rows": 20, "min_labels": 20}))
+    spec = declare(
+        tmp_path,
+        declaration(
+            "wine",
+            uri,
+            "multiclass_classification",
+            ["alcohol", "flavanoids", "color_intensity", "proline"],
+            {"class": "xgboost.XGBClassifier", "params": {"n_estimators": 30, "max_depth": 3, "n_jobs": 1}},
+            kind="parquet",
+            gates={"thresholds": {"accuracy": {"min": 0.8}}},
+            training={"min_rows_per_partition": 20},
+            monitoring={"drift_window_min_rows": 20, "min_labels": 20},
+        ),
+    )
     with lifecycle(tmp_path, spec) as (g, _):
         mv = g.registry().resolve("models:/wine@champion")
         assert mv.flavor == "xgboost" and mv.signature["outputs"]["classes"] == [0, 1, 2]
@@ -148,9 +176,18 @@ def test_multiclass_xgboost_on_parquet_files(tmp_path: Path) -> None:
 def test_regression_with_a_trainer_of_ones_own_records_it_in_lineage(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "diabetes")
     write_table(bundled("diabetes"), uri, "delta")
-    spec = declare(tmp_path, declaration(
-        "diabetes", uri, "regression", ["bmi", "bp", "s5"], trainer="model_ops_tests.trainers:ridge", with_site=False,
-        gates={"thresholds": {"r2": {"min": 0.2}}}))
+    spec = declare(
+        tmp_path,
+        declaration(
+            "diabetes",
+            uri,
+            "regression",
+            ["bmi", "bp", "s5"],
+            trainer="model_ops_tests.trainers:ridge",
+            with_site=False,
+            gates={"thresholds": {"r2": {"min": 0.2}}},
+        ),
+    )
     with lifecycle(tmp_path, spec) as (g, _):
         mv = g.registry().resolve("models:/diabetes@champion")
         assert mv.lineage["trainer"]["name"] == "model_ops_tests.trainers:ridge"
@@ -163,11 +200,26 @@ def test_regression_with_a_trainer_of_ones_own_records_it_in_lineage(tmp_path: P
 def test_lightgbm_regression_round_trips_through_model_ops_load(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "diabetes")
     write_table(bundled("diabetes"), uri, "delta")
-    spec = declare(tmp_path, declaration(
-        "diabetes_lgbm", uri, "regression", ["bmi", "bp", "s5", "age"],
-        {"class": "lightgbm.LGBMRegressor", "params": {"n_estimators": 40, "num_leaves": 7, "n_jobs": 1,
-                                                       "deterministic": True, "force_row_wise": True,
-                                                       "verbose": -1}}))
+    spec = declare(
+        tmp_path,
+        declaration(
+            "diabetes_lgbm",
+            uri,
+            "regression",
+            ["bmi", "bp", "s5", "age"],
+            {
+                "class": "lightgbm.LGBMRegressor",
+                "params": {
+                    "n_estimators": 40,
+                    "num_leaves": 7,
+                    "n_jobs": 1,
+                    "deterministic": True,
+                    "force_row_wise": True,
+                    "verbose": -1,
+                },
+            },
+        ),
+    )
     with lifecycle(tmp_path, spec) as (g, _):
         loaded = model_ops.load("models:/diabetes_lgbm@champion", root=g.root)
         assert loaded.flavor == "lightgbm"
@@ -182,9 +234,16 @@ def test_lightgbm_regression_round_trips_through_model_ops_load(tmp_path: Path) 
 def test_a_model_on_a_delta_table_on_s3(tmp_path: Path, s3_root: str) -> None:
     uri = f"{s3_root}/tables/cancer"
     write_table(bundled("cancer"), uri, "delta")
-    spec = declare(tmp_path, declaration(
-        "cancer_s3", uri, "binary_classification", ["mean_radius", "worst_area"],
-        {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}))
+    spec = declare(
+        tmp_path,
+        declaration(
+            "cancer_s3",
+            uri,
+            "binary_classification",
+            ["mean_radius", "worst_area"],
+            {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
+        ),
+    )
     with lifecycle(tmp_path, spec, root=f"{s3_root}/model_ops") as (g, _):
         mv = g.registry().resolve("models:/cancer_s3@champion")
         assert mv.stage == "production" and mv.dataset["uri"].startswith("s3://")
@@ -194,8 +253,17 @@ def test_a_model_on_a_delta_table_on_s3(tmp_path: Path, s3_root: str) -> None:
 def test_a_model_holding_an_untrusted_type_is_refused_before_anything_is_registered(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "diabetes")
     write_table(bundled("diabetes"), uri, "delta")
-    spec = declare(tmp_path, declaration("unsafe", uri, "regression", ["bmi", "bp"],
-                                         trainer="model_ops_tests.trainers:with_custom_function", with_site=False))
+    spec = declare(
+        tmp_path,
+        declaration(
+            "unsafe",
+            uri,
+            "regression",
+            ["bmi", "bp"],
+            trainer="model_ops_tests.trainers:with_custom_function",
+            with_site=False,
+        ),
+    )
     with dg.instance_for_test() as instance:
         g = Graph(instance, str(tmp_path / "root"), specs=[spec])
         for week in WEEKS:
@@ -207,23 +275,28 @@ def test_a_model_holding_an_untrusted_type_is_refused_before_anything_is_registe
         assert g.registry().models() == []
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"features": [{"name": "mean_colour"}]}, "field features[0].name: the source has no column 'mean_colour'"),
-    ({"features": [{"name": "site", "type": "float"}]}, "column 'site' is category in the source, not float"),
-    ({"known_after": ["mean_radius"], "features": [{"name": "mean_radius"}]}, "known_after"),
-    ({"features": [{"name": "target"}]}, "the target column"),
-    ({"estimator": {"class": "sklearn.linear_model.LogisticRegresion"}}, "has no 'LogisticRegresion'"),
-    ({"partitions": {"cadence": "weekly", "start": "2024-13-01"}}, "is not a date"),
-])
-def test_bad_declarations_are_refused_with_the_field_and_write_nothing(tmp_path: Path, change: dict,
-                                                                      words: str) -> None:
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"features": [{"name": "mean_colour"}]}, "field features[0].name: the source has no column 'mean_colour'"),
+        ({"features": [{"name": "site", "type": "float"}]}, "column 'site' is category in the source, not float"),
+        ({"known_after": ["mean_radius"], "features": [{"name": "mean_radius"}]}, "known_after"),
+        ({"features": [{"name": "target"}]}, "the target column"),
+        ({"estimator": {"class": "sklearn.linear_model.LogisticRegresion"}}, "has no 'LogisticRegresion'"),
+        ({"partitions": {"cadence": "weekly", "start": "2024-13-01"}}, "is not a date"),
+    ],
+)
+def test_bad_declarations_are_refused_with_the_field_and_write_nothing(
+    tmp_path: Path, change: dict, words: str
+) -> None:
     from model_ops.definitions import user_defs
     from model_ops.specs import SpecError
 
     uri = str(tmp_path / "tables" / "cancer")
     write_table(bundled("cancer"), uri, "delta")
-    data = declaration("cancer", uri, "binary_classification", ["mean_radius"],
-                       {"class": "sklearn.linear_model.LogisticRegression"})
+    data = declaration(
+        "cancer", uri, "binary_classification", ["mean_radius"], {"class": "sklearn.linear_model.LogisticRegression"}
+    )
     data.update(change)
     specs = tmp_path / "specs"
     specs.mkdir()
@@ -244,14 +317,17 @@ def test_a_breaking_version_waits_for_a_person_and_an_added_feature_does_not(tmp
     uri = str(tmp_path / "tables" / "cancer")
     write_table(bundled("cancer"), uri, "delta")
     estimator = {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}
-    first = declare(tmp_path, declaration("cancer", uri, "binary_classification", ["mean_radius", "worst_area"],
-                                          estimator))
+    first = declare(
+        tmp_path, declaration("cancer", uri, "binary_classification", ["mean_radius", "worst_area"], estimator)
+    )
     with lifecycle(tmp_path, first) as (g, _):
         root = g.root
     # a feature added: the features are re-materialized with the new column, the candidate is compared with the
     # champion on the champion's own inputs, and the deployment sensor starts a canary as usual
-    wider = declare(tmp_path, declaration("cancer", uri, "binary_classification",
-                                          ["mean_radius", "worst_area", "mean_texture"], estimator))
+    wider = declare(
+        tmp_path,
+        declaration("cancer", uri, "binary_classification", ["mean_radius", "worst_area", "mean_texture"], estimator),
+    )
     with dg.instance_for_test() as instance:
         g = Graph(instance, root, specs=[wider])
         for week in WEEKS:
@@ -275,18 +351,28 @@ def test_a_breaking_version_waits_for_a_person_and_an_added_feature_does_not(tmp
         assert decision.action == "hold" and "worst_area" in decision.reason and "--breaking" in decision.reason
         with pytest.raises(PolicyError, match="worst_area"):
             reg.transition(v3.ref, "production", reason="test")
-        assert reg.transition(v3.ref, "production", reason="the column is gone upstream",
-                              breaking=True).stage == "production"
+        assert (
+            reg.transition(v3.ref, "production", reason="the column is gone upstream", breaking=True).stage
+            == "production"
+        )
 
 
 @pytest.mark.slow
 def test_a_static_table_without_partitions_holds_out_its_newest_rows(tmp_path: Path) -> None:
     uri = str(tmp_path / "tables" / "cancer")
     write_table(bundled("cancer"), uri, "delta")
-    spec = declare(tmp_path, declaration(
-        "cancer_static", uri, "binary_classification", ["mean_radius", "worst_area", "mean_texture"],
-        {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}, partitions="none",
-        training={"holdout_fraction": 0.25, "min_rows_per_partition": 100}))
+    spec = declare(
+        tmp_path,
+        declaration(
+            "cancer_static",
+            uri,
+            "binary_classification",
+            ["mean_radius", "worst_area", "mean_texture"],
+            {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
+            partitions="none",
+            training={"holdout_fraction": 0.25, "min_rows_per_partition": 100},
+        ),
+    )
     with dg.instance_for_test() as instance:
         g = Graph(instance, str(tmp_path / "root"), specs=[spec])
         for names in (("features",), TRAIN_TO_DEPLOY, MONITOR):
@@ -315,11 +401,18 @@ def test_outcomes_from_a_labels_table_train_the_model_and_judge_live_traffic(tmp
     write_table(frame.drop(columns=["target"]), source, "delta")
     late = frame[["record_id", "target"]].rename(columns={"record_id": "patient", "target": "malignant"})
     write_table(late.iloc[: int(len(late) * 0.9)], outcomes, "parquet")  # a tenth has no outcome yet
-    spec = declare(tmp_path, declaration(
-        "cancer_late", source, "binary_classification", ["mean_radius", "worst_area"],
-        {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
-        labels={"kind": "parquet", "uri": outcomes, "key_column": "patient", "column": "malignant"},
-        target={"column": "malignant"}))
+    spec = declare(
+        tmp_path,
+        declaration(
+            "cancer_late",
+            source,
+            "binary_classification",
+            ["mean_radius", "worst_area"],
+            {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
+            labels={"kind": "parquet", "uri": outcomes, "key_column": "patient", "column": "malignant"},
+            target={"column": "malignant"},
+        ),
+    )
     with lifecycle(tmp_path, spec) as (g, _):
         mv = g.registry().resolve("models:/cancer_late@champion")
         assert 0.8 * len(frame) * 0.75 < mv.lineage["rows"] < 0.9 * len(frame)  # three weeks, known outcomes only

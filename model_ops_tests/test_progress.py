@@ -34,8 +34,13 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_quiet_when_not_on_a_terminal(tmp_path: Path, big_file: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MODEL_OPS_PROGRESS"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "root"), str(big_file)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "root"), str(big_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
 
@@ -44,8 +49,13 @@ def test_bar_on_a_terminal(tmp_path: Path, big_file: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MODEL_OPS_PROGRESS"}
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real terminal has a size
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "root"), str(big_file)], env=env,
-                            stdin=follower, stdout=follower, stderr=follower)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "root"), str(big_file)],
+        env=env,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
     os.close(follower)
     chunks = []
     while True:
@@ -61,8 +71,9 @@ def test_bar_on_a_terminal(tmp_path: Path, big_file: Path) -> None:
     assert "storing weights.bin" in screen and "stored " in screen
 
 
-def test_small_transfers_never_draw(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_transfers_never_draw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MODEL_OPS_PROGRESS", raising=False)
     small = tmp_path / "small.bin"
     small.write_bytes(b"x" * 1000)

@@ -60,7 +60,7 @@ def world(tmp_path: Path, frames: dict[str, pd.DataFrame]) -> tuple[Registry, Da
 
 def test_a_version_is_rebuilt_byte_for_byte_after_later_snapshots(world, frames, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     reg, snap, v1 = world
-    write_snapshot(tmp_path / "root", frames, MONTHS[1], MONTHS[0])   # a later snapshot replaces the table
+    write_snapshot(tmp_path / "root", frames, MONTHS[1], MONTHS[0])  # a later snapshot replaces the table
     v2 = candidates.train_and_register(reg, snap, SPEC, run_id="run-2").version.version
     assert v2 != v1
     result = reproduce(reg, f"models:/flight_delay/{v1}")
@@ -68,7 +68,7 @@ def test_a_version_is_rebuilt_byte_for_byte_after_later_snapshots(world, frames,
     assert cli(["--root", str(tmp_path / "root"), "reproduce", f"models:/flight_delay/{v1}"]) == 0
     assert "rebuilt byte for byte" in capsys.readouterr().out
     assert reproduce(reg, f"models:/flight_delay/{v2}").identical
-    kept = DeltaTable(snap.uri).metadata().configuration   # old snapshot versions outlive Delta's 30-day default
+    kept = DeltaTable(snap.uri).metadata().configuration  # old snapshot versions outlive Delta's 30-day default
     assert kept["delta.logRetentionDuration"] == kept["delta.deletedFileRetentionDuration"] == "interval 3650 days"
 
 
@@ -78,15 +78,19 @@ def flip_labels(data_file: Path) -> bytes:
     column = table.column("delayed")
     flipped = pc.subtract(pa.scalar(1, column.type), column)
     sink = pa.BufferOutputStream()
-    pq.write_table(table.set_column(table.schema.get_field_index("delayed"), table.schema.field("delayed"), flipped),
-                   sink, compression="zstd", compression_level=19)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("delayed"), table.schema.field("delayed"), flipped),
+        sink,
+        compression="zstd",
+        compression_level=19,
+    )
     return sink.getvalue().to_pybytes()
 
 
 def test_a_rewritten_snapshot_file_fails_with_a_data_explanation(world, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     reg, snap, v1 = world
     (data_file,) = list(Path(snap.uri).rglob("*.parquet"))
-    data_file.write_bytes(flip_labels(data_file))       # another size than the Delta log says: unreadable
+    data_file.write_bytes(flip_labels(data_file))  # another size than the Delta log says: unreadable
     result = reproduce(reg, f"models:/flight_delay/{v1}")
     assert not result.identical
     (difference,) = result.differences
@@ -117,14 +121,21 @@ def test_a_parameter_the_recorded_spec_does_not_give_is_named(tmp_path, frames) 
     snap = write_snapshot(tmp_path / "root", frames, *MONTHS)
     fitted_with = SPEC.model_copy(deep=True)
     fitted_with.estimator.params["C"] = 0.05
-    made = candidates.train_and_register(reg, snap, fitted_with, lineage={
-        "spec": SPEC.model_dump(mode="json", by_alias=True)})     # recorded: the spec's own C = 1.0
+    made = candidates.train_and_register(
+        reg, snap, fitted_with, lineage={"spec": SPEC.model_dump(mode="json", by_alias=True)}
+    )  # recorded: the spec's own C = 1.0
     result = reproduce(reg, made.version.ref)
     assert not result.identical
     params = [d for d in result.differences if d["kind"] == "parameters"]
-    assert params == [{"kind": "parameters", "what": "C", "recorded": 0.05, "now": 1.0,
-                       "message": "the registered model was fitted with other parameters than its recorded spec "
-                                  "gives"}]
+    assert params == [
+        {
+            "kind": "parameters",
+            "what": "C",
+            "recorded": 0.05,
+            "now": 1.0,
+            "message": "the registered model was fitted with other parameters than its recorded spec gives",
+        }
+    ]
     assert any(d["kind"] == "code" for d in result.differences)
 
 
@@ -139,8 +150,9 @@ def test_a_version_registered_by_hand_cannot_be_rebuilt_and_says_why(reg, tmp_pa
 def test_lineage_and_diff_tell_the_chain_and_the_changes(world, frames, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     reg, snap, v1 = world
     reg.transition(f"models:/flight_delay/{v1}", "staging", reason="gates passed")
-    reg.record("flight_delay", "deployment", version=v1, reason="first",
-               details={"action": "deploy", "message": "v1 deployed"})
+    reg.record(
+        "flight_delay", "deployment", version=v1, reason="first", details={"action": "deploy", "message": "v1 deployed"}
+    )
     tree = lineage(reg, f"models:/flight_delay/{v1}")
     assert tree["dataset"]["delta_version"] == 0 and tree["dataset"]["window"] == [MONTHS[0]]
     assert tree["run"]["dagster_run_id"] == "run-1"
@@ -156,6 +168,17 @@ def test_lineage_and_diff_tell_the_chain_and_the_changes(world, frames, tmp_path
     assert d["data"]["version"] == [0, 1] and d["data"]["window"] == [[MONTHS[0]], [MONTHS[1]]]
     assert d["params"] == {} and not d["signature_changed"] and not d["same_artifact"]
     assert d["bump"]["level"] == "minor" and "data" in d["bump"]["reason"]
-    assert cli(["--root", str(tmp_path / "root"), "diff", f"models:/flight_delay/{v1}",
-                f"models:/flight_delay/{v2}", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "--root",
+                str(tmp_path / "root"),
+                "diff",
+                f"models:/flight_delay/{v1}",
+                f"models:/flight_delay/{v2}",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["data"]["version"] == [0, 1]

@@ -47,13 +47,22 @@ def test_processes_registering_moving_aliases_and_transitioning_at_once(root: Pa
     ctx = multiprocessing.get_context("spawn")
     n_procs = REGISTRARS + 2
     barrier, first, q = ctx.Barrier(n_procs), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=helpers.registrar, name=f"registrar-{w}",
-                         args=(str(root), w, PER_REGISTRAR, str(tmp_path / "in"), barrier, first, q, ROUNDS))
-             for w in range(REGISTRARS)]
-    procs.append(ctx.Process(target=helpers.alias_mover, name="mover",
-                             args=(str(root), 0, MOVES, barrier, first, q, ROUNDS)))
-    procs.append(ctx.Process(target=helpers.transitioner, name="transitioner",
-                             args=(str(root), 0, STEPS, barrier, first, q, ROUNDS)))
+    procs = [
+        ctx.Process(
+            target=helpers.registrar,
+            name=f"registrar-{w}",
+            args=(str(root), w, PER_REGISTRAR, str(tmp_path / "in"), barrier, first, q, ROUNDS),
+        )
+        for w in range(REGISTRARS)
+    ]
+    procs.append(
+        ctx.Process(target=helpers.alias_mover, name="mover", args=(str(root), 0, MOVES, barrier, first, q, ROUNDS))
+    )
+    procs.append(
+        ctx.Process(
+            target=helpers.transitioner, name="transitioner", args=(str(root), 0, STEPS, barrier, first, q, ROUNDS)
+        )
+    )
     for p in procs:
         p.start()
     try:
@@ -106,8 +115,10 @@ def test_threads_with_shared_and_separate_registry_objects(root: Path, tmp_path:
     def work(t: int) -> None:
         try:
             reg = shared if t % 2 else Registry.open(root, actor=f"t{t}")
-            paths = [write_file(tmp_path / f"t{t}" / str(i), "model.bin", unique_bytes(f"t{t}-{i}"))
-                     for i in range(per_thread)]
+            paths = [
+                write_file(tmp_path / f"t{t}" / str(i), "model.bin", unique_bytes(f"t{t}-{i}"))
+                for i in range(per_thread)
+            ]
             barrier.wait(timeout=60)
             got[t] = [(mv.version, mv.digest) for mv in (reg.register(MODEL, p) for p in paths)]
         except BaseException as e:  # pragma: no cover - reported below
@@ -157,8 +168,9 @@ def test_fresh_root_table_creation_race(tmp_path: Path) -> None:
         assert sorted(results) == list(range(1, n + 1)), results
 
 
-def test_a_writer_that_lost_the_race_retries_against_the_new_state(root: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_that_lost_the_race_retries_against_the_new_state(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Compare-and-swap, forced deterministically: a writer whose "did anything change?" probe misses the other
     writer's commit builds its events against stale state; its commit must fail and be redone, not land on top."""
     a, b = Registry.open(root, actor="a"), Registry.open(root, actor="b")
@@ -183,8 +195,11 @@ def test_a_writer_that_lost_the_race_retries_against_the_new_state(root: Path, t
     assert calls["n"] >= 2, "the stale build was never retried"
     assert mv.version == 3  # not a second version 2
     fresh = Registry.open(root)
-    assert [(v.version, v.stage) for v in fresh.versions(MODEL)] == [(1, "production"), (2, "staging"),
-                                                                     (3, "development")]
+    assert [(v.version, v.stage) for v in fresh.versions(MODEL)] == [
+        (1, "production"),
+        (2, "staging"),
+        (3, "development"),
+    ]
     check_audit(fresh.audit())
     assert fresh.fsck() == []
 
@@ -203,8 +218,9 @@ def test_audit_and_as_of_see_commits_of_other_writers(root: Path, tmp_path: Path
     assert a.as_of(events[-1].ts)[MODEL]["versions"][1]["stage"] == "staging"
 
 
-def test_a_long_idle_registry_object_still_sees_and_joins_the_log(root: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_idle_registry_object_still_sees_and_joins_the_log(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A process that holds a Registry for a long time (a service, a Dagster code server) while others commit: once
     Delta's log retention has expired the commit files after a checkpoint (``delta.logRetentionDuration``, here
     simulated by dating the log files 8 days back and running the same cleanup), the idle object must still see

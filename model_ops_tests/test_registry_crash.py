@@ -31,12 +31,20 @@ class Child:
     """``crash_worker`` in a fresh interpreter, speaking the go/done line protocol on stdout."""
 
     def __init__(self, root: Path, start: int, workdir: Path, limit: int = 0) -> None:
-        code = ("import sys; from model_ops_tests.helpers import crash_worker; "
-                "crash_worker(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))")
+        code = (
+            "import sys; from model_ops_tests.helpers import crash_worker; "
+            "crash_worker(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))"
+        )
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(start), str(workdir), str(limit)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env,
-                                     cwd=str(REPO))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(root), str(start), str(workdir), str(limit)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
+            cwd=str(REPO),
+        )
         self.done: list[tuple[int, str, float]] = []  # (version, digest, seconds) of calls that returned
 
     def wait_for(self, word: str, call: int) -> None:
@@ -88,8 +96,9 @@ def test_sigkill_during_register_leaves_a_consistent_registry(root: Path, tmp_pa
     cold, warm = _calibrate(tmp_path)
     # Kill delays from 0 to a little past the call's duration: every phase of the call gets hit (validation,
     # hashing, blob copies and publication, the manifest, the Delta commit, the reply), and some just after it.
-    plan = ([(0, cold * 1.2 * k / (COLD_KILLS - 1)) for k in range(COLD_KILLS)]
-            + [(1, warm * 1.3 * k / (WARM_KILLS - 1)) for k in range(WARM_KILLS)])
+    plan = [(0, cold * 1.2 * k / (COLD_KILLS - 1)) for k in range(COLD_KILLS)] + [
+        (1, warm * 1.3 * k / (WARM_KILLS - 1)) for k in range(WARM_KILLS)
+    ]
     completed: dict[int, str] = {}  # version -> digest, as the children were told
     interrupted = 0
     start = 0  # the artifact the next child registers first

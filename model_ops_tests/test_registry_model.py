@@ -96,15 +96,23 @@ class RegistryMachine(RuleBasedStateMachine):
         out = {}
         for name, m in self.models.items():
             if m.versions:
-                out[name] = {"production": m.production, "aliases": dict(sorted(m.aliases.items())),
-                             "versions": [(i + 1, v.stage, v.digest) for i, v in enumerate(m.versions)]}
+                out[name] = {
+                    "production": m.production,
+                    "aliases": dict(sorted(m.aliases.items())),
+                    "versions": [(i + 1, v.stage, v.digest) for i, v in enumerate(m.versions)],
+                }
         return out
 
     @staticmethod
     def _as_of_view(doc: dict) -> dict:
-        return {n: {"production": d["production"], "aliases": d["aliases"],
-                    "versions": [(v["version"], v["stage"], v["digest"]) for v in d["versions"]]}
-                for n, d in doc.items()}
+        return {
+            n: {
+                "production": d["production"],
+                "aliases": d["aliases"],
+                "versions": [(v["version"], v["stage"], v["digest"]) for v in d["versions"]],
+            }
+            for n, d in doc.items()
+        }
 
     @staticmethod
     def _expect_unchanged(fn, error: type[Exception]) -> None:  # type: ignore[no-untyped-def]
@@ -116,10 +124,15 @@ class RegistryMachine(RuleBasedStateMachine):
     def _check_storage(self, which: int) -> None:
         # A reader opened now, from storage only, sees exactly what the model says.
         fresh = Registry.open(self.root, actor="carol")
-        expected = {n: {"versions": [(i + 1, v.stage, v.digest, v.semver) for i, v in enumerate(m.versions)],
-                        "aliases": dict(m.aliases),
-                        "tags": {i + 1: dict(v.tags) for i, v in enumerate(m.versions)}}
-                    for n, m in self.models.items() if m.versions}
+        expected = {
+            n: {
+                "versions": [(i + 1, v.stage, v.digest, v.semver) for i, v in enumerate(m.versions)],
+                "aliases": dict(m.aliases),
+                "tags": {i + 1: dict(v.tags) for i, v in enumerate(m.versions)},
+            }
+            for n, m in self.models.items()
+            if m.versions
+        }
         assert snapshot(fresh) == expected
         assert snapshot(self.observer) == expected
         assert fresh.fsck() == []
@@ -155,9 +168,14 @@ class RegistryMachine(RuleBasedStateMachine):
         m.versions.append(MVersion(data, mv.digest, mv.semver, tags=dict(tags or {})))
         self.n_events += 1 + len(tags or {})  # the registration, and one event per tag
 
-    @rule(name=NAME,
-          entries=st.lists(st.tuples(st.sampled_from(["new", "new", "again"]), PICK, st.binary(max_size=8), REG_TAGS),
-                           min_size=1, max_size=4))
+    @rule(
+        name=NAME,
+        entries=st.lists(
+            st.tuples(st.sampled_from(["new", "new", "again"]), PICK, st.binary(max_size=8), REG_TAGS),
+            min_size=1,
+            max_size=4,
+        ),
+    )
     def register_many(self, name: str, entries: list[tuple]) -> None:
         """One atomic commit for several artifacts; identical bytes (to an existing version or to an earlier entry
         of the same batch) map to that version."""
@@ -270,8 +288,12 @@ class RegistryMachine(RuleBasedStateMachine):
         if not m.versions:
             return
         v = m.pick(pick)
-        path = {"development": ["staging", "production"], "archived": ["staging", "production"],
-                "staging": ["production"], "production": []}[m.versions[v - 1].stage]
+        path = {
+            "development": ["staging", "production"],
+            "archived": ["staging", "production"],
+            "staging": ["production"],
+            "production": [],
+        }[m.versions[v - 1].stage]
         for stage in path:
             self.transition(name, v - 1, True, sorted(ALLOWED[m.versions[v - 1].stage]).index(stage))
             self._record_commit()  # two commits in one step: as_of must see the state between them too
@@ -405,7 +427,9 @@ class RegistryMachine(RuleBasedStateMachine):
 TestRegistryModel = RegistryMachine.TestCase
 TestRegistryModel.pytestmark = [pytest.mark.slow]
 TestRegistryModel.settings = settings(
-    max_examples=15, stateful_step_count=40, deadline=None,
+    max_examples=15,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 

@@ -16,8 +16,10 @@ from model_ops.registry import semver as sv
 from model_ops.registry.eventlog import COMPACT_EVERY
 from model_ops.registry.policy import default_policy_text
 
-SIG = {"inputs": [{"name": "a", "dtype": "float64"}, {"name": "b", "dtype": "int64"}],
-       "outputs": {"task": "binary", "classes": [0, 1]}}
+SIG = {
+    "inputs": [{"name": "a", "dtype": "float64"}, {"name": "b", "dtype": "int64"}],
+    "outputs": {"task": "binary", "classes": [0, 1]},
+}
 
 
 def blob(tmp_path: Path, content: str) -> Path:
@@ -42,40 +44,71 @@ def policy_file(tmp_path: Path, replacements: dict[str, str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("models:/m/3", dict(name="m", version=3)),
-    ("m/3", dict(name="m", version=3)),
-    ("models:/m/1.2.0", dict(name="m", semver="1.2.0")),
-    ("models:/m@champion", dict(name="m", alias="champion")),
-    ("models:/m@latest", dict(name="m", alias="latest")),
-    ("models:/flight_delay.v2-x/production", dict(name="flight_delay.v2-x", stage="production")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("models:/m/3", dict(name="m", version=3)),
+        ("m/3", dict(name="m", version=3)),
+        ("models:/m/1.2.0", dict(name="m", semver="1.2.0")),
+        ("models:/m@champion", dict(name="m", alias="champion")),
+        ("models:/m@latest", dict(name="m", alias="latest")),
+        ("models:/flight_delay.v2-x/production", dict(name="flight_delay.v2-x", stage="production")),
+    ],
+)
 def test_references_parse(text: str, expected: dict) -> None:
     ref = parse_ref(text)
     assert {k: getattr(ref, k) for k in expected} == expected
 
 
-@pytest.mark.parametrize("text", ["", "models:/", "models:/m", "models:/m/", "models:/m/0", "models:/m/1.2",
-                                  "models:/m@Bad", "models:/ m/1", "models:/m/1.2.0.0", "models:/-m/1", "m@"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "models:/",
+        "models:/m",
+        "models:/m/",
+        "models:/m/0",
+        "models:/m/1.2",
+        "models:/m@Bad",
+        "models:/ m/1",
+        "models:/m/1.2.0.0",
+        "models:/-m/1",
+        "m@",
+    ],
+)
 def test_malformed_references_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError):
         parse_ref(text)
 
 
 def test_semver_classification() -> None:
-    base = {"signature": SIG, "dataset": {"uri": "x", "version": 1}, "params": {"C": 1},
-            "lineage": {"estimator": "lr", "code_version": "a"}}
+    base = {
+        "signature": SIG,
+        "dataset": {"uri": "x", "version": 1},
+        "params": {"C": 1},
+        "lineage": {"estimator": "lr", "code_version": "a"},
+    }
     assert sv.classify(None, base)[0] == "initial"
     assert sv.classify(base, {**base, "signature": {**SIG, "inputs": SIG["inputs"][:1]}}) == (
-        "major", "input signature changed (removed b)")
+        "major",
+        "input signature changed (removed b)",
+    )
     retyped = {**SIG, "inputs": [{"name": "a", "dtype": "float32"}, SIG["inputs"][1]]}
     assert sv.classify(base, {**base, "signature": retyped})[0] == "major"
-    assert sv.classify(base, {**base, "signature": {**SIG, "outputs": {"task": "binary", "classes": [0, 1, 2]}}})[0] == "major"
-    assert sv.classify(base, {**base, "dataset": {"uri": "x", "version": 2}}) == ("minor", "training data version changed")
+    assert (
+        sv.classify(base, {**base, "signature": {**SIG, "outputs": {"task": "binary", "classes": [0, 1, 2]}}})[0]
+        == "major"
+    )
+    assert sv.classify(base, {**base, "dataset": {"uri": "x", "version": 2}}) == (
+        "minor",
+        "training data version changed",
+    )
     assert sv.classify(base, {**base, "params": {"C": 2}}) == ("minor", "parameters changed (C)")
     assert sv.classify(base, {**base, "lineage": {"estimator": "gbm", "code_version": "a"}})[0] == "minor"
     assert sv.classify(base, {**base, "lineage": {"estimator": "lr", "code_version": "b"}}) == (
-        "patch", "same interface, data and parameters; changed: code_version")
+        "patch",
+        "same interface, data and parameters; changed: code_version",
+    )
     assert sv.classify(base, dict(base))[0] == "patch"
 
 
@@ -135,7 +168,10 @@ def test_policy_in_the_root_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     root = tmp_path / "root"
     (root / "registry").mkdir(parents=True)
     (root / "registry" / "policy.yaml").write_text(
-        default_policy_text().replace("staging: [production, development, archived]", "staging: [development, archived]"))
+        default_policy_text().replace(
+            "staging: [production, development, archived]", "staging: [development, archived]"
+        )
+    )
     reg = Registry.open(root)
     reg.register("m", blob(tmp_path, "x"))
     reg.transition("models:/m/1", "staging", reason="r")
@@ -249,11 +285,13 @@ def test_open_does_not_create_anything_until_needed(tmp_path: Path) -> None:
 
 def test_register_many_is_one_atomic_commit(reg: Registry, tmp_path: Path) -> None:
     reg.register("m", blob(tmp_path, "0"), params={"C": 0})
-    entries = [{"path": blob(tmp_path, "a"), "params": {"C": 1}, "tags": {"src": "import"}},
-               {"path": blob(tmp_path, "a")},  # same bytes as the entry before: same version
-               {"path": blob(tmp_path, "0")},  # same bytes as v1
-               {"path": blob(tmp_path, "b"), "params": {"C": 1}, "lineage": {"code_version": "2"}},
-               {"path": blob(tmp_path, "c"), "params": {"C": 5}, "parent": 1}]
+    entries = [
+        {"path": blob(tmp_path, "a"), "params": {"C": 1}, "tags": {"src": "import"}},
+        {"path": blob(tmp_path, "a")},  # same bytes as the entry before: same version
+        {"path": blob(tmp_path, "0")},  # same bytes as v1
+        {"path": blob(tmp_path, "b"), "params": {"C": 1}, "lineage": {"code_version": "2"}},
+        {"path": blob(tmp_path, "c"), "params": {"C": 5}, "parent": 1},
+    ]
     got = reg.register_many("m", entries)
     assert [v.version for v in got] == [2, 2, 1, 3, 4]
     assert [v.semver for v in got] == ["1.1.0", "1.1.0", "1.0.0", "1.1.1", "1.2.0"]

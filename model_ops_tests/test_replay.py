@@ -29,8 +29,9 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for var in ("MODEL_OPS_SPECS_DIR", "MODEL_OPS_ENV", "MODEL_OPS_ACTOR", "MODEL_OPS_POLICY"):
             mp.delenv(var, raising=False)
         lines: list[str] = []
-        result = run_demo(root=str(base / "root"), dagster_home=str(base / "home"), until="2013-10",
-                          progress=lines.append)
+        result = run_demo(
+            root=str(base / "root"), dagster_home=str(base / "home"), until="2013-10", progress=lines.append
+        )
         yield {"result": result, "lines": lines, "base": base}
 
 
@@ -76,8 +77,11 @@ def test_the_audit_log_and_the_dagster_instance_hold_the_same_history(replay: di
     audit = json.loads(capsys.readouterr().out)
     audit = audit if isinstance(audit, list) else audit["events"]
     deployments = [e for e in audit if e["kind"] == "deployment"]
-    timeline_deploys = [t for t in replay["result"]["timeline"]
-                        if t["kind"] in ("deployed", "canary_started", "canary_advanced", "promoted", "rollback")]
+    timeline_deploys = [
+        t
+        for t in replay["result"]["timeline"]
+        if t["kind"] in ("deployed", "canary_started", "canary_advanced", "promoted", "rollback")
+    ]
     assert [e["version"] for e in deployments] == [t["model_version"] for t in timeline_deploys]
     assert sum(e["kind"] == "canary_analysis" for e in audit) == 4
     with dg.DagsterInstance.from_config(str(replay["base"] / "home")) as instance:
@@ -101,10 +105,12 @@ def test_sensors_ticked_again_on_the_final_state_request_nothing_new(replay: dic
     with dg.DagsterInstance.from_config(str(replay["base"] / "home")) as instance:
         for name in sensor_names(spec).values():
             data = defs.resolve_sensor_def(name).evaluate_tick(
-                dg.build_sensor_context(instance=instance, resources={"model_ops": resource}))
+                dg.build_sensor_context(instance=instance, resources={"model_ops": resource})
+            )
             for request in data.run_requests or []:
-                assert instance.get_runs_count(dg.RunsFilter(tags={"dagster/run_key": request.run_key})) == 1, \
+                assert instance.get_runs_count(dg.RunsFilter(tags={"dagster/run_key": request.run_key})) == 1, (
                     f"{name} asks for a new run on a settled state: {request.run_key}"
+                )
 
 
 def test_a_second_replay_into_the_same_root_is_refused_with_exit_2(replay: dict, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -20,14 +20,24 @@ from model_ops.registry.policy import Gate, default_policy_text
 from model_ops.specs.schema import ModelSpec
 from model_ops_tests.helpers import tiny_model
 
-SPEC = ModelSpec.model_validate({
-    "name": "churn", "description": "retention tests", "owner": "team:ops", "task": "binary_classification",
-    "source": {"kind": "delta", "uri": "/nonexistent/churn", "time_column": "event_time",
-               "key_column": "customer_id"},
-    "partitions": {"cadence": "monthly", "start": "2024-01-01"},
-    "features": [{"name": "tenure", "type": "float"}], "target": {"column": "churned"},
-    "estimator": {"class": "sklearn.linear_model.LogisticRegression"},
-})
+SPEC = ModelSpec.model_validate(
+    {
+        "name": "churn",
+        "description": "retention tests",
+        "owner": "team:ops",
+        "task": "binary_classification",
+        "source": {
+            "kind": "delta",
+            "uri": "/nonexistent/churn",
+            "time_column": "event_time",
+            "key_column": "customer_id",
+        },
+        "partitions": {"cadence": "monthly", "start": "2024-01-01"},
+        "features": [{"name": "tenure", "type": "float"}],
+        "target": {"column": "churned"},
+        "estimator": {"class": "sklearn.linear_model.LogisticRegression"},
+    }
+)
 
 
 def with_staging_days(days: float) -> ModelSpec:
@@ -66,6 +76,7 @@ def edit(text: str, *pairs: tuple[str, str]) -> str:
 
 # ------------------------------------------------------------------------------------------- each stage expires
 
+
 def test_retention_on_a_model_never_registered_is_empty(reg) -> None:  # type: ignore[no-untyped-def]
     plan = retention.plan(reg, SPEC)
     assert plan.archive == {} and plan.kept == {} and plan.entries == ()
@@ -73,8 +84,8 @@ def test_retention_on_a_model_never_registered_is_empty(reg) -> None:  # type: i
 
 
 def test_development_and_staging_expire_after_their_policy_periods(reg, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    (dev,) = register(reg, tmp_path, 1)                   # stays in development (30 days)
-    (stg,) = register(reg, tmp_path, 1, "staging")       # staging (60 days), its parent is the development one
+    (dev,) = register(reg, tmp_path, 1)  # stays in development (30 days)
+    (stg,) = register(reg, tmp_path, 1, "staging")  # staging (60 days), its parent is the development one
     plan = retention.plan(reg, SPEC, now=later(29))
     assert plan.archive == {}
     assert plan.kept[dev].startswith("within retention: 29.0 days in development (limit 30)")
@@ -97,7 +108,7 @@ def test_the_spec_overrides_the_staging_period(reg, tmp_path) -> None:  # type: 
     assert plan.periods["staging"] == 5 and plan.overridden == "staging"
     assert set(plan.archive) == {stg} and "(> 5)" in plan.archive[stg]
     assert "staging 5 d (this model's override)" in retention.render(plan)
-    assert retention.plan(reg, SPEC, now=later(6)).archive == {}   # the policy's 60 days
+    assert retention.plan(reg, SPEC, now=later(6)).archive == {}  # the policy's 60 days
 
 
 def test_a_production_version_that_stopped_serving_expires_after_the_production_period(tmp_path) -> None:
@@ -105,7 +116,7 @@ def test_a_production_version_that_stopped_serving_expires_after_the_production_
     reg = Registry.open(tmp_path / "root", actor="tester", policy=policy_file(tmp_path, text))
     old, new = register(reg, tmp_path, 2, "staging")
     reg.transition(f"models:/churn/{old}", "production", reason="first")
-    reg.transition(f"models:/churn/{new}", "production", reason="better")   # old is demoted to staging
+    reg.transition(f"models:/churn/{new}", "production", reason="better")  # old is demoted to staging
     assert reg.get("churn", old).stage == "staging"
     # In staging for 61 days, past staging's 60: but it served, so the production period (180) is its rule.
     plan = retention.plan(reg, SPEC, now=later(61))
@@ -122,9 +133,12 @@ def test_a_production_version_that_stopped_serving_expires_after_the_production_
 
 
 def test_an_expired_version_the_transitions_cannot_archive_is_kept_and_reported(tmp_path) -> None:
-    text = edit(default_policy_text(), ("replaced_goes_to: archived", "replaced_goes_to: staging"),
-                ("staging: [production, development, archived]", "staging: [production, development]"),
-                ("    staging: 60\n", ""))
+    text = edit(
+        default_policy_text(),
+        ("replaced_goes_to: archived", "replaced_goes_to: staging"),
+        ("staging: [production, development, archived]", "staging: [production, development]"),
+        ("    staging: 60\n", ""),
+    )
     reg = Registry.open(tmp_path / "root", actor="tester", policy=policy_file(tmp_path, text))
     old, new = register(reg, tmp_path, 2, "staging")
     reg.transition(f"models:/churn/{old}", "production", reason="first")
@@ -137,27 +151,34 @@ def test_an_expired_version_the_transitions_cannot_archive_is_kept_and_reported(
 
 # -------------------------------------------------------------------------------- never what serves or is needed
 
+
 def test_never_archives_what_serves_an_alias_or_their_lineage(reg, tmp_path) -> None:  # type: ignore[no-untyped-def]
     v = register(reg, tmp_path, 8, "staging")
-    dep.apply(reg, SPEC, "deploy", version=v[0])                      # v1 production
-    dep.apply(reg, SPEC, "deploy", version=v[1])                      # v2 canary
-    dep.apply(reg, SPEC, "shadow_on", version=v[2])                   # v3 shadow
-    reg.set_alias("churn", "challenger", v[3], reason="kept for comparison")   # v4 aliased
-    reg.set_alias("churn", "candidate", v[5], reason="next to try")            # v6 aliased: v5 is its parent
-    plan = retention.plan(reg, SPEC, now=later(61))                   # every staging version is stale by now
-    assert plan.kept == {1: "serves as production", 2: "serves as canary", 3: "serves as shadow",
-                         4: "alias challenger", 5: "lineage of v6 (alias candidate)", 6: "alias candidate"}
-    assert set(plan.archive) == {7, 8}                                # v8 does not pin its parent v7
-    assert set(plan.held) == {2, 3, 4, 5, 6}                          # expired, kept for the reason given
-    assert retention.plan(reg, SPEC).archive == {}                    # nothing is stale today
+    dep.apply(reg, SPEC, "deploy", version=v[0])  # v1 production
+    dep.apply(reg, SPEC, "deploy", version=v[1])  # v2 canary
+    dep.apply(reg, SPEC, "shadow_on", version=v[2])  # v3 shadow
+    reg.set_alias("churn", "challenger", v[3], reason="kept for comparison")  # v4 aliased
+    reg.set_alias("churn", "candidate", v[5], reason="next to try")  # v6 aliased: v5 is its parent
+    plan = retention.plan(reg, SPEC, now=later(61))  # every staging version is stale by now
+    assert plan.kept == {
+        1: "serves as production",
+        2: "serves as canary",
+        3: "serves as shadow",
+        4: "alias challenger",
+        5: "lineage of v6 (alias candidate)",
+        6: "alias candidate",
+    }
+    assert set(plan.archive) == {7, 8}  # v8 does not pin its parent v7
+    assert set(plan.held) == {2, 3, 4, 5, 6}  # expired, kept for the reason given
+    assert retention.plan(reg, SPEC).archive == {}  # nothing is stale today
     reg.remove_alias("churn", "candidate", reason="done")
     assert set(retention.plan(reg, SPEC, now=later(61)).archive) == {5, 6, 7, 8}
 
 
 def test_lineage_walks_the_whole_parent_chain_of_a_pin_back_to_production(reg, tmp_path) -> None:  # type: ignore[no-untyped-def]
     v = register(reg, tmp_path, 5, "staging")
-    dep.apply(reg, SPEC, "deploy", version=v[0])                      # v1 production
-    reg.set_alias("churn", "challenger", v[4], reason="r")            # v5: parents v4, v3, v2, then v1 (served)
+    dep.apply(reg, SPEC, "deploy", version=v[0])  # v1 production
+    reg.set_alias("churn", "challenger", v[4], reason="r")  # v5: parents v4, v3, v2, then v1 (served)
     plan = retention.plan(reg, SPEC, now=later(61))
     assert plan.archive == {}
     assert {n: plan.kept[n] for n in (2, 3, 4)} == {n: "lineage of v5 (alias challenger)" for n in (2, 3, 4)}
@@ -167,7 +188,7 @@ def test_a_young_version_no_longer_keeps_its_stale_parent_forever(reg, tmp_path)
     """The old rule kept every version's parent, so any newer version kept a stale one ("parent of retained v2")."""
     spec = with_staging_days(10)
     (stale,) = register(reg, tmp_path, 1, "staging")
-    (young,) = register(reg, tmp_path, 1)                # development, its parent is the stale one
+    (young,) = register(reg, tmp_path, 1)  # development, its parent is the stale one
     plan = retention.plan(reg, spec, now=later(20))
     assert set(plan.archive) == {stale}, plan.kept
     assert plan.kept[young].startswith("within retention: 20.0 days in development")
@@ -179,6 +200,7 @@ def test_a_young_version_no_longer_keeps_its_stale_parent_forever(reg, tmp_path)
 
 # -------------------------------------------------------------------------------------------- dry run and apply
 
+
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
@@ -188,7 +210,7 @@ def test_the_dry_run_writes_nothing_and_apply_records_why(reg, root, tmp_path) -
     before, events = snapshot(root), len(reg.audit("churn"))
     plan = retention.plan(reg, SPEC, now=later(31))
     report = retention.render(plan)
-    doc = json.loads(json.dumps(plan.to_dict()))                  # what `model-ops retention --json` prints
+    doc = json.loads(json.dumps(plan.to_dict()))  # what `model-ops retention --json` prints
     assert doc["archive"] == [1, 2, 3] and doc["entries"][0]["action"] == "archive"
     assert doc["periods"] == {"development": 30, "staging": 60, "production": 180}
     assert snapshot(root) == before and len(reg.audit("churn")) == events
@@ -241,15 +263,20 @@ def test_stage_names_come_from_the_policy(tmp_path) -> None:  # type: ignore[no-
     assert retention.apply(reg, plan) == [review] and reg.get("churn", review).stage == "retired"
 
 
-@pytest.mark.parametrize(("pairs", "message"), [
-    ((("    staging: 60\n", "    staging: 60\n    qa: 3\n"),), "retention.days.qa is not one of stages"),
-    ((("    staging: 60\n", "    staging: 0\n"),), "positive numbers of days"),
-    ((("archive_stage: archived", "archive_stage: trash"),), "retention.archive_stage 'trash'"),
-    ((("staging_stage: staging", "staging_stage: qa"),), "retention.staging_stage 'qa'"),
-    ((("development: [staging, archived]", "development: [staging]"),),
-     "the transitions do not allow development -> archived"),
-    ((("    staging: 60\n", "    staging: 60\n    archived: 9\n"),), "do not expire again"),
-])
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ((("    staging: 60\n", "    staging: 60\n    qa: 3\n"),), "retention.days.qa is not one of stages"),
+        ((("    staging: 60\n", "    staging: 0\n"),), "positive numbers of days"),
+        ((("archive_stage: archived", "archive_stage: trash"),), "retention.archive_stage 'trash'"),
+        ((("staging_stage: staging", "staging_stage: qa"),), "retention.staging_stage 'qa'"),
+        (
+            (("development: [staging, archived]", "development: [staging]"),),
+            "the transitions do not allow development -> archived",
+        ),
+        ((("    staging: 60\n", "    staging: 60\n    archived: 9\n"),), "do not expire again"),
+    ],
+)
 def test_a_retention_section_that_does_not_hold_together_fails_to_load(tmp_path, pairs, message) -> None:  # type: ignore[no-untyped-def]
     path = policy_file(tmp_path, edit(default_policy_text(), *pairs))
     with pytest.raises(UsageError, match=message):
@@ -258,11 +285,11 @@ def test_a_retention_section_that_does_not_hold_together_fails_to_load(tmp_path,
 
 def test_a_policy_without_a_retention_section_gets_the_defaults_it_can_carry_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
     text = default_policy_text()
-    text = text[:text.index("retention:")] + text[text.index("# Approvals"):]
+    text = text[: text.index("retention:")] + text[text.index("# Approvals") :]
     reg = Registry.open(tmp_path / "root", policy=policy_file(tmp_path, text))
     assert reg.policy.retention.days == {"development": 30, "staging": 60, "production": 180}
-    custom = CUSTOM_POLICY[:CUSTOM_POLICY.index("retention:")]
-    reg = Registry.open(tmp_path / "root2", policy=policy_file(tmp_path, custom))   # no stage named archived
+    custom = CUSTOM_POLICY[: CUSTOM_POLICY.index("retention:")]
+    reg = Registry.open(tmp_path / "root2", policy=policy_file(tmp_path, custom))  # no stage named archived
     assert reg.policy.retention.days == {} and reg.policy.retention.staging_stage is None
     no_dev_archive = edit(text, ("development: [staging, archived]", "development: [staging]"))
     reg = Registry.open(tmp_path / "root3", policy=policy_file(tmp_path, no_dev_archive))
@@ -271,14 +298,17 @@ def test_a_policy_without_a_retention_section_gets_the_defaults_it_can_carry_out
 
 # ------------------------------------------------------------------------------------------ gates: one Bound
 
+
 def test_policy_gates_check_metrics_with_the_shared_bound() -> None:
     gate = Gate(metrics={"roc_auc": Bound(min=0.7), "log_loss": Bound(max=0.5)})
     results, failures = gate.metric_results({"roc_auc": 0.65, "log_loss": 0.4})
     assert failures == ["roc_auc = 0.6500, needs >= 0.7"]
     assert results["metric:roc_auc"] == {"value": 0.65, "min": 0.7, "max": None, "passed": False}
     assert results["metric:log_loss"]["passed"] is True
-    assert gate.metric_results({"log_loss": float("nan")})[1] == ["roc_auc is not available, needs >= 0.7",
-                                                                  "log_loss is not available, needs <= 0.5"]
+    assert gate.metric_results({"log_loss": float("nan")})[1] == [
+        "roc_auc is not available, needs >= 0.7",
+        "log_loss is not available, needs <= 0.5",
+    ]
 
 
 def test_the_retention_command_is_a_dry_run_unless_applied(root: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,8 +69,7 @@ def test_lifecycle_on_s3(s3_root: str, tmp_path: Path) -> None:
     reg.set_alias(MODEL, "challenger", 3, reason="r")
     back = reg.rollback(MODEL, reason="2 misbehaves")
     assert back.version == 1 and reg.resolve(f"models:/{MODEL}@champion").version == 1
-    assert {mv.version: mv.stage for mv in reg.versions(MODEL)} == {1: "production", 2: "archived",
-                                                                   3: "development"}
+    assert {mv.version: mv.stage for mv in reg.versions(MODEL)} == {1: "production", 2: "archived", 3: "development"}
 
     events = reg.audit()
     check_audit(events)
@@ -89,8 +88,7 @@ def test_lifecycle_on_s3(s3_root: str, tmp_path: Path) -> None:
     assert not Path("s3:").exists()  # nothing went to a local folder by mistake
 
 
-def test_multipart_round_trip_dedup_and_damage(s3_root: str, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multipart_round_trip_dedup_and_damage(s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     part = 5 << 20  # the smallest part S3 accepts
     monkeypatch.setattr(S3BlobStore, "PART_SIZE", part)
     data = os.urandom(2 * part + 12345)  # three parts, the last one short
@@ -140,8 +138,10 @@ def test_concurrent_writers_on_s3(s3_root: str, tmp_path: Path) -> None:
     per_writer, n_procs, n_threads = 5, 2, 2
     ctx = multiprocessing.get_context("spawn")
     mp_barrier, q = ctx.Barrier(n_procs + 1), ctx.Queue()
-    procs = [ctx.Process(target=helpers.s3_registrar, args=(s3_root, w, per_writer, str(tmp_path), mp_barrier, q))
-             for w in range(n_procs)]
+    procs = [
+        ctx.Process(target=helpers.s3_registrar, args=(s3_root, w, per_writer, str(tmp_path), mp_barrier, q))
+        for w in range(n_procs)
+    ]
     for p in procs:
         p.start()
 
@@ -152,8 +152,10 @@ def test_concurrent_writers_on_s3(s3_root: str, tmp_path: Path) -> None:
     def thread_writer(t: int) -> None:
         try:
             reg = Registry.open(s3_root, actor=f"thread-{t}")
-            paths = [write_file(tmp_path / f"th{t}" / str(i), "model.bin", unique_bytes(f"th{t}-{i}", 2048))
-                     for i in range(per_writer)]
+            paths = [
+                write_file(tmp_path / f"th{t}" / str(i), "model.bin", unique_bytes(f"th{t}-{i}", 2048))
+                for i in range(per_writer)
+            ]
             th_barrier.wait(timeout=120)
             got[f"thread-{t}"] = [(mv.version, mv.digest) for mv in (reg.register(MODEL, p) for p in paths)]
         except BaseException as e:  # reported below

@@ -26,8 +26,10 @@ SPEC = {
     ],
     "known_after": ["arr_delay", "dep_delay"],
     "target": {"name": "late", "column": "dep_delay", "op": ">", "threshold": 30},
-    "estimator": {"class": "sklearn.ensemble.HistGradientBoostingClassifier",
-                  "params": {"max_iter": 40, "learning_rate": 0.1}},
+    "estimator": {
+        "class": "sklearn.ensemble.HistGradientBoostingClassifier",
+        "params": {"max_iter": 40, "learning_rate": 0.1},
+    },
     "seed": 7,
     "gates": {"thresholds": {"roc_auc": {"min": 0.6}}},
     "deployment": {"canary_steps": [0.25]},
@@ -44,8 +46,9 @@ def test_second_spec_gets_its_own_working_group(tmp_path: Path, monkeypatch: pyt
     groups: dict[str, set[str]] = {}
     for key in graph.get_all_asset_keys():
         groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
-    assert groups["late_departure"] == {f"late_departure/{n}" for n in (*INGEST, *TRAIN_TO_DEPLOY, "predictions",
-                                                                     "drift_report", "live_performance")}
+    assert groups["late_departure"] == {
+        f"late_departure/{n}" for n in (*INGEST, *TRAIN_TO_DEPLOY, "predictions", "drift_report", "live_performance")
+    }
     assert len(groups["flight_delay"]) == 10
     assert graph.get(dg.AssetKey(["late_departure", "candidate_model"])).owners == ["ops-analytics@example.com"]
 

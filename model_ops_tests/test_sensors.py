@@ -46,23 +46,65 @@ class World:
 
     def measure(self, version: int, window: str, phase: str) -> None:
         scored = datetime.now(timezone.utc).isoformat()  # the window was served now, after every change so far
-        self.reg.record(SPEC.name, "canary_analysis", version=version, reason=f"{window} {phase}",
-                        details={"window": window, "phase": phase, "message": phase, "scored_at": scored,
-                                 "canary_version": version})
+        self.reg.record(
+            SPEC.name,
+            "canary_analysis",
+            version=version,
+            reason=f"{window} {phase}",
+            details={
+                "window": window,
+                "phase": phase,
+                "message": phase,
+                "scored_at": scored,
+                "canary_version": version,
+            },
+        )
 
     def drift(self, window: str, version: int, status: str = "drift", share: float | None = 0.6) -> None:
-        row = {"partition": window, "model_version": version, "status": status, "dataset_drift": status == "drift",
-               "drift_share": share, "drifted": "temp", "prediction_statistic": 0.3, "prediction_drift": True,
-               "rows": 20000, "computed_at": datetime.now(timezone.utc), "report": "{}"}
-        self.resource.dataset(SPEC.name, "drift").replace_partition(window, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA))
+        row = {
+            "partition": window,
+            "model_version": version,
+            "status": status,
+            "dataset_drift": status == "drift",
+            "drift_share": share,
+            "drifted": "temp",
+            "prediction_statistic": 0.3,
+            "prediction_drift": True,
+            "rows": 20000,
+            "computed_at": datetime.now(timezone.utc),
+            "report": "{}",
+        }
+        self.resource.dataset(SPEC.name, "drift").replace_partition(
+            window, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA)
+        )
 
-    def performance(self, window: str, version: int, status: str = "ok", log_loss: float | None = 0.5,
-                    roc_auc: float | None = 0.7, labelled: int = 20000) -> None:
-        row = {"partition": window, "arm": "production", "model_version": version, "served": 20000, "labelled": labelled,
-               "coverage": labelled / 20000, "status": status, "reason": "test", "scored_at": datetime.now(timezone.utc),
-               "roc_auc": roc_auc, "log_loss": log_loss, "brier": None, "accuracy": None}
+    def performance(
+        self,
+        window: str,
+        version: int,
+        status: str = "ok",
+        log_loss: float | None = 0.5,
+        roc_auc: float | None = 0.7,
+        labelled: int = 20000,
+    ) -> None:
+        row = {
+            "partition": window,
+            "arm": "production",
+            "model_version": version,
+            "served": 20000,
+            "labelled": labelled,
+            "coverage": labelled / 20000,
+            "status": status,
+            "reason": "test",
+            "scored_at": datetime.now(timezone.utc),
+            "roc_auc": roc_auc,
+            "log_loss": log_loss,
+            "brier": None,
+            "accuracy": None,
+        }
         self.resource.dataset(SPEC.name, "live_performance").replace_partition(
-            window, pa.Table.from_pylist([row], schema=performance_schema(SPEC)))
+            window, pa.Table.from_pylist([row], schema=performance_schema(SPEC))
+        )
 
 
 @pytest.fixture
@@ -144,8 +186,13 @@ def test_inconclusive_windows_hold_and_never_roll_back(world: World) -> None:
 
 def in_production_with_evaluation(world: World, log_loss: float = 0.61) -> int:
     v1 = world.version(1)
-    world.reg.record(SPEC.name, "evaluation", version=v1, reason="passed every gate",
-                     details={"metrics": {"log_loss": log_loss, "roc_auc": 0.65}})
+    world.reg.record(
+        SPEC.name,
+        "evaluation",
+        version=v1,
+        reason="passed every gate",
+        details={"metrics": {"log_loss": log_loss, "roc_auc": 0.65}},
+    )
     dep.apply(world.reg, SPEC, "deploy", version=v1)
     return v1
 
@@ -235,8 +282,9 @@ def test_a_late_deployment_run_does_nothing_when_the_deployment_changed(world: W
     cfg = config_of(request)
     assert cfg["expect_serving"] == f"{v1}:{v2}"
     dep.apply(world.reg, SPEC, "rollback", reason="a person aborted it first")
-    late = dep.apply(world.reg, SPEC, cfg["action"], version=cfg["version"], reason=cfg["reason"],
-                     expect=cfg["expect_serving"])
+    late = dep.apply(
+        world.reg, SPEC, cfg["action"], version=cfg["version"], reason=cfg["reason"], expect=cfg["expect_serving"]
+    )
     assert not late.changed and "nothing changed" in late.message
     assert dep.current(world.reg, SPEC.name).production == v1 and world.reg.get(SPEC.name, v2).stage == "archived"
 

@@ -45,13 +45,17 @@ def cancer_table(path: Path) -> Path:
 
 
 def cancer_decl(uri: Path, **changes: object) -> dict:
-    data = {"name": "cancer", "description": "Malignant or benign, from the bundled breast-cancer data.",
-            "owner": "team:clinic", "task": "binary_classification",
-            "source": {"kind": "delta", "uri": str(uri), "time_column": "seen_at", "key_column": "patient_id"},
-            "partitions": {"cadence": "weekly", "start": "2023-12-31"},
-            "features": [{"name": "mean_radius"}, {"name": "mean_texture", "min": 0}, {"name": "site"}],
-            "target": {"column": "target"},
-            "estimator": {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}}
+    data = {
+        "name": "cancer",
+        "description": "Malignant or benign, from the bundled breast-cancer data.",
+        "owner": "team:clinic",
+        "task": "binary_classification",
+        "source": {"kind": "delta", "uri": str(uri), "time_column": "seen_at", "key_column": "patient_id"},
+        "partitions": {"cadence": "weekly", "start": "2023-12-31"},
+        "features": [{"name": "mean_radius"}, {"name": "mean_texture", "min": 0}, {"name": "site"}],
+        "target": {"column": "target"},
+        "estimator": {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
+    }
     data.update(changes)
     return data
 
@@ -75,25 +79,36 @@ def test_fingerprint_tracks_only_the_named_sections(tmp_path: Path) -> None:
     assert a.fingerprint("gates") != b.fingerprint("gates")
 
 
-@pytest.mark.parametrize("mutate, field, words", [
-    (lambda d: d.update(estimater=d.pop("estimator")), "estimater", "unknown field"),
-    (lambda d: d["estimator"].update({"class": "sklearn.linear_model.NoSuchModel"}), "estimator", "has no"),
-    (lambda d: d["estimator"].update({"class": "nosuchpackage.Model"}), "estimator", "cannot be imported"),
-    (lambda d: d["features"].append({"name": "dep_delay", "type": "float"}), "(top level)", "leak"),
-    (lambda d: d["features"].append({"name": "arr_delay", "type": "float"}), "(top level)", "the target column"),
-    (lambda d: d["features"][0].update(type="text"), "features[0].type", "int"),
-    (lambda d: d["deployment"].update(canary_steps=[0.5, 0.1]), "deployment.canary_steps", "increasing"),
-    (lambda d: d.update(name="Flight-Delay"), "name", "not a valid model name"),
-    (lambda d: d["gates"]["thresholds"].update(auc={"min": 0.5}), "(top level)", "not computed"),
-    (lambda d: d.update(task="regression"), "(top level)", "regression target"),
-    (lambda d: d.update(trainer="os.path:nosuch"), "trainer", "has no function"),
-    (lambda d: d.update(partitions={"cadence": "hourly", "start": "2013-01-01"}), "partitions.cadence", "daily"),
-    (lambda d: d.update(partitions={"cadence": "monthly", "start": "2013-01-15"}), "partitions", "first of a month"),
-    (lambda d: d.update(partitions={"cadence": "monthly", "start": "soon"}), "partitions.start", "date"),
-    (lambda d: d.pop("target"), "target", "required field is missing"),
-    (lambda d: d["features"].append({"name": "score", "type": "float"}), "(top level)", "uses for its own columns"),
-    (lambda d: d.update(partitions={"cadence": "weekly", "start": "2013-01-02"}), "partitions", "start on a Sunday"),
-])
+@pytest.mark.parametrize(
+    "mutate, field, words",
+    [
+        (lambda d: d.update(estimater=d.pop("estimator")), "estimater", "unknown field"),
+        (lambda d: d["estimator"].update({"class": "sklearn.linear_model.NoSuchModel"}), "estimator", "has no"),
+        (lambda d: d["estimator"].update({"class": "nosuchpackage.Model"}), "estimator", "cannot be imported"),
+        (lambda d: d["features"].append({"name": "dep_delay", "type": "float"}), "(top level)", "leak"),
+        (lambda d: d["features"].append({"name": "arr_delay", "type": "float"}), "(top level)", "the target column"),
+        (lambda d: d["features"][0].update(type="text"), "features[0].type", "int"),
+        (lambda d: d["deployment"].update(canary_steps=[0.5, 0.1]), "deployment.canary_steps", "increasing"),
+        (lambda d: d.update(name="Flight-Delay"), "name", "not a valid model name"),
+        (lambda d: d["gates"]["thresholds"].update(auc={"min": 0.5}), "(top level)", "not computed"),
+        (lambda d: d.update(task="regression"), "(top level)", "regression target"),
+        (lambda d: d.update(trainer="os.path:nosuch"), "trainer", "has no function"),
+        (lambda d: d.update(partitions={"cadence": "hourly", "start": "2013-01-01"}), "partitions.cadence", "daily"),
+        (
+            lambda d: d.update(partitions={"cadence": "monthly", "start": "2013-01-15"}),
+            "partitions",
+            "first of a month",
+        ),
+        (lambda d: d.update(partitions={"cadence": "monthly", "start": "soon"}), "partitions.start", "date"),
+        (lambda d: d.pop("target"), "target", "required field is missing"),
+        (lambda d: d["features"].append({"name": "score", "type": "float"}), "(top level)", "uses for its own columns"),
+        (
+            lambda d: d.update(partitions={"cadence": "weekly", "start": "2013-01-02"}),
+            "partitions",
+            "start on a Sunday",
+        ),
+    ],
+)
 def test_invalid_declaration_names_file_field_and_problem(tmp_path: Path, mutate, field: str, words: str) -> None:
     data = builtin_data()
     data["name"] = "broken_model"
@@ -124,8 +139,19 @@ def test_a_declaration_is_checked_against_the_sources_own_schema(tmp_path: Path)
             checked(bad, str(tmp_path / "bad.yaml"))
         assert f"field {field}" in str(err.value) and words in str(err.value) and "bad.yaml" in str(err.value)
     with pytest.raises(SpecError, match="field source.time_column: the source has no column 'when'"):
-        checked(load_spec(write(tmp_path, "t.yaml", cancer_decl(uri, source={
-            "kind": "delta", "uri": str(uri), "time_column": "when", "key_column": "patient_id"}))), "t.yaml")
+        checked(
+            load_spec(
+                write(
+                    tmp_path,
+                    "t.yaml",
+                    cancer_decl(
+                        uri,
+                        source={"kind": "delta", "uri": str(uri), "time_column": "when", "key_column": "patient_id"},
+                    ),
+                )
+            ),
+            "t.yaml",
+        )
     with pytest.raises(SpecError, match="known_after"):
         load_spec(write(tmp_path, "leak.yaml", cancer_decl(uri, known_after=["mean_radius"])))
 
@@ -164,15 +190,23 @@ def test_invalid_declaration_stops_definitions_loading(tmp_path: Path, monkeypat
         build_definitions()
 
 
-@pytest.mark.parametrize("cadence, start, end", [
-    ("daily", "2024-02-27", "2024-03-03"), ("weekly", "2024-01-03", "2024-03-01"),
-    ("monthly", "2023-11-01", "2024-03-01")])
+@pytest.mark.parametrize(
+    "cadence, start, end",
+    [
+        ("daily", "2024-02-27", "2024-03-03"),
+        ("weekly", "2024-01-03", "2024-03-01"),
+        ("monthly", "2023-11-01", "2024-03-01"),
+    ],
+)
 def test_partition_keys_and_windows_match_dagsters(cadence: str, start: str, end: str) -> None:
     import dagster as dg
 
     ours = Partitioning(Cadence(cadence), date.fromisoformat(start), date.fromisoformat(end))
-    theirs = {"daily": dg.DailyPartitionsDefinition, "weekly": dg.WeeklyPartitionsDefinition,
-              "monthly": dg.MonthlyPartitionsDefinition}[cadence](start_date=start, end_date=end)
+    theirs = {
+        "daily": dg.DailyPartitionsDefinition,
+        "weekly": dg.WeeklyPartitionsDefinition,
+        "monthly": dg.MonthlyPartitionsDefinition,
+    }[cadence](start_date=start, end_date=end)
     keys = theirs.get_partition_keys()
     assert ours.keys() == keys
     for k in keys:

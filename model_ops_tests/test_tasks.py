@@ -25,20 +25,36 @@ from model_ops.vocab import Task
 
 # ------------------------------------------------------------------------------------------- shared helpers
 
-ESTIMATOR = {Task.BINARY: "sklearn.linear_model.LogisticRegression",
-             Task.MULTICLASS: "sklearn.linear_model.LogisticRegression", Task.REGRESSION: "sklearn.linear_model.Ridge"}
+ESTIMATOR = {
+    Task.BINARY: "sklearn.linear_model.LogisticRegression",
+    Task.MULTICLASS: "sklearn.linear_model.LogisticRegression",
+    Task.REGRESSION: "sklearn.linear_model.Ridge",
+}
 
 
-def make_spec(task: Task, frame: pd.DataFrame, label: str = "target", *, categories: tuple[str, ...] = (),
-              **attributes: Any) -> ModelSpec:
+def make_spec(
+    task: Task, frame: pd.DataFrame, label: str = "target", *, categories: tuple[str, ...] = (), **attributes: Any
+) -> ModelSpec:
     """A spec over ``frame``'s columns (all but the label, the key ``id`` and the time ``ts``)."""
-    features = [{"name": c, "type": "category" if c in categories else "float"} for c in frame.columns
-                if c not in (label, "id", "ts")]
-    return ModelSpec.model_validate({
-        "name": "example", "description": "a test model", "owner": "team:test", "task": str(task),
-        "source": {"kind": "parquet", "uri": "/nonexistent", "time_column": "ts", "key_column": "id"},
-        "partitions": "none", "features": features, "target": {"column": label},
-        "estimator": {"class": ESTIMATOR[task]}, **attributes})
+    features = [
+        {"name": c, "type": "category" if c in categories else "float"}
+        for c in frame.columns
+        if c not in (label, "id", "ts")
+    ]
+    return ModelSpec.model_validate(
+        {
+            "name": "example",
+            "description": "a test model",
+            "owner": "team:test",
+            "task": str(task),
+            "source": {"kind": "parquet", "uri": "/nonexistent", "time_column": "ts", "key_column": "id"},
+            "partitions": "none",
+            "features": features,
+            "target": {"column": label},
+            "estimator": {"class": ESTIMATOR[task]},
+            **attributes,
+        }
+    )
 
 
 def _frame(loader: Any) -> pd.DataFrame:
@@ -92,6 +108,7 @@ def regression() -> tuple[pd.DataFrame, ModelSpec, Any]:
 
 # ------------------------------------------------------------------------------------------------- binary
 
+
 def test_binary_score_is_p_positive_and_prediction_uses_the_spec_threshold(binary) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = binary
     p = tasks.predict(model, model_input(df, spec), spec)
@@ -99,7 +116,9 @@ def test_binary_score_is_p_positive_and_prediction_uses_the_spec_threshold(binar
     assert p.classes == (0, 1) and p.positive == 1
     assert np.allclose(p.score, proba[:, 1])
     assert np.array_equal(p.prediction, (proba[:, 1] >= 0.3).astype(int))
-    assert p.prediction.dtype == np.int64 and (p.prediction == 1).sum() > (model.predict(model_input(df, spec)) == 1).sum()
+    assert (
+        p.prediction.dtype == np.int64 and (p.prediction == 1).sum() > (model.predict(model_input(df, spec)) == 1).sum()
+    )
 
 
 def test_binary_metrics_match_scikit_learn(binary) -> None:  # type: ignore[no-untyped-def]
@@ -120,11 +139,14 @@ def test_binary_metrics_match_scikit_learn(binary) -> None:  # type: ignore[no-u
     assert 0 <= q["ece"] < 0.1
 
 
-@pytest.mark.parametrize("encode, positive", [
-    (lambda y: y.astype(bool), True),
-    (lambda y: np.where(y == 1, "benign", "malignant").astype(object), "malignant"),  # the later name is positive
-    (lambda y: y.astype("float64"), 1.0),
-])
+@pytest.mark.parametrize(
+    "encode, positive",
+    [
+        (lambda y: y.astype(bool), True),
+        (lambda y: np.where(y == 1, "benign", "malignant").astype(object), "malignant"),  # the later name is positive
+        (lambda y: y.astype("float64"), 1.0),
+    ],
+)
 def test_the_positive_class_is_the_larger_whatever_the_label_type(encode, positive) -> None:  # type: ignore[no-untyped-def]
     df = cancer()
     df["target"] = encode(df["target"].to_numpy())
@@ -161,6 +183,7 @@ def test_precision_without_predicted_positives_is_undefined(binary) -> None:  # 
 
 # --------------------------------------------------------------------------------------------- multiclass
 
+
 def test_multiclass_prediction_is_the_most_probable_class(multiclass) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = multiclass
     X = model_input(df, spec)
@@ -178,7 +201,8 @@ def test_multiclass_metrics_match_scikit_learn(multiclass) -> None:  # type: ign
     # hold out some rows so the model is not perfect
     train, test = df.iloc[::2], df.iloc[1::2]
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.001, max_iter=500)).fit(
-        model_input(train, spec)[["alcohol", "malic_acid"]], train["target"])
+        model_input(train, spec)[["alcohol", "malic_acid"]], train["target"]
+    )
     narrow = make_spec(Task.MULTICLASS, test[["alcohol", "malic_acid", "target", "id"]])
     X = model_input(test, narrow)
     p = tasks.predict(model, X, narrow)
@@ -216,8 +240,11 @@ def test_string_classes_name_their_columns_and_metrics() -> None:
     spec = make_spec(Task.MULTICLASS, df)
     p = tasks.predict(fit(df, spec), model_input(df, spec), spec)
     assert p.classes == ("barbera d'alba", "barolo", "grignolino")
-    assert [c for c in p.columns() if c.startswith("proba_")] == ["proba_barbera_d_alba", "proba_barolo",
-                                                                  "proba_grignolino"]
+    assert [c for c in p.columns() if c.startswith("proba_")] == [
+        "proba_barbera_d_alba",
+        "proba_barolo",
+        "proba_grignolino",
+    ]
     q = tasks.quality(df["target"].to_numpy(), p, spec)
     assert {"recall_barbera_d_alba", "recall_barolo", "recall_grignolino"} <= set(q)
     schema = pa.Table.from_pandas(p.frame()).schema
@@ -225,6 +252,7 @@ def test_string_classes_name_their_columns_and_metrics() -> None:
 
 
 # --------------------------------------------------------------------------------------------- regression
+
 
 def test_regression_metrics_match_scikit_learn(regression) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = regression
@@ -253,13 +281,26 @@ def test_mape_with_a_zero_target_and_r2_of_a_constant_target_are_undefined() -> 
 
 # ---------------------------------------------------------------------------------------------- direction
 
-@pytest.mark.parametrize("metric, candidate, baseline, worse", [
-    ("roc_auc", 0.70, 0.75, 0.05), ("accuracy", 0.9, 0.8, -0.1), ("f1_macro", 0.5, 0.6, 0.1), ("r2", 0.3, 0.5, 0.2),
-    ("recall_2", 0.8, 0.9, 0.1), ("log_loss", 0.6, 0.5, 0.1), ("brier", 0.1, 0.2, -0.1), ("rmse", 60.0, 55.0, 5.0),
-    ("mae", 40.0, 45.0, -5.0), ("mape", 0.4, 0.3, 0.1), ("mean_residual", -3.0, 1.0, 2.0),
-])
-def test_worse_by_follows_each_metrics_better_direction(metric: str, candidate: float, baseline: float,
-                                                        worse: float) -> None:
+
+@pytest.mark.parametrize(
+    "metric, candidate, baseline, worse",
+    [
+        ("roc_auc", 0.70, 0.75, 0.05),
+        ("accuracy", 0.9, 0.8, -0.1),
+        ("f1_macro", 0.5, 0.6, 0.1),
+        ("r2", 0.3, 0.5, 0.2),
+        ("recall_2", 0.8, 0.9, 0.1),
+        ("log_loss", 0.6, 0.5, 0.1),
+        ("brier", 0.1, 0.2, -0.1),
+        ("rmse", 60.0, 55.0, 5.0),
+        ("mae", 40.0, 45.0, -5.0),
+        ("mape", 0.4, 0.3, 0.1),
+        ("mean_residual", -3.0, 1.0, 2.0),
+    ],
+)
+def test_worse_by_follows_each_metrics_better_direction(
+    metric: str, candidate: float, baseline: float, worse: float
+) -> None:
     assert tasks.worse_by(metric, candidate, baseline) == pytest.approx(worse)
 
 
@@ -272,6 +313,7 @@ def test_every_live_metric_has_a_direction() -> None:
 
 
 # --------------------------------------------------------------------------------- the prediction log round trip
+
 
 @pytest.mark.parametrize("which", ["binary", "multiclass", "regression"])
 def test_outputs_written_to_a_log_score_the_same_when_read_back(which: str, request) -> None:  # type: ignore[no-untyped-def]

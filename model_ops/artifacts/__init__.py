@@ -4,5 +4,15 @@ from model_ops.artifacts.blobstore import Blob, BlobStore, hash_file, open_blobs
 from model_ops.artifacts.manifest import FLAVOR_FILES, FLAVOR_SKOPS, FileEntry, Manifest
 from model_ops.artifacts.store import ArtifactStore, StoredArtifact
 
-__all__ = ["ArtifactStore", "Blob", "BlobStore", "FileEntry", "FLAVOR_FILES", "FLAVOR_SKOPS", "Manifest",
-           "StoredArtifact", "hash_file", "open_blobstore"]
+__all__ = [
+    "ArtifactStore",
+    "Blob",
+    "BlobStore",
+    "FileEntry",
+    "FLAVOR_FILES",
+    "FLAVOR_SKOPS",
+    "Manifest",
+    "StoredArtifact",
+    "hash_file",
+    "open_blobstore",
+]

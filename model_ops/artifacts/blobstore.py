@@ -170,8 +170,10 @@ class LocalBlobStore(BlobStore):
             try:
                 _copy_file(path, tmp, progress)
                 if _stat_key(os.stat(path)) != before:
-                    raise UsageError(f"{path} changed while it was being stored",
-                                     hint="store a file that no other process is writing")
+                    raise UsageError(
+                        f"{path} changed while it was being stored",
+                        hint="store a file that no other process is writing",
+                    )
                 published = self._publish(tmp, digest)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -214,8 +216,10 @@ class LocalBlobStore(BlobStore):
         try:
             data = self._path(digest).read_bytes()
         except FileNotFoundError:
-            raise NotFoundError(f"blob {digest} is missing from {self.location}",
-                                hint="run `model-ops fsck` to list every missing or damaged blob") from None
+            raise NotFoundError(
+                f"blob {digest} is missing from {self.location}",
+                hint="run `model-ops fsck` to list every missing or damaged blob",
+            ) from None
         if hashlib.sha256(data).hexdigest() != digest:
             raise _mismatch(digest, self.location)
         return data
@@ -223,8 +227,10 @@ class LocalBlobStore(BlobStore):
     def fetch_to(self, digest: str, dest: Path, *, label: str | None = None) -> None:
         src = self._path(digest)
         if not src.is_file():
-            raise NotFoundError(f"blob {digest} is missing from {self.location}",
-                                hint="run `model-ops fsck` to list every missing or damaged blob")
+            raise NotFoundError(
+                f"blob {digest} is missing from {self.location}",
+                hint="run `model-ops fsck` to list every missing or damaged blob",
+            )
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = src.stat().st_size
@@ -362,8 +368,12 @@ class S3BlobStore(BlobStore):
         if age > TOUCH_AFTER_SECONDS:
             # S3 has no utime: copying the object onto itself renews LastModified, so gc's grace period
             # protects a blob that a registration is about to reference again.
-            self.client.copy({"Bucket": self.bucket, "Key": self._key(digest)}, self.bucket, self._key(digest),
-                             ExtraArgs={"MetadataDirective": "REPLACE"})
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self._key(digest)},
+                self.bucket,
+                self._key(digest),
+                ExtraArgs={"MetadataDirective": "REPLACE"},
+            )
         return True
 
     def put_bytes(self, data: bytes) -> Blob:
@@ -399,8 +409,10 @@ class S3BlobStore(BlobStore):
             if size <= self.PART_SIZE:
                 data = path.read_bytes()
                 if hashlib.sha256(data).hexdigest() != digest:
-                    raise UsageError(f"{path} changed while it was being stored",
-                                     hint="store a file that no other process is writing")
+                    raise UsageError(
+                        f"{path} changed while it was being stored",
+                        hint="store a file that no other process is writing",
+                    )
                 progress.update(size)
                 return Blob(digest, size, existed=not self._put_object(key, data, replace=damaged))
             return Blob(digest, size, existed=not self._multipart(path, key, digest, progress, replace=damaged))
@@ -416,8 +428,9 @@ class S3BlobStore(BlobStore):
 
         def upload(number: int, body: bytes) -> dict:
             try:
-                etag = client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                          PartNumber=number, Body=body)["ETag"]
+                etag = client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )["ETag"]
                 progress.update(len(body))
                 return {"PartNumber": number, "ETag": etag}
             finally:
@@ -438,12 +451,14 @@ class S3BlobStore(BlobStore):
                     number += 1
                 parts = [fut.result() for fut in futures]
             if h.hexdigest() != digest:
-                raise UsageError(f"{path} changed while it was being stored",
-                                 hint="store a file that no other process is writing")
+                raise UsageError(
+                    f"{path} changed while it was being stored", hint="store a file that no other process is writing"
+                )
             condition = {} if replace else {"IfNoneMatch": "*"}
             try:
-                client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                 MultipartUpload={"Parts": parts}, **condition)
+                client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
+                )
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                     client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -462,8 +477,10 @@ class S3BlobStore(BlobStore):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(digest))
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise NotFoundError(f"blob {digest} is missing from {self.location}",
-                                    hint="run `model-ops fsck` to list every missing or damaged blob") from None
+                raise NotFoundError(
+                    f"blob {digest} is missing from {self.location}",
+                    hint="run `model-ops fsck` to list every missing or damaged blob",
+                ) from None
             raise
 
     def read_bytes(self, digest: str) -> bytes:

@@ -22,8 +22,10 @@ def signing_key() -> bytes | None:
     if raw is None or raw == "":
         return None
     if len(raw) < 16:
-        raise UsageError(f"{KEY_ENV} is too short ({len(raw)} characters)",
-                         hint="use at least 16 random characters, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`")
+        raise UsageError(
+            f"{KEY_ENV} is too short ({len(raw)} characters)",
+            hint="use at least 16 random characters, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`",
+        )
     return raw.encode()
 
 
@@ -39,17 +41,25 @@ def sign(manifest_digest: str, key: bytes) -> dict[str, str]:
 def verify(manifest_digest: str, signature: dict | None, key: bytes | None, *, what: str) -> None:
     """Raise IntegrityError unless ``signature`` is a valid signature of the digest under ``key``."""
     if not signature:
-        raise IntegrityError(f"{what} is not signed, and this registry requires signed artifacts",
-                             hint="register it again with MODEL_OPS_SIGNING_KEY set")
+        raise IntegrityError(
+            f"{what} is not signed, and this registry requires signed artifacts",
+            hint="register it again with MODEL_OPS_SIGNING_KEY set",
+        )
     if key is None:
-        raise IntegrityError(f"cannot verify the signature of {what}: {KEY_ENV} is not set",
-                             hint=f"set {KEY_ENV} to the registry's signing key")
+        raise IntegrityError(
+            f"cannot verify the signature of {what}: {KEY_ENV} is not set",
+            hint=f"set {KEY_ENV} to the registry's signing key",
+        )
     if signature.get("alg") != ALGORITHM:
         raise IntegrityError(f"{what} is signed with unsupported algorithm {signature.get('alg')!r}")
     if signature.get("key_id") != key_id(key):
-        raise IntegrityError(f"{what} was signed with another key (key id {signature.get('key_id')}, "
-                             f"yours is {key_id(key)})", hint=f"set {KEY_ENV} to the key the registry signs with")
+        raise IntegrityError(
+            f"{what} was signed with another key (key id {signature.get('key_id')}, yours is {key_id(key)})",
+            hint=f"set {KEY_ENV} to the key the registry signs with",
+        )
     expected = hmac.new(key, manifest_digest.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, str(signature.get("value", ""))):
-        raise IntegrityError(f"the signature of {what} is wrong: the manifest or its signature was altered",
-                             hint="do not load it; run `model-ops fsck`")
+        raise IntegrityError(
+            f"the signature of {what} is wrong: the manifest or its signature was altered",
+            hint="do not load it; run `model-ops fsck`",
+        )

@@ -21,15 +21,17 @@ TRUSTED_ENV = "MODEL_OPS_TRUSTED_TYPES"
 # scikit-learn models (trees, boosting, neighbours, calibration) are made of. Never trust by module prefix: skops
 # rebuilds some objects by calling the named function, so trusting "builtins." or "sklearn." would let a crafted
 # file name builtins.exec, or a scikit-learn test helper that runs a script, and execute code on load.
-DEFAULT_TRUSTED = frozenset({
-    "numpy.dtype",
-    "sklearn.tree._tree.Tree",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-})
+DEFAULT_TRUSTED = frozenset(
+    {
+        "numpy.dtype",
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+    }
+)
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 _NPY = re.compile(r"^(\d+)\.npy$")
 
@@ -100,6 +102,6 @@ def loads(data: bytes, trusted: list[str] | tuple[str, ...] = ()) -> Any:
         raise PolicyError(
             f"the model contains types that are not on the allow-list: {', '.join(refused)}",
             hint=f"load them only if you trust their code: pass trusted=[...] or set {TRUSTED_ENV}="
-                 + ",".join(refused),
+            + ",".join(refused),
         )
     return sio.loads(data, trusted=sorted(untrusted))

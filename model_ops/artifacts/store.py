@@ -76,8 +76,9 @@ class ArtifactStore:
             self.blobs.fetch_to(entry.sha256, target, label=f"fetching {entry.path}")
             return target
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise UsageError(f"{dest} already exists and is not an empty directory",
-                             hint="choose a new destination directory")
+            raise UsageError(
+                f"{dest} already exists and is not an empty directory", hint="choose a new destination directory"
+            )
         staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
         try:
             for entry in manifest.files:
@@ -135,5 +136,6 @@ def _pick(manifest: Manifest, name: str | None, digest: str) -> FileEntry:
     for entry in manifest.files:
         if entry.path == name:
             return entry
-    raise NotFoundError(f"artifact {digest} has no file {name!r}",
-                        hint="its files are: " + ", ".join(f.path for f in manifest.files))
+    raise NotFoundError(
+        f"artifact {digest} has no file {name!r}", hint="its files are: " + ", ".join(f.path for f in manifest.files)
+    )

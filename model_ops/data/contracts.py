@@ -40,7 +40,11 @@ def _kind_ok(series: pd.Series, kind: str) -> bool:
     if kind == "bool":
         return ptypes.is_bool_dtype(series) or (ptypes.is_numeric_dtype(series) and series.dropna().isin([0, 1]).all())
     if kind == "category":
-        return ptypes.is_string_dtype(series) or ptypes.is_object_dtype(series) or isinstance(series.dtype, pd.CategoricalDtype)
+        return (
+            ptypes.is_string_dtype(series)
+            or ptypes.is_object_dtype(series)
+            or isinstance(series.dtype, pd.CategoricalDtype)
+        )
     if kind == "timestamp":
         return ptypes.is_datetime64_any_dtype(series)
     if kind == "string":
@@ -65,8 +69,9 @@ def _bad_values(series: pd.Series, kind: str) -> pd.Index:
     return present.index[~present.map(lambda v: isinstance(v, str))]
 
 
-def schema_contract(df: pd.DataFrame, columns: dict[str, str], what: str,
-                    present: list[str] | None = None) -> CheckOutcome:
+def schema_contract(
+    df: pd.DataFrame, columns: dict[str, str], what: str, present: list[str] | None = None
+) -> CheckOutcome:
     """Every expected column is present with a compatible type (``present``: also these, of any type)."""
     expected = list(dict.fromkeys([*(present or []), *columns]))
     missing = [c for c in expected if c not in df.columns]
@@ -78,10 +83,15 @@ def schema_contract(df: pd.DataFrame, columns: dict[str, str], what: str,
             wrong.append(f"{col} is {df[col].dtype}, expected {kind}{where}")
     problems = ([f"missing column(s): {', '.join(missing)}"] if missing else []) + wrong
     if problems:
-        return CheckOutcome("schema_contract", False, f"{what}: " + "; ".join(problems),
-                            {"missing": missing, "wrong_types": wrong})
-    return CheckOutcome("schema_contract", True, f"{what}: all {len(expected)} expected columns present with the "
-                        "expected types", {"columns": len(expected)})
+        return CheckOutcome(
+            "schema_contract", False, f"{what}: " + "; ".join(problems), {"missing": missing, "wrong_types": wrong}
+        )
+    return CheckOutcome(
+        "schema_contract",
+        True,
+        f"{what}: all {len(expected)} expected columns present with the expected types",
+        {"columns": len(expected)},
+    )
 
 
 def nulls(df: pd.DataFrame, limits: dict[str, float], what: str) -> CheckOutcome:
@@ -96,11 +106,17 @@ def nulls(df: pd.DataFrame, limits: dict[str, float], what: str) -> CheckOutcome
         frac = float(isnull.mean())
         fractions[col] = round(frac, 6)
         if frac > limit:
-            problems.append(f"{col} is null in {int(isnull.sum())} of {len(df)} rows ({frac:.1%} > allowed "
-                            f"{limit:.1%}): {_rows(df.index[isnull])}")
+            problems.append(
+                f"{col} is null in {int(isnull.sum())} of {len(df)} rows ({frac:.1%} > allowed "
+                f"{limit:.1%}): {_rows(df.index[isnull])}"
+            )
     if problems:
-        return CheckOutcome("no_unexpected_nulls", False, f"{what}: " + "; ".join(problems), {"null_fraction": fractions})
-    return CheckOutcome("no_unexpected_nulls", True, f"{what}: null fractions within limits", {"null_fraction": fractions})
+        return CheckOutcome(
+            "no_unexpected_nulls", False, f"{what}: " + "; ".join(problems), {"null_fraction": fractions}
+        )
+    return CheckOutcome(
+        "no_unexpected_nulls", True, f"{what}: null fractions within limits", {"null_fraction": fractions}
+    )
 
 
 def value_ranges(df: pd.DataFrame, spec: ModelSpec, what: str) -> CheckOutcome:
@@ -125,8 +141,10 @@ def value_ranges(df: pd.DataFrame, spec: ModelSpec, what: str) -> CheckOutcome:
         if f.max is not None:
             bad |= numeric > f.max
         if bad.any():
-            problems.append(f"{f.name} outside [{f.min}, {f.max}] in {int(bad.sum())} rows "
-                            f"(e.g. {numeric[bad].iloc[0]}): {_rows(df.index[bad])}")
+            problems.append(
+                f"{f.name} outside [{f.min}, {f.max}] in {int(bad.sum())} rows "
+                f"(e.g. {numeric[bad].iloc[0]}): {_rows(df.index[bad])}"
+            )
     if problems:
         return CheckOutcome("values_in_range", False, f"{what}: " + "; ".join(problems))
     return CheckOutcome("values_in_range", True, f"{what}: every value inside the spec's ranges")
@@ -135,22 +153,33 @@ def value_ranges(df: pd.DataFrame, spec: ModelSpec, what: str) -> CheckOutcome:
 def unique(df: pd.DataFrame, column: str, what: str) -> CheckOutcome:
     """Each value of ``column`` (the key) appears once."""
     if column not in df.columns or df.empty:
-        return CheckOutcome("keys_unique", column in df.columns, f"{what}: " + (
-            "no rows to check" if column in df.columns else f"no key column {column!r}"))
+        return CheckOutcome(
+            "keys_unique",
+            column in df.columns,
+            f"{what}: " + ("no rows to check" if column in df.columns else f"no key column {column!r}"),
+        )
     dup = df[column].duplicated(keep=False) & df[column].notna()
     if dup.any():
         values = sorted(map(str, df.loc[dup, column].unique()))[:5]
-        return CheckOutcome("keys_unique", False, f"{what}: {int(df.loc[dup, column].nunique())} {column} value(s) "
-                            f"appear more than once, e.g. {values}: {_rows(df.index[dup])}",
-                            {"duplicated_rows": int(dup.sum())})
+        return CheckOutcome(
+            "keys_unique",
+            False,
+            f"{what}: {int(df.loc[dup, column].nunique())} {column} value(s) "
+            f"appear more than once, e.g. {values}: {_rows(df.index[dup])}",
+            {"duplicated_rows": int(dup.sum())},
+        )
     return CheckOutcome("keys_unique", True, f"{what}: every {column} is unique")
 
 
 def row_count(df: pd.DataFrame, minimum: int, what: str) -> CheckOutcome:
     n = len(df)
     if n < minimum:
-        return CheckOutcome("row_count", False, f"{what}: {n} rows, the spec requires at least {minimum} per partition "
-                            "(an empty or truncated delivery?)", {"rows": n, "minimum": minimum})
+        return CheckOutcome(
+            "row_count",
+            False,
+            f"{what}: {n} rows, the spec requires at least {minimum} per partition (an empty or truncated delivery?)",
+            {"rows": n, "minimum": minimum},
+        )
     return CheckOutcome("row_count", True, f"{what}: {n} rows (minimum {minimum})", {"rows": n, "minimum": minimum})
 
 

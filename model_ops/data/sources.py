@@ -67,11 +67,15 @@ class SourceTable:
         try:
             return DeltaTable(self.uri, version=version, storage_options=self.location.delta_storage_options())
         except TableNotFoundError as exc:
-            raise NotFoundError(f"source table {self.uri} does not exist (yet)",
-                                hint="write the table, or point source.uri at an existing Delta table") from exc
+            raise NotFoundError(
+                f"source table {self.uri} does not exist (yet)",
+                hint="write the table, or point source.uri at an existing Delta table",
+            ) from exc
         except OSError as exc:  # delta-rs: an endpoint that cannot be reached, refused credentials
-            raise UnreachableError(f"cannot read the Delta table {self.uri}: {str(exc).splitlines()[0]}",
-                                   hint="check the URI, the network and the AWS settings") from exc
+            raise UnreachableError(
+                f"cannot read the Delta table {self.uri}: {str(exc).splitlines()[0]}",
+                hint="check the URI, the network and the AWS settings",
+            ) from exc
 
     def dataset(self, version: int | None = None) -> Any:
         """A pyarrow dataset over the source (at a Delta ``version`` when given)."""
@@ -83,14 +87,17 @@ class SourceTable:
             import pyarrow.fs as pafs
 
             endpoint = s3_endpoint()
-            fs = pafs.S3FileSystem(endpoint_override=endpoint,
-                                   scheme="http" if endpoint and endpoint.startswith("http:") else "https")
-            path = self.location.uri[len("s3://"):]
+            fs = pafs.S3FileSystem(
+                endpoint_override=endpoint, scheme="http" if endpoint and endpoint.startswith("http:") else "https"
+            )
+            path = self.location.uri[len("s3://") :]
         else:
             fs, path = None, str(self.location.path)
             if not self.location.path.exists():
-                raise NotFoundError(f"source Parquet {path} does not exist (yet)",
-                                    hint="write the files, or point source.uri at a Parquet file or folder")
+                raise NotFoundError(
+                    f"source Parquet {path} does not exist (yet)",
+                    hint="write the files, or point source.uri at a Parquet file or folder",
+                )
         try:
             return pads.dataset(path, format="parquet", filesystem=fs, exclude_invalid_files=True)
         except (OSError, pa.ArrowInvalid) as exc:
@@ -104,8 +111,11 @@ class SourceTable:
         return True
 
     def schema(self) -> pa.Schema:
-        return self.dataset().schema if self.kind is SourceKind.PARQUET else \
-            pa.schema(self.delta_table().schema().to_arrow())
+        return (
+            self.dataset().schema
+            if self.kind is SourceKind.PARQUET
+            else pa.schema(self.delta_table().schema().to_arrow())
+        )
 
     def data_version(self) -> str:
         """The Delta table version, or a digest of the Parquet files' names and footers. A footer holds every row
@@ -120,8 +130,9 @@ class SourceTable:
             h.update(frag.metadata.to_dict().__repr__().encode())
         return f"parquet:{h.hexdigest()[:16]}"
 
-    def read(self, time_column: str, window: tuple[pd.Timestamp, pd.Timestamp] | None,
-             columns: list[str] | None = None) -> pd.DataFrame:
+    def read(
+        self, time_column: str, window: tuple[pd.Timestamp, pd.Timestamp] | None, columns: list[str] | None = None
+    ) -> pd.DataFrame:
         """Rows whose ``time_column`` falls in [start, end) (all rows when ``window`` is None)."""
         import pyarrow.dataset as pads
 
@@ -146,11 +157,15 @@ class SourceTable:
         for name in present[1:]:
             arrays[name] = to_pandas(ds.to_table(columns=[name], filter=expr, memory_pool=pool()))[name].array
             if len(arrays[name]) != len(first):
-                raise ModelOpsError(f"{self.uri} changed while it was being read ({len(first)} rows, then "
-                                    f"{len(arrays[name])})", hint="run again")
+                raise ModelOpsError(
+                    f"{self.uri} changed while it was being read ({len(first)} rows, then {len(arrays[name])})",
+                    hint="run again",
+                )
         if before is not None and self.data_version() != before:
-            raise ModelOpsError(f"{self.uri} changed while it was being read (its Parquet files were rewritten)",
-                                hint="run again once the delivery is complete")
+            raise ModelOpsError(
+                f"{self.uri} changed while it was being read (its Parquet files were rewritten)",
+                hint="run again once the delivery is complete",
+            )
         return pd.DataFrame(arrays, index=pd.RangeIndex(len(first)), copy=False)
 
 
@@ -173,9 +188,11 @@ def source_table(spec: ModelSpec, root: str | Location | None = None, uri: str |
     materialization)."""
     target = uri or spec.source.uri
     if not target:
-        raise UsageError(f"{spec.name}: the source has no uri to read",
-                         hint="give source.uri, or have the upstream asset report `dagster/uri` or `table_uri` "
-                              "in its materialization metadata")
+        raise UsageError(
+            f"{spec.name}: the source has no uri to read",
+            hint="give source.uri, or have the upstream asset report `dagster/uri` or `table_uri` "
+            "in its materialization metadata",
+        )
     kind = SourceKind.DELTA if spec.source.kind is SourceKind.ASSET else spec.source.kind
     return SourceTable(resolve_uri(target, root), kind)
 
@@ -202,8 +219,10 @@ def read_labels(spec: ModelSpec, keys: pd.Series, root: str | Location | None = 
         ds = table.dataset()
         missing = [c for c in (key, column) if c not in ds.schema.names]
         if missing:
-            raise UsageError(f"the labels table {table.uri} of {spec.name} has no column(s) {', '.join(missing)}",
-                             hint="fix labels.key_column / labels.column in the declaration")
+            raise UsageError(
+                f"the labels table {table.uri} of {spec.name} has no column(s) {', '.join(missing)}",
+                hint="fix labels.key_column / labels.column in the declaration",
+            )
         wanted = keys.dropna().unique()
         key_type = ds.schema.field(key).type
         try:

@@ -61,8 +61,9 @@ def open_arrow(path: str) -> Any:
         return _delta(location, pinned)
     if pinned:
         raise UsageError(f"{base} is not a Delta table, so it has no version {pinned}", hint=HINT)
-    files = sorted(p for p in local.rglob("*.parquet") if not p.name.startswith((".", "_"))) if local.is_dir() \
-        else [local]
+    files = (
+        sorted(p for p in local.rglob("*.parquet") if not p.name.startswith((".", "_"))) if local.is_dir() else [local]
+    )
     if not files:
         raise UsageError(f"{path} holds no Parquet files", hint=HINT)
     try:
@@ -76,11 +77,16 @@ def _delta(location: Location, pinned: str) -> Any:
 
     uri = location.uri if location.is_s3 else str(location.path)
     try:
-        table = DeltaTable(uri, version=int(pinned) if pinned else None,
-                           storage_options=location.delta_storage_options())
+        table = DeltaTable(
+            uri, version=int(pinned) if pinned else None, storage_options=location.delta_storage_options()
+        )
     except Exception as exc:  # noqa: BLE001 - delta-rs raises several kinds for "no such table or version"
-        raise UsageError(f"cannot read Delta table {uri}" + (f" at version {pinned}" if pinned else "") +
-                         f": {str(exc).splitlines()[0]}", hint=HINT) from exc
+        raise UsageError(
+            f"cannot read Delta table {uri}"
+            + (f" at version {pinned}" if pinned else "")
+            + f": {str(exc).splitlines()[0]}",
+            hint=HINT,
+        ) from exc
     return table.to_pyarrow_dataset()
 
 
@@ -93,9 +99,10 @@ def _s3(location: Location, pinned: str) -> Any:
     import pyarrow.fs as pafs
 
     endpoint = s3_endpoint()
-    fs = pafs.S3FileSystem(endpoint_override=endpoint,
-                           scheme="http" if endpoint and endpoint.startswith("http:") else "https")
+    fs = pafs.S3FileSystem(
+        endpoint_override=endpoint, scheme="http" if endpoint and endpoint.startswith("http:") else "https"
+    )
     try:
-        return pads.dataset(location.uri[len("s3://"):], format="parquet", filesystem=fs)
+        return pads.dataset(location.uri[len("s3://") :], format="parquet", filesystem=fs)
     except (OSError, pa.ArrowInvalid) as exc:
         raise UsageError(f"{location.uri} is neither a Delta table nor readable Parquet: {exc}", hint=HINT) from exc

@@ -8,7 +8,6 @@ decision was taken on, so evaluating a sensor twice on the same state requests o
 cursor, the last decision and the state it was taken on, shown in the UI's tick history.
 """
 
-
 import json
 from collections.abc import Callable
 
@@ -36,48 +35,89 @@ def ingest_assets(spec: ModelSpec) -> list[str]:
 def job_names(spec: ModelSpec) -> dict[str, str]:
     """``partition``: a partition arrives (``flight_delay_monthly``, ``churn_daily``; ``NAME_score`` when static)."""
     cadence = spec.partitioning.cadence if spec.partitioning else "score"
-    return {"ingest": f"{spec.name}_ingest", "partition": f"{spec.name}_{cadence}", "retrain": f"{spec.name}_retrain",
-            "deploy": f"{spec.name}_deploy", "retention": f"{spec.name}_retention"}
+    return {
+        "ingest": f"{spec.name}_ingest",
+        "partition": f"{spec.name}_{cadence}",
+        "retrain": f"{spec.name}_retrain",
+        "deploy": f"{spec.name}_deploy",
+        "retention": f"{spec.name}_retention",
+    }
 
 
 def sensor_names(spec: ModelSpec) -> dict[str, str]:
-    return {"drift": f"{spec.name}_drift_sensor", "deployment": f"{spec.name}_deployment_sensor",
-            "guard": f"{spec.name}_production_guard"}
+    return {
+        "drift": f"{spec.name}_drift_sensor",
+        "deployment": f"{spec.name}_deployment_sensor",
+        "guard": f"{spec.name}_production_guard",
+    }
 
 
 def jobs(spec: ModelSpec) -> list:
     names = job_names(spec)
     return [
-        dg.define_asset_job(names["partition"], selection=[key(spec, n) for n in (*ingest_assets(spec),
-                                                                                  *MONITOR_ASSETS)],
-                            description=f"A partition of {spec.name} traffic arrives: ingest and check it, score it "
-                                        "with the manifest in force, then measure drift and realized performance."),
-        dg.define_asset_job(names["ingest"], selection=[key(spec, n) for n in ingest_assets(spec)],
-                            description=f"Ingest and check a partition of {spec.name} source data, without scoring "
-                                        "it (backfills, and the partitions a first model is trained on)."),
-        dg.define_asset_job(names["retrain"], selection=[key(spec, n) for n in RETRAIN_ASSETS],
-                            description=f"Retrain {spec.name}: snapshot the training window, fit and register a "
-                                        "candidate, evaluate it against the champion (staging when every gate passes)."),
-        dg.define_asset_job(names["deploy"], selection=[key(spec, "deployment")],
-                            description=f"One deployment action on {spec.name} (run config: action, version, reason)."),
+        dg.define_asset_job(
+            names["partition"],
+            selection=[key(spec, n) for n in (*ingest_assets(spec), *MONITOR_ASSETS)],
+            description=f"A partition of {spec.name} traffic arrives: ingest and check it, score it "
+            "with the manifest in force, then measure drift and realized performance.",
+        ),
+        dg.define_asset_job(
+            names["ingest"],
+            selection=[key(spec, n) for n in ingest_assets(spec)],
+            description=f"Ingest and check a partition of {spec.name} source data, without scoring "
+            "it (backfills, and the partitions a first model is trained on).",
+        ),
+        dg.define_asset_job(
+            names["retrain"],
+            selection=[key(spec, n) for n in RETRAIN_ASSETS],
+            description=f"Retrain {spec.name}: snapshot the training window, fit and register a "
+            "candidate, evaluate it against the champion (staging when every gate passes).",
+        ),
+        dg.define_asset_job(
+            names["deploy"],
+            selection=[key(spec, "deployment")],
+            description=f"One deployment action on {spec.name} (run config: action, version, reason).",
+        ),
     ]
 
 
 def _deploy_request(spec: ModelSpec, decision: Decision, sensor: str) -> dg.RunRequest:
     op = "__".join(key(spec, "deployment").path)
     return dg.RunRequest(
-        run_key=automation.run_key(decision), job_name=job_names(spec)["deploy"],
-        run_config={"ops": {op: {"config": {"action": str(decision.action), "version": decision.version,
-                                            "reason": decision.reason,
-                                            "expect_serving": decision.evidence.get("serving")}}}},
-        tags={TRIGGER_TAG: sensor, RunTag.ACTION.value: str(decision.action),
-              RunTag.VERSION.value: str(decision.version), RunTag.WINDOW.value: decision.window or ""})
+        run_key=automation.run_key(decision),
+        job_name=job_names(spec)["deploy"],
+        run_config={
+            "ops": {
+                op: {
+                    "config": {
+                        "action": str(decision.action),
+                        "version": decision.version,
+                        "reason": decision.reason,
+                        "expect_serving": decision.evidence.get("serving"),
+                    }
+                }
+            }
+        },
+        tags={
+            TRIGGER_TAG: sensor,
+            RunTag.ACTION.value: str(decision.action),
+            RunTag.VERSION.value: str(decision.version),
+            RunTag.WINDOW.value: decision.window or "",
+        },
+    )
 
 
 def _result(decision: Decision, request: Callable[[], dg.RunRequest]) -> dg.SensorResult:
     """Skip with the decision's reason, or request the run; the cursor records the decision and its state."""
-    cursor = json.dumps({"decision": decision.action, "version": decision.version, "window": decision.window,
-                         "state": decision.evidence.get("state_seq")}, sort_keys=True)
+    cursor = json.dumps(
+        {
+            "decision": decision.action,
+            "version": decision.version,
+            "window": decision.window,
+            "state": decision.evidence.get("state_seq"),
+        },
+        sort_keys=True,
+    )
     if not decision.acts:
         return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
     return dg.SensorResult(run_requests=[request()], cursor=cursor)
@@ -85,13 +125,15 @@ def _result(decision: Decision, request: Callable[[], dg.RunRequest]) -> dg.Sens
 
 def deployment_sensor(spec: ModelSpec) -> dg.SensorDefinition:
     @dg.sensor(
-        name=sensor_names(spec)["deployment"], job_name=job_names(spec)["deploy"],
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
+        name=sensor_names(spec)["deployment"],
+        job_name=job_names(spec)["deploy"],
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Progressive delivery of {spec.name}: a version reaching staging starts a canary at "
-                    f"{spec.deployment.canary_steps[0]:.0%}; each partition of canary traffic is judged against production "
-                    "(live_performance); a Successful partition advances the weight (past the last step: promotion, the "
-                    f"old version archived); Failed partitions are counted and more than "
-                    f"{spec.deployment.analysis.failure_limit} roll the canary back; an Inconclusive partition holds.",
+        f"{spec.deployment.canary_steps[0]:.0%}; each partition of canary traffic is judged against production "
+        "(live_performance); a Successful partition advances the weight (past the last step: promotion, the "
+        f"old version archived); Failed partitions are counted and more than "
+        f"{spec.deployment.analysis.failure_limit} roll the canary back; an Inconclusive partition holds.",
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
         decision = automation.deployment_step(model_ops.get_registry(), spec)
@@ -102,18 +144,23 @@ def deployment_sensor(spec: ModelSpec) -> dg.SensorDefinition:
 
 def drift_sensor(spec: ModelSpec) -> dg.SensorDefinition:
     @dg.sensor(
-        name=sensor_names(spec)["drift"], job_name=job_names(spec)["retrain"],
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
+        name=sensor_names(spec)["drift"],
+        job_name=job_names(spec)["retrain"],
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Retrains {spec.name} when the production version's traffic shows dataset drift for "
-                    f"{spec.monitoring.persistence_windows} consecutive partitions and, where labels exist, its "
-                    f"{spec.monitoring.performance_metric} is worse than at evaluation by more than "
-                    f"{spec.monitoring.performance_drop}. Too little data never counts. The evidence goes into the "
-                    "run's tags and a `retrain` record in the registry's audit log.",
+        f"{spec.monitoring.persistence_windows} consecutive partitions and, where labels exist, its "
+        f"{spec.monitoring.performance_metric} is worse than at evaluation by more than "
+        f"{spec.monitoring.performance_drop}. Too little data never counts. The evidence goes into the "
+        "run's tags and a `retrain` record in the registry's audit log.",
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
         decision = automation.retrain_step(
-            model_ops.get_registry(), spec, automation.window_rows(model_ops.dataset(spec.name, "drift")),
-            automation.window_rows(model_ops.dataset(spec.name, "live_performance")))
+            model_ops.get_registry(),
+            spec,
+            automation.window_rows(model_ops.dataset(spec.name, "drift")),
+            automation.window_rows(model_ops.dataset(spec.name, "live_performance")),
+        )
         return _result(decision, lambda: _retrain_request(spec, decision))
 
     return _sensor
@@ -122,31 +169,39 @@ def drift_sensor(spec: ModelSpec) -> dg.SensorDefinition:
 def _retrain_request(spec: ModelSpec, decision: Decision) -> dg.RunRequest:
     """The retrain run with the evidence in its tags (the run writes the audit record from them)."""
     ev = decision.evidence
-    tags = {TRIGGER_TAG: "drift_sensor", RunTag.PRODUCTION_VERSION.value: str(decision.version),
-            RunTag.WINDOW.value: decision.window or "",
-            RunTag.DRIFT_WINDOWS.value: ",".join(ev.get("windows", [])),
-            RunTag.DRIFT_SHARE.value: ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None),
-            REASON_TAG: decision.reason, EVIDENCE_TAG: json.dumps(ev, sort_keys=True, default=str)}
+    tags = {
+        TRIGGER_TAG: "drift_sensor",
+        RunTag.PRODUCTION_VERSION.value: str(decision.version),
+        RunTag.WINDOW.value: decision.window or "",
+        RunTag.DRIFT_WINDOWS.value: ",".join(ev.get("windows", [])),
+        RunTag.DRIFT_SHARE.value: ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None),
+        REASON_TAG: decision.reason,
+        EVIDENCE_TAG: json.dumps(ev, sort_keys=True, default=str),
+    }
     if ev.get("metric"):
         tags[RunTag.LIVE_PREFIX.value + ev["metric"]] = f"{ev['live']:.4f}"
         tags[RunTag.BASELINE_PREFIX.value + ev["metric"]] = f"{ev['baseline']:.4f}"
-    return dg.RunRequest(run_key=f"retrain:v{decision.version}:{decision.window}",
-                         job_name=job_names(spec)["retrain"], tags=tags)
+    return dg.RunRequest(
+        run_key=f"retrain:v{decision.version}:{decision.window}", job_name=job_names(spec)["retrain"], tags=tags
+    )
 
 
 def production_guard(spec: ModelSpec) -> dg.SensorDefinition:
     floor = ", ".join(f"{m} {b.model_dump(exclude_none=True)}" for m, b in spec.monitoring.performance_floor.items())
 
     @dg.sensor(
-        name=sensor_names(spec)["guard"], job_name=job_names(spec)["deploy"],
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING,
+        name=sensor_names(spec)["guard"],
+        job_name=job_names(spec)["deploy"],
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Keeps watching {spec.name} after promotion: when the production version's realized quality "
-                    f"is below the floor ({floor or 'none set'}) for {spec.monitoring.guard_windows} consecutive "
-                    "conclusive partitions, production is rolled back to the previous production version.",
+        f"is below the floor ({floor or 'none set'}) for {spec.monitoring.guard_windows} consecutive "
+        "conclusive partitions, production is rolled back to the previous production version.",
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
-        decision = automation.guard_step(model_ops.get_registry(), spec, automation.window_rows(
-            model_ops.dataset(spec.name, "live_performance")))
+        decision = automation.guard_step(
+            model_ops.get_registry(), spec, automation.window_rows(model_ops.dataset(spec.name, "live_performance"))
+        )
         return _result(decision, lambda: _deploy_request(spec, decision, "production_guard"))
 
     return _sensor
@@ -154,11 +209,15 @@ def production_guard(spec: ModelSpec) -> dg.SensorDefinition:
 
 def retention_job(spec: ModelSpec) -> dg.JobDefinition:
     override = spec.monitoring.staging_retention_days
-    @dg.op(name=f"{spec.name}_archive_expired",
-           description=f"Archives {spec.name} versions past their stage's retention (the registry policy's "
-                       "retention section" + (f"; staging: {override:g} days for this model" if override else "")
-                       + "), never one that serves, has an alias, or is needed by a served version's lineage. "
-                       "The plan (what goes, what stays and why) is logged before anything changes.")
+
+    @dg.op(
+        name=f"{spec.name}_archive_expired",
+        description=f"Archives {spec.name} versions past their stage's retention (the registry policy's "
+        "retention section"
+        + (f"; staging: {override:g} days for this model" if override else "")
+        + "), never one that serves, has an alias, or is needed by a served version's lineage. "
+        "The plan (what goes, what stays and why) is logged before anything changes.",
+    )
     def _archive(context: dg.OpExecutionContext, model_ops: ModelOpsResource) -> None:
         reg = model_ops.get_registry()
         todo = retention.plan(reg, spec)
@@ -173,29 +232,41 @@ def retention_job(spec: ModelSpec) -> dg.JobDefinition:
     return _job
 
 
-def schedules(spec: ModelSpec, partition_job: object,
-              retention_def: dg.JobDefinition) -> list[dg.ScheduleDefinition]:
+def schedules(spec: ModelSpec, partition_job: object, retention_def: dg.JobDefinition) -> list[dg.ScheduleDefinition]:
     builtin = spec.source.kind is SourceKind.NYCFLIGHTS13
     if spec.partitioning is None:
         arrive = dg.ScheduleDefinition(
-            name=f"{spec.name}_score_schedule", job=partition_job, cron_schedule="0 6 * * *",  # type: ignore[arg-type]
+            name=f"{spec.name}_score_schedule",
+            job=partition_job,
+            cron_schedule="0 6 * * *",  # type: ignore[arg-type]
             default_status=dg.DefaultScheduleStatus.STOPPED,
             description="Re-reads, scores and monitors the static table daily. Off by default: turn it on when the "
-                        "table is refreshed in place.")
+            "table is refreshed in place.",
+        )
     else:
         arrive = dg.build_schedule_from_partitioned_job(
-            partition_job, name=f"{spec.name}_{spec.partitioning.cadence}_schedule", hour_of_day=6,  # type: ignore[arg-type]
+            partition_job,
+            name=f"{spec.name}_{spec.partitioning.cadence}_schedule",
+            hour_of_day=6,  # type: ignore[arg-type]
             default_status=dg.DefaultScheduleStatus.STOPPED,
             description=f"Ingests, scores and monitors each {spec.partitioning.cadence} partition once it is "
-                        "complete. Off by default: " + ("the built-in source is the fixed year 2013, so a schedule "
-                        "would only redo December; turn it on for a live source." if builtin else
-                        "turn it on when the source receives new rows."))
+            "complete. Off by default: "
+            + (
+                "the built-in source is the fixed year 2013, so a schedule "
+                "would only redo December; turn it on for a live source."
+                if builtin
+                else "turn it on when the source receives new rows."
+            ),
+        )
     return [
         arrive,
         dg.ScheduleDefinition(
-            name=f"{spec.name}_retention_schedule", job=retention_def, cron_schedule="0 3 * * *",
+            name=f"{spec.name}_retention_schedule",
+            job=retention_def,
+            cron_schedule="0 3 * * *",
             default_status=dg.DefaultScheduleStatus.RUNNING,
-            description="Daily retention: archives stale staging versions, never anything referenced."),
+            description="Daily retention: archives stale staging versions, never anything referenced.",
+        ),
     ]
 
 
@@ -203,7 +274,8 @@ def automation_defs(spec: ModelSpec) -> dg.Definitions:
     """The model's jobs, sensors and schedules."""
     asset_jobs = jobs(spec)
     keep = retention_job(spec)
-    return dg.Definitions(jobs=[*asset_jobs, keep], sensors=[deployment_sensor(spec), drift_sensor(spec),
-                                                              production_guard(spec)],
-                          schedules=schedules(spec, asset_jobs[0], keep))
-
+    return dg.Definitions(
+        jobs=[*asset_jobs, keep],
+        sensors=[deployment_sensor(spec), drift_sensor(spec), production_guard(spec)],
+        schedules=schedules(spec, asset_jobs[0], keep),
+    )

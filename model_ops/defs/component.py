@@ -54,9 +54,17 @@ def model_defs(spec: ModelSpec) -> dg.Definitions:
         sources = []
     else:
         sources = [source_asset(spec)]
-    assets = [*sources, features_asset(spec), training_set_asset(spec), candidate_model_asset(spec),
-              evaluation_asset(spec), deployment_asset(spec), predictions_asset(spec), drift_report_asset(spec),
-              live_performance_asset(spec)]
+    assets = [
+        *sources,
+        features_asset(spec),
+        training_set_asset(spec),
+        candidate_model_asset(spec),
+        evaluation_asset(spec),
+        deployment_asset(spec),
+        predictions_asset(spec),
+        drift_report_asset(spec),
+        live_performance_asset(spec),
+    ]
     return dg.Definitions.merge(dg.Definitions(assets=assets), automation_defs(spec))  # type: ignore[arg-type]
 
 

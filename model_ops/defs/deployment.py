@@ -4,7 +4,6 @@ The manifest itself lives in the registry (production stage + the newest deploym
 history and the registry's audit log tell the same story, and a rollback from the command line is seen here.
 """
 
-
 from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
@@ -35,42 +34,74 @@ class DeployConfig(dg.Config):
     action: ActionName = DeployAction.DEPLOY.value
     version: int | None = Field(default=None, description="Registry version to act on (default: per action).")
     reason: str | None = Field(default=None, description="Why; recorded in the audit log.")
-    expect_serving: str | None = Field(default=None, description=(
-        "Act only if production:canary is still this (e.g. '2:3', '-' for none); sensors set it so that a late "
-        "run never acts on a deployment that changed after the decision."))
+    expect_serving: str | None = Field(
+        default=None,
+        description=(
+            "Act only if production:canary is still this (e.g. '2:3', '-' for none); sensors set it so that a late "
+            "run never acts on a deployment that changed after the decision."
+        ),
+    )
 
 
 def manifest_metadata(manifest: dep.Manifest) -> dict[str, object]:
-    return {"production_version": manifest.production or -1, "canary_version": manifest.canary or -1,
-            "canary_weight": manifest.canary_weight, "shadow_version": manifest.shadow or -1,
-            "manifest": dg.MetadataValue.json(manifest.to_dict())}
+    return {
+        "production_version": manifest.production or -1,
+        "canary_version": manifest.canary or -1,
+        "canary_weight": manifest.canary_weight,
+        "shadow_version": manifest.shadow or -1,
+        "manifest": dg.MetadataValue.json(manifest.to_dict()),
+    }
 
 
 def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     @dg.asset(
-        key=key(spec, "deployment"), deps=[key(spec, "evaluation")], code_version=f"{DEPLOY_CODE_VERSION}-"
-        f"{spec.fingerprint('deployment')}", kinds={"deployment"},
+        key=key(spec, "deployment"),
+        deps=[key(spec, "evaluation")],
+        code_version=f"{DEPLOY_CODE_VERSION}-{spec.fingerprint('deployment')}",
+        kinds={"deployment"},
         description="The deployment manifest: the production version, the canary version and its traffic weight, "
-                    "the shadow version. Each action (deploy, advance, promote, rollback, shadow_on, shadow_off) "
-                    "is a materialization with run config and a `deployment` record in the registry's audit log. "
-                    f"Canary steps: {', '.join(f'{s:.0%}' for s in spec.deployment.canary_steps)}.",
+        "the shadow version. Each action (deploy, advance, promote, rollback, shadow_on, shadow_off) "
+        "is a materialization with run config and a `deployment` record in the registry's audit log. "
+        f"Canary steps: {', '.join(f'{s:.0%}' for s in spec.deployment.canary_steps)}.",
         **attribution(spec),
     )
-    def _deployment(context: dg.AssetExecutionContext, config: DeployConfig,
-                    model_ops: ModelOpsResource) -> dg.MaterializeResult:
+    def _deployment(
+        context: dg.AssetExecutionContext, config: DeployConfig, model_ops: ModelOpsResource
+    ) -> dg.MaterializeResult:
         reg = model_ops.get_registry()
         staging = dep.staging_stage(reg)
-        if config.action == DeployAction.DEPLOY and config.version is None and not any(
-                v.stage == staging for v in reg.versions(spec.name)):
+        if (
+            config.action == DeployAction.DEPLOY
+            and config.version is None
+            and not any(v.stage == staging for v in reg.versions(spec.name))
+        ):
             manifest = dep.current(reg, spec.name)
-            change = dep.Change(DeployAction.DEPLOY.value, manifest, manifest, f"no version is waiting in {staging}; "
-                                f"{manifest.describe()} (unchanged)", False)
+            change = dep.Change(
+                DeployAction.DEPLOY.value,
+                manifest,
+                manifest,
+                f"no version is waiting in {staging}; {manifest.describe()} (unchanged)",
+                False,
+            )
         else:
-            change = dep.apply(reg, spec, config.action, version=config.version, reason=config.reason,
-                               run_id=context.run.run_id, expect=config.expect_serving)
+            change = dep.apply(
+                reg,
+                spec,
+                config.action,
+                version=config.version,
+                reason=config.reason,
+                run_id=context.run.run_id,
+                expect=config.expect_serving,
+            )
         context.log.info(f"{spec.name}: {change.message}")
-        return dg.MaterializeResult(metadata={
-            "action": change.action, "changed": change.changed, "message": change.message,
-            "serving": change.after.describe(), **manifest_metadata(change.after)})
+        return dg.MaterializeResult(
+            metadata={
+                "action": change.action,
+                "changed": change.changed,
+                "message": change.message,
+                "serving": change.after.describe(),
+                **manifest_metadata(change.after),
+            }
+        )
 
     return _deployment

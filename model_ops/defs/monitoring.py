@@ -26,26 +26,46 @@ from model_ops.specs.schema import LIVE_METRICS, ModelSpec
 from model_ops.vocab import Arm, ArmStatus, CanaryPhase, DriftStatus, RecordKind
 
 MONITOR_CODE_VERSION = "monitor-2"
-DRIFT_SCHEMA = pa.schema([
-    (PARTITION, pa.string()), ("model_version", pa.int64()), ("status", pa.string()), ("dataset_drift", pa.bool_()),
-    ("drift_share", pa.float64()), ("drifted", pa.string()), ("prediction_statistic", pa.float64()),
-    ("prediction_drift", pa.bool_()), ("rows", pa.int64()), ("computed_at", pa.timestamp("us", tz="UTC")),
-    ("report", pa.string())])
+DRIFT_SCHEMA = pa.schema(
+    [
+        (PARTITION, pa.string()),
+        ("model_version", pa.int64()),
+        ("status", pa.string()),
+        ("dataset_drift", pa.bool_()),
+        ("drift_share", pa.float64()),
+        ("drifted", pa.string()),
+        ("prediction_statistic", pa.float64()),
+        ("prediction_drift", pa.bool_()),
+        ("rows", pa.int64()),
+        ("computed_at", pa.timestamp("us", tz="UTC")),
+        ("report", pa.string()),
+    ]
+)
 
 
 def performance_schema(spec: ModelSpec) -> pa.Schema:
-    return pa.schema([
-        (PARTITION, pa.string()), ("arm", pa.string()), ("model_version", pa.int64()), ("served", pa.int64()),
-        ("labelled", pa.int64()), ("coverage", pa.float64()), ("status", pa.string()), ("reason", pa.string()),
-        ("scored_at", pa.timestamp("us", tz="UTC")),
-        *[(m, pa.float64()) for m in sorted(LIVE_METRICS[spec.task])]])
+    return pa.schema(
+        [
+            (PARTITION, pa.string()),
+            ("arm", pa.string()),
+            ("model_version", pa.int64()),
+            ("served", pa.int64()),
+            ("labelled", pa.int64()),
+            ("coverage", pa.float64()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+            ("scored_at", pa.timestamp("us", tz="UTC")),
+            *[(m, pa.float64()) for m in sorted(LIVE_METRICS[spec.task])],
+        ]
+    )
 
 
 def _partition_log(model_ops: ModelOpsResource, spec: ModelSpec, partition: str) -> pd.DataFrame:
     log_ds = model_ops.dataset(spec.name, "predictions")
     if not log_ds.exists() or partition not in log_ds.partition_keys():
-        raise dg.Failure(f"{spec.name} has no predictions for {partition}: materialize {spec.name}/predictions for "
-                         f"{partition} first")
+        raise dg.Failure(
+            f"{spec.name} has no predictions for {partition}: materialize {spec.name}/predictions for {partition} first"
+        )
     return log_ds.read([partition])
 
 
@@ -67,22 +87,31 @@ def _classes(reg: Any, spec: ModelSpec, versions: list[int]) -> dict[int, list[A
     return out
 
 
-def _reference(context: dg.AssetExecutionContext, model_ops: ModelOpsResource, spec: ModelSpec,
-               version: int) -> drift.Profile:
+def _reference(
+    context: dg.AssetExecutionContext, model_ops: ModelOpsResource, spec: ModelSpec, version: int
+) -> drift.Profile:
     """The version's reference profile; one built once from its recorded training snapshot when it has none."""
     snap = model_ops.dataset(spec.name, "training_set")
 
     def training_rows(mv: Any) -> pd.DataFrame:
         recorded = (mv.dataset or {}).get("version")
         if recorded is None or (mv.dataset or {}).get("uri") != snap.uri:
-            raise dg.Failure(f"{mv.ref} has no drift reference profile and records no training snapshot of "
-                             f"{snap.uri} to build one from; attach one with Registry.attach(..., "
-                             f"'{mon.PROFILE_LABEL}', ...) or register the version through {spec.name}/candidate_model")
+            raise dg.Failure(
+                f"{mv.ref} has no drift reference profile and records no training snapshot of "
+                f"{snap.uri} to build one from; attach one with Registry.attach(..., "
+                f"'{mon.PROFILE_LABEL}', ...) or register the version through {spec.name}/candidate_model"
+            )
         df = snap.read(version=int(recorded))
         return df[df[SPLIT] == TRAIN]
 
-    profile, built = mon.reference_profile_for(model_ops.get_registry(), spec, version, training_rows,
-                                               run_id=context.run.run_id, source=f"its training snapshot {snap.uri}")
+    profile, built = mon.reference_profile_for(
+        model_ops.get_registry(),
+        spec,
+        version,
+        training_rows,
+        run_id=context.run.run_id,
+        source=f"its training snapshot {snap.uri}",
+    )
     if built:
         context.log.warning(f"{spec.name} v{version} had no drift reference profile; built it and attached it")
     return profile
@@ -93,19 +122,29 @@ def drift_report_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     columns = mon.drift_columns(spec)
 
     @dg.asset(
-        key=asset_key, partitions_def=partitions_def(spec), deps=[key(spec, "predictions")],
-        code_version=f"{MONITOR_CODE_VERSION}-{spec.fingerprint('features', 'monitoring')}", kinds={"deltalake"},
+        key=asset_key,
+        partitions_def=partitions_def(spec),
+        deps=[key(spec, "predictions")],
+        code_version=f"{MONITOR_CODE_VERSION}-{spec.fingerprint('features', 'monitoring')}",
+        kinds={"deltalake"},
         description="Feature and prediction drift of the partition's traffic served by production, against the "
-                    "production version's reference profile (computed from its training rows when it was "
-                    "registered). Normalised Wasserstein / Jensen-Shannon above 1,000 reference rows, KS / "
-                    "chi-square below; dataset drift when at least half the monitored features drift; fewer than "
-                    f"{spec.monitoring.drift_window_min_rows} rows is 'insufficient data', never drift. "
-                    f"Monitored: {', '.join(columns)} and the model's output"
-                    + (f" (excluded: {', '.join(spec.monitoring.drift_exclude)})" if spec.monitoring.drift_exclude
-                       else "") + ". One row per partition in the `drift` Delta table, read by the drift sensor.",
-        check_specs=[dg.AssetCheckSpec("no_dataset_drift", asset=asset_key, description=(
-            "Warns when the partition's served traffic has drifted from the production version's training data "
-            "(or is too small to judge). Retraining waits for persistence; see the drift sensor."))],
+        "production version's reference profile (computed from its training rows when it was "
+        "registered). Normalised Wasserstein / Jensen-Shannon above 1,000 reference rows, KS / "
+        "chi-square below; dataset drift when at least half the monitored features drift; fewer than "
+        f"{spec.monitoring.drift_window_min_rows} rows is 'insufficient data', never drift. "
+        f"Monitored: {', '.join(columns)} and the model's output"
+        + (f" (excluded: {', '.join(spec.monitoring.drift_exclude)})" if spec.monitoring.drift_exclude else "")
+        + ". One row per partition in the `drift` Delta table, read by the drift sensor.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "no_dataset_drift",
+                asset=asset_key,
+                description=(
+                    "Warns when the partition's served traffic has drifted from the production version's training data "
+                    "(or is too small to judge). Retraining waits for persistence; see the drift sensor."
+                ),
+            )
+        ],
         **attribution(spec),
     )
     def _drift_report(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
@@ -121,30 +160,51 @@ def drift_report_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         classes = _classes(model_ops.get_registry(), typed, [version]).get(version)
         window = mon.compare_window(reference, mon.log_drift_table(served, typed, classes), typed)
         report, prediction = window.report, window.prediction
-        row = {PARTITION: partition, "model_version": version, "status": str(report.status),
-               "dataset_drift": report.dataset_drift, "drift_share": report.drift_share,
-               "drifted": ",".join(report.drifted),
-               "prediction_statistic": prediction.statistic if prediction else None,
-               "prediction_drift": window.prediction_drift, "rows": int(len(served)),
-               "computed_at": datetime.now(timezone.utc), "report": json.dumps(json_safe(window.to_dict()),
-                                                                               sort_keys=True)}
+        row = {
+            PARTITION: partition,
+            "model_version": version,
+            "status": str(report.status),
+            "dataset_drift": report.dataset_drift,
+            "drift_share": report.drift_share,
+            "drifted": ",".join(report.drifted),
+            "prediction_statistic": prediction.statistic if prediction else None,
+            "prediction_drift": window.prediction_drift,
+            "rows": int(len(served)),
+            "computed_at": datetime.now(timezone.utc),
+            "report": json.dumps(json_safe(window.to_dict()), sort_keys=True),
+        }
         table = model_ops.dataset(spec.name, "drift")
         table.replace_partition(partition, pa.Table.from_pylist([row], schema=DRIFT_SCHEMA))
-        feature_rows = [{"feature": f.feature, "method": f.method, "statistic": f.statistic, "threshold": f.threshold,
-                         "psi": f.psi, "drift": f.drift, "status": f.status, "n_current": f.n_current}
-                        for f in [*report.features, *window.predictions]]
-        verdict = {DriftStatus.DRIFT: f"dataset drift: {len(report.drifted)} of {len(report.features)} features "
-                                      f"drifted ({', '.join(report.drifted)})",
-                   DriftStatus.NO_DRIFT: f"no dataset drift (share {report.drift_share})",
-                   DriftStatus.INSUFFICIENT_DATA: f"insufficient data: {len(served)} rows < "
-                                                  f"{spec.monitoring.drift_window_min_rows}, no verdict"}[
-            DriftStatus(report.status)]
+        feature_rows = [
+            {
+                "feature": f.feature,
+                "method": f.method,
+                "statistic": f.statistic,
+                "threshold": f.threshold,
+                "psi": f.psi,
+                "drift": f.drift,
+                "status": f.status,
+                "n_current": f.n_current,
+            }
+            for f in [*report.features, *window.predictions]
+        ]
+        verdict = {
+            DriftStatus.DRIFT: f"dataset drift: {len(report.drifted)} of {len(report.features)} features "
+            f"drifted ({', '.join(report.drifted)})",
+            DriftStatus.NO_DRIFT: f"no dataset drift (share {report.drift_share})",
+            DriftStatus.INSUFFICIENT_DATA: f"insufficient data: {len(served)} rows < "
+            f"{spec.monitoring.drift_window_min_rows}, no verdict",
+        }[DriftStatus(report.status)]
         context.log.info(f"{spec.name} {partition} against v{version}: {verdict}")
         metadata: dict[str, object] = {
-            "status": str(report.status), "dataset_drift": report.dataset_drift,
-            "drifted_features": ", ".join(report.drifted) or "none", "production_version": version,
-            "rows": len(served), "prediction_drift": window.prediction_drift,
-            "features": dg.MetadataValue.md(md_table(feature_rows)), "table_uri": table.uri,
+            "status": str(report.status),
+            "dataset_drift": report.dataset_drift,
+            "drifted_features": ", ".join(report.drifted) or "none",
+            "production_version": version,
+            "rows": len(served),
+            "prediction_drift": window.prediction_drift,
+            "features": dg.MetadataValue.md(md_table(feature_rows)),
+            "table_uri": table.uri,
         }
         if report.drift_share is not None:
             metadata["drift_share"] = float(report.drift_share)
@@ -153,10 +213,19 @@ def drift_report_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         for f in report.features:
             if f.statistic is not None:
                 metadata[f"drift_{f.feature}"] = float(f.statistic)
-        return dg.MaterializeResult(metadata=metadata, check_results=[dg.AssetCheckResult(
-            asset_key=asset_key, check_name="no_dataset_drift", passed=report.status == DriftStatus.NO_DRIFT,
-            severity=dg.AssetCheckSeverity.WARN, description=verdict,
-            metadata={"drifted": ", ".join(report.drifted) or "none"})])
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                dg.AssetCheckResult(
+                    asset_key=asset_key,
+                    check_name="no_dataset_drift",
+                    passed=report.status == DriftStatus.NO_DRIFT,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=verdict,
+                    metadata={"drifted": ", ".join(report.drifted) or "none"},
+                )
+            ],
+        )
 
     return _drift_report
 
@@ -178,21 +247,32 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     schema = performance_schema(spec)
 
     @dg.asset(
-        key=asset_key, partitions_def=partitions_def(spec), deps=[key(spec, "predictions"), key(spec, "features")],
+        key=asset_key,
+        partitions_def=partitions_def(spec),
+        deps=[key(spec, "predictions"), key(spec, "features")],
         code_version=f"{MONITOR_CODE_VERSION}-{spec.fingerprint('target', 'labels', 'deployment', 'monitoring')}",
         kinds={"deltalake"},
         description="Realized quality of each served arm (production, canary) once the partition's outcomes are "
-                    f"known: labels from {where} joined to the prediction log by {spec.key_column}, with label "
-                    f"coverage; {', '.join(sorted(LIVE_METRICS[spec.task]))}. Fewer than "
-                    f"{spec.monitoring.min_labels} labels is inconclusive, never 'fine'. When a canary served, the "
-                    "canary analysis of the partition (Successful / Failed / Inconclusive against production's share "
-                    "of the same traffic) is recorded in the registry's audit log for the deployment sensor. "
-                    f"Production floor: {floor}.",
+        f"known: labels from {where} joined to the prediction log by {spec.key_column}, with label "
+        f"coverage; {', '.join(sorted(LIVE_METRICS[spec.task]))}. Fewer than "
+        f"{spec.monitoring.min_labels} labels is inconclusive, never 'fine'. When a canary served, the "
+        "canary analysis of the partition (Successful / Failed / Inconclusive against production's share "
+        "of the same traffic) is recorded in the registry's audit log for the deployment sensor. "
+        f"Production floor: {floor}.",
         check_specs=[
-            dg.AssetCheckSpec("production_within_floor", asset=asset_key, description=(
-                "Warns when production's realized quality is below the declared floor, or cannot be judged.")),
-            dg.AssetCheckSpec("canary_analysis", asset=asset_key, description=(
-                "Warns when the partition's canary measurement is Failed or Inconclusive."))],
+            dg.AssetCheckSpec(
+                "production_within_floor",
+                asset=asset_key,
+                description=(
+                    "Warns when production's realized quality is below the declared floor, or cannot be judged."
+                ),
+            ),
+            dg.AssetCheckSpec(
+                "canary_analysis",
+                asset=asset_key,
+                description=("Warns when the partition's canary measurement is Failed or Inconclusive."),
+            ),
+        ],
         **attribution(spec),
     )
     def _live_performance(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
@@ -209,27 +289,65 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         prod, canary = by_arm.get(Arm.PRODUCTION), by_arm.get(Arm.CANARY)
         analysis = mon.analyse_canary(partition, prod, canary, typed)
         if analysis is not None:
-            reg.record(spec.name, RecordKind.CANARY_ANALYSIS, version=analysis.canary_version,
-                       run_id=context.run.run_id, reason=f"{partition} {analysis.phase}: {analysis.message}",
-                       details=json_safe({**analysis.to_dict(), "scored_at": scored_at.isoformat(),
-                                          "arms": [a.to_dict() for a in arms]}))
+            reg.record(
+                spec.name,
+                RecordKind.CANARY_ANALYSIS,
+                version=analysis.canary_version,
+                run_id=context.run.run_id,
+                reason=f"{partition} {analysis.phase}: {analysis.message}",
+                details=json_safe(
+                    {**analysis.to_dict(), "scored_at": scored_at.isoformat(), "arms": [a.to_dict() for a in arms]}
+                ),
+            )
             if analysis.phase == CanaryPhase.INCONCLUSIVE:
-                reg.record(spec.name, RecordKind.ALERT, version=analysis.canary_version, run_id=context.run.run_id,
-                           reason=f"canary v{analysis.canary_version} is held at its weight: {partition} was "
-                                  f"inconclusive ({analysis.message}); it waits for a conclusive partition, or for "
-                                  "a person to advance or roll it back",
-                           details={"window": partition, "phase": str(analysis.phase)})
+                reg.record(
+                    spec.name,
+                    RecordKind.ALERT,
+                    version=analysis.canary_version,
+                    run_id=context.run.run_id,
+                    reason=f"canary v{analysis.canary_version} is held at its weight: {partition} was "
+                    f"inconclusive ({analysis.message}); it waits for a conclusive partition, or for "
+                    "a person to advance or roll it back",
+                    details={"window": partition, "phase": str(analysis.phase)},
+                )
                 context.log.warning(f"{spec.name}: canary v{analysis.canary_version} held, {partition} inconclusive")
-        rows = [{PARTITION: partition, "arm": a.arm, "model_version": a.model_version, "served": a.served,
-                 "labelled": a.labelled, "coverage": a.coverage, "status": str(a.status), "reason": a.reason,
-                 "scored_at": scored_at, **{m: a.metrics.get(m) for m in LIVE_METRICS[spec.task]}} for a in arms]
+        rows = [
+            {
+                PARTITION: partition,
+                "arm": a.arm,
+                "model_version": a.model_version,
+                "served": a.served,
+                "labelled": a.labelled,
+                "coverage": a.coverage,
+                "status": str(a.status),
+                "reason": a.reason,
+                "scored_at": scored_at,
+                **{m: a.metrics.get(m) for m in LIVE_METRICS[spec.task]},
+            }
+            for a in arms
+        ]
         table = model_ops.dataset(spec.name, "live_performance")
         table.replace_partition(partition, pa.Table.from_pylist(rows, schema=schema))
         shown = sorted(LIVE_METRICS[spec.task])
-        metadata: dict[str, object] = {"arms": dg.MetadataValue.md(md_table([
-            {"arm": a.arm, "version": a.model_version, "served": a.served, "labelled": a.labelled,
-             "coverage": a.coverage, **{m: a.metrics.get(m, float("nan")) for m in shown},
-             "status": str(a.status)} for a in arms])), "table_uri": table.uri}
+        metadata: dict[str, object] = {
+            "arms": dg.MetadataValue.md(
+                md_table(
+                    [
+                        {
+                            "arm": a.arm,
+                            "version": a.model_version,
+                            "served": a.served,
+                            "labelled": a.labelled,
+                            "coverage": a.coverage,
+                            **{m: a.metrics.get(m, float("nan")) for m in shown},
+                            "status": str(a.status),
+                        }
+                        for a in arms
+                    ]
+                )
+            ),
+            "table_uri": table.uri,
+        }
         for a in arms:
             metadata[f"{a.arm}_version"] = a.model_version
             metadata[f"{a.arm}_label_coverage"] = a.coverage
@@ -240,16 +358,35 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             metadata["canary_analysis"] = str(analysis.phase)
             metadata["canary_analysis_message"] = analysis.message
         prod_ok = prod is not None and prod.status == ArmStatus.OK
-        prod_text = "no production traffic" if prod is None else (
-            f"production v{prod.model_version}: {prod.status} ({prod.reason})")
-        canary_text = "no canary served in this partition" if analysis is None else \
-            f"canary v{analysis.canary_version} {analysis.phase}: {analysis.message}"
+        prod_text = (
+            "no production traffic"
+            if prod is None
+            else (f"production v{prod.model_version}: {prod.status} ({prod.reason})")
+        )
+        canary_text = (
+            "no canary served in this partition"
+            if analysis is None
+            else f"canary v{analysis.canary_version} {analysis.phase}: {analysis.message}"
+        )
         context.log.info(f"{spec.name} {partition}: {prod_text}; {canary_text}")
-        return dg.MaterializeResult(metadata=metadata, check_results=[
-            dg.AssetCheckResult(asset_key=asset_key, check_name="production_within_floor", passed=prod_ok,
-                                severity=dg.AssetCheckSeverity.WARN, description=prod_text),
-            dg.AssetCheckResult(asset_key=asset_key, check_name="canary_analysis",
-                                passed=analysis is None or analysis.phase == CanaryPhase.SUCCESSFUL,
-                                severity=dg.AssetCheckSeverity.WARN, description=canary_text)])
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                dg.AssetCheckResult(
+                    asset_key=asset_key,
+                    check_name="production_within_floor",
+                    passed=prod_ok,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=prod_text,
+                ),
+                dg.AssetCheckResult(
+                    asset_key=asset_key,
+                    check_name="canary_analysis",
+                    passed=analysis is None or analysis.phase == CanaryPhase.SUCCESSFUL,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=canary_text,
+                ),
+            ],
+        )
 
     return _live_performance

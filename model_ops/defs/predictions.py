@@ -31,18 +31,24 @@ def score_arm(model: object, rows: pd.DataFrame, spec: ModelSpec) -> tuple[dict[
     parts: list[dict[str, np.ndarray]] = []
     latency = np.empty(len(rows))
     for start in range(0, len(rows), CHUNK):
-        part = rows.iloc[start:start + CHUNK]
+        part = rows.iloc[start : start + CHUNK]
         t0 = time.perf_counter()
         predicted = tasks.predict(model, model_input(part, spec), spec)
-        latency[start:start + len(part)] = (time.perf_counter() - t0) * 1000 / max(len(part), 1)
+        latency[start : start + len(part)] = (time.perf_counter() - t0) * 1000 / max(len(part), 1)
         parts.append(predicted.columns())
     names = list(dict.fromkeys(n for p in parts for n in p))
     return {n: np.concatenate([np.asarray(p[n]) for p in parts]) for n in names}, latency
 
 
-def score_partition(features: pd.DataFrame, manifest: dep.Manifest, models: dict[int, object],
-                    spec: ModelSpec, semvers: dict[int, str], scored_at: datetime | None = None,
-                    specs: dict[int, ModelSpec] | None = None) -> pd.DataFrame:
+def score_partition(
+    features: pd.DataFrame,
+    manifest: dep.Manifest,
+    models: dict[int, object],
+    spec: ModelSpec,
+    semvers: dict[int, str],
+    scored_at: datetime | None = None,
+    specs: dict[int, ModelSpec] | None = None,
+) -> pd.DataFrame:
     """The prediction log rows of one partition (pure apart from timing: tested directly). ``scored_at`` is taken
     before the manifest was read, so a window counts as served after a deployment change only if it was.
     ``specs`` holds each version's view of the declaration (its own inputs) where it differs from ``spec``."""
@@ -61,13 +67,24 @@ def score_partition(features: pd.DataFrame, manifest: dep.Manifest, models: dict
         if rows.empty:
             continue
         outputs, latency = score_arm(models[version], rows, specs.get(version, spec))
-        out = pd.DataFrame({
-            "request_id": [str(uuid.uuid5(REQUEST_NS, f"{spec.name}/{p}/{k}/{arm}/{version}"))
-                           for p, k in zip(rows[PARTITION], rows[spec.key_column])],
-            "ts": rows[spec.time_column].to_numpy(), "scored_at": scored_at, PARTITION: rows[PARTITION].to_numpy(),
-            spec.key_column: rows[spec.key_column].to_numpy(), "model_version": version,
-            "model_semver": semvers[version], "arm": str(arm), "served": served, **outputs, "latency_ms": latency,
-        })
+        out = pd.DataFrame(
+            {
+                "request_id": [
+                    str(uuid.uuid5(REQUEST_NS, f"{spec.name}/{p}/{k}/{arm}/{version}"))
+                    for p, k in zip(rows[PARTITION], rows[spec.key_column])
+                ],
+                "ts": rows[spec.time_column].to_numpy(),
+                "scored_at": scored_at,
+                PARTITION: rows[PARTITION].to_numpy(),
+                spec.key_column: rows[spec.key_column].to_numpy(),
+                "model_version": version,
+                "model_semver": semvers[version],
+                "arm": str(arm),
+                "served": served,
+                **outputs,
+                "latency_ms": latency,
+            }
+        )
         for name in spec.feature_names:
             out[name] = rows[name].to_numpy()
         frames.append(out)
@@ -76,14 +93,16 @@ def score_partition(features: pd.DataFrame, manifest: dep.Manifest, models: dict
 
 def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     @dg.asset(
-        key=key(spec, "predictions"), partitions_def=partitions_def(spec),
-        deps=[key(spec, "features"), key(spec, "deployment")], code_version=f"{PREDICT_CODE_VERSION}-"
-        f"{spec.fingerprint('features', 'deployment')}", kinds={"deltalake"},
+        key=key(spec, "predictions"),
+        partitions_def=partitions_def(spec),
+        deps=[key(spec, "features"), key(spec, "deployment")],
+        code_version=f"{PREDICT_CODE_VERSION}-{spec.fingerprint('features', 'deployment')}",
+        kinds={"deltalake"},
         description=f"Every {spec.key_column} of the partition scored by the manifest in force: sticky routing by a "
-                    "hash of the key into production or canary (by the canary weight), the shadow version scored on "
-                    "all rows but never served. One row per prediction in a Delta log (request id, time, model "
-                    "version, arm, served, features, prediction, score, latency); re-scoring a partition replaces "
-                    "it.",
+        "hash of the key into production or canary (by the canary weight), the shadow version scored on "
+        "all rows but never served. One row per prediction in a Delta log (request id, time, model "
+        "version, arm, served, features, prediction, score, latency); re-scoring a partition replaces "
+        "it.",
         **attribution(spec),
     )
     def _predictions(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
@@ -92,12 +111,16 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         scored_at = datetime.now(timezone.utc)
         manifest = dep.current(reg, spec.name)
         if manifest.production is None:
-            raise dg.Failure(f"nothing serves {spec.name} in production, so there is nothing to score with: "
-                             f"materialize {spec.name}/deployment first")
+            raise dg.Failure(
+                f"nothing serves {spec.name} in production, so there is nothing to score with: "
+                f"materialize {spec.name}/deployment first"
+            )
         features_ds = model_ops.dataset(spec.name, "features")
         if not features_ds.exists() or partition not in features_ds.partition_keys():
-            raise dg.Failure(f"{spec.name} has no validated features for {partition} (never materialized, or kept "
-                             f"out by a failed check): materialize {spec.name}/features for {partition} first")
+            raise dg.Failure(
+                f"{spec.name} has no validated features for {partition} (never materialized, or kept "
+                f"out by a failed check): materialize {spec.name}/features for {partition} first"
+            )
         typed = typed_spec(spec, features_ds)
         version = features_ds.version()
         features = features_ds.read([partition], version=version).sort_values(spec.key_column, kind="stable")
@@ -110,11 +133,18 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         out = model_ops.dataset(spec.name, "predictions")
         delta_version = out.replace_partition(partition, pa.Table.from_pandas(log, preserve_index=False))
         served = log[log["served"]]
-        by_arm = log.groupby("arm").agg(rows=("score", "size"), mean_score=("score", "mean"),
-                                        latency_ms=("latency_ms", "mean")).reset_index()
+        by_arm = (
+            log.groupby("arm")
+            .agg(rows=("score", "size"), mean_score=("score", "mean"), latency_ms=("latency_ms", "mean"))
+            .reset_index()
+        )
         meta: dict[str, object] = {
-            "dagster/row_count": len(log), "served_rows": len(served), "delta_version": delta_version,
-            "table_uri": out.uri, "features_version": version, "serving": manifest.describe(),
+            "dagster/row_count": len(log),
+            "served_rows": len(served),
+            "delta_version": delta_version,
+            "table_uri": out.uri,
+            "features_version": version,
+            "serving": manifest.describe(),
             "mean_score": float(served["score"].mean()),
             "latency_ms_p99": float(np.percentile(log["latency_ms"], 99)),
             "by_arm": dg.MetadataValue.md(md_table(by_arm.to_dict("records"))),

@@ -54,9 +54,15 @@ def _prepare_home(dagster_home: str | None) -> Path:
     return home
 
 
-def run_demo(*, root: str | None = None, dagster_home: str | None = None, until: str | None = None,
-             faulty: bool = True, progress: Callable[[str], None] | None = None,
-             model: str = MODEL) -> dict[str, Any]:
+def run_demo(
+    *,
+    root: str | None = None,
+    dagster_home: str | None = None,
+    until: str | None = None,
+    faulty: bool = True,
+    progress: Callable[[str], None] | None = None,
+    model: str = MODEL,
+) -> dict[str, Any]:
     """Replay ``model``'s partitions up to ``until`` (default: all) and return the timeline and a summary (see the
     module docstring)."""
     emit = progress or (lambda line: print(line, flush=True))
@@ -70,8 +76,10 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     first = FIRST_TRAINING[model]
     last = keys[-1] if until is None else next((k for k in keys if k.startswith(until[:7])), "")
     if last not in keys or keys.index(last) < first:
-        raise UsageError(f"--until {until} is not a month the replay of {model} can stop at",
-                         hint=f"use a month from {keys[first][:7]} to {keys[-1][:7]}")
+        raise UsageError(
+            f"--until {until} is not a month the replay of {model} can stop at",
+            hint=f"use a month from {keys[first][:7]} to {keys[-1][:7]}",
+        )
     if root:
         os.environ["MODEL_OPS_ROOT"] = root
     home = _prepare_home(dagster_home)
@@ -95,15 +103,20 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     reg = resource.get_registry()
     staging = dep.staging_stage(reg)
     if model in reg.models():
-        raise UsageError(f"the registry at {resource.location().uri} already holds {model}; the demo replays its "
-                         "partitions from an empty registry",
-                         hint="pass --root to a new directory (and --dagster-home to a new one), or remove "
-                              ".model_ops and .dagster_home")
+        raise UsageError(
+            f"the registry at {resource.location().uri} already holds {model}; the demo replays its "
+            "partitions from an empty registry",
+            hint="pass --root to a new directory (and --dagster-home to a new one), or remove "
+            ".model_ops and .dagster_home",
+        )
     instance = dg.DagsterInstance.get()
     jobs, sensors = job_names(spec), sensor_names(spec)
     if instance.get_runs_count(dg.RunsFilter(job_name=jobs["retrain"])):
-        raise UsageError(f"the Dagster instance at {home} already has {model} runs; its sensor run keys would "
-                         "collide with a fresh replay", hint="pass --dagster-home to a new directory")
+        raise UsageError(
+            f"the Dagster instance at {home} already has {model} runs; its sensor run keys would "
+            "collide with a fresh replay",
+            hint="pass --dagster-home to a new directory",
+        )
 
     timeline = Timeline(emit)
     cursors: dict[str, str | None] = {}
@@ -111,30 +124,43 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     started = time.perf_counter()
     month = keys[0]
 
-    def execute(job: str, *, partition: str | None = None, run_config: Any = None,
-                tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
+    def execute(
+        job: str, *, partition: str | None = None, run_config: Any = None, tags: dict[str, str] | None = None
+    ) -> dg.ExecuteInProcessResult:
         config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, partition_key=partition, run_config=config, tags=tags or {}, raise_on_error=False)
+            instance=instance, partition_key=partition, run_config=config, tags=tags or {}, raise_on_error=False
+        )
         if not result.success:
-            failed = [f"{e.check_name}: {e.description}" for e in result.get_asset_check_evaluations()
-                      if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
-            emit(f"  {month[:7]}  run {job} {'for ' + partition if partition else ''} did not succeed"
-                 + (f" ({'; '.join(failed)})" if failed else ""))
+            failed = [
+                f"{e.check_name}: {e.description}"
+                for e in result.get_asset_check_evaluations()
+                if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+            ]
+            emit(
+                f"  {month[:7]}  run {job} {'for ' + partition if partition else ''} did not succeed"
+                + (f" ({'; '.join(failed)})" if failed else "")
+            )
         return result
 
     def tick(name: str) -> int:
         """Evaluate one sensor against the instance and launch what it requests, skipping used run keys."""
         sensor = defs.resolve_sensor_def(name)
-        context = dg.build_sensor_context(instance=instance, cursor=cursors.get(name), definitions=defs,
-                                          sensor_name=name, resources={"model_ops": resource})
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=cursors.get(name),
+            definitions=defs,
+            sensor_name=name,
+            resources={"model_ops": resource},
+        )
         data = sensor.evaluate_tick(context)
         cursors[name] = data.cursor
         launched = 0
         for request in data.run_requests or []:
             tags = {**request.tags, "dagster/sensor_name": name, "dagster/run_key": request.run_key or ""}
-            if request.run_key and instance.get_runs_count(dg.RunsFilter(tags={
-                    "dagster/sensor_name": name, "dagster/run_key": request.run_key})):
+            if request.run_key and instance.get_runs_count(
+                dg.RunsFilter(tags={"dagster/sensor_name": name, "dagster/run_key": request.run_key})
+            ):
                 continue
             execute(request.job_name, partition=request.partition_key, run_config=request.run_config, tags=tags)
             launched += 1
@@ -150,27 +176,46 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
                 lineage = d.get("lineage") or {}
                 window = lineage.get("window") or []
                 faulty_tag = lineage.get("faulty")
-                timeline.add(month, "faulty_candidate" if faulty_tag else "candidate", e.version,
-                             f"registered {e.to_value or ''} trained on "
-                             f"{window[0][:7] + '..' + window[-1][:7] if window else 'its window'}"
-                             + (f" ({faulty_tag})" if faulty_tag else ""))
+                timeline.add(
+                    month,
+                    "faulty_candidate" if faulty_tag else "candidate",
+                    e.version,
+                    f"registered {e.to_value or ''} trained on "
+                    f"{window[0][:7] + '..' + window[-1][:7] if window else 'its window'}"
+                    + (f" ({faulty_tag})" if faulty_tag else ""),
+                )
             elif e.kind == RecordKind.EVALUATION:
-                timeline.add(month, "evaluated", e.version, f"holdout {str(d.get('holdout'))[:7]}: {e.reason}",
-                             metrics={k: d.get("metrics", {}).get(k) for k in ("roc_auc", "log_loss")})
+                timeline.add(
+                    month,
+                    "evaluated",
+                    e.version,
+                    f"holdout {str(d.get('holdout'))[:7]}: {e.reason}",
+                    metrics={k: d.get("metrics", {}).get(k) for k in ("roc_auc", "log_loss")},
+                )
             elif e.kind == RecordKind.RETRAIN:
                 timeline.add(month, "retrain", e.version, e.reason or "", evidence=d.get("evidence"))
             elif e.kind == RecordKind.CANARY_ANALYSIS:
-                timeline.add(month, "canary_analysis", e.version, e.reason or "", phase=d.get("phase"),
-                             checks=d.get("checks"))
+                timeline.add(
+                    month, "canary_analysis", e.version, e.reason or "", phase=d.get("phase"), checks=d.get("checks")
+                )
             elif e.kind == RecordKind.DEPLOYMENT:
                 action: Any = d.get("action")
                 manifest = d.get("manifest") or {}
-                kinds = {DeployAction.DEPLOY: "canary_started" if manifest.get("canary") == e.version else "deployed",
-                         DeployAction.ADVANCE: "canary_advanced", DeployAction.PROMOTE: "promoted",
-                         DeployAction.ROLLBACK: "rollback", DeployAction.ROLLBACK_PRODUCTION: "rollback"}
+                kinds = {
+                    DeployAction.DEPLOY: "canary_started" if manifest.get("canary") == e.version else "deployed",
+                    DeployAction.ADVANCE: "canary_advanced",
+                    DeployAction.PROMOTE: "promoted",
+                    DeployAction.ROLLBACK: "rollback",
+                    DeployAction.ROLLBACK_PRODUCTION: "rollback",
+                }
                 kind: str = kinds.get(action, action)
-                timeline.add(month, kind, e.version, d.get("message", "") + (f" (why: {e.reason})" if kind in (
-                    "rollback", "promoted") else ""), manifest=manifest)
+                timeline.add(
+                    month,
+                    kind,
+                    e.version,
+                    d.get("message", "") + (f" (why: {e.reason})" if kind in ("rollback", "promoted") else ""),
+                    manifest=manifest,
+                )
             elif e.kind == ev.STAGE_CHANGED and e.to_value == staging and "faulty" in (e.reason or ""):
                 timeline.add(month, "staged_by_hand", e.version, e.reason or "")
 
@@ -193,8 +238,7 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
         arms = {r["arm"]: r for r in p}
         prod = arms.get(Arm.PRODUCTION, {})
         share = row.get("drift_share")
-        text = (f"drift share {share:.2f} ({row['status']})" if share == share and share is not None
-                else row["status"])
+        text = f"drift share {share:.2f} ({row['status']})" if share == share and share is not None else row["status"]
         shown = [k for k in (spec.monitoring_metric, *spec.monitoring.performance_floor) if k in prod]
         shown = list(dict.fromkeys(shown))
         if shown and all(prod.get(k) == prod.get(k) and prod.get(k) is not None for k in shown):
@@ -202,19 +246,33 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
         if Arm.CANARY in arms:
             c = arms[Arm.CANARY]
             text += f"; canary v{c['model_version']} on {c['served']} {spec.key_column}s"
-        timeline.add(m, "monitored", int(row["model_version"]), text, drift_share=share,
-                     dataset_drift=bool(row["dataset_drift"]), drifted=row["drifted"],
-                     live={k: prod.get(k) for k in (*shown, "labelled")})
+        timeline.add(
+            m,
+            "monitored",
+            int(row["model_version"]),
+            text,
+            drift_share=share,
+            dataset_drift=bool(row["dataset_drift"]),
+            drifted=row["drifted"],
+            live={k: prod.get(k) for k in (*shown, "labelled")},
+        )
 
-    emit(f"model_ops demo: replaying {keys[0][:7]}..{last[:7]} for {model} into {resource.location().uri} "
-         f"(Dagster instance {home})")
+    emit(
+        f"model_ops demo: replaying {keys[0][:7]}..{last[:7]} for {model} into {resource.location().uri} "
+        f"(Dagster instance {home})"
+    )
     emit("  month    event             ver  evidence")
     if upstream is not None:
-        dg.materialize([a for a in (defs.assets or []) if getattr(a, "key", None) == upstream], instance=instance,
-                       resources={"model_ops": resource},
-                       run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
-        emit(f"  {keys[0][:7]}  source            -    {upstream.to_user_string()} materialized (the team's own "
-             "asset that writes the source table)")
+        dg.materialize(
+            [a for a in (defs.assets or []) if getattr(a, "key", None) == upstream],
+            instance=instance,
+            resources={"model_ops": resource},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        emit(
+            f"  {keys[0][:7]}  source            -    {upstream.to_user_string()} materialized (the team's own "
+            "asset that writes the source table)"
+        )
     what = "flights, weather and features" if spec.source.kind is SourceKind.NYCFLIGHTS13 else "features"
     for month in keys[:first]:
         emit(f"  {month[:7]}  ingest            -    {what} with their checks")
@@ -223,30 +281,56 @@ def run_demo(*, root: str | None = None, dagster_home: str | None = None, until:
     record_new_events()
     settle()
     faulty_done = not faulty
-    for month in keys[first:keys.index(last) + 1]:
+    for month in keys[first : keys.index(last) + 1]:
         execute(jobs["partition"], partition=month)
         monitored(month)
         record_new_events()
         settle()
-        if not faulty_done and any(t["kind"] == "promoted" for t in timeline.entries) and \
-                dep.current(reg, model).canary is None and month < last:
+        if (
+            not faulty_done
+            and any(t["kind"] == "promoted" for t in timeline.entries)
+            and dep.current(reg, model).canary is None
+            and month < last
+        ):
             version = release_faulty_candidate(reg, resource, spec)
             faulty_done = True
             record_new_events()
-            emit(f"  {month[:7]}  (demo)            v{version}  released a deliberately faulty candidate to show "
-                 "the canary analysis catching it")
+            emit(
+                f"  {month[:7]}  (demo)            v{version}  released a deliberately faulty candidate to show "
+                "the canary analysis catching it"
+            )
             settle()
 
-    versions = [{"version": v.version, "semver": v.semver, "stage": v.stage, "aliases": list(v.aliases),
-                 "faulty": bool(v.tags.get("faulty"))} for v in reg.versions(model)]
-    counts = {k: sum(1 for t in timeline.entries if t["kind"] == k)
-              for k in ("retrain", "canary_started", "promoted", "rollback", "canary_analysis")}
-    summary = {"model": model, "months": [m[:7] for m in keys[:keys.index(last) + 1]], "complete": last == keys[-1],
-               "production": dep.current(reg, model).production, "versions": versions, "counts": counts,
-               "seconds": round(time.perf_counter() - started, 1), "root": resource.location().uri,
-               "dagster_home": str(home), "fsck_problems": reg.fsck()}
-    emit(f"done in {summary['seconds']} s: production v{summary['production']}; "
-         + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    versions = [
+        {
+            "version": v.version,
+            "semver": v.semver,
+            "stage": v.stage,
+            "aliases": list(v.aliases),
+            "faulty": bool(v.tags.get("faulty")),
+        }
+        for v in reg.versions(model)
+    ]
+    counts = {
+        k: sum(1 for t in timeline.entries if t["kind"] == k)
+        for k in ("retrain", "canary_started", "promoted", "rollback", "canary_analysis")
+    }
+    summary = {
+        "model": model,
+        "months": [m[:7] for m in keys[: keys.index(last) + 1]],
+        "complete": last == keys[-1],
+        "production": dep.current(reg, model).production,
+        "versions": versions,
+        "counts": counts,
+        "seconds": round(time.perf_counter() - started, 1),
+        "root": resource.location().uri,
+        "dagster_home": str(home),
+        "fsck_problems": reg.fsck(),
+    }
+    emit(
+        f"done in {summary['seconds']} s: production v{summary['production']}; "
+        + ", ".join(f"{n} {k}" for k, n in counts.items())
+    )
     emit(f"next: `dagster dev -w workspace.yaml` (runs, checks, plotted metrics) and `model-ops audit {model}`")
     return {"timeline": timeline.entries, "summary": summary}
 
@@ -276,12 +360,20 @@ def release_faulty_candidate(reg: Any, resource: Any, spec: Any) -> int:
     reason = "labels shuffled on purpose by model-ops demo"
     snap = resource.dataset(spec.name, "training_set")
     made = candidates.train_and_register(
-        reg, snap, typed_spec(spec, snap), permutation_seed=spec.seed,
-        tags={"faulty": reason}, lineage={"faulty": reason},
-        description="A deliberately faulty candidate released by the demo (fitted on shuffled labels).")
-    reg.transition(made.version.ref, dep.staging_stage(reg),
-                   reason="demo: deliberately faulty candidate (trained on shuffled labels), staged by hand past "
-                          "the evaluation gates to show canary analysis")
+        reg,
+        snap,
+        typed_spec(spec, snap),
+        permutation_seed=spec.seed,
+        tags={"faulty": reason},
+        lineage={"faulty": reason},
+        description="A deliberately faulty candidate released by the demo (fitted on shuffled labels).",
+    )
+    reg.transition(
+        made.version.ref,
+        dep.staging_stage(reg),
+        reason="demo: deliberately faulty candidate (trained on shuffled labels), staged by hand past "
+        "the evaluation gates to show canary analysis",
+    )
     return made.version.version
 
 

@@ -29,8 +29,9 @@ class ModelOpsResource(dg.ConfigurableResource):
     your policy file grants the run's verbs (for example a ``pipeline`` role allowed to register and stage).
     """
 
-    root: str | None = Field(default=None, description="A local path or s3://bucket/prefix; default "
-                             "$MODEL_OPS_ROOT, else ./.model_ops.")
+    root: str | None = Field(
+        default=None, description="A local path or s3://bucket/prefix; default $MODEL_OPS_ROOT, else ./.model_ops."
+    )
     actor: str | None = Field(default=None, description="Who the registry records as acting for this run.")
     policy: str | None = Field(default=None, description="Path of a policy YAML; default: the registry's own.")
 
@@ -48,8 +49,9 @@ class ModelOpsResource(dg.ConfigurableResource):
 def environment() -> str:
     env = os.environ.get(ENV_VAR, "local").strip().lower() or "local"
     if env not in ENVIRONMENTS:
-        raise UsageError(f"{ENV_VAR}={env} is not an environment model_ops knows",
-                         hint=f"use one of: {', '.join(ENVIRONMENTS)}")
+        raise UsageError(
+            f"{ENV_VAR}={env} is not an environment model_ops knows", hint=f"use one of: {', '.join(ENVIRONMENTS)}"
+        )
     return env
 
 
@@ -58,6 +60,8 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     env = environment()
     resource = ModelOpsResource()
     if env == "s3" and not resource.location().is_s3:
-        raise UsageError(f"{ENV_VAR}=s3 needs MODEL_OPS_ROOT=s3://bucket/prefix, got {resource.location().uri}",
-                         hint="set MODEL_OPS_ROOT to an s3:// URI (and AWS_ENDPOINT_URL for a non-AWS endpoint)")
+        raise UsageError(
+            f"{ENV_VAR}=s3 needs MODEL_OPS_ROOT=s3://bucket/prefix, got {resource.location().uri}",
+            hint="set MODEL_OPS_ROOT to an s3:// URI (and AWS_ENDPOINT_URL for a non-AWS endpoint)",
+        )
     return {"model_ops": resource}

@@ -53,5 +53,4 @@ class ModelScaffolder(dg.Scaffolder):
     def scaffold(self, request: dg.ScaffoldRequest) -> None:
         request.target_path.mkdir(parents=True, exist_ok=True)
         name = request.target_path.name.replace("-", "_").lower()
-        (request.target_path / "defs.yaml").write_text(dedent(TEMPLATE).format(type_name=request.type_name,
-                                                                               name=name))
+        (request.target_path / "defs.yaml").write_text(dedent(TEMPLATE).format(type_name=request.type_name, name=name))

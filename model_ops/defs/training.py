@@ -17,14 +17,18 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         kinds = {spec.estimator.class_.split(".")[0]}
 
     @dg.asset(
-        key=key(spec, "candidate_model"), deps=[key(spec, "training_set")], code_version=candidates.code_version(spec),
-        kinds=kinds, tags={RunTag.STAGE.value: "train"}, pool="training",
+        key=key(spec, "candidate_model"),
+        deps=[key(spec, "training_set")],
+        code_version=candidates.code_version(spec),
+        kinds=kinds,
+        tags={RunTag.STAGE.value: "train"},
+        pool="training",
         description=f"Fits {what} on the training window of the newest training snapshot ({spec.task}) and "
-                    "registers it as a version in the model registry, with its lineage (dataset URI and Delta "
-                    "version, schema hash, rows, params, seed, code version, git commit, environment, run id) "
-                    "and the drift reference profile of its training rows (monitoring never rereads them). "
-                    "Identical inputs give identical bytes, hence the same registry version. The data version is "
-                    "the artifact's SHA-256.",
+        "registers it as a version in the model registry, with its lineage (dataset URI and Delta "
+        "version, schema hash, rows, params, seed, code version, git commit, environment, run id) "
+        "and the drift reference profile of its training rows (monitoring never rereads them). "
+        "Identical inputs give identical bytes, hence the same registry version. The data version is "
+        "the artifact's SHA-256.",
         **attribution(spec),
     )
     def _candidate(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
@@ -36,11 +40,20 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         context.log.info(f"{spec.name}: {mv.ref} ({mv.semver}, {mv.stage}) sha256:{mv.digest[:12]}")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(mv.digest),
-            metadata={"version": mv.version, "semver": mv.semver, "ref": mv.ref, "stage": mv.stage,
-                      "digest": mv.digest, "flavor": mv.flavor, "dataset": f"{snap.uri}@{version}",
-                      "train_rows": trained.rows, "window": ", ".join(window),
-                      "bump": f"{mv.bump.get('level')}: {mv.bump.get('reason')}",
-                      "new_version": mv.run_id == context.run.run_id,
-                      "model_card": dg.MetadataValue.md(card)})
+            metadata={
+                "version": mv.version,
+                "semver": mv.semver,
+                "ref": mv.ref,
+                "stage": mv.stage,
+                "digest": mv.digest,
+                "flavor": mv.flavor,
+                "dataset": f"{snap.uri}@{version}",
+                "train_rows": trained.rows,
+                "window": ", ".join(window),
+                "bump": f"{mv.bump.get('level')}: {mv.bump.get('reason')}",
+                "new_version": mv.run_id == context.run.run_id,
+                "model_card": dg.MetadataValue.md(card),
+            },
+        )
 
     return _candidate

@@ -32,8 +32,10 @@ LABEL_PERMUTATION = "label_permutation_seed"
 
 
 def code_version(spec: ModelSpec) -> str:
-    return (f"train-{training.RECIPE_VERSION}-"
-            f"{spec.fingerprint('task', 'features', 'target', 'estimator', 'trainer', 'seed')}")
+    return (
+        f"train-{training.RECIPE_VERSION}-"
+        f"{spec.fingerprint('task', 'features', 'target', 'estimator', 'trainer', 'seed')}"
+    )
 
 
 @dataclass
@@ -91,27 +93,48 @@ def fit_snapshot(snap: Dataset, version: int, spec: ModelSpec, permutation_seed:
     return Fitted(trained, prepared, window)
 
 
-def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id: str | None = None,
-                       permutation_seed: int | None = None, tags: dict[str, str] | None = None,
-                       lineage: dict[str, Any] | None = None, description: str | None = None) -> Candidate:
+def train_and_register(
+    reg: Registry,
+    snap: Dataset,
+    spec: ModelSpec,
+    *,
+    run_id: str | None = None,
+    permutation_seed: int | None = None,
+    tags: dict[str, str] | None = None,
+    lineage: dict[str, Any] | None = None,
+    description: str | None = None,
+) -> Candidate:
     version = snap.version()
     fitted = fit_snapshot(snap, version, spec, permutation_seed)
     trained, window = fitted.trained, fitted.window
     refused = flavors.untrusted_types(trained.model)
     if refused:
-        raise PolicyError(f"{spec.name}: the fitted model holds types that loading would refuse: "
-                          f"{', '.join(refused)}; nothing was registered",
-                          hint="use scikit-learn's own transformers, or trust these types by name with "
-                               f"MODEL_OPS_TRUSTED_TYPES={','.join(refused)} if you trust their code")
+        raise PolicyError(
+            f"{spec.name}: the fitted model holds types that loading would refuse: "
+            f"{', '.join(refused)}; nothing was registered",
+            hint="use scikit-learn's own transformers, or trust these types by name with "
+            f"MODEL_OPS_TRUSTED_TYPES={','.join(refused)} if you trust their code",
+        )
     commit = snap.commit_metadata(version)
     holdout = holdout_of(snap, version)
     schema = snap.schema_hash(version)
-    recorded = {"code_version": code_version(spec), "seed": spec.seed, "task": str(spec.task),
-                "estimator": spec.estimator.class_ if spec.estimator else None, "trainer": trained.trainer,
-                "dagster_run_id": run_id, "schema_hash": schema, "rows": trained.rows, **trained.summary,
-                "window": window, "holdout": holdout, "source": commit.get("model_ops.source"),
-                "snapshot_fingerprint": commit.get("model_ops.fingerprint"),
-                "spec": spec.model_dump(mode="json", by_alias=True), **(lineage or {})}
+    recorded = {
+        "code_version": code_version(spec),
+        "seed": spec.seed,
+        "task": str(spec.task),
+        "estimator": spec.estimator.class_ if spec.estimator else None,
+        "trainer": trained.trainer,
+        "dagster_run_id": run_id,
+        "schema_hash": schema,
+        "rows": trained.rows,
+        **trained.summary,
+        "window": window,
+        "holdout": holdout,
+        "source": commit.get("model_ops.source"),
+        "snapshot_fingerprint": commit.get("model_ops.fingerprint"),
+        "spec": spec.model_dump(mode="json", by_alias=True),
+        **(lineage or {}),
+    }
     if permutation_seed is not None:
         recorded[LABEL_PERMUTATION] = permutation_seed
     kind = spec.estimator.class_.rsplit(".", 1)[-1] if spec.estimator else spec.trainer or "trainer"
@@ -121,15 +144,27 @@ def train_and_register(reg: Registry, snap: Dataset, spec: ModelSpec, *, run_id:
     if "target_mean" in trained.summary:
         metrics["train_target_mean"] = trained.summary["target_mean"]
     mv = reg.register_model(
-        spec.name, trained.model, params=trained.params, metrics=metrics,
+        spec.name,
+        trained.model,
+        params=trained.params,
+        metrics=metrics,
         dataset={"uri": snap.uri, "version": version, "schema_hash": schema, "rows": trained.rows},
-        signature=trained.signature, tags={"estimator": kind, "owner": spec.owner, "task": str(spec.task),
-                                           **(tags or {})},
-        lineage=recorded, description=description or spec.description.strip(), run_id=run_id)
+        signature=trained.signature,
+        tags={"estimator": kind, "owner": spec.owner, "task": str(spec.task), **(tags or {})},
+        lineage=recorded,
+        description=description or spec.description.strip(),
+        run_id=run_id,
+    )
     reference = monitoring.reference_profile(fitted.prepared, trained.model, spec)
-    reg.attach(spec.name, mv.version, monitoring.PROFILE_LABEL, reference.to_json().encode(), run_id=run_id,
-               reason=f"drift reference: {reference.rows} training rows of {', '.join(window)}, "
-                      f"{len(reference.columns) - 1} monitored columns and the model's output")
+    reg.attach(
+        spec.name,
+        mv.version,
+        monitoring.PROFILE_LABEL,
+        reference.to_json().encode(),
+        run_id=run_id,
+        reason=f"drift reference: {reference.rows} training rows of {', '.join(window)}, "
+        f"{len(reference.columns) - 1} monitored columns and the model's output",
+    )
     return Candidate(mv, trained, window, holdout, version)
 
 
@@ -163,8 +198,15 @@ def champion_of(reg: Registry, name: str) -> ModelVersion | None:
         return None
 
 
-def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: int, *, run_id: str | None = None,
-                       candidate_stage: str | None = None) -> Evaluated:
+def evaluate_and_stage(
+    reg: Registry,
+    snap: Dataset,
+    spec: ModelSpec,
+    number: int,
+    *,
+    run_id: str | None = None,
+    candidate_stage: str | None = None,
+) -> Evaluated:
     """The candidate and the current champion on the candidate's holdout; every gate; the candidate moved from
     the policy's initial stage to ``candidate_stage`` (default: the stage candidates wait in before deployment,
     :func:`model_ops.ops.deployment.staging_stage`) when all pass; an ``evaluation`` record with the model card."""
@@ -172,8 +214,10 @@ def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: in
     candidate_mv = reg.get(spec.name, number)
     dataset = candidate_mv.dataset or {}
     if "version" not in dataset:
-        raise UsageError(f"{candidate_mv.ref} records no training snapshot version; it cannot be evaluated here",
-                         hint="evaluate versions registered by the candidate_model asset")
+        raise UsageError(
+            f"{candidate_mv.ref} records no training snapshot version; it cannot be evaluated here",
+            hint="evaluate versions registered by the candidate_model asset",
+        )
     holdout = snap.read(version=int(dataset["version"]), where=[(SPLIT, "=", HOLDOUT)])
     candidate = ev.evaluate(reg.load_model(candidate_mv.ref), holdout, spec)
     champion_mv = champion_of(reg, spec.name)
@@ -185,31 +229,48 @@ def evaluate_and_stage(reg: Registry, snap: Dataset, spec: ModelSpec, number: in
         missing = [c for c in own.feature_names if c not in holdout.columns or holdout[c].isna().all()]
         if missing:
             incomparable = ev.GateResult(
-                "no_regression_vs_champion", False,
+                "no_regression_vs_champion",
+                False,
                 f"cannot compare with champion v{champion_mv.version}: it needs input column(s) "
                 f"{', '.join(missing)} that the candidate's holdout no longer has; review the change and promote "
                 f"by hand with `model-ops transition {candidate_mv.ref} {candidate_stage}` (and --breaking for "
                 f"{reg.policy.production.stage})",
-                {"missing": missing})
+                {"missing": missing},
+            )
         else:
             champion = ev.evaluate(reg.load_model(champion_mv.ref), holdout, own, measure_latency=False)
     label = f"champion v{champion_mv.version}" if champion_mv else None
-    gates = [ev.meets_thresholds(candidate, spec),
-             incomparable or ev.no_regression(candidate, champion, spec, label),
-             ev.latency_within_sla(candidate, spec)]
+    gates = [
+        ev.meets_thresholds(candidate, spec),
+        incomparable or ev.no_regression(candidate, champion, spec, label),
+        ev.latency_within_sla(candidate, spec),
+    ]
     gate_dicts = [{"name": g.name, "passed": g.passed, "message": g.message} for g in gates]
     passed = all(g.passed for g in gates)
     holdout_key = str(holdout[PARTITION].iloc[0]) if len(holdout) else None
-    summary = {"candidate": number, "champion": champion_mv.version if champion_mv else None,
-               "holdout": holdout_key, "metrics": candidate.flat(),
-               "champion_metrics": champion.flat() if champion else None, "gates": gate_dicts}
+    summary = {
+        "candidate": number,
+        "champion": champion_mv.version if champion_mv else None,
+        "holdout": holdout_key,
+        "metrics": candidate.flat(),
+        "champion_metrics": champion.flat() if champion else None,
+        "gates": gate_dicts,
+    }
     staged = None
     if passed and candidate_mv.stage == reg.policy.initial_stage:
-        staged = reg.transition(candidate_mv.ref, candidate_stage, run_id=run_id, reason=(
-            "passed every evaluation gate: " + "; ".join(g.message for g in gates)))
+        staged = reg.transition(
+            candidate_mv.ref,
+            candidate_stage,
+            run_id=run_id,
+            reason=("passed every evaluation gate: " + "; ".join(g.message for g in gates)),
+        )
     card = model_card.render(spec, staged or candidate_mv, candidate.flat(), gate_dicts, candidate.slices)
-    reg.record(spec.name, RecordKind.EVALUATION, version=number, run_id=run_id,
-               reason="passed every gate" if passed else "failed: " + "; ".join(
-                   g.message for g in gates if not g.passed),
-               details=json_safe({**summary, "model_card": card}))
+    reg.record(
+        spec.name,
+        RecordKind.EVALUATION,
+        version=number,
+        run_id=run_id,
+        reason="passed every gate" if passed else "failed: " + "; ".join(g.message for g in gates if not g.passed),
+        details=json_safe({**summary, "model_card": card}),
+    )
     return Evaluated(candidate_mv, candidate, champion_mv, champion, gates, holdout_key, staged, card, summary)

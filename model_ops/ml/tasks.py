@@ -58,6 +58,7 @@ TOWARDS_ZERO = {"mean_residual"}
 
 # ------------------------------------------------------------------------------------------------ class names
 
+
 def class_name(value: Any) -> str:
     """How a class is written in metric and column names: ``1`` for 1 and 1.0, ``True``, ``setosa``."""
     value = plain(value)
@@ -133,6 +134,7 @@ def positive_mask(values: Any, classes: Sequence[Any]) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------- outputs
 
+
 @dataclass(frozen=True)
 class Predicted:
     """A model's outputs for some rows.
@@ -161,8 +163,13 @@ class Predicted:
 
     def take(self, idx: Any) -> Predicted:
         """The outputs of some rows (a boolean mask or positions)."""
-        return Predicted(self.task, self.prediction[idx], self.score[idx],
-                         None if self.proba is None else self.proba[idx], self.classes)
+        return Predicted(
+            self.task,
+            self.prediction[idx],
+            self.score[idx],
+            None if self.proba is None else self.proba[idx],
+            self.classes,
+        )
 
     def columns(self) -> dict[str, np.ndarray]:
         """The prediction-log columns: ``prediction``, ``score`` and, for multiclass, ``proba_<class>``."""
@@ -198,7 +205,7 @@ class Predicted:
         if classes is None:
             if not cols:
                 raise ValueError("the prediction log of a multiclass model needs its proba_<class> columns")
-            classes = [c[len(PROBA_PREFIX):] for c in cols]
+            classes = [c[len(PROBA_PREFIX) :] for c in cols]
         else:
             want = proba_columns(classes)
             missing = [c for c in want if c not in rows.columns]
@@ -236,8 +243,10 @@ def _binary_classes_from_log(prediction: np.ndarray, score: np.ndarray, threshol
 def model_classes(model: Any) -> list[Any]:
     classes = getattr(model, "classes_", None)
     if classes is None:
-        raise ValueError(f"{type(model).__name__} has no classes_: a classifier must expose its classes "
-                         "(scikit-learn, XGBoost and LightGBM classifiers do)")
+        raise ValueError(
+            f"{type(model).__name__} has no classes_: a classifier must expose its classes "
+            "(scikit-learn, XGBoost and LightGBM classifiers do)"
+        )
     return list(classes)
 
 
@@ -250,8 +259,9 @@ def _chunked(method: Any, X: pd.DataFrame) -> np.ndarray:
     so the outputs are the same as in one call."""
     if len(X) <= PREDICT_ROWS:
         return np.asarray(method(X), dtype="float64")
-    return np.concatenate([np.asarray(method(X.iloc[i:i + PREDICT_ROWS]), dtype="float64")
-                           for i in range(0, len(X), PREDICT_ROWS)])
+    return np.concatenate(
+        [np.asarray(method(X.iloc[i : i + PREDICT_ROWS]), dtype="float64") for i in range(0, len(X), PREDICT_ROWS)]
+    )
 
 
 def predict(model: Any, X: pd.DataFrame, spec: ModelSpec) -> Predicted:
@@ -280,6 +290,7 @@ def predict(model: Any, X: pd.DataFrame, spec: ModelSpec) -> Predicted:
 
 
 # --------------------------------------------------------------------------------------------------- quality
+
 
 def _nan() -> float:
     return float("nan")
@@ -311,8 +322,18 @@ def _binary(y: np.ndarray, p: Predicted) -> dict[str, float]:
     truth = positive_mask(y, p.classes)
     pred = positive_mask(p.prediction, p.classes)
     score = p.score.astype("float64")
-    names = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier", "ece", "positive_rate",
-             "predicted_positive_rate")
+    names = (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "log_loss",
+        "brier",
+        "ece",
+        "positive_rate",
+        "predicted_positive_rate",
+    )
     if not len(y):
         return {k: _nan() for k in names}
     clipped = np.clip(score, CLIP, 1 - CLIP)
@@ -361,9 +382,9 @@ def _regression(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     residual = pred - y
     centred = float(np.sum((y - y.mean()) ** 2))
     return {
-        "rmse": float(np.sqrt(np.mean(residual ** 2))),
+        "rmse": float(np.sqrt(np.mean(residual**2))),
         "mae": float(np.mean(np.abs(residual))),
-        "r2": float(1 - np.sum(residual ** 2) / centred) if centred > 0 else _nan(),
+        "r2": float(1 - np.sum(residual**2) / centred) if centred > 0 else _nan(),
         "mape": float(np.mean(np.abs(residual) / np.abs(y))) if np.all(y != 0) else _nan(),
         "mean_residual": float(residual.mean()),
     }
@@ -377,6 +398,7 @@ def mape_note(y: Any) -> str | None:
 
 # -------------------------------------------------------------------------------------------- calibration
 
+
 def calibration_table(truth: Any, scores: Any) -> list[dict[str, Any]]:
     """Binary: mean score vs observed positive rate in ten equal-width score bins (empty bins omitted)."""
     truth = np.asarray(truth, dtype="float64")
@@ -387,8 +409,14 @@ def calibration_table(truth: Any, scores: Any) -> list[dict[str, Any]]:
     for b in range(CALIBRATION_BINS):
         mask = idx == b
         if mask.any():
-            rows.append({"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "rows": int(mask.sum()),
-                         "mean_score": float(scores[mask].mean()), "observed_rate": float(truth[mask].mean())})
+            rows.append(
+                {
+                    "bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}",
+                    "rows": int(mask.sum()),
+                    "mean_score": float(scores[mask].mean()),
+                    "observed_rate": float(truth[mask].mean()),
+                }
+            )
     return rows
 
 
@@ -400,6 +428,7 @@ def expected_calibration_error(truth: Any, scores: Any) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ direction
+
 
 def lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER

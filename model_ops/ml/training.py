@@ -69,8 +69,10 @@ def build(value: Any, seed: int, where: str = "estimator") -> Any:
                 pass
         unknown = sorted(set(params) - set(accepted)) if accepted and not open_ended else []
         if unknown:
-            raise UsageError(f"{where}: {value['class']} has no parameter(s) {', '.join(unknown)}",
-                             hint=f"accepted: {', '.join(sorted(accepted))}")
+            raise UsageError(
+                f"{where}: {value['class']} has no parameter(s) {', '.join(unknown)}",
+                hint=f"accepted: {', '.join(sorted(accepted))}",
+            )
         for name in SEED_PARAMS:
             if name in accepted and name not in params:
                 params[name] = seed
@@ -79,8 +81,12 @@ def build(value: Any, seed: int, where: str = "estimator") -> Any:
             return cls(**params)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{where}: invalid params for {value['class']}: {exc}") from exc
-    if isinstance(value, list) and len(value) in (2, 3) and isinstance(value[0], str) and \
-            (isinstance(value[1], dict) and "class" in value[1] or value[1] in ("drop", "passthrough")):
+    if (
+        isinstance(value, list)
+        and len(value) in (2, 3)
+        and isinstance(value[0], str)
+        and (isinstance(value[1], dict) and "class" in value[1] or value[1] in ("drop", "passthrough"))
+    ):
         # a Pipeline step (name, estimator) or a ColumnTransformer entry (name, transformer, columns)
         return tuple([value[0], build(value[1], seed, f"{where}[{value[0]}]"), *value[2:]])
     if isinstance(value, (list, tuple)):
@@ -93,8 +99,10 @@ def native_categories(model: Any) -> bool:
     columns: scikit-learn's histogram gradient boosting splits on categories itself, needs neither imputation
     nor scaling of numbers, and one-hot columns would multiply its input's size. A declaration that sets
     ``categorical_features`` itself gets the one-hot preprocessing."""
-    return isinstance(model, (HistGradientBoostingClassifier, HistGradientBoostingRegressor)) and \
-        model.categorical_features == "from_dtype"
+    return (
+        isinstance(model, (HistGradientBoostingClassifier, HistGradientBoostingRegressor))
+        and model.categorical_features == "from_dtype"
+    )
 
 
 def preprocessing(spec: ModelSpec, model: Any = None) -> ColumnTransformer:
@@ -106,18 +114,37 @@ def preprocessing(spec: ModelSpec, model: Any = None) -> ColumnTransformer:
         if numeric:
             transformers.append(("numeric", "passthrough", numeric))  # missing values are split on natively
         if categorical:
-            transformers.append(("categorical", OrdinalEncoder(
-                handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
-                min_frequency=20, max_categories=model.max_bins), categorical))
+            transformers.append(
+                (
+                    "categorical",
+                    OrdinalEncoder(
+                        handle_unknown="use_encoded_value",
+                        unknown_value=np.nan,
+                        encoded_missing_value=np.nan,
+                        min_frequency=20,
+                        max_categories=model.max_bins,
+                    ),
+                    categorical,
+                )
+            )
         return ColumnTransformer(transformers)
     if numeric:
-        transformers.append(("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
-                                                   ("scale", StandardScaler())]), numeric))
+        transformers.append(
+            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric)
+        )
     if categorical:
-        transformers.append(("categorical", Pipeline([
-            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=20, sparse_output=False)),
-        ]), categorical))
+        transformers.append(
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=20, sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            )
+        )
     return ColumnTransformer(transformers)
 
 
@@ -182,8 +209,12 @@ def table_input(table: pa.Table, spec: ModelSpec, order: np.ndarray | None = Non
             values = levels[codes.fill_null(0).to_numpy()] if len(levels) else np.full(len(codes), None, object)
             values[codes.is_null().to_numpy(zero_copy_only=False)] = None
             categories[f.name] = values
-        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type) \
-                or pa.types.is_null(col.type):
+        elif (
+            pa.types.is_integer(col.type)
+            or pa.types.is_floating(col.type)
+            or pa.types.is_boolean(col.type)
+            or pa.types.is_null(col.type)
+        ):
             block[:, numeric.index(f.name)] = pc.cast(col, pa.float64()).to_numpy()
         else:  # a number stored as text: as model_input coerces it
             block[:, numeric.index(f.name)] = pd.to_numeric(col.to_pandas(), errors="coerce").astype("float64")
@@ -203,14 +234,18 @@ def version_spec(spec: ModelSpec, signature: dict[str, Any] | None) -> ModelSpec
         return spec
     data = spec.model_dump(by_alias=True)
     declared = {f["name"]: f for f in data["features"]}
-    data["features"] = [{**declared.get(i["name"], {"name": i["name"]}),
-                         "type": i.get("type") if i.get("type") in set(FeatureType) else
-                         (declared.get(i["name"], {}).get("type") or "float")} for i in inputs]
+    data["features"] = [
+        {
+            **declared.get(i["name"], {"name": i["name"]}),
+            "type": i.get("type")
+            if i.get("type") in set(FeatureType)
+            else (declared.get(i["name"], {}).get("type") or "float"),
+        }
+        for i in inputs
+    ]
     names = {f["name"] for f in data["features"]}
     data["monitoring"]["drift_exclude"] = [n for n in data["monitoring"]["drift_exclude"] if n in names]
     return ModelSpec.model_validate(data)
-
-
 
 
 def canonical_order(rows: pd.DataFrame | pa.Table, spec: ModelSpec) -> np.ndarray:
@@ -252,11 +287,15 @@ def signature(spec: ModelSpec, classes: list[Any] | None) -> dict[str, Any]:
     outputs: dict[str, Any] = {"task": str(spec.task)}
     if classes is not None:
         outputs["classes"] = classes
-    outputs["score"] = {Task.BINARY: f"P({spec.label}={classes[-1] if classes else 1})",
-                        Task.MULTICLASS: f"P(predicted {spec.label})",
-                        Task.REGRESSION: f"predicted {spec.label}"}[spec.task]
-    return {"inputs": [{"name": f.name, "type": str(spec.feature_type(f.name))} for f in spec.features],
-            "outputs": outputs}
+    outputs["score"] = {
+        Task.BINARY: f"P({spec.label}={classes[-1] if classes else 1})",
+        Task.MULTICLASS: f"P(predicted {spec.label})",
+        Task.REGRESSION: f"predicted {spec.label}",
+    }[spec.task]
+    return {
+        "inputs": [{"name": f.name, "type": str(spec.feature_type(f.name))} for f in spec.features],
+        "outputs": outputs,
+    }
 
 
 def trainer_function(spec: ModelSpec) -> tuple[Any, dict[str, str]]:
@@ -316,24 +355,32 @@ def fit(train: pd.DataFrame | pa.Table | Prepared, spec: ModelSpec) -> Trained:
     prepared = train if isinstance(train, Prepared) else prepare(train, spec)
     X, y = prepared.inputs, prepared.y
     if len(y) == 0:
-        raise UsageError(f"cannot train {spec.name}: the training window has no labelled rows",
-                         hint="materialize more partitions of features or widen the training window")
+        raise UsageError(
+            f"cannot train {spec.name}: the training window has no labelled rows",
+            hint="materialize more partitions of features or widen the training window",
+        )
     if spec.task.is_classification and len(np.unique(y)) < 2:
-        raise UsageError(f"cannot train {spec.name}: the training window has {len(y)} labelled rows of a single "
-                         f"class ({np.unique(y)[0]!r}); at least two classes are needed",
-                         hint="materialize more partitions of features or widen the training window")
+        raise UsageError(
+            f"cannot train {spec.name}: the training window has {len(y)} labelled rows of a single "
+            f"class ({np.unique(y)[0]!r}); at least two classes are needed",
+            hint="materialize more partitions of features or widen the training window",
+        )
     if spec.task is Task.BINARY and len(np.unique(y)) > 2:
-        raise UsageError(f"cannot train {spec.name} as binary_classification: {spec.label} has "
-                         f"{len(np.unique(y))} classes ({', '.join(map(str, np.unique(y)[:6]))})",
-                         hint="declare task: multiclass_classification, or derive a two-class target with "
-                              "target: {column: ..., op: ..., threshold: ...}")
+        raise UsageError(
+            f"cannot train {spec.name} as binary_classification: {spec.label} has "
+            f"{len(np.unique(y))} classes ({', '.join(map(str, np.unique(y)[:6]))})",
+            hint="declare task: multiclass_classification, or derive a two-class target with "
+            "target: {column: ..., op: ..., threshold: ...}",
+        )
     recorded_trainer = None
     if spec.trainer is not None:
         fn, recorded_trainer = trainer_function(spec)
         model = fn(prepared.rows, spec, spec.seed)
         if not hasattr(model, "predict"):
-            raise UsageError(f"trainer {spec.trainer} returned {type(model).__name__}, which has no predict()",
-                             hint="return a fitted scikit-learn, XGBoost or LightGBM model")
+            raise UsageError(
+                f"trainer {spec.trainer} returned {type(model).__name__}, which has no predict()",
+                hint="return a fitted scikit-learn, XGBoost or LightGBM model",
+            )
     else:
         model = pipeline(spec)
         try:
@@ -349,14 +396,17 @@ def fit(train: pd.DataFrame | pa.Table | Prepared, spec: ModelSpec) -> Trained:
         except ValueError as exc:
             if "Invalid classes inferred" not in str(exc):
                 raise
-            raise UsageError(f"cannot train {spec.name}: {spec.estimator.class_ if spec.estimator else 'the model'} "
-                             f"needs its classes coded 0..K-1, and {spec.label} holds {sorted(map(str, set(y)))}",
-                             hint="code the target as integers in the source, or use a scikit-learn "
-                                  "classifier, which takes any labels") from exc
+            raise UsageError(
+                f"cannot train {spec.name}: {spec.estimator.class_ if spec.estimator else 'the model'} "
+                f"needs its classes coded 0..K-1, and {spec.label} holds {sorted(map(str, set(y)))}",
+                hint="code the target as integers in the source, or use a scikit-learn "
+                "classifier, which takes any labels",
+            ) from exc
     final = model.steps[-1][1] if isinstance(model, Pipeline) else model
     params = {k: _json_param(v) for k, v in final.get_params().items()} if hasattr(final, "get_params") else {}
-    classes = [_json_param(c) for c in model.classes_] if spec.task.is_classification and hasattr(model, "classes_") \
-        else None
+    classes = (
+        [_json_param(c) for c in model.classes_] if spec.task.is_classification and hasattr(model, "classes_") else None
+    )
     if spec.task.is_classification:
         values, counts = np.unique(y, return_counts=True)
         summary: dict[str, Any] = {"class_counts": {str(_json_param(v)): int(c) for v, c in zip(values, counts)}}

@@ -55,8 +55,11 @@ def window_rows(table: Dataset) -> list[dict[str, Any]]:
 def fresh_staging(reg: Registry, name: str, manifest: dep.Manifest, events: list[ev.Event]) -> list[Any]:
     """Staging versions newer than production and than anything deployed before: what the next canary should be.
     An older staging version (passed over, or superseded) is left for a person to deploy by hand."""
-    deployed = [e.version for e in events if e.kind == RecordKind.DEPLOYMENT
-                and e.data.get("action") == DeployAction.DEPLOY and e.version is not None]
+    deployed = [
+        e.version
+        for e in events
+        if e.kind == RecordKind.DEPLOYMENT and e.data.get("action") == DeployAction.DEPLOY and e.version is not None
+    ]
     floor = max([manifest.production or 0, *deployed])
     staging = dep.staging_stage(reg)
     return [v for v in reg.versions(name) if v.stage == staging and v.version > floor]
@@ -69,12 +72,18 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
     if not events:
         return Decision(DecisionAction.NONE, f"{name} has no versions yet")
     manifest = dep.current(reg, name, events)
-    state_seq = max([e.seq for e in events if e.kind in (RecordKind.DEPLOYMENT, ev.STAGE_CHANGED, ev.ROLLBACK)],
-                    default=0)
+    state_seq = max(
+        [e.seq for e in events if e.kind in (RecordKind.DEPLOYMENT, ev.STAGE_CHANGED, ev.ROLLBACK)], default=0
+    )
     if manifest.canary is not None:
         # only a change of this canary's weight starts a new measurement window (a shadow change does not)
-        changes = [e for e in events if e.kind == RecordKind.DEPLOYMENT and e.version == manifest.canary
-                   and e.data.get("action") in (DeployAction.DEPLOY, DeployAction.ADVANCE)]
+        changes = [
+            e
+            for e in events
+            if e.kind == RecordKind.DEPLOYMENT
+            and e.version == manifest.canary
+            and e.data.get("action") in (DeployAction.DEPLOY, DeployAction.ADVANCE)
+        ]
         started = [e for e in changes if e.data.get("action") == DeployAction.DEPLOY]
         start = (started or changes)[-1].ts if changes else None
         last_change = changes[-1].ts if changes else None
@@ -86,25 +95,41 @@ def deployment_step(reg: Registry, spec: ModelSpec) -> Decision:
             if start is not None and scored <= start:
                 continue
             measurements.append({**e.data, "at_current_weight": last_change is None or scored > last_change})
-        decision = canary_decision(manifest.canary, manifest.canary_weight, measurements, spec,
-                                   window_keys(spec, [m["window"] for m in measurements]))
+        decision = canary_decision(
+            manifest.canary,
+            manifest.canary_weight,
+            measurements,
+            spec,
+            window_keys(spec, [m["window"] for m in measurements]),
+        )
     else:
         fresh = fresh_staging(reg, name, manifest, events)
         if not fresh:
             return Decision(DecisionAction.NONE, f"{manifest.describe()}; nothing new in {dep.staging_stage(reg)}")
         v = fresh[-1]
-        breaks = [] if manifest.production is None else \
-            breaking_changes(reg.get(name, manifest.production).signature, v.signature)
+        breaks = (
+            []
+            if manifest.production is None
+            else breaking_changes(reg.get(name, manifest.production).signature, v.signature)
+        )
         if breaks:
             # promotion would be refused: a canary of it could only end stuck, so a person decides
-            return Decision(DecisionAction.HOLD, f"v{v.version} ({v.semver}) waits in {v.stage}: it breaks production "
-                            f"v{manifest.production}'s interface ({'; '.join(breaks)}); deploy it by hand and promote "
-                            "with --breaking once callers are ready", v.version,
-                            evidence={"state_seq": state_seq, "serving": manifest.serving, "breaking": breaks})
-        where = "to production (nothing serves yet)" if manifest.production is None else \
-            f"as a canary at {spec.deployment.canary_steps[0]:.0%} beside production v{manifest.production}"
-        decision = Decision(DeployAction.DEPLOY, f"v{v.version} ({v.semver}) reached {v.stage}: deploy {where}",
-                            v.version)
+            return Decision(
+                DecisionAction.HOLD,
+                f"v{v.version} ({v.semver}) waits in {v.stage}: it breaks production "
+                f"v{manifest.production}'s interface ({'; '.join(breaks)}); deploy it by hand and promote "
+                "with --breaking once callers are ready",
+                v.version,
+                evidence={"state_seq": state_seq, "serving": manifest.serving, "breaking": breaks},
+            )
+        where = (
+            "to production (nothing serves yet)"
+            if manifest.production is None
+            else f"as a canary at {spec.deployment.canary_steps[0]:.0%} beside production v{manifest.production}"
+        )
+        decision = Decision(
+            DeployAction.DEPLOY, f"v{v.version} ({v.semver}) reached {v.stage}: deploy {where}", v.version
+        )
     decision.evidence.update({"state_seq": state_seq, "serving": manifest.serving})
     return decision
 
@@ -116,8 +141,11 @@ def run_key(decision: Decision) -> str:
 
 def _production_since(reg: Registry, manifest: dep.Manifest, events: list[ev.Event]) -> datetime | None:
     """When the production version (last) entered production."""
-    entered = [e.ts for e in events if e.kind == ev.STAGE_CHANGED and e.version == manifest.production
-               and e.to_value == reg.policy.production.stage]
+    entered = [
+        e.ts
+        for e in events
+        if e.kind == ev.STAGE_CHANGED and e.version == manifest.production and e.to_value == reg.policy.production.stage
+    ]
     return entered[-1] if entered else None
 
 
@@ -139,8 +167,9 @@ def _watched(reg: Registry, name: str) -> tuple[list[ev.Event], dep.Manifest, da
     return events, manifest, _production_since(reg, manifest, events)
 
 
-def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]],
-                 performance_rows: list[dict[str, Any]]) -> Decision:
+def retrain_step(
+    reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]], performance_rows: list[dict[str, Any]]
+) -> Decision:
     """Request a retrain when the production version's traffic keeps drifting (and, with labels, it hurts).
 
     Only windows served since the version (last) entered production count, so months it served before a
@@ -152,22 +181,29 @@ def retrain_step(reg: Registry, spec: ModelSpec, drift_rows: list[dict[str, Any]
     if production is None:
         return Decision(DecisionAction.NONE, f"nothing serves {name} in production; nothing to monitor")
     if manifest.canary is not None:
-        return Decision(DecisionAction.NONE,
-                        f"canary v{manifest.canary} is already being rolled out; retraining waits for it")
+        return Decision(
+            DecisionAction.NONE, f"canary v{manifest.canary} is already being rolled out; retraining waits for it"
+        )
     waiting = fresh_staging(reg, name, manifest, events)
     if waiting:
-        return Decision(DecisionAction.NONE, f"v{waiting[-1].version} waits in {waiting[-1].stage} for deployment; "
-                        "retraining waits for it")
+        return Decision(
+            DecisionAction.NONE,
+            f"v{waiting[-1].version} waits in {waiting[-1].stage} for deployment; retraining waits for it",
+        )
 
     def served_by_production(r: dict[str, Any], stamp: str) -> bool:
         return int(r["model_version"]) == production and (since is None or _ts(r[stamp]) > since)
 
     mine = [r for r in drift_rows if served_by_production(r, "computed_at")]
-    perf = {r["window"]: {"status": r["status"], "metrics": {m: r.get(m) for m in LIVE_METRICS[spec.task]}}
-            for r in performance_rows if r.get("arm") == Arm.PRODUCTION and served_by_production(r, "scored_at")}
+    perf = {
+        r["window"]: {"status": r["status"], "metrics": {m: r.get(m) for m in LIVE_METRICS[spec.task]}}
+        for r in performance_rows
+        if r.get("arm") == Arm.PRODUCTION and served_by_production(r, "scored_at")
+    }
     baseline = evaluation_metric(events, production, spec.monitoring_metric)
-    decision = retrain_decision(mine, perf, baseline, spec,
-                                partition_keys=window_keys(spec, [r["window"] for r in mine]))
+    decision = retrain_decision(
+        mine, perf, baseline, spec, partition_keys=window_keys(spec, [r["window"] for r in mine])
+    )
     decision.version = production
     return decision
 
@@ -181,10 +217,19 @@ def guard_step(reg: Registry, spec: ModelSpec, performance_rows: list[dict[str, 
         return Decision(DecisionAction.NONE, f"nothing serves {name} in production")
     if not spec.monitoring.performance_floor:
         return Decision(DecisionAction.NONE, "the spec sets no performance floor", production)
-    rows = [r for r in performance_rows if r.get("arm") == Arm.PRODUCTION and int(r["model_version"]) == production
-            and (since is None or _ts(r["scored_at"]) > since)]
+    rows = [
+        r
+        for r in performance_rows
+        if r.get("arm") == Arm.PRODUCTION
+        and int(r["model_version"]) == production
+        and (since is None or _ts(r["scored_at"]) > since)
+    ]
     decision = guard_decision(production, rows, dep.previous_production(reg, name), spec)
-    decision.evidence.update({"state_seq": max([e.seq for e in events if e.kind in (ev.STAGE_CHANGED, ev.ROLLBACK)],
-                                               default=0),
-                              "production": production, "serving": manifest.serving})
+    decision.evidence.update(
+        {
+            "state_seq": max([e.seq for e in events if e.kind in (ev.STAGE_CHANGED, ev.ROLLBACK)], default=0),
+            "production": production,
+            "serving": manifest.serving,
+        }
+    )
     return decision

@@ -92,9 +92,11 @@ def staging_stage(reg: Registry) -> str:
 def _newest_in(reg: Registry, name: str, stage: str, exclude: set[int | None]) -> int:
     in_stage = [v.version for v in reg.versions(name) if v.stage == stage and v.version not in exclude]
     if not in_stage:
-        raise PolicyError(f"{name} has no version in {stage} to deploy",
-                          hint=f"versions reach {stage} when their evaluation passes every gate "
-                               f"(materialize the evaluation asset), or with `model-ops transition REF {stage}`")
+        raise PolicyError(
+            f"{name} has no version in {stage} to deploy",
+            hint=f"versions reach {stage} when their evaluation passes every gate "
+            f"(materialize the evaluation asset), or with `model-ops transition REF {stage}`",
+        )
     return in_stage[-1]
 
 
@@ -132,8 +134,11 @@ def _deploy(r: _Request) -> _Outcome:
         return r.unchanged(f"v{target} already serves as {role}; nothing changed")
     if before.production is None:
         reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=r.why, run_id=r.run_id)
-        return replace(before, production=target), target, \
-            f"v{target} deployed straight to production (nothing was serving)"
+        return (
+            replace(before, production=target),
+            target,
+            f"v{target} deployed straight to production (nothing was serving)",
+        )
     _require_stage(reg, name, target, staging)
     reg.set_alias(name, CANARY_ALIAS, target, reason=r.why, run_id=r.run_id)
     message = f"v{target} started as canary at {steps[0]:.0%} beside production v{before.production}"
@@ -148,10 +153,14 @@ def _advance(r: _Request) -> _Outcome:
         raise PolicyError(f"{r.name} has no canary to advance", hint="start one with action deploy")
     later = [s for s in r.spec.deployment.canary_steps if s > before.canary_weight]
     if not later:
-        return apply(r.reg, r.spec, DeployAction.PROMOTE, reason=r.why + " (advanced past the last canary step)",
-                     run_id=r.run_id)
-    return replace(before, canary_weight=later[0]), before.canary, \
-        f"canary v{before.canary} advanced from {before.canary_weight:.0%} to {later[0]:.0%}"
+        return apply(
+            r.reg, r.spec, DeployAction.PROMOTE, reason=r.why + " (advanced past the last canary step)", run_id=r.run_id
+        )
+    return (
+        replace(before, canary_weight=later[0]),
+        before.canary,
+        f"canary v{before.canary} advanced from {before.canary_weight:.0%} to {later[0]:.0%}",
+    )
 
 
 def _promote(r: _Request) -> _Outcome:
@@ -163,8 +172,13 @@ def _promote(r: _Request) -> _Outcome:
         return r.unchanged(f"v{target} is already in production; nothing changed")
     reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=r.why, run_id=r.run_id)
     _drop_canary_alias(reg, name, r.why, r.run_id)
-    after = replace(before, production=target, canary=None, canary_weight=0.0,
-                    shadow=None if before.shadow == target else before.shadow)
+    after = replace(
+        before,
+        production=target,
+        canary=None,
+        canary_weight=0.0,
+        shadow=None if before.shadow == target else before.shadow,
+    )
     return after, target, f"v{target} promoted to production (was v{before.production})"
 
 
@@ -173,15 +187,25 @@ def _rollback(r: _Request) -> _Outcome:
     ``rollback_production``, production goes back to the previous (or the named) version."""
     reg, name, before, why = r.reg, r.name, r.before, r.why
     if r.action is DeployAction.ROLLBACK and before.canary is not None and r.version in (None, before.canary):
-        reg.transition(f"models:/{name}/{before.canary}", reg.policy.production.rolled_back_goes_to,
-                       reason=f"canary rolled back: {why}", run_id=r.run_id)
+        reg.transition(
+            f"models:/{name}/{before.canary}",
+            reg.policy.production.rolled_back_goes_to,
+            reason=f"canary rolled back: {why}",
+            run_id=r.run_id,
+        )
         _drop_canary_alias(reg, name, why, r.run_id)
-        return replace(before, canary=None, canary_weight=0.0), before.canary, \
-            f"canary v{before.canary} rolled back; production v{before.production} serves all traffic"
+        return (
+            replace(before, canary=None, canary_weight=0.0),
+            before.canary,
+            f"canary v{before.canary} rolled back; production v{before.production} serves all traffic",
+        )
     mv = reg.rollback(name, to=r.version, reason=why, run_id=r.run_id)
-    after = replace(before, production=mv.version,
-                    canary=None if before.canary == mv.version else before.canary,
-                    canary_weight=0.0 if before.canary == mv.version else before.canary_weight)
+    after = replace(
+        before,
+        production=mv.version,
+        canary=None if before.canary == mv.version else before.canary,
+        canary_weight=0.0 if before.canary == mv.version else before.canary_weight,
+    )
     return after, mv.version, f"production rolled back from v{before.production} to v{mv.version}"
 
 
@@ -213,8 +237,16 @@ _HANDLERS: dict[DeployAction, Callable[[_Request], _Outcome]] = {
 }
 
 
-def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = None, reason: str | None = None,
-          run_id: str | None = None, expect: str | None = None) -> Change:
+def apply(
+    reg: Registry,
+    spec: ModelSpec,
+    action: str,
+    *,
+    version: int | None = None,
+    reason: str | None = None,
+    run_id: str | None = None,
+    expect: str | None = None,
+) -> Change:
     """Carry out one deployment action (a ``DeployAction`` or its string) and record it; a request that changes
     nothing records nothing.
 
@@ -227,8 +259,14 @@ def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = 
     name = spec.name
     before = current(reg, name)
     if expect is not None and expect != before.serving:
-        return Change(act.value, before, before, f"{act} was decided when production:canary was {expect}, but it "
-                      f"is {before.serving} now ({before.describe()}); nothing changed", False)
+        return Change(
+            act.value,
+            before,
+            before,
+            f"{act} was decided when production:canary was {expect}, but it "
+            f"is {before.serving} now ({before.describe()}); nothing changed",
+            False,
+        )
     why = (reason or "").strip() or f"{act} requested" + (f" by run {run_id}" if run_id else "")
 
     if version is not None:
@@ -238,17 +276,24 @@ def apply(reg: Registry, spec: ModelSpec, action: str, *, version: int | None = 
     if isinstance(outcome, Change):
         return outcome
     after, acted, message = outcome
-    reg.record(name, RecordKind.DEPLOYMENT, version=acted, reason=why, run_id=run_id,
-               details={"action": act.value, "message": message, "manifest": after.to_dict(),
-                        "previous": before.to_dict()})
+    reg.record(
+        name,
+        RecordKind.DEPLOYMENT,
+        version=acted,
+        reason=why,
+        run_id=run_id,
+        details={"action": act.value, "message": message, "manifest": after.to_dict(), "previous": before.to_dict()},
+    )
     return Change(act.value, before, after, message, True)
 
 
 def _require_stage(reg: Registry, name: str, version: int, stage: str) -> None:
     mv = reg.get(name, version)
     if mv.stage != stage:
-        raise PolicyError(f"{name} v{version} is in {mv.stage}; only {stage} versions can start a canary",
-                          hint=f"move it with `model-ops transition models:/{name}/{version} {stage}`")
+        raise PolicyError(
+            f"{name} v{version} is in {mv.stage}; only {stage} versions can start a canary",
+            hint=f"move it with `model-ops transition models:/{name}/{version} {stage}`",
+        )
 
 
 def _drop_canary_alias(reg: Registry, name: str, why: str, run_id: str | None) -> None:
@@ -265,5 +310,15 @@ def previous_production(reg: Registry, name: str) -> int | None:
 
 def history(reg: Registry, name: str) -> list[dict[str, Any]]:
     """Every deployment change, oldest first: when, who, what, why, and the manifest after it."""
-    return [{"ts": e.ts.isoformat(), "actor": e.actor, "version": e.version, "reason": e.reason,
-             "run_id": e.run_id, **e.data} for e in reg.audit(name) if e.kind == RecordKind.DEPLOYMENT]
+    return [
+        {
+            "ts": e.ts.isoformat(),
+            "actor": e.actor,
+            "version": e.version,
+            "reason": e.reason,
+            "run_id": e.run_id,
+            **e.data,
+        }
+        for e in reg.audit(name)
+        if e.kind == RecordKind.DEPLOYMENT
+    ]

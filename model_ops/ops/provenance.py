@@ -54,39 +54,77 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
     lineage, dataset = mv.lineage, mv.dataset or {}
     out = Reproduction(mv.ref, False, mv.digest, None)
     if "spec" not in lineage or "uri" not in dataset or "version" not in dataset:
-        out.differences.append({"kind": "lineage", "what": "recipe", "recorded": None, "now": None,
-                                "message": f"{mv.ref} records no training recipe (spec and snapshot): it was "
-                                           "registered outside the candidate_model pipeline, so it cannot be rebuilt"})
+        out.differences.append(
+            {
+                "kind": "lineage",
+                "what": "recipe",
+                "recorded": None,
+                "now": None,
+                "message": f"{mv.ref} records no training recipe (spec and snapshot): it was "
+                "registered outside the candidate_model pipeline, so it cannot be rebuilt",
+            }
+        )
         return out
     try:
         spec = ModelSpec.model_validate(lineage["spec"])
     except ValueError as exc:
-        out.differences.append({"kind": "code", "what": "declaration", "recorded": None, "now": None,
-                                "message": "the recorded model declaration is not valid under today's schema "
-                                           f"(written by an earlier model_ops): {str(exc).splitlines()[0]}"})
+        out.differences.append(
+            {
+                "kind": "code",
+                "what": "declaration",
+                "recorded": None,
+                "now": None,
+                "message": "the recorded model declaration is not valid under today's schema "
+                f"(written by an earlier model_ops): {str(exc).splitlines()[0]}",
+            }
+        )
         return out
     snap = Dataset(resolve_root(dataset["uri"]), f"{mv.name}/training_set")
     version = int(dataset["version"])
-    out.checked = {"dataset": f"{dataset['uri']}@{version}", "code_version": candidates.code_version(spec),
-                   "seed": spec.seed}
+    out.checked = {
+        "dataset": f"{dataset['uri']}@{version}",
+        "code_version": candidates.code_version(spec),
+        "seed": spec.seed,
+    }
     try:
         rows = snap.read_arrow(version=version)
     except Exception as exc:  # expired or deleted versions surface as several delta-rs error types
-        out.differences.append({"kind": "data", "what": "snapshot", "recorded": f"{dataset['uri']}@{version}",
-                                "now": None, "message": f"the training snapshot at Delta version {version} cannot "
-                                                        f"be read any more ({exc.__class__.__name__}: {exc})"})
+        out.differences.append(
+            {
+                "kind": "data",
+                "what": "snapshot",
+                "recorded": f"{dataset['uri']}@{version}",
+                "now": None,
+                "message": f"the training snapshot at Delta version {version} cannot "
+                f"be read any more ({exc.__class__.__name__}: {exc})",
+            }
+        )
         return out
     recorded_fp = lineage.get("snapshot_fingerprint") or snap.commit_metadata(version).get("model_ops.fingerprint")
     now_fp = frame_fingerprint(rows)
     del rows
     if recorded_fp and recorded_fp != now_fp:
-        out.differences.append({"kind": "data", "what": "snapshot rows", "recorded": recorded_fp, "now": now_fp,
-                                "message": f"the rows of {dataset['uri']}@{version} no longer match the fingerprint "
-                                           "written with them: the table's files were changed outside model_ops"})
+        out.differences.append(
+            {
+                "kind": "data",
+                "what": "snapshot rows",
+                "recorded": recorded_fp,
+                "now": now_fp,
+                "message": f"the rows of {dataset['uri']}@{version} no longer match the fingerprint "
+                "written with them: the table's files were changed outside model_ops",
+            }
+        )
     schema = snap.schema_hash(version)
     if dataset.get("schema_hash") and dataset["schema_hash"] != schema:
-        out.differences.append({"kind": "data", "what": "schema hash", "recorded": dataset["schema_hash"],
-                                "now": schema, "message": "the snapshot's schema differs from the recorded one"})
+        out.differences.append(
+            {
+                "kind": "data",
+                "what": "schema hash",
+                "recorded": dataset["schema_hash"],
+                "now": schema,
+                "message": "the snapshot's schema differs from the recorded one",
+            }
+        )
     try:
         trained = candidates.fit_snapshot(snap, version, spec, lineage.get(candidates.LABEL_PERMUTATION)).trained
     except ModelOpsError as exc:
@@ -100,34 +138,64 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
             out.differences = []
         return out
     if trained.rows != lineage.get("rows"):
-        out.differences.append({"kind": "data", "what": "training rows", "recorded": lineage.get("rows"),
-                                "now": trained.rows, "message": "a different number of labelled rows was fitted"})
+        out.differences.append(
+            {
+                "kind": "data",
+                "what": "training rows",
+                "recorded": lineage.get("rows"),
+                "now": trained.rows,
+                "message": "a different number of labelled rows was fitted",
+            }
+        )
     recorded_code = lineage.get("code_version")
     if recorded_code != out.checked["code_version"]:
-        out.differences.append({"kind": "code", "what": "code_version", "recorded": recorded_code,
-                                "now": out.checked["code_version"],
-                                "message": "the training recipe or the spec sections it depends on changed"})
+        out.differences.append(
+            {
+                "kind": "code",
+                "what": "code_version",
+                "recorded": recorded_code,
+                "now": out.checked["code_version"],
+                "message": "the training recipe or the spec sections it depends on changed",
+            }
+        )
     recorded_trainer, now_trainer = lineage.get("trainer") or {}, trained.trainer or {}
     if recorded_trainer.get("source_sha256") != now_trainer.get("source_sha256"):
-        out.differences.append({"kind": "code", "what": f"trainer {recorded_trainer.get('name') or now_trainer.get('name')}",
-                                "recorded": recorded_trainer.get("source_sha256"),
-                                "now": now_trainer.get("source_sha256"),
-                                "message": "the training function's source changed since the version was fitted"})
+        out.differences.append(
+            {
+                "kind": "code",
+                "what": f"trainer {recorded_trainer.get('name') or now_trainer.get('name')}",
+                "recorded": recorded_trainer.get("source_sha256"),
+                "now": now_trainer.get("source_sha256"),
+                "message": "the training function's source changed since the version was fitted",
+            }
+        )
     for key in sorted(set(mv.params) | set(trained.params)):
         if mv.params.get(key) != trained.params.get(key):
-            out.differences.append({"kind": "parameters", "what": key, "recorded": mv.params.get(key),
-                                    "now": trained.params.get(key),
-                                    "message": "the registered model was fitted with other parameters than its "
-                                               "recorded spec gives"})
+            out.differences.append(
+                {
+                    "kind": "parameters",
+                    "what": key,
+                    "recorded": mv.params.get(key),
+                    "now": trained.params.get(key),
+                    "message": "the registered model was fitted with other parameters than its recorded spec gives",
+                }
+            )
     out.differences.extend(_package_differences(lineage.get("environment") or {}))
     if not out.differences:
-        out.differences.append({"kind": "unknown", "what": "artifact", "recorded": out.registered_sha256,
-                                "now": out.rebuilt_sha256, "message": "data, code version, packages and parameters "
-                                                                      "all match, yet the bytes differ"})
+        out.differences.append(
+            {
+                "kind": "unknown",
+                "what": "artifact",
+                "recorded": out.registered_sha256,
+                "now": out.rebuilt_sha256,
+                "message": "data, code version, packages and parameters all match, yet the bytes differ",
+            }
+        )
     return out
 
 
 # ------------------------------------------------------------------------------------------------------ lineage
+
 
 def lineage(reg: Registry, ref: str) -> dict[str, Any]:
     """Dataset → run → version → evaluations and gates → stage and alias changes → deployments."""
@@ -135,48 +203,101 @@ def lineage(reg: Registry, ref: str) -> dict[str, Any]:
     ds, lin = mv.dataset or {}, mv.lineage
     events = [e for e in reg.audit(mv.name) if e.version == mv.version]
     return {
-        "ref": mv.ref, "semver": mv.semver, "digest": mv.digest, "stage": mv.stage, "aliases": list(mv.aliases),
-        "dataset": {"uri": ds.get("uri"), "delta_version": ds.get("version"), "rows": ds.get("rows"),
-                    "schema_hash": ds.get("schema_hash"), "source": lin.get("source"), "window": lin.get("window"),
-                    "holdout": lin.get("holdout")},
-        "run": {"dagster_run_id": lin.get("dagster_run_id") or mv.run_id, "created_at": mv.created_at.isoformat(),
-                "created_by": mv.created_by, "code_version": lin.get("code_version"),
-                "git_commit": lin.get("git_commit"), "seed": lin.get("seed"), "parent": mv.parent,
-                "bump": mv.bump},
-        "evaluations": [{"ts": e.ts.isoformat(), "reason": e.reason, "holdout": e.data.get("holdout"),
-                         "champion": e.data.get("champion"), "gates": e.data.get("gates"),
-                         "metrics": {k: v for k, v in (e.data.get("metrics") or {}).items()
-                                     if not k.startswith("latency_")}}
-                        for e in events if e.kind == RecordKind.EVALUATION],
-        "changes": [{"ts": e.ts.isoformat(), "kind": e.kind, "from": e.from_value, "to": e.to_value, "key": e.key,
-                     "actor": e.actor, "reason": e.reason, "run_id": e.run_id}
-                    for e in events if e.kind in (ev.STAGE_CHANGED, ev.ALIAS_SET, ev.ALIAS_REMOVED, ev.APPROVED,
-                                                  ev.ROLLBACK)],
-        "deployments": [{"ts": e.ts.isoformat(), "action": e.data.get("action"), "message": e.data.get("message"),
-                         "reason": e.reason, "actor": e.actor, "run_id": e.run_id}
-                        for e in events if e.kind == RecordKind.DEPLOYMENT],
-        "monitoring": [{"ts": e.ts.isoformat(), "kind": e.kind, "reason": e.reason}
-                       for e in events if e.kind in (RecordKind.CANARY_ANALYSIS, RecordKind.RETRAIN, RecordKind.ALERT)],
+        "ref": mv.ref,
+        "semver": mv.semver,
+        "digest": mv.digest,
+        "stage": mv.stage,
+        "aliases": list(mv.aliases),
+        "dataset": {
+            "uri": ds.get("uri"),
+            "delta_version": ds.get("version"),
+            "rows": ds.get("rows"),
+            "schema_hash": ds.get("schema_hash"),
+            "source": lin.get("source"),
+            "window": lin.get("window"),
+            "holdout": lin.get("holdout"),
+        },
+        "run": {
+            "dagster_run_id": lin.get("dagster_run_id") or mv.run_id,
+            "created_at": mv.created_at.isoformat(),
+            "created_by": mv.created_by,
+            "code_version": lin.get("code_version"),
+            "git_commit": lin.get("git_commit"),
+            "seed": lin.get("seed"),
+            "parent": mv.parent,
+            "bump": mv.bump,
+        },
+        "evaluations": [
+            {
+                "ts": e.ts.isoformat(),
+                "reason": e.reason,
+                "holdout": e.data.get("holdout"),
+                "champion": e.data.get("champion"),
+                "gates": e.data.get("gates"),
+                "metrics": {k: v for k, v in (e.data.get("metrics") or {}).items() if not k.startswith("latency_")},
+            }
+            for e in events
+            if e.kind == RecordKind.EVALUATION
+        ],
+        "changes": [
+            {
+                "ts": e.ts.isoformat(),
+                "kind": e.kind,
+                "from": e.from_value,
+                "to": e.to_value,
+                "key": e.key,
+                "actor": e.actor,
+                "reason": e.reason,
+                "run_id": e.run_id,
+            }
+            for e in events
+            if e.kind in (ev.STAGE_CHANGED, ev.ALIAS_SET, ev.ALIAS_REMOVED, ev.APPROVED, ev.ROLLBACK)
+        ],
+        "deployments": [
+            {
+                "ts": e.ts.isoformat(),
+                "action": e.data.get("action"),
+                "message": e.data.get("message"),
+                "reason": e.reason,
+                "actor": e.actor,
+                "run_id": e.run_id,
+            }
+            for e in events
+            if e.kind == RecordKind.DEPLOYMENT
+        ],
+        "monitoring": [
+            {"ts": e.ts.isoformat(), "kind": e.kind, "reason": e.reason}
+            for e in events
+            if e.kind in (RecordKind.CANARY_ANALYSIS, RecordKind.RETRAIN, RecordKind.ALERT)
+        ],
     }
 
 
 def render_lineage(tree: dict[str, Any]) -> str:
     d, r = tree["dataset"], tree["run"]
-    lines = [f"dataset  {d['uri']} @ Delta version {d['delta_version']}  ({d['rows']} rows, schema {d['schema_hash']})",
-             f"         from {d['source'] or '-'}; window {', '.join(d['window'] or []) or '-'}; "
-             f"holdout {d['holdout'] or '-'}",
-             f"└─ run   {r['dagster_run_id'] or '-'}  by {r['created_by']} at {r['created_at']}",
-             f"         code {r['code_version'] or '-'}, git {r['git_commit'] or '-'}, seed {r['seed']}",
-             f"   └─ version {tree['ref']} ({tree['semver']}) sha256:{tree['digest'][:12]}  now {tree['stage']}"
-             + (f" [{', '.join(tree['aliases'])}]" if tree["aliases"] else ""),
-             f"         parent {('v' + str(r['parent'])) if r['parent'] else '-'}; "
-             f"{r['bump'].get('level')}: {r['bump'].get('reason')}"]
+    lines = [
+        f"dataset  {d['uri']} @ Delta version {d['delta_version']}  ({d['rows']} rows, schema {d['schema_hash']})",
+        f"         from {d['source'] or '-'}; window {', '.join(d['window'] or []) or '-'}; "
+        f"holdout {d['holdout'] or '-'}",
+        f"└─ run   {r['dagster_run_id'] or '-'}  by {r['created_by']} at {r['created_at']}",
+        f"         code {r['code_version'] or '-'}, git {r['git_commit'] or '-'}, seed {r['seed']}",
+        f"   └─ version {tree['ref']} ({tree['semver']}) sha256:{tree['digest'][:12]}  now {tree['stage']}"
+        + (f" [{', '.join(tree['aliases'])}]" if tree["aliases"] else ""),
+        f"         parent {('v' + str(r['parent'])) if r['parent'] else '-'}; "
+        f"{r['bump'].get('level')}: {r['bump'].get('reason')}",
+    ]
     for e in tree["evaluations"]:
         lines.append(f"      ├─ evaluated {e['ts'][:19]} on {e['holdout']}: {e['reason']}")
         for g in e.get("gates") or []:
             lines.append(f"      │    {'PASS' if g['passed'] else 'FAIL'} {g['name']}: {g['message']}")
-    later = [(c["ts"], f"{c['kind']} {(c['key'] + ' ') if c['key'] else ''}{c['from'] or ''} -> {c['to'] or ''} "
-                       f"by {c['actor']}: {c['reason'] or ''}") for c in tree["changes"]]
+    later = [
+        (
+            c["ts"],
+            f"{c['kind']} {(c['key'] + ' ') if c['key'] else ''}{c['from'] or ''} -> {c['to'] or ''} "
+            f"by {c['actor']}: {c['reason'] or ''}",
+        )
+        for c in tree["changes"]
+    ]
     later += [(m["ts"], f"{m['kind']}: {m['reason']}") for m in tree["monitoring"]]
     later += [(d["ts"], f"deployment {d['action']}: {d['message']}") for d in tree["deployments"]]
     later.sort()
@@ -186,6 +307,7 @@ def render_lineage(tree: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------- diff
+
 
 def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
     """Parameters, metrics, signature, data versions, code and packages of two versions, and B's bump reason."""
@@ -203,23 +325,33 @@ def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
         "params": changed(a.params, b.params),
         "metrics": changed(a.metrics, b.metrics),
         "signature_changed": a.signature != b.signature,
-        "data": changed({**(a.dataset or {}), "window": la.get("window"), "holdout": la.get("holdout")},
-                        {**(b.dataset or {}), "window": lb.get("window"), "holdout": lb.get("holdout")}),
-        "code": changed({k: la.get(k) for k in ("code_version", "git_commit", "seed", "estimator")},
-                        {k: lb.get(k) for k in ("code_version", "git_commit", "seed", "estimator")}),
+        "data": changed(
+            {**(a.dataset or {}), "window": la.get("window"), "holdout": la.get("holdout")},
+            {**(b.dataset or {}), "window": lb.get("window"), "holdout": lb.get("holdout")},
+        ),
+        "code": changed(
+            {k: la.get(k) for k in ("code_version", "git_commit", "seed", "estimator")},
+            {k: lb.get(k) for k in ("code_version", "git_commit", "seed", "estimator")},
+        ),
         "packages": changed(pa_, pb),
-        "bump": {"level": b.bump.get("level"), "reason": b.bump.get("reason"), "from": b.bump.get("from"),
-                 "parent": b.parent},
+        "bump": {
+            "level": b.bump.get("level"),
+            "reason": b.bump.get("reason"),
+            "from": b.bump.get("from"),
+            "parent": b.parent,
+        },
     }
 
 
 def render_diff(d: dict[str, Any]) -> str:
     a, b = d["a"], d["b"]
-    lines = [f"{a['ref']} ({a['semver']}, {a['stage']})  ->  {b['ref']} ({b['semver']}, {b['stage']})",
-             f"artifact   {'identical' if d['same_artifact'] else 'differs'}",
-             f"semver     {b['semver']}: {d['bump']['level']} bump from {d['bump']['from'] or '-'} "
-             f"(parent v{d['bump']['parent']}): {d['bump']['reason']}",
-             f"signature  {'changed' if d['signature_changed'] else 'same'}"]
+    lines = [
+        f"{a['ref']} ({a['semver']}, {a['stage']})  ->  {b['ref']} ({b['semver']}, {b['stage']})",
+        f"artifact   {'identical' if d['same_artifact'] else 'differs'}",
+        f"semver     {b['semver']}: {d['bump']['level']} bump from {d['bump']['from'] or '-'} "
+        f"(parent v{d['bump']['parent']}): {d['bump']['reason']}",
+        f"signature  {'changed' if d['signature_changed'] else 'same'}",
+    ]
     for section in ("data", "params", "metrics", "code", "packages"):
         items = d[section]
         if not items:

@@ -55,15 +55,20 @@ class Entry:
     stage: str
     archive: bool
     reason: str
-    expired: bool = False             # its period has run out (it may still be kept: pinned, lineage, transitions)
-    age_days: float | None = None     # on the clock that applies: days in its stage, or since it stopped serving
-    limit_days: float | None = None   # the period that applies (None: its stage never expires)
+    expired: bool = False  # its period has run out (it may still be kept: pinned, lineage, transitions)
+    age_days: float | None = None  # on the clock that applies: days in its stage, or since it stopped serving
+    limit_days: float | None = None  # the period that applies (None: its stage never expires)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "stage": self.stage, "action": "archive" if self.archive else "keep",
-                "reason": self.reason, "expired": self.expired,
-                "age_days": None if self.age_days is None else round(self.age_days, 3),
-                "limit_days": self.limit_days}
+        return {
+            "version": self.version,
+            "stage": self.stage,
+            "action": "archive" if self.archive else "keep",
+            "reason": self.reason,
+            "expired": self.expired,
+            "age_days": None if self.age_days is None else round(self.age_days, 3),
+            "limit_days": self.limit_days,
+        }
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,8 @@ class RetentionPlan:
     now: datetime
     archive_stage: str
     production_stage: str
-    periods: dict[str, float]          # stage -> days in force for this model (policy, with the model's override)
-    overridden: str | None = None      # the stage whose period this model's spec overrides
+    periods: dict[str, float]  # stage -> days in force for this model (policy, with the model's override)
+    overridden: str | None = None  # the stage whose period this model's spec overrides
     staging_override: float | None = None
     entries: tuple[Entry, ...] = ()
     already_archived: int = 0
@@ -94,11 +99,18 @@ class RetentionPlan:
         return {e.version: e.reason for e in self.entries if e.expired and not e.archive}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "now": self.now.isoformat(), "archive_stage": self.archive_stage,
-                "production_stage": self.production_stage, "periods": dict(self.periods),
-                "overridden": self.overridden, "already_archived": self.already_archived,
-                "archive": sorted(self.archive), "kept": sorted(self.kept),
-                "entries": [e.to_dict() for e in self.entries]}
+        return {
+            "model": self.model,
+            "now": self.now.isoformat(),
+            "archive_stage": self.archive_stage,
+            "production_stage": self.production_stage,
+            "periods": dict(self.periods),
+            "overridden": self.overridden,
+            "already_archived": self.already_archived,
+            "archive": sorted(self.archive),
+            "kept": sorted(self.kept),
+            "entries": [e.to_dict() for e in self.entries],
+        }
 
 
 def _utc(when: datetime | None) -> datetime:
@@ -129,9 +141,9 @@ def _plan(reg: Registry, name: str, staging_override: float | None, now: datetim
     versions = {v.version: v for v in reg.versions(name)}
     events = reg.audit(name)
     manifest = dep.current(reg, name, events)
-    entered: dict[tuple[int, str], datetime] = {}   # (version, stage) -> when it last entered that stage
-    left_production: dict[int, datetime] = {}       # version -> when it last stopped serving in production
-    served: set[int] = set()                        # versions that have ever been in production
+    entered: dict[tuple[int, str], datetime] = {}  # (version, stage) -> when it last entered that stage
+    left_production: dict[int, datetime] = {}  # version -> when it last stopped serving in production
+    served: set[int] = set()  # versions that have ever been in production
     for e in events:
         if e.kind != ev.STAGE_CHANGED or e.version is None:
             continue
@@ -144,8 +156,7 @@ def _plan(reg: Registry, name: str, staging_override: float | None, now: datetim
 
     # 1. pins: what serves, what an alias points at
     pins: dict[int, str] = {}
-    for arm, n in ((Arm.PRODUCTION, manifest.production), (Arm.CANARY, manifest.canary),
-                   (Arm.SHADOW, manifest.shadow)):
+    for arm, n in ((Arm.PRODUCTION, manifest.production), (Arm.CANARY, manifest.canary), (Arm.SHADOW, manifest.shadow)):
         if n is not None and n in versions:
             pins.setdefault(n, f"serves as {arm}")
     for n, v in versions.items():
@@ -181,27 +192,42 @@ def _plan(reg: Registry, name: str, staging_override: float | None, now: datetim
             clock = f"{{age}} days in {stage}"
         age = max(0.0, (now - since).total_seconds() / _DAY)
         expired = limit is not None and age > limit
-        facts: dict[str, Any] = {"version": n, "stage": stage, "expired": expired, "age_days": age,
-                                 "limit_days": limit}
+        facts: dict[str, Any] = {"version": n, "stage": stage, "expired": expired, "age_days": age, "limit_days": limit}
         text = clock.format(age=f"{age:.1f}")
         if n in pins:
             entries.append(Entry(archive=False, reason=pins[n], **facts))
         elif n in lineage:
             entries.append(Entry(archive=False, reason=lineage[n], **facts))
         elif limit is None:
-            what = (f"versions that stopped serving in {prod_stage}" if n in served and n in left_production
-                    else f"stage {stage}")
+            what = (
+                f"versions that stopped serving in {prod_stage}"
+                if n in served and n in left_production
+                else f"stage {stage}"
+            )
             entries.append(Entry(archive=False, reason=f"no retention period for {what} in the policy", **facts))
         elif not expired:
             entries.append(Entry(archive=False, reason=f"within retention: {text} (limit {limit:g})", **facts))
         elif archive_stage not in policy.allowed_targets(stage):
-            entries.append(Entry(archive=False, reason=f"expired ({text} > {limit:g}) but the policy's transitions "
-                                 f"do not allow {stage} -> {archive_stage}", **facts))
+            entries.append(
+                Entry(
+                    archive=False,
+                    reason=f"expired ({text} > {limit:g}) but the policy's transitions "
+                    f"do not allow {stage} -> {archive_stage}",
+                    **facts,
+                )
+            )
         else:
-            entries.append(Entry(archive=True, reason=f"retention: {text} (> {limit:g}); not serving, no alias, "
-                                 "not in the lineage of a serving or aliased version", **facts))
-    return RetentionPlan(name, now, archive_stage, prod_stage, periods, overridden, staging_override,
-                         tuple(entries), already)
+            entries.append(
+                Entry(
+                    archive=True,
+                    reason=f"retention: {text} (> {limit:g}); not serving, no alias, "
+                    "not in the lineage of a serving or aliased version",
+                    **facts,
+                )
+            )
+    return RetentionPlan(
+        name, now, archive_stage, prod_stage, periods, overridden, staging_override, tuple(entries), already
+    )
 
 
 def apply(reg: Registry, retention: RetentionPlan, run_id: str | None = None) -> list[int]:
@@ -229,11 +255,15 @@ def render(retention: RetentionPlan, done: list[int] | None = None) -> str:
             what += " (this model's override)"
         periods.append(what)
     if done is None:
-        head = (f"{p.model}: retention at {p.now:%Y-%m-%d %H:%M} UTC (dry run): {len(p.archive)} to archive, "
-                f"{len(p.kept)} kept, {p.already_archived} already {p.archive_stage}")
+        head = (
+            f"{p.model}: retention at {p.now:%Y-%m-%d %H:%M} UTC (dry run): {len(p.archive)} to archive, "
+            f"{len(p.kept)} kept, {p.already_archived} already {p.archive_stage}"
+        )
     else:
-        head = (f"{p.model}: retention at {p.now:%Y-%m-%d %H:%M} UTC: archived "
-                f"{', '.join(f'v{n}' for n in done) or 'nothing'}; {len(p.kept)} kept")
+        head = (
+            f"{p.model}: retention at {p.now:%Y-%m-%d %H:%M} UTC: archived "
+            f"{', '.join(f'v{n}' for n in done) or 'nothing'}; {len(p.kept)} kept"
+        )
         skipped = sorted(set(p.archive) - set(done))
         if skipped:
             head += f"; not archived after all (referenced since the dry run): {', '.join(f'v{n}' for n in skipped)}"

@@ -16,8 +16,10 @@ from model_ops.vocab import Arm
 
 def buckets(keys: pd.Series, salt: str = "") -> np.ndarray:
     """A uniform number in [0, 1) per key, identical on every call and machine."""
+
     def one(k: str) -> float:
         return int.from_bytes(hashlib.blake2b(f"{salt}{k}".encode(), digest_size=8).digest(), "big") / 2**64
+
     return np.fromiter((one(k) for k in keys.astype(str)), dtype="float64", count=len(keys))
 
 

@@ -47,8 +47,9 @@ def open_or_create(location: Location, schema: pa.Schema, name: str) -> DeltaTab
     if not location.is_s3:
         location.path.mkdir(parents=True, exist_ok=True)
     try:
-        DeltaTable.create(location.uri, schema, mode="ignore", name=name, configuration=TABLE_CONFIG,
-                          storage_options=opts)
+        DeltaTable.create(
+            location.uri, schema, mode="ignore", name=name, configuration=TABLE_CONFIG, storage_options=opts
+        )
     except CommitFailedError:
         pass  # another process created it first
     return DeltaTable(location.uri, storage_options=opts)
@@ -104,8 +105,7 @@ class DeltaCas:
     def try_append(self, data: pa.Table) -> bool:
         """Append iff nobody committed since our snapshot. False means: re-read and try again."""
         try:
-            write_deltalake(self.table, data, mode="append",
-                            commit_properties=CommitProperties(max_commit_retries=0))
+            write_deltalake(self.table, data, mode="append", commit_properties=CommitProperties(max_commit_retries=0))
         except CommitFailedError:
             self._dt = None  # the handle may be half-updated; reopen from storage
             return False

@@ -28,21 +28,23 @@ ATTACHMENT = "attachment"  # bytes kept beside a version (key = label, digest = 
 RECORD_KINDS = frozenset({"deployment", "evaluation", "monitoring", "canary_analysis", "retrain", "alert", "note"})
 STATE_KINDS = frozenset({REGISTERED, STAGE_CHANGED, ALIAS_SET, ALIAS_REMOVED, TAG_SET, TAG_REMOVED, APPROVED, ROLLBACK})
 
-SCHEMA = pa.schema([
-    pa.field("seq", pa.int64(), nullable=False),
-    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("model", pa.string(), nullable=False),
-    pa.field("version", pa.int64()),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("actor", pa.string(), nullable=False),
-    pa.field("key", pa.string()),        # alias name, tag key, verb of a denial
-    pa.field("from_value", pa.string()),  # previous stage / alias target / tag value
-    pa.field("to_value", pa.string()),    # new stage / alias target / tag value / semver of a registration
-    pa.field("digest", pa.string()),      # manifest digest of a registration
-    pa.field("reason", pa.string()),
-    pa.field("run_id", pa.string()),
-    pa.field("payload", pa.string()),     # JSON: the full version record, gate results, deployment details
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("version", pa.int64()),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("actor", pa.string(), nullable=False),
+        pa.field("key", pa.string()),  # alias name, tag key, verb of a denial
+        pa.field("from_value", pa.string()),  # previous stage / alias target / tag value
+        pa.field("to_value", pa.string()),  # new stage / alias target / tag value / semver of a registration
+        pa.field("digest", pa.string()),  # manifest digest of a registration
+        pa.field("reason", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("payload", pa.string()),  # JSON: the full version record, gate results, deployment details
+    ]
+)
 COLUMNS = SCHEMA.names
 
 
@@ -82,9 +84,18 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "seq": self.seq, "ts": self.ts.isoformat(), "model": self.model, "version": self.version,
-            "kind": self.kind, "actor": self.actor, "key": self.key, "from": self.from_value, "to": self.to_value,
-            "digest": self.digest, "reason": self.reason, "run_id": self.run_id,
+            "seq": self.seq,
+            "ts": self.ts.isoformat(),
+            "model": self.model,
+            "version": self.version,
+            "kind": self.kind,
+            "actor": self.actor,
+            "key": self.key,
+            "from": self.from_value,
+            "to": self.to_value,
+            "digest": self.digest,
+            "reason": self.reason,
+            "run_id": self.run_id,
             "details": self.data if self.kind != REGISTERED else None,
         }
 
@@ -104,9 +115,24 @@ def from_arrow(table: pa.Table) -> list[Event]:
     table = table.sort_by("seq")
     cols = [table.column(name).to_pylist() for name in COLUMNS if name != "payload"]
     payloads = table.column("payload").combine_chunks()
-    return [Event(seq=r[0], ts=r[1], model=r[2], version=r[3], kind=r[4], actor=r[5], key=r[6], from_value=r[7],
-                  to_value=r[8], digest=r[9], reason=r[10], run_id=r[11], payload_ref=(payloads, i))
-            for i, r in enumerate(zip(*cols))]
+    return [
+        Event(
+            seq=r[0],
+            ts=r[1],
+            model=r[2],
+            version=r[3],
+            kind=r[4],
+            actor=r[5],
+            key=r[6],
+            from_value=r[7],
+            to_value=r[8],
+            digest=r[9],
+            reason=r[10],
+            run_id=r[11],
+            payload_ref=(payloads, i),
+        )
+        for i, r in enumerate(zip(*cols))
+    ]
 
 
 def utc(ts: datetime) -> datetime:

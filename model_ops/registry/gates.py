@@ -36,21 +36,32 @@ def gate_results(policy: Policy, actor: str, m: ModelState, vs: VersionState, st
             approvers.discard(actor)
         results["approvals"] = {"required": gate.approvals, "given": sorted(approvers)}
         if len(approvers) < gate.approvals:
-            failures.append(f"needs {gate.approvals} approval(s) for {stage} from someone other than the "
-                            f"actor, has {len(approvers)}")
+            failures.append(
+                f"needs {gate.approvals} approval(s) for {stage} from someone other than the "
+                f"actor, has {len(approvers)}"
+            )
     metrics = vs.record.get("metrics") or {}
     for metric, bound in gate.metrics.items():
         value = metrics.get(metric)
         ok = _within(bound, value)
         results[f"metric:{metric}"] = {"value": value, "min": bound.min, "max": bound.max, "passed": ok}
         if not ok:
-            limits = " and ".join(x for x in (f">= {bound.min}" if bound.min is not None else "",
-                                              f"<= {bound.max}" if bound.max is not None else "") if x)
-            failures.append(f"metric {metric} is {value if value is not None else 'not recorded'}, "
-                            f"the gate needs {limits}")
+            limits = " and ".join(
+                x
+                for x in (
+                    f">= {bound.min}" if bound.min is not None else "",
+                    f"<= {bound.max}" if bound.max is not None else "",
+                )
+                if x
+            )
+            failures.append(
+                f"metric {metric} is {value if value is not None else 'not recorded'}, the gate needs {limits}"
+            )
     if failures:
-        raise PolicyError(f"{m.name} v{vs.version} cannot enter {stage}: " + "; ".join(failures),
-                          hint="`model-ops approve` records an approval; metrics come from registration")
+        raise PolicyError(
+            f"{m.name} v{vs.version} cannot enter {stage}: " + "; ".join(failures),
+            hint="`model-ops approve` records an approval; metrics come from registration",
+        )
     return results
 
 
@@ -73,14 +84,20 @@ def breaking_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | Non
         removed = sorted(set(before) - set(after))
         if removed:
             out.append("removes input column(s) " + ", ".join(removed))
-        retyped = [f"{n} ({before[n]} -> {after[n]})" for n in sorted(set(before) & set(after))
-                   if before[n] is not None and after[n] is not None and str(before[n]) != str(after[n])]
+        retyped = [
+            f"{n} ({before[n]} -> {after[n]})"
+            for n in sorted(set(before) & set(after))
+            if before[n] is not None and after[n] is not None and str(before[n]) != str(after[n])
+        ]
         if retyped:
             out.append("retypes input column(s) " + ", ".join(retyped))
     old_out, new_out = old.get("outputs") or {}, new.get("outputs") or {}
     if old_out.get("task") and new_out.get("task") and old_out["task"] != new_out["task"]:
         out.append(f"changes the task from {old_out['task']} to {new_out['task']}")
-    elif "classes" in old_out and "classes" in new_out and \
-            outputs_key({"classes": old_out["classes"]}) != outputs_key({"classes": new_out["classes"]}):
+    elif (
+        "classes" in old_out
+        and "classes" in new_out
+        and outputs_key({"classes": old_out["classes"]}) != outputs_key({"classes": new_out["classes"]})
+    ):
         out.append(f"changes the classes from {old_out['classes']} to {new_out['classes']}")
     return out

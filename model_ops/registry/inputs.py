@@ -19,8 +19,9 @@ from model_ops.registry import events as ev
 from model_ops.registry.refs import Ref, parse_ref
 
 # The keyword arguments of Registry.register, which is also what one entry of register_many may hold.
-REGISTRATION_FIELDS = frozenset({"path", "params", "metrics", "dataset", "signature", "tags", "lineage", "parent",
-                                 "description", "flavor"})
+REGISTRATION_FIELDS = frozenset(
+    {"path", "params", "metrics", "dataset", "signature", "tags", "lineage", "parent", "description", "flavor"}
+)
 
 
 def as_ref(value: str | Ref) -> Ref:
@@ -35,8 +36,10 @@ def parse_timestamp(value: str | datetime) -> datetime:
     try:
         return ev.utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
-        raise UsageError(f"cannot read {value!r} as a time",
-                         hint="use ISO 8601, e.g. 2013-07-14T14:00:00Z (a time without a zone is taken as UTC)") from None
+        raise UsageError(
+            f"cannot read {value!r} as a time",
+            hint="use ISO 8601, e.g. 2013-07-14T14:00:00Z (a time without a zone is taken as UTC)",
+        ) from None
 
 
 def require_reason(reason: str | None, what: str) -> str:
@@ -101,8 +104,10 @@ def signature(value: Any) -> dict | None:
         return None
     sig = json_obj(value, "signature")
     inputs = sig.get("inputs")
-    if inputs is not None and (not isinstance(inputs, list) or not all(isinstance(i, dict) and "name" in i for i in inputs)):
-        raise UsageError("signature.inputs must be a list of {\"name\": ..., \"dtype\": ...}")
+    if inputs is not None and (
+        not isinstance(inputs, list) or not all(isinstance(i, dict) and "name" in i for i in inputs)
+    ):
+        raise UsageError('signature.inputs must be a list of {"name": ..., "dtype": ...}')
     return sig
 
 
@@ -114,8 +119,15 @@ def registration(entry: Mapping[str, Any]) -> dict[str, Any]:
         raise UsageError(f"unknown registration field(s): {', '.join(sorted(unknown))}")
     if "path" not in entry:
         raise UsageError("a registration needs the path of its artifact")
-    return {"path": entry["path"], "flavor": entry.get("flavor"), "params": json_obj(entry.get("params"), "params"),
-            "metrics": metrics(entry.get("metrics")), "dataset": parse_dataset(entry.get("dataset")),
-            "signature": signature(entry.get("signature")), "tags": tags(entry.get("tags")),
-            "lineage": json_obj(entry.get("lineage"), "lineage"), "parent": entry.get("parent"),
-            "description": entry.get("description")}
+    return {
+        "path": entry["path"],
+        "flavor": entry.get("flavor"),
+        "params": json_obj(entry.get("params"), "params"),
+        "metrics": metrics(entry.get("metrics")),
+        "dataset": parse_dataset(entry.get("dataset")),
+        "signature": signature(entry.get("signature")),
+        "tags": tags(entry.get("tags")),
+        "lineage": json_obj(entry.get("lineage"), "lineage"),
+        "parent": entry.get("parent"),
+        "description": entry.get("description"),
+    }

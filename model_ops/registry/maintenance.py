@@ -24,17 +24,19 @@ from model_ops.registry.state import RegistryState
 if TYPE_CHECKING:
     from model_ops.registry.registry import Registry
 
-VERSIONS_SCHEMA = pa.schema([
-    pa.field("model", pa.string(), nullable=False),
-    pa.field("version", pa.int64(), nullable=False),
-    pa.field("semver", pa.string(), nullable=False),
-    pa.field("digest", pa.string(), nullable=False),
-    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("created_by", pa.string(), nullable=False),
-    pa.field("run_id", pa.string()),
-    pa.field("registered_seq", pa.int64(), nullable=False),
-    pa.field("record", pa.string(), nullable=False),
-])
+VERSIONS_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("version", pa.int64(), nullable=False),
+        pa.field("semver", pa.string(), nullable=False),
+        pa.field("digest", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("created_by", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("registered_seq", pa.int64(), nullable=False),
+        pa.field("record", pa.string(), nullable=False),
+    ]
+)
 
 
 def project_versions(registry: Registry) -> None:
@@ -52,13 +54,20 @@ def project_versions(registry: Registry) -> None:
     rows = [(m.name, vs) for m in state.models.values() for vs in m.versions if vs.seq > (done or 0)]
     if not rows:
         return
-    data = pa.table({
-        "model": [n for n, _ in rows], "version": [v.version for _, v in rows],
-        "semver": [v.semver for _, v in rows], "digest": [v.digest for _, v in rows],
-        "created_at": [v.created_at for _, v in rows], "created_by": [v.created_by for _, v in rows],
-        "run_id": [v.run_id for _, v in rows], "registered_seq": [v.seq for _, v in rows],
-        "record": [v.payload for _, v in rows],
-    }, schema=VERSIONS_SCHEMA)
+    data = pa.table(
+        {
+            "model": [n for n, _ in rows],
+            "version": [v.version for _, v in rows],
+            "semver": [v.semver for _, v in rows],
+            "digest": [v.digest for _, v in rows],
+            "created_at": [v.created_at for _, v in rows],
+            "created_by": [v.created_by for _, v in rows],
+            "run_id": [v.run_id for _, v in rows],
+            "registered_seq": [v.seq for _, v in rows],
+            "record": [v.payload for _, v in rows],
+        },
+        schema=VERSIONS_SCHEMA,
+    )
     if table.try_append(data):
         table.maintain()
 
@@ -114,9 +123,11 @@ def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(
     digests += registry._attached_digests()
     unreadable = [d for d in set(digests) if blobs_store.verify(d)]
     if unreadable and apply:
-        raise IntegrityError(f"{len(unreadable)} version manifest(s) are missing or damaged, so garbage cannot "
-                             "be told apart from their files; nothing was deleted",
-                             hint="run `model-ops fsck` and repair the registry first")
+        raise IntegrityError(
+            f"{len(unreadable)} version manifest(s) are missing or damaged, so garbage cannot "
+            "be told apart from their files; nothing was deleted",
+            hint="run `model-ops fsck` and repair the registry first",
+        )
     keep = registry.artifacts.reachable(digests)
     cutoff = time.time() - grace.total_seconds()
     blobs = [b for b in blobs_store.iter_blobs() if b.digest not in keep]
@@ -129,9 +140,11 @@ def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(
         for t in temps:
             blobs_store.delete_temporary(t.digest)
     return {
-        "applied": apply, "referenced_blobs": len(keep),
+        "applied": apply,
+        "referenced_blobs": len(keep),
         "unreferenced": [{"digest": b.digest, "size": b.size} for b in old],
         "unreferenced_bytes": sum(b.size for b in old),
-        "too_recent": len(blobs) - len(old), "temporaries": len(temps),
+        "too_recent": len(blobs) - len(old),
+        "temporaries": len(temps),
         "grace_hours": grace.total_seconds() / 3600,
     }

@@ -97,8 +97,9 @@ class Access(_Strict):
         return [got] if isinstance(got, str) else list(got)
 
     def allows(self, actor: str, verb: str) -> bool:
-        return any(fnmatch.fnmatchcase(verb, pattern)
-                   for role in self.roles_of(actor) for pattern in self.roles.get(role, []))
+        return any(
+            fnmatch.fnmatchcase(verb, pattern) for role in self.roles_of(actor) for pattern in self.roles.get(role, [])
+        )
 
     def who_may(self, verb: str) -> list[str]:
         return sorted(r for r, pats in self.roles.items() if any(fnmatch.fnmatchcase(verb, p) for p in pats))
@@ -126,9 +127,11 @@ class Policy(_Strict):
             for stage in [src, *targets]:
                 if stage not in known:
                     problems.append(f"transitions.{src} names unknown stage {stage!r}")
-        for name, value in (("production.stage", self.production.stage),
-                            ("production.replaced_goes_to", self.production.replaced_goes_to),
-                            ("production.rolled_back_goes_to", self.production.rolled_back_goes_to)):
+        for name, value in (
+            ("production.stage", self.production.stage),
+            ("production.replaced_goes_to", self.production.replaced_goes_to),
+            ("production.rolled_back_goes_to", self.production.rolled_back_goes_to),
+        ):
             if value not in known:
                 problems.append(f"{name} {value!r} is not one of stages {self.stages}")
         for stage in self.gates:
@@ -161,8 +164,10 @@ class Policy(_Strict):
             elif stage == r.archive_stage:
                 problems.append(f"retention.days.{stage}: versions in the archive stage do not expire again")
             elif stage != self.production.stage and r.archive_stage not in self.allowed_targets(stage):
-                problems.append(f"retention.days.{stage}: the transitions do not allow {stage} -> {r.archive_stage}, "
-                                f"so an expired version could not be archived (add it to transitions.{stage})")
+                problems.append(
+                    f"retention.days.{stage}: the transitions do not allow {stage} -> {r.archive_stage}, "
+                    f"so an expired version could not be archived (add it to transitions.{stage})"
+                )
         return problems
 
     def _fitted_default_retention(self) -> Retention:
@@ -170,11 +175,16 @@ class Policy(_Strict):
         archive = Retention().archive_stage
         if archive not in self.stages:
             return Retention(archive_stage=archive, staging_stage=None, days={})
-        defaults = {self.production.stage if stage == "production" else stage: d
-                    for stage, d in DEFAULT_RETENTION_DAYS.items()}
-        days = {stage: d for stage, d in defaults.items()
-                if stage in self.stages and stage != archive
-                and (stage == self.production.stage or archive in self.allowed_targets(stage))}
+        defaults = {
+            self.production.stage if stage == "production" else stage: d for stage, d in DEFAULT_RETENTION_DAYS.items()
+        }
+        days = {
+            stage: d
+            for stage, d in defaults.items()
+            if stage in self.stages
+            and stage != archive
+            and (stage == self.production.stage or archive in self.allowed_targets(stage))
+        }
         staging = Retention().staging_stage
         return Retention(archive_stage=archive, staging_stage=staging if staging in self.stages else None, days=days)
 
@@ -200,8 +210,9 @@ def _parse(text: str, source: str) -> Policy:
         return Policy(**doc, source=source)
     except ValidationError as e:
         details = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(policy)'}: {err['msg']}" for err in e.errors())
-        raise UsageError(f"policy {source} is invalid: {details}",
-                         hint="compare it with model_ops/registry/default_policy.yaml") from None
+        raise UsageError(
+            f"policy {source} is invalid: {details}", hint="compare it with model_ops/registry/default_policy.yaml"
+        ) from None
 
 
 def default_policy_text() -> str:

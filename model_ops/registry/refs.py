@@ -36,18 +36,23 @@ class Ref:
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise UsageError(f"invalid model name {name!r}",
-                         hint="use letters, digits, '_', '.' and '-', starting with a letter or digit (max 128)")
+        raise UsageError(
+            f"invalid model name {name!r}",
+            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit (max 128)",
+        )
     return name
 
 
 def check_alias(alias: str, *, allow_reserved: bool = False) -> str:
     if not isinstance(alias, str) or not ALIAS_RE.match(alias):
-        raise UsageError(f"invalid alias {alias!r}",
-                         hint="use lowercase letters, digits, '_' and '-', starting with a letter (max 64)")
+        raise UsageError(
+            f"invalid alias {alias!r}",
+            hint="use lowercase letters, digits, '_' and '-', starting with a letter (max 64)",
+        )
     if not allow_reserved and alias in RESERVED_ALIASES:
-        raise UsageError(f"alias {alias!r} is reserved: it always points at the highest version",
-                         hint="choose another alias name")
+        raise UsageError(
+            f"alias {alias!r} is reserved: it always points at the highest version", hint="choose another alias name"
+        )
     return alias
 
 
@@ -55,7 +60,7 @@ def parse_ref(text: str) -> Ref:
     if not isinstance(text, str) or not text.strip():
         raise UsageError("empty model reference", hint=f"use {REF_FORMS}")
     raw = text.strip()
-    body = raw[len(PREFIX):] if raw.startswith(PREFIX) else raw
+    body = raw[len(PREFIX) :] if raw.startswith(PREFIX) else raw
     try:
         if "@" in body:
             name, alias = body.split("@", 1)

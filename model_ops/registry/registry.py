@@ -107,9 +107,16 @@ class ModelVersion:
         return str(self.record.get("flavor", ""))
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "semver": self.semver, "stage": self.stage,
-                "aliases": list(self.aliases), "digest": self.digest, "created_at": self.created_at.isoformat(),
-                "created_by": self.created_by}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "semver": self.semver,
+            "stage": self.stage,
+            "aliases": list(self.aliases),
+            "digest": self.digest,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         out = self.summary()
@@ -147,7 +154,9 @@ def _now() -> datetime:
 class Registry:
     """Open with :meth:`open`; safe to share between threads; any number of processes may use one root at once."""
 
-    def __init__(self, root: Location, actor: str | None = None, policy_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, root: Location, actor: str | None = None, policy_path: str | os.PathLike[str] | None = None
+    ) -> None:
         self.root = root
         self.location = root.child("registry")
         self.artifacts = ArtifactStore(root)
@@ -161,8 +170,13 @@ class Registry:
         self._lock = threading.RLock()
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str] | Location | None = None, *, actor: str | None = None,
-             policy: str | os.PathLike[str] | None = None) -> Registry:
+    def open(
+        cls,
+        root: str | os.PathLike[str] | Location | None = None,
+        *,
+        actor: str | None = None,
+        policy: str | os.PathLike[str] | None = None,
+    ) -> Registry:
         """Open the registry under ``root`` (default ``$MODEL_OPS_ROOT`` or ``./.model_ops``), creating it on first use."""
         return cls(resolve_root(root), actor=actor, policy_path=policy)
 
@@ -197,13 +211,26 @@ class Registry:
         m = state.models.get(name)
         if m is None or not m.versions:
             known = sorted(n for n, mm in state.models.items() if mm.versions)
-            raise NotFoundError(f"no model named {name!r} in {self.root}",
-                                hint=("models here: " + ", ".join(known[:20])) if known else "the registry is empty")
+            raise NotFoundError(
+                f"no model named {name!r} in {self.root}",
+                hint=("models here: " + ", ".join(known[:20])) if known else "the registry is empty",
+            )
         return m
 
     def _mv(self, m: ModelState, vs: VersionState) -> ModelVersion:
-        return ModelVersion(m.name, vs.version, vs.semver, vs.stage, tuple(m.aliases_of(vs.version)), vs.digest,
-                            vs.created_at, vs.created_by, vs.run_id, dict(vs.tags), _LazyRecord(vs))
+        return ModelVersion(
+            m.name,
+            vs.version,
+            vs.semver,
+            vs.stage,
+            tuple(m.aliases_of(vs.version)),
+            vs.digest,
+            vs.created_at,
+            vs.created_by,
+            vs.run_id,
+            dict(vs.tags),
+            _LazyRecord(vs),
+        )
 
     def _find(self, state: RegistryState, ref: Ref) -> tuple[ModelState, VersionState]:
         m = self._model(state, ref.name)
@@ -222,12 +249,15 @@ class Registry:
             else:
                 number = m.aliases.get(ref.alias)
                 if number is None:
-                    raise NotFoundError(f"{ref.name} has no alias {ref.alias!r}",
-                                        hint="aliases: " + (", ".join(sorted(m.aliases)) or "none yet"))
+                    raise NotFoundError(
+                        f"{ref.name} has no alias {ref.alias!r}",
+                        hint="aliases: " + (", ".join(sorted(m.aliases)) or "none yet"),
+                    )
         elif ref.stage is not None:
             if ref.stage not in self.policy.stages:
-                raise UsageError(f"unknown stage {ref.stage!r} in {ref}",
-                                 hint="stages: " + ", ".join(self.policy.stages))
+                raise UsageError(
+                    f"unknown stage {ref.stage!r} in {ref}", hint="stages: " + ", ".join(self.policy.stages)
+                )
             in_stage = [v for v in m.versions if v.stage == ref.stage]
             if not in_stage:
                 raise NotFoundError(f"{ref.name} has no version in stage {ref.stage}")
@@ -279,8 +309,16 @@ class Registry:
             n: {
                 "production": m.production,
                 "aliases": dict(sorted(m.aliases.items())),
-                "versions": [{"version": v.version, "semver": v.semver, "stage": v.stage,
-                              "aliases": m.aliases_of(v.version), "digest": v.digest} for v in m.versions],
+                "versions": [
+                    {
+                        "version": v.version,
+                        "semver": v.semver,
+                        "stage": v.stage,
+                        "aliases": m.aliases_of(v.version),
+                        "digest": v.digest,
+                    }
+                    for v in m.versions
+                ],
             }
             for n, m in sorted(models.items())
         }
@@ -311,8 +349,11 @@ class Registry:
                     self._state = None  # lost the race yet no V+1: the log moved on past expiry; rebuild
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.25)
-        raise ConflictError("the registry is too busy: the write lost the race to other writers "
-                            f"{MAX_ATTEMPTS} times; nothing was written", hint="try again")
+        raise ConflictError(
+            "the registry is too busy: the write lost the race to other writers "
+            f"{MAX_ATTEMPTS} times; nothing was written",
+            hint="try again",
+        )
 
     def _after_commit(self) -> None:
         version = self._log.version
@@ -320,37 +361,85 @@ class Registry:
             self._log.maintain()
             maintenance.project_versions(self)
 
-    def _event(self, model: str, kind: str, *, version: int | None = None, key: str | None = None,
-               from_value: str | None = None, to_value: str | None = None, digest: str | None = None,
-               reason: str | None = None, run_id: str | None = None, payload: dict | None = None) -> ev.Event:
-        return ev.Event(seq=0, ts=_now(), model=model, kind=kind, actor=self.actor, version=version, key=key,
-                        from_value=from_value, to_value=to_value, digest=digest, reason=reason,
-                        run_id=run_id or os.environ.get(RUN_ID_ENV) or None,
-                        payload=json.dumps(payload, sort_keys=True) if payload is not None else None)
+    def _event(
+        self,
+        model: str,
+        kind: str,
+        *,
+        version: int | None = None,
+        key: str | None = None,
+        from_value: str | None = None,
+        to_value: str | None = None,
+        digest: str | None = None,
+        reason: str | None = None,
+        run_id: str | None = None,
+        payload: dict | None = None,
+    ) -> ev.Event:
+        return ev.Event(
+            seq=0,
+            ts=_now(),
+            model=model,
+            kind=kind,
+            actor=self.actor,
+            version=version,
+            key=key,
+            from_value=from_value,
+            to_value=to_value,
+            digest=digest,
+            reason=reason,
+            run_id=run_id or os.environ.get(RUN_ID_ENV) or None,
+            payload=json.dumps(payload, sort_keys=True) if payload is not None else None,
+        )
 
     def _authorize(self, verb: str, model: str, version: int | None = None, run_id: str | None = None) -> None:
         if self.policy.access.allows(self.actor, verb):
             return
         roles = self.policy.access.roles_of(self.actor) or ["no role"]
         granted_by = self.policy.access.who_may(verb)
-        message = (f"actor {self.actor!r} (role {', '.join(roles)}) may not {verb.replace(':', ' ')}"
-                   f" on {model}" + (f" v{version}" if version else ""))
+        message = f"actor {self.actor!r} (role {', '.join(roles)}) may not {verb.replace(':', ' ')} on {model}" + (
+            f" v{version}" if version else ""
+        )
         denial = self._event(model, ev.DENIED, version=version, key=verb, reason=message, run_id=run_id)
         self._commit(lambda state: ([denial], lambda: None))
-        raise PermissionDeniedError(message + " (refused and recorded in the audit log)",
-                                    hint=("roles that may: " + ", ".join(granted_by)) if granted_by
-                                    else "no role in the policy grants it")
+        raise PermissionDeniedError(
+            message + " (refused and recorded in the audit log)",
+            hint=("roles that may: " + ", ".join(granted_by)) if granted_by else "no role in the policy grants it",
+        )
 
     @overload
-    def _write(self, verb: str, name: str, build: Callable[[RegistryState, ModelState, VersionState], Built[T]], *,
-               ref: Ref, run_id: str | None = None, check: Callable[[ModelState], None] | None = None) -> T: ...
+    def _write(
+        self,
+        verb: str,
+        name: str,
+        build: Callable[[RegistryState, ModelState, VersionState], Built[T]],
+        *,
+        ref: Ref,
+        run_id: str | None = None,
+        check: Callable[[ModelState], None] | None = None,
+    ) -> T: ...
 
     @overload
-    def _write(self, verb: str, name: str, build: Callable[[RegistryState, ModelState], Built[T]], *,
-               ref: None = None, run_id: str | None = None, check: Callable[[ModelState], None] | None = None) -> T: ...
+    def _write(
+        self,
+        verb: str,
+        name: str,
+        build: Callable[[RegistryState, ModelState], Built[T]],
+        *,
+        ref: None = None,
+        run_id: str | None = None,
+        check: Callable[[ModelState], None] | None = None,
+    ) -> T: ...
 
-    def _write(self, verb: str, name: str, build: Callable[..., Built[T]], *, ref: Ref | None = None,
-               run_id: str | None = None, check: Callable[[ModelState], None] | None = None) -> T:
+    def _write(
+        self,
+        verb: str,
+        name: str,
+        build: Callable[..., Built[T]],
+        *,
+        ref: Ref | None = None,
+        run_id: str | None = None,
+        check: Callable[[ModelState], None] | None = None,
+    ) -> T:
         """The steps the stage, approval, alias, tag and rollback verbs share, so each of them states only its own
         rule. ``register_many``, ``record`` and ``attach`` authorize and commit directly: they may write for a model
         with no versions yet (a first registration, a record naming no version), or store an artifact once, between
@@ -387,20 +476,43 @@ class Registry:
             raise UsageError(f"unknown stage {stage!r}", hint="stages: " + ", ".join(self.policy.stages))
         return stage
 
-    def register(self, name: str, path: str | os.PathLike[str], *, params: Mapping[str, Any] | None = None,
-                 metrics: Mapping[str, float] | None = None, dataset: Any = None,
-                 signature: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
-                 lineage: Mapping[str, Any] | None = None, parent: int | str | None = None,
-                 description: str | None = None, flavor: str | None = None, run_id: str | None = None) -> ModelVersion:
+    def register(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        dataset: Any = None,
+        signature: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        parent: int | str | None = None,
+        description: str | None = None,
+        flavor: str | None = None,
+        run_id: str | None = None,
+    ) -> ModelVersion:
         """Store the file or directory at ``path`` and register it as the next version of ``name``.
 
         Registering bytes identical to an existing version of the model returns that version and writes nothing.
         """
-        entry = {"path": path, "params": params, "metrics": metrics, "dataset": dataset, "signature": signature,
-                 "tags": tags, "lineage": lineage, "parent": parent, "description": description, "flavor": flavor}
+        entry = {
+            "path": path,
+            "params": params,
+            "metrics": metrics,
+            "dataset": dataset,
+            "signature": signature,
+            "tags": tags,
+            "lineage": lineage,
+            "parent": parent,
+            "description": description,
+            "flavor": flavor,
+        }
         return self.register_many(name, [entry], run_id=run_id)[0]
 
-    def register_many(self, name: str, entries: list[Mapping[str, Any]], *, run_id: str | None = None) -> list[ModelVersion]:
+    def register_many(
+        self, name: str, entries: list[Mapping[str, Any]], *, run_id: str | None = None
+    ) -> list[ModelVersion]:
         """Register several artifacts of one model in a single atomic commit (imports and migrations).
 
         Each entry takes the keyword arguments of :meth:`register` (``path`` required). Versions are numbered in
@@ -412,8 +524,10 @@ class Registry:
         self._authorize("register", name, run_id=run_id)
         key = signing.signing_key()
         if self.policy.require_signed_artifacts and key is None:
-            raise UsageError("this registry requires signed artifacts and MODEL_OPS_SIGNING_KEY is not set",
-                             hint="set MODEL_OPS_SIGNING_KEY to the registry's signing key")
+            raise UsageError(
+                "this registry requires signed artifacts and MODEL_OPS_SIGNING_KEY is not set",
+                hint="set MODEL_OPS_SIGNING_KEY to the registry's signing key",
+            )
         prepared = [inputs.registration(e) for e in entries]  # validates everything before storing anything
         for item in prepared:
             stored = self.artifacts.put(item.pop("path"), item.pop("flavor"))
@@ -421,8 +535,9 @@ class Registry:
             item["artifact_signature"] = signing.sign(stored.digest, key) if key else None
         return self._commit(lambda state: self._build_registrations(state, name, prepared, run_id))
 
-    def _build_registrations(self, state: RegistryState, name: str, prepared: list[dict[str, Any]],
-                             run_id: str | None) -> tuple[list[ev.Event], Callable[[], list[ModelVersion]]]:
+    def _build_registrations(
+        self, state: RegistryState, name: str, prepared: list[dict[str, Any]], run_id: str | None
+    ) -> tuple[list[ev.Event], Callable[[], list[ModelVersion]]]:
         m = state.models.get(name) or ModelState(name)
         count = len(m.versions)
         digests: dict[str, int] = {}  # this batch's; the model's own stay in m.by_digest (not copied: O(1))
@@ -447,13 +562,26 @@ class Registry:
             if parent_no and parent is None:
                 raise NotFoundError(f"parent {item['parent']!r} is not a version of {name}")
             manifest = item["manifest"]
-            record = {"params": item["params"], "metrics": item["metrics"], "dataset": item["dataset"],
-                      "signature": item["signature"],
-                      "lineage": {"code_version": None, "git_commit": git_commit(), "environment": environment(),
-                                  "seed": None, "estimator": None, **item["lineage"]},
-                      "parent": parent_no, "flavor": manifest.flavor, "size": manifest.total_size,
-                      "files": len(manifest.files), "description": item["description"],
-                      "artifact_signature": item["artifact_signature"]}
+            record = {
+                "params": item["params"],
+                "metrics": item["metrics"],
+                "dataset": item["dataset"],
+                "signature": item["signature"],
+                "lineage": {
+                    "code_version": None,
+                    "git_commit": git_commit(),
+                    "environment": environment(),
+                    "seed": None,
+                    "estimator": None,
+                    **item["lineage"],
+                },
+                "parent": parent_no,
+                "flavor": manifest.flavor,
+                "size": manifest.total_size,
+                "files": len(manifest.files),
+                "description": item["description"],
+                "artifact_signature": item["artifact_signature"],
+            }
             level, why = sv.classify(parent[0] if parent else None, record)
             semver = sv.bump(level, parent[1] if parent else None, used)
             record["bump"] = {"level": level, "reason": why, "from": parent[1] if parent else None}
@@ -462,14 +590,30 @@ class Registry:
             digests[item["digest"]] = count
             fresh[count] = (record, semver)
             numbers.append(count)
-            out.append(self._event(name, ev.REGISTERED, version=count, from_value=self.policy.initial_stage,
-                                   to_value=semver, digest=item["digest"], reason=why, run_id=run_id, payload=record))
-            out.extend(self._event(name, ev.TAG_SET, version=count, key=k, to_value=v, run_id=run_id,
-                                   reason="set at registration") for k, v in sorted(item["tags"].items()))
+            out.append(
+                self._event(
+                    name,
+                    ev.REGISTERED,
+                    version=count,
+                    from_value=self.policy.initial_stage,
+                    to_value=semver,
+                    digest=item["digest"],
+                    reason=why,
+                    run_id=run_id,
+                    payload=record,
+                )
+            )
+            out.extend(
+                self._event(
+                    name, ev.TAG_SET, version=count, key=k, to_value=v, run_id=run_id, reason="set at registration"
+                )
+                for k, v in sorted(item["tags"].items())
+            )
         return out, lambda: [self.get(name, n) for n in numbers]
 
-    def register_model(self, name: str, model: Any, *, signature: Mapping[str, Any] | None = None,
-                       **kwargs: Any) -> ModelVersion:
+    def register_model(
+        self, name: str, model: Any, *, signature: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> ModelVersion:
         """Register a fitted model of any flavor (scikit-learn, XGBoost, LightGBM: see ``model_ops.ml.flavors``)
         as a directory artifact, serialised deterministically, so identical training gives the same version.
 
@@ -480,8 +624,10 @@ class Registry:
         from model_ops.ml import flavors  # ml sits above the registry; imported only when a model is stored
 
         if "flavor" in kwargs:
-            raise UsageError("register_model() chooses the flavor from the model",
-                             hint="use register(path, flavor=...) to store files of your own")
+            raise UsageError(
+                "register_model() chooses the flavor from the model",
+                hint="use register(path, flavor=...) to store files of your own",
+            )
         sig = signature if signature is not None else flavors.signature_of(model)
         with tempfile.TemporaryDirectory(prefix="model_ops_register_") as tmp:
             path = Path(tmp) / "artifact"
@@ -495,8 +641,15 @@ class Registry:
         ref = parse_ref(str(parent))
         return ref.version or m.by_semver.get(ref.semver or "") or m.aliases.get(ref.alias or "")
 
-    def transition(self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None,
-                   breaking: bool = False) -> ModelVersion:
+    def transition(
+        self,
+        ref: str | Ref,
+        stage: str,
+        *,
+        reason: str | None = None,
+        run_id: str | None = None,
+        breaking: bool = False,
+    ) -> ModelVersion:
         """Move a version to ``stage`` if the policy allows it. Promoting to production retires the old production
         version (per policy) and moves the production alias, in one atomic commit.
 
@@ -512,8 +665,10 @@ class Registry:
                 return [], lambda: self._mv(m, vs)
             allowed = self.policy.allowed_targets(vs.stage)
             if stage not in allowed:
-                raise PolicyError(f"{m.name} v{vs.version} cannot move from {vs.stage} to {stage}",
-                                  hint=f"from {vs.stage} the policy allows: " + (", ".join(allowed) or "nothing"))
+                raise PolicyError(
+                    f"{m.name} v{vs.version} cannot move from {vs.stage} to {stage}",
+                    hint=f"from {vs.stage} the policy allows: " + (", ".join(allowed) or "nothing"),
+                )
             gates = gate_results(self.policy, self.actor, m, vs, stage)
             payload: dict[str, Any] = {"gates": gates, "cause": "transition"}
             replacing = stage == prod.stage and m.production is not None and m.production != vs.version
@@ -521,36 +676,75 @@ class Registry:
             if current is not None:
                 breaks = breaking_changes(current.record.get("signature"), vs.record.get("signature"))
                 if breaks and not breaking:
-                    raise PolicyError(f"{m.name} v{vs.version} breaks the interface of v{current.version} in "
-                                      f"{prod.stage}: " + "; ".join(breaks),
-                                      hint="once its callers are ready, promote it with breaking=True "
-                                           "(`model-ops transition REF production --breaking --reason TEXT`)")
+                    raise PolicyError(
+                        f"{m.name} v{vs.version} breaks the interface of v{current.version} in "
+                        f"{prod.stage}: " + "; ".join(breaks),
+                        hint="once its callers are ready, promote it with breaking=True "
+                        "(`model-ops transition REF production --breaking --reason TEXT`)",
+                    )
                 if breaks:
                     payload["breaking"] = {"accepted": True, "against": current.version, "changes": breaks}
             out = []
             if replacing:
                 # The old version leaves before the new one enters: at no event are there two in production.
-                out.append(self._event(m.name, ev.STAGE_CHANGED, version=m.production, from_value=prod.stage,
-                                       to_value=prod.replaced_goes_to, run_id=run_id,
-                                       reason=f"replaced in production by v{vs.version}",
-                                       payload={"cause": "replaced", "by": vs.version}))
-            out.append(self._event(m.name, ev.STAGE_CHANGED, version=vs.version, from_value=vs.stage, to_value=stage,
-                                   reason=reason, run_id=run_id, payload=payload))
+                out.append(
+                    self._event(
+                        m.name,
+                        ev.STAGE_CHANGED,
+                        version=m.production,
+                        from_value=prod.stage,
+                        to_value=prod.replaced_goes_to,
+                        run_id=run_id,
+                        reason=f"replaced in production by v{vs.version}",
+                        payload={"cause": "replaced", "by": vs.version},
+                    )
+                )
+            out.append(
+                self._event(
+                    m.name,
+                    ev.STAGE_CHANGED,
+                    version=vs.version,
+                    from_value=vs.stage,
+                    to_value=stage,
+                    reason=reason,
+                    run_id=run_id,
+                    payload=payload,
+                )
+            )
             if stage == prod.stage:
                 if prod.alias and m.aliases.get(prod.alias) != vs.version:
                     old = m.aliases.get(prod.alias)
-                    out.append(self._event(m.name, ev.ALIAS_SET, version=vs.version, key=prod.alias,
-                                           from_value=str(old) if old else None, to_value=str(vs.version),
-                                           reason=f"follows production: {reason}", run_id=run_id))
+                    out.append(
+                        self._event(
+                            m.name,
+                            ev.ALIAS_SET,
+                            version=vs.version,
+                            key=prod.alias,
+                            from_value=str(old) if old else None,
+                            to_value=str(vs.version),
+                            reason=f"follows production: {reason}",
+                            run_id=run_id,
+                        )
+                    )
             elif vs.stage == prod.stage and prod.alias and m.aliases.get(prod.alias) == vs.version:
-                out.append(self._event(m.name, ev.ALIAS_REMOVED, version=vs.version, key=prod.alias,
-                                       from_value=str(vs.version), run_id=run_id,
-                                       reason=f"v{vs.version} left production: {reason}"))
+                out.append(
+                    self._event(
+                        m.name,
+                        ev.ALIAS_REMOVED,
+                        version=vs.version,
+                        key=prod.alias,
+                        from_value=str(vs.version),
+                        run_id=run_id,
+                        reason=f"v{vs.version} left production: {reason}",
+                    )
+                )
             return out, lambda: self.get(m.name, vs.version)
 
         return self._write(f"transition:{stage}", parsed.name, build, ref=parsed, run_id=run_id)
 
-    def approve(self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None) -> ModelVersion:
+    def approve(
+        self, ref: str | Ref, stage: str, *, reason: str | None = None, run_id: str | None = None
+    ) -> ModelVersion:
         """Record this actor's approval of a version for ``stage`` (counted by the stage's approvals gate)."""
         parsed = as_ref(ref)
         reason = require_reason(reason, "an approval")
@@ -559,21 +753,26 @@ class Registry:
         def build(state: RegistryState, m: ModelState, vs: VersionState) -> Built[ModelVersion]:
             if self.actor in m.approvals.get((vs.version, stage), set()):
                 return [], lambda: self._mv(m, vs)
-            return ([self._event(m.name, ev.APPROVED, version=vs.version, to_value=stage, reason=reason,
-                                 run_id=run_id)], lambda: self.get(m.name, vs.version))
+            return (
+                [self._event(m.name, ev.APPROVED, version=vs.version, to_value=stage, reason=reason, run_id=run_id)],
+                lambda: self.get(m.name, vs.version),
+            )
 
         return self._write("approve", parsed.name, build, ref=parsed, run_id=run_id)
 
-    def set_alias(self, name: str, alias: str, version: int | str, *, reason: str | None = None,
-                  run_id: str | None = None) -> ModelVersion:
+    def set_alias(
+        self, name: str, alias: str, version: int | str, *, reason: str | None = None, run_id: str | None = None
+    ) -> ModelVersion:
         """Point ``alias`` at ``version`` (an alias names exactly one version; moving it is an audited event)."""
         check_name(name)
         check_alias(alias)
         reason = require_reason(reason, "moving an alias")
         prod_alias = self.policy.production.alias
         if alias == prod_alias:
-            raise PolicyError(f"alias {alias!r} follows the production version and is not moved by hand",
-                              hint="promote with `model-ops transition REF production` or use `model-ops rollback`")
+            raise PolicyError(
+                f"alias {alias!r} follows the production version and is not moved by hand",
+                hint="promote with `model-ops transition REF production` or use `model-ops rollback`",
+            )
         target = Ref(name, version=int(version)) if str(version).isdigit() else parse_ref(str(version))
 
         def build(state: RegistryState, _: ModelState, vs: VersionState) -> Built[ModelVersion]:
@@ -582,9 +781,21 @@ class Registry:
             old = m.aliases.get(alias)
             if old == vs.version:
                 return [], lambda: self._mv(m, m.versions[vs.version - 1])
-            return ([self._event(name, ev.ALIAS_SET, version=vs.version, key=alias,
-                                 from_value=str(old) if old else None, to_value=str(vs.version), reason=reason,
-                                 run_id=run_id)], lambda: self.get(name, vs.version))
+            return (
+                [
+                    self._event(
+                        name,
+                        ev.ALIAS_SET,
+                        version=vs.version,
+                        key=alias,
+                        from_value=str(old) if old else None,
+                        to_value=str(vs.version),
+                        reason=reason,
+                        run_id=run_id,
+                    )
+                ],
+                lambda: self.get(name, vs.version),
+            )
 
         return self._write(f"alias:{alias}", name, build, ref=target, run_id=run_id)
 
@@ -593,20 +804,35 @@ class Registry:
         check_alias(alias)
         reason = require_reason(reason, "removing an alias")
         if alias == self.policy.production.alias:
-            raise PolicyError(f"alias {alias!r} follows the production version and is not removed by hand",
-                              hint="move the production version out of production instead")
+            raise PolicyError(
+                f"alias {alias!r} follows the production version and is not removed by hand",
+                hint="move the production version out of production instead",
+            )
 
         def exists(m: ModelState) -> None:
             if alias not in m.aliases:
-                raise NotFoundError(f"{name} has no alias {alias!r}",
-                                    hint="aliases: " + (", ".join(sorted(m.aliases)) or "none"))
+                raise NotFoundError(
+                    f"{name} has no alias {alias!r}", hint="aliases: " + (", ".join(sorted(m.aliases)) or "none")
+                )
 
         def build(state: RegistryState, m: ModelState) -> Built[None]:
             old = m.aliases.get(alias)
             if old is None:
                 return [], lambda: None
-            return ([self._event(name, ev.ALIAS_REMOVED, version=old, key=alias, from_value=str(old), reason=reason,
-                                 run_id=run_id)], lambda: None)
+            return (
+                [
+                    self._event(
+                        name,
+                        ev.ALIAS_REMOVED,
+                        version=old,
+                        key=alias,
+                        from_value=str(old),
+                        reason=reason,
+                        run_id=run_id,
+                    )
+                ],
+                lambda: None,
+            )
 
         self._write(f"alias:{alias}", name, build, run_id=run_id, check=exists)
 
@@ -617,8 +843,20 @@ class Registry:
         def build(state: RegistryState, m: ModelState, vs: VersionState) -> Built[ModelVersion]:
             if vs.tags.get(key) == tag[key]:
                 return [], lambda: self._mv(m, vs)
-            return ([self._event(m.name, ev.TAG_SET, version=vs.version, key=key, from_value=vs.tags.get(key),
-                                 to_value=tag[key], run_id=run_id)], lambda: self.get(m.name, vs.version))
+            return (
+                [
+                    self._event(
+                        m.name,
+                        ev.TAG_SET,
+                        version=vs.version,
+                        key=key,
+                        from_value=vs.tags.get(key),
+                        to_value=tag[key],
+                        run_id=run_id,
+                    )
+                ],
+                lambda: self.get(m.name, vs.version),
+            )
 
         return self._write("tag", parsed.name, build, ref=parsed, run_id=run_id)
 
@@ -628,8 +866,14 @@ class Registry:
         def build(state: RegistryState, m: ModelState, vs: VersionState) -> Built[ModelVersion]:
             if key not in vs.tags:
                 return [], lambda: self._mv(m, vs)
-            return ([self._event(m.name, ev.TAG_REMOVED, version=vs.version, key=key, from_value=vs.tags[key],
-                                 run_id=run_id)], lambda: self.get(m.name, vs.version))
+            return (
+                [
+                    self._event(
+                        m.name, ev.TAG_REMOVED, version=vs.version, key=key, from_value=vs.tags[key], run_id=run_id
+                    )
+                ],
+                lambda: self.get(m.name, vs.version),
+            )
 
         return self._write("tag", parsed.name, build, ref=parsed, run_id=run_id)
 
@@ -646,8 +890,9 @@ class Registry:
             candidates = self._rollback_candidates(m)
         return candidates[0] if current is not None and candidates else None
 
-    def rollback(self, name: str, to: int | str | None = None, *, reason: str | None = None,
-                 run_id: str | None = None) -> ModelVersion:
+    def rollback(
+        self, name: str, to: int | str | None = None, *, reason: str | None = None, run_id: str | None = None
+    ) -> ModelVersion:
         """Put the previous production version (or ``to``) back in production, with the production alias.
 
         "Previous" skips versions that were themselves rolled back, so repeated rollbacks walk further back in
@@ -660,8 +905,10 @@ class Registry:
         def build(state: RegistryState, m: ModelState) -> Built[ModelVersion]:
             current = m.production
             if current is None:
-                raise PolicyError(f"{name} has no version in {prod.stage}, so there is nothing to roll back",
-                                  hint="promote a version with `model-ops transition REF production`")
+                raise PolicyError(
+                    f"{name} has no version in {prod.stage}, so there is nothing to roll back",
+                    hint="promote a version with `model-ops transition REF production`",
+                )
             if to is not None:
                 _, target = self._find(state, Ref(name, version=int(to)) if str(to).isdigit() else parse_ref(str(to)))
                 if target.version == current:
@@ -669,27 +916,68 @@ class Registry:
             else:
                 candidates = self._rollback_candidates(m)
                 if not candidates:
-                    raise PolicyError(f"{name} has no earlier {prod.stage} version to roll back to",
-                                      hint="name one with --to VERSION")
+                    raise PolicyError(
+                        f"{name} has no earlier {prod.stage} version to roll back to", hint="name one with --to VERSION"
+                    )
                 target = m.versions[candidates[0] - 1]
-            out = [self._event(name, ev.ROLLBACK, version=target.version, from_value=str(current),
-                               to_value=str(target.version), reason=reason, run_id=run_id),
-                   self._event(name, ev.STAGE_CHANGED, version=current, from_value=prod.stage,
-                               to_value=prod.rolled_back_goes_to, reason=f"rolled back: {reason}", run_id=run_id,
-                               payload={"cause": "rollback", "to": target.version}),
-                   self._event(name, ev.STAGE_CHANGED, version=target.version, from_value=target.stage,
-                               to_value=prod.stage, reason=f"rollback from v{current}: {reason}", run_id=run_id,
-                               payload={"cause": "rollback", "from": current})]
+            out = [
+                self._event(
+                    name,
+                    ev.ROLLBACK,
+                    version=target.version,
+                    from_value=str(current),
+                    to_value=str(target.version),
+                    reason=reason,
+                    run_id=run_id,
+                ),
+                self._event(
+                    name,
+                    ev.STAGE_CHANGED,
+                    version=current,
+                    from_value=prod.stage,
+                    to_value=prod.rolled_back_goes_to,
+                    reason=f"rolled back: {reason}",
+                    run_id=run_id,
+                    payload={"cause": "rollback", "to": target.version},
+                ),
+                self._event(
+                    name,
+                    ev.STAGE_CHANGED,
+                    version=target.version,
+                    from_value=target.stage,
+                    to_value=prod.stage,
+                    reason=f"rollback from v{current}: {reason}",
+                    run_id=run_id,
+                    payload={"cause": "rollback", "from": current},
+                ),
+            ]
             if prod.alias:
-                out.append(self._event(name, ev.ALIAS_SET, version=target.version, key=prod.alias,
-                                       from_value=str(m.aliases.get(prod.alias) or "") or None,
-                                       to_value=str(target.version), reason=f"rollback: {reason}", run_id=run_id))
+                out.append(
+                    self._event(
+                        name,
+                        ev.ALIAS_SET,
+                        version=target.version,
+                        key=prod.alias,
+                        from_value=str(m.aliases.get(prod.alias) or "") or None,
+                        to_value=str(target.version),
+                        reason=f"rollback: {reason}",
+                        run_id=run_id,
+                    )
+                )
             return out, lambda: self.get(name, target.version)
 
         return self._write("rollback", name, build, run_id=run_id)
 
-    def record(self, name: str, kind: str, *, version: int | None = None, reason: str | None = None,
-               details: Mapping[str, Any] | None = None, run_id: str | None = None) -> ev.Event:
+    def record(
+        self,
+        name: str,
+        kind: str,
+        *,
+        version: int | None = None,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> ev.Event:
         """Append an operational record (deployment, evaluation, monitoring, retrain, note) to the audit log."""
         check_name(name)
         if kind not in ev.RECORD_KINDS:
@@ -701,8 +989,9 @@ class Registry:
         event = self._event(name, kind, version=version, reason=reason, run_id=run_id, payload=payload)
         return self._commit(lambda state: ([event], lambda: event))
 
-    def attach(self, name: str, version: int, label: str, data: bytes, *, reason: str | None = None,
-               run_id: str | None = None) -> ev.Event:
+    def attach(
+        self, name: str, version: int, label: str, data: bytes, *, reason: str | None = None, run_id: str | None = None
+    ) -> ev.Event:
         """Keep ``data`` beside a version (its drift reference profile, a report) in the artifact store, verified
         on read like the model itself, and record it in the audit log. ``gc`` keeps every attached blob and
         ``fsck`` checks them. Attaching the same bytes again records nothing new."""
@@ -717,8 +1006,16 @@ class Registry:
             stored = self.artifacts.put(path)
         if current is not None and current.digest == stored.digest:
             return current
-        event = self._event(name, ev.ATTACHMENT, version=version, key=label, digest=stored.digest,
-                            reason=reason or f"{label} attached", run_id=run_id, payload={"bytes": len(data)})
+        event = self._event(
+            name,
+            ev.ATTACHMENT,
+            version=version,
+            key=label,
+            digest=stored.digest,
+            reason=reason or f"{label} attached",
+            run_id=run_id,
+            payload={"bytes": len(data)},
+        )
         return self._commit(lambda state: ([event], lambda: event))
 
     def _attachment_event(self, name: str, version: int, label: str) -> ev.Event | None:
@@ -759,8 +1056,10 @@ class Registry:
 
         mv = self.resolve(ref)
         if mv.flavor not in (FLAVOR_SKOPS, *flavors.FLAVORS):
-            raise UsageError(f"{mv.ref} is a {mv.flavor!r} artifact, not a model model_ops can load",
-                             hint="use fetch() to get its files")
+            raise UsageError(
+                f"{mv.ref} is a {mv.flavor!r} artifact, not a model model_ops can load",
+                hint="use fetch() to get its files",
+            )
         self.verify_signature(mv)
         manifest = self.artifacts.manifest(mv.digest)
         files = {f.path: self.artifacts.blobs.read_bytes(f.sha256) for f in manifest.files}

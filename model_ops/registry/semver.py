@@ -32,8 +32,10 @@ def outputs_key(outputs: Any) -> str:
     """The output signature in canonical form, a class label compared by value: class ``1.0`` is class ``1`` (a
     label column read with missing values arrives as floats, without them as integers)."""
     if isinstance(outputs, dict) and isinstance(outputs.get("classes"), list):
-        outputs = {**outputs, "classes": [int(c) if isinstance(c, float) and c.is_integer() else c
-                                          for c in outputs["classes"]]}
+        outputs = {
+            **outputs,
+            "classes": [int(c) if isinstance(c, float) and c.is_integer() else c for c in outputs["classes"]],
+        }
     return _canon(outputs)
 
 
@@ -81,8 +83,9 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
         reasons.append("parameters changed (" + ", ".join(changed[:8]) + ("…" if len(changed) > 8 else "") + ")")
     if reasons:
         return "minor", "; ".join(reasons)
-    changed_lineage = [k for k in ("code_version", "git_commit", "environment", "seed") if
-                       _canon(pl.get(k)) != _canon(nl.get(k))]
+    changed_lineage = [
+        k for k in ("code_version", "git_commit", "environment", "seed") if _canon(pl.get(k)) != _canon(nl.get(k))
+    ]
     if changed_lineage:
         return "patch", "same interface, data and parameters; changed: " + ", ".join(changed_lineage)
     return "patch", "same interface, data and parameters; different artifact bytes"

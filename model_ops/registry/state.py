@@ -42,11 +42,32 @@ class VersionState:
     """One version in the fold. Slotted, with its timestamp and registration record kept raw until read: a
     registry with 100k versions holds 100k of these."""
 
-    __slots__ = ("version", "semver", "digest", "_created", "created_by", "stage", "run_id", "_payload", "seq",
-                 "tags", "_record")
+    __slots__ = (
+        "version",
+        "semver",
+        "digest",
+        "_created",
+        "created_by",
+        "stage",
+        "run_id",
+        "_payload",
+        "seq",
+        "tags",
+        "_record",
+    )
 
-    def __init__(self, version: int, semver: str, digest: str, created: datetime | int, created_by: str, stage: str,
-                 run_id: str | None, payload: str | tuple[pa.Array, int] | None, seq: int = 0) -> None:
+    def __init__(
+        self,
+        version: int,
+        semver: str,
+        digest: str,
+        created: datetime | int,
+        created_by: str,
+        stage: str,
+        run_id: str | None,
+        payload: str | tuple[pa.Array, int] | None,
+        seq: int = 0,
+    ) -> None:
         self.version = version
         self.semver = semver
         self.digest = digest
@@ -151,8 +172,10 @@ class RegistryState:
 
     def _register_rows(self, regs: pa.Table) -> None:
         if regs.num_rows:
-            cols = {n: regs.column(n).to_pylist() for n in ("model", "version", "to_value", "digest", "actor",
-                                                            "from_value", "run_id", "seq")}
+            cols = {
+                n: regs.column(n).to_pylist()
+                for n in ("model", "version", "to_value", "digest", "actor", "from_value", "run_id", "seq")
+            }
             created = pc.cast(regs.column("ts"), pa.int64()).to_pylist()
             payloads = regs.column("payload").combine_chunks()
             m, current = None, None
@@ -161,12 +184,21 @@ class RegistryState:
                     m, current = self.model(name), name
                 number = cols["version"][i]
                 if number != len(m.versions) + 1:
-                    self.problems.append(f"event {cols['seq'][i]}: {name} version {number} registered after "
-                                         f"version {len(m.versions)}")
+                    self.problems.append(
+                        f"event {cols['seq'][i]}: {name} version {number} registered after version {len(m.versions)}"
+                    )
                     continue
-                vs = VersionState(number, cols["to_value"][i] or "", cols["digest"][i] or "", created[i],
-                                  cols["actor"][i], cols["from_value"][i] or "development", cols["run_id"][i],
-                                  (payloads, i), cols["seq"][i])
+                vs = VersionState(
+                    number,
+                    cols["to_value"][i] or "",
+                    cols["digest"][i] or "",
+                    created[i],
+                    cols["actor"][i],
+                    cols["from_value"][i] or "development",
+                    cols["run_id"][i],
+                    (payloads, i),
+                    cols["seq"][i],
+                )
                 m.versions.append(vs)
                 m.by_digest.setdefault(vs.digest, number)
                 m.by_semver[vs.semver] = number
@@ -185,12 +217,22 @@ class RegistryState:
         if e.kind == ev.REGISTERED:
             m = self.model(e.model)
             if e.version != len(m.versions) + 1:
-                self.problems.append(f"event {e.seq}: {e.model} version {e.version} registered after "
-                                     f"version {len(m.versions)}")
+                self.problems.append(
+                    f"event {e.seq}: {e.model} version {e.version} registered after version {len(m.versions)}"
+                )
                 return
             payload = e.payload if e.payload is not None else e.payload_ref
-            vs = VersionState(e.version, e.to_value or "", e.digest or "", e.ts, e.actor,
-                              e.from_value or "development", e.run_id, payload, e.seq)
+            vs = VersionState(
+                e.version,
+                e.to_value or "",
+                e.digest or "",
+                e.ts,
+                e.actor,
+                e.from_value or "development",
+                e.run_id,
+                payload,
+                e.seq,
+            )
             m.versions.append(vs)
             m.by_digest.setdefault(vs.digest, vs.version)
             m.by_semver[vs.semver] = vs.version
@@ -206,20 +248,23 @@ class RegistryState:
         m = self.model(e.model)
         vs = m.get(e.version or 0)
         if vs is None:
-            self.problems.append(f"event {e.seq} ({e.kind}) refers to {e.model} version {e.version}, "
-                                 "which does not exist")
+            self.problems.append(
+                f"event {e.seq} ({e.kind}) refers to {e.model} version {e.version}, which does not exist"
+            )
             return
         if e.kind == ev.STAGE_CHANGED:
             if e.from_value != vs.stage:
-                self.problems.append(f"event {e.seq}: {e.model} v{vs.version} moves from {e.from_value} "
-                                     f"but was in {vs.stage}")
+                self.problems.append(
+                    f"event {e.seq}: {e.model} v{vs.version} moves from {e.from_value} but was in {vs.stage}"
+                )
             if vs.stage == self.production_stage and m.production == vs.version:
                 m.production = None
             vs.stage = e.to_value or vs.stage
             if vs.stage == self.production_stage:
                 if m.production is not None and m.production != vs.version:
-                    self.problems.append(f"event {e.seq}: {e.model} has two production versions "
-                                         f"({m.production} and {vs.version})")
+                    self.problems.append(
+                        f"event {e.seq}: {e.model} has two production versions ({m.production} and {vs.version})"
+                    )
                 m.production = vs.version
                 m.production_history.append(vs.version)
         elif e.kind == ev.ALIAS_SET:

@@ -49,29 +49,37 @@ def describe_validation(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        if any(_union_tag(p) for p in loc) and (err["type"] in ("string_type", "dict_type", "literal_error")
-                                                and not isinstance(err.get("input"), str)):
+        if any(_union_tag(p) for p in loc) and (
+            err["type"] in ("string_type", "dict_type", "literal_error") and not isinstance(err.get("input"), str)
+        ):
             continue  # the other sides of a union (a template string, `none`): noise next to the real problem
-        msg = {"extra_forbidden": "unknown field (not part of a model declaration; check its spelling)",
-               "missing": "required field is missing"}.get(err["type"], err["msg"].removeprefix("Value error, "))
+        msg = {
+            "extra_forbidden": "unknown field (not part of a model declaration; check its spelling)",
+            "missing": "required field is missing",
+        }.get(err["type"], err["msg"].removeprefix("Value error, "))
         problems.append(f"field {_field(loc)}: {msg}")
     return problems or [str(exc)]
 
 
 def validate_spec(data: Any, where: str) -> ModelSpec:
     if not isinstance(data, dict):
-        raise SpecError(f"model declaration {where} must be a YAML mapping (name:, features:, ...), "
-                        f"got {type(data).__name__}")
+        raise SpecError(
+            f"model declaration {where} must be a YAML mapping (name:, features:, ...), got {type(data).__name__}"
+        )
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(f"invalid model declaration {where}: " + "; ".join(describe_validation(exc)),
-                        hint=f"see {EXAMPLE} for a complete, valid declaration") from exc
+        raise SpecError(
+            f"invalid model declaration {where}: " + "; ".join(describe_validation(exc)),
+            hint=f"see {EXAMPLE} for a complete, valid declaration",
+        ) from exc
 
 
 def schema_error(exc: SchemaMismatch, where: str, source: str) -> SpecError:
-    return SpecError(f"invalid model declaration {where}: " + "; ".join(f"field {f}: {m}" for f, m in exc.problems),
-                     hint=f"the columns and types come from the source's own schema ({source})")
+    return SpecError(
+        f"invalid model declaration {where}: " + "; ".join(f"field {f}: {m}" for f, m in exc.problems),
+        hint=f"the columns and types come from the source's own schema ({source})",
+    )
 
 
 def _read_yaml(path: Path) -> Any:
@@ -82,8 +90,10 @@ def _read_yaml(path: Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"model declaration {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-                        hint="fix the YAML syntax (indentation, quotes, colons)") from exc
+        raise SpecError(
+            f"model declaration {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+            hint="fix the YAML syntax (indentation, quotes, colons)",
+        ) from exc
 
 
 def spec_attributes(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -109,8 +119,10 @@ def spec_files() -> list[Path]:
     if user:
         folder = Path(user).expanduser()
         if not folder.is_dir():
-            raise SpecError(f"{SPECS_DIR_ENV}={user} is not a folder",
-                            hint=f"point {SPECS_DIR_ENV} at a folder of model declaration YAML files, or unset it")
+            raise SpecError(
+                f"{SPECS_DIR_ENV}={user} is not a folder",
+                hint=f"point {SPECS_DIR_ENV} at a folder of model declaration YAML files, or unset it",
+            )
         files += sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
     return files
 
@@ -122,8 +134,10 @@ def load_specs() -> list[ModelSpec]:
     for path in spec_files():
         spec = load_spec(path)
         if spec.name in seen:
-            raise SpecError(f"model {spec.name!r} is declared twice: {seen[spec.name]} and {path}",
-                            hint="give each model a unique name")
+            raise SpecError(
+                f"model {spec.name!r} is declared twice: {seen[spec.name]} and {path}",
+                hint="give each model a unique name",
+            )
         seen[spec.name] = path
         specs.append(spec)
     return specs

@@ -46,8 +46,20 @@ DEFAULT_CANARY_METRICS: dict[Task, dict[str, float]] = {
 DEFAULT_PERFORMANCE_METRIC = {Task.BINARY: "log_loss", Task.MULTICLASS: "log_loss", Task.REGRESSION: "r2"}
 # Columns the datasets and the prediction log write themselves: a feature by one of these names would be
 # overwritten by (or overwrite) model_ops' own values.
-RESERVED_COLUMNS = {"partition", "split", "request_id", "ts", "scored_at", "model_version", "model_semver", "arm",
-                    "served", "score", "prediction", "latency_ms"}
+RESERVED_COLUMNS = {
+    "partition",
+    "split",
+    "request_id",
+    "ts",
+    "scored_at",
+    "model_version",
+    "model_semver",
+    "arm",
+    "served",
+    "score",
+    "prediction",
+    "latency_ms",
+}
 RESERVED_PREFIXES = ("proba_", "actual_", "prediction_")
 
 
@@ -74,7 +86,8 @@ class _Strict(BaseModel):
             if not (low_ok and high_ok):
                 text = {"[": ">=", "(": ">"}[ends[0]] + f" {lo:g}" if lo is not None else ""
                 text += (" and " if text and hi is not None else "") + (
-                    {"]": "<=", ")": "<"}[ends[1]] + f" {hi:g}" if hi is not None else "")
+                    {"]": "<=", ")": "<"}[ends[1]] + f" {hi:g}" if hi is not None else ""
+                )
                 raise ValueError(f"{name} must be {text}, got {value}")
         return self
 
@@ -99,18 +112,26 @@ class Source(_Strict):
             raise ValueError(f"a {self.kind} source needs `uri`: a local path or s3://bucket/prefix")
         if self.kind is SourceKind.ASSET:
             if not self.asset:
-                raise ValueError("an asset source needs `asset`: the key of a Dagster asset that writes a Delta "
-                                 "table, e.g. raw/churn_events")
+                raise ValueError(
+                    "an asset source needs `asset`: the key of a Dagster asset that writes a Delta "
+                    "table, e.g. raw/churn_events"
+                )
             if not ASSET_KEY_RE.match(self.asset):
-                raise ValueError(f"asset {self.asset!r} is not an asset key: names of letters, digits and _, "
-                                 "joined by /")
+                raise ValueError(
+                    f"asset {self.asset!r} is not an asset key: names of letters, digits and _, joined by /"
+                )
         elif self.asset:
             raise ValueError(f"`asset` belongs to sources of kind asset, not {self.kind}")
         for name in ("time_column", "key_column"):
             if not getattr(self, name):
-                raise ValueError(f"a {self.kind} source needs `{name}`"
-                                 + (": partitions are cut on it" if name == "time_column" else
-                                    ": it identifies a row for routing, late labels and request ids"))
+                raise ValueError(
+                    f"a {self.kind} source needs `{name}`"
+                    + (
+                        ": partitions are cut on it"
+                        if name == "time_column"
+                        else ": it identifies a row for routing, late labels and request ids"
+                    )
+                )
         return self
 
     @property
@@ -157,8 +178,10 @@ class Partitions(_Strict):
         if self.cadence is Cadence.MONTHLY and self.start_date.day != 1:
             raise ValueError(f"monthly partitions start on the first of a month, not {self.start}")
         if self.cadence is Cadence.WEEKLY and self.start_date.weekday() != 6:
-            raise ValueError(f"weekly partitions run Sunday to Saturday (as Dagster's do) and start on a Sunday; "
-                             f"{self.start} is a {self.start_date.strftime('%A')}")
+            raise ValueError(
+                f"weekly partitions run Sunday to Saturday (as Dagster's do) and start on a Sunday; "
+                f"{self.start} is a {self.start_date.strftime('%A')}"
+            )
         return self
 
     @property
@@ -171,7 +194,7 @@ class Partitions(_Strict):
 
 
 class Feature(_Strict):
-    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'max_null_fraction': (0.0, 1.0, '[]')}
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {"max_null_fraction": (0.0, 1.0, "[]")}
     name: str
     type: FeatureType | None = None  # read from the source's schema when not given
     min: float | None = None
@@ -228,8 +251,10 @@ def object_spec_error(value: Any, where: str) -> str | None:
         try:
             getattr(importlib.import_module(module), attr)
         except ImportError as exc:
-            extra_hint = {"xgboost": " (pip install 'model_ops[xgboost]')",
-                          "lightgbm": " (pip install 'model_ops[lightgbm]')"}.get(module.split(".")[0], "")
+            extra_hint = {
+                "xgboost": " (pip install 'model_ops[xgboost]')",
+                "lightgbm": " (pip install 'model_ops[lightgbm]')",
+            }.get(module.split(".")[0], "")
             return f"{where}: class {path!r} cannot be imported: {exc}{extra_hint}"
         except AttributeError:
             return f"{where}: module {module!r} has no {attr!r}"
@@ -269,14 +294,17 @@ class Estimator(_Strict):
         return self
 
 
-
 class Training(_Strict):
-    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'window': (1.0, None, '[]'), 'holdout_fraction': (0.0, 1.0, '()'), 'min_rows_per_partition': (1.0, None, '[]')}
-    window: int | None = Field(default=None, description="partitions before the holdout to train on; "
-                               "null: all of them")
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {
+        "window": (1.0, None, "[]"),
+        "holdout_fraction": (0.0, 1.0, "()"),
+        "min_rows_per_partition": (1.0, None, "[]"),
+    }
+    window: int | None = Field(default=None, description="partitions before the holdout to train on; null: all of them")
     holdout: Literal["newest"] = "newest"
-    holdout_fraction: float = Field(default=0.2, description="with `partitions: none`: the newest "
-                                    "fraction of rows by time_column is held out")
+    holdout_fraction: float = Field(
+        default=0.2, description="with `partitions: none`: the newest fraction of rows by time_column is held out"
+    )
     min_rows_per_partition: int = Field(default=1000)
 
 
@@ -295,18 +323,22 @@ class CanaryAnalysis(_Strict):
     rolled back after ``failure_limit + 1`` failed windows. ``max_regression`` defaults by task.
     """
 
-    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'min_labels': (1.0, None, '[]'), 'failure_limit': (0.0, None, '[]')}
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {
+        "min_labels": (1.0, None, "[]"),
+        "failure_limit": (0.0, None, "[]"),
+    }
     max_regression: dict[str, float] = Field(default_factory=dict)
     min_labels: int = Field(default=500)
     failure_limit: int = Field(default=1)
 
 
 class Deployment(_Strict):
-    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'decision_threshold': (0.0, 1.0, '()')}
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {"decision_threshold": (0.0, 1.0, "()")}
     canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5])
     shadow: bool = False
-    decision_threshold: float | None = Field(default=None, description="binary classification "
-                                             "only: scores at or above it predict the positive class (0.5)")
+    decision_threshold: float | None = Field(
+        default=None, description="binary classification only: scores at or above it predict the positive class (0.5)"
+    )
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
 
     @field_validator("canary_steps")
@@ -322,7 +354,14 @@ class Deployment(_Strict):
 class Monitoring(_Strict):
     """Drift, live performance, retraining and the production guard; every window is a partition."""
 
-    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {'drift_window_min_rows': (1.0, None, '[]'), 'persistence_windows': (1.0, None, '[]'), 'min_labels': (1.0, None, '[]'), 'performance_drop': (0.0, None, '[]'), 'guard_windows': (1.0, None, '[]'), 'staging_retention_days': (0.0, None, '(]')}
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {
+        "drift_window_min_rows": (1.0, None, "[]"),
+        "persistence_windows": (1.0, None, "[]"),
+        "min_labels": (1.0, None, "[]"),
+        "performance_drop": (0.0, None, "[]"),
+        "guard_windows": (1.0, None, "[]"),
+        "staging_retention_days": (0.0, None, "(]"),
+    }
     drift_window_min_rows: int = Field(default=500)
     drift_exclude: list[str] = Field(default_factory=list)
     persistence_windows: int = Field(default=2)
@@ -331,8 +370,9 @@ class Monitoring(_Strict):
     performance_drop: float = Field(default=0.05)
     performance_floor: dict[str, Bound] = Field(default_factory=dict)
     guard_windows: int = Field(default=2)
-    staging_retention_days: float | None = Field(default=None, description="overrides the policy's "
-                                                 "retention for staging versions of this model")
+    staging_retention_days: float | None = Field(
+        default=None, description="overrides the policy's retention for staging versions of this model"
+    )
 
 
 # The built-in source's partitions: the twelve months of 2013.
@@ -362,8 +402,10 @@ class ModelSpec(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid model name: lowercase letters, digits and _, "
-                             "starting with a letter (it becomes the Dagster asset key prefix)")
+            raise ValueError(
+                f"{value!r} is not a valid model name: lowercase letters, digits and _, "
+                "starting with a letter (it becomes the Dagster asset key prefix)"
+            )
         return value
 
     @field_validator("owner")
@@ -400,12 +442,15 @@ class ModelSpec(_Strict):
         if dupes:
             raise ValueError(f"features listed twice: {', '.join(dupes)}")
         if (self.estimator is None) == (self.trainer is None):
-            raise ValueError("declare exactly one of `estimator` (a class and its params) or `trainer` "
-                             "(package.module:function)")
+            raise ValueError(
+                "declare exactly one of `estimator` (a class and its params) or `trainer` (package.module:function)"
+            )
         builtin = self.source.kind is SourceKind.NYCFLIGHTS13
         if self.partitions is None and not builtin:
-            raise ValueError("`partitions` is required for this source: {cadence: daily|weekly|monthly, start: "
-                             "YYYY-MM-DD}, or `none` for a static table")
+            raise ValueError(
+                "`partitions` is required for this source: {cadence: daily|weekly|monthly, start: "
+                "YYYY-MM-DD}, or `none` for a static table"
+            )
         leaks = [n for n in names if n in self.known_after or n == self.target.column]
         for n in leaks:
             why = "the target column" if n == self.target.column else "listed in known_after"
@@ -414,27 +459,36 @@ class ModelSpec(_Strict):
             raise ValueError(f"target label {self.target.label!r} is also a feature")
         for n in names:
             if n in RESERVED_COLUMNS or n.startswith(RESERVED_PREFIXES):
-                raise ValueError(f"feature {n!r} has a name model_ops uses for its own columns (predictions, "
-                                 "snapshots): rename the column in the source or choose another feature")
+                raise ValueError(
+                    f"feature {n!r} has a name model_ops uses for its own columns (predictions, "
+                    "snapshots): rename the column in the source or choose another feature"
+                )
         ids = {self.source.key, self.source.time}
         for n in names:
             if n in ids and not builtin:
-                raise ValueError(f"feature {n!r} is the source's key or time column; those identify rows and cut "
-                                 "partitions, they are not features")
+                raise ValueError(
+                    f"feature {n!r} is the source's key or time column; those identify rows and cut "
+                    "partitions, they are not features"
+                )
         if self.task is Task.REGRESSION and self.target.derived:
-            raise ValueError("a regression target is the column itself: drop op/threshold, or choose "
-                             "binary_classification")
+            raise ValueError(
+                "a regression target is the column itself: drop op/threshold, or choose binary_classification"
+            )
         if self.deployment.decision_threshold is not None and self.task is not Task.BINARY:
             raise ValueError(f"deployment.decision_threshold applies to binary classification only, not {self.task}")
         for metric in [*self.gates.thresholds, *self.gates.max_regression]:
             if not is_known_metric(self.task, metric):
-                raise ValueError(f"gate metric {metric!r} is not computed for {self.task}; metrics: "
-                                 f"{', '.join(sorted(METRICS[self.task]))}")
+                raise ValueError(
+                    f"gate metric {metric!r} is not computed for {self.task}; metrics: "
+                    f"{', '.join(sorted(METRICS[self.task]))}"
+                )
         live = LIVE_METRICS[self.task]
         for metric in [self.monitoring_metric, *self.monitoring.performance_floor, *self.canary_metrics]:
             if metric not in live:
-                raise ValueError(f"monitoring metric {metric!r} cannot be computed from served {self.task} traffic; "
-                                 f"use one of: {', '.join(sorted(live))}")
+                raise ValueError(
+                    f"monitoring metric {metric!r} cannot be computed from served {self.task} traffic; "
+                    f"use one of: {', '.join(sorted(live))}"
+                )
         for name in self.monitoring.drift_exclude:
             if name not in names:
                 raise ValueError(f"monitoring.drift_exclude names {name!r}, which is not a feature")
@@ -484,8 +538,9 @@ class ModelSpec(_Strict):
         for f in self.features:
             if f.name == name:
                 if f.type is None:
-                    raise ValueError(f"feature {name!r} of {self.name} has no type yet: the source's schema has "
-                                     "not been read")
+                    raise ValueError(
+                        f"feature {name!r} of {self.name} has no type yet: the source's schema has not been read"
+                    )
                 return f.type
         raise KeyError(name)
 
@@ -527,16 +582,26 @@ def check_against_schema(spec: ModelSpec, columns: dict[str, FeatureType | str])
     """Every (field, problem) between the declaration and the source's columns (name -> int|float|bool|category|
     timestamp|other)."""
     problems: list[tuple[str, str]] = []
-    usable = sorted(c for c, k in columns.items() if k in set(FeatureType) and c not in spec.known_after
-                    and c != spec.target.column)
+    usable = sorted(
+        c for c, k in columns.items() if k in set(FeatureType) and c not in spec.known_after and c != spec.target.column
+    )
     for i, f in enumerate(spec.features):
         kind = columns.get(f.name)
         if kind is None:
-            problems.append((f"features[{i}].name", f"the source has no column {f.name!r}; columns that can be "
-                             f"features: {', '.join(usable) or 'none'}"))
+            problems.append(
+                (
+                    f"features[{i}].name",
+                    f"the source has no column {f.name!r}; columns that can be features: {', '.join(usable) or 'none'}",
+                )
+            )
         elif kind not in set(FeatureType):
-            problems.append((f"features[{i}].type", f"column {f.name!r} is {kind} in the source, which cannot be a "
-                             "feature (int, float, bool or category)"))
+            problems.append(
+                (
+                    f"features[{i}].type",
+                    f"column {f.name!r} is {kind} in the source, which cannot be a "
+                    "feature (int, float, bool or category)",
+                )
+            )
         elif f.type is not None and not _compatible(f.type, FeatureType(kind)):
             problems.append((f"features[{i}].type", f"column {f.name!r} is {kind} in the source, not {f.type}"))
     if spec.source.kind is not SourceKind.NYCFLIGHTS13:
@@ -544,8 +609,12 @@ def check_against_schema(spec: ModelSpec, columns: dict[str, FeatureType | str])
             if col not in columns:
                 problems.append((field, f"the source has no column {col!r}"))
         if spec.time_column in columns and columns[spec.time_column] not in ("timestamp", "date"):
-            problems.append(("source.time_column", f"column {spec.time_column!r} is {columns[spec.time_column]}, "
-                             "not a timestamp or date"))
+            problems.append(
+                (
+                    "source.time_column",
+                    f"column {spec.time_column!r} is {columns[spec.time_column]}, not a timestamp or date",
+                )
+            )
     if spec.labels is None and spec.target.column not in columns:
         problems.append(("target.column", f"the source has no column {spec.target.column!r}"))
     for i, col in enumerate(spec.known_after):
@@ -558,5 +627,6 @@ def _compatible(declared: FeatureType, actual: FeatureType) -> bool:
     """An int column may be declared float (it widens), a bool column int or float; nothing else converts."""
     if declared is actual:
         return True
-    return (declared is FeatureType.FLOAT and actual in (FeatureType.INT, FeatureType.BOOL)) or \
-        (declared is FeatureType.INT and actual is FeatureType.BOOL)
+    return (declared is FeatureType.FLOAT and actual in (FeatureType.INT, FeatureType.BOOL)) or (
+        declared is FeatureType.INT and actual is FeatureType.BOOL
+    )

@@ -22,10 +22,15 @@ TABLES = {"seattle_weather": "seattle_weather", "nyc_flight_durations": "flight_
 def example_table(table: str, example: str) -> dg.AssetsDefinition:
     meta = examples.EXAMPLES[example]
 
-    @dg.asset(key=["examples", table], group_name="examples", owners=["team:ml-platform"], kinds={"deltalake"},
-              code_version="example-table-1",
-              description=f"The example table `{table}`: {meta.source}. Key `{meta.key_column}`, time "
-                          f"`{meta.time_column}`, target `{meta.target}`. Written to <root>/sources/{table}.")
+    @dg.asset(
+        key=["examples", table],
+        group_name="examples",
+        owners=["team:ml-platform"],
+        kinds={"deltalake"},
+        code_version="example-table-1",
+        description=f"The example table `{table}`: {meta.source}. Key `{meta.key_column}`, time "
+        f"`{meta.time_column}`, target `{meta.target}`. Written to <root>/sources/{table}.",
+    )
     def _table(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
         location = model_ops.location().child("sources", table)
         frame = meta.load()
@@ -39,13 +44,23 @@ def example_table(table: str, example: str) -> dg.AssetsDefinition:
         if current == fingerprint:
             version, written = target.delta_table().version(), False
         else:
-            version = examples.write_delta(frame, location.uri if location.is_s3 else str(location.path),
-                                           metadata={"model_ops.example": example, "model_ops.fingerprint": fingerprint})
+            version = examples.write_delta(
+                frame,
+                location.uri if location.is_s3 else str(location.path),
+                metadata={"model_ops.example": example, "model_ops.fingerprint": fingerprint},
+            )
             written = True
         context.log.info(f"{table}: {'wrote' if written else 'unchanged at'} Delta version {version}")
-        return dg.MaterializeResult(data_version=dg.DataVersion(fingerprint), metadata={
-            "dagster/uri": location.uri if location.is_s3 else str(location.path), "dagster/row_count": len(frame),
-            "delta_version": version, "written": written, **examples.describe(frame, meta)})
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(fingerprint),
+            metadata={
+                "dagster/uri": location.uri if location.is_s3 else str(location.path),
+                "dagster/row_count": len(frame),
+                "delta_version": version,
+                "written": written,
+                **examples.describe(frame, meta),
+            },
+        )
 
     return _table
 
