@@ -312,3 +312,14 @@ def test_records_are_read_lazily_and_survive_a_reopen(reg: Registry, tmp_path: P
     mv = fresh.resolve("models:/m/1")
     assert (mv.params, mv.metrics, mv.record["description"]) == ({"C": 1}, {"auc": 0.8}, "first")
     assert mv.stage == "development"
+
+
+def test_an_alias_points_only_at_its_own_models_versions(reg: Registry, tmp_path: Path) -> None:
+    for name, n in (("a", 3), ("b", 1)):
+        for i in range(n):
+            reg.register(name, blob(tmp_path, f"{name}{i}"))
+    with pytest.raises(UsageError, match="that is a version of a"):
+        reg.set_alias("b", "candidate", "models:/a/3", reason="r")
+    assert not reg.get("b", 1).aliases  # nothing moved
+    assert reg.set_alias("b", "candidate", "models:/b/1", reason="r").version == 1
+    assert reg.set_alias("a", "candidate", 3, reason="r").ref == "models:/a/3"

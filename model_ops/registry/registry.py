@@ -774,6 +774,11 @@ class Registry:
                 hint="promote with `model-ops transition REF production` or use `model-ops rollback`",
             )
         target = Ref(name, version=int(version)) if str(version).isdigit() else parse_ref(str(version))
+        if target.name != name:
+            raise UsageError(
+                f"alias {alias!r} of {name} cannot point at {version}: that is a version of {target.name}",
+                hint=f"name a version of {name} (a number, a semver or models:/{name}@ALIAS)",
+            )
 
         def build(state: RegistryState, _: ModelState, vs: VersionState) -> Built[ModelVersion]:
             # The alias is looked up on ``name`` itself: ``version`` is resolved as a reference of its own.

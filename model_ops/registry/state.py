@@ -90,7 +90,7 @@ class VersionState:
     def payload(self) -> str:
         if isinstance(self._payload, tuple):
             array, index = self._payload
-            self._payload = array[index].as_py()
+            self._payload = str(array[index].as_py() or "")
         return self._payload or ""
 
     @property
@@ -123,7 +123,7 @@ class ModelState:
     @property
     def semvers(self) -> SemverIndex:
         if self._semvers is None:
-            self._semvers = SemverIndex.of(self.by_semver)
+            self._semvers = SemverIndex.of(set(self.by_semver))
         return self._semvers
 
 
@@ -178,9 +178,10 @@ class RegistryState:
             }
             created = pc.cast(regs.column("ts"), pa.int64()).to_pylist()
             payloads = regs.column("payload").combine_chunks()
-            m, current = None, None
+            m: ModelState | None = None
+            current = None
             for i, name in enumerate(cols["model"]):
-                if name != current:
+                if m is None or name != current:
                     m, current = self.model(name), name
                 number = cols["version"][i]
                 if number != len(m.versions) + 1:
