@@ -419,3 +419,19 @@ def test_outcomes_from_a_labels_table_train_the_model_and_judge_live_traffic(tmp
         perf = g.resource.dataset("cancer_late", "live_performance").read()
         row = perf.iloc[0]
         assert row["labelled"] < row["served"] and 0.5 < row["coverage"] < 1.0 and row["roc_auc"] > 0.9  # newest last
+        labels = next(a for a in g.assets if isinstance(a, dg.SourceAsset) and a.key.path[-1] == "labels")
+        features = next(a for a in g.assets if isinstance(a, dg.AssetsDefinition) and a.key.path[-1] == "features")
+        assert labels.key in features.asset_deps[features.key]  # a new delivery of outcomes marks features stale
+
+        def observed() -> str:
+            from dagster._core.definitions.observe import observe  # Dagster's in-process observation (not exported)
+
+            result = observe([labels], instance=g.instance, resources={"model_ops": g.resource})
+            assert result.success
+            event = g.instance.get_latest_data_version_record(labels.key)
+            assert event is not None
+            return str(event.asset_observation.data_version)
+
+        before = observed()
+        write_table(late, outcomes, "parquet")  # the rest of the outcomes arrive
+        assert before.startswith("parquet:") and observed() != before

@@ -17,7 +17,7 @@ import dagster as dg
 from model_ops.data import nycflights13
 from model_ops.data.sources import schema_kinds, source_table
 from model_ops.defs.automation import automation_defs
-from model_ops.defs.datasets import features_asset, raw_asset, source_asset, training_set_asset
+from model_ops.defs.datasets import features_asset, labels_asset, raw_asset, source_asset, training_set_asset
 from model_ops.defs.deployment import deployment_asset
 from model_ops.defs.evaluation import evaluation_asset
 from model_ops.defs.monitoring import drift_report_asset, live_performance_asset
@@ -54,6 +54,8 @@ def model_defs(spec: ModelSpec) -> dg.Definitions:
         sources = []
     else:
         sources = [source_asset(spec)]
+    if spec.labels is not None:
+        sources.append(labels_asset(spec))
     assets = [
         *sources,
         features_asset(spec),

@@ -12,7 +12,7 @@ from model_ops.data import contracts, nycflights13, snapshot
 from model_ops.data import features as feat
 from model_ops.data.delta import frame_fingerprint
 from model_ops.data.partitions import Partitioning
-from model_ops.data.sources import read_labels, schema_kinds, source_table
+from model_ops.data.sources import SourceTable, read_labels, resolve_uri, schema_kinds, source_table
 from model_ops.defs.common import (
     EVIDENCE_TAG,
     REASON_TAG,
@@ -133,12 +133,40 @@ def source_asset(spec: ModelSpec) -> dg.SourceAsset:
     return _source
 
 
+def labels_asset(spec: ModelSpec) -> dg.SourceAsset:
+    """The declared labels table, observed like the source: outcomes that arrive later change its version, so the
+    features partitions they belong to show as stale until they are materialized again (which joins them)."""
+    assert spec.labels is not None
+    labels = spec.labels
+
+    @dg.observable_source_asset(
+        key=key(spec, "labels"),
+        group_name=spec.name,
+        kinds={"deltalake" if labels.kind is SourceKind.DELTA else "parquet"},
+        description=f"Outcomes of {spec.name} that arrive after scoring: {labels.uri} ({labels.kind}), "
+        f"`{labels.column}` by `{labels.key_column}`. Joined to the features when a partition is materialized and "
+        "to the prediction log by live performance; observing it records its version, and a new version marks the "
+        "features stale.",
+    )
+    def _labels(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.ObserveResult:
+        table = SourceTable(resolve_uri(labels.uri, model_ops.location()), labels.kind)
+        if not table.exists():
+            return dg.ObserveResult(
+                data_version=dg.DataVersion("absent"),
+                metadata={"uri": table.uri, "status": "no outcomes delivered yet"},
+            )
+        return dg.ObserveResult(data_version=dg.DataVersion(table.data_version()), metadata={"uri": table.uri})
+
+    return _labels
+
+
 def source_deps(spec: ModelSpec) -> list[dg.AssetKey]:
+    labels = [key(spec, "labels")] if spec.labels is not None else []
     if spec.source.kind is SourceKind.NYCFLIGHTS13:
-        return [key(spec, "flights"), key(spec, "weather")]
+        return [key(spec, "flights"), key(spec, "weather"), *labels]
     if spec.source.kind is SourceKind.ASSET:
-        return [dg.AssetKey(str(spec.source.asset).split("/"))]
-    return [key(spec, "source")]
+        return [dg.AssetKey(str(spec.source.asset).split("/")), *labels]
+    return [key(spec, "source"), *labels]
 
 
 def _upstream_uri(context: dg.AssetExecutionContext, spec: ModelSpec) -> str | None:

@@ -145,8 +145,8 @@ class Source(_Strict):
 
 class Labels(_Strict):
     """Outcomes that arrive after scoring, joined by key: to the features when they are materialized (training
-    sees the outcomes known by then; re-materialize a partition to take later ones) and to the prediction log by
-    live performance."""
+    sees the outcomes known by then; re-materialize a partition to take later ones: the observed labels asset
+    shows its features stale when outcomes arrive) and to the prediction log by live performance."""
 
     kind: Literal[SourceKind.DELTA, SourceKind.PARQUET] = SourceKind.DELTA
     uri: str
