@@ -21,7 +21,7 @@ import pandas as pd
 
 from model_ops.ml import tasks
 from model_ops.ml.tasks import Predicted
-from model_ops.ml.training import model_input
+from model_ops.ml.training import model_input, with_outcome
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import FeatureType, Task
 
@@ -83,13 +83,6 @@ class GateResult:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-
-
-def labelled_rows(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """The rows of ``frame`` whose label is known."""
-    if spec.label not in frame.columns:
-        raise ValueError(f"the holdout has no label column {spec.label!r}")
-    return frame[frame[spec.label].notna()].reset_index(drop=True)
 
 
 def slice_columns(frame: pd.DataFrame, spec: ModelSpec) -> list[str]:
@@ -165,7 +158,7 @@ def evaluate(
 ) -> Evaluation:
     """The model's quality on the labelled holdout rows, for the spec's task, and (optionally) its latency,
     re-measured against ``spec.gates.latency_sla_ms`` before it is reported over it."""
-    rows = labelled_rows(holdout, spec)
+    rows = with_outcome(holdout, spec)
     X = model_input(rows, spec)
     y = rows[spec.label].to_numpy()
     predicted = tasks.predict(model, X, spec)

@@ -38,7 +38,7 @@ import pyarrow as pa
 from model_ops.bounds import Bound
 from model_ops.ml import drift, tasks
 from model_ops.ml.tasks import Predicted, finite, worse_by
-from model_ops.ml.training import Prepared, model_input
+from model_ops.ml.training import Prepared, model_input, with_outcome
 from model_ops.specs.schema import LIVE_METRICS, ModelSpec
 from model_ops.vocab import Arm, ArmStatus, CanaryPhase, DecisionAction, DeployAction, DriftStatus, Task
 
@@ -111,16 +111,12 @@ def log_drift_table(log: pd.DataFrame, spec: ModelSpec, classes: Sequence[Any] |
     return drift_table(log, Predicted.from_log(log, spec, classes), spec)
 
 
-def labelled_rows(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    if spec.label not in frame.columns:
-        return frame
-    return frame[frame[spec.label].notna()]
-
-
 def reference_profile(train: pd.DataFrame | Prepared, model: Any, spec: ModelSpec) -> drift.Profile:
     """The drift reference of a model: its labelled training rows' monitored features and its outputs on them
     (given as the rows, or as what the fit was :func:`prepared <model_ops.ml.training.prepare>` from them)."""
-    inputs = train.inputs if isinstance(train, Prepared) else model_input(labelled_rows(train, spec), spec)
+    inputs = (
+        train.inputs if isinstance(train, Prepared) else model_input(with_outcome(train, spec, required=False), spec)
+    )
     predicted = tasks.predict(model, inputs, spec)
     return drift.profile(drift_table(inputs, predicted, spec, typed=True))
 

@@ -263,6 +263,16 @@ def canonical_order(rows: pd.DataFrame | pa.Table, spec: ModelSpec) -> np.ndarra
     return known[pc.sort_indices(keys).to_numpy()]  # a stable sort, nulls last, as pandas sorts
 
 
+def with_outcome(frame: pd.DataFrame, spec: ModelSpec, *, required: bool = True) -> pd.DataFrame:
+    """The rows of ``frame`` whose outcome (label) is known, in their order. Without a label column: an error, or
+    every row when the outcome is not ``required`` (a drift reference of rows that never carried one)."""
+    if spec.label not in frame.columns:
+        if not required:
+            return frame
+        raise ValueError(f"the rows have no label column {spec.label!r}")
+    return frame[frame[spec.label].notna()].reset_index(drop=True)
+
+
 def labelled(rows: pd.DataFrame | pa.Table, spec: ModelSpec) -> pd.DataFrame:
     """Rows with a known outcome, in canonical (key) order."""
     order = canonical_order(rows, spec)
