@@ -112,6 +112,23 @@ class BlobStore(ABC):
     def delete(self, digest: str) -> None: ...
 
     @abstractmethod
+    def quarantine(self, digest: str) -> bool:
+        """Move a blob out of its name before garbage collection decides for good (False: it was not there).
+        A reader or a writer that looks for it now finds it missing, so a writer stores it again."""
+
+    @abstractmethod
+    def restore(self, digest: str) -> None:
+        """Put a quarantined blob back under its name (a no-op where a writer already stored it again)."""
+
+    @abstractmethod
+    def purge(self, digest: str) -> None:
+        """Delete a quarantined blob for good."""
+
+    @abstractmethod
+    def iter_quarantined(self) -> Iterator[BlobInfo]:
+        """Blobs left in quarantine by a garbage collection that did not finish."""
+
+    @abstractmethod
     def iter_temporaries(self) -> Iterator[BlobInfo]:
         """Leftovers of interrupted writes (digest field holds the temporary name)."""
 
@@ -270,6 +287,42 @@ class LocalBlobStore(BlobStore):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(path, 0o644)
             path.unlink()
+
+    def _quarantined(self, digest: str) -> Path:
+        return self.root / "quarantine" / check_digest(digest)
+
+    def quarantine(self, digest: str) -> bool:
+        target = self._quarantined(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(self._path(digest), target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def restore(self, digest: str) -> None:
+        final = self._path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self._quarantined(digest), final)  # never over a blob a writer stored again meanwhile
+        except (FileExistsError, FileNotFoundError):
+            pass
+        self._quarantined(digest).unlink(missing_ok=True)
+
+    def purge(self, digest: str) -> None:
+        path = self._quarantined(digest)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path, 0o644)
+            path.unlink()
+
+    def iter_quarantined(self) -> Iterator[BlobInfo]:
+        base = self.root / "quarantine"
+        if not base.is_dir():
+            return
+        for f in sorted(base.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                st = f.stat()
+                yield BlobInfo(f.name, st.st_size, st.st_mtime)
 
     def iter_temporaries(self) -> Iterator[BlobInfo]:
         if not self.tmp_dir.is_dir():
@@ -531,6 +584,43 @@ class S3BlobStore(BlobStore):
 
     def delete(self, digest: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(digest))
+
+    def _quarantined(self, digest: str) -> str:
+        return self.location.key(f"quarantine/{check_digest(digest)}")
+
+    def quarantine(self, digest: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        source = {"Bucket": self.bucket, "Key": self._key(digest)}
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=self._quarantined(digest), CopySource=source)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        self.delete(digest)  # the blob is gone from its name only once its copy is safe
+        return True
+
+    def restore(self, digest: str) -> None:
+        from botocore.exceptions import ClientError
+
+        source = {"Bucket": self.bucket, "Key": self._quarantined(digest)}
+        try:  # the same bytes as any copy a writer stored again meanwhile: content addressed
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(digest), CopySource=source)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise
+        self.purge(digest)
+
+    def purge(self, digest: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._quarantined(digest))
+
+    def iter_quarantined(self) -> Iterator[BlobInfo]:
+        prefix = self.location.key("quarantine") + "/"
+        for obj in self._list(prefix):
+            rest = obj["Key"][len(prefix) :]
+            if DIGEST_RE.match(rest):
+                yield BlobInfo(rest, int(obj["Size"]), obj["LastModified"].timestamp())
 
     def iter_temporaries(self) -> Iterator[BlobInfo]:
         """Unfinished multipart uploads under this store (left by a killed process)."""

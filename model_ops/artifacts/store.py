@@ -113,6 +113,16 @@ class ArtifactStore:
                 problems.append(f"file {entry.path}: {problem}")
         return problems
 
+    def missing(self, digest: str) -> list[str]:
+        """The blobs of one artifact that are not in the store (names only; no bytes are hashed)."""
+        if not self.blobs.exists(digest):
+            return [digest]
+        try:
+            manifest = self.manifest(digest)
+        except (NotFoundError, IntegrityError):
+            return [digest]
+        return [f.sha256 for f in manifest.files if not self.blobs.exists(f.sha256)]
+
     def reachable(self, manifest_digests: Iterable[str]) -> set[str]:
         """Every blob that the given manifests need, manifests included. Unreadable manifests count as reachable
         themselves, and their files cannot be known, so callers must not collect garbage when any is unreadable."""

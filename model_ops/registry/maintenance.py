@@ -117,10 +117,14 @@ def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(
     stored before the event that refers to it is committed.
     """
     blobs_store = registry.artifacts.blobs
-    with registry._lock:
-        state = registry._sync()
-        digests = [vs.digest for m in state.models.values() for vs in m.versions]
-    digests += registry._attached_digests()
+
+    def referenced() -> list[str]:
+        with registry._lock:
+            state = registry._sync()
+            found = [vs.digest for m in state.models.values() for vs in m.versions]
+        return found + registry._attached_digests()
+
+    digests = referenced()
     unreadable = [d for d in set(digests) if blobs_store.verify(d)]
     if unreadable and apply:
         raise IntegrityError(
@@ -133,10 +137,26 @@ def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(
     blobs = [b for b in blobs_store.iter_blobs() if b.digest not in keep]
     old = [b for b in blobs if b.modified < cutoff]
     temps = [t for t in blobs_store.iter_temporaries() if t.modified < cutoff]
+    restored = 0
     if apply:
         registry._authorize("delete", "*")
-        for b in old:
-            blobs_store.delete(b.digest)
+        # Two phases, so a registration that reuses a blob this collection chose never loses it: the chosen blobs
+        # leave their names first; then the registry is read again and what a commit made since references goes
+        # back. A writer that checks for its blobs after committing (as registration does) either finds one
+        # missing and stores it again, or committed before it left, and so before the second read.
+        moved = [b.digest for b in old if blobs_store.quarantine(b.digest)]
+        moved += [q.digest for q in blobs_store.iter_quarantined() if q.digest not in set(moved)]  # an earlier run's
+        manifests = set(referenced())
+        for digest in [d for d in moved if d in manifests]:  # manifests first: they name the files still needed
+            blobs_store.restore(digest)
+            restored += 1
+        still_needed = registry.artifacts.reachable(manifests)
+        for digest in [d for d in moved if d not in manifests]:
+            if digest in still_needed:
+                blobs_store.restore(digest)
+                restored += 1
+            else:
+                blobs_store.purge(digest)
         for t in temps:
             blobs_store.delete_temporary(t.digest)
     return {
@@ -146,5 +166,6 @@ def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(
         "unreferenced_bytes": sum(b.size for b in old),
         "too_recent": len(blobs) - len(old),
         "temporaries": len(temps),
+        "restored": restored,
         "grace_hours": grace.total_seconds() / 3600,
     }

@@ -13,6 +13,7 @@ modules import from here (``parse_timestamp``, ``breaking_changes`` …) are re-
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -27,7 +28,14 @@ from typing import Any, TypeVar, overload
 
 from model_ops.artifacts import ArtifactStore, signing
 from model_ops.artifacts.manifest import FLAVOR_SKOPS
-from model_ops.errors import ConflictError, NotFoundError, PermissionDeniedError, PolicyError, UsageError
+from model_ops.errors import (
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    PermissionDeniedError,
+    PolicyError,
+    UsageError,
+)
 from model_ops.location import Location, resolve_root
 from model_ops.registry import events as ev
 from model_ops.registry import inputs, maintenance
@@ -529,11 +537,32 @@ class Registry:
                 hint="set MODEL_OPS_SIGNING_KEY to the registry's signing key",
             )
         prepared = [inputs.registration(e) for e in entries]  # validates everything before storing anything
+        sources: list[tuple[str, Any, Any]] = []
         for item in prepared:
-            stored = self.artifacts.put(item.pop("path"), item.pop("flavor"))
+            path, flavor = item.pop("path"), item.pop("flavor")
+            stored = self.artifacts.put(path, flavor)
+            sources.append((stored.digest, path, flavor))
             item["digest"], item["manifest"] = stored.digest, stored.manifest
             item["artifact_signature"] = signing.sign(stored.digest, key) if key else None
-        return self._commit(lambda state: self._build_registrations(state, name, prepared, run_id))
+        versions = self._commit(lambda state: self._build_registrations(state, name, prepared, run_id))
+        for digest, path, flavor in sources:
+            self._still_stored(digest, functools.partial(self.artifacts.put, path, flavor))
+        return versions
+
+    def _still_stored(self, digest: str, put_again: Callable[[], Any]) -> None:
+        """After a commit that references ``digest``: its blobs are all in the store, stored again from the
+        caller's copy where a garbage collection that chose them before the commit took them away. Nothing is
+        acknowledged before this holds (see :func:`model_ops.registry.maintenance.gc`)."""
+        if not self.artifacts.missing(digest):
+            return
+        put_again()
+        gone = self.artifacts.missing(digest)
+        if gone:
+            raise IntegrityError(
+                f"{len(gone)} blob(s) of artifact {digest[:12]} vanished after it was committed and could not be "
+                "stored again",
+                hint="run `model-ops fsck`, then register the same files again",
+            )
 
     def _build_registrations(
         self, state: RegistryState, name: str, prepared: list[dict[str, Any]], run_id: str | None
@@ -1005,10 +1034,14 @@ class Registry:
         self.get(name, version)
         self._authorize("record", name, version, run_id)
         current = self._attachment_event(name, version, label)
-        with tempfile.TemporaryDirectory(prefix="model_ops_attach_") as tmp:
-            path = Path(tmp) / label
-            path.write_bytes(data)
-            stored = self.artifacts.put(path)
+
+        def put() -> Any:
+            with tempfile.TemporaryDirectory(prefix="model_ops_attach_") as tmp:
+                path = Path(tmp) / label
+                path.write_bytes(data)
+                return self.artifacts.put(path)
+
+        stored = put()
         if current is not None and current.digest == stored.digest:
             return current
         event = self._event(
@@ -1021,7 +1054,9 @@ class Registry:
             run_id=run_id,
             payload={"bytes": len(data)},
         )
-        return self._commit(lambda state: ([event], lambda: event))
+        committed = self._commit(lambda state: ([event], lambda: event))
+        self._still_stored(stored.digest, put)
+        return committed
 
     def _attachment_event(self, name: str, version: int, label: str) -> ev.Event | None:
         found = None
