@@ -302,3 +302,21 @@ def test_a_model_file_cannot_run_code_when_loaded(reg: Registry, tmp_path: Path,
         assert runner in refused.value.message
     finally:
         assert not marker.exists(), f"loading the model ran code through {runner}"
+
+
+def test_links_inside_a_directory_artifact_are_refused_not_dropped(reg: Registry, tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "shard-0.bin").write_bytes(b"w" * 100)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    os.symlink(weights, model / "weights")  # the weights live elsewhere, linked in
+    with pytest.raises(UsageError, match="weights is a symbolic link to a directory"):
+        reg.register("linked", model)
+    os.unlink(model / "weights")
+    os.symlink(weights / "shard-0.bin", model / "shard-0.bin")
+    with pytest.raises(UsageError, match="shard-0.bin is a symbolic link"):
+        reg.register("linked", model)
+    with pytest.raises(NotFoundError):
+        reg.get("linked", 1)  # nothing was registered

@@ -84,6 +84,12 @@ def list_source_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
     entries: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
+        for name in dirnames:  # os.walk lists a linked directory but does not enter it: never drop its files
+            if (Path(dirpath) / name).is_symlink():
+                raise UsageError(
+                    f"{Path(dirpath) / name} is a symbolic link to a directory",
+                    hint="store the files themselves, not links to them (copy the directory in, e.g. cp -rL)",
+                )
         for name in sorted(filenames):
             full = Path(dirpath) / name
             if full.is_symlink():
