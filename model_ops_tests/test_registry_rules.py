@@ -323,3 +323,22 @@ def test_an_alias_points_only_at_its_own_models_versions(reg: Registry, tmp_path
     assert not reg.get("b", 1).aliases  # nothing moved
     assert reg.set_alias("b", "candidate", "models:/b/1", reason="r").version == 1
     assert reg.set_alias("a", "candidate", 3, reason="r").ref == "models:/a/3"
+
+
+@pytest.mark.parametrize("bad", ["\n", " ", "\t", "\r\n", "\x00"])
+def test_names_that_print_like_others_are_refused(reg: Registry, tmp_path: Path, bad: str) -> None:
+    for name in ("abc" + bad, bad + "abc", "a" + bad + "bc"):
+        with pytest.raises(UsageError, match="invalid model name"):
+            reg.register(name, blob(tmp_path, "x"))
+    reg.register("abc", blob(tmp_path, "x"))
+    with pytest.raises(UsageError, match="invalid alias"):
+        reg.set_alias("abc", "challenger" + bad, 1, reason="r")
+    with pytest.raises(UsageError, match="surrounding whitespace or control characters"):
+        reg.register("abd", blob(tmp_path, "y"), tags={"team" + bad: "fraud"})
+    assert [m for m in reg.models()] == ["abc"]
+
+
+def test_a_policy_stage_with_control_characters_is_refused(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, {"stages: [development, staging,": 'stages: [development, "staging\\n", staging,'})
+    with pytest.raises(UsageError, match="stage 'staging\\\\n' must be lowercase"):
+        Registry.open(tmp_path / "root", policy=path)

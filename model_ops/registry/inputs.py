@@ -79,6 +79,11 @@ def tags(value: Any) -> dict[str, str]:
             raise UsageError(f"tag {k!r} must be a string, number or boolean")
         if not k or len(k) > 250:
             raise UsageError(f"tag key {k!r} must be 1 to 250 characters")
+        if k != k.strip() or any(not c.isprintable() for c in k):
+            raise UsageError(
+                f"tag key {k!r} has surrounding whitespace or control characters",
+                hint="a key that prints like another must not be another: use visible characters only",
+            )
     return {k: str(v) for k, v in out.items()}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -105,6 +106,9 @@ class Access(_Strict):
         return sorted(r for r, pats in self.roles.items() if any(fnmatch.fnmatchcase(verb, p) for p in pats))
 
 
+STAGE_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # as references parse them (models:/NAME/STAGE)
+
+
 class Policy(_Strict):
     stages: list[str]
     initial_stage: str
@@ -120,7 +124,11 @@ class Policy(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
         known = set(self.stages)
-        problems = []
+        problems = [
+            f"stage {stage!r} must be lowercase letters, digits, '_' or '-', starting with a letter"
+            for stage in self.stages
+            if not STAGE_RE.fullmatch(stage)
+        ]
         if self.initial_stage not in known:
             problems.append(f"initial_stage {self.initial_stage!r} is not one of stages {self.stages}")
         for src, targets in self.transitions.items():

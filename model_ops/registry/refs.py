@@ -35,7 +35,7 @@ class Ref:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UsageError(
             f"invalid model name {name!r}",
             hint="use letters, digits, '_', '.' and '-', starting with a letter or digit (max 128)",
@@ -44,7 +44,7 @@ def check_name(name: str) -> str:
 
 
 def check_alias(alias: str, *, allow_reserved: bool = False) -> str:
-    if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
         raise UsageError(
             f"invalid alias {alias!r}",
             hint="use lowercase letters, digits, '_' and '-', starting with a letter (max 64)",
@@ -74,9 +74,9 @@ def parse_ref(text: str) -> Ref:
             if version < 1:
                 raise UsageError(f"version numbers start at 1, not {what}")
             return Ref(name, version=version)
-        if SEMVER_RE.match(what):
+        if SEMVER_RE.fullmatch(what):
             return Ref(name, semver=what)
-        if re.match(r"^[a-z][a-z0-9_-]*$", what):
+        if re.fullmatch(r"[a-z][a-z0-9_-]*", what):
             return Ref(name, stage=what)
     except UsageError as e:
         raise UsageError(f"malformed model reference {raw!r}: {e.message}", hint=e.hint or f"use {REF_FORMS}") from None

@@ -18,7 +18,7 @@ FIRST = "1.0.0"
 
 
 def parse(semver: str) -> tuple[int, int, int]:
-    m = SEMVER_RE.match(semver)
+    m = SEMVER_RE.fullmatch(semver)
     if not m:
         raise ValueError(f"not a semantic version: {semver!r}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))

@@ -116,7 +116,7 @@ class Source(_Strict):
                     "an asset source needs `asset`: the key of a Dagster asset that writes a Delta "
                     "table, e.g. raw/churn_events"
                 )
-            if not ASSET_KEY_RE.match(self.asset):
+            if not ASSET_KEY_RE.fullmatch(self.asset):
                 raise ValueError(
                     f"asset {self.asset!r} is not an asset key: names of letters, digits and _, joined by /"
                 )
@@ -401,7 +401,7 @@ class ModelSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a valid model name: lowercase letters, digits and _, "
                 "starting with a letter (it becomes the Dagster asset key prefix)"
@@ -420,7 +420,7 @@ class ModelSpec(_Strict):
     def _trainer(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if not CALLABLE_RE.match(value):
+        if not CALLABLE_RE.fullmatch(value):
             raise ValueError(f"trainer {value!r} must be 'package.module:function'")
         module, _, attr = value.partition(":")
         try:
