@@ -320,3 +320,41 @@ def test_links_inside_a_directory_artifact_are_refused_not_dropped(reg: Registry
         reg.register("linked", model)
     with pytest.raises(NotFoundError):
         reg.get("linked", 1)  # nothing was registered
+
+
+def _crafted_skops() -> dict[str, bytes]:
+    import io
+    import zipfile
+
+    from sklearn.tree import DecisionTreeClassifier
+
+    good = sklearn_io.dumps(DecisionTreeClassifier(random_state=0).fit([[0], [1]], [0, 1]))
+
+    def rewrite(change) -> bytes:  # type: ignore[no-untyped-def]
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(out, "w") as dst:
+            for info in src.infolist():
+                dst.writestr(info, change(info.filename, src.read(info)))
+        return out.getvalue()
+
+    node = '{"__class__": "dict", "__module__": "builtins", "__loader__": "DictNode", "content": {"x": '
+    deep = (node * 5000 + "{}" + "}}" * 5000).encode()
+
+    def pickled(name: str, data: bytes) -> bytes:
+        if not name.endswith(".npy"):
+            return data
+        buf = io.BytesIO()
+        np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+        return buf.getvalue()
+
+    return {
+        "BadZipFile": b"hello, not a zip",
+        "RecursionError": rewrite(lambda name, data: deep if name == "schema.json" else data),
+        "allow_pickle=False": rewrite(pickled),
+    }
+
+
+@pytest.mark.parametrize("cause", ["BadZipFile", "RecursionError", "allow_pickle=False"])
+def test_crafted_skops_files_are_integrity_errors(cause: str) -> None:
+    with pytest.raises(IntegrityError, match=f"not a valid scikit-learn \\(skops\\) artifact: .*{cause}"):
+        sklearn_io.loads(_crafted_skops()[cause])

@@ -7,14 +7,16 @@ order of first appearance, entries sorted, timestamps fixed at 1980-01-01. The r
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import zipfile
+from collections.abc import Iterator
 from typing import Any
 
-from model_ops.errors import PolicyError, UsageError
+from model_ops.errors import IntegrityError, PolicyError, UsageError
 
 TRUSTED_ENV = "MODEL_OPS_TRUSTED_TYPES"
 # Beyond skops' own defaults, these exact classes are trusted: the data-holding classes that ordinary
@@ -96,7 +98,8 @@ def loads(data: bytes, trusted: list[str] | tuple[str, ...] = ()) -> Any:
     import skops.io as sio
 
     allowed = DEFAULT_TRUSTED | set(trusted) | set(trusted_extra())
-    untrusted = sio.get_untrusted_types(data=data)
+    with _malformed():
+        untrusted = sio.get_untrusted_types(data=data)
     refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
         raise PolicyError(
@@ -104,4 +107,20 @@ def loads(data: bytes, trusted: list[str] | tuple[str, ...] = ()) -> Any:
             hint=f"load them only if you trust their code: pass trusted=[...] or set {TRUSTED_ENV}="
             + ",".join(refused),
         )
-    return sio.loads(data, trusted=sorted(untrusted))
+    with _malformed():
+        return sio.loads(data, trusted=sorted(untrusted))
+
+
+@contextlib.contextmanager
+def _malformed() -> Iterator[None]:
+    """What a crafted or damaged skops file raises (not a zip, a schema nested past any model's depth, a pickle
+    inside an array file, fields of the wrong kind) as one integrity error naming the cause."""
+    try:
+        yield
+    except (zipfile.BadZipFile, RecursionError, ValueError, KeyError, TypeError, AttributeError, EOFError) as exc:
+        raise IntegrityError(
+            f"the model file is not a valid scikit-learn (skops) artifact: {type(exc).__name__}: "
+            f"{str(exc)[:200] or 'no detail'}",
+            hint="the stored bytes match their digest, so they were written this way: register the model again "
+            "from its training code",
+        ) from None
