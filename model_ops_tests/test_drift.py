@@ -15,6 +15,7 @@ from scipy.spatial.distance import jensenshannon
 
 from model_ops.cli import main
 from model_ops.ml import drift
+from model_ops.vocab import DriftStatus
 
 RNG = np.random.default_rng(20130101)
 
@@ -166,3 +167,28 @@ def test_cli_json_contract_and_exit_codes(tmp_path: Path, capsys: pytest.Capture
     assert main(["drift", "--reference", r, "--current", r, "--columns", "a,zz"]) == 2
     assert "no column(s) zz" in capsys.readouterr().err
     assert main(["drift", "--reference", r, "--current", str(tmp_path / "delta") + "@7"]) == 2
+
+
+def test_a_column_that_goes_missing_has_drifted() -> None:
+    rng = np.random.default_rng(0)
+    reference = drift.profile(pa.table({"x": rng.normal(size=3000), "y": rng.normal(size=3000)}))
+    empty = pa.table({"x": pa.array([None] * 2000, pa.float64()), "y": rng.normal(size=2000)})
+    mostly = rng.normal(size=2000)
+    mostly[:1900] = np.nan
+    sparse = pa.table({"x": pa.array(mostly, from_pandas=True), "y": rng.normal(size=2000)})
+    for window, share in ((empty, 1.0), (sparse, 0.95)):
+        x = drift.compare(reference, drift.profile_like(reference, window)).features[0]
+        assert (x.method, x.status, x.drift) == ("null_share", DriftStatus.DRIFT, True)
+        assert (x.null_share_reference, x.null_share_current, x.statistic) == (0.0, share, share)
+    same = drift.compare(reference, drift.profile_like(reference, sparse.slice(0, 100))).features[0]
+    assert same.status == DriftStatus.INSUFFICIENT_DATA  # 100 rows: too few to call even missingness
+    steady = drift.compare(
+        reference, drift.profile_like(reference, pa.table({"x": rng.normal(size=2000), "y": rng.normal(size=2000)}))
+    )
+    assert steady.features[0].null_share_current == 0.0 and steady.features[0].method != "null_share"
+
+
+def test_infinite_reference_values_are_refused_by_name() -> None:
+    values = pa.table({"x": [np.inf, -np.inf, 1.0, 2.0, 3.0, 4.0, 5.0] * 500})
+    with pytest.raises(ValueError, match="column 'x' holds infinite values"):
+        drift.profile(values)

@@ -7,7 +7,9 @@ and distances are noisy on small ones:
 - reference > 1000 rows: Wasserstein distance normalised by the pooled standard deviation (numeric) or
   Jensen-Shannon distance (categorical, base 2), drift if ≥ 0.1; PSI over reference-decile bins is reported for
   every numeric feature (0.1 warn, 0.25 alert) and is the verdict for no method;
-- a current window with fewer than ``min_rows`` rows gets the verdict "insufficient data", never "drift";
+- a current window with fewer than ``min_rows`` values gets the verdict "insufficient data", never "drift" on its
+  values; but a feature whose share of missing values moved by ``NULL_SHARE_JUMP`` or more over at least
+  ``min_rows`` rows has drifted (method ``null_share``): a column that went empty is the plainest drift of all;
 - dataset drift when at least half of the features with enough data drift.
 
 Numeric features with at most five distinct reference values are treated as categorical.
@@ -42,6 +44,7 @@ DISTANCE = 0.1
 PSI_WARN, PSI_ALERT = 0.1, 0.25
 DRIFT_SHARE = 0.5
 MIN_ROWS = 500
+NULL_SHARE_JUMP = 0.1  # a feature whose share of missing values moves this much has drifted, whatever its values
 FINE_BINS = 2048
 TAIL_QUANTILE = 0.001
 SAMPLE_ROWS = 50_000
@@ -169,6 +172,9 @@ class FeatureDrift:
     status: DriftStatus
     psi: float | None = None
     p_value: float | None = None
+    # the share of rows without a value, in the reference and in the current window: missingness drifts too
+    null_share_reference: float | None = None
+    null_share_current: float | None = None
 
 
 @dataclass
@@ -318,6 +324,11 @@ def profile(batches: Any, *, columns: list[str] | None = None, rows: int | None 
     def one(c: str) -> NumericProfile | CategoricalProfile:
         if _is_numeric(types[c]):
             whole, sample = _numeric_column(source, c, n)
+            if np.isinf(sample).any() or (whole is not None and np.isinf(whole).any()):
+                raise ValueError(
+                    f"column {c!r} holds infinite values, which drift cannot put in bins: replace them with nulls "
+                    "upstream, or leave the column out of drift (monitoring.drift_exclude)"
+                )
             ordered = np.sort(sample)
             distinct = int(np.count_nonzero(np.diff(ordered))) + 1 if len(ordered) else 0
             if distinct > CATEGORICAL_MAX_UNIQUE:
@@ -502,9 +513,28 @@ def compare(
             method, limit = ("ks" if numeric else "chi_square"), p_value
         else:
             method, limit = ("wasserstein_normed" if numeric else "jensen_shannon"), threshold or DISTANCE
+        rows_ref, rows_cur = n_ref + ref.nulls, n_cur + cur.nulls
+        nulls_ref = round(ref.nulls / rows_ref, 6) if rows_ref else None
+        nulls_cur = round(cur.nulls / rows_cur, 6) if rows_cur else None
+        shares = {"null_share_reference": nulls_ref, "null_share_current": nulls_cur}
+        if (
+            nulls_ref is not None
+            and nulls_cur is not None
+            and rows_cur >= min_rows
+            and abs(nulls_cur - nulls_ref) >= NULL_SHARE_JUMP
+        ):
+            jump = round(abs(nulls_cur - nulls_ref), 6)
+            out.append(
+                FeatureDrift(
+                    name, kind, "null_share", jump, NULL_SHARE_JUMP, True, n_ref, n_cur, DriftStatus.DRIFT, **shares
+                )
+            )
+            continue
         if n_cur < min_rows or n_ref == 0:
             out.append(
-                FeatureDrift(name, kind, method, None, limit, False, n_ref, n_cur, DriftStatus.INSUFFICIENT_DATA)
+                FeatureDrift(
+                    name, kind, method, None, limit, False, n_ref, n_cur, DriftStatus.INSUFFICIENT_DATA, **shares
+                )
             )
             continue
         stat, p, psi_value = None, None, None
@@ -547,6 +577,7 @@ def compare(
                 DriftStatus.DRIFT if drifted else DriftStatus.NO_DRIFT,
                 None if psi_value is None else round(psi_value, 6),
                 None if p is None else float(p),
+                **shares,
             )
         )
     return dataset_verdict(out, min_rows=min_rows, drift_share=drift_share)
