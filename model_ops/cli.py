@@ -8,6 +8,7 @@ saying what is wrong and one saying what to do.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -609,6 +610,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """Where a write ran out of space, when that is what ``exc`` (or what caused it) says: an ``OSError`` with
+    ENOSPC or EDQUOT, or the Delta engine's and S3 client's wrapping of one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return str(seen.filename) if seen.filename else "the device"
+        if any(text in str(seen).lower() for text in _DISK_FULL_TEXT):
+            return "the device"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -629,7 +647,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception:  # a bug: say so plainly, with the traceback for the report
+    except Exception as exc:  # a bug: say so plainly, with the traceback for the report
+        full = _disk_full(exc)
+        if full is not None:
+            print(f"error: no space left on {full}", file=sys.stderr)
+            print(
+                "  hint: free space there and run the command again; what was committed before is intact "
+                "(every write is atomic), and `model-ops fsck` checks it",
+                file=sys.stderr,
+            )
+            return 1
         traceback.print_exc()
         print("error: model-ops failed unexpectedly (a bug); please report the traceback above", file=sys.stderr)
         return 1

@@ -285,3 +285,30 @@ def test_console_script_exit_codes(root: Path, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "error: m has no alias 'nope'" in missing.stderr
     bad = sh("resolve", "not a ref")
     assert bad.returncode == 2 and "hint:" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(28, "No space left on device", "/data/models/artifacts/tmp/abc.part"),
+        RuntimeError("Generic DeltaTable error: Failed to write: No space left on device (os error 28)"),
+    ],
+    ids=["oserror", "wrapped"],
+)
+def test_a_full_disk_is_said_plainly_not_as_a_bug(
+    root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+) -> None:
+    from model_ops.registry import Registry
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(Registry, "register", full)
+    code, _, err = run(capsys, "register", "m", str(model_file(tmp_path, 1.0)))
+    where = "/data/models/artifacts/tmp/abc.part" if isinstance(failure, OSError) else "the device"
+    assert code == 1 and f"error: no space left on {where}" in err and "a bug" not in err
+    assert "Traceback" not in err
