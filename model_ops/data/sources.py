@@ -144,21 +144,21 @@ class SourceTable:
             lo, hi = (_scalar(t, field_type) for t in window)
             col = pads.field(time_column)
             expr = (col >= lo) & (col < hi)
-        before = self.data_version() if self.kind is SourceKind.PARQUET else None
-        first = to_pandas(ds.to_table(columns=present[:1], filter=expr, memory_pool=pool()))
-        if len(first) <= COLUMNWISE_ROWS or len(present) == 1:
+        rows = ds.count_rows(filter=expr)  # the footers alone without a window; the time column with one
+        if rows <= COLUMNWISE_ROWS or len(present) == 1:
             return to_pandas(ds.to_table(columns=present, filter=expr, memory_pool=pool()))
         # A large read, one column at a time: each is converted and its Arrow memory freed before the next is
         # read, so the rows are never held twice (as Arrow and as a frame). Every scan applies the same filter
         # to the same files in the same order, so the columns line up row for row. A Delta table is pinned to one
         # version for the whole read; Parquet files rewritten in place between the scans are caught by their
         # footers.
-        arrays: dict[str, Any] = {present[0]: first[present[0]].array}
-        for name in present[1:]:
+        before = self.data_version() if self.kind is SourceKind.PARQUET else None
+        arrays: dict[str, Any] = {}
+        for name in present:
             arrays[name] = to_pandas(ds.to_table(columns=[name], filter=expr, memory_pool=pool()))[name].array
-            if len(arrays[name]) != len(first):
+            if len(arrays[name]) != rows:
                 raise ModelOpsError(
-                    f"{self.uri} changed while it was being read ({len(first)} rows, then {len(arrays[name])})",
+                    f"{self.uri} changed while it was being read ({rows} rows, then {len(arrays[name])})",
                     hint="run again",
                 )
         if before is not None and self.data_version() != before:
@@ -166,7 +166,7 @@ class SourceTable:
                 f"{self.uri} changed while it was being read (its Parquet files were rewritten)",
                 hint="run again once the delivery is complete",
             )
-        return pd.DataFrame(arrays, index=pd.RangeIndex(len(first)), copy=False)
+        return pd.DataFrame(arrays, index=pd.RangeIndex(rows), copy=False)
 
 
 # Above this many rows a read converts one column at a time (see SourceTable.read).
