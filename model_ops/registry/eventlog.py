@@ -105,7 +105,14 @@ class DeltaCas:
     def try_append(self, data: pa.Table) -> bool:
         """Append iff nobody committed since our snapshot. False means: re-read and try again."""
         try:
-            write_deltalake(self.table, data, mode="append", commit_properties=CommitProperties(max_commit_retries=0))
+            # schema_mode="merge": a table written before a column was added gains it on its next write.
+            write_deltalake(
+                self.table,
+                data,
+                mode="append",
+                schema_mode="merge",
+                commit_properties=CommitProperties(max_commit_retries=0),
+            )
         except CommitFailedError:
             self._dt = None  # the handle may be half-updated; reopen from storage
             return False

@@ -7,6 +7,7 @@ appear together or not at all.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,9 +44,15 @@ SCHEMA = pa.schema(
         pa.field("reason", pa.string()),
         pa.field("run_id", pa.string()),
         pa.field("payload", pa.string()),  # JSON: the full version record, gate results, deployment details
+        # Added after the first release (older tables gain them on their next write, with nulls before):
+        pa.field("identity", pa.string()),  # who the backend proved the writer to be (``actor`` is the claim)
+        pa.field("policy", pa.string()),  # digest of the policy that decided the request
+        pa.field("prev_hash", pa.string()),  # ``hash`` of event seq - 1: the audit log is a hash chain
+        pa.field("hash", pa.string()),  # sha256 over this event's canonical form, prev_hash included
     ]
 )
 COLUMNS = SCHEMA.names
+CHAINED_COLUMNS = ("identity", "policy", "prev_hash", "hash")
 
 
 @dataclass
@@ -63,6 +70,10 @@ class Event:
     reason: str | None = None
     run_id: str | None = None
     payload: str | None = None
+    identity: str | None = None
+    policy: str | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
     # Events read from the table keep their payload in the Arrow column until asked for: opening a registry with
     # 100k versions must not turn 100k JSON documents into Python strings.
     payload_ref: tuple[pa.Array, int] | None = field(default=None, repr=False, compare=False)
@@ -96,6 +107,8 @@ class Event:
             "digest": self.digest,
             "reason": self.reason,
             "run_id": self.run_id,
+            "identity": self.identity,
+            "hash": self.hash,
             "details": self.data if self.kind != REGISTERED else None,
         }
 
@@ -113,7 +126,11 @@ def from_arrow(table: pa.Table) -> list[Event]:
     if table.num_rows == 0:
         return []
     table = table.sort_by("seq")
-    cols = [table.column(name).to_pylist() for name in COLUMNS if name != "payload"]
+    cols = [
+        table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+        for name in COLUMNS
+        if name != "payload"
+    ]
     payloads = table.column("payload").combine_chunks()
     return [
         Event(
@@ -129,6 +146,10 @@ def from_arrow(table: pa.Table) -> list[Event]:
             digest=r[9],
             reason=r[10],
             run_id=r[11],
+            identity=r[12],
+            policy=r[13],
+            prev_hash=r[14],
+            hash=r[15],
             payload_ref=(payloads, i),
         )
         for i, r in enumerate(zip(*cols))
@@ -137,3 +158,37 @@ def from_arrow(table: pa.Table) -> list[Event]:
 
 def utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+GENESIS = "0" * 64  # the prev_hash of the first chained event
+
+
+def _micros(ts: datetime) -> int:
+    delta = utc(ts) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def chain_hash(e: Event) -> str:
+    """The hash that makes the audit log a chain: sha256 over every stored field of the event in a fixed order
+    (``prev_hash`` included, ``hash`` itself excluded). Editing, inserting, deleting or reordering any stored event
+    changes the hash of every event after it, so ``fsck`` can say where the log was altered."""
+    fields = [
+        e.seq,
+        _micros(e.ts),
+        e.model,
+        e.version,
+        e.kind,
+        e.actor,
+        e.key,
+        e.from_value,
+        e.to_value,
+        e.digest,
+        e.reason,
+        e.run_id,
+        e.payload_text(),
+        e.identity,
+        e.policy,
+        e.prev_hash,
+    ]
+    blob = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(b"model_ops event v1\n" + blob.encode()).hexdigest()

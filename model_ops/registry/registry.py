@@ -345,9 +345,12 @@ class Registry:
                 ts = _now()
                 if state.last_ts is not None and ts <= state.last_ts:
                     ts = state.last_ts + timedelta(microseconds=1)
+                prev = state.last_hash or ev.GENESIS
                 for i, e in enumerate(pending):
                     e.seq = state.last_seq + 1 + i
                     e.ts = ts
+                    e.prev_hash = prev
+                    e.hash = prev = ev.chain_hash(e)
                 if self._log.try_append(ev.to_arrow(pending)):
                     state.apply_all(pending)
                     self._state_version = self._log.version

@@ -132,6 +132,7 @@ class RegistryState:
         self.models: dict[str, ModelState] = {}
         self.last_seq = 0
         self.last_ts: datetime | None = None
+        self.last_hash: str | None = None  # the chain hash of event last_seq (None: a log from before the chain)
         self.problems: list[str] = []
         self.production_stage = production_stage
 
@@ -167,6 +168,7 @@ class RegistryState:
         for e in ev.from_arrow(table.filter(pc.invert(is_reg))):
             self._apply_change(e)
         self.last_seq = int(seqs[-1])
+        self.last_hash = table.column("hash")[-1].as_py() if "hash" in table.column_names else None
         newest = ev.utc(pc.max(table.column("ts")).as_py())
         self.last_ts = newest if self.last_ts is None else max(self.last_ts, newest)
 
@@ -215,6 +217,7 @@ class RegistryState:
             self.problems.append(f"event {e.seq} is dated before event {self.last_seq}")
         self.last_seq = e.seq
         self.last_ts = e.ts
+        self.last_hash = e.hash
         if e.kind == ev.REGISTERED:
             m = self.model(e.model)
             if e.version != len(m.versions) + 1:
