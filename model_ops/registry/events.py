@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -163,9 +163,17 @@ def utc(ts: datetime) -> datetime:
 GENESIS = "0" * 64  # the prev_hash of the first chained event
 
 
-def _micros(ts: datetime) -> int:
-    delta = utc(ts) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def micros(ts: datetime) -> int:
+    """Microseconds since the epoch: the stored resolution of ``ts``, exact (no float rounding)."""
+    delta = utc(ts) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
 
 
 def chain_hash(e: Event) -> str:
@@ -174,7 +182,7 @@ def chain_hash(e: Event) -> str:
     changes the hash of every event after it, so ``fsck`` can say where the log was altered."""
     fields = [
         e.seq,
-        _micros(e.ts),
+        micros(e.ts),
         e.model,
         e.version,
         e.kind,

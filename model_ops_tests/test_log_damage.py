@@ -1,0 +1,267 @@
+"""A damaged event log is found, refuses writes, and `fsck --repair` restores it; the audit log is a hash chain.
+
+Each damage is done to the files as an attacker or a broken disk would: the newest commit emptied, stripped of its
+actions, deleted, cut in half, a checkpoint corrupted, a data file removed with its commit; events edited,
+deleted, reordered, and a forged promotion appended with the Delta API (hashes computed correctly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from model_ops.errors import IntegrityError
+from model_ops.registry import Registry
+from model_ops.registry import events as ev
+from model_ops.registry.chain import chain_problems
+from model_ops_tests.helpers import unique_bytes, write_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _registry(root: Path, tmp: Path, n: int = 3) -> Registry:
+    reg = Registry.open(root, actor="alice")
+    for i in range(n):
+        reg.register("m", write_file(tmp / f"src{i}", "m.bin", unique_bytes(f"v{i}")))
+    return reg
+
+
+def _log(root: Path) -> Path:
+    return root / "registry" / "events" / "_delta_log"
+
+
+def _newest(root: Path) -> Path:
+    return sorted(_log(root).glob("*.json"))[-1]
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MODEL_OPS_ACTOR="alice")
+    return subprocess.run(
+        [sys.executable, "-m", "model_ops.cli", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=120,
+    )
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _no_actions(path: Path) -> None:
+    path.write_text(json.dumps({"commitInfo": {"timestamp": 1}}) + "\n")
+
+
+def _deleted(path: Path) -> None:
+    path.unlink()
+
+
+def _half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize(
+    "damage", [_empty, _no_actions, _deleted, _half], ids=["empty", "no-actions", "deleted", "half"]
+)
+def test_damaged_newest_commit_is_found_refuses_writes_and_is_repaired(tmp_path: Path, damage) -> None:
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path)
+    digests = [v.digest for v in reg.versions("m")]
+    damage(_newest(root))
+
+    fsck = _cli(root, "fsck")
+    assert fsck.returncode == 1, fsck.stdout + fsck.stderr
+    assert "commit 3" in fsck.stdout
+    assert "a bug" not in fsck.stderr
+
+    register = _cli(root, "register", "m", str(write_file(tmp_path / "new", "m.bin", unique_bytes("new"))))
+    assert register.returncode == 1, register.stdout + register.stderr
+    assert "repair" in register.stderr and "a bug" not in register.stderr and "Traceback" not in register.stderr
+
+    repaired = _cli(root, "fsck", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "damaged log is kept at" in repaired.stdout
+
+    fresh = Registry.open(root, actor="alice")
+    assert [v.digest for v in fresh.versions("m")] == digests
+    nxt = fresh.register("m", write_file(tmp_path / "next", "m.bin", unique_bytes("next")))
+    assert nxt.version == 4  # never the lost version's number again
+    assert fresh.fsck() == []
+
+
+def test_a_process_holding_state_refuses_to_write_after_the_newest_commit_vanished(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path)
+    reg.versions("m")
+    _newest(root).unlink()
+    with pytest.raises(IntegrityError, match="vanished|missing"):
+        reg.register("m", write_file(tmp_path / "x", "m.bin", unique_bytes("x")))
+    assert len(Registry.open(root).versions("m")) == 2  # nothing was written over the gap
+
+
+def test_lost_commit_and_its_data_file_are_restored_from_the_receipt(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path)
+    digest3 = reg.get("m", 3).digest
+    commit = _newest(root)
+    adds = [json.loads(line)["add"]["path"] for line in commit.read_text().splitlines() if '"add"' in line]
+    commit.unlink()
+    for rel in adds:
+        (root / "registry" / "events" / rel).unlink()
+    report = Registry.open(root, actor="alice").repair(apply=True)
+    assert report["applied"] and report["from_receipts_only"] == [3]
+    assert Registry.open(root).get("m", 3).digest == digest3
+
+
+def test_damaged_checkpoint_is_named_and_repaired(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path, n=1)
+    for i in range(101):  # the log checkpoints every 100 commits
+        reg.set_tag("models:/m/1", "k", str(i))
+    (checkpoint,) = _log(root).glob("*.checkpoint.parquet")
+    data = bytearray(checkpoint.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 64):
+        data[i] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="cannot be read"):
+        Registry.open(root).versions("m")
+    problems = Registry.open(root).fsck()
+    assert any("checkpoint" in p for p in problems) and all("\n" not in p for p in problems)
+    Registry.open(root, actor="alice").repair(apply=True)
+    fresh = Registry.open(root)
+    assert fresh.get("m", 1).tags["k"] == "100"
+    assert fresh.fsck() == []
+
+
+def test_leftover_of_an_unacknowledged_write_is_not_restored(tmp_path: Path) -> None:
+    """A data file written by a writer that died before committing chains onto the tip, but no receipt or commit
+    confirms it: repair must not resurrect a write its caller was never told succeeded."""
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path)
+    tip = reg.audit()[-1]
+    ghost = ev.Event(seq=tip.seq + 1, ts=tip.ts + timedelta(seconds=1), model="m", kind=ev.TAG_SET, actor="alice")
+    ghost.version, ghost.key, ghost.to_value, ghost.prev_hash = 1, "ghost", "1", tip.hash
+    ghost.hash = ev.chain_hash(ghost)
+    import pyarrow.parquet as pq
+
+    pq.write_table(ev.to_arrow([ghost]), root / "registry" / "events" / "part-ghost.parquet")
+    _empty(_newest(root))  # and damage the real tip so that repair runs
+    report = Registry.open(root, actor="alice").repair(apply=True)
+    assert report["unacknowledged_leftovers"] == [tip.seq + 1]
+    assert "ghost" not in Registry.open(root).get("m", 1).tags
+
+
+# ------------------------------------------------------------------------------------------ the hash chain
+
+
+def _rewrite(root: Path, change) -> None:  # type: ignore[no-untyped-def]
+    """Rewrite the events table through the Delta API (an overwrite commit), as someone with raw access could."""
+    uri = str(root / "registry" / "events")
+    rows = DeltaTable(uri).to_pyarrow_table().sort_by("seq").to_pylist()
+    rows = change(rows)
+    write_deltalake(uri, pa.Table.from_pylist(rows, schema=ev.SCHEMA), mode="overwrite")
+
+
+def _chained(root: Path) -> Registry:
+    reg = Registry.open(root, actor="alice")
+    return reg
+
+
+def test_edit_delete_and_reorder_are_named_by_the_chain(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path)
+    reg.set_tag("models:/m/2", "owner", "team-a")
+    assert chain_problems(reg.audit()) == []
+
+    def edit(rows):  # type: ignore[no-untyped-def]
+        rows[3]["to_value"] = "team-b"
+        return rows
+
+    _rewrite(root, edit)
+    found = chain_problems(Registry.open(root).audit())
+    assert any("event 4" in p and "altered" in p for p in found), found
+    assert any("event 4" in p for p in Registry.open(root).fsck())
+
+
+def test_deleted_and_reordered_events_break_the_chain(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _registry(root, tmp_path, n=4)
+    events = Registry.open(root).audit()
+
+    deleted = [e for e in events if e.seq != 2]
+    assert any("does not follow" in p for p in chain_problems(deleted))
+    swapped = list(events)
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    assert any("does not follow" in p for p in chain_problems(swapped))
+
+
+def _forge(root: Path, reg: Registry, **fields) -> None:  # type: ignore[no-untyped-def]
+    """Append one event with a correct chain hash through the Delta API, bypassing the registry's checks."""
+    tip = reg.audit()[-1]
+    forged = ev.Event(seq=tip.seq + 1, ts=tip.ts + timedelta(seconds=1), **fields)
+    forged.prev_hash = tip.hash
+    forged.hash = ev.chain_hash(forged)
+    write_deltalake(str(root / "registry" / "events"), ev.to_arrow([forged]), mode="append", schema_mode="merge")
+
+
+def test_forged_promotion_with_a_valid_chain_is_found_by_the_policy_replay(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "registry").mkdir(parents=True)
+    policy = (REPO / "model_ops" / "registry" / "default_policy.yaml").read_text()
+    policy = policy.replace("    approvals: 0\n", "    approvals: 1\n")
+    (root / "registry" / "policy.yaml").write_text(policy)
+    reg = _registry(root, tmp_path, n=1)
+    reg.transition("models:/m/1", "staging", reason="ready")
+    assert reg.fsck() == []
+    _forge(
+        root,
+        reg,
+        model="m",
+        kind=ev.STAGE_CHANGED,
+        actor="alice",
+        version=1,
+        from_value="staging",
+        to_value="production",
+        reason="forged",
+        payload=json.dumps({"cause": "transition", "gates": {}}),
+    )
+    problems = Registry.open(root).fsck()
+    assert any("gate was not met" in p and "approval" in p for p in problems), problems
+    assert chain_problems(Registry.open(root).audit()) == []  # the chain itself is intact: the replay found it
+
+
+def test_forged_champion_move_is_found(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path, n=2)
+    _forge(
+        root,
+        reg,
+        model="m",
+        kind=ev.ALIAS_SET,
+        actor="alice",
+        version=2,
+        key="champion",
+        to_value="2",
+        reason="forged",
+    )
+    assert any("champion" in p for p in Registry.open(root).fsck())
+
+
+def test_event_appended_without_a_hash_is_found(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path, n=1)
+    tip = reg.audit()[-1]
+    bare = ev.Event(seq=tip.seq + 1, ts=tip.ts + timedelta(seconds=1), model="m", kind=ev.TAG_SET, actor="alice")
+    bare.version, bare.key, bare.to_value = 1, "k", "v"
+    write_deltalake(str(root / "registry" / "events"), ev.to_arrow([bare]), mode="append")
+    assert any("has no hash" in p for p in Registry.open(root).fsck())
