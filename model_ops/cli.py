@@ -451,6 +451,23 @@ def cmd_retention(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(reg: Registry, args: argparse.Namespace) -> int:
+    """``deliver``: POST pending events now (exit 1 if some are still pending); ``status``: what is pending."""
+    from model_ops.registry import webhooks
+
+    dispatcher = webhooks.Dispatcher.for_registry(reg)
+    if args.webhooks_cmd == "deliver":
+        if args.wait < 0:
+            raise UsageError("--wait must be zero or more seconds")
+        reports = dispatcher.deliver(args.names, wait=args.wait)
+    else:
+        reports = dispatcher.status(args.names)
+    config = dispatcher.config()
+    doc = {"config": config.source, "webhooks": [r.to_dict() for r in reports]}
+    _emit(args, doc, webhooks.render(reports, config))
+    return 1 if args.webhooks_cmd == "deliver" and any(r.pending for r in reports) else 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -607,6 +624,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=24.0,
         help="keep unreferenced blobs younger than this (in-flight registrations; default 24)",
     )
+    sp = add("webhooks", cmd_webhooks, "deliver pending event webhooks now, or show what is pending")
+    hooks_sub = sp.add_subparsers(dest="webhooks_cmd", required=True, parser_class=_Parser, metavar="deliver|status")
+    for name, help_text in (
+        ("deliver", "POST pending events now, retrying for up to --wait seconds; exit 1 if some stay pending"),
+        ("status", "pending events, blocked models and the last error of each webhook"),
+    ):
+        hsp = hooks_sub.add_parser(name, help=help_text, description=help_text)
+        hsp.add_argument("names", nargs="*", metavar="NAME", help="webhooks (default: all in webhooks.yaml)")
+        if name == "deliver":
+            hsp.add_argument("--wait", type=float, default=10.0, help="seconds to keep retrying (default 10)")
+        hsp.add_argument("--json", action="store_true", help="print one JSON document")
     return p
 
 
@@ -667,6 +695,9 @@ def entry() -> None:
     skipping interpreter finalisation avoids a rare abort while Arrow's and delta-rs's native thread pools are torn
     down ("terminate called without an active exception", exit 134 instead of the real exit code)."""
     code = main()
+    hooks = sys.modules.get("model_ops.registry.webhooks")
+    if hooks is not None:  # a write started deliveries: give them a moment; the rest stays pending by cursor
+        hooks.flush(hooks.EXIT_FLUSH_SECONDS)
     try:
         sys.stdout.flush()
         sys.stderr.flush()

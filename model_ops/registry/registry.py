@@ -367,6 +367,9 @@ class Registry:
         )
 
     def _after_commit(self) -> None:
+        from model_ops.registry import webhooks
+
+        webhooks.after_commit(self)  # wakes background delivery; never waits for a receiver, never raises
         version = self._log.version
         if version and version % COMPACT_EVERY == 0:
             self._log.maintain()
