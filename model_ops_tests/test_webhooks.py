@@ -187,7 +187,7 @@ def test_every_kind_of_event_is_delivered_signed_and_in_order_after_the_write(
     reg.record("m", "alert", details={"metric": "roc_auc"})
     reg.set_tag("m/1", "owner", "ann")  # not in the default kinds
     reg.record("m", "note", reason="not in the default kinds either")
-    workers = [t for t in threading.enumerate() if t.name.startswith("model_ops webhook")]
+    workers = [t for t in threading.enumerate() if t.name.endswith(f" of {reg.location.uri}")]
     assert len(workers) <= 2, "background delivery is one thread per registry plus one per webhook"
     assert webhooks.flush(WAIT)
 

@@ -581,7 +581,8 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> _Ou
         return _Outcome(False, f"HTTP {e.code}" + (f": {detail}" if detail else ""))
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, refused, timed out, TLS, bad answer
         reason = getattr(e, "reason", None) or e
-        return _Outcome(False, f"could not reach {url}: {reason}", unreachable=True)
+        parts = urllib.parse.urlsplit(url)  # scheme and host only: paths and queries of webhook URLs carry tokens
+        return _Outcome(False, f"could not reach {parts.scheme}://{parts.netloc}: {reason}", unreachable=True)
     if 200 <= status < 300:
         return _Outcome(True)
     return _Outcome(False, f"HTTP {status}")
@@ -1002,7 +1003,7 @@ def _plan(dispatcher: Dispatcher) -> None:
         name = hook.name
         _worker(
             (dispatcher.location.uri, name),
-            f"model_ops webhook {name}",
+            f"model_ops webhook {name} of {dispatcher.location.uri}",
             lambda name=name: lambda: _background_pass(dispatcher, name),  # type: ignore[misc]
         ).kick()
 
@@ -1014,7 +1015,11 @@ def after_commit(registry: Registry) -> None:
         location = registry.location
         if not location.is_s3 and not os.path.exists(os.path.join(location.uri, CONFIG_NAME)):
             return
-        _worker((location.uri, ""), "model_ops webhooks", lambda: _planner(Dispatcher.for_registry(registry))).kick()
+        _worker(
+            (location.uri, ""),
+            f"model_ops webhooks of {location.uri}",
+            lambda: _planner(Dispatcher.for_registry(registry)),
+        ).kick()
     except Exception as e:  # the commit succeeded; delivery will catch up on the next pass
         log.warning("model_ops webhooks: could not start delivery after a commit: %s", e)
 
@@ -1048,7 +1053,7 @@ def render(reports: list[Report], config: Config) -> str:
         if r.skipped:
             lines.append(f"  skipped: {r.skipped}")
         if r.retry_after:
-            lines.append(f"  receiver unreachable; background delivery resumes at {r.retry_after}")
+            lines.append(f"  nothing could be sent; background delivery resumes at {r.retry_after}")
         for model, b in r.blocked.items():
             lines.append(f"  blocked: {model} at event {b['seq']} after {b['attempts']} attempt(s): {b['error']}")
         if r.last_error and not r.blocked:
