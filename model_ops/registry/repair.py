@@ -188,11 +188,13 @@ def recover(registry: Registry) -> dict[str, Any]:
     receipts = Receipts(registry.location)
     from_files, unreadable = _rows_of_files(events_location)
     from_receipts: list[ev.Event] = []
+    confirmed: dict[int, str | None] = {}
     for version in receipts.versions():
         doc = receipts.read(version)
         if doc is not None:
             from_receipts.extend(events_of(doc))
-    confirmed: dict[int, str | None] = {e.seq: e.hash for e in from_receipts}
+            confirmed[int(doc["last_seq"])] = doc["last_hash"]  # also vouched for by a bulk commit's receipt
+    confirmed.update({e.seq: e.hash for e in from_receipts})
     in_receipts = dict(confirmed)
     current = _current_rows(registry)
     confirmed.update(current or [])
