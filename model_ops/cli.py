@@ -171,7 +171,7 @@ def cmd_show(reg: Registry, args: argparse.Namespace) -> int:
         f"  created     {mv.created_at.isoformat()} by {mv.created_by}" + (f" in run {mv.run_id}" if mv.run_id else ""),
         f"  parent      {('v' + str(mv.parent)) if mv.parent else '-'}   bump: {mv.bump.get('level')} ({mv.bump.get('reason')})",
         f"  artifact    {mv.flavor}, {mv.record.get('files')} file(s), {mv.record.get('size')} bytes"
-        + ("  signed" if mv.record.get("artifact_signature") else ""),
+        + ("  signed" if mv.record.get("signing") else ""),
     ]
     for label, value in (
         ("params", mv.params),
@@ -402,6 +402,107 @@ def cmd_fetch(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+_MARKS = {True: "ok  ", False: "FAIL", None: "--  "}
+
+
+def _verifier(args: argparse.Namespace) -> Any:
+    from model_ops.artifacts import signing
+
+    return signing.verifier_from_env(args.public_key)
+
+
+def cmd_verify(reg: Registry, args: argparse.Namespace) -> int:
+    """Every signature of a version, checked with a public key only (no write access to the root needed)."""
+    from model_ops.artifacts import signing
+    from model_ops.registry import attest
+
+    verifier = _verifier(args)
+    if verifier is None:
+        raise UsageError(
+            "no public key to verify with",
+            hint="pass --public-key PEM (your own copy of the registry's public key, or the CA certificate of its "
+            f"signing certificate) or set {signing.PUBLIC_KEY_ENV}",
+        )
+    report = attest.verify_report(reg, args.ref, verifier)
+    lines = [f"{report['ref']}  ({report['semver']}, {report['stage']})  sha256:{report['digest'][:12]}"]
+    if report["key_id"]:
+        lines.append(f"  signed with {report['alg']} key {report['key_id'][:16]}; trusted: {report['trusted']}")
+    lines += [f"  {_MARKS[c['ok']]} {c['check']:<28} {c['detail']}" for c in report["checks"]]
+    lines.append("verified" if report["verified"] else "NOT verified")
+    _emit(args, report, "\n".join(lines))
+    return 0 if report["verified"] else 1
+
+
+def _dependency_line(dep: dict[str, Any]) -> str:
+    digest = ", ".join(f"{k}:{str(v)[:16]}" for k, v in (dep.get("digest") or {}).items())
+    notes = dep.get("annotations") or {}
+    if dep.get("name") == "environment":
+        pkgs = ", ".join(f"{k} {v}" for k, v in sorted((notes.get("packages") or {}).items()))
+        notes = {"python": notes.get("python"), "packages": pkgs}
+    text = "  ".join(str(x) for x in (dep.get("uri"), digest) if x)
+    extra = ", ".join(f"{k} {v}" for k, v in notes.items() if v not in (None, ""))
+    return f"  {str(dep.get('name')):<12} {text}" + (f"  ({extra})" if extra else "")
+
+
+def cmd_provenance(reg: Registry, args: argparse.Namespace) -> int:
+    """A version's in-toto provenance statement, its signature and subject checked; exit 1 unless verified."""
+    from model_ops.registry import attest
+
+    report = attest.provenance_report(reg, args.ref, _verifier(args))
+    statement = report.get("statement") or {}
+    predicate = statement.get("predicate") or {}
+    build, run = predicate.get("buildDefinition") or {}, predicate.get("runDetails") or {}
+    state = "verified" if report["verified"] else "NOT verified" + ("" if report["signed"] else " (unsigned)")
+    lines = [f"{report['ref']}  sha256:{report['digest'][:12]}  provenance {state}"]
+    subjects = statement.get("subject") or []
+    if subjects:
+        first = subjects[0]
+        lines.append(f"  {'subject':<12} {first.get('name')} sha256:{first.get('digest', {}).get('sha256', '')[:12]}")
+        lines.append(f"  {'files':<12} " + ", ".join(str(s.get("name")) for s in subjects[1:]))
+    if build:
+        lines.append(f"  {'type':<12} {statement.get('predicateType')} ({build.get('buildType')})")
+        builder = run.get("builder") or {}
+        invocation = (run.get("metadata") or {}).get("invocationId")
+        job = (build.get("internalParameters") or {}).get("dagster_job")
+        lines.append(
+            f"  {'builder':<12} {builder.get('id')}"
+            + (f", run {invocation}" if invocation else "")
+            + (f", job {job}" if job else "")
+        )
+        lines.append(f"  {'parameters':<12} {json.dumps(build.get('externalParameters') or {}, sort_keys=True)}")
+        lines += [_dependency_line(d) for d in build.get("resolvedDependencies") or []]
+    lines += [f"  problem: {p}" for p in report.get("problems") or []]
+    _emit(args, report, "\n".join(lines))
+    return 0 if report["verified"] else 1
+
+
+def cmd_keygen(_: Registry | None, args: argparse.Namespace) -> int:
+    """A new P-256 signing key (PEM, readable by its owner only) and its public key, neither overwritten."""
+    from model_ops.artifacts import signing
+
+    private = Path(args.private_key)
+    public = Path(args.public_key_out) if args.public_key_out else private.with_name(private.stem + ".pub.pem")
+    for path in (private, public):
+        if path.exists():
+            raise UsageError(f"{path} already exists", hint="keys are never overwritten; choose another path")
+    key, pub, kid = signing.generate_key()
+    try:
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise UsageError(f"cannot create {private}: {e.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    public.write_bytes(pub)
+    doc = {"private_key": str(private), "public_key": str(public), "key_id": kid}
+    human = (
+        f"private key {private} (keep it secret), public key {public}, key id {kid[:16]}\n"
+        f"sign with:   export {signing.KEY_ENV}={private.resolve()}\n"
+        f"verify with: export {signing.PUBLIC_KEY_ENV}={public.resolve()}   (or --public-key)"
+    )
+    _emit(args, doc, human)
+    return 0
+
+
 def cmd_fsck(reg: Registry, args: argparse.Namespace) -> int:
     problems = reg.fsck()
     _emit(
@@ -559,6 +660,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("fetch", cmd_fetch, "download a version's artifact to DEST, verifying every byte")
     sp.add_argument("ref")
     sp.add_argument("dest")
+    key_help = "PEM public key(s) or CA certificate(s) to trust (default $MODEL_OPS_PUBLIC_KEY, else the signer's)"
+    sp = add(
+        "verify",
+        cmd_verify,
+        "check every signature of a version with a public key only: the whole version record, the OpenSSF Model "
+        "Signing bundle against a fetched copy of the files, the provenance and the attachments; exit 1 unless all hold",
+    )
+    sp.add_argument("ref")
+    sp.add_argument("--public-key", help=key_help)
+    sp = add(
+        "provenance",
+        cmd_provenance,
+        "print a version's in-toto (SLSA) provenance statement and check its signature and subject; exit 1 unless "
+        "verified",
+    )
+    sp.add_argument("ref")
+    sp.add_argument("--public-key", help=key_help)
+    sp = add("keygen", cmd_keygen, "make a P-256 signing key pair for MODEL_OPS_SIGNING_KEY and MODEL_OPS_PUBLIC_KEY")
+    sp.set_defaults(no_registry=True)
+    sp.add_argument("private_key", help="where to write the private key (PEM, mode 0600)")
+    sp.add_argument("--public-key-out", help="where to write the public key (default PRIVATE.pub.pem)")
     sp = add(
         "drift",
         cmd_drift,

@@ -2,7 +2,8 @@
 by its input signature.
 
 ``load("models:/churn@champion")`` resolves the reference in the registry (so an alias that moved is followed),
-checks the version's signature when a key is set, and takes the artifact's files from the local cache, fetching
+checks the version's signatures (required where the policy's ``require_signature`` lists its stage, and checked
+whenever a key is at hand: see ``model_ops.registry.attest``), and takes the artifact's files from the local cache, fetching
 them (verified) from the artifact store the first time. The cache is keyed by manifest digest, so it is shared by
 every root and never stale; each load re-hashes the cached files against the manifest, and an entry that does not
 match is thrown away and fetched again, never used.

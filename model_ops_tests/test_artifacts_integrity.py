@@ -212,7 +212,9 @@ def test_signed_registry(root: Path, tmp_path: Path, signed_policy: Path, monkey
 
     monkeypatch.setenv("MODEL_OPS_SIGNING_KEY", KEY_A)
     mv = reg.register_model("m", model)
-    assert mv.record["artifact_signature"]["key_id"] == key_id(KEY_A.encode())
+    # A shared secret (not a PEM key) keeps signing as before, now the whole version record (model_ops.registry.attest)
+    assert mv.record["signing"]["key_id"] == key_id(KEY_A.encode())
+    assert mv.record["signing"]["alg"] == "hmac-sha256"
     np.testing.assert_array_equal(reg.load_model(mv.ref).predict(X), model.predict(X))
     assert (reg.fetch(mv.ref, tmp_path / "a") / "model.skops").read_bytes() == sklearn_io.dumps(model)
     assert Registry.open(root, policy=signed_policy).fsck() == []

@@ -34,7 +34,13 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     def _candidate(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
         snap = model_ops.dataset(spec.name, "training_set")
         registry = model_ops.get_registry()
-        made = candidates.train_and_register(registry, snap, typed_spec(spec, snap), run_id=context.run.run_id)
+        made = candidates.train_and_register(
+            registry,
+            snap,
+            typed_spec(spec, snap),
+            run_id=context.run.run_id,
+            lineage={"dagster_job": context.run.job_name},  # the builder of the version's provenance
+        )
         mv, trained, window, version = made.version, made.trained, made.window, made.snapshot_version
         card = model_card.render(typed_spec(spec, snap), mv)
         context.log.info(f"{spec.name}: {mv.ref} ({mv.semver}, {mv.stage}) sha256:{mv.digest[:12]}")

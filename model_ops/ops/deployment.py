@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from model_ops.errors import NotFoundError, PolicyError, UsageError
-from model_ops.registry import Registry
+from model_ops.registry import Registry, attest
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import DeployAction, RecordKind
 
@@ -132,6 +132,7 @@ def _deploy(r: _Request) -> _Outcome:
     if target in (before.production, before.canary):
         role = "production" if target == before.production else "the canary"
         return r.unchanged(f"v{target} already serves as {role}; nothing changed")
+    attest.require_deployable(reg, name, target)  # before anything moves, so a refusal leaves nothing half-done
     if before.production is None:
         reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=r.why, run_id=r.run_id)
         return (
@@ -199,6 +200,9 @@ def _rollback(r: _Request) -> _Outcome:
             before.canary,
             f"canary v{before.canary} rolled back; production v{before.production} serves all traffic",
         )
+    target = r.version or reg.rollback_target(name)
+    if target is not None:
+        attest.require_deployable(reg, name, target)
     mv = reg.rollback(name, to=r.version, reason=why, run_id=r.run_id)
     after = replace(
         before,
@@ -216,6 +220,7 @@ def _shadow_on(r: _Request) -> _Outcome:
         raise PolicyError(f"v{target} is in production; a shadow must be another version")
     if target == before.shadow:
         return r.unchanged(f"v{target} already runs in shadow; nothing changed")
+    attest.require_deployable(r.reg, r.name, target)  # a shadow is loaded and run on live traffic
     return replace(before, shadow=target), target, f"v{target} now scores in shadow (never served)"
 
 

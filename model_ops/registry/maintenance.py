@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model_ops.artifacts import signing
 from model_ops.errors import IntegrityError
+from model_ops.registry import attest
 from model_ops.registry import events as ev
 from model_ops.registry.eventlog import DeltaCas, EventLog
 from model_ops.registry.state import RegistryState
@@ -85,19 +85,14 @@ def fsck(registry: Registry) -> list[str]:
         return [f"the event log at {registry.location.child('events')} cannot be read: {e}"]
     problems.extend(state.problems)
     checked: dict[str, list[str]] = {}
-    key = signing.signing_key()
+    signatures = attest.FsckSignatures(registry)
     for m in state.models.values():
         for vs in m.versions:
             if vs.digest not in checked:
                 checked[vs.digest] = artifacts.check(vs.digest)
             for p in checked[vs.digest]:
                 problems.append(f"{m.name} v{vs.version}: {p}")
-            sig = vs.record.get("artifact_signature")
-            if policy.require_signed_artifacts or (sig and key):
-                try:
-                    signing.verify(vs.digest, sig, key, what=f"{m.name} v{vs.version}")
-                except IntegrityError as e:
-                    problems.append(e.message)
+            problems.extend(signatures.check(m, vs))  # record, OMS bundle, provenance, attachments: attest.py
         for alias, number in m.aliases.items():
             if m.get(number) is None:
                 problems.append(f"{m.name}: alias {alias} points at missing version {number}")

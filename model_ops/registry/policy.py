@@ -118,6 +118,9 @@ class Policy(_Strict):
     retention: Retention = Field(default_factory=Retention)
     four_eyes: bool = True
     require_signed_artifacts: bool = False
+    # Stages whose versions must carry valid signatures (model_ops.registry.attest): checked at load and fetch, on
+    # entering the stage, and, for the production stage, on deployment. require_signed_artifacts means every stage.
+    require_signature: list[str] = Field(default_factory=list)
     access: Access = Field(default_factory=Access)
     source: str = "default"
 
@@ -145,6 +148,9 @@ class Policy(_Strict):
         for stage in self.gates:
             if stage not in known:
                 problems.append(f"gates.{stage} is not one of stages {self.stages}")
+        for stage in self.require_signature:
+            if stage not in known:
+                problems.append(f"require_signature names {stage!r}, which is not one of stages {self.stages}")
         if "retention" in self.model_fields_set:
             problems += self._retention_problems()
         else:
@@ -198,6 +204,10 @@ class Policy(_Strict):
 
     def allowed_targets(self, stage: str) -> list[str]:
         return list(self.transitions.get(stage, []))
+
+    def signature_required(self, stage: str) -> bool:
+        """Whether versions in ``stage`` must carry valid signatures (see ``require_signature``)."""
+        return self.require_signed_artifacts or stage in self.require_signature
 
     def retention_days(self, stage: str, staging_override: float | None = None) -> float | None:
         """The retention period of ``stage`` in days (None: it never expires), with a model's override of the

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -37,8 +38,8 @@ from model_ops.errors import (
     UsageError,
 )
 from model_ops.location import Location, resolve_root
+from model_ops.registry import attest, inputs, maintenance
 from model_ops.registry import events as ev
-from model_ops.registry import inputs, maintenance
 from model_ops.registry import semver as sv
 from model_ops.registry.environment import default_actor, environment, git_commit
 from model_ops.registry.eventlog import COMPACT_EVERY, EventLog
@@ -536,24 +537,84 @@ class Registry:
         if not entries:
             return []
         self._authorize("register", name, run_id=run_id)
-        key = signing.signing_key()
-        if self.policy.require_signed_artifacts and key is None:
+        signer = signing.signer_from_env()
+        if signer is None and self.policy.signature_required(self.policy.initial_stage):
             raise UsageError(
-                "this registry requires signed artifacts and MODEL_OPS_SIGNING_KEY is not set",
-                hint="set MODEL_OPS_SIGNING_KEY to the registry's signing key",
+                f"this registry requires signatures in {self.policy.initial_stage}, where new versions start, and "
+                f"{signing.KEY_ENV} is not set; nothing was registered",
+                hint=f"set {signing.KEY_ENV} to the registry's signing key (a PEM private key)",
             )
         prepared = [inputs.registration(e) for e in entries]  # validates everything before storing anything
-        sources: list[tuple[str, Any, Any]] = []
+        effective_run = run_id or os.environ.get(RUN_ID_ENV) or None
+        sources: list[tuple[str, Callable[[], Any]]] = []
         for item in prepared:
             path, flavor = item.pop("path"), item.pop("flavor")
             stored = self.artifacts.put(path, flavor)
-            sources.append((stored.digest, path, flavor))
+            sources.append((stored.digest, functools.partial(self.artifacts.put, path, flavor)))
             item["digest"], item["manifest"] = stored.digest, stored.manifest
-            item["artifact_signature"] = signing.sign(stored.digest, key) if key else None
-        versions = self._commit(lambda state: self._build_registrations(state, name, prepared, run_id))
-        for digest, path, flavor in sources:
-            self._still_stored(digest, functools.partial(self.artifacts.put, path, flavor))
+            item["lineage"] = {
+                "code_version": None,
+                "git_commit": git_commit(),
+                "environment": environment(),
+                "seed": None,
+                "estimator": None,
+                **item["lineage"],
+            }
+            item["trust"] = None
+            if signer is not None and not self._registered(name, stored.digest):
+                item["trust"], stored_too = self._sign_artifact(signer, name, path, item, effective_run)
+                sources.extend(stored_too)
+        versions = self._commit(lambda state: self._build_registrations(state, name, prepared, run_id, signer))
+        for digest, put_again in sources:
+            self._still_stored(digest, put_again)
         return versions
+
+    def _registered(self, name: str, digest: str) -> bool:
+        with self._lock:
+            m = self._sync().models.get(name)
+            return m is not None and digest in m.by_digest
+
+    def _put_bytes(self, filename: str, data: bytes) -> Any:
+        with tempfile.TemporaryDirectory(prefix="model_ops_attach_") as tmp:
+            path = Path(tmp) / filename
+            path.write_bytes(data)
+            return self.artifacts.put(path)
+
+    def _sign_artifact(
+        self, signer: signing.Signer, name: str, path: Any, item: dict[str, Any], run_id: str | None
+    ) -> tuple[dict[str, tuple[str, int]], list[tuple[str, Callable[[], Any]]]]:
+        """The OMS bundle of one artifact's files and its signed provenance statement, stored in the artifact
+        store beside it: (label -> (digest, size), how to store each again). Made once, before the commit loop:
+        hashing the files and storing blobs do not belong in a loop that may run many times; neither depends on
+        the version number (the version record's own signature, which does, is made in the loop)."""
+        manifest = item["manifest"]
+        bundle = attest.oms_bundle(signer, Path(path), manifest)
+        statement = attest.provenance_statement(
+            model=name,
+            digest=item["digest"],
+            manifest=manifest,
+            params=item["params"],
+            dataset=item["dataset"],
+            lineage=item["lineage"],
+            flavor=manifest.flavor,
+            run_id=run_id,
+            actor=self.actor,
+            lock=attest.lockfile(),
+        )
+        envelope = json.dumps(signing.envelope(signing.canonical(statement), signer), indent=2).encode()
+        trust: dict[str, tuple[str, int]] = {}
+        again: list[tuple[str, Callable[[], Any]]] = []
+        for label, filename, data in (
+            (attest.OMS_LABEL, signing.OMS_FILE, bundle),
+            (attest.PROVENANCE_LABEL, attest.PROVENANCE_FILE, envelope),
+        ):
+            if data is None:
+                continue
+            put = functools.partial(self._put_bytes, filename, data)
+            digest = put().digest
+            trust[label] = (digest, len(data))
+            again.append((digest, put))
+        return trust, again
 
     def _still_stored(self, digest: str, put_again: Callable[[], Any]) -> None:
         """After a commit that references ``digest``: its blobs are all in the store, stored again from the
@@ -571,7 +632,12 @@ class Registry:
             )
 
     def _build_registrations(
-        self, state: RegistryState, name: str, prepared: list[dict[str, Any]], run_id: str | None
+        self,
+        state: RegistryState,
+        name: str,
+        prepared: list[dict[str, Any]],
+        run_id: str | None,
+        signer: signing.Signer | None = None,
     ) -> tuple[list[ev.Event], Callable[[], list[ModelVersion]]]:
         m = state.models.get(name) or ModelState(name)
         count = len(m.versions)
@@ -602,25 +668,32 @@ class Registry:
                 "metrics": item["metrics"],
                 "dataset": item["dataset"],
                 "signature": item["signature"],
-                "lineage": {
-                    "code_version": None,
-                    "git_commit": git_commit(),
-                    "environment": environment(),
-                    "seed": None,
-                    "estimator": None,
-                    **item["lineage"],
-                },
+                "lineage": item["lineage"],  # with the defaults filled in by register_many
                 "parent": parent_no,
                 "flavor": manifest.flavor,
                 "size": manifest.total_size,
                 "files": len(manifest.files),
                 "description": item["description"],
-                "artifact_signature": item["artifact_signature"],
             }
             level, why = sv.classify(parent[0] if parent else None, record)
             semver = sv.bump(level, parent[1] if parent else None, used)
             record["bump"] = {"level": level, "reason": why, "from": parent[1] if parent else None}
             count += 1
+            trust: dict[str, tuple[str, int]] = item["trust"] or {}
+            if signer is not None:
+                # Here, not before the loop: the signature covers the number and semver this attempt assigns.
+                record["signing"] = attest.sign_version(
+                    signer,
+                    oms=trust.get(attest.OMS_LABEL, (None, 0))[0],
+                    provenance=trust.get(attest.PROVENANCE_LABEL, (None, 0))[0],
+                    model=name,
+                    version=count,
+                    semver=semver,
+                    digest=item["digest"],
+                    created_by=self.actor,
+                    run_id=run_id or os.environ.get(RUN_ID_ENV) or None,
+                    record=record,
+                )
             used.add(semver)
             digests[item["digest"]] = count
             fresh[count] = (record, semver)
@@ -637,6 +710,19 @@ class Registry:
                     run_id=run_id,
                     payload=record,
                 )
+            )
+            out.extend(
+                self._event(
+                    name,
+                    ev.ATTACHMENT,
+                    version=count,
+                    key=label,
+                    digest=digest,
+                    reason=attest.ATTACHED_REASON[label],
+                    run_id=run_id,
+                    payload={"bytes": size},
+                )
+                for label, (digest, size) in sorted(trust.items())
             )
             out.extend(
                 self._event(
@@ -704,6 +790,9 @@ class Registry:
                     f"{m.name} v{vs.version} cannot move from {vs.stage} to {stage}",
                     hint=f"from {vs.stage} the policy allows: " + (", ".join(allowed) or "nothing"),
                 )
+            # Unsigned or badly signed: refused where the stage requires signatures (a bad signature anywhere a
+            # key is at hand). PolicyError, naming the version and what is missing; nothing is written.
+            attest.enforce(self, self._mv(m, vs), purpose=f"cannot enter {stage}", stage=stage, error=PolicyError)
             gates = gate_results(self.policy, self.actor, m, vs, stage)
             payload: dict[str, Any] = {"gates": gates, "cause": "transition"}
             replacing = stage == prod.stage and m.production is not None and m.production != vs.version
@@ -1025,6 +1114,9 @@ class Registry:
         payload = inputs.json_obj(details, "details")
         if version is not None:
             self.get(name, version)
+        if kind == "deployment":  # what a deployment puts in front of traffic meets production's signature rule
+            for number in attest.deployment_versions(version, payload):
+                attest.require_deployable(self, name, number)
         self._authorize("deploy" if kind == "deployment" else "record", name, version, run_id)
         event = self._event(name, kind, version=version, reason=reason, run_id=run_id, payload=payload)
         return self._commit(lambda state: ([event], lambda: event))
@@ -1034,22 +1126,44 @@ class Registry:
     ) -> ev.Event:
         """Keep ``data`` beside a version (its drift reference profile, a report) in the artifact store, verified
         on read like the model itself, and record it in the audit log. ``gc`` keeps every attached blob and
-        ``fsck`` checks them. Attaching the same bytes again records nothing new."""
+        ``fsck`` checks them. Attaching the same bytes again records nothing new.
+
+        With a signing key the attachment is signed, bound to this model, version (and its digest) and label, so
+        one swapped in from elsewhere is refused on read. A version that is signed, or whose stage requires
+        signatures, takes only signed attachments: an unsigned one could not be told from a stripped one."""
         check_name(name)
         check_alias(label)
-        self.get(name, version)
+        if label in attest.RESERVED_LABELS:
+            raise UsageError(
+                f"attachment label {label!r} is kept for the signatures made at registration", hint="choose another"
+            )
+        mv = self.get(name, version)
+        signer = signing.signer_from_env()
+        if signer is None and (
+            self.policy.signature_required(mv.stage) or isinstance(mv.record.get("signing"), Mapping)
+        ):
+            raise PolicyError(
+                f"{mv.ref} is signed or in a stage that requires signatures, so its attachments must be signed, "
+                f"and {signing.KEY_ENV} is not set; nothing was attached",
+                hint=f"set {signing.KEY_ENV} to the registry's signing key",
+            )
         self._authorize("record", name, version, run_id)
         current = self._attachment_event(name, version, label)
-
-        def put() -> Any:
-            with tempfile.TemporaryDirectory(prefix="model_ops_attach_") as tmp:
-                path = Path(tmp) / label
-                path.write_bytes(data)
-                return self.artifacts.put(path)
-
+        put = functools.partial(self._put_bytes, label, data)
         stored = put()
-        if current is not None and current.digest == stored.digest:
+        if current is not None and current.digest == stored.digest and (signer is None or "signing" in current.data):
             return current
+        payload: dict[str, Any] = {"bytes": len(data)}
+        if signer is not None:
+            payload["signing"] = attest.sign_attachment(
+                signer,
+                model=name,
+                version=version,
+                version_digest=mv.digest,
+                label=label,
+                digest=stored.digest,
+                size=len(data),
+            )
         event = self._event(
             name,
             ev.ATTACHMENT,
@@ -1058,7 +1172,7 @@ class Registry:
             digest=stored.digest,
             reason=reason or f"{label} attached",
             run_id=run_id,
-            payload={"bytes": len(data)},
+            payload=payload,
         )
         committed = self._commit(lambda state: ([event], lambda: event))
         self._still_stored(stored.digest, put)
@@ -1072,26 +1186,54 @@ class Registry:
         return found
 
     def attachment(self, name: str, version: int, label: str) -> bytes | None:
-        """The newest bytes attached to ``name`` v``version`` under ``label`` (verified), or None."""
+        """The newest bytes attached to ``name`` v``version`` under ``label`` (verified, and its signature checked
+        as the version's would be: see :func:`model_ops.registry.attest.enforce_attachment`), or None."""
         event = self._attachment_event(name, version, label)
-        return None if event is None or event.digest is None else self.artifacts.read_file(event.digest)
+        if event is None or event.digest is None:
+            return None
+        attest.enforce_attachment(self, self.get(name, version), event)
+        return self.artifacts.read_file(event.digest)
 
     def _attached_digests(self) -> list[str]:
         return [e.digest for e in self.audit() if e.kind == ev.ATTACHMENT and e.digest]
 
     # ------------------------------------------------------------------ artifacts
 
-    def verify_signature(self, mv: ModelVersion) -> None:
-        sig = mv.record.get("artifact_signature")
-        key = signing.signing_key()
-        if self.policy.require_signed_artifacts or (sig and key):
-            signing.verify(mv.digest, sig, key, what=f"{mv.ref} (digest {mv.digest[:12]})")
+    def verify_signature(self, mv: ModelVersion, *, purpose: str = "cannot be loaded") -> signing.Verifier | None:
+        """Refuse ``mv`` (IntegrityError) unless its signatures hold where its stage requires them, and wherever
+        a key is at hand when it is signed (:func:`model_ops.registry.attest.enforce`). Returns the verifier when
+        they were checked. Cheap: the record, the OMS bundle and the provenance are small, and nothing is
+        re-hashed; the files are verified against the signed digest by the store as they are read."""
+        return attest.enforce(self, mv, purpose=purpose)
 
     def fetch(self, ref: str | Ref, dest: str | os.PathLike[str]) -> Path:
-        """Download a version's artifact to ``dest``, verifying every byte (and its signature, per policy)."""
+        """Download a version's artifact to ``dest``, verifying every byte (and its signature, per policy).
+
+        A signed version whose signatures were checked is also verified as a downloaded model would be: the OMS
+        bundle against the fetched copy, with ``model_signing``, in a staging directory beside ``dest``; nothing
+        appears at ``dest`` unless that holds."""
         mv = self.resolve(ref)
-        self.verify_signature(mv)
-        return self.artifacts.fetch(mv.digest, dest)
+        verifier = self.verify_signature(mv, purpose="cannot be fetched")
+        block = mv.record.get("signing")
+        if verifier is None or not isinstance(block, Mapping) or not block.get("oms"):
+            return self.artifacts.fetch(mv.digest, dest)
+        manifest = self.artifacts.manifest(mv.digest)
+        dest = Path(dest)
+        target = dest / manifest.files[0].path if manifest.kind == "file" and dest.is_dir() else dest
+        if target.exists() and (manifest.kind == "file" or not target.is_dir() or any(target.iterdir())):
+            raise UsageError(f"{target} already exists", hint="choose a new destination or remove it first")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.verify-", dir=target.parent))
+        try:
+            copy = self.artifacts.fetch(mv.digest, staging / target.name)
+            bundle = self.artifacts.read_file(str(block["oms"]), signing.OMS_FILE)
+            verifier.oms_verify(copy, bundle, str(block["key_id"]), f"the OMS bundle of {mv.ref}")
+            if target.is_dir():
+                target.rmdir()  # empty, checked above
+            os.replace(copy, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
 
     def load_model(self, ref: str | Ref, *, trusted: list[str] | tuple[str, ...] = ()) -> Any:
         """Load a version of any model flavor ready to predict: every byte verified against its digest, the
@@ -1101,12 +1243,12 @@ class Registry:
         from model_ops.ml import flavors
 
         mv = self.resolve(ref)
+        self.verify_signature(mv)  # first: nothing a record claims (its flavor …) is acted on before it is checked
         if mv.flavor not in (FLAVOR_SKOPS, *flavors.FLAVORS):
             raise UsageError(
                 f"{mv.ref} is a {mv.flavor!r} artifact, not a model model_ops can load",
                 hint="use fetch() to get its files",
             )
-        self.verify_signature(mv)
         manifest = self.artifacts.manifest(mv.digest)
         files = {f.path: self.artifacts.blobs.read_bytes(f.sha256) for f in manifest.files}
         return flavors.load(files, trusted=trusted, flavor=manifest.flavor, what=mv.ref)
