@@ -790,9 +790,10 @@ class Registry:
                     f"{m.name} v{vs.version} cannot move from {vs.stage} to {stage}",
                     hint=f"from {vs.stage} the policy allows: " + (", ".join(allowed) or "nothing"),
                 )
-            # Unsigned or badly signed: refused where the stage requires signatures (a bad signature anywhere a
-            # key is at hand). PolicyError, naming the version and what is missing; nothing is written.
-            attest.enforce(self, self._mv(m, vs), purpose=f"cannot enter {stage}", stage=stage, error=PolicyError)
+            # Unsigned or badly signed: refused entry to a stage that requires signatures (PolicyError, naming the
+            # version and what is missing; nothing is written). Moving a bad version out of the way stays possible.
+            if self.policy.signature_required(stage):
+                attest.enforce(self, self._mv(m, vs), purpose=f"cannot enter {stage}", stage=stage, error=PolicyError)
             gates = gate_results(self.policy, self.actor, m, vs, stage)
             payload: dict[str, Any] = {"gates": gates, "cause": "transition"}
             replacing = stage == prod.stage and m.production is not None and m.production != vs.version
