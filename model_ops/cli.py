@@ -577,8 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--root", help="registry root: a path or s3://bucket/prefix (default $MODEL_OPS_ROOT or ./.model_ops)"
     )
-    p.add_argument("--actor", help="who is acting (default $MODEL_OPS_ACTOR or the OS user)")
-    p.add_argument("--policy", help="policy YAML (default $MODEL_OPS_POLICY, <root>/registry/policy.yaml, built-in)")
+    p.add_argument(
+        "--actor",
+        help="the name to act under (default $MODEL_OPS_ACTOR, else your proven identity: the OS user, or the "
+        "AWS caller on S3); another name than your own needs the impersonate verb",
+    )
+    p.add_argument(
+        "--policy",
+        help="a policy YAML that narrows the root's <root>/registry/policy.yaml (default $MODEL_OPS_POLICY); "
+        "it can only take permissions away",
+    )
     p.add_argument("--version", action="version", version=f"model-ops {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 

@@ -180,7 +180,11 @@ def test_policy_in_the_root_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_approval_gate_counts_other_people_only(tmp_path: Path) -> None:
-    path = policy_file(tmp_path, {"    approvals: 0": "    approvals: 2"})
+    # One OS user plays alice, bob and carol here, so the gate counts names ("claimed"): the root's policy must say
+    # so (a --policy file can only make four-eyes stricter). Counting proven identities is in test_access.py.
+    path = policy_file(tmp_path, {"    approvals: 0": "    approvals: 2", "four_eyes: true": "four_eyes: claimed"})
+    (tmp_path / "root" / "registry").mkdir(parents=True)
+    (tmp_path / "root" / "registry" / "policy.yaml").write_bytes(path.read_bytes())
     alice = Registry.open(tmp_path / "root", actor="alice", policy=path)
     alice.register("m", blob(tmp_path, "x"))
     alice.transition("models:/m/1", "staging", reason="r")
@@ -194,7 +198,7 @@ def test_approval_gate_counts_other_people_only(tmp_path: Path) -> None:
     mv = alice.transition("models:/m/1", "production", reason="ship")
     assert mv.stage == "production"
     gates = [e for e in alice.audit("m") if e.kind == "stage_changed" and e.to_value == "production"][0].data["gates"]
-    assert gates["approvals"] == {"required": 2, "given": ["bob", "carol"]}
+    assert gates["approvals"] == {"required": 2, "given": ["bob", "carol"], "not_counted": ["alice (the mover)"]}
 
 
 def test_metric_gate(tmp_path: Path) -> None:

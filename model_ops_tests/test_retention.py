@@ -67,6 +67,14 @@ def policy_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def governed_by(root: Path, text: str) -> Path:
+    """``root`` with ``text`` as its own policy: stages, production rules and retention are the root's policy's
+    alone (a --policy file can only narrow access, transitions and gates)."""
+    (root / "registry").mkdir(parents=True, exist_ok=True)
+    (root / "registry" / "policy.yaml").write_text(text)
+    return root
+
+
 def edit(text: str, *pairs: tuple[str, str]) -> str:
     for old, new in pairs:
         assert old in text, old
@@ -113,7 +121,7 @@ def test_the_spec_overrides_the_staging_period(reg, tmp_path) -> None:  # type: 
 
 def test_a_production_version_that_stopped_serving_expires_after_the_production_period(tmp_path) -> None:
     text = edit(default_policy_text(), ("replaced_goes_to: archived", "replaced_goes_to: staging"))
-    reg = Registry.open(tmp_path / "root", actor="tester", policy=policy_file(tmp_path, text))
+    reg = Registry.open(governed_by(tmp_path / "root", text), actor="tester")
     old, new = register(reg, tmp_path, 2, "staging")
     reg.transition(f"models:/churn/{old}", "production", reason="first")
     reg.transition(f"models:/churn/{new}", "production", reason="better")  # old is demoted to staging
@@ -139,7 +147,7 @@ def test_an_expired_version_the_transitions_cannot_archive_is_kept_and_reported(
         ("staging: [production, development, archived]", "staging: [production, development]"),
         ("    staging: 60\n", ""),
     )
-    reg = Registry.open(tmp_path / "root", actor="tester", policy=policy_file(tmp_path, text))
+    reg = Registry.open(governed_by(tmp_path / "root", text), actor="tester")
     old, new = register(reg, tmp_path, 2, "staging")
     reg.transition(f"models:/churn/{old}", "production", reason="first")
     reg.transition(f"models:/churn/{new}", "production", reason="better")
@@ -254,7 +262,7 @@ retention:
 
 
 def test_stage_names_come_from_the_policy(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    reg = Registry.open(tmp_path / "root", actor="tester", policy=policy_file(tmp_path, CUSTOM_POLICY))
+    reg = Registry.open(governed_by(tmp_path / "root", CUSTOM_POLICY), actor="tester")
     draft, review = register(reg, tmp_path, 2)
     reg.transition(f"models:/churn/{review}", "review", reason="r")
     plan = retention.plan(reg, with_staging_days(3), now=later(4))
@@ -286,13 +294,13 @@ def test_a_retention_section_that_does_not_hold_together_fails_to_load(tmp_path,
 def test_a_policy_without_a_retention_section_gets_the_defaults_it_can_carry_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
     text = default_policy_text()
     text = text[: text.index("retention:")] + text[text.index("# Approvals") :]
-    reg = Registry.open(tmp_path / "root", policy=policy_file(tmp_path, text))
+    reg = Registry.open(governed_by(tmp_path / "root", text))
     assert reg.policy.retention.days == {"development": 30, "staging": 60, "production": 180}
     custom = CUSTOM_POLICY[: CUSTOM_POLICY.index("retention:")]
-    reg = Registry.open(tmp_path / "root2", policy=policy_file(tmp_path, custom))  # no stage named archived
+    reg = Registry.open(governed_by(tmp_path / "root2", custom))  # no stage named archived
     assert reg.policy.retention.days == {} and reg.policy.retention.staging_stage is None
     no_dev_archive = edit(text, ("development: [staging, archived]", "development: [staging]"))
-    reg = Registry.open(tmp_path / "root3", policy=policy_file(tmp_path, no_dev_archive))
+    reg = Registry.open(governed_by(tmp_path / "root3", no_dev_archive))
     assert reg.policy.retention.days == {"staging": 60, "production": 180}
 
 

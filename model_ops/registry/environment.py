@@ -7,7 +7,6 @@ Captured once per process (it does not change while a process runs) and recorded
 from __future__ import annotations
 
 import functools
-import getpass
 import os
 import platform
 import subprocess
@@ -53,10 +52,11 @@ def git_commit() -> str | None:
 
 
 def default_actor() -> str:
-    actor = os.environ.get(ACTOR_ENV)
-    if actor:
-        return actor
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid-{os.getuid()}"
+    """The actor name of a local process: ``$MODEL_OPS_ACTOR`` (a claim), else the OS user of the effective uid.
+
+    Not ``getpass.getuser()``: that reads ``$USER`` and ``$LOGNAME`` first, which anyone sets at will. The
+    registry itself uses the proven identity (``identity.py``) when nothing is claimed; this is for callers that
+    want the same name without opening a registry."""
+    from model_ops.registry.identity import local_user
+
+    return os.environ.get(ACTOR_ENV) or local_user()

@@ -3,11 +3,15 @@
 Both are pure functions of the folded state and the policy, so ``Registry.transition`` can run them inside its
 compare-and-swap loop: on a lost race they are evaluated again against the newer state, so an approval or a new
 production version committed in the meantime is part of the verdict.
+
+Four-eyes counts people, not names: with the shipped setting (``four_eyes: true``, i.e. "proven") approvals are
+counted by the identity the backend proved (see ``identity.py``), so one person approving under two actor names
+counts once, and never for their own move.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from model_ops.bounds import Bound
@@ -17,9 +21,12 @@ from model_ops.registry.semver import outputs_key
 from model_ops.registry.state import ModelState, VersionState
 
 
-def gate_results(policy: Policy, actor: str, m: ModelState, vs: VersionState, stage: str) -> dict:
+def gate_results(
+    policy: Policy, actor: str, m: ModelState, vs: VersionState, stage: str, *, identity: str | None = None
+) -> dict:
     """What ``stage``'s gate found for ``vs`` (recorded in the stage change's data), or PolicyError naming every
-    unmet condition at once. With ``four_eyes`` the actor's own approval does not count.
+    unmet condition at once. ``actor`` is the claimed name of whoever makes the move, ``identity`` the one the
+    backend proved (None: not known, as for events written before identities were recorded).
 
     The metric check is written out here rather than taken from ``Gate.metric_results``: that helper words its
     failures as the evaluation gates do (``roc_auc = 0.6500, needs >= 0.7``), and the registry's message (``metric
@@ -31,14 +38,15 @@ def gate_results(policy: Policy, actor: str, m: ModelState, vs: VersionState, st
     results: dict[str, Any] = {}
     failures = []
     if gate.approvals:
-        approvers = set(m.approvals.get((vs.version, stage), set()))
-        if policy.four_eyes:
-            approvers.discard(actor)
-        results["approvals"] = {"required": gate.approvals, "given": sorted(approvers)}
-        if len(approvers) < gate.approvals:
+        counted, ignored = count_approvals(policy, m.approvals.get((vs.version, stage), set()), actor, identity)
+        results["approvals"] = {"required": gate.approvals, "given": counted}
+        if ignored:
+            results["approvals"]["not_counted"] = ignored
+        if len(counted) < gate.approvals:
+            why = f"; not counted: {'; '.join(ignored)}" if ignored else ""
             failures.append(
                 f"needs {gate.approvals} approval(s) for {stage} from someone other than the "
-                f"actor, has {len(approvers)}"
+                f"actor, has {len(counted)}{why}"
             )
     metrics = vs.record.get("metrics") or {}
     for metric, bound in gate.metrics.items():
@@ -63,6 +71,40 @@ def gate_results(policy: Policy, actor: str, m: ModelState, vs: VersionState, st
             hint="`model-ops approve` records an approval; metrics come from registration",
         )
     return results
+
+
+def count_approvals(
+    policy: Policy, approvals: Iterable[tuple[str, str | None]], actor: str, identity: str | None
+) -> tuple[list[str], list[str]]:
+    """Whose approvals count towards a gate, per ``policy.four_eyes``, and why the others do not.
+
+    ``approvals`` holds one ``(claimed actor, proven identity)`` pair per approval. "proven": one per distinct
+    identity, the mover's own identity excluded, and approvals with no recorded identity (written before
+    identities were) excluded too, since nothing shows they came from another person; the result names the
+    identities. "claimed": one per distinct actor name, the mover's name excluded (one person with two names
+    passes: a convenience for a single-user setup, not a control). "off": every distinct name counts.
+    """
+    pairs = sorted(set(approvals), key=lambda p: (p[0], p[1] or ""))
+    ignored: list[str] = []
+    if policy.four_eyes == "proven":
+        counted: set[str] = set()
+        for name, who in pairs:
+            if who is None:
+                ignored.append(f"{name} (approved before identities were recorded)")
+            elif identity is not None and who == identity:
+                ignored.append(f"{name} (the same identity as the mover, {who})")
+            elif identity is None and name == actor:
+                ignored.append(f"{name} (the mover)")
+            elif who in counted:
+                ignored.append(f"{name} (identity {who} already counted)")
+            else:
+                counted.add(who)
+        return sorted(counted), ignored
+    names = {name for name, _ in pairs}
+    if policy.four_eyes == "claimed" and actor in names:
+        names.discard(actor)
+        ignored.append(f"{actor} (the mover)")
+    return sorted(names), ignored
 
 
 def _within(bound: Bound, value: Any) -> bool:

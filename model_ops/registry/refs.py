@@ -3,6 +3,15 @@
 ``models:/NAME/3`` (version number), ``models:/NAME/1.2.0`` (semantic version), ``models:/NAME@champion`` (alias;
 ``@latest`` is the highest version) and ``models:/NAME/production`` (the version in a stage). The ``models:/``
 prefix may be left out.
+
+A name may carry one team namespace, ``team/model`` (the policy can give a team grants on its own names). The
+reference grammar stays unambiguous because the part after the last ``/`` is always the selector:
+``models:/NAME/VERSION|SEMVER|STAGE``, so ``models:/fraud/scorer/3`` is version 3 of ``fraud/scorer`` and
+``models:/fraud/scorer`` is model ``fraud`` in stage ``scorer`` (an unknown stage, so an error, never a silent
+pick). ``@ALIAS`` ends the name the same way (``models:/fraud/scorer@champion``). Neither part can be ``.`` or
+``..`` (both start with a letter or digit) and there is at most one ``/``; model names never become local paths
+(the Dagster layer's model names are the spec names, which have no ``/``), so a namespace cannot reach outside
+the root.
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ from dataclasses import dataclass
 from model_ops.errors import UsageError
 
 PREFIX = "models:/"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+TEAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 RESERVED_ALIASES = frozenset({"latest"})
@@ -38,7 +48,8 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UsageError(
             f"invalid model name {name!r}",
-            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit (max 128)",
+            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit (max 128), with at most one "
+            "'/' after a team name (team/model)",
         )
     return name
 
@@ -67,7 +78,7 @@ def parse_ref(text: str) -> Ref:
             return Ref(check_name(name), alias=check_alias(alias, allow_reserved=True))
         if "/" not in body:
             raise UsageError(f"reference {raw!r} names no version, alias or stage", hint=f"use {REF_FORMS}")
-        name, what = body.split("/", 1)
+        name, what = body.rsplit("/", 1)  # the selector is the last part: a name may be team/model
         check_name(name)
         if what.isdigit():
             version = int(what)

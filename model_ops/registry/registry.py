@@ -27,6 +27,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import pyarrow.compute as pc
+
 from model_ops.artifacts import ArtifactStore, signing
 from model_ops.artifacts.manifest import FLAVOR_SKOPS
 from model_ops.errors import (
@@ -38,15 +40,16 @@ from model_ops.errors import (
     UsageError,
 )
 from model_ops.location import Location, resolve_root
-from model_ops.registry import attest, inputs, maintenance
+from model_ops.registry import attest, inputs, maintenance, receipts
 from model_ops.registry import events as ev
 from model_ops.registry import semver as sv
-from model_ops.registry.environment import default_actor, environment, git_commit
+from model_ops.registry.environment import ACTOR_ENV, environment, git_commit
 from model_ops.registry.eventlog import COMPACT_EVERY, EventLog
 from model_ops.registry.gates import breaking_changes, gate_results
+from model_ops.registry.identity import prove as prove_identity
 from model_ops.registry.inputs import as_ref, parse_dataset, parse_timestamp, require_reason
 from model_ops.registry.maintenance import VERSIONS_SCHEMA
-from model_ops.registry.policy import Policy, load_policy
+from model_ops.registry.policy import POLICY_CHANGED, Policy, load_policy, root_part
 from model_ops.registry.refs import Ref, check_alias, check_name, parse_ref
 from model_ops.registry.state import ModelState, RegistryState, VersionState, gc_paused
 
@@ -169,8 +172,13 @@ class Registry:
         self.root = root
         self.location = root.child("registry")
         self.artifacts = ArtifactStore(root)
+        # The root's policy, narrowed (never widened) by ``policy_path`` or $MODEL_OPS_POLICY: see policy.py.
         self.policy: Policy = load_policy(self.location, policy_path)
-        self.actor = actor or default_actor()
+        # The claimed actor; None when nothing was claimed, and then the actor is the proven identity's name.
+        self._claimed = actor or os.environ.get(ACTOR_ENV) or None
+        self._identity: str | None = None  # proven on first use (an STS round trip on S3): see ``identity``
+        self._policy_seen: tuple[int, str | None] | None = None  # (seq, its ``policy`` column): see _check_policy
+        self._made: ev.Event | None = None  # the event this object built last: see _newest_policy
         self._log = EventLog(self.location)  # tied to the folded state: compare-and-swap commits start from it
         self._reader = EventLog(self.location)  # audit and as-of read the latest table through this one
         self._state: RegistryState | None = None
@@ -186,8 +194,24 @@ class Registry:
         actor: str | None = None,
         policy: str | os.PathLike[str] | None = None,
     ) -> Registry:
-        """Open the registry under ``root`` (default ``$MODEL_OPS_ROOT`` or ``./.model_ops``), creating it on first use."""
+        """Open the registry under ``root`` (default ``$MODEL_OPS_ROOT`` or ``./.model_ops``), creating it on first use.
+
+        ``actor`` (default ``$MODEL_OPS_ACTOR``) is a claimed name: writing under a name other than the proven
+        identity's needs the ``impersonate`` verb. ``policy`` can only narrow the root's policy."""
         return cls(resolve_root(root), actor=actor, policy_path=policy)
+
+    @property
+    def identity(self) -> str:
+        """Who the backend proves this process to be (the OS user of the effective uid; the STS caller on S3),
+        recorded in every event's ``identity`` column beside the claimed ``actor``."""
+        if self._identity is None:
+            self._identity = prove_identity(self.root)
+        return self._identity
+
+    @property
+    def actor(self) -> str:
+        """The name this registry writes under: the claimed one, else the proven identity's name in the policy."""
+        return self._claimed or self.policy.name_of(self.identity)
 
     # ------------------------------------------------------------------ reading
 
@@ -390,7 +414,7 @@ class Registry:
         run_id: str | None = None,
         payload: dict | None = None,
     ) -> ev.Event:
-        return ev.Event(
+        self._made = made = ev.Event(
             seq=0,
             ts=_now(),
             model=model,
@@ -404,22 +428,96 @@ class Registry:
             reason=reason,
             run_id=run_id or os.environ.get(RUN_ID_ENV) or None,
             payload=json.dumps(payload, sort_keys=True) if payload is not None else None,
+            identity=self.identity,
+            policy=self.policy.digest,
         )
+        return made
 
     def _authorize(self, verb: str, model: str, version: int | None = None, run_id: str | None = None) -> None:
-        if self.policy.access.allows(self.actor, verb):
+        """Refuse ``verb`` on ``model`` unless the root's policy (and every narrowing one) allows it for this actor
+        and identity; a refusal is committed to the audit log as a denial, then raised. Every write passes here
+        first, so this is also where a lost or changed root policy is noticed (see :meth:`_check_policy`)."""
+        self._check_policy(model, run_id)
+        why = self.policy.refusal(self.actor, self.identity, verb, model)
+        if why is None:
             return
-        roles = self.policy.access.roles_of(self.actor) or ["no role"]
-        granted_by = self.policy.access.who_may(verb)
-        message = f"actor {self.actor!r} (role {', '.join(roles)}) may not {verb.replace(':', ' ')} on {model}" + (
-            f" v{version}" if version else ""
+        message = why.message + (f" v{version}" if version else "")
+        denial = self._event(
+            model, ev.DENIED, version=version, key=verb, reason=message, run_id=run_id, payload={"refused_by": why.by}
         )
-        denial = self._event(model, ev.DENIED, version=version, key=verb, reason=message, run_id=run_id)
         self._commit(lambda state: ([denial], lambda: None))
-        raise PermissionDeniedError(
-            message + " (refused and recorded in the audit log)",
-            hint=("roles that may: " + ", ".join(granted_by)) if granted_by else "no role in the policy grants it",
+        raise PermissionDeniedError(message + f" (refused by {why.by} and recorded in the audit log)", hint=why.hint)
+
+    def _newest_policy(self, state: RegistryState) -> str | None:
+        """The ``policy`` column of the fold's newest event (None: not recorded). Cheapest source first: the event
+        this object committed last; the receipt of the folded Delta version, when its last event hashes to the
+        fold's tip (the chain hash covers the column, so a receipt that says otherwise is not believed); else the
+        table itself, whose scan set-up costs about 0.1 s on a large log."""
+        seq, tip, made = state.last_seq, state.last_hash, self._made
+        if made is not None and tip is not None and (made.seq, made.hash) == (seq, tip):
+            return made.policy
+        if tip is not None:
+            try:
+                doc = receipts.Receipts(self.location).read(self._state_version)
+                tail = receipts.events_of(doc)[-1:] if doc is not None else []
+            except Exception:  # the receipt is only a shortcut: the table below is the truth
+                tail = []
+            if tail and tail[0].seq == seq and ev.chain_hash(tail[0]) == tip:
+                return tail[0].policy
+        table = self._log.read(pc.field("seq") == seq)
+        if table.num_rows == 0 or "policy" not in table.column_names:
+            return None
+        return table.column("policy")[0].as_py()
+
+    def _check_policy(self, model: str, run_id: str | None) -> None:
+        """Compare the root's policy with the one that decided the newest event, before anything is written.
+
+        The root had a policy file and it is gone: refuse (PolicyError), since the shipped default that would
+        take its place makes everyone a maintainer. The root's policy is another one than before (edited,
+        replaced, added): record a ``policy_changed`` event naming both digests, so the audit shows when the
+        rules changed, then go on under the new one. Nothing is decided when the newest event predates the
+        ``policy`` column."""
+        with self._lock:
+            state = self._sync()
+            seq = state.last_seq
+            if seq == 0:
+                return
+            if self._policy_seen is None or self._policy_seen[0] != seq:
+                self._policy_seen = (seq, self._newest_policy(state))
+            before = root_part(self._policy_seen[1])
+        now = root_part(self.policy.digest) or ""
+        if before is None or before == now:
+            return
+        if before.startswith("root=") and now.startswith("default="):
+            raise PolicyError(
+                f"the registry's policy {self.policy.root_file} is missing: its newest event was decided by the "
+                f"policy {before.split('=', 1)[1]}, and without the file every actor would get the shipped "
+                "default's roles (maintainer for everyone); nothing was written",
+                hint=f"restore {self.policy.root_file} (the file whose SHA-256 is {before.split(':', 1)[1][:16]}…) "
+                "or put the policy you mean there (the change is then recorded); reads still work, writes are "
+                "refused until then",
+            )
+        change = self._event(
+            model,
+            POLICY_CHANGED,
+            key="policy",
+            from_value=before,
+            to_value=now,
+            reason=f"the registry's policy changed ({self.policy.root_file})",
+            run_id=run_id,
+            payload={"file": self.policy.root_file, "from": before, "to": now},
         )
+
+        def build(state: RegistryState) -> tuple[list[ev.Event], Callable[[], None]]:
+            if state.last_seq != seq:  # another writer came first: judge against what is newest now
+                latest = root_part(self._newest_policy(state))
+                if latest is None or latest == now:
+                    return [], lambda: None
+                change.from_value = latest
+                change.payload = json.dumps({**json.loads(change.payload or "{}"), "from": latest}, sort_keys=True)
+            return [change], lambda: None
+
+        self._commit(build)
 
     @overload
     def _write(
@@ -794,7 +892,7 @@ class Registry:
             # version and what is missing; nothing is written). Moving a bad version out of the way stays possible.
             if self.policy.signature_required(stage):
                 attest.enforce(self, self._mv(m, vs), purpose=f"cannot enter {stage}", stage=stage, error=PolicyError)
-            gates = gate_results(self.policy, self.actor, m, vs, stage)
+            gates = gate_results(self.policy, self.actor, m, vs, stage, identity=self.identity)
             payload: dict[str, Any] = {"gates": gates, "cause": "transition"}
             replacing = stage == prod.stage and m.production is not None and m.production != vs.version
             current = m.get(m.production) if replacing and m.production is not None else None
@@ -876,7 +974,7 @@ class Registry:
         self._known_stage(stage)
 
         def build(state: RegistryState, m: ModelState, vs: VersionState) -> Built[ModelVersion]:
-            if self.actor in m.approvals.get((vs.version, stage), set()):
+            if (self.actor, self.identity) in m.approvals.get((vs.version, stage), set()):
                 return [], lambda: self._mv(m, vs)
             return (
                 [self._event(m.name, ev.APPROVED, version=vs.version, to_value=stage, reason=reason, run_id=run_id)],

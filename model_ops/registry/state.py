@@ -111,7 +111,9 @@ class ModelState:
     production: int | None = None
     production_history: list[int] = field(default_factory=list)  # versions in the order they entered production
     rolled_back: set[int] = field(default_factory=set)
-    approvals: dict[tuple[int, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    # (version, stage) -> one (claimed actor, proven identity or None) pair per approval: four-eyes counts people
+    # by identity, so the claimed name alone is not enough (gates.count_approvals).
+    approvals: dict[tuple[int, str], set[tuple[str, str | None]]] = field(default_factory=lambda: defaultdict(set))
     _semvers: SemverIndex | None = field(default=None, repr=False)  # built on first registration, then kept
 
     def get(self, version: int) -> VersionState | None:
@@ -280,7 +282,7 @@ class RegistryState:
         elif e.kind == ev.TAG_REMOVED:
             vs.tags.pop(e.key or "", None)
         elif e.kind == ev.APPROVED:
-            m.approvals[(vs.version, e.to_value or "")].add(e.actor)
+            m.approvals[(vs.version, e.to_value or "")].add((e.actor, e.identity))
         elif e.kind == ev.ROLLBACK:
             if e.from_value and e.from_value.isdigit():
                 m.rolled_back.add(int(e.from_value))
