@@ -265,3 +265,25 @@ def test_event_appended_without_a_hash_is_found(tmp_path: Path) -> None:
     bare.version, bare.key, bare.to_value = 1, "k", "v"
     write_deltalake(str(root / "registry" / "events"), ev.to_arrow([bare]), mode="append")
     assert any("has no hash" in p for p in Registry.open(root).fsck())
+
+
+def test_forged_event_claiming_another_policy_is_found(tmp_path: Path) -> None:
+    """Claiming that another policy decided a write does not exempt it from the replay: the log records which
+    policy was in force, and a claim that no recorded policy change explains is named."""
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path, n=2)
+    _forge(
+        root,
+        reg,
+        model="m",
+        kind=ev.STAGE_CHANGED,
+        actor="alice",
+        version=2,
+        from_value="development",
+        to_value="production",
+        reason="forged",
+        policy="root=sha256:" + "0" * 64,
+        payload=json.dumps({"cause": "transition"}),
+    )
+    problems = Registry.open(root).fsck()
+    assert any("claims it was decided by policy" in p for p in problems), problems

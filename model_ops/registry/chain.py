@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from model_ops.errors import PolicyError
 from model_ops.registry import events as ev
 from model_ops.registry.gates import gate_results
-from model_ops.registry.policy import Policy
+from model_ops.registry.policy import POLICY_CHANGED, Policy, root_part
 from model_ops.registry.state import RegistryState
 
 
@@ -64,7 +64,7 @@ def commits(events: list[ev.Event]) -> Iterator[list[ev.Event]]:
         yield group
 
 
-def _verb(commit: list[ev.Event], policy: Policy) -> tuple[str, ev.Event] | None:
+def _verb(commit: list[ev.Event]) -> tuple[str, ev.Event] | None:
     """The verb a commit needed and the event that states it; None for commits anyone may write (denials)."""
     kinds = {e.kind for e in commit}
     first = commit[0]
@@ -81,7 +81,7 @@ def _verb(commit: list[ev.Event], policy: Policy) -> tuple[str, ev.Event] | None
         return "tag", first
     if ev.APPROVED in kinds:
         return "approve", first
-    if ev.DENIED in kinds:
+    if kinds & {ev.DENIED, POLICY_CHANGED}:
         return None
     if "deployment" in kinds:
         return "deploy", first
@@ -96,9 +96,28 @@ def policy_problems(events: list[ev.Event], policy: Policy) -> list[str]:
     turn yesterday's legitimate promotions into findings."""
     problems: list[str] = []
     state = RegistryState(policy.production.stage)
-    digest = getattr(policy, "digest", None)
+    governing = root_part(policy.digest)
+    in_force: str | None = None  # the policy the log says governed, as its policy_changed events move it
     for commit in commits(events):
-        judged = commit[0].hash is not None and (commit[0].policy in (None, digest) or digest is None)
+        for e in commit:
+            claimed = root_part(e.policy)
+            if e.hash is None or claimed is None:
+                continue
+            if e.kind == POLICY_CHANGED:
+                if in_force is not None and e.from_value != in_force:
+                    problems.append(
+                        f"event {e.seq} records a policy change from {e.from_value}, but {in_force} was in force"
+                    )
+                in_force = e.to_value
+            elif in_force is None:
+                in_force = claimed
+            elif claimed != in_force:
+                problems.append(
+                    f"event {e.seq} ({_what(e)}) claims it was decided by policy {claimed}, but the log records "
+                    f"{in_force} in force then (no policy change between)"
+                )
+        decided_by = root_part(commit[0].policy)
+        judged = commit[0].hash is not None and decided_by in (None, governing)
         if judged:
             problems.extend(_judge(commit, state, policy))
         state.apply_all(commit)
@@ -106,15 +125,16 @@ def policy_problems(events: list[ev.Event], policy: Policy) -> list[str]:
 
 
 def _judge(commit: list[ev.Event], state: RegistryState, policy: Policy) -> list[str]:
-    found = _verb(commit, policy)
+    found = _verb(commit)
     if found is None:
         return []
     verb, event = found
     actor = event.actor
     where = f"event {event.seq} ({_what(event)} by {actor})"
     out: list[str] = []
-    if not policy.access.allows(actor, verb):
-        out.append(f"{where}: the policy does not let {actor!r} {verb.replace(':', ' ')}")
+    why = policy.refusal(actor, event.identity, verb, event.model)
+    if why is not None:
+        out.append(f"{where}: {why.message} (by {why.by})")
     prod = policy.production
     m = state.models.get(event.model)
     for e in commit:
@@ -131,7 +151,7 @@ def _judge(commit: list[ev.Event], state: RegistryState, policy: Policy) -> list
             out.append(f"{where}: the policy does not allow {vs.stage} -> {stage}")
         if stage in policy.gates:
             try:
-                gate_results(policy, actor, m, vs, stage)
+                gate_results(policy, actor, m, vs, stage, identity=event.identity)
             except PolicyError as e:
                 out.append(f"{where}: the gate was not met when it was committed ({e.message})")
     return out

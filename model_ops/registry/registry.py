@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import random
 import shutil
@@ -50,11 +51,15 @@ from model_ops.registry.identity import prove as prove_identity
 from model_ops.registry.inputs import as_ref, parse_dataset, parse_timestamp, require_reason
 from model_ops.registry.maintenance import VERSIONS_SCHEMA
 from model_ops.registry.policy import POLICY_CHANGED, Policy, load_policy, root_part
+from model_ops.registry.receipts import Receipts
 from model_ops.registry.refs import Ref, check_alias, check_name, parse_ref
+from model_ops.registry.repair import unreadable_log
 from model_ops.registry.state import ModelState, RegistryState, VersionState, gc_paused
 
 # Imported by other modules from here since before the split (``model_ops.registry.registry.parse_timestamp`` …).
 __all__ = ["VERSIONS_SCHEMA", "ModelVersion", "Registry", "breaking_changes", "parse_dataset", "parse_timestamp"]
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 200
 # Well inside the event log's retention (delta.logRetentionDuration, 7 days): see Registry._sync.
@@ -181,8 +186,12 @@ class Registry:
         self._made: ev.Event | None = None  # the event this object built last: see _newest_policy
         self._log = EventLog(self.location)  # tied to the folded state: compare-and-swap commits start from it
         self._reader = EventLog(self.location)  # audit and as-of read the latest table through this one
+        self._receipts = Receipts(self.location)
         self._state: RegistryState | None = None
         self._state_version = -1
+        # What is wrong with the newest commits of the log, found by the last read (see ``_check_tip``). Reads go
+        # on answering from what is readable; every write is refused until ``fsck --repair``.
+        self.damage: list[str] = []
         self._confirmed = 0.0
         self._lock = threading.RLock()
 
@@ -230,14 +239,49 @@ class Registry:
                 self._log = EventLog(self.location)
             if self._state is None:
                 state = RegistryState(self.policy.production.stage)
-                state.apply_table(self._log.read_after(0))
-                self._state, self._state_version = state, self._log.version
+                with unreadable_log(self._log.location):
+                    state.apply_table(self._log.read_after(0))
+                    self._state, self._state_version = state, self._log.version
+                self._check_tip(state)
             elif self._log.has_commit(self._state_version + 1):
-                self._log.refresh()
-                self._state.apply_table(self._log.read_after(self._state.last_seq))
-                self._state_version = self._log.version
+                with unreadable_log(self._log.location):
+                    self._log.refresh()
+                    self._state.apply_table(self._log.read_after(self._state.last_seq))
+                    self._state_version = self._log.version
+                self._check_tip(self._state)
             self._confirmed = now
             return self._state
+
+    def _check_tip(self, state: RegistryState) -> None:
+        """Compare the fold's newest event with the receipt of the Delta version it was read at, and look for a
+        receipt beyond it: a commit file that was emptied, rewritten without its actions or deleted reads as
+        "nothing happened" to the Delta engine, and only the receipt shows what it held. Two small reads, paid only
+        when the log moved."""
+        version = self._state_version
+        damage = []
+        receipt = self._receipts.read(version)
+        if receipt is not None and (receipt["last_seq"], receipt["last_hash"]) != (state.last_seq, state.last_hash):
+            damage.append(
+                f"the event log's commit {version} is damaged: it was acknowledged with events "
+                f"{receipt['first_seq']}..{receipt['last_seq']}, and the log now ends at event {state.last_seq}"
+            )
+        if self._receipts.exists(version + 1) and not self._log.has_commit(version + 1):
+            damage.append(
+                f"the event log's commit {version + 1} is missing: it was acknowledged (its receipt is in "
+                f"{self._receipts.location}), and its commit file is gone"
+            )
+        if damage and damage != self.damage:
+            log.warning("warning: registry %s: %s", self.root, "; ".join(damage))
+        self.damage = damage
+
+    def _refuse_if_damaged(self) -> None:
+        if self.damage:
+            raise IntegrityError(
+                "the registry's event log is damaged, so nothing can be written until it is repaired (a write now "
+                "could reuse the numbers of the lost events): " + "; ".join(self.damage),
+                hint="`model-ops fsck` lists what is wrong; `model-ops fsck --repair` restores the lost events "
+                "from their receipts and the log's data files",
+            )
 
     def _model(self, state: RegistryState, name: str) -> ModelState:
         check_name(name)
@@ -323,7 +367,8 @@ class Registry:
         """Every event, oldest first (for one model when ``name`` is given). Read from the table, not the cache."""
         if name is not None:
             check_name(name)
-        events = ev.from_arrow(self._reader.read_latest(model=name))
+        with unreadable_log(self._reader.location):
+            events = ev.from_arrow(self._reader.read_latest(model=name))
         if name is not None and not events:
             self._model(self._sync(), name)  # raises NotFoundError with the list of models
         return events
@@ -334,7 +379,8 @@ class Registry:
         if name is not None:
             check_name(name)
         state = RegistryState(self.policy.production.stage)
-        state.apply_table(self._reader.read_latest(until=cut))
+        with unreadable_log(self._reader.location):
+            state.apply_table(self._reader.read_latest(until=cut))
         models = {n: m for n, m in state.models.items() if m.versions and (name is None or n == name)}
         if name is not None and not models:
             raise NotFoundError(f"model {name!r} had no versions at {cut.isoformat()}")
@@ -367,6 +413,10 @@ class Registry:
                 pending, result = build(state)
                 if not pending:
                     return result()
+                self._refuse_if_damaged()
+                if self._state_version > 0 and not self._log.has_commit(self._state_version):
+                    self.damage = [f"the event log's newest commit {self._state_version} vanished under this process"]
+                    self._refuse_if_damaged()
                 ts = _now()
                 if state.last_ts is not None and ts <= state.last_ts:
                     ts = state.last_ts + timedelta(microseconds=1)
@@ -379,6 +429,10 @@ class Registry:
                 if self._log.try_append(ev.to_arrow(pending)):
                     state.apply_all(pending)
                     self._state_version = self._log.version
+                    try:
+                        self._receipts.write(self._state_version, pending)
+                    except Exception as e:  # the commit stands; only the check of it is weaker
+                        log.warning("could not store the receipt of commit %s: %s", self._state_version, e)
                     self._after_commit()
                     return result()
                 if not self._log.has_commit(self._state_version + 1):
@@ -399,6 +453,10 @@ class Registry:
         if version and version % COMPACT_EVERY == 0:
             self._log.maintain()
             maintenance.project_versions(self)
+            try:
+                self._receipts.prune()
+            except Exception as e:  # upkeep must never fail the write that triggered it
+                log.warning("could not prune commit receipts: %s", e)
 
     def _event(
         self,
@@ -1357,6 +1415,30 @@ class Registry:
     def fsck(self) -> list[str]:
         """Everything wrong with the registry and its artifacts; empty when consistent. Reads all from storage."""
         return maintenance.fsck(self)
+
+    def repair(self, *, apply: bool = False) -> dict[str, Any]:
+        """Rebuild a damaged event log from its data files and commit receipts (dry run unless ``apply``); see
+        ``repair.py``. Run with the registry's writers stopped. Afterwards this object reads the rebuilt log."""
+        from model_ops.registry import repair
+
+        if apply:
+            self._authorize_repair()
+        report = repair.repair(self, apply=apply)
+        if report["applied"]:
+            with self._lock:
+                self._log = EventLog(self.location)
+                self._reader = EventLog(self.location)
+                self._state, self._state_version, self.damage = None, -1, []
+        return report
+
+    def _authorize_repair(self) -> None:
+        """Repair rewrites the log, so it needs the ``delete`` verb; the policy is judged without writing a denial
+        (the log it would go to is the damaged one)."""
+        why = self.policy.refusal(self.actor, self.identity, "delete", None)
+        if why is not None:
+            raise PermissionDeniedError(
+                f"{why.message}: repairing the event log needs the delete verb (refused by {why.by})", hint=why.hint
+            )
 
     def gc(self, *, apply: bool = False, grace: timedelta = timedelta(hours=24)) -> dict[str, Any]:
         """Blobs that no version references (and leftovers of interrupted writes) older than ``grace``.
