@@ -539,6 +539,8 @@ def test_require_signature_is_enforced_at_load_promotion_and_deployment(
     assert reg.load_model("models:/m@champion") is not None
     with pytest.raises(PolicyError, match="rolled back|cannot be deployed"):
         dep.apply(reg, SPEC, "rollback_production")  # back to unsigned v1: refused
+    with pytest.raises(PolicyError, match="models:/m/1 is not signed"):
+        reg.rollback("m", reason="the registry's own rollback checks too")
     assert reg.get("m", 3).stage == "production"
     # development is not listed: an unsigned version there loads, a signed one is still checked
     assert reg.load_model("models:/m/4") is not None

@@ -1206,6 +1206,14 @@ class Registry:
                         f"{name} has no earlier {prod.stage} version to roll back to", hint="name one with --to VERSION"
                     )
                 target = m.versions[candidates[0] - 1]
+            if self.policy.signature_required(prod.stage):  # the version put back must be one production accepts
+                attest.enforce(
+                    self,
+                    self._mv(m, target),
+                    purpose=f"cannot be rolled back to in {prod.stage}",
+                    stage=prod.stage,
+                    error=PolicyError,
+                )
             out = [
                 self._event(
                     name,
