@@ -815,6 +815,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+        from model_ops.location import S3UnavailableError, is_transient, resolve_root, s3_deadline
+
+        # S3 kept failing past the deadline inside the Delta engine or Arrow, which raise their own errors: not a bug.
+        try:
+            on_s3 = resolve_root(getattr(args, "root", None)).is_s3
+        except ModelOpsError:
+            on_s3 = False
+        if on_s3 and is_transient(exc):
+            unavailable = S3UnavailableError.after(s3_deadline(), exc)
+            print(f"error: {unavailable.message}", file=sys.stderr)
+            print(f"  hint: {unavailable.hint}", file=sys.stderr)
+            return unavailable.exit_code
         traceback.print_exc()
         print("error: model-ops failed unexpectedly (a bug); please report the traceback above", file=sys.stderr)
         return 1

@@ -6,6 +6,10 @@ Rules every backend keeps:
 - every read re-hashes what it returns and fails with :class:`IntegrityError` on a mismatch, never a silent load;
 - memory stays bounded by a few chunk buffers whatever the size of the blob.
 
+On S3, a request that fails transiently is retried by the client (see :mod:`model_ops.location`); a body cut off
+mid-stream is resumed here with a ranged GET, still hashed end to end; a multipart upload that fails is aborted, and
+one a killed process left behind is listed by :meth:`BlobStore.iter_multipart` for ``gc`` to abort.
+
 Hashing uses windowed ``mmap`` (the kernel hands pages straight to OpenSSL's SHA-256, no ``read()`` copy), and
 a local publish uses ``copy_file_range`` (an in-kernel copy), the two cheapest ways to do each on Linux.
 """
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import logging
 import mmap
 import os
 import re
@@ -25,10 +31,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from model_ops.artifacts.progress import Progress
 from model_ops.errors import IntegrityError, NotFoundError, UsageError
-from model_ops.location import Location, s3_client
+from model_ops.location import Deadline, Location, is_transient, s3_client
+
+log = logging.getLogger(__name__)
 
 HASH_WINDOW = 64 << 20
 # Half of gc's default grace period (24 h): a reused S3 blob older than this gets its LastModified renewed.
@@ -49,6 +58,16 @@ class BlobInfo:
     digest: str
     size: int
     modified: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload that was started and neither completed nor aborted. S3 keeps (and bills) its parts until
+    someone aborts it, and nothing lists it as an object, so ``gc`` looks for these explicitly."""
+
+    key: str
+    upload_id: str
+    modified: float  # when it was initiated, seconds since the epoch
 
 
 def check_digest(digest: str) -> str:
@@ -134,6 +153,14 @@ class BlobStore(ABC):
 
     @abstractmethod
     def delete_temporary(self, name: str) -> None: ...
+
+    def iter_multipart(self) -> Iterator[PendingUpload]:
+        """Unfinished multipart uploads under this store. A local store has none (its temporaries are files)."""
+        return iter(())
+
+    def abort_multipart(self, upload: PendingUpload) -> None:
+        """Abort an unfinished multipart upload, freeing its parts (a no-op when it is already gone)."""
+        raise UsageError(f"{self.location} keeps no multipart uploads")
 
     @abstractmethod
     def verify(self, digest: str) -> str | None:
@@ -471,12 +498,11 @@ class S3BlobStore(BlobStore):
             return Blob(digest, size, existed=not self._multipart(path, key, digest, progress, replace=damaged))
 
     def _multipart(self, path: Path, key: str, digest: str, progress: Progress, replace: bool = False) -> bool:
-        from botocore.exceptions import ClientError
-
         client = self.client
         upload_id = client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
         parts: list[dict] = []
         slots = threading.BoundedSemaphore(self.MAX_PARTS_IN_FLIGHT)
+        failed = threading.Event()
         h = hashlib.sha256()
 
         def upload(number: int, body: bytes) -> dict:
@@ -486,20 +512,26 @@ class S3BlobStore(BlobStore):
                 )["ETag"]
                 progress.update(len(body))
                 return {"PartNumber": number, "ETag": etag}
+            except BaseException:
+                failed.set()
+                raise
             finally:
                 slots.release()
 
         try:
             with open(path, "rb") as f, ThreadPoolExecutor(self.MAX_PARTS_IN_FLIGHT) as pool:
                 futures = []
-                number = 1
-                while True:
+                number, size = 1, 0
+                # A failed part (the client already retried it up to the deadline) ends the upload: reading and
+                # sending the rest of a large file first would only delay the error and the abort.
+                while not failed.is_set():
                     slots.acquire()  # bounds memory: at most MAX_PARTS_IN_FLIGHT parts held at once
                     body = f.read(self.PART_SIZE)
-                    if not body:
+                    if not body or failed.is_set():
                         slots.release()
                         break
                     h.update(body)
+                    size += len(body)
                     futures.append(pool.submit(upload, number, body))
                     number += 1
                 parts = [fut.result() for fut in futures]
@@ -507,54 +539,132 @@ class S3BlobStore(BlobStore):
                 raise UsageError(
                     f"{path} changed while it was being stored", hint="store a file that no other process is writing"
                 )
-            condition = {} if replace else {"IfNoneMatch": "*"}
-            try:
-                client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
-                )
-            except ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                    client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-                    return False
-                raise
-            return True
+            return self._complete(key, upload_id, parts, size, replace)
         except BaseException:
-            with contextlib.suppress(Exception):
-                client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            # Every part has finished (the pool waited for them), so an abort now frees them all. If it cannot
+            # reach S3 either, the upload stays listed for `gc`, which aborts it after the grace period.
+            self._abort_quietly(key, upload_id)
             raise
 
-    def _get(self, digest: str):  # type: ignore[no-untyped-def]
+    def _complete(self, key: str, upload_id: str, parts: list[dict], size: int, replace: bool) -> bool:
+        """Complete a multipart upload; False when the blob already existed. A retry after a reply was lost can
+        find the upload gone (it completed) or the key taken (by this very completion): the object under the key
+        decides, and an upload still pending is aborted."""
+        from botocore.exceptions import ClientError
+
+        condition = {} if replace else {"IfNoneMatch": "*"}
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
+            )
+            return True
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                self._abort_quietly(key, upload_id)
+                return False
+            if code == "NoSuchUpload" and self._head_key(key) == size:
+                return True
+            raise
+
+    def _head_key(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(digest))
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def _abort_quietly(self, key: str, upload_id: str) -> None:
+        try:
+            self.abort_multipart(PendingUpload(key, upload_id, time.time()))
+        except Exception as e:  # never hide the error that made us abort
+            log.warning("could not abort multipart upload %s of %s (gc will): %s", upload_id, key, e)
+
+    def _get(self, digest: str, offset: int = 0, etag: str | None = None):  # type: ignore[no-untyped-def]
+        """GET the blob, from ``offset`` on and only while it is still the object with ``etag`` when given."""
+        from botocore.exceptions import ClientError
+
+        extra = {}
+        if offset:
+            extra["Range"] = f"bytes={offset}-"
+        if etag:
+            extra["IfMatch"] = etag
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(digest), **extra)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFoundError(
                     f"blob {digest} is missing from {self.location}",
                     hint="run `model-ops fsck` to list every missing or damaged blob",
                 ) from None
+            if etag and code in ("PreconditionFailed", "412"):
+                raise _Replaced from None
             raise
 
+    def _download(self, digest: str, out: BinaryIO | None, label: str | None = None) -> str:
+        """Stream a blob into ``out`` (or only hash it) and return the SHA-256 of what arrived.
+
+        The client retries requests, not bodies: a connection that breaks mid-body surfaces while reading. Such a
+        break is resumed with a ranged GET from the first missing byte, pinned to the same object by its ETag, and
+        retried until the deadline (which starts again whenever bytes arrive). If the object was replaced meanwhile
+        (a damaged blob rewritten), the read starts over. The caller compares the result with the digest, so a
+        resumed read is trusted exactly as much as one in a single piece."""
+        deadline = Deadline()
+        h = hashlib.sha256()
+        offset, size, etag = 0, 0, None
+        with contextlib.ExitStack() as stack:
+            progress: Progress | None = None
+            while True:
+                try:
+                    obj = self._get(digest, offset, etag)
+                except _Replaced:
+                    h, offset, etag = hashlib.sha256(), 0, None
+                    if out is not None:
+                        out.seek(0)
+                        out.truncate()
+                    continue
+                if etag is None:
+                    etag, size = obj["ETag"], int(obj["ContentLength"])
+                if progress is None:
+                    progress = stack.enter_context(Progress(size, label))
+                body = obj["Body"]
+                try:
+                    for chunk in body.iter_chunks(COPY_CHUNK):
+                        h.update(chunk)
+                        if out is not None:
+                            out.write(chunk)
+                        offset += len(chunk)
+                        progress.update(len(chunk))
+                        deadline.progress()
+                except Exception as e:
+                    if not is_transient(e):
+                        raise
+                    deadline.wait(e)
+                    continue
+                finally:
+                    body.close()
+                if offset >= size:
+                    return h.hexdigest()
+                deadline.wait(f"the body of blob {digest} ended after {offset} of {size} bytes")
+
     def read_bytes(self, digest: str) -> bytes:
-        data = self._get(digest)["Body"].read()
-        if hashlib.sha256(data).hexdigest() != digest:
+        buf = io.BytesIO()
+        if self._download(digest, buf) != digest:
             raise _mismatch(digest, self.location)
-        return data
+        return buf.getvalue()
 
     def fetch_to(self, digest: str, dest: Path, *, label: str | None = None) -> None:
-        obj = self._get(digest)
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-        h = hashlib.sha256()
         try:
-            with Progress(int(obj["ContentLength"]), label) as progress, open(tmp, "wb") as out:
-                for chunk in obj["Body"].iter_chunks(COPY_CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                    progress.update(len(chunk))
-            if h.hexdigest() != digest:
+            with open(tmp, "wb") as out:
+                got = self._download(digest, out, label)
+            if got != digest:
                 raise _mismatch(digest, self.location)
             os.replace(tmp, dest)
         finally:
@@ -562,13 +672,10 @@ class S3BlobStore(BlobStore):
 
     def verify(self, digest: str) -> str | None:
         try:
-            body = self._get(digest)["Body"]
+            got = self._download(digest, None)
         except NotFoundError:
             return f"blob {digest} is missing"
-        h = hashlib.sha256()
-        for chunk in body.iter_chunks(COPY_CHUNK):
-            h.update(chunk)
-        return None if h.hexdigest() == digest else _mismatch(digest, self.location).message
+        return None if got == digest else _mismatch(digest, self.location).message
 
     def _list(self, prefix: str) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -623,16 +730,38 @@ class S3BlobStore(BlobStore):
                 yield BlobInfo(rest, int(obj["Size"]), obj["LastModified"].timestamp())
 
     def iter_temporaries(self) -> Iterator[BlobInfo]:
-        """Unfinished multipart uploads under this store (left by a killed process)."""
-        prefix = self.location.key("sha256") + "/"
+        """None on S3: a PUT or a completed multipart upload publishes a blob whole, and what an interrupted upload
+        leaves behind is not an object but a pending upload (:meth:`iter_multipart`)."""
+        return iter(())
+
+    def delete_temporary(self, name: str) -> None:
+        """Abort the pending upload named ``KEY\\nUPLOAD_ID`` (how earlier versions listed them as temporaries)."""
+        key, sep, upload_id = name.partition("\n")
+        if not sep:
+            raise UsageError(f"{name!r} names no pending upload", hint="S3 stores keep no temporary objects")
+        self.abort_multipart(PendingUpload(key, upload_id, 0.0))
+
+    def iter_multipart(self) -> Iterator[PendingUpload]:
+        """Unfinished multipart uploads under this store's prefix (left by a killed process, or by a failed upload
+        whose abort could not reach S3)."""
+        prefix = self.location.key() + "/" if self.location.key() else ""
         paginator = self.client.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for up in page.get("Uploads", []):
-                yield BlobInfo(f"{up['Key']}\n{up['UploadId']}", 0, up["Initiated"].timestamp())
+                yield PendingUpload(up["Key"], up["UploadId"], up["Initiated"].timestamp())
 
-    def delete_temporary(self, name: str) -> None:
-        key, upload_id = name.split("\n", 1)
-        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+    def abort_multipart(self, upload: PendingUpload) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404", "NotFound"):
+                raise
+
+
+class _Replaced(Exception):
+    """The object changed between two ranged reads of one download (its ETag no longer matches)."""
 
 
 def open_blobstore(location: Location) -> BlobStore:

@@ -10,19 +10,26 @@ Reads are cheap when nothing changed: the probe checks whether Delta commit V+1 
 ``HEAD`` on S3) before touching the table. Every ``COMPACT_EVERY`` commits the writer that made the commit compacts
 the small files; delta-rs writes a checkpoint every ``delta.checkpointInterval`` commits and expires old log files,
 so a registry with 100k events still opens from a handful of files.
+
+On S3 a commit can land with its reply lost (a reset connection, or the engine re-sending a put-if-absent whose
+first copy landed and then being told the version exists). Each commit therefore carries a unique id in its
+``commitInfo``, and a write that does not report success reads commit V+1 back to learn the truth; see
+:meth:`DeltaCas.try_append`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from model_ops.location import Location, s3_client
+from model_ops.location import Deadline, Location, is_transient, retry_transient, s3_client
 from model_ops.registry import events as ev
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ TABLE_CONFIG = {
     "delta.deletedFileRetentionDuration": "interval 1 days",
 }
 COMPACT_EVERY = 100
+COMMIT_ID_KEY = "model_ops.commit_id"  # in each commit's commitInfo: which writer's commit a version is
 COMPACT_TARGET_BYTES = 16 << 20
 VACUUM_EVERY = 1000
 
@@ -63,15 +71,23 @@ class DeltaCas:
         self.schema = schema
         self.name = name
         self._dt: DeltaTable | None = None
+        self._pinned: int | None = None  # the version to reopen at, set by try_append after an unclear write
 
     @property
     def table(self) -> DeltaTable:
         if self._dt is None:
-            self._dt = open_or_create(self.location, self.schema, self.name)
+            if self._pinned is not None:
+                opts = self.location.delta_storage_options()
+                self._dt = DeltaTable(self.location.uri, version=self._pinned, storage_options=opts)
+            else:
+                self._dt = open_or_create(self.location, self.schema, self.name)
+            self._pinned = None
         return self._dt
 
     @property
     def version(self) -> int:
+        if self._dt is None and self._pinned is not None:
+            return self._pinned  # known without a round trip: the caller folds its own commit in at this version
         return self.table.version()
 
     def has_commit(self, version: int) -> bool:
@@ -103,27 +119,84 @@ class DeltaCas:
         return dataset.to_table(filter=filter_expr, columns=columns)
 
     def try_append(self, data: pa.Table) -> bool:
-        """Append iff nobody committed since our snapshot. False means: re-read and try again."""
-        try:
-            # schema_mode="merge": a table written before a column was added gains it on its next write.
-            write_deltalake(
-                self.table,
-                data,
-                mode="append",
-                schema_mode="merge",
-                commit_properties=CommitProperties(max_commit_retries=0),
-            )
-        except CommitFailedError:
+        """Append iff nobody committed since our snapshot. False means: re-read and try again.
+
+        What counts is what storage holds, not what the reply said: a write can fail with its commit in place (the
+        reply was lost; or the engine re-sent a put-if-absent whose first copy had landed, and heard that the
+        version exists). So the commit carries a unique id, and whenever the write does not report success, commit
+        V+1 is read back: ours → True, as after a plain success; another writer's → False (the caller re-validates
+        against it); none yet, after a transient failure → the same commit is tried again from the same snapshot
+        until the deadline, then :class:`S3UnavailableError`. Every attempt targets V+1 and only V+1, and put-if-
+        absent lets at most one of them land, so a retry can never commit the events twice."""
+        base = self.version
+        commit_id = uuid.uuid4().hex
+        props = CommitProperties(max_commit_retries=0, custom_metadata={COMMIT_ID_KEY: commit_id})
+        deadline = Deadline()
+        while True:
+            failure: BaseException | None = None
+            try:
+                # schema_mode="merge": a table written before a column was added gains it on its next write.
+                write_deltalake(self.table, data, mode="append", schema_mode="merge", commit_properties=props)
+                return True
+            except CommitFailedError:
+                pass  # V+1 exists: another writer's (a lost race) or ours (a re-sent commit); the read-back tells
+            except DeltaError as e:
+                # The snapshot's own log files were expired under it (a handle idle past the log retention): the
+                # write did not happen; the caller rebuilds its state from the table as it is now.
+                if "Invalid table version" in str(e):
+                    self._dt, self._pinned = None, None
+                    return False
+                if not is_transient(e):
+                    raise
+                failure = e
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                failure = e
+            owner = self._commit_owner(base + 1, deadline)
             self._dt = None  # the handle may be half-updated; reopen from storage
-            return False
-        except DeltaError as e:
-            # The snapshot's own log files were expired under it (a handle idle past the log retention): the
-            # write did not happen; the caller rebuilds its state from the table as it is now.
-            if "Invalid table version" not in str(e):
-                raise
-            self._dt = None
-            return False
-        return True
+            if owner == commit_id:
+                self._pinned = base + 1
+                return True
+            if owner is not None or failure is None:
+                self._pinned = None
+                return False
+            deadline.wait(failure)
+            self._pinned = base  # the retry starts from the same snapshot, so it can only land at V+1
+
+    def _commit_owner(self, version: int, deadline: Deadline) -> str | None:
+        """The commit id recorded in Delta commit ``version`` ('' for a commit without one), None when there is
+        no such commit. Read with retries: the answer decides whether a write is reported as done."""
+        name = f"_delta_log/{version:020d}.json"
+        if self.location.is_s3:
+            from botocore.exceptions import ClientError
+
+            def fetch() -> bytes | None:
+                try:
+                    obj = s3_client().get_object(Bucket=self.location.bucket, Key=self.location.key(name))
+                    return bytes(obj["Body"].read())
+                except ClientError as e:
+                    if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                        return None
+                    raise
+
+            text = retry_transient(fetch, deadline)
+        else:
+            try:
+                with open(os.path.join(self.location.uri, name), "rb") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = None
+        if text is None:
+            return None
+        for line in text.splitlines():
+            try:
+                action = json.loads(line)
+            except ValueError:
+                continue  # a damaged or truncated line: not ours to judge here (fsck reports the log)
+            if isinstance(action, dict) and isinstance(action.get("commitInfo"), dict):
+                return str(action["commitInfo"].get(COMMIT_ID_KEY) or "")
+        return ""
 
     def maintain(self) -> None:
         """Compact small files (and now and then vacuum them) after the commit that crossed a boundary."""

@@ -132,6 +132,9 @@ def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(
     blobs = [b for b in blobs_store.iter_blobs() if b.digest not in keep]
     old = [b for b in blobs if b.modified < cutoff]
     temps = [t for t in blobs_store.iter_temporaries() if t.modified < cutoff]
+    # Multipart uploads a killed writer (or a failed one whose abort could not reach S3) left pending: their parts
+    # are stored and billed but belong to no object. Past the grace period no writer is still sending them.
+    uploads = [u for u in blobs_store.iter_multipart() if u.modified < cutoff]
     restored = 0
     if apply:
         registry._authorize("delete", "*")
@@ -154,6 +157,8 @@ def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(
                 blobs_store.purge(digest)
         for t in temps:
             blobs_store.delete_temporary(t.digest)
+        for u in uploads:
+            blobs_store.abort_multipart(u)
     return {
         "applied": apply,
         "referenced_blobs": len(keep),
@@ -161,6 +166,7 @@ def gc(registry: Registry, *, apply: bool = False, grace: timedelta = timedelta(
         "unreferenced_bytes": sum(b.size for b in old),
         "too_recent": len(blobs) - len(old),
         "temporaries": len(temps),
+        "multipart_uploads": len(uploads),
         "restored": restored,
         "grace_hours": grace.total_seconds() / 3600,
     }
