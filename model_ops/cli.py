@@ -504,6 +504,8 @@ def cmd_keygen(_: Registry | None, args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(reg: Registry, args: argparse.Namespace) -> int:
+    if args.repair:
+        return _repair(reg, args)
     problems = reg.fsck()
     _emit(
         args,
@@ -515,6 +517,36 @@ def cmd_fsck(reg: Registry, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _repair(reg: Registry, args: argparse.Namespace) -> int:
+    report = reg.repair(apply=True)
+    doc = {k: v for k, v in report.items()}
+    if not report["needed"]:
+        human = "the event log is intact; nothing to repair"
+    else:
+        lines = [
+            f"rebuilt the event log: {report['kept']} event(s) kept"
+            + (f", {len(report['from_receipts_only'])} restored from receipts" if report["from_receipts_only"] else ""),
+            *(f"  found: {p}" for p in report["log_problems"]),
+        ]
+        if report["lost"]:
+            lines.append(f"  could not restore acknowledged event(s) {report['lost']}: an event before them is gone")
+        if report["unacknowledged_leftovers"]:
+            lines.append(
+                f"  left out event(s) {report['unacknowledged_leftovers']}: leftovers of writes that were never "
+                "acknowledged"
+            )
+        lines.append(f"  the damaged log is kept at {report.get('moved_aside')}")
+        human = "\n".join(lines)
+    _emit(args, doc, human)
+    problems = reg.fsck()
+    if problems:
+        print(f"{len(problems)} problem(s) remain:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_gc(reg: Registry, args: argparse.Namespace) -> int:
     if args.grace_hours < 0:
         raise UsageError("--grace-hours must be zero or more")
@@ -522,11 +554,12 @@ def cmd_gc(reg: Registry, args: argparse.Namespace) -> int:
     n, size = len(report["unreferenced"]), report["unreferenced_bytes"]
     verb = "removed" if args.apply else "would remove"
     human = (
-        f"{verb} {n} unreferenced blob(s), {size} bytes, and {report['temporaries']} leftover temporary file(s); "
+        f"{verb} {n} unreferenced blob(s), {size} bytes, {report['temporaries']} leftover temporary file(s) and "
+        f"{report.get('multipart_uploads', 0)} unfinished multipart upload(s); "
         f"{report['referenced_blobs']} referenced blob(s) kept; {report['too_recent']} unreferenced blob(s) "
         f"younger than {args.grace_hours:g} h kept"
     )
-    if not args.apply and (n or report["temporaries"]):
+    if not args.apply and (n or report["temporaries"] or report.get("multipart_uploads")):
         human += "\nrun again with --apply to remove them"
     _emit(args, report, human)
     return 0
@@ -736,7 +769,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until", default=None, help="last month to replay, YYYY-MM (default: the last partition)")
     sp.add_argument("--dagster-home", help="Dagster instance directory (default $DAGSTER_HOME, else ./.dagster_home)")
     sp.add_argument("--no-faulty", action="store_true", help="do not release the deliberately faulty candidate")
-    add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
+    sp = add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
+    sp.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild a damaged event log from its data files and commit receipts (stop writers first); "
+        "the damaged log is moved aside, never deleted",
+    )
     sp = add(
         "retention",
         cmd_retention,

@@ -112,11 +112,11 @@ class DeltaCas:
         return self.has_commit(self.version + 1)
 
     def refresh(self) -> None:
-        self.table.update_incremental()
+        retry_transient(lambda: self.table.update_incremental())
 
     def read(self, filter_expr: pc.Expression | None = None, columns: list[str] | None = None) -> pa.Table:
-        dataset = self.table.to_pyarrow_dataset()
-        return dataset.to_table(filter=filter_expr, columns=columns)
+        """The rows (a listing or a body cut mid-stream on S3 is read again, until the S3 deadline)."""
+        return retry_transient(lambda: self.table.to_pyarrow_dataset().to_table(filter=filter_expr, columns=columns))
 
     def try_append(self, data: pa.Table) -> bool:
         """Append iff nobody committed since our snapshot. False means: re-read and try again.
@@ -212,7 +212,9 @@ class DeltaCas:
                 self.table.cleanup_metadata()
         except Exception as e:  # maintenance must never fail the write that triggered it
             log.warning("maintenance of %s at version %s did not complete: %s", self.location, version, e)
-            self._dt = None
+            # Reopen at the version the caller's state is folded to, never at the newest: a handle that jumped
+            # past another writer's commit would let the next compare-and-swap succeed against a stale state.
+            self._dt, self._pinned = None, version
 
 
 class EventLog(DeltaCas):

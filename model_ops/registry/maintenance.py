@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model_ops.errors import IntegrityError
-from model_ops.registry import attest
+from model_ops.registry import attest, chain, repair
 from model_ops.registry import events as ev
 from model_ops.registry.eventlog import DeltaCas, EventLog
+from model_ops.registry.receipts import Receipts
 from model_ops.registry.state import RegistryState
 
 if TYPE_CHECKING:
@@ -77,13 +78,28 @@ def fsck(registry: Registry) -> list[str]:
     fresh handle on the log and a fresh fold, never the registry object's cached state, which is what is being
     checked."""
     policy, artifacts = registry.policy, registry.artifacts
-    problems: list[str] = []
+    receipts = Receipts(registry.location)
+    problems: list[str] = repair.log_problems(registry.location.child("events"), receipts)
     state = RegistryState(policy.production.stage)
     try:
-        state.apply_all(ev.from_arrow(EventLog(registry.location).read_after(0)))
+        log = EventLog(registry.location)
+        events = ev.from_arrow(log.read_after(0))
+        version = log.version
     except Exception as e:  # an unreadable log is the worst finding; report it instead of crashing
-        return [f"the event log at {registry.location.child('events')} cannot be read: {e}"]
+        return [
+            *problems,
+            f"the event log at {registry.location.child('events')} cannot be read: {repair.first_line(e)}",
+        ]
+    state.apply_all(events)
     problems.extend(state.problems)
+    receipt = receipts.read(version)
+    if receipt is not None and (receipt["last_seq"], receipt["last_hash"]) != (state.last_seq, state.last_hash):
+        problems.append(
+            f"the event log's commit {version} was acknowledged with events {receipt['first_seq']}.."
+            f"{receipt['last_seq']}, and the log now ends at event {state.last_seq}: events were lost"
+        )
+    problems.extend(chain.chain_problems(events))
+    problems.extend(chain.policy_problems(events, policy))
     checked: dict[str, list[str]] = {}
     signatures = attest.FsckSignatures(registry)
     for m in state.models.values():

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from model_ops.location import Location, s3_client
+from model_ops.location import Location, retry_transient, s3_client
 from model_ops.registry import events as ev
 
 KEEP = 1000
@@ -103,9 +103,13 @@ class Receipts:
             if self.location.is_s3:
                 from botocore.exceptions import ClientError
 
+                def get() -> bytes:
+                    return (
+                        s3_client().get_object(Bucket=self.location.bucket, Key=self.location.key(name))["Body"].read()
+                    )
+
                 try:
-                    body = s3_client().get_object(Bucket=self.location.bucket, Key=self.location.key(name))["Body"]
-                    raw = body.read()
+                    raw = retry_transient(get)
                 except ClientError as e:
                     if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                         return None

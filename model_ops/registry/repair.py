@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from deltalake.exceptions import DeltaError
 
 from model_ops.errors import IntegrityError
-from model_ops.location import Location, s3_client
+from model_ops.location import Location, retry_transient, s3_client
 from model_ops.registry import events as ev
 from model_ops.registry.receipts import Receipts, events_of
 
@@ -70,7 +70,7 @@ def _names(location: Location) -> list[str]:
     if not location.is_s3:
         return sorted(os.listdir(location.path)) if location.path.is_dir() else []
     prefix = location.key() + "/"
-    out = []
+    out: list[str] = []
     for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix):
         out.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
     return sorted(out)
@@ -79,7 +79,9 @@ def _names(location: Location) -> list[str]:
 def _read(location: Location, name: str) -> bytes:
     if not location.is_s3:
         return (location.path / name).read_bytes()
-    return s3_client().get_object(Bucket=location.bucket, Key=location.key(name))["Body"].read()
+    return retry_transient(
+        lambda: s3_client().get_object(Bucket=location.bucket, Key=location.key(name))["Body"].read()
+    )
 
 
 def _commit_problem(version: int, raw: bytes) -> str | None:
@@ -279,7 +281,7 @@ def repair(registry: Registry, *, apply: bool = False) -> dict[str, Any]:
     fresh = EventLog(registry.location)
     if not fresh.try_append(ev.to_arrow(kept)):
         raise IntegrityError(
-            "another writer committed to the event log during the repair; the damaged log is kept at " + aside,
+            f"another writer committed to the event log during the repair; the damaged log is kept at {aside}",
             hint="stop every writer of this registry, then run `model-ops fsck --repair` again",
         )
     Receipts(registry.location).write(fresh.version, kept[-1:])
