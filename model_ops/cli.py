@@ -100,7 +100,8 @@ def _event_row(e: Event) -> dict[str, Any]:
         "version": e.version,
         "event": e.kind,
         "change": change,
-        "actor": e.actor,
+        # The claimed name, and the proven identity behind it when that is another one.
+        "actor": e.actor if e.identity in (None, e.actor) else f"{e.actor} via {e.identity}",
         "reason": e.reason or "",
         "run": (e.run_id or "")[:8],
     }

@@ -33,7 +33,11 @@ class ModelOpsResource(dg.ConfigurableResource):
         default=None, description="A local path or s3://bucket/prefix; default $MODEL_OPS_ROOT, else ./.model_ops."
     )
     actor: str | None = Field(default=None, description="Who the registry records as acting for this run.")
-    policy: str | None = Field(default=None, description="Path of a policy YAML; default: the registry's own.")
+    policy: str | None = Field(
+        default=None,
+        description="Path of a policy YAML that narrows the registry's own (it can only take rights away); "
+        "default: none, the registry's policy alone.",
+    )
 
     def location(self) -> Location:
         return resolve_root(self.root)

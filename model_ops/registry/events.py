@@ -108,6 +108,8 @@ class Event:
             "reason": self.reason,
             "run_id": self.run_id,
             "identity": self.identity,
+            "policy": self.policy,
+            "prev_hash": self.prev_hash,
             "hash": self.hash,
             "details": self.data if self.kind != REGISTERED else None,
         }
