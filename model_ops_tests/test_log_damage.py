@@ -287,3 +287,41 @@ def test_forged_event_claiming_another_policy_is_found(tmp_path: Path) -> None:
     )
     problems = Registry.open(root).fsck()
     assert any("claims it was decided by policy" in p for p in problems), problems
+
+
+def test_a_process_holding_state_refuses_to_write_on_an_emptied_newest_commit(tmp_path: Path) -> None:
+    """The Delta engine cannot tell this process that its newest commit was emptied; a write on top would make the
+    damaged commit an older one, which the tip check no longer looks at, and the lost number would be handed out."""
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path)
+    reg.versions("m")
+    _empty(_newest(root))
+    with pytest.raises(IntegrityError, match="commit 3 of the event log is empty"):
+        reg.register("m", write_file(tmp_path / "x", "m.bin", unique_bytes("x")))
+
+
+def test_a_gap_in_the_numbering_is_damage_that_refuses_writes(tmp_path: Path) -> None:
+    """A damaged commit below the newest one (someone wrote on top of it with another tool) leaves a gap in the
+    event numbers: readers see it as damage and refuse to write, so its numbers are never handed out again."""
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path)
+    damaged = _newest(root)
+    tip = reg.audit()[-1]
+    after = ev.Event(seq=tip.seq + 1, ts=tip.ts + timedelta(seconds=1), model="m", kind=ev.TAG_SET, actor="alice")
+    after.version, after.key, after.to_value = 1, "k", "v"
+    _empty(damaged)
+    write_deltalake(str(root / "registry" / "events"), ev.to_arrow([after]), mode="append", schema_mode="merge")
+    fresh = Registry.open(root, actor="alice")
+    assert len(fresh.versions("m")) == 2
+    assert any("skips events" in d for d in fresh.damage)
+    with pytest.raises(IntegrityError, match="skips events"):
+        fresh.register("m", write_file(tmp_path / "y", "m.bin", unique_bytes("y")))
+
+
+def test_a_payload_that_is_not_json_is_named_by_fsck_and_breaks_no_reader(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path, n=1)
+    _forge(root, reg, model="m", kind=ev.TAG_SET, actor="alice", version=1, key="k", to_value="v", payload="not-json")
+    fresh = Registry.open(root)
+    assert any("not a JSON object" in p for p in fresh.fsck())
+    assert [e.to_dict()["details"] for e in fresh.audit()][-1] == {}

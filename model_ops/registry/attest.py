@@ -459,16 +459,23 @@ def enforce(
     return verifier
 
 
-def deployment_versions(version: int | None, details: Mapping[str, Any] | None) -> list[int]:
+def deployment_versions(version: int | None, details: Mapping[str, Any] | None, served: set[int]) -> list[int]:
     """The versions a deployment record puts in front of traffic: those its manifest serves (production, canary,
-    shadow) that the previous manifest did not, or the version it names when it carries no manifest."""
+    shadow) that are not serving already by the registry's own account (``served``: never the record's own claim
+    of what served before), or the version it names when it carries no manifest."""
     details = details or {}
-    after, before = details.get("manifest"), details.get("previous") or {}
+    after = details.get("manifest")
     if not isinstance(after, Mapping):
         return [version] if version else []
     roles = ("production", "canary", "shadow")
-    old = {before.get(r) for r in roles} if isinstance(before, Mapping) else set()
-    return sorted({int(v) for r in roles if isinstance((v := after.get(r)), int) and v not in old})
+    named: dict[str, Any] = {r: after[r] for r in roles if after.get(r) is not None}
+    bad = [r for r, v in named.items() if type(v) is not int or v < 1]
+    if bad:
+        raise UsageError(
+            "a deployment manifest names versions by number: " + ", ".join(f"{r}={after.get(r)!r}" for r in bad),
+            hint="pass version numbers as integers (or null for none)",
+        )
+    return sorted({int(v) for v in named.values() if v not in served})
 
 
 def require_deployable(reg: Registry, name: str, version: int) -> None:

@@ -44,6 +44,9 @@ def chain_problems(events: list[ev.Event]) -> list[str]:
             )
         if ev.chain_hash(e) != e.hash:
             problems.append(f"event {e.seq} ({_what(e)}) was altered after it was written: its hash does not match")
+        text = e.payload_text()
+        if text and ev.payload_object(text) is None:
+            problems.append(f"event {e.seq} ({_what(e)}) carries a payload that is not a JSON object")
         prev, started = e.hash, True
     return problems
 

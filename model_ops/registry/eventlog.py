@@ -107,6 +107,25 @@ class DeltaCas:
                 return False
             raise
 
+    def commit_problem(self, version: int) -> str | None:
+        """What is wrong with the commit file of ``version`` (empty, not JSON, no actions), or None."""
+        from model_ops.registry.repair import commit_file_problem
+
+        name = f"_delta_log/{version:020d}.json"
+        try:
+            if not self.location.is_s3:
+                with open(os.path.join(self.location.uri, name), "rb") as f:
+                    raw = f.read()
+            else:
+                raw = retry_transient(
+                    lambda: (
+                        s3_client().get_object(Bucket=self.location.bucket, Key=self.location.key(name))["Body"].read()
+                    )
+                )
+        except FileNotFoundError:
+            return f"commit {version} of the event log is missing"
+        return commit_file_problem(version, raw)
+
     def changed(self) -> bool:
         """True when another writer has committed since this object last read the table."""
         return self.has_commit(self.version + 1)

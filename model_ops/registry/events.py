@@ -26,7 +26,9 @@ ROLLBACK = "rollback"
 DENIED = "denied"
 ATTACHMENT = "attachment"  # bytes kept beside a version (key = label, digest = the stored artifact)
 # Records written by the operations layer (deployments, evaluations, monitoring) through Registry.record().
-RECORD_KINDS = frozenset({"deployment", "evaluation", "monitoring", "canary_analysis", "retrain", "alert", "note"})
+RECORD_KINDS = frozenset(
+    {"deployment", "evaluation", "monitoring", "canary_analysis", "retrain", "alert", "note", "experiment"}
+)
 STATE_KINDS = frozenset({REGISTERED, STAGE_CHANGED, ALIAS_SET, ALIAS_REMOVED, TAG_SET, TAG_REMOVED, APPROVED, ROLLBACK})
 
 SCHEMA = pa.schema(
@@ -88,9 +90,10 @@ class Event:
 
     @property
     def data(self) -> dict[str, Any]:
+        """The payload as a mapping; ``{}`` when it is absent or is not a JSON object (an event written outside
+        model_ops: ``fsck`` names it, and readers, the audit listing and webhooks go on working)."""
         if self._parsed is None:
-            text = self.payload_text()
-            self._parsed = json.loads(text) if text else {}
+            self._parsed = payload_object(self.payload_text()) or {}
         return self._parsed
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +116,17 @@ class Event:
             "hash": self.hash,
             "details": self.data if self.kind != REGISTERED else None,
         }
+
+
+def payload_object(text: str | None) -> dict[str, Any] | None:
+    """``text`` parsed as a JSON object, or None when it is empty or is not one."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def to_arrow(events: list[Event]) -> pa.Table:

@@ -259,6 +259,11 @@ class Registry:
         when the log moved."""
         version = self._state_version
         damage = []
+        if state.gap_after is not None:
+            damage.append(
+                f"the event log skips events after event {state.gap_after}: a commit holding them was damaged "
+                "or deleted"
+            )
         receipt = self._receipts.read(version)
         if receipt is not None and (receipt["last_seq"], receipt["last_hash"]) != (state.last_seq, state.last_hash):
             damage.append(
@@ -273,6 +278,19 @@ class Registry:
         if damage and damage != self.damage:
             log.warning("warning: registry %s: %s", self.root, "; ".join(damage))
         self.damage = damage
+
+    def _newest_commit_problem(self) -> str | None:
+        """What is wrong with the commit file of the version this state was folded at, read again just before a
+        write builds on it: a process holding the state cannot notice through the Delta engine that the file was
+        emptied or deleted under it, and a commit on top would bury the loss (the damaged commit would no longer be
+        the newest). One small read per write."""
+        version = self._state_version
+        if version <= 0:
+            return None
+        if not self._log.has_commit(version):
+            return f"the event log's newest commit {version} vanished under this process"
+        problem = self._log.commit_problem(version)
+        return f"{problem} (found by this process before writing on top of it)" if problem else None
 
     def _refuse_if_damaged(self) -> None:
         if self.damage:
@@ -414,8 +432,9 @@ class Registry:
                 if not pending:
                     return result()
                 self._refuse_if_damaged()
-                if self._state_version > 0 and not self._log.has_commit(self._state_version):
-                    self.damage = [f"the event log's newest commit {self._state_version} vanished under this process"]
+                vanished = self._newest_commit_problem()
+                if vanished:
+                    self.damage = [vanished]
                     self._refuse_if_damaged()
                 ts = _now()
                 if state.last_ts is not None and ts <= state.last_ts:
@@ -1280,11 +1299,32 @@ class Registry:
         if version is not None:
             self.get(name, version)
         if kind == "deployment":  # what a deployment puts in front of traffic meets production's signature rule
-            for number in attest.deployment_versions(version, payload):
+            for number in attest.deployment_versions(version, payload, self._served(name)):
                 attest.require_deployable(self, name, number)
         self._authorize("deploy" if kind == "deployment" else "record", name, version, run_id)
         event = self._event(name, kind, version=version, reason=reason, run_id=run_id, payload=payload)
         return self._commit(lambda state: ([event], lambda: event))
+
+    def _served(self, name: str) -> set[int]:
+        """The versions serving ``name`` now by the registry's own account: the production version and those the
+        newest deployment record's manifest names. Never what a caller's record says was serving."""
+        served: set[int] = set()
+        try:
+            production = self.resolve(Ref(name, stage=self.policy.production.stage)).version
+            served.add(production)
+        except NotFoundError:
+            pass
+        try:
+            events = self.audit(name)
+        except NotFoundError:
+            return served
+        for e in reversed(events):
+            if e.kind == "deployment":
+                manifest = e.data.get("manifest")
+                if isinstance(manifest, Mapping):
+                    served |= {v for r in ("production", "canary", "shadow") if isinstance((v := manifest.get(r)), int)}
+                break
+        return served
 
     def attach(
         self, name: str, version: int, label: str, data: bytes, *, reason: str | None = None, run_id: str | None = None

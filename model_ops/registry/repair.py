@@ -84,7 +84,7 @@ def _read(location: Location, name: str) -> bytes:
     )
 
 
-def _commit_problem(version: int, raw: bytes) -> str | None:
+def commit_file_problem(version: int, raw: bytes) -> str | None:
     """What is wrong with one commit file, or None. A commit model_ops writes always adds, removes or changes
     something: a file with only commit information (or nothing) has lost its actions."""
     if not raw.strip():
@@ -133,7 +133,7 @@ def log_problems(events_location: Location, receipts: Receipts | None = None) ->
         if version not in commits:
             problems.append(f"commit {version} of the event log is missing (commits {version - 1} and later exist)")
             continue
-        problem = _commit_problem(version, _read(log_dir, commits[version]))
+        problem = commit_file_problem(version, _read(log_dir, commits[version]))
         if problem:
             problems.append(problem)
     if receipts is not None:

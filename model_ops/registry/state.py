@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,7 +96,8 @@ class VersionState:
     def record(self) -> dict[str, Any]:
         """The immutable registration record (params, metrics, lineage …), parsed on first use."""
         if self._record is None:
-            self._record = json.loads(self.payload) if self.payload else {}
+            # A payload that is not a JSON object was not written by model_ops; fsck names the event.
+            self._record = ev.payload_object(self.payload) or {}
         return self._record
 
 
@@ -135,6 +135,7 @@ class RegistryState:
         self.last_seq = 0
         self.last_ts: datetime | None = None
         self.last_hash: str | None = None  # the chain hash of event last_seq (None: a log from before the chain)
+        self.gap_after: int | None = None  # the first event after which the numbering breaks (lost events)
         self.problems: list[str] = []
         self.production_stage = production_stage
 
@@ -163,6 +164,9 @@ class RegistryState:
         expected = np.arange(self.last_seq + 1, self.last_seq + 1 + len(seqs))
         if not np.array_equal(seqs, expected):
             self.problems.append(f"event log gap or duplicate after event {self.last_seq}")
+            if self.gap_after is None:
+                first = int(np.argmax(seqs != expected))
+                self.gap_after = self.last_seq + first
         is_reg = pc.equal(table.column("kind"), ev.REGISTERED)
         regs = table.filter(is_reg)
         with gc_paused():
@@ -215,6 +219,8 @@ class RegistryState:
             return  # already folded (a re-read after compaction)
         if e.seq != self.last_seq + 1:
             self.problems.append(f"event log gap: event {e.seq} follows event {self.last_seq}")
+            if self.gap_after is None:
+                self.gap_after = self.last_seq
         if self.last_ts is not None and e.ts < self.last_ts:
             self.problems.append(f"event {e.seq} is dated before event {self.last_seq}")
         self.last_seq = e.seq
