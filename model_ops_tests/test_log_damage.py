@@ -325,3 +325,99 @@ def test_a_payload_that_is_not_json_is_named_by_fsck_and_breaks_no_reader(tmp_pa
     fresh = Registry.open(root)
     assert any("not a JSON object" in p for p in fresh.fsck())
     assert [e.to_dict()["details"] for e in fresh.audit()][-1] == {}
+
+
+def _forge_commit(root: Path, reg: Registry, *specs: dict) -> None:
+    """Append several events as one commit (one timestamp), each with a correct chain hash and the policy in force."""
+    tip = reg.audit()[-1]
+    prev, out = tip.hash, []
+    for i, fields in enumerate(specs):
+        e = ev.Event(seq=tip.seq + 1 + i, ts=tip.ts + timedelta(seconds=1), **{"policy": tip.policy, **fields})
+        e.prev_hash = prev
+        e.hash = prev = ev.chain_hash(e)
+        out.append(e)
+    write_deltalake(str(root / "registry" / "events"), ev.to_arrow(out), mode="append", schema_mode="merge")
+
+
+def _gated(root: Path, tmp_path: Path) -> Registry:
+    (root / "registry").mkdir(parents=True)
+    policy = (REPO / "model_ops" / "registry" / "default_policy.yaml").read_text()
+    (root / "registry" / "policy.yaml").write_text(policy.replace("    approvals: 0\n", "    approvals: 1\n"))
+    reg = _registry(root, tmp_path, n=2)
+    reg.transition("models:/m/1", "staging", reason="ready")
+    reg.transition("models:/m/2", "staging", reason="ready")
+    assert reg.fsck() == []
+    return reg
+
+
+PROMOTE = {"model": "m", "kind": ev.STAGE_CHANGED, "actor": "alice", "version": 1, "from_value": "staging"}
+
+
+@pytest.mark.parametrize(
+    "commit",
+    [
+        [{**PROMOTE, "to_value": "production", "payload": json.dumps({"cause": "replaced"})}],
+        [{**PROMOTE, "to_value": "production", "payload": json.dumps({"cause": "rollback"})}],
+        [
+            {**PROMOTE, "to_value": "production", "payload": json.dumps({"cause": "transition"})},
+            {**PROMOTE, "version": 2, "to_value": "development", "payload": json.dumps({"cause": "transition"})},
+        ],
+        [
+            {"model": "m", "kind": ev.REGISTERED, "actor": "alice", "version": 3, "from_value": "production"},
+        ],
+        [
+            {"model": "m", "kind": ev.DENIED, "actor": "alice", "key": "deploy"},
+            {"model": "m", "kind": ev.ALIAS_SET, "actor": "alice", "version": 2, "key": "champion", "to_value": "2"},
+        ],
+        [
+            {"model": "m", "kind": ev.TAG_SET, "actor": "bob", "version": 1, "key": "k", "to_value": "v"},
+            {**PROMOTE, "to_value": "production", "payload": json.dumps({"cause": "transition"})},
+        ],
+    ],
+    ids=["cause-replaced", "cause-rollback", "second-move", "born-in-production", "beside-a-denial", "mixed-writers"],
+)
+def test_forged_commits_of_shapes_the_registry_never_writes_are_found(tmp_path: Path, commit: list[dict]) -> None:
+    root = tmp_path / "root"
+    reg = _gated(root, tmp_path)
+    _forge_commit(root, reg, *commit)
+    assert Registry.open(root).fsck(), "a forged commit with a valid hash chain passed fsck"
+
+
+def test_a_forged_policy_change_to_a_policy_nobody_had_is_found(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    reg = _gated(root, tmp_path)
+    fake = "root=sha256:" + "1" * 64
+    real = reg.audit()[-1].policy
+    _forge_commit(
+        root,
+        reg,
+        {
+            "model": "m",
+            "kind": "policy_changed",
+            "actor": "alice",
+            "key": "policy",
+            "from_value": real,
+            "to_value": fake,
+        },
+    )
+    _forge_commit(
+        root,
+        Registry.open(root),
+        {**PROMOTE, "to_value": "production", "policy": fake, "payload": json.dumps({"cause": "transition"})},
+    )
+    assert any("whose text the registry does not hold" in p for p in Registry.open(root).fsck())
+
+
+def test_legitimate_writes_under_an_edited_policy_are_judged_by_the_policy_that_decided_them(tmp_path: Path) -> None:
+    """A promotion decided under a policy without an approvals gate stays legitimate after the gate is added."""
+    root = tmp_path / "root"
+    (root / "registry").mkdir(parents=True)
+    text = (REPO / "model_ops" / "registry" / "default_policy.yaml").read_text()
+    (root / "registry" / "policy.yaml").write_text(text)
+    reg = _registry(root, tmp_path, n=1)
+    reg.transition("models:/m/1", "staging", reason="ready")
+    reg.transition("models:/m/1", "production", reason="ship")
+    (root / "registry" / "policy.yaml").write_text(text.replace("    approvals: 0\n", "    approvals: 1\n"))
+    later = Registry.open(root, actor="alice")
+    later.set_tag("models:/m/1", "k", "v")  # records the policy change
+    assert later.fsck() == []

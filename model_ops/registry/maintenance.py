@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model_ops.errors import IntegrityError
+from model_ops.errors import IntegrityError, ModelOpsError
 from model_ops.registry import attest, chain, repair
 from model_ops.registry import events as ev
 from model_ops.registry.eventlog import DeltaCas, EventLog
+from model_ops.registry.policy import PolicyArchive, root_policy
 from model_ops.registry.receipts import Receipts
 from model_ops.registry.state import RegistryState
 
@@ -99,16 +100,23 @@ def fsck(registry: Registry) -> list[str]:
             f"{receipt['last_seq']}, and the log now ends at event {state.last_seq}: events were lost"
         )
     problems.extend(chain.chain_problems(events))
-    problems.extend(chain.policy_problems(events, policy))
+    # Judged by the root's own policies, never the narrowing one this process may have been opened with.
+    problems.extend(chain.policy_problems(events, root_policy(registry.location), PolicyArchive(registry.location)))
     checked: dict[str, list[str]] = {}
     signatures = attest.FsckSignatures(registry)
     for m in state.models.values():
         for vs in m.versions:
             if vs.digest not in checked:
-                checked[vs.digest] = artifacts.check(vs.digest)
+                try:
+                    checked[vs.digest] = artifacts.check(vs.digest)
+                except ModelOpsError as e:  # a registration written outside model_ops may name no valid digest
+                    checked[vs.digest] = [e.message]
             for p in checked[vs.digest]:
                 problems.append(f"{m.name} v{vs.version}: {p}")
-            problems.extend(signatures.check(m, vs))  # record, OMS bundle, provenance, attachments: attest.py
+            try:
+                problems.extend(signatures.check(m, vs))  # record, OMS bundle, provenance, attachments: attest.py
+            except ModelOpsError as e:
+                problems.append(f"{m.name} v{vs.version}: {e.message}")
         for alias, number in m.aliases.items():
             if m.get(number) is None:
                 problems.append(f"{m.name}: alias {alias} points at missing version {number}")

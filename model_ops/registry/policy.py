@@ -307,6 +307,7 @@ class Policy(_Strict):
     # sections of narrowing policies that must allow a request too.
     _digest: str = PrivateAttr(default="")
     _root_file: str = PrivateAttr(default="")
+    _raw: bytes = PrivateAttr(default=b"")  # the root file's bytes, kept by PolicyArchive for the audit replay
     _narrowing: tuple[tuple[str, Access], ...] = PrivateAttr(default=())
 
     @field_validator("four_eyes", mode="before")
@@ -468,6 +469,7 @@ class Policy(_Strict):
         )
         out._digest = f"{self._digest};narrowed={other._file_digest()}"
         out._root_file = self._root_file
+        out._raw = self._raw
         out._narrowing = (*self._narrowing, (other.source, other.access), *other._narrowing)
         return out
 
@@ -558,7 +560,63 @@ def root_policy(registry_location: Location) -> Policy:
         policy, origin = _parse(raw, where), "root"
     policy._digest = f"{origin}={policy._file_digest()}"
     policy._root_file = where
+    policy._raw = raw if raw is not None else default_policy_text().encode()
     return policy
+
+
+class PolicyArchive:
+    """Every root policy a write was decided by, kept by digest (``registry/policies/<sha256>.yaml``), so that
+    ``fsck`` replays each write against the very policy that decided it, after the file was edited or replaced,
+    and a write claiming a policy nobody ever had is found. Files are written once and never changed."""
+
+    def __init__(self, registry_location: Location) -> None:
+        self.location = registry_location.child("policies")
+
+    def keep(self, policy: Policy) -> None:
+        raw = policy._raw
+        if not raw:
+            return
+        name = hashlib.sha256(raw).hexdigest() + ".yaml"
+        if self.location.is_s3:
+            s3_client().put_object(Bucket=self.location.bucket, Key=self.location.key(name), Body=raw)
+            return
+        path = self.location.path / name
+        if path.exists():
+            return
+        self.location.path.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.{os.getpid()}")
+        tmp.write_bytes(raw)
+        os.replace(tmp, path)
+
+    def load(self, digest: str) -> Policy | None:
+        """The policy whose root digest (``root=sha256:…`` or ``default=sha256:…``) is ``digest``, or None."""
+        origin, _, rest = digest.partition("=")
+        hexdigest = rest.removeprefix("sha256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", hexdigest) or origin not in ("root", "default"):
+            return None
+        raw: bytes | None = None
+        shipped = default_policy_text().encode()
+        if origin == "default" and hashlib.sha256(shipped).hexdigest() == hexdigest:
+            raw = shipped
+        else:
+            name = hexdigest + ".yaml"
+            try:
+                if self.location.is_s3:
+                    raw = (
+                        s3_client().get_object(Bucket=self.location.bucket, Key=self.location.key(name))["Body"].read()
+                    )
+                else:
+                    raw = (self.location.path / name).read_bytes()
+            except Exception:  # not kept (or unreadable): the caller names the event that claims it
+                return None
+        if raw is None or hashlib.sha256(raw).hexdigest() != hexdigest:
+            return None
+        try:
+            policy = _parse(raw, f"the policy {digest} kept in {self.location}")
+        except UsageError:
+            return None
+        policy._digest = f"{origin}=sha256:{hexdigest}"
+        return policy
 
 
 def load_policy(registry_location: Location, path: str | os.PathLike[str] | None = None) -> Policy:

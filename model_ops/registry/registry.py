@@ -40,7 +40,7 @@ from model_ops.errors import (
     PolicyError,
     UsageError,
 )
-from model_ops.location import Location, resolve_root
+from model_ops.location import Location, resolve_root, retry_transient
 from model_ops.registry import attest, inputs, maintenance, receipts
 from model_ops.registry import events as ev
 from model_ops.registry import semver as sv
@@ -50,7 +50,7 @@ from model_ops.registry.gates import breaking_changes, gate_results
 from model_ops.registry.identity import prove as prove_identity
 from model_ops.registry.inputs import as_ref, parse_dataset, parse_timestamp, require_reason
 from model_ops.registry.maintenance import VERSIONS_SCHEMA
-from model_ops.registry.policy import POLICY_CHANGED, Policy, load_policy, root_part
+from model_ops.registry.policy import POLICY_CHANGED, Policy, PolicyArchive, load_policy, root_part
 from model_ops.registry.receipts import Receipts
 from model_ops.registry.refs import Ref, check_alias, check_name, parse_ref
 from model_ops.registry.repair import unreadable_log
@@ -187,6 +187,7 @@ class Registry:
         self._log = EventLog(self.location)  # tied to the folded state: compare-and-swap commits start from it
         self._reader = EventLog(self.location)  # audit and as-of read the latest table through this one
         self._receipts = Receipts(self.location)
+        self._policies_kept: set[str] = set()
         self._state: RegistryState | None = None
         self._state_version = -1
         # What is wrong with the newest commits of the log, found by the last read (see ``_check_tip``). Reads go
@@ -515,6 +516,7 @@ class Registry:
         and identity; a refusal is committed to the audit log as a denial, then raised. Every write passes here
         first, so this is also where a lost or changed root policy is noticed (see :meth:`_check_policy`)."""
         self._check_policy(model, run_id)
+        self._keep_policy()
         why = self.policy.refusal(self.actor, self.identity, verb, model)
         if why is None:
             return
@@ -524,6 +526,14 @@ class Registry:
         )
         self._commit(lambda state: ([denial], lambda: None))
         raise PermissionDeniedError(message + f" (refused by {why.by} and recorded in the audit log)", hint=why.hint)
+
+    def _keep_policy(self) -> None:
+        """Keep the root policy's text by digest before the first write it decides (once per process and
+        policy), so fsck can replay this write against it after the file changes (see ``PolicyArchive``)."""
+        digest = root_part(self.policy.digest)
+        if digest is not None and digest not in self._policies_kept:
+            retry_transient(lambda: PolicyArchive(self.location).keep(self.policy))
+            self._policies_kept.add(digest)
 
     def _newest_policy(self, state: RegistryState) -> str | None:
         """The ``policy`` column of the fold's newest event (None: not recorded). Cheapest source first: the event
