@@ -603,6 +603,27 @@ def cmd_webhooks(reg: Registry, args: argparse.Namespace) -> int:
     return 1 if args.webhooks_cmd == "deliver" and any(r.pending for r in reports) else 0
 
 
+def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
+    """The live inference server (see ``model_ops.serving``); runs until SIGTERM or Ctrl-C."""
+    from model_ops.serving import ServeConfig
+    from model_ops.serving.server import run
+
+    if args.drain < 0 or args.poll <= 0 or args.log_flush <= 0:
+        raise UsageError("--drain must be zero or more seconds, --poll and --log-flush more than zero")
+    config = ServeConfig(
+        root=args.root,
+        names=list(args.names),
+        actor=args.actor,
+        policy=args.policy,
+        poll_seconds=args.poll,
+        drain_seconds=args.drain,
+        log_predictions=not args.no_log,
+        log_flush_seconds=args.log_flush,
+    )
+    run(config, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -770,6 +791,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until", default=None, help="last month to replay, YYYY-MM (default: the last partition)")
     sp.add_argument("--dagster-home", help="Dagster instance directory (default $DAGSTER_HOME, else ./.dagster_home)")
     sp.add_argument("--no-faulty", action="store_true", help="do not release the deliberately faulty candidate")
+    sp = add(
+        "serve",
+        cmd_serve,
+        "serve each model's deployment manifest over HTTP (Open Inference Protocol v2 and MLflow's /invocations), "
+        "following the registry: canary, shadow, rollbacks and promotions take effect without a restart",
+    )
+    sp.set_defaults(no_registry=True)
+    sp.add_argument(
+        "names", nargs="*", metavar="NAME", help="models to serve (default: every declared model in production)"
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    sp.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sp.add_argument("--poll", type=float, default=0.2, help="seconds between registry polls (default 0.2)")
+    sp.add_argument(
+        "--drain", type=float, default=60.0, help="seconds a replaced version stays loaded for an instant switch back"
+    )
+    sp.add_argument("--no-log", action="store_true", help="do not write served predictions to the prediction log")
+    sp.add_argument(
+        "--log-flush",
+        type=float,
+        default=0.5,
+        help="seconds the prediction log gathers rows before one append (default 0.5)",
+    )
     sp = add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
     sp.add_argument(
         "--repair",

@@ -1,0 +1,582 @@
+"""The Starlette application of ``model-ops serve``.
+
+Endpoints: ``GET /v2/health/live``, ``/v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}`` (and
+``/ready``), ``POST /v2/models/{name}/infer`` (Open Inference Protocol v2); ``POST /v2/models/{name}/invocations``
+and ``POST /invocations`` (MLflow's scoring format; the bare path needs ``X-Model-Name`` when more than one model is
+served); ``GET /metrics`` (Prometheus); ``GET /status`` (what each slot serves, JSON).
+
+One request: the slot table is read once (so the whole request is answered by one manifest, before or after a
+swap), each row is routed by :func:`model_ops.ops.routing.assign_arms` on its key (the declaration's key column,
+else the ``X-Routing-Key`` header, else the row's request id) salted with the model name, exactly as the batch path
+routes a partition; every arm's rows are checked and scored in a worker thread; only when all of them succeeded are
+the rows handed to the prediction log and the response sent. The shadow version, if any, is scored on all rows
+after the response has gone (a background task), logged with ``served = false``, and compared with what was served
+(counts at /metrics); its output never reaches the caller.
+
+Every response names what answered: ``model_version``, ``model_semver`` and ``arm`` fields (per row too: an OIP
+response's ``parameters.model_versions`` / ``arms``, an MLflow response's ``model_versions`` / ``arms``) and the
+``X-Model-Version`` / ``X-Model-Semver`` / ``X-Model-Arm`` headers when every row went to the same arm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+import numpy as np
+import pandas as pd
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from model_ops import __version__
+from model_ops.data.partitions import Partitioning
+from model_ops.location import Location, resolve_root
+from model_ops.ops import routing
+from model_ops.registry import Registry
+from model_ops.serving import protocol
+from model_ops.serving.fleet import Fleet, Slot
+from model_ops.serving.metrics import Metrics
+from model_ops.serving.predlog import PredictionLog
+from model_ops.serving.scoring import RequestError, Version
+from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import Arm
+
+log = logging.getLogger("model_ops.serving")
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+OIP = "oip"
+MLFLOW = "mlflow"
+
+
+@dataclass
+class ServeConfig:
+    """How a server runs: what it serves and from where, how it follows the registry, and its limits."""
+
+    root: str | None = None
+    names: list[str] = field(default_factory=list)
+    actor: str | None = None
+    policy: str | None = None
+    poll_seconds: float = 0.2
+    drain_seconds: float = 60.0
+    standby: bool = True
+    max_body_bytes: int = MAX_BODY_BYTES
+    log_capacity: int = 10_000
+    log_batch_rows: int = 5_000
+    log_flush_seconds: float = 0.5
+    log_predictions: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        return cls(**json.loads(text))
+
+
+# ---------------------------------------------------------------------------------------------------- responses
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None, background: Any = None) -> Response:
+    body = json.dumps(doc, separators=(",", ":"), allow_nan=False, default=_default).encode()
+    return Response(body, status, headers=headers, media_type="application/json", background=background)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        item = value.item()
+        return None if isinstance(item, float) and not math.isfinite(item) else item
+    if isinstance(value, (datetime, pd.Timestamp)):
+        return value.isoformat()
+    return str(value)
+
+
+def _error(protocol_name: str, exc: RequestError | str, status: int | None = None) -> Response:
+    message = exc if isinstance(exc, str) else str(exc).replace("\n  hint: ", "; hint: ")
+    code = status or (exc.status if isinstance(exc, RequestError) else 500)
+    if protocol_name == MLFLOW:
+        error_code = {404: "RESOURCE_DOES_NOT_EXIST"}.get(code, "BAD_REQUEST" if code < 500 else "INTERNAL_ERROR")
+        return _json({"error_code": error_code, "message": message}, code)
+    return _json({"error": message}, code)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused past ``limit`` bytes: by its Content-Length before reading, and while it
+    streams in (a chunked body, or one that lies about its length)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise RequestError(f"Content-Length {declared!r} is not a number") from None
+        if size > limit:
+            raise RequestError(f"the request body is {size} bytes; the limit is {limit} bytes", 413)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise RequestError(f"the request body is over the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class _Served:
+    """A request's outcome before it is sent: outputs in row order, and who answered each row."""
+
+    slot: Slot
+    frame: pd.DataFrame
+    outputs: dict[str, np.ndarray]
+    versions: np.ndarray
+    arms: np.ndarray
+    logged: list[tuple[Arm, Version, dict[str, Any], int]]
+    request_id: str
+    row_ids: list[str]
+    ts: pd.Series
+    partitions: pd.Series
+    keys: pd.Series
+    scored_at: datetime
+
+    @property
+    def uniform(self) -> tuple[Version, Arm] | None:
+        if len(self.logged) == 1:
+            arm, version, _, _ = self.logged[0]
+            return version, arm
+        return None
+
+
+def _keys(frame: pd.DataFrame, spec: ModelSpec, header: str | None, row_ids: list[str]) -> pd.Series:
+    """Each row's routing key: its key column value, else the ``X-Routing-Key`` header, else its request id.
+    Whole-number floats print as integers (a JSON column with a null becomes floats), as the batch path's integer
+    keys do."""
+    out: list[Any] = []
+    given = frame[spec.key_column].tolist() if spec.key_column in frame.columns else [None] * len(frame)
+    for value, rid in zip(given, row_ids):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            out.append(header if header is not None else rid)
+        elif isinstance(value, float) and value.is_integer():
+            out.append(int(value))
+        else:
+            out.append(value)
+    return pd.Series(out, index=frame.index, dtype=object)
+
+
+def _times(frame: pd.DataFrame, spec: ModelSpec, now: datetime) -> pd.Series:
+    """Each row's time: its time column when given, else now (see :mod:`model_ops.serving.predlog`)."""
+    if spec.time_column not in frame.columns:
+        return pd.Series(pd.Timestamp(now), index=frame.index)
+    raw = frame[spec.time_column]
+    parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+    bad = parsed.isna() & raw.notna()
+    if bad.any():
+        first = raw[bad].iloc[0]
+        raise RequestError(f"column {spec.time_column!r} holds {first!r}, which is not a time (ISO 8601)", 422)
+    return parsed.fillna(pd.Timestamp(now))
+
+
+def _merge(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dict[str, np.ndarray]:
+    """Outputs of several arms put back in row order (a column an arm lacks is NaN for its rows)."""
+    if len(parts) == 1:
+        return parts[0][1]
+    names = list(dict.fromkeys(c for _, cols in parts for c in cols))
+    out = {}
+    for name in names:
+        values = []
+        for idx, cols in parts:
+            values.append(cols[name] if name in cols else np.full(len(idx), np.nan))
+        merged = np.concatenate(values)
+        column = np.empty(n, dtype=merged.dtype)
+        column[np.concatenate([idx for idx, _ in parts])] = merged
+        out[name] = column
+    return out
+
+
+def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | None) -> _Served:
+    """Route, check and score every row (in a worker thread); raises RequestError before anything is logged."""
+    spec = slot.spec
+    n = len(frame)
+    scored_at = datetime.now(timezone.utc)
+    row_ids = [request_id] if n == 1 else [f"{request_id}/{i}" for i in range(n)]
+    keys = _keys(frame, spec, routing_key, row_ids)
+    ts = _times(frame, spec, scored_at)
+    partitions = Partitioning.of(spec).key_of(ts)
+    manifest = slot.manifest
+    arms = routing.assign_arms(keys, manifest.canary_weight if manifest.canary else 0.0, salt=spec.name)
+    plan: list[tuple[Arm, Version, np.ndarray]] = []
+    for arm in (Arm.PRODUCTION, Arm.CANARY):
+        version = slot.version(arm)
+        idx = np.flatnonzero(arms == arm.value)
+        if version is not None and len(idx):
+            plan.append((arm, version, idx))
+    checked = [(arm, version, idx, version.check(frame.iloc[idx])) for arm, version, idx in plan]
+    parts = []
+    logged = []
+    versions = np.empty(n, dtype=np.int64)
+    for arm, version, idx, rows in checked:
+        outputs, latency = version.score(rows)
+        parts.append((idx, outputs))
+        versions[idx] = version.number
+        logged.append((arm, version, {"idx": idx, "outputs": outputs, "latency": latency, "rows": rows}, len(idx)))
+    return _Served(
+        slot,
+        frame,
+        _merge(parts, n),
+        versions,
+        arms,
+        logged,
+        request_id,
+        row_ids,
+        ts,
+        partitions,
+        keys,
+        scored_at,
+    )
+
+
+def _log_columns(
+    served: _Served, arm: Arm, version: Version, idx: np.ndarray, outputs: dict[str, np.ndarray], latency: float
+) -> dict[str, Any]:
+    """One arm's rows as prediction-log columns, in the batch path's order and spelling."""
+    spec = served.slot.spec
+    frame = served.frame.iloc[idx]
+    columns: dict[str, Any] = {
+        "request_id": [served.row_ids[i] for i in idx],
+        "ts": served.ts.iloc[idx].reset_index(drop=True),
+        "scored_at": pd.Series([served.scored_at] * len(idx), dtype="datetime64[us, UTC]"),
+        "partition": served.partitions.iloc[idx].to_numpy(),
+        spec.key_column: served.keys.iloc[idx].to_numpy(),
+        "model_version": np.full(len(idx), version.number, dtype=np.int64),
+        "model_semver": np.full(len(idx), version.semver, dtype=object),
+        "arm": np.full(len(idx), arm.value, dtype=object),
+        "served": np.full(len(idx), arm is not Arm.SHADOW),
+        **outputs,
+        "latency_ms": np.full(len(idx), latency),
+    }
+    for name in version.spec.feature_names:
+        columns[name] = frame[name].to_numpy() if name in frame.columns else np.full(len(idx), None)
+    return columns
+
+
+# ---------------------------------------------------------------------------------------------------- the app
+
+
+class Server:
+    """The application's state and handlers: the fleet of slots, the prediction log and the metrics."""
+
+    def __init__(self, fleet: Fleet, predlog: PredictionLog | None, config: ServeConfig) -> None:
+        self.fleet = fleet
+        self.predlog = predlog
+        self.config = config
+        self.metrics = Metrics()
+
+    # ----------------------------------------------------------------------------------------- requests
+
+    def _slot(self, name: str) -> Slot:
+        slot = self.fleet.slots.get(name)
+        if slot is None:
+            served = sorted(self.fleet.slots)
+            why = self.fleet.problems.get(name)
+            raise RequestError(
+                f"model {name!r} is not served here" + (f" ({why})" if why else ""),
+                404,
+                hint=("models served: " + ", ".join(served)) if served else "nothing is served yet",
+            )
+        return slot
+
+    async def infer(self, request: Request, name: str, protocol_name: str) -> Response:
+        t0 = time.perf_counter()
+        try:
+            slot = self._slot(name)
+            doc = protocol.parse_json(await _body(request, self.config.max_body_bytes))
+            if protocol_name == OIP:
+                frame = protocol.oip_frame(doc, slot.production.spec.feature_names)
+                request_id = doc.get("id") if isinstance(doc.get("id"), str) and doc.get("id") else None
+            else:
+                frame = protocol.mlflow_frame(doc)
+                request_id = None
+            if frame.empty:
+                raise RequestError("the request holds no rows")
+            request_id = request_id or request.headers.get("x-request-id") or uuid.uuid4().hex
+            served = await run_in_threadpool(_serve, slot, frame, request_id, request.headers.get("x-routing-key"))
+            wanted = protocol.wanted_outputs(doc, list(served.outputs)) if protocol_name == OIP else None
+        except RequestError as exc:
+            self.metrics.errors.labels(name, str(exc.status), protocol_name).inc()
+            return _error(protocol_name, exc)
+        except Exception as exc:  # a bug: answered in the protocol's format, counted, logged with its traceback
+            log.exception("model_ops serve: %s request for %s failed", protocol_name, name)
+            self.metrics.errors.labels(name, "500", protocol_name).inc()
+            return _error(protocol_name, f"the server failed to answer ({type(exc).__name__}): a bug", 500)
+        self._log(served)
+        elapsed = time.perf_counter() - t0
+        for arm, version, _, rows in served.logged:
+            labels = (name, str(version.number), arm.value)
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.rows.labels(*labels).inc(rows)
+            self.metrics.latency.labels(*labels).observe(elapsed)
+        background = BackgroundTask(self._shadow, served) if served.slot.manifest.shadow else None
+        headers = {"X-Request-Id": served.request_id}
+        uniform = served.uniform
+        if uniform is not None:
+            headers.update(
+                {
+                    "X-Model-Version": str(uniform[0].number),
+                    "X-Model-Semver": uniform[0].semver,
+                    "X-Model-Arm": uniform[1].value,
+                }
+            )
+        versions = served.versions.tolist()
+        arms = served.arms.tolist()
+        semvers = {v.number: v.semver for _, v, _, _ in served.logged}
+        top = {
+            "model_version": str(uniform[0].number) if uniform else ",".join(str(v) for v in sorted(set(versions))),
+            "model_semver": uniform[0].semver if uniform else ",".join(semvers[v] for v in sorted(set(versions))),
+            "arm": uniform[1].value if uniform else "mixed",
+        }
+        if protocol_name == OIP:
+            doc_out = {
+                "model_name": name,
+                "model_version": top["model_version"],
+                "id": served.request_id,
+                "parameters": {
+                    "model_semver": top["model_semver"],
+                    "arm": top["arm"],
+                    "model_versions": versions,
+                    "arms": arms,
+                },
+                "outputs": protocol.oip_outputs(served.outputs, wanted),
+            }
+        else:
+            doc_out = {
+                "predictions": protocol.json_values(served.outputs["prediction"]),
+                "scores": protocol.json_values(served.outputs["score"]),
+                **top,
+                "model_versions": versions,
+                "arms": arms,
+                "id": served.request_id,
+            }
+        return _json(doc_out, headers=headers, background=background)
+
+    def _log(self, served: _Served) -> None:
+        if self.predlog is None:
+            return
+        for arm, version, part, rows in served.logged:
+            columns = _log_columns(served, arm, version, part["idx"], part["outputs"], part["latency"])
+            self.predlog.offer(served.slot.model, columns, rows)
+
+    def _shadow(self, served: _Served) -> None:
+        """Score the shadow version on every row after the response went out; log it, never serve it."""
+        version = served.slot.version(Arm.SHADOW)
+        if version is None:
+            return
+        name, number = served.slot.model, str(version.number)
+        try:
+            outputs, latency = version.score(version.check(served.frame))
+        except RequestError as exc:
+            self.metrics.shadow_errors.labels(name, number).inc()
+            log.warning("model_ops serve: shadow v%s of %s cannot score a request: %s", number, name, exc.message)
+            return
+        except Exception:
+            self.metrics.shadow_errors.labels(name, number).inc()
+            log.exception("model_ops serve: shadow v%s of %s failed", number, name)
+            return
+        n = len(served.frame)
+        idx = np.arange(n)
+        self.metrics.shadow_rows.labels(name, number).inc(n)
+        differs = np.asarray(outputs["prediction"]) != np.asarray(served.outputs["prediction"])
+        self.metrics.shadow_disagreements.labels(name, number).inc(int(np.count_nonzero(differs)))
+        delta = np.abs(np.asarray(outputs["score"], dtype="float64") - served.outputs["score"].astype("float64"))
+        for d in delta[np.isfinite(delta)]:
+            self.metrics.shadow_score_delta.labels(name, number).observe(float(d))
+        log.debug(
+            "model_ops serve: shadow v%s of %s disagrees on %d of %d row(s), mean |score delta| %.4g",
+            number,
+            name,
+            int(differs.sum()),
+            n,
+            float(np.nanmean(delta)) if n else 0.0,
+        )
+        if self.predlog is not None:
+            self.predlog.offer(name, _log_columns(served, Arm.SHADOW, version, idx, outputs, latency), n)
+
+    # ----------------------------------------------------------------------------------------- endpoints
+
+    async def oip_infer(self, request: Request) -> Response:
+        return await self.infer(request, request.path_params["name"], OIP)
+
+    async def mlflow_named(self, request: Request) -> Response:
+        return await self.infer(request, request.path_params["name"], MLFLOW)
+
+    async def mlflow_bare(self, request: Request) -> Response:
+        name = request.headers.get("x-model-name")
+        if name is None:
+            served = sorted(self.fleet.slots)
+            if len(served) != 1:
+                self.metrics.errors.labels("", "400", MLFLOW).inc()
+                return _error(
+                    MLFLOW,
+                    RequestError(
+                        f"/invocations answers for one model, and {len(served)} are served "
+                        f"({', '.join(served) or 'none'}): name one with the X-Model-Name header, or POST to "
+                        "/v2/models/NAME/invocations"
+                    ),
+                )
+            name = served[0]
+        return await self.infer(request, name, MLFLOW)
+
+    async def live(self, request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        ready = self.fleet.ready
+        return _json({"ready": ready, **({} if ready else {"problems": self.fleet.problems})}, 200 if ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return _json({"name": "model_ops", "version": __version__, "extensions": ["mlflow_invocations"]})
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            slot = self._slot(request.path_params["name"])
+        except RequestError as exc:
+            return _error(OIP, exc)
+        prod = slot.production
+        inputs = [
+            {"name": f, "datatype": "BYTES" if str(prod.spec.feature_type(f)) == "category" else "FP64", "shape": [-1]}
+            for f in prod.spec.feature_names
+        ]
+        outputs = [
+            {"name": n, "datatype": "FP64" if n != "prediction" else "BYTES", "shape": [-1]}
+            for n in ("prediction", "score")
+        ]
+        return _json(
+            {
+                "name": slot.model,
+                "versions": [str(v) for v in sorted(slot.versions)],
+                "platform": f"model_ops/{prod.loaded.flavor}",
+                "inputs": inputs,
+                "outputs": outputs,
+                "parameters": {
+                    "task": str(prod.spec.task),
+                    "key_column": prod.spec.key_column,
+                    "time_column": prod.spec.time_column,
+                    "production_semver": prod.semver,
+                    **slot.describe(),
+                },
+            }
+        )
+
+    async def model_ready(self, request: Request) -> Response:
+        ready = request.path_params["name"] in self.fleet.slots
+        return _json({"name": request.path_params["name"], "ready": ready}, 200 if ready else 503)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(self.metrics.render(self.predlog or _NoLog(), self.fleet), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(self, request: Request) -> Response:
+        doc = self.fleet.status()
+        if self.predlog is not None:
+            doc["prediction_log"] = {
+                "queue_depth": self.predlog.depth,
+                "overflow_rows": self.predlog.overflow_rows,
+                "written_rows": self.predlog.written_rows,
+                "failed_rows": self.predlog.failed_rows,
+            }
+        return _json(doc)
+
+
+class _NoLog:
+    depth = overflow_rows = written_rows = failed_rows = 0
+
+
+def create_app(
+    config: ServeConfig,
+    *,
+    specs: dict[str, ModelSpec] | None = None,
+    open_registry: Callable[[], Registry] | None = None,
+) -> Starlette:
+    """The server as an ASGI application: starts following the registry and the prediction-log writer on
+    startup, and on shutdown (SIGTERM under uvicorn) stops following and writes every queued row."""
+    root: Location = resolve_root(config.root)
+    if specs is None:
+        from model_ops.specs import load_specs
+
+        specs = {s.name: s for s in load_specs()}
+    opener = open_registry or (lambda: Registry.open(root, actor=config.actor, policy=config.policy))
+    fleet = Fleet(
+        opener,
+        specs,
+        config.names or None,
+        poll_seconds=config.poll_seconds,
+        drain_seconds=config.drain_seconds,
+        standby=config.standby,
+    )
+    predlog = (
+        PredictionLog(
+            root,
+            capacity=config.log_capacity,
+            batch_rows=config.log_batch_rows,
+            flush_seconds=config.log_flush_seconds,
+        )
+        if config.log_predictions
+        else None
+    )
+    server = Server(fleet, predlog, config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if predlog is not None:
+            predlog.start()
+        await anyio.to_thread.run_sync(fleet.start)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(fleet.stop)
+            if predlog is not None:
+                await anyio.to_thread.run_sync(predlog.close)
+                if predlog.overflow_rows or predlog.failed_rows:
+                    log.warning(
+                        "model_ops serve: prediction log: %d row(s) written, %d dropped on overflow, %d failed",
+                        predlog.written_rows,
+                        predlog.overflow_rows,
+                        predlog.failed_rows,
+                    )
+
+    routes = [
+        Route("/v2/health/live", server.live),
+        Route("/v2/health/ready", server.ready),
+        Route("/v2", server.server_metadata),
+        Route("/v2/models/{name}", server.model_metadata),
+        Route("/v2/models/{name}/ready", server.model_ready),
+        Route("/v2/models/{name}/infer", server.oip_infer, methods=["POST"]),
+        Route("/v2/models/{name}/invocations", server.mlflow_named, methods=["POST"]),
+        Route("/invocations", server.mlflow_bare, methods=["POST"]),
+        Route("/metrics", server.metrics_endpoint),
+        Route("/status", server.status),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.server = server
+    return app
+
+
+def app_from_env() -> Starlette:
+    """The application for a uvicorn worker process (``--workers N``): the config comes in ``MODEL_OPS_SERVE``."""
+    import os
+
+    return create_app(ServeConfig.from_json(os.environ["MODEL_OPS_SERVE"]))

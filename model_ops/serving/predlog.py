@@ -1,0 +1,219 @@
+"""Served predictions into the model's Delta prediction log, off the request path.
+
+The log is the batch path's own table (``<root>/datasets/<model>/predictions``, partitioned by ``partition``), with
+its columns: ``request_id, ts, scored_at, partition, <key column>, model_version, model_semver, arm, served,
+prediction, score[, proba_<class>...], latency_ms, <features>``. Drift reports, live performance, canary analysis
+and the sensors read it by partition, so live rows are judged exactly like scored batches.
+
+Which partition a live row belongs to: the window its own time falls in, the same rule that cut the batch
+partitions. A request that carries the model's time column (``time_hour`` of a flight) is logged under that time
+(``ts``) and its window; one that does not is logged at the moment it was served. ``scored_at`` is always when it was
+served. A model without partitions logs into its one partition, ``all``.
+
+A handler hands its rows to :meth:`PredictionLog.offer`, which never waits: the rows go into a bounded queue, or,
+when the queue is full, they are counted as overflow (reported at /metrics and in the server's log) and dropped, so
+a slow disk or store slows nothing but the log. One writer thread takes what is queued, groups it by model and
+appends it in one Delta commit per model every ``flush_seconds`` (or sooner past ``batch_rows``). :meth:`close`
+(on SIGTERM, through the server's shutdown) writes everything still queued before it returns, so no accepted row
+is lost. A failed append is retried with backoff; rows that still cannot be written are counted as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from model_ops.data.delta import HISTORY, PARTITION, Dataset
+from model_ops.location import Location
+
+log = logging.getLogger("model_ops.serving")
+
+ATTEMPTS = 5
+
+
+@dataclass
+class _Item:
+    model: str
+    columns: dict[str, Any]
+    rows: int
+
+
+_STOP = object()
+
+
+def predictions_dataset(root: Location, model: str) -> Dataset:
+    """The Delta prediction log of ``model``: the same table as the batch ``predictions`` asset."""
+    return Dataset(root.child("datasets", model, "predictions"), f"{model}/predictions")
+
+
+class PredictionLog:
+    """A bounded queue of served rows and the thread that appends them to each model's prediction log."""
+
+    def __init__(
+        self,
+        root: Location,
+        *,
+        capacity: int = 10_000,
+        batch_rows: int = 5_000,
+        flush_seconds: float = 0.5,
+    ) -> None:
+        self.root = root
+        self.capacity = capacity
+        self.batch_rows = batch_rows
+        self.flush_seconds = flush_seconds
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self.overflow_rows = 0
+        self.written_rows = 0
+        self.failed_rows = 0
+        self.write_errors = 0
+        self._schemas: dict[str, pa.Schema | None] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._count_lock = threading.Lock()
+
+    @property
+    def depth(self) -> int:
+        """Requests' worth of rows waiting to be written."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-ops-serve-predlog", daemon=True)
+        self._thread.start()
+
+    def offer(self, model: str, columns: dict[str, Any], rows: int) -> bool:
+        """Queue one request's rows of one arm; False (and counted as overflow) when the queue is full. Never
+        blocks."""
+        if self._closed:
+            with self._count_lock:
+                self.overflow_rows += rows
+            return False
+        try:
+            self._queue.put_nowait(_Item(model, columns, rows))
+        except queue.Full:
+            with self._count_lock:
+                first = self.overflow_rows == 0
+                self.overflow_rows += rows
+            if first:
+                log.warning(
+                    "model_ops serve: the prediction log's queue is full (%d requests); rows are dropped and "
+                    "counted (model_ops_prediction_log_overflow_rows_total) until it drains",
+                    self.capacity,
+                )
+            return False
+        return True
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Write every queued row, then stop the writer (what SIGTERM ends with)."""
+        self._closed = True
+        if self._thread is None:
+            self._drain_now()
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            log.error("model_ops serve: the prediction log did not finish writing within %.0f s", timeout)
+
+    # ------------------------------------------------------------------------------------------------ writer
+
+    def _run(self) -> None:
+        pending: list[_Item] = []
+        rows = 0
+        first = 0.0
+        stop = False
+        while not stop:
+            wait = self.flush_seconds if not pending else max(0.0, first + self.flush_seconds - time.monotonic())
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                stop = True
+            elif item is not None:
+                if not pending:
+                    first = time.monotonic()
+                pending.append(item)
+                rows += item.rows
+                if rows < self.batch_rows and time.monotonic() - first < self.flush_seconds:
+                    continue
+            if pending:
+                self._write(pending)
+                pending, rows = [], 0
+        self._drain_now()
+
+    def _drain_now(self) -> None:
+        rest: list[_Item] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                rest.append(item)
+        if rest:
+            self._write(rest)
+
+    def _write(self, items: list[_Item]) -> None:
+        by_model: dict[str, list[_Item]] = {}
+        for item in items:
+            by_model.setdefault(item.model, []).append(item)
+        for model, group in by_model.items():
+            frame = pd.concat([pd.DataFrame(i.columns) for i in group], ignore_index=True)
+            n = len(frame)
+            for attempt in range(ATTEMPTS):
+                try:
+                    self._append(model, frame)
+                    self.written_rows += n
+                    break
+                except Exception as exc:  # a commit conflict, an unreachable store: retried, then counted
+                    self.write_errors += 1
+                    self._schemas.pop(model, None)
+                    if attempt == ATTEMPTS - 1:
+                        self.failed_rows += n
+                        log.error("model_ops serve: %d prediction-log row(s) of %s not written: %s", n, model, exc)
+                    else:
+                        time.sleep(0.2 * 2**attempt)
+
+    def _append(self, model: str, frame: pd.DataFrame) -> None:
+        dataset = predictions_dataset(self.root, model)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if model not in self._schemas:
+            self._schemas[model] = dataset.arrow_schema() if dataset.exists() else None
+        schema = self._schemas[model]
+        if schema is not None:
+            table = _conform(table, schema)
+        write_deltalake(
+            dataset.uri,
+            table,
+            mode="append",
+            partition_by=[PARTITION],
+            schema_mode="merge",
+            storage_options=dataset.options,
+            configuration=HISTORY if schema is None else None,
+        )
+        if schema is None:
+            self._schemas[model] = dataset.arrow_schema()
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Columns the log already has take its types (a request's JSON integer in a float feature, a timestamp's
+    unit), so live appends never change the table's schema; a column it cannot take is left as it is and the
+    append reports the conflict."""
+    columns = []
+    for name in table.column_names:
+        col = table.column(name)
+        idx = schema.get_field_index(name)
+        if idx >= 0 and col.type != schema.field(idx).type:
+            try:
+                col = col.cast(schema.field(idx).type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                pass
+        columns.append(col)
+    return pa.table(columns, names=table.column_names)

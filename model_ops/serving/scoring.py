@@ -1,0 +1,139 @@
+"""One registry version ready to answer live requests, scored exactly as the batch path scores a partition.
+
+The batch path (``predictions`` asset) calls :func:`model_ops.ml.tasks.predict` on
+:func:`model_ops.ml.training.model_input` of the rows, with the version's own view of the declaration
+(:func:`model_ops.ml.training.version_spec`). :meth:`Version.score` calls the same two functions on the same view,
+so a row scored live and the same row scored in a batch get the same prediction and score. Before that, a request's
+rows are checked the way ``model_ops.load`` checks a frame (:meth:`model_ops.loading.LoadedModel.prepare`: missing
+or wrong-typed columns are named), plus the declaration's rule on missing values (a feature whose
+``max_null_fraction`` is 0 takes no missing value), so a bad request is refused with its problem before any model
+sees it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model_ops.errors import UsageError
+from model_ops.loading import LoadedModel
+from model_ops.ml import tasks
+from model_ops.ml.training import model_input, version_spec
+from model_ops.specs.schema import ModelSpec
+from model_ops.vocab import FeatureType
+
+
+class RequestError(UsageError):
+    """A request the server refuses, with the HTTP status that says why (4xx, never 5xx)."""
+
+    def __init__(self, message: str, status: int = 400, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+def spec_for(spec: ModelSpec, signature: dict[str, Any] | None) -> ModelSpec:
+    """The declaration as version ``signature`` sees it, with every feature typed: declared types first, then the
+    signature's (a declaration that leaves types to the source's schema is typed by what the version was trained
+    on, the same types the batch path reads from the features table)."""
+    view = version_spec(spec, signature)
+    if view.typed:
+        return view
+    types: dict[str, FeatureType | str] = {
+        str(i.get("name")): str(i.get("type"))
+        for i in (signature or {}).get("inputs") or []
+        if isinstance(i, dict) and i.get("type") in set(FeatureType)
+    }
+    untyped = [f.name for f in view.features if f.type is None and f.name not in types]
+    if untyped:
+        raise UsageError(
+            f"{spec.name}: the type of feature(s) {', '.join(untyped)} is neither declared nor in the version's "
+            "signature, so requests cannot be checked",
+            hint="declare `type:` for them in the model's declaration",
+        )
+    return view.with_schema(types, features_only=True)
+
+
+@dataclass(frozen=True, eq=False)
+class Version:
+    """A loaded registry version and the declaration as it sees it (its inputs, task and threshold)."""
+
+    loaded: LoadedModel
+    spec: ModelSpec
+
+    @classmethod
+    def build(cls, loaded: LoadedModel, spec: ModelSpec) -> Version:
+        return cls(loaded, spec_for(spec, loaded.signature))
+
+    @property
+    def number(self) -> int:
+        return self.loaded.version
+
+    @property
+    def semver(self) -> str:
+        return self.loaded.semver
+
+    def check(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` checked against the version's signature and the declaration's missing-value rule; a
+        :class:`RequestError` (422) naming every problem otherwise."""
+        try:
+            prepared = self.loaded.prepare(frame)
+        except UsageError as exc:
+            raise RequestError(exc.message, 422, hint=exc.hint) from None
+        missing = [c for c in self.spec.feature_names if c not in frame.columns]
+        if missing:
+            raise RequestError(f"missing column(s) {', '.join(missing)} required by {self.loaded.ref}", 422)
+        problems = []
+        for feature in self.spec.features:
+            if feature.max_null_fraction > 0:
+                continue
+            col = frame[feature.name]
+            empty = col.isna().to_numpy()
+            if col.dtype == object:
+                empty |= np.array([isinstance(v, float) and math.isnan(v) for v in col], dtype=bool)
+            if empty.any():
+                rows = np.flatnonzero(empty)[:5].tolist()
+                problems.append(f"column {feature.name!r} has missing values (NaN or null) in row(s) {rows}")
+        if problems:
+            raise RequestError(
+                f"{self.loaded.ref} cannot score this request: " + "; ".join(problems),
+                422,
+                hint="the declaration allows no missing value in these features (max_null_fraction 0)",
+            )
+        return prepared if isinstance(prepared, pd.DataFrame) else frame
+
+    def score(self, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], float]:
+        """The prediction-log output columns for the rows of ``frame`` (prediction, score, per-class
+        probabilities) and the wall time per row in milliseconds. The model's own refusal of a value it cannot
+        take is a :class:`RequestError` (422), never a server error."""
+        t0 = time.perf_counter()
+        try:
+            predicted = tasks.predict(self.loaded.model, model_input(frame, self.spec), self.spec)
+        except UsageError as exc:
+            raise RequestError(exc.message, 422, hint=exc.hint) from None
+        except (ValueError, TypeError) as exc:
+            raise RequestError(f"{self.loaded.ref} cannot score these rows: {exc}", 422) from None
+        latency = (time.perf_counter() - t0) * 1000 / max(len(frame), 1)
+        return predicted.columns(), latency
+
+    def probe(self) -> pd.DataFrame:
+        """One made-up row that every input accepts (a declared minimum or 0 for numbers, the first allowed value
+        or a placeholder for categories): the warm-up and health check of a slot before it takes traffic."""
+        row: dict[str, Any] = {}
+        for f in self.spec.features:
+            if self.spec.feature_type(f.name) is FeatureType.CATEGORY:
+                row[f.name] = (f.allowed or ["probe"])[0]
+            elif self.spec.feature_type(f.name) is FeatureType.BOOL:
+                row[f.name] = False
+            else:
+                row[f.name] = f.min if f.min is not None else 0
+        return pd.DataFrame([row])
+
+    def warm(self) -> None:
+        """Score the probe row once: loads lazy state (imports, caches) off the request path and proves the
+        version answers at all."""
+        self.score(self.check(self.probe()))
