@@ -421,3 +421,31 @@ def test_legitimate_writes_under_an_edited_policy_are_judged_by_the_policy_that_
     later = Registry.open(root, actor="alice")
     later.set_tag("models:/m/1", "k", "v")  # records the policy change
     assert later.fsck() == []
+
+
+def test_a_losing_writers_leftover_chain_never_replaces_committed_events(tmp_path: Path) -> None:
+    """A writer that lost its race for events 2 and 3 left a data file holding its own events 2 and 3 (linked to
+    event 1, like the committed ones). With the table unreadable and only the newest receipt left, repair must walk
+    back from the acknowledged tip and keep the committed events, whatever order the files are read in."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "root"
+    reg = _registry(root, tmp_path)
+    committed = reg.audit()
+    one = committed[0]
+    loser = []
+    prev = one.hash
+    for seq in (2, 3):
+        e = ev.Event(seq=seq, ts=one.ts + timedelta(microseconds=seq), model="m", kind=ev.TAG_SET, actor="loser")
+        e.version, e.key, e.to_value, e.policy, e.prev_hash = 1, "lost", "race", one.policy, prev
+        e.hash = prev = ev.chain_hash(e)
+        loser.append(e)
+    pq.write_table(ev.to_arrow(loser), root / "registry" / "events" / "a-leftover.parquet")  # sorts first
+    for receipt in sorted((root / "registry" / "receipts").glob("*.json"))[:-1]:
+        receipt.unlink()
+    _half(_newest(root))
+    report = Registry.open(root, actor="alice").repair(apply=True)
+    assert report["unacknowledged_leftovers"] == [] and report["kept"] == 3
+    fresh = Registry.open(root)
+    assert [(e.seq, e.hash) for e in fresh.audit()] == [(e.seq, e.hash) for e in committed]
+    assert "lost" not in fresh.get("m", 1).tags

@@ -166,8 +166,9 @@ def _data_files(events_location: Location) -> list[str]:
     return sorted(out)
 
 
-def _rows_of_files(events_location: Location) -> tuple[list[ev.Event], list[str]]:
-    found: list[ev.Event] = []
+def _rows_of_files(events_location: Location) -> tuple[list[tuple[str, ev.Event]], list[str]]:
+    """Every event in every data file, with the file it was read from."""
+    found: list[tuple[str, ev.Event]] = []
     unreadable: list[str] = []
     for rel in _data_files(events_location):
         try:
@@ -175,71 +176,100 @@ def _rows_of_files(events_location: Location) -> tuple[list[ev.Event], list[str]
         except Exception as e:  # a damaged data file is reported; the others still count
             unreadable.append(f"{rel} ({first_line(e)})")
             continue
-        found.extend(ev.from_arrow(table))
+        found.extend((rel, e) for e in ev.from_arrow(table))
     return found, unreadable
+
+
+def _committed_files(events_location: Location) -> set[str]:
+    """Data files that a readable commit of the log added: those a write that landed produced (a loser's
+    leftover never appears in one)."""
+    log_dir = events_location.child("_delta_log")
+    out: set[str] = set()
+    for name in _names(log_dir):
+        if not _COMMIT.fullmatch(name):
+            continue
+        try:
+            lines = _read(log_dir, name).decode("utf-8").splitlines()
+        except Exception:  # unreadable: it confirms nothing
+            continue
+        for line in lines:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("add"), dict):
+                out.add(str(doc["add"].get("path", "")))
+    return out
 
 
 def recover(registry: Registry) -> dict[str, Any]:
     """The events a repair would keep, and what it found, without writing anything.
 
-    A write was acknowledged only after its commit landed and its receipt was stored, so an event is known to be
-    committed when a receipt or the readable table holds it. The chain is walked from the first event through
-    every candidate (data files, receipts); at the end, events that nothing confirms are leftovers of a write
-    whose writer was never told it succeeded, and are not restored."""
+    A write is acknowledged after its commit landed and its receipt was stored, so the newest acknowledged event is
+    the newest one a receipt or the readable table vouches for. The log is its hash chain walked backwards from
+    there: every event names its predecessor's hash, and a leftover of a write that lost its race or never
+    committed is never on that path, however many events it holds. Events from before the chain existed carry no
+    hash; they are taken from the readable table, else from the data files a readable commit added."""
     events_location = registry.location.child("events")
     receipts = Receipts(registry.location)
     from_files, unreadable = _rows_of_files(events_location)
     from_receipts: list[ev.Event] = []
-    confirmed: dict[int, str | None] = {}
+    tips: list[tuple[int, str | None]] = []
     for version in receipts.versions():
         doc = receipts.read(version)
         if doc is not None:
             from_receipts.extend(events_of(doc))
-            confirmed[int(doc["last_seq"])] = doc["last_hash"]  # also vouched for by a bulk commit's receipt
-    confirmed.update({e.seq: e.hash for e in from_receipts})
-    in_receipts = dict(confirmed)
+            tips.append((int(doc["last_seq"]), doc["last_hash"]))
     current = _current_rows(registry)
-    confirmed.update(current or [])
-    candidates: dict[int, dict[str | None, ev.Event]] = {}
-    for e in [*from_files, *from_receipts]:
-        candidates.setdefault(e.seq, {}).setdefault(e.hash, e)
-    kept: list[ev.Event] = []
-    prev: str | None = None
-    seq = 1
-    while seq in candidates:
-        options = [e for e in candidates[seq].values() if _links(e, prev, started=prev is not None)]
-        if not options:
+    if current:
+        tips.append(current[-1])
+    by_hash: dict[str, ev.Event] = {}
+    for e in [*(e for _, e in from_files), *from_receipts]:
+        if e.hash is not None and ev.chain_hash(e) == e.hash:
+            by_hash.setdefault(e.hash, e)
+    if not tips:  # no receipt and no readable table: the newest event a readable commit added
+        committed = _committed_files(events_location)
+        tips = [(e.seq, e.hash) for rel, e in from_files if rel in committed]
+    tip = max(tips, key=lambda t: t[0]) if tips else (0, None)
+    chain: list[ev.Event] = []
+    missing_before: int | None = None
+    at = by_hash.get(tip[1]) if tip[1] is not None else None
+    while at is not None:
+        chain.append(at)
+        if at.prev_hash == ev.GENESIS:
             break
-        if len(options) > 1:  # a committed event and a leftover of a write that lost its race for the same seq
-            following = {e.prev_hash for e in candidates.get(seq + 1, {}).values()}
-            options = (
-                [e for e in options if confirmed.get(seq) == e.hash]
-                or [e for e in options if e.hash in following]
-                or options[:1]
-            )
-        kept.append(options[0])
-        prev = options[0].hash
-        seq += 1
-    while kept and confirmed.get(kept[-1].seq, "unconfirmed") != kept[-1].hash:
-        kept.pop()
+        prev = by_hash.get(at.prev_hash or "")
+        if prev is None or prev.seq != at.seq - 1:
+            missing_before = at.seq
+            break
+        at = prev
+    chain.reverse()
+    first = chain[0].seq if chain else tip[0] + 1
+    legacy: dict[int, ev.Event] = {}
+    if first > 1 and missing_before is None:
+        # The events before the chain began: one per number, from the table, else from committed files.
+        readable = {s for s, _ in current or []}
+        committed = _committed_files(events_location) if not readable else set()
+        for rel, e in from_files:
+            if e.hash is None and e.seq < first and (e.seq in readable or rel in committed):
+                legacy.setdefault(e.seq, e)
+        if sorted(legacy) != list(range(1, first)):
+            missing_before = first
+    kept = [legacy[s] for s in sorted(legacy)] + chain if missing_before is None else []
+    on_chain = {e.hash for e in chain}
+    file_keys = {(e.seq, e.hash) for _, e in from_files}
     end = kept[-1].seq if kept else 0
-    file_keys = {(e.seq, e.hash) for e in from_files}
     return {
         "events": kept,
         "kept": len(kept),
         "from_receipts_only": [e.seq for e in kept if (e.seq, e.hash) not in file_keys],
-        "lost": sorted(s for s in in_receipts if s > end),
-        "unacknowledged_leftovers": sorted(s for s in candidates if s > end and s not in in_receipts),
+        "lost": sorted({e.seq for e in from_receipts if e.hash not in on_chain or not kept}),
+        "missing_before": missing_before,
+        "unacknowledged_leftovers": sorted(
+            {e.seq for _, e in from_files if e.hash is not None and e.hash not in on_chain and e.seq > end}
+        ),
         "unreadable_files": unreadable,
     }
-
-
-def _links(e: ev.Event, prev: str | None, *, started: bool) -> bool:
-    if e.hash is None:  # written before the chain existed: only the numbering links it
-        return not started
-    if ev.chain_hash(e) != e.hash:
-        return False
-    return e.prev_hash == (prev if started else ev.GENESIS)
 
 
 def _current_rows(registry: Registry) -> list[tuple[int, str | None]] | None:
@@ -269,8 +299,11 @@ def repair(registry: Registry, *, apply: bool = False) -> dict[str, Any]:
     if intact or not apply:
         return report
     if not kept:
+        lost = report.get("missing_before")
         raise IntegrityError(
-            "nothing in the event log's data files or receipts can be restored; nothing was changed",
+            "the event log cannot be rebuilt without a gap"
+            + (f": the events before event {lost} are gone from its data files and receipts" if lost else "")
+            + "; nothing was changed",
             hint="restore registry/events from a backup",
         )
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
