@@ -207,6 +207,24 @@ def _merge(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dic
     return out
 
 
+def route(slot: Slot, keys: pd.Series) -> list[tuple[Arm, Version, np.ndarray]]:
+    """Which served version answers which rows (positions), by the batch path's own function: production and
+    the canary at its weight, by each key's hashed bucket salted with the model name.
+
+    This is the one place a request's rows are split between versions; fixed-weight A/B arms (two or more versions,
+    ``routing.assign_weighted``, an experiment's arms and weights read into the slot) plug in here, and the rest of
+    the request (checks, scoring, response, log) already handles any number of arms."""
+    manifest = slot.manifest
+    arms = routing.assign_arms(keys, manifest.canary_weight if manifest.canary else 0.0, salt=slot.model)
+    plan: list[tuple[Arm, Version, np.ndarray]] = []
+    for arm in (Arm.PRODUCTION, Arm.CANARY):
+        version = slot.version(arm)
+        idx = np.flatnonzero(arms == arm.value)
+        if version is not None and len(idx):
+            plan.append((arm, version, idx))
+    return plan
+
+
 def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | None) -> _Served:
     """Route, check and score every row (in a worker thread); raises RequestError before anything is logged."""
     spec = slot.spec
@@ -216,19 +234,14 @@ def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | 
     keys = _keys(frame, spec, routing_key, row_ids)
     ts = _times(frame, spec, scored_at)
     partitions = Partitioning.of(spec).key_of(ts)
-    manifest = slot.manifest
-    arms = routing.assign_arms(keys, manifest.canary_weight if manifest.canary else 0.0, salt=spec.name)
-    plan: list[tuple[Arm, Version, np.ndarray]] = []
-    for arm in (Arm.PRODUCTION, Arm.CANARY):
-        version = slot.version(arm)
-        idx = np.flatnonzero(arms == arm.value)
-        if version is not None and len(idx):
-            plan.append((arm, version, idx))
+    plan = route(slot, keys)
     checked = [(arm, version, idx, version.check(frame.iloc[idx])) for arm, version, idx in plan]
     parts = []
     logged = []
     versions = np.empty(n, dtype=np.int64)
+    arms = np.empty(n, dtype=object)
     for arm, version, idx, rows in checked:
+        arms[idx] = arm.value
         outputs, latency = version.score(rows)
         parts.append((idx, outputs))
         versions[idx] = version.number

@@ -241,8 +241,9 @@ class Fleet:
                 if standby is not None:
                     self._version(reg, name, spec, standby)
                     self._standbys[name] = standby
-            except ModelOpsError as exc:
-                self.problems[name] = f"cannot serve {manifest.describe()}: {exc.message}"
+            except Exception as exc:  # a version that cannot be loaded, checked or warmed never takes traffic
+                why = exc.message if isinstance(exc, ModelOpsError) else f"{type(exc).__name__}: {exc}"
+                self.problems[name] = f"cannot serve {manifest.describe()}: {why}"
                 log.warning("model_ops serve: %s: %s; %s", name, self.problems[name], "keeping the slot in force")
                 failed = True
                 continue
