@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -496,7 +497,12 @@ def test_on_s3_the_root_policy_governs_and_the_caller_identity_is_recorded(s3_ro
     from model_ops.location import Location, s3_client
 
     location = Location(s3_root).child("registry")
-    s3_client().put_object(Bucket=location.bucket, Key=location.key("policy.yaml"), Body=RESTRICTED.encode())
+    # The STS endpoint comes from the root's policy, never the environment: a caller-chosen one is ignored.
+    sts = os.environ["AWS_ENDPOINT_URL"]
+    policy = RESTRICTED.replace("  actors: {bob", f"  sts_endpoint: {sts}\n  actors: {{bob")
+    assert policy != RESTRICTED
+    s3_client().put_object(Bucket=location.bucket, Key=location.key("policy.yaml"), Body=policy.encode())
+    os.environ["AWS_ENDPOINT_URL_STS"] = "http://127.0.0.1:9"  # a spoofing STS the caller points at
     generous = local_file(tmp_path, default_policy_text())
     with pytest.raises(PermissionDeniedError, match="actor 'bob' \\(role viewer\\) may not register"):
         Registry.open(s3_root, actor="bob", policy=generous).register("m", blob(tmp_path, "x"))
@@ -504,5 +510,15 @@ def test_on_s3_the_root_policy_governs_and_the_caller_identity_is_recorded(s3_ro
     reg.register("m", blob(tmp_path, "x"))
     events = Registry.open(s3_root).audit()
     assert [e.kind for e in events] == ["denied", "registered"]
+    del os.environ["AWS_ENDPOINT_URL_STS"]
     assert all(e.identity and e.identity.startswith("arn:aws:") for e in events)
     assert events[-1].policy and events[-1].policy.startswith("root=sha256:")
+
+
+@pytest.mark.s3
+def test_on_an_s3_compatible_store_without_a_named_sts_the_accepted_key_is_the_identity(
+    s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9")  # never asked
+    Registry.open(s3_root, actor="alice").register("m", blob(tmp_path, "x"))
+    assert Registry.open(s3_root).audit()[-1].identity == "s3-access-key:testing"

@@ -182,6 +182,11 @@ class Access(_Strict):
     identities: dict[str, str] = Field(default_factory=dict)
     roles: dict[str, list[str]] = Field(default_factory=dict)
     namespaces: dict[str, Namespace] = Field(default_factory=dict)
+    # Where an s3:// root's writers are identified (STS GetCallerIdentity). Only the root's policy names it, never
+    # the caller's environment: an endpoint the caller chooses could vouch for any identity. Unset: AWS's regional
+    # STS over TLS when the store is AWS S3 itself; for an S3-compatible store (a custom endpoint), the access key
+    # the store accepted, without asking any STS.
+    sts_endpoint: str | None = None
 
     def roles_of(self, actor: str, model: str | None = None, *, teams: bool = True) -> list[str]:
         """``actor``'s roles: the policy-wide ones, then (for a team model, unless ``teams`` is false) ``team/role``

@@ -215,7 +215,7 @@ class Registry:
         """Who the backend proves this process to be (the OS user of the effective uid; the STS caller on S3),
         recorded in every event's ``identity`` column beside the claimed ``actor``."""
         if self._identity is None:
-            self._identity = prove_identity(self.root)
+            self._identity = prove_identity(self.root, self.policy.access.sts_endpoint)
         return self._identity
 
     @property
