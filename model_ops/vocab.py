@@ -97,6 +97,7 @@ class RecordKind(StrEnum):
     RETRAIN = "retrain"
     ALERT = "alert"
     NOTE = "note"
+    EXPERIMENT = "experiment"  # an A/B experiment's conclusion (model_ops/ops/experiments.py)
 
 
 class RunTag(StrEnum):

@@ -7,6 +7,7 @@ and raising the canary weight only moves keys from production to canary, never b
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,3 +29,16 @@ def assign_arms(keys: pd.Series, canary_weight: float, salt: str = "") -> np.nda
     if not 0.0 <= canary_weight <= 1.0:
         raise ValueError(f"canary weight must be within [0, 1], got {canary_weight}")
     return np.where(buckets(keys, salt) < canary_weight, Arm.CANARY.value, Arm.PRODUCTION.value)
+
+
+def assign_weighted(keys: pd.Series, arms: Sequence[str], weights: Sequence[float], salt: str = "") -> np.ndarray:
+    """Each key's arm among ``arms`` at fixed ``weights`` (normalised to sum to 1), by the same bucket as
+    :func:`assign_arms`: the arm whose cumulative-weight interval holds the key's bucket. Two arms
+    ``[canary, production]`` at ``[w, 1 - w]`` give exactly ``assign_arms(keys, w)``, so an A/B experiment and the
+    canary route a key the same way on the server and in the batch path."""
+    w = np.asarray(weights, dtype="float64")
+    if len(arms) != len(w) or len(w) == 0 or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError(f"need one positive weight per arm, got arms {list(arms)} and weights {list(weights)}")
+    edges = np.cumsum(w) / w.sum()
+    index = np.minimum(np.searchsorted(edges, buckets(keys, salt), side="right"), len(w) - 1)
+    return np.asarray(list(arms), dtype=object)[index]
