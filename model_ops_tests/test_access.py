@@ -522,3 +522,19 @@ def test_on_an_s3_compatible_store_without_a_named_sts_the_accepted_key_is_the_i
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9")  # never asked
     Registry.open(s3_root, actor="alice").register("m", blob(tmp_path, "x"))
     assert Registry.open(s3_root).audit()[-1].identity == "s3-access-key:testing"
+
+
+def test_a_long_lived_process_follows_a_revoked_grant_and_never_records_a_change_back(tmp_path: Path) -> None:
+    """A process opened before the root's policy took a right away must not go on using it (nor record the old
+    policy as a change back) once another writer has written under the new policy."""
+    root = tmp_path / "root"
+    generous = default_policy_text()
+    install(root, generous)
+    old_process = Registry.open(root, actor="bob")
+    old_process.register("m", blob(tmp_path, "first"))
+    install(root, RESTRICTED)  # bob becomes a viewer
+    Registry.open(root, actor="alice").register("m", blob(tmp_path, "second"))  # records the change
+    with pytest.raises(PermissionDeniedError, match="actor 'bob' \\(role viewer\\)"):
+        old_process.register("m", blob(tmp_path, "third"))
+    changes = [e for e in Registry.open(root).audit() if e.kind == "policy_changed"]
+    assert len(changes) == 1

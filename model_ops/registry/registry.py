@@ -178,6 +178,7 @@ class Registry:
         self.location = root.child("registry")
         self.artifacts = ArtifactStore(root)
         # The root's policy, narrowed (never widened) by ``policy_path`` or $MODEL_OPS_POLICY: see policy.py.
+        self._policy_path = policy_path
         self.policy: Policy = load_policy(self.location, policy_path)
         # The claimed actor; None when nothing was claimed, and then the actor is the proven identity's name.
         self._claimed = actor or os.environ.get(ACTOR_ENV) or None
@@ -450,8 +451,9 @@ class Registry:
                     state.apply_all(pending)
                     self._state_version = self._log.version
                     try:
-                        self._receipts.write(self._state_version, pending)
-                    except Exception as e:  # the commit stands; only the check of it is weaker
+                        version = self._state_version
+                        retry_transient(lambda: self._receipts.write(version, pending))
+                    except Exception as e:  # the commit stands (acknowledged); only the check of it is weaker
                         log.warning("could not store the receipt of commit %s: %s", self._state_version, e)
                     self._after_commit()
                     return result()
@@ -575,6 +577,14 @@ class Registry:
         now = root_part(self.policy.digest) or ""
         if before is None or before == now:
             return
+        # The log says another policy decided the newest write: this process may hold a policy the root no longer
+        # has (a long-lived server, a sensor). Judge by the file as it is now, and record a change only to that.
+        fresh = load_policy(self.location, self._policy_path)
+        if root_part(fresh.digest) != now:
+            self.policy, now = fresh, root_part(fresh.digest) or ""
+            self._policies_kept.discard(now)
+            if before == now:
+                return
         if before.startswith("root=") and now.startswith("default="):
             raise PolicyError(
                 f"the registry's policy {self.policy.root_file} is missing: its newest event was decided by the "

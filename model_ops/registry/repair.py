@@ -205,8 +205,9 @@ def _committed_files(events_location: Location) -> set[str]:
 def recover(registry: Registry) -> dict[str, Any]:
     """The events a repair would keep, and what it found, without writing anything.
 
-    A write is acknowledged after its commit landed and its receipt was stored, so the newest acknowledged event is
-    the newest one a receipt or the readable table vouches for. The log is its hash chain walked backwards from
+    A write is acknowledged after its commit landed and its receipt was stored (a receipt that cannot be stored,
+    after retries, is logged and the write still acknowledged: its commit is durable), so the newest acknowledged
+    event is the newest one a receipt or the readable table vouches for. The log is its hash chain walked backwards from
     there: every event names its predecessor's hash, and a leftover of a write that lost its race or never
     committed is never on that path, however many events it holds. Events from before the chain existed carry no
     hash; they are taken from the readable table, else from the data files a readable commit added."""
