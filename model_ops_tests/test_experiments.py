@@ -438,7 +438,7 @@ def prediction_log(exp: ex.Experiment, n: int) -> pd.DataFrame:
 def test_outcomes_are_joined_from_labels_once_per_key_on_their_sticky_arm() -> None:
     exp = ex.Experiment(config())
     log = prediction_log(exp, 2_000)
-    rows = pd.concat(
+    rows = pd.concat(  # without ignore_index: the index repeats, as a concatenation of log files' does
         [
             log.iloc[100:],
             log.iloc[100:150],  # the same keys scored again: counted once
@@ -446,7 +446,6 @@ def test_outcomes_are_joined_from_labels_once_per_key_on_their_sticky_arm() -> N
             log.iloc[30:50].assign(model_version=1),  # a version outside the experiment
             log.iloc[50:90].assign(model_version=lambda f: np.where(f["model_version"] == 2, 3, 2)),  # misrouted
         ],
-        ignore_index=True,
     )
     labels = pd.Series(1, index=log["flight_id"].to_numpy())  # delayed ...
     labels[log["flight_id"].iloc[::4].to_numpy()] = 0  # ... except every fourth flight
@@ -463,6 +462,7 @@ def test_outcomes_are_joined_from_labels_once_per_key_on_their_sticky_arm() -> N
     truth = labels.reindex(joined.frame["key"]).to_numpy()
     assert (joined.frame["outcome"].to_numpy() == truth).all()
     assert (joined.frame["arm"].to_numpy() == exp.assign(joined.frame["key"])).all()
+    assert (joined.frame["model_version"].to_numpy() == np.where(joined.frame["arm"] == "v2", 2, 3)).all()
     assert "misrouted" in joined.summary()
 
     # Fed: the experiment counts exactly these outcomes; the keys fed are excluded next time.

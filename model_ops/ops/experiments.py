@@ -885,7 +885,7 @@ def join_outcomes(
             raise ValueError(f"a labels frame needs the key column {key_column!r} and a label_column")
         labels = pd.Series(labels[label_column].to_numpy(), index=labels[key_column].to_numpy())
 
-    rows = log
+    rows = log.reset_index(drop=True)  # positions, not the caller's index (which may repeat labels)
     total = len(rows)
     served = rows["served"].fillna(False).astype(bool) if "served" in rows else pd.Series(True, index=rows.index)
     rows = rows[served.to_numpy()]
