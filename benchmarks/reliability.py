@@ -242,6 +242,26 @@ def forgeries(work: Path) -> dict:
         e.hash = ev.chain_hash(e)
         write_deltalake(str(root / "registry" / "events"), ev.to_arrow([e]), mode="append", schema_mode="merge")
 
+    def forge_commit(root: Path, reg: Registry, *specs: dict) -> None:
+        """Several events as one commit (one timestamp), chained correctly, under the policy in force."""
+        tip = reg.audit()[-1]
+        prev, out = tip.hash, []
+        for i, fields in enumerate(specs):
+            e = ev.Event(seq=tip.seq + 1 + i, ts=tip.ts + timedelta(seconds=1), **{"policy": tip.policy, **fields})
+            e.prev_hash = prev
+            e.hash = prev = ev.chain_hash(e)
+            out.append(e)
+        write_deltalake(str(root / "registry" / "events"), ev.to_arrow(out), mode="append", schema_mode="merge")
+
+    promote = {
+        "model": "m",
+        "kind": ev.STAGE_CHANGED,
+        "actor": "alice",
+        "version": 1,
+        "from_value": "staging",
+        "to_value": "production",
+    }
+
     def edit(rows):  # type: ignore[no-untyped-def]
         rows[-1]["to_value"] = "b"
         return rows
@@ -286,6 +306,29 @@ def forgeries(work: Path) -> dict:
             reason="forged",
             payload=json.dumps({"cause": "transition"}),
         ),
+        "promotion-dressed-as-replacement": lambda root, reg: forge_commit(
+            root, reg, {**promote, "payload": json.dumps({"cause": "replaced"})}
+        ),
+        "two-moves-in-one-commit": lambda root, reg: forge_commit(
+            root,
+            reg,
+            {**promote, "payload": json.dumps({"cause": "transition"})},
+            {**promote, "version": 2, "from_value": "development", "to_value": "staging"},
+        ),
+        "born-in-production": lambda root, reg: forge_commit(
+            root,
+            reg,
+            {"model": "m", "kind": ev.REGISTERED, "actor": "alice", "version": 4, "from_value": "production"},
+        ),
+        "riding-on-a-denial": lambda root, reg: forge_commit(
+            root,
+            reg,
+            {"model": "m", "kind": ev.DENIED, "actor": "alice", "key": "deploy"},
+            {"model": "m", "kind": ev.ALIAS_SET, "actor": "alice", "version": 2, "key": "champion", "to_value": "2"},
+        ),
+        "made-up-policy": lambda root, reg: forge_commit(
+            root, reg, {**promote, "policy": "root=sha256:" + "1" * 64, "payload": json.dumps({"cause": "transition"})}
+        ),
         "champion-by-hand": lambda root, reg: forge(
             root, reg, model="m", kind=ev.ALIAS_SET, actor="alice", version=2, key="champion", to_value="2"
         ),
@@ -310,7 +353,8 @@ def forgeries(work: Path) -> dict:
     }
     accepted = []
     for name, attack in attacks.items():
-        root, reg = fresh(name, gate=name == "promotion-without-approval")
+        gated = name in ("promotion-without-approval", "promotion-dressed-as-replacement", "two-moves-in-one-commit")
+        root, reg = fresh(name, gate=gated or name == "made-up-policy")
         assert reg.fsck() == [], reg.fsck()
         attack(root, reg)
         if not Registry.open(root).fsck():
