@@ -613,3 +613,34 @@ def test_sigterm_drains_the_prediction_log(two_versions: Registry, root: Path, s
     log = logged(root)
     assert len(log) == 120
     assert set(log["request_id"]) == {f"{rid}/{j}" for rid in ids for j in range(3)}
+
+
+def test_concurrent_requests_are_scored_together_and_a_bad_one_fails_alone() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model_ops.serving.scoring import Batcher, RequestError
+
+    sizes: list[int] = []
+
+    def score(frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], float]:
+        sizes.append(len(frame))
+        time.sleep(0.05)  # long enough for the other requests to queue up behind the first
+        if (frame["x"] < 0).any():
+            raise RequestError("negative x", 422)
+        return {"prediction": frame["x"].to_numpy() * 2}, 1.0
+
+    batcher = Batcher(score)
+    frames = [pd.DataFrame({"x": [float(i), float(i) + 0.5]}) for i in range(12)]
+    frames[7] = pd.DataFrame({"x": [-1.0, 3.0]})
+
+    def one(frame: pd.DataFrame) -> Any:
+        try:
+            return batcher.score(frame)[0]["prediction"].tolist()
+        except RequestError as exc:
+            return exc.message
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(one, frames))
+    for i, (frame, answer) in enumerate(zip(frames, answers)):
+        assert answer == ("negative x" if i == 7 else (frame["x"] * 2).tolist())
+    assert max(sizes) > 2  # some call scored more than one request's rows

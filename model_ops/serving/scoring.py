@@ -13,8 +13,10 @@ sees it.
 from __future__ import annotations
 
 import math
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,6 +66,10 @@ class Version:
 
     loaded: LoadedModel
     spec: ModelSpec
+    batcher: Batcher = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batcher", Batcher(self.score_now))
 
     @classmethod
     def build(cls, loaded: LoadedModel, spec: ModelSpec) -> Version:
@@ -108,8 +114,13 @@ class Version:
 
     def score(self, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], float]:
         """The prediction-log output columns for the rows of ``frame`` (prediction, score, per-class
-        probabilities) and the wall time per row in milliseconds. The model's own refusal of a value it cannot
-        take is a :class:`RequestError` (422), never a server error."""
+        probabilities) and the wall time per row in milliseconds, scored together with the rows of requests
+        that arrived meanwhile (see :class:`Batcher`). The model's own refusal of a value it cannot take is a
+        :class:`RequestError` (422), never a server error."""
+        return self.batcher.score(frame)
+
+    def score_now(self, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], float]:
+        """:meth:`score` for these rows alone, in the calling thread."""
         t0 = time.perf_counter()
         try:
             predicted = tasks.predict(self.loaded.model, model_input(frame, self.spec), self.spec)
@@ -136,4 +147,80 @@ class Version:
     def warm(self) -> None:
         """Score the probe row once: loads lazy state (imports, caches) off the request path and proves the
         version answers at all."""
-        self.score(self.check(self.probe()))
+        self.score_now(self.check(self.probe()))
+
+
+@dataclass(eq=False)
+class _Pending:
+    frame: pd.DataFrame
+    done: bool = False
+    result: tuple[dict[str, np.ndarray], float] | None = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Rows of concurrent requests scored in one call of the model (opportunistic batching, no added wait).
+
+    A model call has a fixed cost (scikit-learn's input validation and each transformer's set-up) that dwarfs the
+    cost of a few rows, so a server that calls the model once per request spends most of its time on that fixed
+    cost. Here the first request to arrive scores its rows at once; requests arriving while it does queue up, and
+    when it finishes the next one takes every queued request (up to ``max_rows`` rows) into one call, and hands each
+    its own rows' outputs. A request alone waits for nothing. Every supported model scores rows independently, so
+    the outputs are those of scoring each request alone (the batch path scores 512 rows per call the same way); if
+    the combined call fails, each request is scored alone, so one request's bad value fails only that request.
+    """
+
+    def __init__(self, score: Callable[[pd.DataFrame], tuple[dict[str, np.ndarray], float]], max_rows: int = 2048):
+        self._score = score
+        self.max_rows = max_rows
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._busy = False
+        self.calls = 0
+
+    def score(self, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], float]:
+        mine = _Pending(frame)
+        batch: list[_Pending] = []
+        with self._cond:
+            self._queue.append(mine)
+            while not mine.done and self._busy:
+                self._cond.wait()
+            if not mine.done:
+                self._busy = True
+                rows = 0
+                while self._queue and (not batch or rows + len(self._queue[0].frame) <= self.max_rows):
+                    batch.append(self._queue.pop(0))
+                    rows += len(batch[-1].frame)
+        if not mine.done:
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
+
+    def _run(self, batch: list[_Pending]) -> None:
+        self.calls += 1
+        if len(batch) > 1:
+            try:
+                outputs, latency = self._score(pd.concat([p.frame for p in batch], ignore_index=True))
+            except Exception:
+                pass  # each request alone below: only the one at fault fails
+            else:
+                start = 0
+                for p in batch:
+                    end = start + len(p.frame)
+                    p.result = ({n: v[start:end] for n, v in outputs.items()}, latency)
+                    p.done = True
+                    start = end
+                return
+        for p in batch:
+            try:
+                p.result = self._score(p.frame)
+            except BaseException as exc:  # handed to the request's own thread, raised there
+                p.error = exc
+            p.done = True
