@@ -149,10 +149,10 @@ class _Served:
     logged: list[tuple[Arm, Version, dict[str, Any], int]]
     request_id: str
     row_ids: list[str]
-    ts: pd.Series
-    partitions: pd.Series
-    keys: pd.Series
-    scored_at: datetime
+    ts: np.ndarray  # datetime64[us], UTC
+    partitions: np.ndarray
+    keys: np.ndarray
+    scored_at: np.datetime64  # UTC
 
     @property
     def uniform(self) -> tuple[Version, Arm] | None:
@@ -162,7 +162,7 @@ class _Served:
         return None
 
 
-def _keys(frame: pd.DataFrame, spec: ModelSpec, header: str | None, row_ids: list[str]) -> pd.Series:
+def _keys(frame: pd.DataFrame, spec: ModelSpec, header: str | None, row_ids: list[str]) -> np.ndarray:
     """Each row's routing key: its key column value, else the ``X-Routing-Key`` header, else its request id.
     Whole-number floats print as integers (a JSON column with a null becomes floats), as the batch path's integer
     keys do."""
@@ -175,20 +175,24 @@ def _keys(frame: pd.DataFrame, spec: ModelSpec, header: str | None, row_ids: lis
             out.append(int(value))
         else:
             out.append(value)
-    return pd.Series(out, index=frame.index, dtype=object)
+    keys = np.empty(len(out), dtype=object)
+    keys[:] = out
+    return keys
 
 
-def _times(frame: pd.DataFrame, spec: ModelSpec, now: datetime) -> pd.Series:
-    """Each row's time: its time column when given, else now (see :mod:`model_ops.serving.predlog`)."""
+def _times(frame: pd.DataFrame, spec: ModelSpec, now: np.datetime64) -> np.ndarray:
+    """Each row's time (datetime64[us], UTC): its time column when given, else now (see
+    :mod:`model_ops.serving.predlog`)."""
     if spec.time_column not in frame.columns:
-        return pd.Series(pd.Timestamp(now), index=frame.index)
+        return np.full(len(frame), now)
     raw = frame[spec.time_column]
     parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
     bad = parsed.isna() & raw.notna()
     if bad.any():
         first = raw[bad].iloc[0]
         raise RequestError(f"column {spec.time_column!r} holds {first!r}, which is not a time (ISO 8601)", 422)
-    return parsed.fillna(pd.Timestamp(now))
+    values = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
+    return np.where(np.isnat(values), now, values)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -197,10 +201,13 @@ def _day_key(partitioning: Partitioning, day: date) -> str:
     return str(partitioning.key_of(pd.Series([pd.Timestamp(day, tz="UTC")])).iloc[0])
 
 
-def _partition_keys(spec: ModelSpec, ts: pd.Series) -> pd.Series:
+def _partition_keys(spec: ModelSpec, ts: np.ndarray) -> np.ndarray:
     """The partition of each row's time: windows are whole days, so the day decides (per distinct day)."""
     partitioning = Partitioning.of(spec)
-    return pd.Series([_day_key(partitioning, t.date()) for t in ts], index=ts.index, dtype=object)
+    days, where = np.unique(ts.astype("datetime64[D]"), return_inverse=True)
+    keys = np.empty(len(days), dtype=object)
+    keys[:] = [_day_key(partitioning, d.item()) for d in days]
+    return keys[where.reshape(-1)]
 
 
 def _merge(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dict[str, np.ndarray]:
@@ -242,7 +249,7 @@ def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | 
     """Route, check and score every row (in a worker thread); raises RequestError before anything is logged."""
     spec = slot.spec
     n = len(frame)
-    scored_at = datetime.now(timezone.utc)
+    scored_at = np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us")
     row_ids = [request_id] if n == 1 else [f"{request_id}/{i}" for i in range(n)]
     keys = _keys(frame, spec, routing_key, row_ids)
     ts = _times(frame, spec, scored_at)
@@ -280,13 +287,15 @@ def _log_columns(
 ) -> dict[str, Any]:
     """One arm's rows as prediction-log columns, in the batch path's order and spelling."""
     spec = served.slot.spec
-    frame = served.frame.iloc[idx]
+    frame = served.frame
+    row_ids = np.empty(len(idx), dtype=object)
+    row_ids[:] = [served.row_ids[i] for i in idx]
     columns: dict[str, Any] = {
-        "request_id": [served.row_ids[i] for i in idx],
-        "ts": served.ts.iloc[idx].reset_index(drop=True),
-        "scored_at": pd.Series([served.scored_at] * len(idx), dtype="datetime64[us, UTC]"),
-        "partition": served.partitions.iloc[idx].to_numpy(),
-        spec.key_column: served.keys.iloc[idx].to_numpy(),
+        "request_id": row_ids,
+        "ts": served.ts[idx],
+        "scored_at": np.full(len(idx), served.scored_at),
+        "partition": served.partitions[idx],
+        spec.key_column: served.keys[idx],
         "model_version": np.full(len(idx), version.number, dtype=np.int64),
         "model_semver": np.full(len(idx), version.semver, dtype=object),
         "arm": np.full(len(idx), arm.value, dtype=object),
@@ -295,7 +304,7 @@ def _log_columns(
         "latency_ms": np.full(len(idx), latency),
     }
     for name in version.spec.feature_names:
-        columns[name] = frame[name].to_numpy() if name in frame.columns else np.full(len(idx), None)
+        columns[name] = frame[name].to_numpy()[idx] if name in frame.columns else np.full(len(idx), None)
     return columns
 
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
@@ -165,11 +165,11 @@ class PredictionLog:
         for item in items:
             by_model.setdefault(item.model, []).append(item)
         for model, group in by_model.items():
-            frame = pd.concat([pd.DataFrame(i.columns) for i in group], ignore_index=True)
-            n = len(frame)
+            table = _table(group)
+            n = table.num_rows
             for attempt in range(ATTEMPTS):
                 try:
-                    self._append(model, frame)
+                    self._append(model, table)
                     self.written_rows += n
                     break
                 except Exception as exc:  # a commit conflict, an unreachable store: retried, then counted
@@ -181,9 +181,8 @@ class PredictionLog:
                     else:
                         time.sleep(0.2 * 2**attempt)
 
-    def _append(self, model: str, frame: pd.DataFrame) -> None:
+    def _append(self, model: str, table: pa.Table) -> None:
         dataset = predictions_dataset(self.root, model)
-        table = pa.Table.from_pandas(frame, preserve_index=False)
         if model not in self._schemas:
             self._schemas[model] = dataset.arrow_schema() if dataset.exists() else None
         schema = self._schemas[model]
@@ -200,6 +199,24 @@ class PredictionLog:
         )
         if schema is None:
             self._schemas[model] = dataset.arrow_schema()
+
+
+def _table(items: list[_Item]) -> pa.Table:
+    """The queued rows as one Arrow table, column by column (no frame in between: the writer shares the process
+    with the requests). ``datetime64`` columns are UTC times; a column some items lack is null for their rows."""
+    names = list(dict.fromkeys(n for item in items for n in item.columns))
+    arrays = []
+    for name in names:
+        parts = [
+            np.asarray(item.columns[name]) if name in item.columns else np.full(item.rows, None, dtype=object)
+            for item in items
+        ]
+        values = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if values.dtype.kind == "M":
+            arrays.append(pa.array(values.astype("datetime64[us]"), type=pa.timestamp("us", tz="UTC")))
+        else:
+            arrays.append(pa.array(values, from_pandas=True))
+    return pa.table(arrays, names=names)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
