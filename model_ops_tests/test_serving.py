@@ -197,6 +197,11 @@ def test_oip_and_mlflow_answers_match_the_batch_path_row_for_row(
         assert client.get("/v2/health/ready").status_code == 200
         meta = client.get(f"/v2/models/{NAME}").json()
         assert meta["name"] == NAME and [i["name"] for i in meta["inputs"]] == [*FEATURES, "site"]
+        assert [i["datatype"] for i in meta["inputs"]] == ["FP64"] * 4 + ["BYTES"]
+        assert meta["outputs"] == [
+            {"name": "prediction", "datatype": "INT64", "shape": [-1]},
+            {"name": "score", "datatype": "FP64", "shape": [-1]},
+        ]
 
         oip = client.post(
             f"/v2/models/{NAME}/infer", json=oip_columns(frame, ["record_id", "seen_at", *FEATURES, "site"])

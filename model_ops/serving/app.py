@@ -490,14 +490,12 @@ class Server:
         except RequestError as exc:
             return _error(OIP, exc)
         prod = slot.production
+        kinds = {"category": "BYTES", "int": "INT64", "bool": "BOOL", "float": "FP64"}
         inputs = [
-            {"name": f, "datatype": "BYTES" if str(prod.spec.feature_type(f)) == "category" else "FP64", "shape": [-1]}
+            {"name": f, "datatype": kinds[str(prod.spec.feature_type(f))], "shape": [-1]}
             for f in prod.spec.feature_names
         ]
-        outputs = [
-            {"name": n, "datatype": "FP64" if n != "prediction" else "BYTES", "shape": [-1]}
-            for n in ("prediction", "score")
-        ]
+        outputs = [{"name": n, "datatype": kind, "shape": [-1]} for n, kind in prod.outputs.items()]
         return _json(
             {
                 "name": slot.model,

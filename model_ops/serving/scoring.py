@@ -67,6 +67,7 @@ class Version:
     loaded: LoadedModel
     spec: ModelSpec
     batcher: Batcher = field(init=False, repr=False)
+    outputs: dict[str, str] = field(default_factory=dict)  # output name -> OIP datatype, found by :meth:`warm`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batcher", Batcher(self.score_now))
@@ -147,7 +148,10 @@ class Version:
     def warm(self) -> None:
         """Score the probe row once: loads lazy state (imports, caches) off the request path and proves the
         version answers at all."""
-        self.score_now(self.check(self.probe()))
+        from model_ops.serving.protocol import datatype_of
+
+        columns, _ = self.score_now(self.check(self.probe()))
+        self.outputs.update({name: datatype_of(values) for name, values in columns.items()})
 
 
 @dataclass(eq=False)
