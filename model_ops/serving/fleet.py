@@ -20,6 +20,7 @@ each model it serves, and reports not-ready only while it has none.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,7 @@ from model_ops.vocab import Arm
 log = logging.getLogger("model_ops.serving")
 
 RETRY_SECONDS = 5.0
+REBUILD_SWITCH_INTERVAL = 0.0002
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,12 +187,18 @@ class Fleet:
             if version == self._seen and not self._retry_at:
                 self._expire(now)
                 return False
+            interval = sys.getswitchinterval()
+            # While the slot is rebuilt, request threads hand the interpreter over more often, so this thread's
+            # many short native calls (Delta reads) are not each kept waiting for a full interval under load.
+            sys.setswitchinterval(REBUILD_SWITCH_INTERVAL)
             try:
                 changed = self._rebuild(self._reg, version)
             except Exception as exc:
                 self._registry_error(exc)
                 self._retry_at = now + RETRY_SECONDS
                 return False
+            finally:
+                sys.setswitchinterval(interval)
             self._expire(time.monotonic())
             return changed
 
