@@ -649,3 +649,18 @@ def test_concurrent_requests_are_scored_together_and_a_bad_one_fails_alone() -> 
     for i, (frame, answer) in enumerate(zip(frames, answers)):
         assert answer == ("negative x" if i == 7 else (frame["x"] * 2).tolist())
     assert max(sizes) > 2  # some call scored more than one request's rows
+
+
+def test_rows_of_mixed_key_types_are_all_written(root: Path) -> None:
+    log = PredictionLog(resolve_root(str(root)))
+    log.start()
+    ts = np.array([np.datetime64("2024-01-08T10:00:00", "us")])
+    for key in (17, "k-18"):
+        keys = np.empty(1, dtype=object)
+        keys[:] = [key]
+        assert log.offer(NAME, {"request_id": [f"r{key}"], "ts": ts, PARTITION: ["2024-01-07"], "record_id": keys}, 1)
+    log.close()
+    written = logged(root).sort_values("request_id")
+    assert log.written_rows == 2 and log.failed_rows == 0
+    assert written["record_id"].tolist() == ["17", "k-18"]
+    assert written["ts"].tolist() == [pd.Timestamp("2024-01-08T10:00:00", tz="UTC")] * 2

@@ -165,8 +165,14 @@ class PredictionLog:
         for item in items:
             by_model.setdefault(item.model, []).append(item)
         for model, group in by_model.items():
-            table = _table(group)
-            n = table.num_rows
+            n = sum(item.rows for item in group)
+            try:
+                table = _table(group)
+            except Exception as exc:  # never the writer's end: the rows are counted and the thread goes on
+                self.failed_rows += n
+                self.write_errors += 1
+                log.error("model_ops serve: %d prediction-log row(s) of %s could not be assembled: %s", n, model, exc)
+                continue
             for attempt in range(ATTEMPTS):
                 try:
                     self._append(model, table)
@@ -214,8 +220,11 @@ def _table(items: list[_Item]) -> pa.Table:
         values = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if values.dtype.kind == "M":
             arrays.append(pa.array(values.astype("datetime64[us]"), type=pa.timestamp("us", tz="UTC")))
-        else:
+            continue
+        try:
             arrays.append(pa.array(values, from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # values of mixed types (keys sent as numbers and as text)
+            arrays.append(pa.array([None if v is None else str(v) for v in values.tolist()], type=pa.string()))
     return pa.table(arrays, names=names)
 
 
