@@ -664,3 +664,23 @@ def test_rows_of_mixed_key_types_are_all_written(root: Path) -> None:
     assert log.written_rows == 2 and log.failed_rows == 0
     assert written["record_id"].tolist() == ["17", "k-18"]
     assert written["ts"].tolist() == [pd.Timestamp("2024-01-08T10:00:00", tz="UTC")] * 2
+
+
+def test_a_version_that_cannot_be_warmed_never_takes_traffic(root: Path, spec: ModelSpec) -> None:
+    reg = Registry.open(root, actor="tester")
+    good = fit(spec, 1.0)
+    mv = reg.register_model(NAME, good, signature=training.signature(spec, good.classes_.tolist()))
+    reg.transition(mv.ref, "staging", reason="ok")
+    reg.transition(mv.ref, "production", reason="ok")
+    # v2 claims an input the fitted model never saw: its warm-up scoring fails
+    broken = training.signature(spec, good.classes_.tolist())
+    broken["inputs"][0] = {"name": "ghost", "type": "float"}
+    mv2 = reg.register_model(NAME, fit(spec, 0.5), signature=broken)
+    with serving(root, spec) as (client, server):
+        reg.transition(mv2.ref, "staging", reason="looks fine")
+        reg.transition(mv2.ref, "production", reason="looks fine", breaking=True)
+        wait_for(lambda: NAME in server.fleet.problems, what="the failed build being reported")
+        assert "cannot serve production v2" in server.fleet.problems[NAME]
+        assert _served_version(client) == 1  # the slot in force keeps answering
+        assert client.get("/v2/health/ready").status_code == 200
+        assert NAME in client.get("/status").json()["problems"]

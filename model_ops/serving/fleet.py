@@ -181,10 +181,8 @@ class Fleet:
                 self._registry_error(exc)
                 return False
             now = time.monotonic()
-            if version == self._seen and now < self._retry_at:
-                self._expire(now)
-                return False
-            if version == self._seen and not self._retry_at:
+            retry_due = bool(self._retry_at) and now >= self._retry_at  # a failed build is tried again
+            if version == self._seen and not retry_due:
                 self._expire(now)
                 return False
             interval = sys.getswitchinterval()
