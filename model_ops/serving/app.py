@@ -612,4 +612,5 @@ def app_from_env() -> Starlette:
     """The application for a uvicorn worker process (``--workers N``): the config comes in ``MODEL_OPS_SERVE``."""
     import os
 
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(message)s")
     return create_app(ServeConfig.from_json(os.environ["MODEL_OPS_SERVE"]))
