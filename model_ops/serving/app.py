@@ -282,6 +282,24 @@ def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | 
     )
 
 
+def _answer(
+    slot: Slot, body: bytes, protocol_name: str, request_id: str | None, routing_key: str | None
+) -> tuple[_Served, list[str] | None]:
+    """Parse, route, check and score one request; the outputs an OIP request asked for (None: all)."""
+    doc = protocol.parse_json(body)
+    if protocol_name == OIP:
+        frame = protocol.oip_frame(doc, slot.production.spec.feature_names)
+        given = doc.get("id")
+        request_id = given if isinstance(given, str) and given else request_id
+    else:
+        frame = protocol.mlflow_frame(doc)
+    if frame.empty:
+        raise RequestError("the request holds no rows")
+    served = _serve(slot, frame, request_id or uuid.uuid4().hex, routing_key)
+    wanted = protocol.wanted_outputs(doc, list(served.outputs)) if protocol_name == OIP else None
+    return served, wanted
+
+
 def _log_columns(
     served: _Served, arm: Arm, version: Version, idx: np.ndarray, outputs: dict[str, np.ndarray], latency: float
 ) -> dict[str, Any]:
@@ -338,18 +356,16 @@ class Server:
         t0 = time.perf_counter()
         try:
             slot = self._slot(name)
-            doc = protocol.parse_json(await _body(request, self.config.max_body_bytes))
-            if protocol_name == OIP:
-                frame = protocol.oip_frame(doc, slot.production.spec.feature_names)
-                request_id = doc.get("id") if isinstance(doc.get("id"), str) and doc.get("id") else None
-            else:
-                frame = protocol.mlflow_frame(doc)
-                request_id = None
-            if frame.empty:
-                raise RequestError("the request holds no rows")
-            request_id = request_id or request.headers.get("x-request-id") or uuid.uuid4().hex
-            served = await run_in_threadpool(_serve, slot, frame, request_id, request.headers.get("x-routing-key"))
-            wanted = protocol.wanted_outputs(doc, list(served.outputs)) if protocol_name == OIP else None
+            body = await _body(request, self.config.max_body_bytes)
+            # parsing a large body is work too: done in a worker thread, like the scoring, not in the event loop
+            served, wanted = await run_in_threadpool(
+                _answer,
+                slot,
+                body,
+                protocol_name,
+                request.headers.get("x-request-id"),
+                request.headers.get("x-routing-key"),
+            )
         except RequestError as exc:
             self.metrics.errors.labels(name, str(exc.status), protocol_name).inc()
             return _error(protocol_name, exc)
