@@ -233,6 +233,14 @@ def test_oip_and_mlflow_answers_match_the_batch_path_row_for_row(
         assert one.headers["X-Model-Arm"] == row["arm"] == one.json()["arm"]
         assert one.headers["X-Model-Semver"] == row["model_semver"]
 
+        # the request's id is echoed and logged; ``outputs`` picks what comes back, and an unknown one is refused
+        picked = {**oip_columns(frame.head(1), ["record_id", *FEATURES, "site"]), "id": "req-7"}
+        r = client.post(f"/v2/models/{NAME}/infer", json={**picked, "outputs": [{"name": "score"}]})
+        assert r.json()["id"] == "req-7" == r.headers["X-Request-Id"]
+        assert [o["name"] for o in r.json()["outputs"]] == ["score"]
+        r = client.post(f"/v2/models/{NAME}/infer", json={**picked, "id": "req-8", "outputs": [{"name": "proba"}]})
+        assert r.status_code == 400 and "unknown output(s) proba" in r.json()["error"]
+
         # a single 2-D tensor of the features in signature order, routed by the X-Routing-Key header
         numbers = frame[FEATURES].head(4)
         key = str(frame["record_id"].iloc[0])
@@ -246,9 +254,10 @@ def test_oip_and_mlflow_answers_match_the_batch_path_row_for_row(
         assert r.status_code == 200, r.text
         assert r.headers["X-Model-Arm"] == served.loc[key, "arm"]  # every row keyed by the header: one arm
         assert r.json()["outputs"][0]["data"][0] == served.loc[key, "prediction"]
-        wait_for(lambda: len(logged(root)) >= 120 + 240 + 1 + 4, what="the prediction log catching up")
+        wait_for(lambda: len(logged(root)) >= 120 + 240 + 1 + 1 + 4, what="the prediction log catching up")
     log = logged(root)
     assert set(batch.columns) <= set(log.columns)  # the batch path's columns, every one
+    assert (log["request_id"] == "req-7").sum() == 1 and not (log["request_id"] == "req-8").any()
     live = log[log["request_id"] == oip.json()["id"] + "/0"].iloc[0]
     first = served.loc[frame["record_id"].iloc[0]]
     assert (live["model_version"], live["arm"], live["prediction"]) == (
