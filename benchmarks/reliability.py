@@ -82,6 +82,7 @@ class Writer:
         )
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
         self.buffer = ""
+        self.acked = 0  # writes acknowledged since this process started
 
     def drain(self) -> list[str]:
         try:
@@ -92,7 +93,9 @@ class Writer:
             self.buffer += chunk
         lines = self.buffer.split("\n")
         self.buffer = lines.pop()
-        return [line for line in lines if line]
+        got = [line for line in lines if line]
+        self.acked += len(got)
+        return got
 
     def kill(self) -> list[str]:
         self.proc.send_signal(signal.SIGKILL)
@@ -113,12 +116,17 @@ def fault_mix(root: Path, acks: int, writers: int, seed: int) -> dict:
         time.sleep(rng.uniform(0.1, 1.0))
         for w in pool:
             lines += w.drain()
-        victim = rng.randrange(writers)
+        # Only a writer that is writing is worth killing: one still starting up would only delay the run.
+        ready = [i for i, w in enumerate(pool) if w.acked]
+        if not ready:
+            continue
+        victim = rng.choice(ready)
         lines += pool[victim].kill()
         kills += 1
         pool[victim] = Writer(root, victim)
     for w in pool:
         lines += w.kill()
+    print(f"  ({len(lines)} acknowledged lines collected)", flush=True)
     reg = Registry.open(root)
     registered: dict[tuple[str, int], set[str]] = {}
     records: dict[int, str] = {}
