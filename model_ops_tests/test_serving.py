@@ -411,7 +411,9 @@ def test_bad_input_is_a_4xx_in_the_protocols_format_and_logs_nothing(
         metrics = client.get("/metrics").text
         wait_for(lambda: server.predlog.written_rows >= 1, what="the good row reaching the log")
     assert len(logged(root)) == 1  # the refused requests logged nothing
-    assert 'model_ops_serving_errors_total{model="cancer",protocol="mlflow",status="422"}' in metrics
+    # refusals of routed rows name the version and arm; those refused before routing leave them empty
+    assert 'errors_total{arm="production",model="cancer",protocol="mlflow",status="422",version="1"} 5.0' in metrics
+    assert f'errors_total{{arm="",model="cancer",protocol="oip",status="400",version=""}} {len(BAD_OIP)}.0' in metrics
     assert 'status="500"' not in metrics
 
 

@@ -26,8 +26,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
@@ -245,6 +245,16 @@ def route(slot: Slot, keys: pd.Series) -> list[tuple[Arm, Version, np.ndarray]]:
     return plan
 
 
+@contextmanager
+def _refused_by(version: Version, arm: Arm) -> Iterator[None]:
+    """A refusal of these rows names the version and arm that refused them (for the error metrics)."""
+    try:
+        yield
+    except RequestError as exc:
+        exc.version, exc.arm = str(version.number), arm.value
+        raise
+
+
 def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | None) -> _Served:
     """Route, check and score every row (in a worker thread); raises RequestError before anything is logged."""
     spec = slot.spec
@@ -255,14 +265,18 @@ def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | 
     ts = _times(frame, spec, scored_at)
     partitions = _partition_keys(spec, ts)
     plan = route(slot, keys)
-    checked = [(arm, version, idx, version.check(frame.iloc[idx])) for arm, version, idx in plan]
+    checked = []
+    for arm, version, idx in plan:
+        with _refused_by(version, arm):
+            checked.append((arm, version, idx, version.check(frame.iloc[idx])))
     parts = []
     logged = []
     versions = np.empty(n, dtype=np.int64)
     arms = np.empty(n, dtype=object)
     for arm, version, idx, rows in checked:
         arms[idx] = arm.value
-        outputs, latency = version.score(rows)
+        with _refused_by(version, arm):
+            outputs, latency = version.score(rows)
         parts.append((idx, outputs))
         versions[idx] = version.number
         logged.append((arm, version, {"idx": idx, "outputs": outputs, "latency": latency, "rows": rows}, len(idx)))
@@ -367,11 +381,11 @@ class Server:
                 request.headers.get("x-routing-key"),
             )
         except RequestError as exc:
-            self.metrics.errors.labels(name, str(exc.status), protocol_name).inc()
+            self.metrics.errors.labels(name, exc.version, exc.arm, str(exc.status), protocol_name).inc()
             return _error(protocol_name, exc)
         except Exception as exc:  # a bug: answered in the protocol's format, counted, logged with its traceback
             log.exception("model_ops serve: %s request for %s failed", protocol_name, name)
-            self.metrics.errors.labels(name, "500", protocol_name).inc()
+            self.metrics.errors.labels(name, "", "", "500", protocol_name).inc()
             return _error(protocol_name, f"the server failed to answer ({type(exc).__name__}): a bug", 500)
         self._log(served)
         elapsed = time.perf_counter() - t0
@@ -478,7 +492,7 @@ class Server:
         if name is None:
             served = sorted(self.fleet.slots)
             if len(served) != 1:
-                self.metrics.errors.labels("", "400", MLFLOW).inc()
+                self.metrics.errors.labels("", "", "", "400", MLFLOW).inc()
                 return _error(
                     MLFLOW,
                     RequestError(

@@ -32,8 +32,9 @@ class Metrics:
         )
         self.errors = Counter(
             "model_ops_serving_errors",
-            "Requests refused (4xx) or failed (5xx), per model, status and protocol",
-            ["model", "status", "protocol"],
+            "Requests refused (4xx) or failed (5xx), per model, version and arm (empty when refused before "
+            "routing), status and protocol",
+            ["model", "version", "arm", "status", "protocol"],
             registry=r,
         )
         self.latency = Histogram(

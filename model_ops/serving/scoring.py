@@ -36,6 +36,8 @@ class RequestError(UsageError):
     def __init__(self, message: str, status: int = 400, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+        self.version = ""  # the version and arm whose rows were refused, once a request was routed
+        self.arm = ""
 
 
 def spec_for(spec: ModelSpec, signature: dict[str, Any] | None) -> ModelSpec:
