@@ -12,12 +12,15 @@ model_ops alone.
 Load: a bounded asyncio client (httpx, ``--concurrency`` requests in flight) sends MLflow-format requests
 (``dataframe_records``, 1 row and 100 rows) to ``/invocations`` of each server for ``--seconds``; every answer must
 be a 200. All servers run at once and the runs are interleaved (``--rounds`` of each), so a change in the machine's
-load (it is shared) falls on all of them alike; medians over the rounds are reported. Figures: p50/p99 latency and throughput per server and request size; ours with and without the
-prediction log; then the rollback: under a paced ~200 requests/s, production is moved between two versions
-``--switches`` times, each move timed from the registry write returning to the first answer by the new version,
-and every answer sent after a move was seen in effect is checked to come from the new version.
+load (it is shared) falls on all of them alike; medians over the rounds are reported. Figures: p50/p99 latency
+and throughput per server and request size, ours with and without the prediction log. Then the rollback: under a
+paced ~200 requests/s, production is moved between two versions ``--switches`` times, each move timed from the
+registry write returning to the server's switch and to the first answer by the new version, and every answer to a
+request sent after the switch is checked to come from the new version. Last, one server with ``--models`` (50)
+models in production: its resident memory once ready (goal: under 1 GB).
 
-    python benchmarks/bench_serving.py [--seconds 5] [--concurrency 8] [--switches 20] [--rate 200]
+    python benchmarks/bench_serving.py [--seconds 5] [--rounds 3] [--concurrency 8] [--switches 20] [--rate 200]
+        [--models 50] [--no-mlflow]
 """
 
 from __future__ import annotations
@@ -99,6 +102,49 @@ def build(work: Path) -> tuple[Path, Path, Path]:
     dest = reg.fetch(f"models:/{NAME}/2", work / "fetched")
     skops = next(p for p in Path(dest).rglob("*.skops"))
     return root, specs, skops
+
+
+def many_models(work: Path, count: int) -> dict[str, Any]:
+    """``count`` models (the same pipeline fitted on bootstrap samples, each declared and in production) served by
+    one ``model-ops serve``: its resident memory once it is ready, and one answer from each."""
+    from model_ops.ml import training
+    from model_ops.registry import Registry
+    from model_ops.specs import load_spec
+
+    root, specs = work / "many_root", work / "many_specs"
+    specs.mkdir()
+    reg = Registry.open(root, actor="bench")
+    frame = data()
+    base = yaml.safe_load((work / "specs" / f"{NAME}.yaml").read_text())
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        name = f"{NAME}_{i:02d}"
+        (specs / f"{name}.yaml").write_text(yaml.safe_dump({**base, "name": name}))
+        spec = load_spec(specs / f"{name}.yaml")
+        sample = frame.iloc[rng.integers(0, len(frame), len(frame))]
+        model = training.pipeline(spec).fit(training.model_input(sample, spec), training.target(sample, spec))
+        mv = reg.register_model(name, model, signature=training.signature(spec, model.classes_.tolist()))
+        reg.transition(mv.ref, "staging", reason="bench")
+        reg.transition(mv.ref, "production", reason="bench")
+    port = free_port()
+    env = {**os.environ, "MODEL_OPS_SPECS_DIR": str(specs), "MODEL_OPS_ACTOR": "bench"}
+    env["MODEL_OPS_CACHE"] = str(work / "cache")
+    cmd = [sys.executable, "-m", "model_ops.cli", "--root", str(root), "serve", "--port", str(port)]
+    log = (work / "many.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_up(f"http://127.0.0.1:{port}/v2/health/ready", proc, "model_ops (many models)", timeout=600)
+        body = payload(frame, 1)
+        served = sum(
+            httpx.post(f"http://127.0.0.1:{port}/v2/models/{NAME}_{i:02d}/invocations", content=body).status_code == 200
+            for i in range(count)
+        )
+        with open(f"/proc/{proc.pid}/status") as f:
+            rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    finally:
+        stop(proc)
+        log.close()
+    return {"models": count, "answered": served, "rss_mb": round(rss_kb / 1024, 1)}
 
 
 def payload(frame: Any, rows: int) -> bytes:
@@ -255,6 +301,7 @@ def main() -> None:
     p.add_argument("--switches", type=int, default=20)
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--no-mlflow", action="store_true")
+    p.add_argument("--models", type=int, default=50, help="models served by one server for its memory (0: skip)")
     args = p.parse_args()
     results: dict[str, Any] = {"machine": machine(), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
@@ -323,6 +370,9 @@ def main() -> None:
         finally:
             for proc, _ in procs.values():
                 stop(proc)
+        if args.models:
+            results["many_models"] = many_models(work, args.models)
+            eprint(f"[model_ops] {args.models} models: {results['many_models']}")
     print(json.dumps(results, indent=2))
 
 
