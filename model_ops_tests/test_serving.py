@@ -695,3 +695,12 @@ def test_a_version_that_cannot_be_warmed_never_takes_traffic(root: Path, spec: M
         assert _served_version(client) == 1  # the slot in force keeps answering
         assert client.get("/v2/health/ready").status_code == 200
         assert NAME in client.get("/status").json()["problems"]
+
+
+def test_serve_refuses_bad_options_before_starting(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model_ops.cli import main
+
+    assert main(["--root", str(root), "serve", NAME, "--workers", "0"]) == 2
+    assert "--workers must be 1 or more" in capsys.readouterr().err
+    assert main(["--root", str(root), "serve", "--poll", "0"]) == 2
+    assert "--poll and --log-flush more than zero" in capsys.readouterr().err
