@@ -24,6 +24,7 @@ Heavy imports (skops, XGBoost, LightGBM) happen inside the functions that need t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
@@ -35,7 +36,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,11 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier, is_regressor
 
-from model_ops.artifacts import sklearn_io
+from model_ops.artifacts import sklearn_io, tree_check
 from model_ops.artifacts.manifest import FLAVOR_SKOPS
-from model_ops.errors import IntegrityError, PolicyError, UsageError
+from model_ops.errors import IntegrityError, ModelOpsError, PolicyError, UsageError
 from model_ops.jsonable import plain
+from model_ops.ml import booster_check
 
 SKLEARN, XGBOOST, LIGHTGBM = "sklearn", "xgboost", "lightgbm"
 FLAVORS = (SKLEARN, XGBOOST, LIGHTGBM)
@@ -96,6 +98,7 @@ _XGB_CLASSES = frozenset(
 _LGB_KINDS = ("classifier", "regressor")
 _THREADS_LINE = re.compile(r"^\[num_threads: -?\d+\]$", re.MULTILINE)
 _CATEGORICAL_LINE = re.compile(r"^\[categorical_feature: ([^\]]*)\]$", re.MULTILINE)
+_MAX_INFO_DEPTH = 16  # flavor.json nests 3 levels; the JSON parser recurses once per level
 
 
 # ---------------------------------------------------------------------------------------------------- public API
@@ -150,9 +153,28 @@ def load(
     release's default allow-list, ``sklearn_io.DEFAULT_TRUSTED``).
 
     ``flavor`` is the manifest's flavor when known; an artifact whose ``flavor.json`` says otherwise is refused.
-    ``what`` names the model in messages (e.g. its registry reference)."""
+    ``what`` names the model in messages (e.g. its registry reference).
+
+    The files are data from whoever registered them (their digest proves only that they are what was
+    registered), so nothing in them may crash the process or escape as anything but a ModelOpsError: tree models
+    are checked before they are returned (:mod:`~model_ops.artifacts.tree_check`, :mod:`~model_ops.ml.booster_check`),
+    and whatever else the frameworks raise while reading them is an IntegrityError."""
+    try:
+        return _load(source, tuple(trusted), flavor, what)
+    except ModelOpsError:
+        raise
+    except Exception as e:
+        raise IntegrityError(
+            f"{what}: its artifact cannot be loaded: {type(e).__name__}: {str(e)[:300] or 'no detail'}",
+            hint=tree_check.HINT,
+        ) from None
+
+
+def _load(
+    source: str | os.PathLike[str] | Mapping[str, bytes], trusted: tuple[str, ...], flavor: str | None, what: str
+) -> Any:
     if flavor == FLAVOR_SKOPS or (not isinstance(source, Mapping) and Path(source).is_file()):
-        return sklearn_io.loads(_single_file(source, what), trusted=tuple(trusted))
+        return sklearn_io.loads(_single_file(source, what), trusted=tuple(trusted), what=f"{what}: its .skops file")
     if flavor is not None and flavor not in FLAVORS:
         raise UsageError(
             f"{what} is a {flavor!r} artifact, not a model model_ops can load", hint="use fetch() to get its files"
@@ -164,7 +186,6 @@ def load(
             f"{what}: its manifest says flavor {flavor!r} but its {INFO_FILE} says {info['flavor']!r}",
             hint="it was assembled by hand or altered; do not load it",
         )
-    trusted = tuple(trusted)
     if info["flavor"] == SKLEARN:
         return load_skops(files.get(SKOPS_FILE), info["trusted_types"], trusted, what)
     if info["flavor"] == XGBOOST:
@@ -225,24 +246,21 @@ def signature_of(model: Any) -> dict[str, Any] | None:
     return sig or None
 
 
-def load_skops(data: bytes, recorded: Iterable[str], trusted: Iterable[str], what: str) -> Any:
-    """skops bytes, accepting a type only when the caller trusts it by name, or when it was recorded at save
-    time and is a class of scikit-learn, NumPy or SciPy (see the module docstring)."""
-    import skops.io as sio
-
-    try:
-        found = sorted(sio.get_untrusted_types(data=data))
-    except Exception as e:  # a zip or schema skops cannot parse: the bytes were verified, so they were made so
-        raise IntegrityError(f"{what}: its skops file cannot be read: {e}") from None
+def load_skops(data: bytes, recorded: Iterable[str], trusted: Iterable[str], what: str, name: str = SKOPS_FILE) -> Any:
+    """skops bytes (the artifact's file ``name``), accepting a type only when the caller trusts it by name, or when
+    it was recorded at save time and is a class of scikit-learn, NumPy or SciPy (see the module docstring). A file
+    skops cannot read, or a tree model in it that is malformed, is an IntegrityError naming the file."""
+    where = f"{what}: {name}"
+    found = sklearn_io.found_types(data, where)
     explicit = set(trusted) | set(sklearn_io.trusted_extra())
     known = set(recorded)
     refused = []
-    for name in found:
-        if name in explicit:
+    for type_name in found:
+        if type_name in explicit:
             continue
-        why = "not recorded when the model was saved" if name not in known else _why_untrusted(name)
+        why = "not recorded when the model was saved" if type_name not in known else _why_untrusted(type_name)
         if why:
-            refused.append(f"{name} ({why})")
+            refused.append(f"{type_name} ({why})")
     if refused:
         names = [r.split(" (", 1)[0] for r in refused]
         raise PolicyError(
@@ -250,7 +268,7 @@ def load_skops(data: bytes, recorded: Iterable[str], trusted: Iterable[str], wha
             hint="load them only if you trust their code: pass trusted=[...] or set "
             f"{sklearn_io.TRUSTED_ENV}=" + ",".join(names),
         )
-    return sio.loads(data, trusted=found)
+    return sklearn_io.load_checked(data, found, where)
 
 
 # ---------------------------------------------------------------------------------------------------- the flavors
@@ -320,7 +338,10 @@ def _load_xgboost(files: _Files, info: dict, trusted: tuple[str, ...], what: str
     if name not in _XGB_CLASSES:  # a class name from the artifact is never imported unless it is one of these
         raise IntegrityError(f"{what}: {INFO_FILE} names estimator {name!r}, which is not an XGBoost estimator")
     est = getattr(xgb, name.rsplit(".", 1)[1])(**_decode_params(info.get("params") or {}, _XGB_PREDICT_PARAMS))
-    est.load_model(bytearray(files.get(BOOSTER_FILE[XGBOOST])))
+    data = files.get(BOOSTER_FILE[XGBOOST])
+    with _booster_file(what, BOOSTER_FILE[XGBOOST], "XGBoost"):
+        booster_check.xgboost_json(data)
+        est.load_model(bytearray(data))
     return _attach(files, info, est, trusted, what)
 
 
@@ -329,10 +350,9 @@ def _load_lightgbm(files: _Files, info: dict, trusted: tuple[str, ...], what: st
     kind = info.get("kind")
     if kind not in _LGB_KINDS:
         raise IntegrityError(f"{what}: {INFO_FILE} names an unknown LightGBM model kind {kind!r}")
-    try:
-        booster = lgb.Booster(model_str=files.get(BOOSTER_FILE[LIGHTGBM]).decode("utf-8"))
-    except (UnicodeDecodeError, lgb.basic.LightGBMError) as e:
-        raise IntegrityError(f"{what}: its LightGBM model cannot be read: {e}") from None
+    data = files.get(BOOSTER_FILE[LIGHTGBM])
+    with _booster_file(what, BOOSTER_FILE[LIGHTGBM], "LightGBM"):
+        booster = lgb.Booster(model_str=booster_check.lightgbm_text(data.decode("utf-8")))
     est: _LightGBMBase = LightGBMClassifier() if kind == "classifier" else LightGBMRegressor()
     est.booster_, est.saved_from_ = booster, str(info.get("estimator"))
     est.n_features_in_ = int(info.get("n_features") or booster.num_feature())
@@ -341,7 +361,28 @@ def _load_lightgbm(files: _Files, info: dict, trusted: tuple[str, ...], what: st
     if isinstance(est, LightGBMClassifier):
         dtype = info.get("classes_dtype") or "object"
         est.classes_ = np.asarray(info.get("classes") or [], dtype=object if dtype == "object" else np.dtype(dtype))
+        n_classes = max(booster.num_model_per_iteration(), 2)
+        if len(est.classes_) != n_classes:
+            raise IntegrityError(
+                f"{what}: its {INFO_FILE} lists {len(est.classes_)} classes for a booster that predicts {n_classes}",
+                hint=tree_check.HINT,
+            )
     return _attach(files, info, est, trusted, what)
+
+
+@contextlib.contextmanager
+def _booster_file(what: str, name: str, framework: str) -> Iterator[None]:
+    """A booster file that :mod:`~model_ops.ml.booster_check` or the framework's own loader refuses, as one
+    IntegrityError naming the file: its bytes matched their digest, so it was registered this way."""
+    try:
+        yield
+    except ModelOpsError:
+        raise
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise IntegrityError(
+            f"{what}: {name} is not a valid {framework} model: {detail}", hint=tree_check.HINT
+        ) from None
 
 
 class _LightGBMBase(BaseEstimator):
@@ -411,7 +452,7 @@ def _attach(files: _Files, info: dict, est: Any, trusted: tuple[str, ...], what:
     step = info.get("step")
     if step is None:
         return est
-    pre = load_skops(files.get(PREPROCESS_FILE), info.get("trusted_types") or [], trusted, what)
+    pre = load_skops(files.get(PREPROCESS_FILE), info.get("trusted_types") or [], trusted, what, PREPROCESS_FILE)
     if not _is_pipeline(pre) or pre.steps[-1] != (step, "passthrough"):
         raise IntegrityError(
             f"{what}: {PREPROCESS_FILE} is not the preprocessing Pipeline its {INFO_FILE} "
@@ -548,6 +589,8 @@ class _Files:
 
 def _read_info(data: bytes, what: str) -> dict[str, Any]:
     try:
+        if sklearn_io.json_depth(data) > _MAX_INFO_DEPTH:
+            raise ValueError(f"it nests deeper than {_MAX_INFO_DEPTH} levels")
         info = json.loads(data)
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise ValueError(f"format {info.get('format') if isinstance(info, dict) else None!r}, not {FORMAT!r}")
