@@ -23,10 +23,12 @@ nothing expires. A ``retention`` section that is written down is checked strictl
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -589,9 +591,16 @@ class PolicyArchive:
         if path.exists():
             return
         self.location.path.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{name}.{os.getpid()}")
-        tmp.write_bytes(raw)
-        os.replace(tmp, path)
+        # A temporary name of its own per writer (threads share a pid), then one atomic rename into place.
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.location.path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def load(self, digest: str) -> Policy | None:
         """The policy whose root digest (``root=sha256:…`` or ``default=sha256:…``) is ``digest``, or None."""
