@@ -425,6 +425,7 @@ def test_an_archive_skops_cannot_read_is_an_integrity_error_naming_the_file(faul
         sklearn_io.loads(crafted["model.skops"])
 
 
+@pytest.mark.slow
 def test_a_deep_schema_is_refused_even_with_a_raised_recursion_limit(saved: dict) -> None:
     """With the limit raised, skops would recurse until the C stack overflows (a segmentation fault): the depth is
     measured without recursion before anything parses the schema."""
@@ -707,6 +708,7 @@ def _try_load(case: str, files: dict[str, bytes], flavor: str, X: Any) -> None:
         _report(case, f"loaded, then predict raised {type(e).__name__}", str(e))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", ["xgboost", "lightgbm"])
 def test_crafted_booster_files_are_refused_before_the_framework_reads_them(framework: str) -> None:
     """XGBoost and LightGBM check only array sizes: these files crash the process (segmentation fault on load or

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from model_ops.definitions import defs
 from model_ops.defs.resources import ModelOpsResource
@@ -36,6 +37,7 @@ def test_definitions_resolve() -> None:
     defs.resolve_all_job_defs()
 
 
+@pytest.mark.slow
 def test_dagster_validates_the_code_location(tmp_path: Path) -> None:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     dagster = Path(sys.executable).parent / "dagster"

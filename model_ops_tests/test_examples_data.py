@@ -139,6 +139,7 @@ def test_flight_duration_air_time_shifts_with_the_seasons(flights: pd.DataFrame)
 # ------------------------------------------------------------------------------------------------ offline read
 
 
+@pytest.mark.slow
 def test_both_examples_load_without_any_network(tmp_path: Path) -> None:
     """A fresh interpreter whose sockets refuse to connect and whose urlopen raises loads both tables."""
     code = textwrap.dedent("""

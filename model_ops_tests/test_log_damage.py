@@ -70,6 +70,7 @@ def _half(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage", [_empty, _no_actions, _deleted, _half], ids=["empty", "no-actions", "deleted", "half"]
 )
@@ -123,6 +124,7 @@ def test_lost_commit_and_its_data_file_are_restored_from_the_receipt(tmp_path: P
     assert Registry.open(root).get("m", 3).digest == digest3
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_named_and_repaired(tmp_path: Path) -> None:
     root = tmp_path / "root"
     reg = _registry(root, tmp_path, n=1)

@@ -218,6 +218,7 @@ def test_audit_and_as_of_see_commits_of_other_writers(root: Path, tmp_path: Path
     assert a.as_of(events[-1].ts)[MODEL]["versions"][1]["stage"] == "staging"
 
 
+@pytest.mark.slow
 def test_a_long_idle_registry_object_still_sees_and_joins_the_log(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

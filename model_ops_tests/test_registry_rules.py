@@ -263,6 +263,7 @@ def test_a_second_handle_sees_changes_without_reopening(reg: Registry, tmp_path:
     assert reg.versions("m")[1].created_by == "bob"
 
 
+@pytest.mark.slow
 def test_compaction_and_the_versions_table(reg: Registry, tmp_path: Path) -> None:
     for i in range(COMPACT_EVERY + 5):
         reg.register("m", blob(tmp_path, f"v{i}"))

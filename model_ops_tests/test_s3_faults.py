@@ -674,6 +674,7 @@ def test_a_failed_multipart_upload_is_aborted(
     assert _pending_uploads(direct, s3_root) == []
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_gc_aborts_an_abandoned_multipart_upload(proxy: FaultProxy, s3_root: str, direct: Any) -> None:
     """A killed writer leaves an upload with a part stored: gc counts it (dry run) and aborts it (--apply). (moto

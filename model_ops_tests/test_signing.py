@@ -228,6 +228,7 @@ def _variants(v1: ModelVersion, other_digest: str) -> list[tuple[str, str, int, 
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ecdsa", "hmac"])
 def test_a_forged_version_with_a_copied_digest_and_signature_is_refused(
     root: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch, kind: str
