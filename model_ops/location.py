@@ -413,6 +413,22 @@ def s3_client():  # type: ignore[no-untyped-def]
     return _cached_client(s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
 
 
+def object_exists(location: Location, name: str) -> bool:
+    """Whether the object ``name`` below ``location`` exists: one ``stat`` locally, one ``HEAD`` on S3 (an error
+    other than "not found" is raised, never read as absence)."""
+    if not location.is_s3:
+        return os.path.exists(os.path.join(location.uri, name))
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client().head_object(Bucket=location.bucket, Key=location.key(name))
+        return True
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
 def resolve_root(root: str | os.PathLike[str] | Location | None = None) -> Location:
     """The root from the argument, else ``$MODEL_OPS_ROOT``, else ``./.model_ops``."""
     if isinstance(root, Location):

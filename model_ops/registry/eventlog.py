@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from model_ops.location import Deadline, Location, is_transient, retry_transient, s3_client
+from model_ops.location import Deadline, Location, is_transient, object_exists, retry_transient, s3_client
 from model_ops.registry import events as ev
 
 log = logging.getLogger(__name__)
@@ -94,18 +94,7 @@ class DeltaCas:
         """Whether Delta commit ``version`` has been published: one ``stat`` (or ``HEAD``), no table read. Asked
         for this handle's version + 1 it is the "did another writer commit?" probe. Exact only while that commit
         cannot have been expired yet (see ``Registry._sync``): a missing file means "not written" only then."""
-        name = f"_delta_log/{version:020d}.json"
-        if not self.location.is_s3:
-            return os.path.exists(os.path.join(self.location.uri, name))
-        from botocore.exceptions import ClientError
-
-        try:
-            s3_client().head_object(Bucket=self.location.bucket, Key=self.location.key(name))
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        return object_exists(self.location, f"_delta_log/{version:020d}.json")
 
     def commit_problem(self, version: int) -> str | None:
         """What is wrong with the commit file of ``version`` (empty, not JSON, no actions), or None."""

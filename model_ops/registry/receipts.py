@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from model_ops.location import Location, retry_transient, s3_client
+from model_ops.location import Location, object_exists, retry_transient, s3_client
 from model_ops.registry import events as ev
 
 KEEP = 1000
@@ -125,18 +125,7 @@ class Receipts:
         return doc if isinstance(doc, dict) and doc.get("delta_version") == version else None
 
     def exists(self, version: int) -> bool:
-        name = self._name(version)
-        if not self.location.is_s3:
-            return (self.location.path / name).is_file()
-        from botocore.exceptions import ClientError
-
-        try:
-            s3_client().head_object(Bucket=self.location.bucket, Key=self.location.key(name))
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        return object_exists(self.location, self._name(version))
 
     def versions(self) -> list[int]:
         """Delta versions that have a receipt, ascending."""
