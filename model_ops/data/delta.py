@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Schema, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from pyarrow.parquet import filters_to_expression
 
@@ -63,12 +63,25 @@ class Dataset:
         return self.table().version()
 
     def replace_partition(
-        self, key: str, data: pa.Table | pa.RecordBatchReader, metadata: dict[str, str] | None = None
+        self,
+        key: str,
+        data: pa.Table | pa.RecordBatchReader,
+        metadata: dict[str, str] | None = None,
+        *,
+        where: str | None = None,
     ) -> int:
         """Replace one partition's rows (all of them, only them) in one atomic commit; returns the new version.
 
         ``data`` may be a stream of record batches, written as it is read; a batch with rows of another partition
-        (or an error raised by the stream) aborts the write with nothing committed."""
+        (or an error raised by the stream) aborts the write with nothing committed.
+
+        ``where``, a SQL condition on the table's columns (``origin = 'batch'``), narrows the rows replaced to the
+        partition's rows it holds for: the others stay, whoever wrote them and whenever (an append committed while
+        this write ran included). Every row written must satisfy it too, or nothing is written (delta-rs checks).
+        A row whose column is null does not satisfy ``column = 'x'`` (SQL's rule), so it stays unless ``where``
+        says ``OR column IS NULL``. delta-rs cannot evaluate a condition on a column the table lacks, so the
+        columns of ``data`` the table does not have yet are added to it first (null in the rows already there),
+        in a commit of their own."""
         failures: list[BaseException] = []
         if isinstance(data, pa.Table):
             _require_partition(data, key)
@@ -87,13 +100,15 @@ class Dataset:
                     configuration=HISTORY,
                 )
             else:
+                if where is not None:
+                    self._add_columns(data.schema)
                 # merge: a partition may bring columns the table does not have yet (a feature added to the
                 # declaration, a class a new version predicts); older partitions read them as null
                 write_deltalake(
                     self.uri,
                     data,
                     mode="overwrite",
-                    predicate=f"{PARTITION} = '{key}'",
+                    predicate=f"{PARTITION} = '{key}'" + (f" AND ({where})" if where is not None else ""),
                     partition_by=[PARTITION],
                     storage_options=self.options,
                     commit_properties=props,
@@ -104,6 +119,14 @@ class Dataset:
                 raise failures[0] from exc
             raise
         return self.version()
+
+    def _add_columns(self, schema: pa.Schema) -> None:
+        """Add the columns of ``schema`` the table lacks (nullable, null in its rows), so a condition can name them."""
+        table = self.table()
+        have = set(table.schema().to_arrow().names)
+        missing = [f.with_nullable(True) for f in schema if f.name not in have]
+        if missing:
+            table.alter.add_columns(Schema.from_arrow(pa.schema(missing)).fields)
 
     def delete_partition(self, key: str) -> int | None:
         """Remove one partition's rows; returns the new version (None when the table does not exist yet)."""

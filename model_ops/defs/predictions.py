@@ -17,6 +17,7 @@ from model_ops.ml import tasks
 from model_ops.ml.training import model_input, version_spec
 from model_ops.ops import deployment as dep
 from model_ops.ops import routing
+from model_ops.serving.predlog import replace_batch_rows
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
 
@@ -101,8 +102,8 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         description=f"Every {spec.key_column} of the partition scored by the manifest in force: sticky routing by a "
         "hash of the key into production or canary (by the canary weight), the shadow version scored on "
         "all rows but never served. One row per prediction in a Delta log (request id, time, model "
-        "version, arm, served, features, prediction, score, latency); re-scoring a partition replaces "
-        "it.",
+        "version, arm, served, features, prediction, score, latency), shared with the live server "
+        "(origin batch or live); re-scoring a partition replaces its batch rows and keeps the live ones.",
         **attribution(spec),
     )
     def _predictions(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
@@ -131,7 +132,8 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         specs = {v: version_spec(typed, mv.signature) for v, mv in records.items()}
         log = score_partition(features.reset_index(drop=True), manifest, models, typed, semvers, scored_at, specs)
         out = model_ops.dataset(spec.name, "predictions")
-        delta_version = out.replace_partition(partition, pa.Table.from_pandas(log, preserve_index=False))
+        # only the batch rows: live rows the server logged into this partition stay
+        delta_version = replace_batch_rows(out, partition, pa.Table.from_pandas(log, preserve_index=False))
         served = log[log["served"]]
         by_arm = (
             log.groupby("arm")

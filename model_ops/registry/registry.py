@@ -254,6 +254,16 @@ class Registry:
             self._confirmed = now
             return self._state
 
+    def log_version(self) -> int:
+        """The Delta version of the event log this registry's state is folded at, brought up to date first.
+
+        The change probe of a follower (the live server polls it): the number moves with every write to the
+        registry, by any process, and stays when nothing was written. Asking costs one stat (one HEAD on S3) when
+        nothing changed; when something did, the new events are folded in, so reads after it see them."""
+        with self._lock:
+            self._sync()
+            return self._state_version
+
     def _check_tip(self, state: RegistryState) -> None:
         """Compare the fold's newest event with the receipt of the Delta version it was read at, and look for a
         receipt beyond it: a commit file that was emptied, rewritten without its actions or deleted reads as

@@ -44,13 +44,14 @@ from starlette.routing import Route
 
 from model_ops import __version__
 from model_ops.data.partitions import Partitioning
+from model_ops.errors import UsageError
 from model_ops.location import Location, resolve_root
 from model_ops.ops import routing
 from model_ops.registry import Registry
 from model_ops.serving import protocol
 from model_ops.serving.fleet import Fleet, Slot
 from model_ops.serving.metrics import Metrics
-from model_ops.serving.predlog import PredictionLog
+from model_ops.serving.predlog import ORIGIN, Origin, PredictionLog
 from model_ops.serving.scoring import RequestError, Version
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
@@ -210,6 +211,33 @@ def _partition_keys(spec: ModelSpec, ts: np.ndarray) -> np.ndarray:
     return keys[where.reshape(-1)]
 
 
+@functools.lru_cache(maxsize=4096)
+def _declared(partitioning: Partitioning, key: str) -> bool:
+    """Whether ``key`` is one of the model's declared windows (from its start, before its end, if any).
+
+    The window in progress of an open-ended model counts as declared: it is, as soon as it is complete."""
+    try:
+        partitioning.parse(key)
+    except UsageError:
+        return False
+    return True
+
+
+def _undeclared(spec: ModelSpec, keys: np.ndarray) -> np.ndarray:
+    """Which rows fall in a window the model does not declare: before its first window, or at or after its end
+    (a request served today for a model whose windows are the months of 2013).
+
+    Such a row keeps its own time and is logged under the window that time falls in, like any other: its time is
+    never changed, and the row is not dropped. No asset of the model reads that partition (Dagster does not
+    declare it), so drift, live performance and canary analysis never judge those rows; they are counted
+    (``model_ops_prediction_log_undeclared_rows_total`` and /status), and judged if the declaration is ever
+    widened to cover them."""
+    partitioning = Partitioning.of(spec)
+    distinct, where = np.unique(keys.astype(str), return_inverse=True)
+    outside = np.array([not _declared(partitioning, str(k)) for k in distinct], dtype=bool)
+    return outside[where.reshape(-1)]
+
+
 def _merge(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dict[str, np.ndarray]:
     """Outputs of several arms put back in row order (a column an arm lacks is NaN for its rows)."""
     if len(parts) == 1:
@@ -337,6 +365,7 @@ def _log_columns(
     }
     for name in version.spec.feature_names:
         columns[name] = frame[name].to_numpy()[idx] if name in frame.columns else np.full(len(idx), None)
+    columns[ORIGIN] = np.full(len(idx), Origin.LIVE.value, dtype=object)  # a batch re-score keeps these rows
     return columns
 
 
@@ -440,9 +469,13 @@ class Server:
     def _log(self, served: _Served) -> None:
         if self.predlog is None:
             return
+        undeclared = _undeclared(served.slot.spec, served.partitions)
         for arm, version, part, rows in served.logged:
             columns = _log_columns(served, arm, version, part["idx"], part["outputs"], part["latency"])
-            self.predlog.offer(served.slot.model, columns, rows)
+            if self.predlog.offer(served.slot.model, columns, rows):
+                outside = int(np.count_nonzero(undeclared[part["idx"]]))
+                if outside:
+                    self.metrics.undeclared_rows.labels(served.slot.model).inc(outside)
 
     def _shadow(self, served: _Served) -> None:
         """Score the shadow version on every row after the response went out; log it, never serve it."""
@@ -560,6 +593,7 @@ class Server:
                 "overflow_rows": self.predlog.overflow_rows,
                 "written_rows": self.predlog.written_rows,
                 "failed_rows": self.predlog.failed_rows,
+                "undeclared_rows": self.metrics.undeclared(),
             }
         return _json(doc)
 

@@ -77,11 +77,27 @@ class Metrics:
         self.failed = Gauge(
             "model_ops_prediction_log_failed_rows_total", "Rows the prediction log could not write", registry=r
         )
+        self.undeclared_rows = Counter(
+            "model_ops_prediction_log_undeclared_rows",
+            "Served rows logged under a window the model does not declare (their time is before its first "
+            "partition or at or after its end), so no monitoring asset reads them, per model",
+            ["model"],
+            registry=r,
+        )
         self.reloads = Gauge("model_ops_serving_reloads_total", "Slots built and switched to", registry=r)
         self.registry_errors = Gauge(
             "model_ops_serving_registry_errors_total", "Polls of the registry that failed", registry=r
         )
         self.ready = Gauge("model_ops_serving_ready", "1 when the server has something to serve", registry=r)
+
+    def undeclared(self) -> dict[str, int]:
+        """Rows logged outside the declared windows so far, per model (for /status)."""
+        return {
+            sample.labels["model"]: int(sample.value)
+            for metric in self.undeclared_rows.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
 
     def render(self, predlog: Any, fleet: Any) -> bytes:
         """The exposition text, with the gauges read from the log and the follower at scrape time."""

@@ -2,8 +2,14 @@
 
 The log is the batch path's own table (``<root>/datasets/<model>/predictions``, partitioned by ``partition``), with
 its columns: ``request_id, ts, scored_at, partition, <key column>, model_version, model_semver, arm, served,
-prediction, score[, proba_<class>...], latency_ms, <features>``. Drift reports, live performance, canary analysis
-and the sensors read it by partition, so live rows are judged exactly like scored batches.
+prediction, score[, proba_<class>...], latency_ms, <features>, origin``. Drift reports, live performance, canary
+analysis and the sensors read it by partition, so live rows are judged exactly like scored batches.
+
+``origin`` tells who wrote a row: ``live`` (this writer) or ``batch`` (the ``predictions`` asset). The two share
+partitions: a request served today for a flight of July 2013 lands in 2013-07, beside that month's batch scoring.
+A batch re-score replaces the batch rows of its partition and no others (:func:`replace_batch_rows`), so live rows
+survive every re-score, also one that commits while they are being appended. Each row is one prediction made: a
+key scored by the batch and served live too is two predictions, and readers count both.
 
 Which partition a live row belongs to: the window its own time falls in, the same rule that cut the batch
 partitions. A request that carries the model's time column (``time_hour`` of a flight) is logged under that time
@@ -15,21 +21,25 @@ when the queue is full, they are counted as overflow (reported at /metrics and i
 a slow disk or store slows nothing but the log. One writer thread takes what is queued, groups it by model and
 appends it in one Delta commit per model every ``flush_seconds`` (or sooner past ``batch_rows``). :meth:`close`
 (on SIGTERM, through the server's shutdown) writes everything still queued before it returns, so no accepted row
-is lost. A failed append is retried with backoff; rows that still cannot be written are counted as failed.
+is lost. A failed append is retried with backoff; rows that still cannot be written are counted as failed. An
+append that lost a commit race (a batch re-score of the partition committed first) is written again at once.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from model_ops.data.delta import HISTORY, PARTITION, Dataset
 from model_ops.location import Location
@@ -37,6 +47,25 @@ from model_ops.location import Location
 log = logging.getLogger("model_ops.serving")
 
 ATTEMPTS = 5
+# A commit that lost the race to another (a batch re-score of the partition, another server's append) is written
+# again at once: that is progress elsewhere, not a fault, so it does not use up the ATTEMPTS of a failing store.
+CONFLICT_ATTEMPTS = 100
+
+ORIGIN = "origin"
+
+
+class Origin(StrEnum):
+    """Who wrote a prediction-log row: the batch ``predictions`` asset, or the live server."""
+
+    BATCH = "batch"
+    LIVE = "live"
+
+
+# The rows a batch re-score of a partition replaces. Rows with no origin were written before the log recorded
+# one; back then every re-score replaced the whole partition, so they are that partition's last batch scoring
+# and at most the live rows served into it since. They are counted as batch rows: the first re-score replaces
+# them (and those live rows with them, as it always did), and the batch rows are never kept twice.
+BATCH_ROWS = f"{ORIGIN} = '{Origin.BATCH.value}' OR {ORIGIN} IS NULL"
 
 
 @dataclass
@@ -52,6 +81,24 @@ _STOP = object()
 def predictions_dataset(root: Location, model: str) -> Dataset:
     """The Delta prediction log of ``model``: the same table as the batch ``predictions`` asset."""
     return Dataset(root.child("datasets", model, "predictions"), f"{model}/predictions")
+
+
+def replace_batch_rows(dataset: Dataset, key: str, rows: pa.Table) -> int:
+    """Replace the batch rows of partition ``key`` with ``rows`` (a batch scoring of it) in one commit, keeping
+    every live row of the partition, those appended while this write runs included; returns the new version.
+
+    ``rows`` get ``origin = 'batch'`` (whatever they held). A live append racing the commit never loses its
+    rows: the replacement removes only files of the table version it read that hold batch rows, and an append
+    adds files of live rows only (their statistics say so, so delta-rs sees no conflict with them either)."""
+    return dataset.replace_partition(key, with_origin(rows, Origin.BATCH), where=BATCH_ROWS)
+
+
+def with_origin(rows: pa.Table, origin: Origin) -> pa.Table:
+    """``rows`` with every ``origin`` set to ``origin`` (the column added when missing)."""
+    column = pa.array(np.full(rows.num_rows, origin.value, dtype=object), type=pa.string())
+    if ORIGIN in rows.column_names:
+        return rows.set_column(rows.column_names.index(ORIGIN), ORIGIN, column)
+    return rows.append_column(ORIGIN, column)
 
 
 class PredictionLog:
@@ -74,6 +121,7 @@ class PredictionLog:
         self.written_rows = 0
         self.failed_rows = 0
         self.write_errors = 0
+        self.write_conflicts = 0  # appends that lost a commit race and were written again
         self._schemas: dict[str, pa.Schema | None] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -167,25 +215,36 @@ class PredictionLog:
         for model, group in by_model.items():
             n = sum(item.rows for item in group)
             try:
-                table = _table(group)
+                table = with_origin(_table(group), Origin.LIVE)
             except Exception as exc:  # never the writer's end: the rows are counted and the thread goes on
                 self.failed_rows += n
                 self.write_errors += 1
                 log.error("model_ops serve: %d prediction-log row(s) of %s could not be assembled: %s", n, model, exc)
                 continue
-            for attempt in range(ATTEMPTS):
+            attempt = conflicts = 0
+            while True:
                 try:
                     self._append(model, table)
                     self.written_rows += n
                     break
-                except Exception as exc:  # a commit conflict, an unreachable store: retried, then counted
-                    self.write_errors += 1
+                except CommitFailedError as exc:  # another commit won the race: written again at once
+                    self.write_conflicts += 1
                     self._schemas.pop(model, None)
-                    if attempt == ATTEMPTS - 1:
+                    conflicts += 1
+                    if conflicts >= CONFLICT_ATTEMPTS:
                         self.failed_rows += n
                         log.error("model_ops serve: %d prediction-log row(s) of %s not written: %s", n, model, exc)
-                    else:
-                        time.sleep(0.2 * 2**attempt)
+                        break
+                    time.sleep(random.uniform(0.0, 0.05))
+                except Exception as exc:  # an unreachable store, a schema it refuses: retried, then counted
+                    self.write_errors += 1
+                    self._schemas.pop(model, None)
+                    attempt += 1
+                    if attempt == ATTEMPTS:
+                        self.failed_rows += n
+                        log.error("model_ops serve: %d prediction-log row(s) of %s not written: %s", n, model, exc)
+                        break
+                    time.sleep(0.2 * 2 ** (attempt - 1))
 
     def _append(self, model: str, table: pa.Table) -> None:
         dataset = predictions_dataset(self.root, model)

@@ -1,0 +1,267 @@
+"""The prediction log is shared by the batch ``predictions`` asset and the live server: a batch re-score replaces
+the batch rows of its partition and keeps every live row, one appended while the re-score commits included; rows
+written before the log recorded an origin are handled; a live row whose time lies outside the model's declared
+windows keeps its time, is logged and counted, never refused; and the registry's public change probe
+(:meth:`Registry.log_version`) moves on a write, stays without one, and costs one probe when nothing changed.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import yaml
+from deltalake import DeltaTable
+
+from model_ops.data.delta import PARTITION, Dataset
+from model_ops.location import resolve_root
+from model_ops.registry import Registry
+from model_ops.serving.predlog import ORIGIN, Origin, PredictionLog, predictions_dataset, replace_batch_rows
+from model_ops.specs import ModelSpec, load_spec
+from model_ops_tests.helpers import tiny_model
+from model_ops_tests.test_serving import NAME, declaration, fit, serving, wait_for
+
+WEEK, OTHER = "2024-01-07", "2024-01-14"
+
+
+def live_columns(ids: list[str], partition: str = WEEK) -> dict[str, Any]:
+    """One request's rows as the server hands them to the log (the columns that matter here)."""
+    n = len(ids)
+    request_ids = np.empty(n, dtype=object)
+    request_ids[:] = ids
+    return {
+        "request_id": request_ids,
+        "ts": np.full(n, np.datetime64("2024-01-08T10:00:00", "us")),
+        PARTITION: np.full(n, partition, dtype=object),
+        "model_version": np.full(n, 1, dtype=np.int64),
+        "arm": np.full(n, "production", dtype=object),
+        "served": np.full(n, True),
+        "score": np.full(n, 0.25),
+    }
+
+
+def batch_rows(tag: str, n: int, partition: str = WEEK) -> pa.Table:
+    """A batch scoring of ``partition``: ``n`` rows whose request ids carry ``tag``."""
+    return pa.table(
+        {
+            "request_id": [f"{tag}-{i}" for i in range(n)],
+            "ts": pa.array([pd.Timestamp("2024-01-08T09:00:00", tz="UTC")] * n, type=pa.timestamp("us", tz="UTC")),
+            PARTITION: [partition] * n,
+            "model_version": pa.array([1] * n, type=pa.int64()),
+            "arm": ["production"] * n,
+            "served": [True] * n,
+            "score": [0.75] * n,
+        }
+    )
+
+
+def log_of(root: Path) -> Dataset:
+    return predictions_dataset(resolve_root(str(root)), NAME)
+
+
+def write_live(root: Path, ids: list[str], partition: str = WEEK) -> None:
+    log = PredictionLog(resolve_root(str(root)))
+    assert log.offer(NAME, live_columns(ids, partition), len(ids))
+    log.close()
+    assert log.written_rows == len(ids) and log.failed_rows == 0
+
+
+# ---------------------------------------------------------------------------------------------------- batch and live
+
+
+def test_a_batch_rescore_replaces_its_batch_rows_and_keeps_the_live_ones(root: Path) -> None:
+    ds = log_of(root)
+    replace_batch_rows(ds, WEEK, batch_rows("first", 5))
+    write_live(root, ["live-1", "live-2"])
+    replace_batch_rows(ds, OTHER, batch_rows("other", 3, OTHER))
+    replace_batch_rows(ds, WEEK, batch_rows("second", 4))
+
+    rows = ds.read([WEEK])
+    assert sorted(rows.loc[rows[ORIGIN] == Origin.LIVE, "request_id"]) == ["live-1", "live-2"]
+    batch = rows.loc[rows[ORIGIN] == Origin.BATCH, "request_id"]
+    assert sorted(batch) == sorted(f"second-{i}" for i in range(4))  # the new scoring, once; the old one gone
+    assert len(ds.read([OTHER])) == 3  # another partition is not touched
+    assert rows[ORIGIN].notna().all()
+
+
+def test_a_batch_rescore_of_a_partition_holding_only_live_rows_adds_to_them(root: Path) -> None:
+    write_live(root, ["live-1"])  # the server created the log
+    replace_batch_rows(log_of(root), WEEK, batch_rows("b", 2))
+    rows = log_of(root).read([WEEK])
+    assert rows.groupby(ORIGIN).size().to_dict() == {"batch": 2, "live": 1}
+
+
+def test_rows_from_before_the_origin_column_are_replaced_as_batch_rows(root: Path) -> None:
+    """A log written before it recorded origins: its rows have none (the column does not even exist). A re-score
+    counts them as the partition's batch rows, so they are replaced, not kept beside the new scoring."""
+    ds = log_of(root)
+    ds.replace_partition(WEEK, batch_rows("old", 6))  # how the batch path wrote before
+    ds.replace_partition(OTHER, batch_rows("old-other", 2, OTHER))
+    assert ORIGIN not in ds.arrow_schema().names
+
+    replace_batch_rows(ds, WEEK, batch_rows("new", 3))
+    assert ORIGIN in ds.arrow_schema().names
+    rows = ds.read([WEEK])
+    assert sorted(rows["request_id"]) == sorted(f"new-{i}" for i in range(3))
+    others = ds.read([OTHER])
+    assert len(others) == 2 and others[ORIGIN].isna().all()  # nothing rewritten where nothing was re-scored
+
+    write_live(root, ["live-1"], OTHER)  # a live row after the upgrade, beside old rows: both kept by the next
+    replace_batch_rows(ds, OTHER, batch_rows("new-other", 1, OTHER))
+    assert sorted(ds.read([OTHER])["request_id"]) == ["live-1", "new-other-0"]
+
+
+def test_a_condition_on_a_column_the_table_lacks_adds_it_and_nulls_are_kept(root: Path) -> None:
+    """delta-rs cannot evaluate a predicate on a missing column (a schema error), and ``x = 'v'`` never holds for
+    a null ``x``: the dataset adds the column first, and rows with a null stay unless the condition names them."""
+    ds = Dataset(resolve_root(str(root)).child("datasets", "t"), "t")
+    ds.replace_partition(WEEK, pa.table({PARTITION: [WEEK, WEEK], "v": [1, 2]}))
+    new = pa.table({PARTITION: [WEEK], "v": [3], "kind": ["a"]})
+    ds.replace_partition(WEEK, new, where="kind = 'a'")
+    assert sorted(ds.read([WEEK])["v"]) == [1, 2, 3]  # the old rows have a null kind: kept
+    ds.replace_partition(WEEK, pa.table({PARTITION: [WEEK], "v": [4], "kind": ["a"]}), where="kind = 'a'")
+    assert sorted(ds.read([WEEK])["v"]) == [1, 2, 4]
+    version = ds.version()
+    with pytest.raises(Exception, match="failed validation"):  # a row outside the condition: nothing written
+        ds.replace_partition(WEEK, pa.table({PARTITION: [WEEK], "v": [5], "kind": ["b"]}), where="kind = 'a'")
+    assert ds.version() == version and sorted(ds.read([WEEK])["v"]) == [1, 2, 4]
+
+
+def test_live_appends_racing_batch_rescores_lose_nothing(root: Path) -> None:
+    """A thread serves (offers rows to PredictionLog, which commits every 50 ms) while the same partition is
+    re-scored again and again, each re-score started while appends are under way: every row the log acknowledged
+    is there afterwards, once, and the batch rows are the last scoring's, once."""
+    ds = log_of(root)
+    replace_batch_rows(ds, WEEK, batch_rows("b0", 200))
+    log = PredictionLog(resolve_root(str(root)), flush_seconds=0.05)
+    log.start()
+    done = threading.Event()
+    offered: list[str] = []
+
+    def serve() -> None:
+        i = 0
+        while not done.is_set():
+            ids = [f"live-{i}-{j}" for j in range(3)]
+            if log.offer(NAME, live_columns(ids), len(ids)):
+                offered.extend(ids)
+            i += 1
+            done.wait(0.01)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    rescores = 8
+    try:
+        for k in range(1, rescores + 1):
+            written = log.written_rows
+            wait_for(lambda: log.written_rows > written, 30, "a live append between two re-scores")
+            replace_batch_rows(ds, WEEK, batch_rows(f"b{k}", 200))
+    finally:
+        done.set()
+        thread.join(timeout=60)
+        log.close()
+
+    assert log.failed_rows == 0 and log.overflow_rows == 0 and log.written_rows == len(offered)
+    rows = ds.read([WEEK])
+    live = rows.loc[rows[ORIGIN] == Origin.LIVE, "request_id"]
+    assert sorted(live) == sorted(offered)  # every acknowledged row, each once
+    batch = rows.loc[rows[ORIGIN] == Origin.BATCH, "request_id"]
+    assert sorted(batch) == sorted(f"b{rescores}-{i}" for i in range(200))
+    overwrites = [c for c in DeltaTable(ds.uri).history() if "Overwrite" in str(c.get("operationParameters"))]
+    assert len(overwrites) == rescores
+
+
+# ---------------------------------------------------------------------------------------------------- outside the windows
+
+
+@pytest.fixture
+def bounded(tmp_path: Path, root: Path) -> ModelSpec:
+    """The served test model with windows that end (four weeks of January 2024), one version in production."""
+    data = declaration(tmp_path)
+    data["partitions"] = {"cadence": "weekly", "start": WEEK, "end": "2024-02-04"}
+    path = tmp_path / "bounded" / f"{NAME}.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(data))
+    spec = load_spec(path)
+    from model_ops.ml import training
+
+    reg = Registry.open(root, actor="tester")
+    model = fit(spec, 1.0)
+    mv = reg.register_model(NAME, model, signature=training.signature(spec, model.classes_.tolist()))
+    reg.transition(mv.ref, "staging", reason="evaluated")
+    reg.transition(mv.ref, "production", reason="first")
+    return spec
+
+
+def test_a_row_outside_the_declared_windows_keeps_its_time_is_logged_and_counted(
+    bounded: ModelSpec, root: Path
+) -> None:
+    from model_ops_tests.test_serving import rows
+
+    frame = rows().head(3)
+    features = ["mean_radius", "mean_texture", "worst_area", "worst_smoothness", "site"]
+    now = pd.Timestamp.now(tz="UTC")
+    records = [
+        {**{f: frame[f].iloc[0] for f in features}, "record_id": "today"},  # no time: served now, 2026 or later
+        {**{f: frame[f].iloc[1] for f in features}, "record_id": "early", "seen_at": "2023-06-01T12:00:00Z"},
+        {**{f: frame[f].iloc[2] for f in features}, "record_id": "inside", "seen_at": "2024-01-10T08:00:00Z"},
+    ]
+    with serving(root, bounded) as (client, server):
+        for record in records:
+            answer = client.post(f"/v2/models/{NAME}/invocations", json={"dataframe_records": [record]})
+            assert answer.status_code == 200, answer.text
+        wait_for(lambda: server.predlog.written_rows == 3, 30, "the rows to be logged")
+        status = client.get("/status").json()
+        metrics = client.get("/metrics").text
+    assert status["prediction_log"]["undeclared_rows"] == {NAME: 2}
+    assert f'model_ops_prediction_log_undeclared_rows_total{{model="{NAME}"}} 2.0' in metrics
+
+    logged = log_of(root).read().set_index("record_id")
+    assert logged.loc["early", "ts"] == pd.Timestamp("2023-06-01T12:00:00Z")  # its own time, never moved
+    assert logged.loc["early", PARTITION] == "2023-05-28"  # the week that time falls in
+    assert logged.loc["inside", PARTITION] == "2024-01-07"
+    today = logged.loc["today"]
+    assert today["ts"] >= now and today["ts"] == today["scored_at"]
+    week_start = (today["ts"] - pd.Timedelta(days=(today["ts"].weekday() + 1) % 7)).date().isoformat()
+    assert today[PARTITION] == week_start  # the window it was served in, not a declared one
+    assert (logged[ORIGIN] == Origin.LIVE).all()
+
+
+# ---------------------------------------------------------------------------------------------------- log_version
+
+
+def test_log_version_moves_on_a_write_and_only_then_with_one_probe(root: Path) -> None:
+    reg = Registry.open(root, actor="tester")
+    empty = reg.log_version()
+    assert reg.log_version() == empty  # nothing written: it stays
+    reg.register_model("m", tiny_model(0))
+    first = reg.log_version()
+    assert first > empty and reg.log_version() == first
+
+    other = Registry.open(root, actor="tester")  # another process's registry writes
+    other.register_model("m", tiny_model(1))
+    calls = {"has_commit": 0, "read_after": 0}
+    log = reg._log
+    has_commit, read_after = log.has_commit, log.read_after
+
+    def counted_has_commit(version: int) -> bool:
+        calls["has_commit"] += 1
+        return has_commit(version)
+
+    def counted_read_after(seq: int) -> pa.Table:
+        calls["read_after"] += 1
+        return read_after(seq)
+
+    log.has_commit = counted_has_commit  # type: ignore[method-assign]
+    log.read_after = counted_read_after  # type: ignore[method-assign]
+    moved = reg.log_version()
+    assert moved > first and calls["read_after"] == 1  # the new events were folded in
+    assert [v.version for v in reg.versions("m")] == [1, 2]
+
+    calls.update(has_commit=0, read_after=0)
+    assert reg.log_version() == moved and reg.log_version() == moved
+    assert calls == {"has_commit": 2, "read_after": 0}  # one probe per call, nothing read
