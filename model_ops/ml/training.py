@@ -245,6 +245,7 @@ def version_spec(spec: ModelSpec, signature: dict[str, Any] | None) -> ModelSpec
     ]
     names = {f["name"] for f in data["features"]}
     data["monitoring"]["drift_exclude"] = [n for n in data["monitoring"]["drift_exclude"] if n in names]
+    data["alerts"] = [a for a in data.get("alerts", []) if a.get("feature") in (None, *names)]
     return ModelSpec.model_validate(data)
 
 

@@ -49,10 +49,12 @@ from model_ops.location import Location, resolve_root
 from model_ops.ops import routing
 from model_ops.registry import Registry
 from model_ops.serving import protocol
+from model_ops.serving.alerts import AlertEngine
 from model_ops.serving.fleet import Fleet, Slot
 from model_ops.serving.metrics import Metrics
 from model_ops.serving.predlog import ORIGIN, Origin, PredictionLog
 from model_ops.serving.scoring import RequestError, Version
+from model_ops.serving.stats import ServingStats
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
 
@@ -79,6 +81,7 @@ class ServeConfig:
     log_batch_rows: int = 5_000
     log_flush_seconds: float = 0.5
     log_predictions: bool = True
+    stats_seconds: float = 10.0  # the serving statistics' interval, which is also how often alerts are judged
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -274,12 +277,13 @@ def route(slot: Slot, keys: pd.Series) -> list[tuple[Arm, Version, np.ndarray]]:
 
 
 @contextmanager
-def _refused_by(version: Version, arm: Arm) -> Iterator[None]:
-    """A refusal of these rows names the version and arm that refused them (for the error metrics)."""
+def _refused_by(version: Version, arm: Arm, partition: str = "") -> Iterator[None]:
+    """A refusal of these rows names the version and arm that refused them, and their partition (for the error
+    metrics and the serving statistics)."""
     try:
         yield
     except RequestError as exc:
-        exc.version, exc.arm = str(version.number), arm.value
+        exc.version, exc.arm, exc.partition = str(version.number), arm.value, partition
         raise
 
 
@@ -295,7 +299,7 @@ def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | 
     plan = route(slot, keys)
     checked = []
     for arm, version, idx in plan:
-        with _refused_by(version, arm):
+        with _refused_by(version, arm, partitions[idx[0]]):
             checked.append((arm, version, idx, version.check(frame.iloc[idx])))
     parts = []
     logged = []
@@ -303,7 +307,7 @@ def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | 
     arms = np.empty(n, dtype=object)
     for arm, version, idx, rows in checked:
         arms[idx] = arm.value
-        with _refused_by(version, arm):
+        with _refused_by(version, arm, partitions[idx[0]]):
             outputs, latency = version.score(rows)
         parts.append((idx, outputs))
         versions[idx] = version.number
@@ -380,6 +384,7 @@ class Server:
         self.predlog = predlog
         self.config = config
         self.metrics = Metrics()
+        self.stats: ServingStats | None = None  # serving statistics and alerts (create_app sets them up)
 
     # ----------------------------------------------------------------------------------------- requests
 
@@ -411,10 +416,14 @@ class Server:
             )
         except RequestError as exc:
             self.metrics.errors.labels(name, exc.version, exc.arm, str(exc.status), protocol_name).inc()
+            if self.stats is not None:
+                self.stats.refused(name, exc.version, exc.arm, exc.partition)
             return _error(protocol_name, exc)
         except Exception as exc:  # a bug: answered in the protocol's format, counted, logged with its traceback
             log.exception("model_ops serve: %s request for %s failed", protocol_name, name)
             self.metrics.errors.labels(name, "", "", "500", protocol_name).inc()
+            if self.stats is not None:
+                self.stats.refused(name, "", "")
             return _error(protocol_name, f"the server failed to answer ({type(exc).__name__}): a bug", 500)
         self._log(served)
         elapsed = time.perf_counter() - t0
@@ -423,6 +432,8 @@ class Server:
             self.metrics.requests.labels(*labels).inc()
             self.metrics.rows.labels(*labels).inc(rows)
             self.metrics.latency.labels(*labels).observe(elapsed)
+        if self.stats is not None:
+            self.stats.served(served, elapsed)
         background = BackgroundTask(self._shadow, served) if served.slot.manifest.shadow else None
         headers = {"X-Request-Id": served.request_id}
         uniform = served.uniform
@@ -635,15 +646,21 @@ def create_app(
         else None
     )
     server = Server(fleet, predlog, config)
+    # serving statistics every stats_seconds, and the alerts and canary guard judged on each interval
+    alerts = AlertEngine(root, fleet, opener)
+    stats = server.stats = ServingStats(root, specs, seconds=config.stats_seconds, listeners=[alerts])
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if predlog is not None:
             predlog.start()
         await anyio.to_thread.run_sync(fleet.start)
+        stats.start()
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(stats.close)  # the interval in progress is written and judged too
+            await anyio.to_thread.run_sync(alerts.join)
             await anyio.to_thread.run_sync(fleet.stop)
             if predlog is not None:
                 await anyio.to_thread.run_sync(predlog.close)

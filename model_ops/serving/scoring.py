@@ -38,6 +38,7 @@ class RequestError(UsageError):
         self.status = status
         self.version = ""  # the version and arm whose rows were refused, once a request was routed
         self.arm = ""
+        self.partition = ""  # the refused rows' partition (their first row's), once a request was routed
 
 
 def spec_for(spec: ModelSpec, signature: dict[str, Any] | None) -> ModelSpec:

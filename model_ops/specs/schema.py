@@ -14,6 +14,7 @@ import importlib
 import json
 import re
 from datetime import date
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -332,6 +333,37 @@ class CanaryAnalysis(_Strict):
     failure_limit: int = Field(default=1)
 
 
+class CanaryGuard(_Strict):
+    """Limits the live server holds a running canary to, between canary-analysis windows.
+
+    Canary analysis judges quality once a partition's labels are in; a canary that fails requests or answers slowly
+    should not wait that long. Every statistics interval (``model-ops serve``'s ``stats_seconds``) each server
+    measures the canary arm alone over the last ``window_seconds``: once it has answered or refused at least
+    ``min_requests`` requests there, an error rate above ``max_error_rate`` (a fraction: 0.01 is 1 %) or a p99
+    latency above ``max_p99_ms`` rolls the canary back at once, by the same registry operation as ``model-ops
+    rollback`` (the reason names the measurement, e.g. "error rate 4.1 % > 1 % over 500 requests"), and every
+    server then routes the canary's share to production. Give at least one limit, e.g.
+    ``guard: {max_error_rate: 0.01, max_p99_ms: 250, min_requests: 200, window_seconds: 30}``.
+    """
+
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {
+        "max_error_rate": (0.0, 1.0, "[)"),
+        "max_p99_ms": (0.0, None, "()"),
+        "min_requests": (1.0, None, "[]"),
+        "window_seconds": (0.0, None, "()"),
+    }
+    max_error_rate: float | None = None
+    max_p99_ms: float | None = None
+    min_requests: int = Field(default=200)
+    window_seconds: float = Field(default=30.0)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> CanaryGuard:
+        if self.max_error_rate is None and self.max_p99_ms is None:
+            raise ValueError("a canary guard needs a limit: max_error_rate (a fraction, 0.01 is 1 %) and/or max_p99_ms")
+        return self
+
+
 class Deployment(_Strict):
     _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {"decision_threshold": (0.0, 1.0, "()")}
     canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5])
@@ -340,6 +372,9 @@ class Deployment(_Strict):
         default=None, description="binary classification only: scores at or above it predict the positive class (0.5)"
     )
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    guard: CanaryGuard | None = Field(
+        default=None, description="limits on a canary's live error rate and p99 latency; a breach rolls it back"
+    )
 
     @field_validator("canary_steps")
     @classmethod
@@ -375,6 +410,99 @@ class Monitoring(_Strict):
     )
 
 
+class AlertKind(StrEnum):
+    """What an alert measures. The first three are measured by the live server on its own traffic every statistics
+    interval; ``metric_drop`` needs outcomes, which the server does not have, so it is judged per partition by the
+    ``live_performance`` asset once the labels are joined."""
+
+    P99_LATENCY_MS = "p99_latency_ms"  # request latency's 99th percentile, in milliseconds
+    ERROR_RATE = "error_rate"  # refused (4xx attributed to the arm) and failed (5xx) requests over all, a fraction
+    PSI = "psi"  # population stability index of one feature against the version's training reference
+    METRIC_DROP = "metric_drop"  # the live metric's drop below the version's evaluation metric
+
+
+AlertArm = Literal["production", "canary"]
+
+
+def _both_arms() -> list[AlertArm]:
+    return ["production", "canary"]
+DEFAULT_ALERT_WINDOW_SECONDS = 60.0
+
+
+class Alert(_Strict):
+    """One alert on a model's live traffic: it fires when the measurement of ``kind`` passes ``threshold`` over
+    the last ``window_seconds`` of an arm's traffic (once that arm has at least ``min_requests`` requests there),
+    and resolves when it no longer does.
+
+    Each watched arm (``arms``: production, canary or both) is judged on its own, for the version it serves.
+    ``threshold`` is in the kind's unit: milliseconds for ``p99_latency_ms``, a fraction for ``error_rate`` (0.01
+    is 1 %), the index for ``psi`` (0.2 is the classic "significant shift"), and for ``metric_drop`` how far the
+    live ``metric`` may fall below the version's evaluation metric (in the metric's units; for a metric where lower
+    is better, how far it may rise). ``psi`` names its ``feature``; ``metric_drop`` its ``metric`` and is judged per
+    partition (its window is the partition, so it takes no ``window_seconds``; ``min_requests`` counts labelled
+    predictions). Every evaluation lands in the ``alert_evaluations`` table; a change from ok to firing and back
+    is an ``alert`` record in the registry's audit log, which the registry's webhooks deliver.
+    """
+
+    _ranges: ClassVar[dict[str, tuple[float | None, float | None, str]]] = {
+        "threshold": (0.0, None, "()"),
+        "window_seconds": (0.0, None, "()"),
+        "min_requests": (1.0, None, "[]"),
+    }
+    name: str
+    kind: AlertKind
+    threshold: float
+    window_seconds: float | None = Field(
+        default=None, description=f"the rolling window in seconds ({DEFAULT_ALERT_WINDOW_SECONDS:g} when not given)"
+    )
+    min_requests: int = Field(default=100)
+    arms: list[AlertArm] = Field(default_factory=_both_arms)
+    feature: str | None = Field(default=None, description="psi only: the feature whose distribution is watched")
+    metric: str | None = Field(default=None, description="metric_drop only: the live metric compared")
+
+    @field_validator("name")
+    @classmethod
+    def _alert_name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"alert name {value!r} must be lowercase letters, digits and _, starting with a letter "
+                "(it names the alert in records and webhooks)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Alert:
+        where = f"alert {self.name!r}"
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"{where}: arms must list production and/or canary, each once, got {self.arms}")
+        if self.kind is AlertKind.ERROR_RATE and self.threshold >= 1:
+            raise ValueError(
+                f"{where}: an error_rate threshold is a fraction below 1 (0.01 is 1 %), got {self.threshold}"
+            )
+        if (self.kind is AlertKind.PSI) != (self.feature is not None):
+            raise ValueError(
+                f"{where}: a psi alert names the `feature` it watches"
+                if self.kind is AlertKind.PSI
+                else f"{where}: `feature` belongs to psi alerts, not {self.kind}"
+            )
+        if (self.kind is AlertKind.METRIC_DROP) != (self.metric is not None):
+            raise ValueError(
+                f"{where}: a metric_drop alert names the `metric` it compares with the version's evaluation"
+                if self.kind is AlertKind.METRIC_DROP
+                else f"{where}: `metric` belongs to metric_drop alerts, not {self.kind}"
+            )
+        if self.kind is AlertKind.METRIC_DROP and self.window_seconds is not None:
+            raise ValueError(
+                f"{where}: a metric_drop alert is judged per partition once its labels are known; drop window_seconds"
+            )
+        return self
+
+    @property
+    def window(self) -> float:
+        """The rolling window in seconds (server-side kinds)."""
+        return self.window_seconds if self.window_seconds is not None else DEFAULT_ALERT_WINDOW_SECONDS
+
+
 # The built-in source's partitions: the twelve months of 2013.
 NYCFLIGHTS13_PARTITIONS = Partitions(cadence=Cadence.MONTHLY, start="2013-01-01", end="2014-01-01")
 
@@ -397,6 +525,7 @@ class ModelSpec(_Strict):
     gates: Gates = Field(default_factory=Gates)
     deployment: Deployment = Field(default_factory=Deployment)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    alerts: list[Alert] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -492,7 +621,26 @@ class ModelSpec(_Strict):
         for name in self.monitoring.drift_exclude:
             if name not in names:
                 raise ValueError(f"monitoring.drift_exclude names {name!r}, which is not a feature")
+        self._check_alerts(names)
         return self
+
+    def _check_alerts(self, names: list[str]) -> None:
+        seen: set[str] = set()
+        for i, alert in enumerate(self.alerts):
+            where = f"alerts[{i}] ({alert.name!r})"
+            if alert.name in seen:
+                raise ValueError(f"{where}: another alert has that name; each alert needs its own")
+            seen.add(alert.name)
+            if alert.feature is not None and alert.feature not in names:
+                raise ValueError(
+                    f"{where}: psi watches feature {alert.feature!r}, which is not a feature; features: "
+                    + ", ".join(names)
+                )
+            if alert.metric is not None and alert.metric not in LIVE_METRICS[self.task]:
+                raise ValueError(
+                    f"{where}: metric {alert.metric!r} cannot be computed from served {self.task} traffic; "
+                    f"use one of: {', '.join(sorted(LIVE_METRICS[self.task]))}"
+                )
 
     # -------------------------------------------------------------------------------------- derived views
 
@@ -552,6 +700,10 @@ class ModelSpec(_Strict):
         """A short hash of the given sections (all when none), used in code versions so a spec edit marks
         exactly the assets it affects as changed."""
         data = self.model_dump(mode="json", by_alias=True)
+        # The canary guard and the alerts act in the live server (and on records); no asset's output depends on
+        # them, so declaring them marks nothing as changed.
+        data["deployment"].pop("guard", None)
+        data.pop("alerts", None)
         picked = {k: data.get(k) for k in (sections or tuple(sorted(data)))}
         return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
