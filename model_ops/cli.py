@@ -603,6 +603,171 @@ def cmd_webhooks(reg: Registry, args: argparse.Namespace) -> int:
     return 1 if args.webhooks_cmd == "deliver" and any(r.pending for r in reports) else 0
 
 
+def _experiment_arms(args: argparse.Namespace) -> list[Any]:
+    """``--arm NAME=VERSION`` (two or more) and ``--weight [NAME=]W`` (one per arm, summing to 1; default equal)."""
+    from model_ops.ops.experiments import ArmConfig
+
+    arms: list[tuple[str, int]] = []
+    for text in args.arm or []:
+        name, sep, version = text.partition("=")
+        number = version.strip().removeprefix("v")
+        if not sep or not name.strip() or not number.isdigit():
+            raise UsageError(f"--arm {text!r} is not NAME=VERSION", hint="e.g. --arm control=2 --arm challenger=3")
+        arms.append((name.strip(), int(number)))
+    if len(arms) < 2:
+        raise UsageError(
+            f"an experiment needs two or more arms, got {len(arms)}", hint="e.g. --arm control=2 --arm challenger=3"
+        )
+    names = [n for n, _ in arms]
+    if not args.weight:
+        return [ArmConfig(v, 1.0 / len(arms), n) for n, v in arms]
+    weights: dict[str, float] = {}
+    for i, text in enumerate(args.weight):
+        name, sep, value = text.rpartition("=")
+        name = name.strip() if sep else (names[i] if i < len(names) else "")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise UsageError(f"--weight {text!r} is not [NAME=]NUMBER", hint="e.g. --weight control=0.8") from None
+        if name not in names:
+            raise UsageError(f"--weight {text!r} names no arm (arms: {', '.join(names)})")
+        if not (weight > 0 and weight < 1):
+            raise UsageError(f"--weight {text!r}: a weight is a share of the traffic, between 0 and 1")
+        weights[name] = weight
+    if set(weights) != set(names):
+        missing = [n for n in names if n not in weights]
+        raise UsageError(f"--weight gives no weight for {', '.join(missing)}", hint="give every arm its weight")
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-9:
+        raise UsageError(
+            f"the weights sum to {total:g}, not 1", hint="give each arm its share of the traffic, e.g. 0.8 and 0.2"
+        )
+    return [ArmConfig(v, weights[n], n) for n, v in arms]
+
+
+def _experiment_status(reg: Registry, args: argparse.Namespace) -> int:
+    """The decision of an experiment: the outcomes posted to the server, replayed, then those joined from the
+    prediction log and the declared labels table as one more look; a conclusion is recorded once."""
+    from model_ops.data.sources import read_labels
+    from model_ops.ops import experiments as exps
+    from model_ops.serving.abtest import replay
+    from model_ops.serving.predlog import predictions_dataset
+    from model_ops.specs import load_specs
+
+    events = reg.audit(args.model)
+    known = exps.declared(events)
+    if args.name:
+        chosen = [d for d in known if d.config.name == args.name]
+        if not chosen:
+            raise UsageError(
+                f"{args.model} has no experiment named {args.name!r}",
+                hint=f"experiments: {', '.join(d.config.name for d in known) or 'none'}",
+            )
+    else:
+        chosen = [d for d in known if d.running] or known[-1:]
+        if not chosen:
+            raise UsageError(
+                f"{args.model} has no experiment",
+                hint=f"start one with `model-ops experiment start {args.model} --name NAME --arm A=V1 --arm B=V2`",
+            )
+    declared = chosen[0]
+    spec = {s.name: s for s in load_specs()}.get(args.model)
+    experiment, fed = replay(declared, reg.root)
+    notes: list[str] = []
+    joined = None
+    if spec is None:
+        notes.append(f"{args.model} has no declaration here: only the outcomes posted to the server are counted")
+    elif spec.labels is None:
+        notes.append(f"{args.model} declares no labels table: only the outcomes posted to the server are counted")
+    elif not predictions_dataset(reg.root, args.model).exists():
+        notes.append("no prediction log yet: nothing to join with the labels table")
+    else:
+        key = spec.key_column
+        where: list[tuple[str, str, Any]] = [("scored_at", ">=", declared.started_at)]
+        if declared.stopped_at is not None:  # rows served after the stop were not routed by the experiment
+            where.append(("scored_at", "<", declared.stopped_at))
+        rows = predictions_dataset(reg.root, args.model).read(
+            columns=[key, "model_version", "served", "prediction"], where=where
+        )
+        labels = read_labels(spec, rows[key], reg.root)
+        joined, _ = exps.feed_outcomes(experiment, rows, labels, key_column=key, outcome=declared.outcome, exclude=fed)
+    decision = experiment.decision()
+    recorded = [e.data["conclusion"] for e in exps.recorded_conclusions(reg, args.model, declared.config.name)]
+    event = exps.record_decision(reg, experiment, run_id=args.run_id)
+    if event is not None:
+        recorded.append(event.data["conclusion"])
+    arms = ", ".join(f"{a.name} v{a.version} at {w:.0%}" for a, w in zip(declared.config.arms, declared.config.weights))
+    state = "running" if declared.running else f"stopped at {declared.stopped_at} ({declared.stop_reason})"
+    lines = [
+        f"experiment {declared.config.name} on {args.model}: {state}",
+        f"  arms        {arms}",
+        f"  outcome     {declared.outcome} ({declared.config.kind}, {declared.config.better} is better), "
+        f"α = {declared.config.alpha:g}, {declared.config.min_sample:,} to {declared.config.max_sample:,} per arm",
+        f"  outcomes    {len(fed):,} posted to the server"
+        + (f"; joined: {joined.summary()}" if joined is not None else ""),
+        f"  decision    {decision.status}"
+        + (f": {decision.winner} (v{decision.winner_version})" if decision.winner else ""),
+        f"  reason      {decision.reason}",
+        f"  recorded    {', '.join(recorded) or '-'}" + (" (now)" if event is not None else ""),
+        *(f"  note        {n}" for n in notes),
+    ]
+    doc = {
+        "experiment": declared.to_dict(),
+        "posted_outcomes": len(fed),
+        "joined": None
+        if joined is None
+        else {k: v for k, v in vars(joined).items() if k != "frame"} | {"outcomes": len(joined.frame)},
+        "decision": decision.to_dict(),
+        "recorded": recorded,
+        "recorded_now": event is not None,
+        "notes": notes,
+    }
+    _emit(args, doc, "\n".join(lines))
+    return 0
+
+
+def cmd_experiment(reg: Registry, args: argparse.Namespace) -> int:
+    """A/B experiments: ``start`` declares one (the server and the batch path route by it), ``status`` reads its
+    decision, ``stop`` ends it."""
+    from model_ops.ops import experiments as exps
+
+    if args.experiment_cmd == "status":
+        return _experiment_status(reg, args)
+    if args.experiment_cmd == "stop":
+        event = exps.stop(reg, args.model, args.name, reason=args.reason, run_id=args.run_id)
+        _emit(
+            args,
+            {"model": args.model, "experiment": args.name, "stopped": True, "seq": event.seq},
+            f"{args.model}: experiment {args.name} stopped; the server routes by the deployment manifest again",
+        )
+        return 0
+    kind, better = exps.OUTCOME_DEFAULTS[args.outcome]
+    try:
+        config = exps.ExperimentConfig(
+            name=args.name,
+            model=args.model,
+            arms=tuple(_experiment_arms(args)),
+            metric=args.outcome,
+            max_sample=args.max_sample,
+            kind=args.kind or kind,
+            better=args.direction or better,
+            alpha=args.alpha,
+            min_sample=args.min_sample,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="see `model-ops experiment start --help`") from None
+    event = exps.start(reg, config, args.outcome, reason=args.reason, run_id=args.run_id)
+    arms = ", ".join(f"{a.name} v{a.version} at {w:.0%}" for a, w in zip(config.arms, config.weights))
+    _emit(
+        args,
+        {"model": args.model, "experiment": config.name, "seq": event.seq, "outcome": args.outcome, **config.to_dict()},
+        f"{args.model}: experiment {config.name} started ({arms}; outcome {args.outcome}, {config.better} is better, "
+        f"α = {config.alpha:g}, at most {config.max_sample:,} outcomes per arm)\n"
+        f"  a running server routes by it within one poll; post outcomes to /v2/models/{args.model}/outcomes",
+    )
+    return 0
+
+
 def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
     """The live inference server (see ``model_ops.serving``); runs until SIGTERM or Ctrl-C."""
     from model_ops.serving import ServeConfig
@@ -815,6 +980,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="seconds the prediction log gathers rows before one append (default 0.5)",
     )
+    sp = add("experiment", cmd_experiment, "A/B experiments between versions on live traffic: start, status, stop")
+    exp_sub = sp.add_subparsers(dest="experiment_cmd", required=True, parser_class=_Parser, metavar="start|status|stop")
+    esp = exp_sub.add_parser(
+        "start",
+        help="route MODEL's traffic between versions at fixed weights until stopped",
+        description="Declare an A/B experiment in the audit log: the server and the batch path split MODEL's "
+        "served rows between the arms by a hash of the key (sticky), the canary takes no traffic meanwhile, and "
+        "outcomes feed a sequential test (mSPRT, always-valid p-values) that declares a winner or no difference.",
+    )
+    esp.add_argument("model", metavar="MODEL")
+    esp.add_argument("--name", required=True, help="the experiment's name (once per model)")
+    esp.add_argument(
+        "--arm", action="append", metavar="NAME=VERSION", help="an arm (two or more; the first is the control)"
+    )
+    esp.add_argument("--weight", action="append", metavar="[NAME=]W", help="an arm's share of traffic (default equal)")
+    esp.add_argument(
+        "--outcome",
+        "--metric",
+        dest="outcome",
+        choices=["correct", "label", "abs_error", "squared_error"],
+        default="correct",
+        help="what is compared per key: the served prediction being right (default), the label itself (a "
+        "business outcome), or the prediction's absolute or squared error",
+    )
+    esp.add_argument("--kind", choices=["binary", "continuous"], help="the outcome's kind (default: the outcome's)")
+    esp.add_argument("--direction", choices=["higher", "lower"], help="which way is better (default: the outcome's)")
+    esp.add_argument("--alpha", type=float, default=0.05, help="false-positive rate of the test (default 0.05)")
+    esp.add_argument(
+        "--max-sample",
+        type=int,
+        default=10_000,
+        help="outcomes per arm at which 'no difference' is given (default 10000)",
+    )
+    esp.add_argument("--min-sample", type=int, default=500, help="outcomes per arm before any decision (default 500)")
+    esp.add_argument("--reason", help="why (recorded with the start)")
+    esp = exp_sub.add_parser(
+        "status",
+        help="the experiment's decision and its reason; records a conclusion once",
+        description="Replay the outcomes posted to the server, join the prediction log with the labels table, "
+        "print the decision and its reason, and record a conclusion in the audit log the first time it is reached.",
+    )
+    esp.add_argument("model", metavar="MODEL")
+    esp.add_argument("--name", help="the experiment (default: the running one, else the latest)")
+    esp = exp_sub.add_parser("stop", help="end the experiment; the deployment manifest routes again")
+    esp.add_argument("model", metavar="MODEL")
+    esp.add_argument("--name", required=True)
+    esp.add_argument("--reason", required=True)
+    for esp in exp_sub.choices.values():
+        esp.add_argument("--json", action="store_true", help="print one JSON document")
+        esp.add_argument("--run-id", help="the run this change belongs to (default $MODEL_OPS_RUN_ID)")
     sp = add("fsck", cmd_fsck, "check every version's artifact and the event log; exit 1 if anything is wrong")
     sp.add_argument(
         "--repair",

@@ -44,11 +44,13 @@ class FeatureType(StrEnum):
 
 
 class Arm(StrEnum):
-    """Where a prediction went: served by production or the canary, or scored in shadow and never returned."""
+    """Where a prediction went: served by production or the canary, or scored in shadow and never returned; or,
+    while an A/B experiment runs, served by an experiment arm other than the production version."""
 
     PRODUCTION = "production"
     CANARY = "canary"
     SHADOW = "shadow"
+    EXPERIMENT = "experiment"
 
 
 class DriftStatus(StrEnum):

@@ -457,3 +457,75 @@ def test_a_declared_alert_and_guard_are_read_and_do_not_change_asset_code_versio
     # a version trained without the watched feature is still served: its view of the declaration drops the alert
     narrow = training.version_spec(guarded, {"inputs": [{"name": f, "type": "float"} for f in FEATURES[1:]]})
     assert [a.name for a in narrow.alerts] == ["slow", "failing"]
+
+
+# ---------------------------------------------------------------------------------------------------- the asset
+
+
+def test_the_serving_health_asset_shows_latency_throughput_and_error_rate_per_version_and_arm(
+    tmp_path: Path, root: Path, spec: ModelSpec
+) -> None:
+    import dagster as dg
+
+    from model_ops.defs.monitoring import serving_health_asset
+    from model_ops.defs.resources import ModelOpsResource
+
+    asset = serving_health_asset(spec)
+    resource = ModelOpsResource(root=str(root))
+    with dg.build_asset_context(partition_key="2024-01-07", resources={"model_ops": resource}) as context:
+        empty = asset(context=context)
+    assert empty.metadata["requests"] == 0 and "no live traffic recorded for 2024-01-07" in empty.metadata["status"]
+
+    stats = st.ServingStats(resolve_root(str(root)), {NAME: spec}, server="host:1")
+    t0 = datetime(2024, 1, 8, tzinfo=timezone.utc)
+    for i, (requests, errors, canary_errors) in enumerate([(90, 1, 9), (110, 1, 1)]):  # two 10 s intervals
+        cells = {
+            (NAME, "2024-01-07", 1, "production"): st.Cell(requests, requests, errors, [4.0] * requests),
+            (NAME, "2024-01-07", 2, "canary"): st.Cell(10, 10, canary_errors, [40.0] * 10),
+            (NAME, "2024-01-14", 1, "production"): st.Cell(5, 5, 0, [4.0] * 5),  # another partition: not counted
+        }
+        start = t0 + timedelta(seconds=10 * i)
+        done = st.Interval(start, start + timedelta(seconds=10), cells, {}, {(NAME, 1): "1.0.0", (NAME, 2): "1.1.0"})
+        for model, table in stats.tables(done).items():
+            stats._append(model, table)
+    with dg.build_asset_context(partition_key="2024-01-07", resources={"model_ops": resource}) as context:
+        shown = asset(context=context).metadata
+    assert shown["production_v1_requests"] == 200 and shown["production_v1_errors"] == 2
+    assert shown["production_v1_error_rate"] == pytest.approx(2 / 202)
+    assert shown["production_v1_throughput_rps"] == pytest.approx(200 / 20)
+    assert shown["canary_v2_error_rate"] == pytest.approx(10 / 30)
+    assert 3.0 < shown["production_v1_latency_p99_ms"] <= 5.0  # every answer took 4 ms: the (3, 5] bucket
+    assert 30.0 < shown["canary_v2_latency_p50_ms"] <= 50.0
+    assert shown["requests"] == 220 and shown["errors"] == 12
+    assert shown["servers"] == "host:1"
+
+
+def test_a_metric_drop_alert_is_judged_per_partition_where_the_labels_are(root: Path, tmp_path: Path) -> None:
+    doc = declaration(tmp_path)
+    doc["alerts"] = [{"name": "auc_drop", "kind": "metric_drop", "metric": "roc_auc", "threshold": 0.05}]
+    spec = ModelSpec.model_validate(doc)
+    reg = Registry.open(root, actor="tester")
+    model = fit(spec, 1.0)
+    reg.register_model(
+        NAME, model, signature=training.signature(spec, model.classes_.tolist()), metrics={"roc_auc": 0.95}
+    )
+    location = resolve_root(str(root))
+
+    def judge(partition: str, live_auc: float, labelled: int = 600) -> al.Evaluation:
+        arm = SimpleNamespace(arm="production", model_version=1, labelled=labelled, metrics={"roc_auc": live_auc})
+        (result,) = al.judge_metric_drops(reg, location, spec, partition, [arm])
+        return result
+
+    assert judge("2024-01-07", 0.93).status == "ok"  # 0.02 below its evaluation: within 0.05
+    fired = judge("2024-01-14", 0.85)
+    assert fired.status == "firing" and fired.transition == "fired" and fired.value == pytest.approx(0.10)
+    assert judge("2024-01-21", 0.80, labelled=20).status == "insufficient_data"  # 20 < min_requests 100
+    assert judge("2024-01-28", 0.84).transition == ""  # still firing: no second record
+    assert judge("2024-02-04", 0.94).transition == "resolved"
+    alerts = records(root, RecordKind.ALERT)
+    assert [e.data["state"] for e in alerts] == ["firing", "resolved"]
+    assert alerts[0].reason == (
+        "alert auc_drop fired: roc_auc dropped by 0.1 > 0.05 against its evaluation (roc_auc 0.85 live vs 0.95 "
+        "evaluated) over 600 labelled predictions (production v1, partition 2024-01-14)"
+    )
+    assert len(al.read_evaluations(location, NAME)) == 5

@@ -20,7 +20,7 @@ from model_ops.defs.automation import automation_defs
 from model_ops.defs.datasets import features_asset, labels_asset, raw_asset, source_asset, training_set_asset
 from model_ops.defs.deployment import deployment_asset
 from model_ops.defs.evaluation import evaluation_asset
-from model_ops.defs.monitoring import drift_report_asset, live_performance_asset
+from model_ops.defs.monitoring import drift_report_asset, live_performance_asset, serving_health_asset
 from model_ops.defs.predictions import predictions_asset
 from model_ops.defs.scaffold import ModelScaffolder
 from model_ops.defs.training import candidate_model_asset
@@ -66,6 +66,7 @@ def model_defs(spec: ModelSpec) -> dg.Definitions:
         predictions_asset(spec),
         drift_report_asset(spec),
         live_performance_asset(spec),
+        serving_health_asset(spec),
     ]
     return dg.Definitions.merge(dg.Definitions(assets=assets), automation_defs(spec))  # type: ignore[arg-type]
 

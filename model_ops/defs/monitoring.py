@@ -1,8 +1,11 @@
-"""Monitoring assets, one per partition: drift of the served traffic and realized performance per arm.
+"""Monitoring assets, one per partition: drift of the served traffic, realized performance per arm, and the
+live server's serving health (latency, throughput, error rate per version and arm).
 
-Both read the partition's prediction log, so they judge exactly the traffic that was served, and both keep one
-Delta row per window (``drift``, ``live_performance``) that the sensors read; the canary measurements also go
-to the registry's audit log, where the deployment sensor counts them.
+The first two read the partition's prediction log, so they judge exactly the traffic that was served, and both
+keep one Delta row per window (``drift``, ``live_performance``) that the sensors read; the canary measurements also
+go to the registry's audit log, where the deployment sensor counts them. ``live_performance`` also judges the
+declared ``metric_drop`` alerts, which need the outcomes the live server never sees (the server judges the other
+alert kinds itself, every few seconds). ``serving_health`` reads the ``serving_stats`` table the live server writes.
 """
 
 import json
@@ -22,7 +25,9 @@ from model_ops.defs.resources import ModelOpsResource
 from model_ops.jsonable import json_safe
 from model_ops.ml import drift
 from model_ops.ml import monitoring as mon
-from model_ops.specs.schema import LIVE_METRICS, ModelSpec
+from model_ops.serving import alerts as live_alerts
+from model_ops.serving import stats as serving_stats
+from model_ops.specs.schema import LIVE_METRICS, AlertKind, ModelSpec
 from model_ops.vocab import Arm, ArmStatus, CanaryPhase, DriftStatus, RecordKind
 
 MONITOR_CODE_VERSION = "monitor-2"
@@ -328,6 +333,13 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         ]
         table = model_ops.dataset(spec.name, "live_performance")
         table.replace_partition(partition, pa.Table.from_pylist(rows, schema=schema))
+        drops = live_alerts.judge_metric_drops(
+            reg, model_ops.location(), typed, partition, arms, run_id=context.run.run_id
+        )
+        for d in drops:
+            (context.log.warning if d.status == live_alerts.FIRING else context.log.info)(
+                f"alert {d.alert}: {d.reason}"
+            )
         shown = sorted(LIVE_METRICS[spec.task])
         metadata: dict[str, object] = {
             "arms": dg.MetadataValue.md(
@@ -357,6 +369,13 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         if analysis is not None:
             metadata["canary_analysis"] = str(analysis.phase)
             metadata["canary_analysis_message"] = analysis.message
+        if drops:
+            metadata["metric_drop_alerts"] = dg.MetadataValue.md(
+                md_table([{"alert": d.alert, "arm": d.arm, "status": d.status, "reason": d.reason} for d in drops])
+            )
+            for d in drops:
+                if d.value is not None:
+                    metadata[f"alert_{d.alert}_{d.arm}_drop"] = float(d.value)
         prod_ok = prod is not None and prod.status == ArmStatus.OK
         prod_text = (
             "no production traffic"
@@ -390,3 +409,92 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         )
 
     return _live_performance
+
+
+def serving_health_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+    """The live server's latency, throughput and error rate in one partition, per version and arm."""
+    asset_key = key(spec, "serving_health")
+    server_alerts = [a for a in spec.alerts if a.kind is not AlertKind.METRIC_DROP]
+    guard = spec.deployment.guard
+
+    @dg.asset(
+        key=asset_key,
+        partitions_def=partitions_def(spec),
+        code_version=f"{MONITOR_CODE_VERSION}-serving-1",
+        kinds={"deltalake"},
+        description="How `model-ops serve` answered this partition's live traffic, per model version and arm: "
+        "requests, errors and error rate (refusals after routing and server failures over everything judged), "
+        "throughput (requests per second over the intervals that saw traffic) and p50 / p95 / p99 latency, "
+        "merged from the latency histograms every server appends to the `serving_stats` table every few seconds. "
+        "Alerts the server judges: "
+        + (", ".join(f"{a.name} ({a.kind} > {a.threshold:g})" for a in server_alerts) or "none declared")
+        + "; canary guard: "
+        + (
+            f"max error rate {guard.max_error_rate}, max p99 {guard.max_p99_ms} ms over {guard.window_seconds:g} s"
+            if guard
+            else "none"
+        )
+        + ". Materialize a partition after (or while) the server answers its traffic.",
+        **attribution(spec),
+    )
+    def _serving_health(context: dg.AssetExecutionContext, model_ops: ModelOpsResource) -> dg.MaterializeResult:
+        partition = partition_key(context)
+        table = serving_stats.stats_dataset(model_ops.location(), spec.name)
+        frame = serving_stats.read_stats(model_ops.location(), spec.name, [partition])
+        if frame.empty:
+            told = (
+                f"no live traffic recorded for {partition}: {table.uri} "
+                + ("has no rows for it" if table.exists() else "does not exist yet")
+                + f" (no `model-ops serve` answered {spec.name} requests in this window)"
+            )
+            context.log.info(told)
+            return dg.MaterializeResult(metadata={"status": told, "requests": 0, "table_uri": table.uri})
+        summary = serving_stats.summarize(frame)
+        total = serving_stats.overall(frame)
+        rows = []
+        metadata: dict[str, object] = {}
+        for r in summary.to_dict("records"):
+            who = "unattributed" if r["arm"] is None else f"{r['arm']}_v{r['model_version']}"
+            rows.append(
+                {
+                    "arm": r["arm"] or "(before routing / server error)",
+                    "version": "" if r["model_version"] is None else r["model_version"],
+                    "semver": r["model_semver"] or "",
+                    "requests": r["requests"],
+                    "errors": r["errors"],
+                    "error_rate": _num(r["error_rate"]),
+                    "throughput_rps": _num(r["throughput_rps"]),
+                    "p50_ms": _num(r["latency_p50_ms"]),
+                    "p95_ms": _num(r["latency_p95_ms"]),
+                    "p99_ms": _num(r["latency_p99_ms"]),
+                }
+            )
+            for name in ("requests", "errors", "error_rate", "throughput_rps", "latency_p50_ms", "latency_p95_ms",
+                         "latency_p99_ms"):  # fmt: skip
+                if r[name] is not None:
+                    metadata[f"{who}_{name}"] = float(r[name])
+        for name in ("requests", "errors", "error_rate", "throughput_rps", "latency_p50_ms", "latency_p95_ms",
+                     "latency_p99_ms"):  # fmt: skip
+            if total.get(name) is not None:
+                metadata[name] = float(total[name])
+        servers = sorted(frame["server"].dropna().unique())
+        first, last = frame["window_start"].min(), frame["window_end"].max()
+        metadata.update(
+            {
+                "versions_and_arms": dg.MetadataValue.md(md_table(rows)),
+                "servers": ", ".join(servers),
+                "covered": f"{pd.Timestamp(first).isoformat()} to {pd.Timestamp(last).isoformat()}",
+                "table_uri": table.uri,
+            }
+        )
+        context.log.info(
+            f"{spec.name} {partition}: {total['requests']} requests, {total['errors']} errors, "
+            f"p99 {_num(total['latency_p99_ms'])} ms"
+        )
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _serving_health
+
+
+def _num(value: float | None) -> float | str:
+    return "" if value is None else round(float(value), 4)

@@ -16,7 +16,8 @@ from model_ops.defs.resources import ModelOpsResource
 from model_ops.ml import tasks
 from model_ops.ml.training import model_input, version_spec
 from model_ops.ops import deployment as dep
-from model_ops.ops import routing
+from model_ops.ops import experiments, routing
+from model_ops.ops.experiments import Experiment
 from model_ops.serving.predlog import replace_batch_rows
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
@@ -49,16 +50,19 @@ def score_partition(
     semvers: dict[int, str],
     scored_at: datetime | None = None,
     specs: dict[int, ModelSpec] | None = None,
+    experiment: Experiment | None = None,
 ) -> pd.DataFrame:
     """The prediction log rows of one partition (pure apart from timing: tested directly). ``scored_at`` is taken
     before the manifest was read, so a window counts as served after a deployment change only if it was.
-    ``specs`` holds each version's view of the declaration (its own inputs) where it differs from ``spec``."""
+    ``specs`` holds each version's view of the declaration (its own inputs) where it differs from ``spec``.
+    ``experiment``, the A/B experiment running on the model, routes the served rows as the live server does
+    (:func:`model_ops.ops.routing.plan`, the one routing rule of both); ``models`` then holds its arms' versions."""
     specs = specs or {}
     keys = features[spec.key_column]
-    arms = routing.assign_arms(keys, manifest.canary_weight if manifest.canary else 0.0, salt=spec.name)
-    plan = [(Arm.PRODUCTION, manifest.production, arms == Arm.PRODUCTION, True)]
-    if manifest.canary:
-        plan.append((Arm.CANARY, manifest.canary, arms == Arm.CANARY, True))
+    plan = [
+        (arm, version, np.isin(np.arange(len(features)), idx), True)
+        for arm, version, idx in routing.plan(keys, manifest, experiment, salt=spec.name)
+    ]
     if manifest.shadow:
         plan.append((Arm.SHADOW, manifest.shadow, np.ones(len(features), dtype=bool), False))
     scored_at = scored_at or datetime.now(timezone.utc)
@@ -125,12 +129,17 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         typed = typed_spec(spec, features_ds)
         version = features_ds.version()
         features = features_ds.read([partition], version=version).sort_values(spec.key_column, kind="stable")
+        running = experiments.running(reg.audit(spec.name))  # routes the partition as the live server does
+        experiment = Experiment(running.config) if running is not None else None
         versions = {v for v in (manifest.production, manifest.canary, manifest.shadow) if v}
+        versions |= {a.version for a in running.config.arms} if running is not None else set()
         models = {v: reg.load_model(f"models:/{spec.name}/{v}") for v in versions}
         records = {v: reg.get(spec.name, v) for v in versions}
         semvers = {v: mv.semver for v, mv in records.items()}
         specs = {v: version_spec(typed, mv.signature) for v, mv in records.items()}
-        log = score_partition(features.reset_index(drop=True), manifest, models, typed, semvers, scored_at, specs)
+        log = score_partition(
+            features.reset_index(drop=True), manifest, models, typed, semvers, scored_at, specs, experiment
+        )
         out = model_ops.dataset(spec.name, "predictions")
         # only the batch rows: live rows the server logged into this partition stay
         delta_version = replace_batch_rows(out, partition, pa.Table.from_pandas(log, preserve_index=False))

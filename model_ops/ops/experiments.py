@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from model_ops.errors import NotFoundError, UsageError
 from model_ops.ops import routing
 from model_ops.vocab import RecordKind
 
@@ -789,11 +790,14 @@ def record_decision(reg: Any, experiment: Experiment, *, run_id: str | None = No
 
 
 def recorded_conclusions(reg: Any, model: str, experiment: str | None = None) -> list[Any]:
-    """The experiment records of ``model`` (of one experiment when named), oldest first."""
+    """The conclusions recorded for ``model``'s experiments (of one experiment when named), oldest first; the
+    experiments' start and stop records are not conclusions and are left out."""
     return [
         e
         for e in reg.audit(model)
-        if e.kind == RecordKind.EXPERIMENT and (experiment is None or e.data.get("experiment") == experiment)
+        if e.kind == RecordKind.EXPERIMENT
+        and "conclusion" in e.data
+        and (experiment is None or e.data.get("experiment") == experiment)
     ]
 
 
@@ -941,3 +945,160 @@ def feed_outcomes(
     joined = join_outcomes(experiment, log, labels, **join)
     decision = experiment.observe_many(joined.frame["arm"].to_numpy(), joined.frame["outcome"].to_numpy())
     return joined, decision
+
+
+def outcome_values(outcome: str, labels: Sequence[Any], predictions: Sequence[Any] | None = None) -> np.ndarray:
+    """The outcome of each key from its label (and the prediction served for it, for the outcomes that judge the
+    prediction), by the same rule :func:`join_outcomes` applies: one rule for outcomes posted to the server and
+    outcomes joined from the labels table. NaN where a label is not a number the rule can use."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}; known: {', '.join(OUTCOMES)}")
+    rule, needs = OUTCOMES[outcome]
+    label = pd.Series(list(labels), dtype=object)
+    label = label.map(lambda v: float(v) if isinstance(v, (bool, np.bool_)) else v)  # true/false are 1 and 0
+    served = list(predictions) if predictions is not None else [None] * len(label)
+    rows = pd.DataFrame({"prediction": pd.Series(served, dtype=object)} if needs else {}, index=label.index)
+    return np.asarray(rule(label, rows), dtype="float64")
+
+
+# ---------------------------------------------------------------------------------------------------- declared experiments
+# An experiment is declared in the audit log: a start record holds its design and outcome rule, a stop record ends
+# it. The live server and the batch path route by the running one; its conclusions (record_decision) sit beside.
+
+START = "start"
+STOP = "stop"
+
+# What each outcome rule measures by default: its kind and which direction is better.
+OUTCOME_DEFAULTS = {
+    "correct": (BINARY, HIGHER),
+    "label": (BINARY, HIGHER),
+    "abs_error": (CONTINUOUS, LOWER),
+    "squared_error": (CONTINUOUS, LOWER),
+}
+
+
+@dataclass(frozen=True)
+class Declared:
+    """An experiment as its start record declared it: the design, the outcome rule (one of :data:`OUTCOMES`), when
+    it started, and its stop record's time and reason once stopped. ``started_seq`` (the start record's sequence
+    number) identifies it: a server that already follows this experiment keeps its state across rebuilds."""
+
+    config: ExperimentConfig
+    outcome: str
+    started_seq: int
+    started_at: Any  # datetime (UTC) of the start record
+    stopped_at: Any = None
+    stop_reason: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.stopped_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment": self.config.name,
+            "model": self.config.model,
+            "outcome": self.outcome,
+            "running": self.running,
+            "started_seq": self.started_seq,
+            "started_at": str(self.started_at),
+            "stopped_at": None if self.stopped_at is None else str(self.stopped_at),
+            "stop_reason": self.stop_reason,
+            "config": self.config.to_dict(),
+        }
+
+
+def declared(events: Iterable[Any]) -> list[Declared]:
+    """Every experiment started in ``events`` (one model's audit log, oldest first), with its stop when it has one."""
+    found: dict[str, Declared] = {}
+    for e in events:
+        if e.kind != RecordKind.EXPERIMENT:
+            continue
+        data = e.data
+        action, name = data.get("action"), data.get("experiment")
+        if action == START and name not in found:
+            found[name] = Declared(ExperimentConfig.from_dict(data["config"]), data["outcome"], e.seq, e.ts)
+        elif action == STOP and name in found and found[name].running:
+            found[name] = dataclasses.replace(found[name], stopped_at=e.ts, stop_reason=e.reason)
+    return list(found.values())
+
+
+def running(events: Iterable[Any]) -> Declared | None:
+    """The experiment running on the model whose audit log ``events`` is (at most one runs at a time)."""
+    live = [d for d in declared(events) if d.running]
+    return live[-1] if live else None
+
+
+def start(
+    reg: Any, config: ExperimentConfig, outcome: str, *, reason: str | None = None, run_id: str | None = None
+) -> Any:
+    """Declare ``config`` running on its model: a start record in the audit log, which the live server (within one
+    poll) and the batch path then route by. Refused (a UsageError naming the problem) for an outcome rule that
+    does not fit the design, an arm that is not a version of the model or is archived, a name used before on this
+    model, or a model with an experiment running already."""
+    model = config.model
+    if outcome not in OUTCOMES:
+        raise UsageError(f"unknown outcome {outcome!r}", hint=f"outcomes: {', '.join(OUTCOMES)}")
+    if outcome == "correct" and config.kind != BINARY:
+        raise UsageError("the outcome 'correct' is 0 or 1 per key, so its kind is binary, not continuous")
+    if outcome in ("abs_error", "squared_error") and config.kind != CONTINUOUS:
+        raise UsageError(f"the outcome {outcome!r} is a continuous error, so its kind is continuous, not binary")
+    archived = reg.policy.retention.archive_stage
+    for arm in config.arms:
+        try:
+            mv = reg.get(model, arm.version)
+        except NotFoundError as exc:
+            raise UsageError(
+                f"arm {arm.name}: {model} has no version {arm.version} ({exc.message})",
+                hint=f"arms are registered versions of {model}: `model-ops versions {model}` lists them",
+            ) from None
+        if mv.stage == archived:
+            raise UsageError(
+                f"arm {arm.name}: {model} v{arm.version} is {archived}, so it cannot take live traffic",
+                hint="choose versions that are not archived",
+            )
+    try:
+        events = reg.audit(model)
+    except NotFoundError:
+        events = []
+    known = declared(events)
+    live = [d for d in known if d.running]
+    if live:
+        raise UsageError(
+            f"{model} already runs the experiment {live[0].config.name!r}; one experiment at a time routes a model's "
+            "traffic",
+            hint=f"stop it first: `model-ops experiment stop {model} --name {live[0].config.name} --reason ...`",
+        )
+    if any(d.config.name == config.name for d in known):
+        raise UsageError(
+            f"{model} already had an experiment named {config.name!r}; its outcomes and conclusions keep that name",
+            hint="start the new experiment under a new name",
+        )
+    arms = ", ".join(f"{a.name} v{a.version} at {w:.0%}" for a, w in zip(config.arms, config.weights))
+    return reg.record(
+        model,
+        RecordKind.EXPERIMENT,
+        reason=reason or f"experiment {config.name} started: {arms}, outcome {outcome}, α = {config.alpha:g}",
+        run_id=run_id,
+        details={"experiment": config.name, "action": START, "outcome": outcome, "config": config.to_dict()},
+    )
+
+
+def stop(reg: Any, model: str, name: str, *, reason: str, run_id: str | None = None) -> Any:
+    """End the running experiment ``name`` on ``model``: a stop record; the server goes back to the deployment
+    manifest's routing within one poll. Its outcomes and conclusions stay in the log and the outcomes table."""
+    if not reason or not reason.strip():
+        raise UsageError("stopping an experiment needs a reason (it is recorded in the audit log)")
+    try:
+        events = reg.audit(model)
+    except NotFoundError:
+        events = []
+    found = [d for d in declared(events) if d.config.name == name]
+    if not found:
+        names = ", ".join(d.config.name for d in declared(events)) or "none"
+        raise UsageError(f"{model} has no experiment named {name!r} (experiments: {names})")
+    if not found[0].running:
+        raise UsageError(f"the experiment {name!r} on {model} was already stopped at {found[0].stopped_at}")
+    return reg.record(
+        model, RecordKind.EXPERIMENT, reason=reason, run_id=run_id, details={"experiment": name, "action": STOP}
+    )

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from model_ops.vocab import Arm
+
+if TYPE_CHECKING:
+    from model_ops.ops.deployment import Manifest
+    from model_ops.ops.experiments import Experiment
 
 
 def buckets(keys: pd.Series, salt: str = "") -> np.ndarray:
@@ -42,3 +47,32 @@ def assign_weighted(keys: pd.Series, arms: Sequence[str], weights: Sequence[floa
     edges = np.cumsum(w) / w.sum()
     index = np.minimum(np.searchsorted(edges, buckets(keys, salt), side="right"), len(w) - 1)
     return np.asarray(list(arms), dtype=object)[index]
+
+
+def plan(
+    keys: pd.Series | np.ndarray, manifest: Manifest, experiment: Experiment | None = None, salt: str = ""
+) -> list[tuple[Arm, int, np.ndarray]]:
+    """Which version serves which keys (positions into ``keys``), as ``(arm, version, positions)`` for each served
+    arm with keys: the one routing rule of the live server and the batch path.
+
+    Without an experiment: production, and the canary at its weight (:func:`assign_arms`, salted with the model's
+    name). While an experiment runs, its sticky weighted assignment (:meth:`Experiment.assign`, salted with the
+    experiment) decides every served row and the canary takes no traffic (its weight would otherwise change the
+    experiment's split); rows of the arm that is the production version are logged as ``production`` (production
+    monitoring keeps judging them), the other arms' rows as ``experiment`` (their version names the arm). The
+    shadow is not part of the plan: it is scored on every row, served by nobody, in or out of an experiment."""
+    series = keys if isinstance(keys, pd.Series) else pd.Series(np.asarray(keys, dtype=object), dtype=object)
+    out: list[tuple[Arm, int, np.ndarray]] = []
+    if experiment is not None:
+        names = experiment.assign(series)
+        for a in experiment.config.arms:
+            idx = np.flatnonzero(names == a.name)
+            if len(idx):
+                out.append((Arm.PRODUCTION if a.version == manifest.production else Arm.EXPERIMENT, a.version, idx))
+        return out
+    arms = assign_arms(series, manifest.canary_weight if manifest.canary else 0.0, salt=salt)
+    for served, version in ((Arm.PRODUCTION, manifest.production), (Arm.CANARY, manifest.canary)):
+        idx = np.flatnonzero(arms == served.value)
+        if version is not None and len(idx):
+            out.append((served, version, idx))
+    return out

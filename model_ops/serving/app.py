@@ -1,7 +1,8 @@
 """The Starlette application of ``model-ops serve``.
 
 Endpoints: ``GET /v2/health/live``, ``/v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}`` (and
-``/ready``), ``POST /v2/models/{name}/infer`` (Open Inference Protocol v2); ``POST /v2/models/{name}/invocations``
+``/ready``), ``POST /v2/models/{name}/infer`` (Open Inference Protocol v2); ``POST /v2/models/{name}/outcomes`` (outcomes of an
+A/B experiment's keys, :mod:`model_ops.serving.abtest`); ``POST /v2/models/{name}/invocations``
 and ``POST /invocations`` (MLflow's scoring format; the bare path needs ``X-Model-Name`` when more than one model is
 served); ``GET /metrics`` (Prometheus); ``GET /status`` (what each slot serves, JSON).
 
@@ -258,22 +259,22 @@ def _merge(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int) -> dic
     return out
 
 
-def route(slot: Slot, keys: pd.Series) -> list[tuple[Arm, Version, np.ndarray]]:
-    """Which served version answers which rows (positions), by the batch path's own function: production and
-    the canary at its weight, by each key's hashed bucket salted with the model name.
+def route(slot: Slot, keys: pd.Series | np.ndarray) -> list[tuple[Arm, Version, np.ndarray]]:
+    """Which served version answers which rows (positions), by the batch path's own function
+    (:func:`model_ops.ops.routing.plan`): production and the canary at its weight, by each key's hashed bucket
+    salted with the model name; or, while an A/B experiment runs, its arms at their fixed weights, by the key's
+    bucket salted with the experiment (the canary then takes no traffic; the shadow is scored as always).
 
-    This is the one place a request's rows are split between versions; fixed-weight A/B arms (two or more versions,
-    ``routing.assign_weighted``, an experiment's arms and weights read into the slot) plug in here, and the rest of
-    the request (checks, scoring, response, log) already handles any number of arms."""
-    manifest = slot.manifest
-    arms = routing.assign_arms(keys, manifest.canary_weight if manifest.canary else 0.0, salt=slot.model)
-    plan: list[tuple[Arm, Version, np.ndarray]] = []
-    for arm in (Arm.PRODUCTION, Arm.CANARY):
-        version = slot.version(arm)
-        idx = np.flatnonzero(arms == arm.value)
-        if version is not None and len(idx):
-            plan.append((arm, version, idx))
-    return plan
+    This is the one place a request's rows are split between versions; the rest of the request (checks,
+    scoring, response, log) handles any number of arms. Rows of an experiment arm other than the production
+    version carry the arm ``experiment``; their ``model_version`` names the arm."""
+    live = slot.experiment
+    return [
+        (arm, slot.versions[number], idx)
+        for arm, number, idx in routing.plan(
+            keys, slot.manifest, live.experiment if live is not None else None, salt=slot.model
+        )
+    ]
 
 
 @contextmanager
@@ -426,6 +427,10 @@ class Server:
                 self.stats.refused(name, "", "")
             return _error(protocol_name, f"the server failed to answer ({type(exc).__name__}): a bug", 500)
         self._log(served)
+        if served.slot.experiment is not None:  # which arm served each key, for the outcomes posted later
+            served.slot.experiment.remember(
+                served.keys, served.versions, served.outputs["prediction"], served.partitions
+            )
         elapsed = time.perf_counter() - t0
         for arm, version, _, rows in served.logged:
             labels = (name, str(version.number), arm.value)
@@ -547,6 +552,28 @@ class Server:
                 )
             name = served[0]
         return await self.infer(request, name, MLFLOW)
+
+    async def outcomes(self, request: Request) -> Response:
+        """``POST /v2/models/{name}/outcomes``: outcomes of keys the running experiment served, fed to its test;
+        answers what was taken and the decision (see :mod:`model_ops.serving.abtest`)."""
+        name = request.path_params["name"]
+        try:
+            slot = self._slot(name)
+            live = slot.experiment
+            if live is None:
+                raise RequestError(
+                    f"no A/B experiment is running on {name}, so there is nothing to post outcomes to",
+                    409,
+                    hint=f"start one with `model-ops experiment start {name} --name NAME --arm A=V1 --arm B=V2`",
+                )
+            body = await _body(request, self.config.max_body_bytes)
+            answer = await run_in_threadpool(lambda: live.post(protocol.parse_json(body)))
+        except RequestError as exc:
+            return _error(OIP, exc)
+        except Exception as exc:  # a bug: answered in the protocol's format, logged with its traceback
+            log.exception("model_ops serve: outcomes for %s failed", name)
+            return _error(OIP, f"the server failed to take the outcomes ({type(exc).__name__}): a bug", 500)
+        return _json(answer)
 
     async def live(self, request: Request) -> Response:
         return _json({"live": True})
@@ -679,6 +706,7 @@ def create_app(
         Route("/v2/models/{name}", server.model_metadata),
         Route("/v2/models/{name}/ready", server.model_ready),
         Route("/v2/models/{name}/infer", server.oip_infer, methods=["POST"]),
+        Route("/v2/models/{name}/outcomes", server.outcomes, methods=["POST"]),
         Route("/v2/models/{name}/invocations", server.mlflow_named, methods=["POST"]),
         Route("/invocations", server.mlflow_bare, methods=["POST"]),
         Route("/metrics", server.metrics_endpoint),

@@ -30,8 +30,10 @@ from typing import Any
 from model_ops.errors import ModelOpsError, NotFoundError
 from model_ops.loading import load
 from model_ops.ops import deployment as dep
+from model_ops.ops import experiments as exps
 from model_ops.ops.deployment import Manifest
 from model_ops.registry import Registry
+from model_ops.serving.abtest import LiveExperiment
 from model_ops.serving.scoring import Version
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
@@ -44,7 +46,8 @@ REBUILD_SWITCH_INTERVAL = 0.0002
 
 @dataclass(frozen=True, eq=False)
 class Slot:
-    """Everything one model's requests are answered with: the manifest and its versions, loaded and warmed."""
+    """Everything one model's requests are answered with: the manifest and its versions, loaded and warmed, and
+    the A/B experiment running on the model (its arms' versions are loaded too; it routes every served row)."""
 
     model: str
     manifest: Manifest
@@ -52,6 +55,7 @@ class Slot:
     spec: ModelSpec
     log_version: int
     built_at: float = field(default_factory=time.time)
+    experiment: LiveExperiment | None = None
 
     def version(self, arm: Arm | str) -> Version | None:
         number = {
@@ -72,7 +76,20 @@ class Slot:
             "semvers": {str(v): ver.semver for v, ver in sorted(self.versions.items())},
             "registry_log_version": self.log_version,
             "built_at": self.built_at,
+            "experiment": self.experiment.describe() if self.experiment is not None else None,
         }
+
+
+def _audit(reg: Registry, name: str) -> list[Any]:
+    """The model's deployment and experiment records, from the registry's fold: no read of the audit table, so a
+    move of the log costs the fleet one incremental read however many models it serves."""
+    return reg.serving_records(name)
+
+
+def _same_experiment(live: LiveExperiment | None, running: exps.Declared | None) -> bool:
+    if live is None or running is None:
+        return live is None and running is None
+    return live.declared.started_seq == running.started_seq
 
 
 def registry_log_version(reg: Registry) -> int:
@@ -119,6 +136,7 @@ class Fleet:
         self._loaded: dict[tuple[str, int], Version] = {}
         self._released: dict[tuple[str, int], float] = {}
         self._standbys: dict[str, int] = {}
+        self._experiments: dict[tuple[str, int], LiveExperiment] = {}  # by (model, start record's seq)
         self._lock = threading.Lock()  # one refresh at a time (the follower thread, or a caller)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -224,23 +242,25 @@ class Fleet:
                 self.problems[name] = f"{name} has no model declaration here, so it cannot be served"
                 continue
             try:
-                manifest = dep.current(reg, name)
+                events = _audit(reg, name)  # read once: the manifest and the running experiment both come from it
+                manifest = dep.current(reg, name, events)
             except NotFoundError as exc:
                 self.problems[name] = exc.message
                 slots.pop(name, None)
                 continue
+            running = exps.running(events)
             if manifest.production is None:
                 self.problems[name] = f"{name} has no version in production"
                 changed = changed or slots.pop(name, None) is not None
                 continue
             old = slots.get(name)
             standby = self._standby(reg, name) if self.standby else None
-            if old is not None and old.manifest == manifest:
+            if old is not None and old.manifest == manifest and _same_experiment(old.experiment, running):
                 if standby is not None:
                     self._standbys[name] = standby
                 continue
             try:
-                slot = self._build(reg, name, spec, manifest, log_version)
+                slot = self._build(reg, name, spec, manifest, log_version, running, events)
                 if standby is not None:
                     self._version(reg, name, spec, standby)
                     self._standbys[name] = standby
@@ -269,10 +289,42 @@ class Fleet:
         except ModelOpsError:
             return None
 
-    def _build(self, reg: Registry, name: str, spec: ModelSpec, manifest: Manifest, log_version: int) -> Slot:
+    def _build(
+        self,
+        reg: Registry,
+        name: str,
+        spec: ModelSpec,
+        manifest: Manifest,
+        log_version: int,
+        running: exps.Declared | None = None,
+        events: list[Any] | None = None,
+    ) -> Slot:
         numbers = [v for v in (manifest.production, manifest.canary, manifest.shadow) if v is not None]
+        if running is not None:
+            numbers += [a.version for a in running.config.arms if a.version not in numbers]
         versions = {v: self._version(reg, name, spec, v) for v in numbers}
-        return Slot(name, manifest, versions, spec, log_version)
+        return Slot(
+            name, manifest, versions, spec, log_version, experiment=self._experiment(reg, spec, running, events)
+        )
+
+    def _experiment(
+        self, reg: Registry, spec: ModelSpec, running: exps.Declared | None, events: list[Any] | None
+    ) -> LiveExperiment | None:
+        """The live state of the running experiment: the one already followed, else resumed from the outcomes
+        table and the prediction log. Experiments that stopped are let go."""
+        model = spec.name
+        for key in [k for k in self._experiments if k[0] == model]:
+            if running is None or key[1] != running.started_seq:
+                del self._experiments[key]
+        if running is None:
+            return None
+        key = (model, running.started_seq)
+        live = self._experiments.get(key)
+        if live is None:
+            live = LiveExperiment.resume(running, spec, reg.root, self._open, events or [])
+            self._experiments[key] = live
+            log.info("model_ops serve: %s runs the experiment %s", model, running.config.name)
+        return live
 
     def _version(self, reg: Registry, name: str, spec: ModelSpec, number: int) -> Version:
         """A loaded, checked and warmed version (from the drain cache when it is still there)."""

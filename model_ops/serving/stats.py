@@ -420,34 +420,45 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     form their own row, with version and arm empty."""
     if frame.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    out = []
     keyed = frame.assign(
         _version=frame["model_version"].astype("Int64").astype(object).where(frame["model_version"].notna(), None),
         _arm=frame["arm"].where(frame["arm"].notna(), None),
     )
+    out = []
     for (version, arm), group in keyed.groupby(["_version", "_arm"], dropna=False, sort=True):
-        version = None if pd.isna(version) else int(version)
-        arm = None if arm is None or (isinstance(arm, float) and np.isnan(arm)) else str(arm)
-        requests = int(group["requests"].sum())
-        errors = int(group["errors"].sum())
-        counts = np.sum([np.asarray(h, dtype=np.int64) for h in group["latency_histogram"]], axis=0)
-        seconds = covered_seconds(group["window_start"], group["window_end"])
-        semvers = group["model_semver"].dropna()
-        judged = requests + errors
-        out.append(
-            {
-                "model_version": version,
-                "model_semver": None if semvers.empty else str(semvers.iloc[-1]),
-                "arm": arm,
-                "requests": requests,
-                "rows": int(group["rows"].sum()),
-                "errors": errors,
-                "error_rate": errors / judged if judged else None,
-                "throughput_rps": requests / seconds if seconds > 0 else None,
-                "latency_p50_ms": histogram_quantile(counts, 0.5),
-                "latency_p95_ms": histogram_quantile(counts, 0.95),
-                "latency_p99_ms": histogram_quantile(counts, 0.99),
-                "seconds": seconds,
-            }
-        )
+        row = _summary(group)
+        row["model_version"] = None if pd.isna(version) else int(version)
+        row["arm"] = None if arm is None or (isinstance(arm, float) and np.isnan(arm)) else str(arm)
+        out.append(row)
     return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
+
+
+def overall(frame: pd.DataFrame) -> dict[str, Any]:
+    """:func:`summarize`'s figures over every row at once (all versions and arms, unowned errors included)."""
+    if frame.empty:
+        return {}
+    row = _summary(frame)
+    return {k: v for k, v in row.items() if k not in ("model_version", "model_semver", "arm")}
+
+
+def _summary(group: pd.DataFrame) -> dict[str, Any]:
+    requests = int(group["requests"].sum())
+    errors = int(group["errors"].sum())
+    counts = np.sum([np.asarray(h, dtype=np.int64) for h in group["latency_histogram"]], axis=0)
+    seconds = covered_seconds(group["window_start"], group["window_end"])
+    semvers = group["model_semver"].dropna()
+    judged = requests + errors
+    return {
+        "model_version": None,
+        "model_semver": None if semvers.empty else str(semvers.iloc[-1]),
+        "arm": None,
+        "requests": requests,
+        "rows": int(group["rows"].sum()),
+        "errors": errors,
+        "error_rate": errors / judged if judged else None,
+        "throughput_rps": requests / seconds if seconds > 0 else None,
+        "latency_p50_ms": histogram_quantile(counts, 0.5),
+        "latency_p95_ms": histogram_quantile(counts, 0.95),
+        "latency_p99_ms": histogram_quantile(counts, 0.99),
+        "seconds": seconds,
+    }
