@@ -9,7 +9,7 @@ serves the very same fitted object (the version's skops file, through ../shared/
 peers' venv from ../shared/bench-peers/setup.sh); when that venv is missing the script says so and measures
 model_ops alone.
 
-Load: a bounded asyncio client (httpx, ``--concurrency`` requests in flight) sends MLflow-format requests
+Load: a lean asyncio HTTP/1.1 client (``_loadgen.py``, ``--concurrency`` keep-alive connections) sends MLflow-format requests
 (``dataframe_records``, 1 row and 100 rows) to ``/invocations`` of each server for ``--seconds``; every answer must
 be a 200. All servers run at once and the runs are interleaved (``--rounds`` of each), so a change in the machine's
 load (it is shared) falls on all of them alike; medians over the rounds are reported. Figures: p50/p99 latency
@@ -43,6 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _loadgen  # noqa: E402
 from _common import PEERS_DIR, PEERS_PYTHON, eprint, machine  # noqa: E402
 
 NAME = "cancer"
@@ -175,36 +176,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def load(url: str, body: bytes, seconds: float, concurrency: int) -> dict[str, Any]:
-    """``concurrency`` workers sending ``body`` back to back for ``seconds``; latency of each answer."""
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"Content-Type": "application/json"}
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        for _ in range(20):  # warm the connections and the server
-            await client.post(url, content=body, headers=headers)
-        end = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
-                r = await client.post(url, content=body, headers=headers)
-                latencies.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    errors += 1
-
-        t_start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t_start
-    ms = np.asarray(latencies) * 1000
-    return {
-        "requests": len(ms),
-        "errors": errors,
-        "rps": round(len(ms) / wall, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-    }
+    """``concurrency`` connections sending ``body`` back to back for ``seconds``; latency of each answer
+    (the lean client of ``_loadgen.py``, so the client's own cost does not cap every server alike)."""
+    return await _loadgen.closed_loop(url, body, seconds, concurrency)
 
 
 async def rollback_to_effect(url: str, root: Path, body: bytes, switches: int, rate: float) -> dict[str, Any]:

@@ -29,6 +29,8 @@ ATTACHMENT = "attachment"  # bytes kept beside a version (key = label, digest = 
 RECORD_KINDS = frozenset(
     {"deployment", "evaluation", "monitoring", "canary_analysis", "retrain", "alert", "note", "experiment"}
 )
+# The records what serves is decided from (the deployment manifest, the running A/B experiment): kept in the fold.
+SERVING_RECORD_KINDS = frozenset({"deployment", "experiment"})
 STATE_KINDS = frozenset({REGISTERED, STAGE_CHANGED, ALIAS_SET, ALIAS_REMOVED, TAG_SET, TAG_REMOVED, APPROVED, ROLLBACK})
 
 SCHEMA = pa.schema(

@@ -403,6 +403,15 @@ class Registry:
             self._model(self._sync(), name)  # raises NotFoundError with the list of models
         return events
 
+    def serving_records(self, name: str) -> list[ev.Event]:
+        """The model's deployment and experiment records, oldest first, from the fold (brought up to date: one
+        stat when nothing changed), not from the table as :meth:`audit` reads: what serves is decided from them,
+        and a server following the registry asks after every move of the log."""
+        check_name(name)
+        with self._lock:
+            m = self._sync().models.get(name)
+            return list(m.serving_records) if m is not None else []
+
     def as_of(self, when: str | datetime, name: str | None = None) -> dict[str, dict]:
         """Stages and aliases as they were at ``when``: the event fold cut at that moment."""
         cut = parse_timestamp(when)

@@ -115,6 +115,9 @@ class ModelState:
     # by identity, so the claimed name alone is not enough (gates.count_approvals).
     approvals: dict[tuple[int, str], set[tuple[str, str | None]]] = field(default_factory=lambda: defaultdict(set))
     _semvers: SemverIndex | None = field(default=None, repr=False)  # built on first registration, then kept
+    # The deployment and experiment records, oldest first: what serves is decided from them (with the stages),
+    # and a follower (the live server) reads them from the fold instead of reading the audit table each poll.
+    serving_records: list[ev.Event] = field(default_factory=list)
 
     def get(self, version: int) -> VersionState | None:
         return self.versions[version - 1] if 1 <= version <= len(self.versions) else None
@@ -254,7 +257,11 @@ class RegistryState:
         self._apply_change(e)
 
     def _apply_change(self, e: ev.Event) -> None:
-        """Every event but a registration: stage, alias, tag, approval and rollback changes."""
+        """Every event but a registration: stage, alias, tag, approval and rollback changes, and the records
+        serving follows."""
+        if e.kind in ev.SERVING_RECORD_KINDS:
+            self.model(e.model).serving_records.append(e)
+            return
         if e.kind not in ev.STATE_KINDS:
             return
         m = self.model(e.model)

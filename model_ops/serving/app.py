@@ -25,8 +25,10 @@ import functools
 import json
 import logging
 import math
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -54,7 +56,7 @@ from model_ops.serving.alerts import AlertEngine
 from model_ops.serving.fleet import Fleet, Slot
 from model_ops.serving.metrics import Metrics
 from model_ops.serving.predlog import ORIGIN, Origin, PredictionLog
-from model_ops.serving.scoring import RequestError, Version
+from model_ops.serving.scoring import Coalescer, RequestError, Version
 from model_ops.serving.stats import ServingStats
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
@@ -166,16 +168,62 @@ class _Served:
             return version, arm
         return None
 
+    def split(self, sizes: list[int], request_ids: list[str]) -> list[_Served]:
+        """The outcomes of the requests whose rows were scored together (consecutive, ``sizes`` rows each), each
+        as if it had been served alone."""
+        out: list[_Served] = []
+        start = 0
+        for size, request_id in zip(sizes, request_ids, strict=True):
+            end = start + size
+            logged = []
+            for arm, version, part, _ in self.logged:
+                idx = part["idx"]
+                mine = (idx >= start) & (idx < end)
+                count = int(np.count_nonzero(mine))
+                if count:
+                    piece = {
+                        "idx": idx[mine] - start,
+                        "outputs": {n: v[mine] for n, v in part["outputs"].items()},
+                        "latency": part["latency"],
+                        "rows": part["rows"].iloc[np.flatnonzero(mine)],
+                    }
+                    logged.append((arm, version, piece, count))
+            out.append(
+                _Served(
+                    self.slot,
+                    self.frame.iloc[start:end].reset_index(drop=True),
+                    {n: v[start:end] for n, v in self.outputs.items()},
+                    self.versions[start:end],
+                    self.arms[start:end],
+                    logged,
+                    request_id,
+                    self.row_ids[start:end],
+                    self.ts[start:end],
+                    self.partitions[start:end],
+                    self.keys[start:end],
+                    self.scored_at,
+                )
+            )
+            start = end
+        return out
 
-def _keys(frame: pd.DataFrame, spec: ModelSpec, header: str | None, row_ids: list[str]) -> np.ndarray:
-    """Each row's routing key: its key column value, else the ``X-Routing-Key`` header, else its request id.
-    Whole-number floats print as integers (a JSON column with a null becomes floats), as the batch path's integer
-    keys do."""
+
+def _row_ids(request_id: str, n: int) -> list[str]:
+    return [request_id] if n == 1 else [f"{request_id}/{i}" for i in range(n)]
+
+
+def _keys(
+    frame: pd.DataFrame, spec: ModelSpec, header: str | None | list[str | None], row_ids: list[str]
+) -> np.ndarray:
+    """Each row's routing key: its key column value, else the ``X-Routing-Key`` header (one for the request, or
+    one per row when requests were scored together), else its request id. Whole-number floats print as integers
+    (a JSON column with a null becomes floats), as the batch path's integer keys do."""
     out: list[Any] = []
     given = frame[spec.key_column].tolist() if spec.key_column in frame.columns else [None] * len(frame)
-    for value, rid in zip(given, row_ids):
+    headers = header if isinstance(header, list) else [header] * len(frame)
+    for value, rid, head in zip(given, row_ids, headers):
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            out.append(header if header is not None else rid)
+            out.append(head if head is not None else rid)
         elif isinstance(value, float) and value.is_integer():
             out.append(int(value))
         else:
@@ -288,12 +336,19 @@ def _refused_by(version: Version, arm: Arm, partition: str = "") -> Iterator[Non
         raise
 
 
-def _serve(slot: Slot, frame: pd.DataFrame, request_id: str, routing_key: str | None) -> _Served:
-    """Route, check and score every row (in a worker thread); raises RequestError before anything is logged."""
+def _serve(
+    slot: Slot,
+    frame: pd.DataFrame,
+    request_id: str,
+    routing_key: str | None | list[str | None],
+    row_ids: list[str] | None = None,
+) -> _Served:
+    """Route, check and score every row (in a worker thread); raises RequestError before anything is logged.
+    ``row_ids`` and a per-row ``routing_key`` list are given when several requests' rows are scored together."""
     spec = slot.spec
     n = len(frame)
     scored_at = np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us")
-    row_ids = [request_id] if n == 1 else [f"{request_id}/{i}" for i in range(n)]
+    row_ids = row_ids if row_ids is not None else _row_ids(request_id, n)
     keys = _keys(frame, spec, routing_key, row_ids)
     ts = _times(frame, spec, scored_at)
     partitions = _partition_keys(spec, ts)
@@ -342,9 +397,70 @@ def _answer(
         frame = protocol.mlflow_frame(doc)
     if frame.empty:
         raise RequestError("the request holds no rows")
-    served = _serve(slot, frame, request_id or uuid.uuid4().hex, routing_key)
+    item = _Item(frame, request_id or uuid.uuid4().hex, routing_key)
+    served = _coalescer(slot).run(item, len(frame))
     wanted = protocol.wanted_outputs(doc, list(served.outputs)) if protocol_name == OIP else None
     return served, wanted
+
+
+@dataclass(frozen=True, eq=False)
+class _Item:
+    """One parsed request waiting to be scored."""
+
+    frame: pd.DataFrame
+    request_id: str
+    routing_key: str | None
+
+    @property
+    def shape(self) -> tuple[tuple[str, str], ...]:
+        """Requests are scored together only when their frames have the same columns of the same types, so
+        the combined frame checks and scores each row exactly as its own request's frame would."""
+        return tuple((str(c), str(t)) for c, t in self.frame.dtypes.items())
+
+
+def _serve_one(slot: Slot, item: _Item) -> _Served:
+    return _serve(slot, item.frame, item.request_id, item.routing_key)
+
+
+def _serve_many(slot: Slot, items: list[_Item]) -> list[_Served]:
+    """Requests that arrived together, scored in one pass per frame shape: the rows of each group are routed,
+    checked and scored at once (one call of each version's model instead of one per request), then handed back
+    per request. A refusal of any row raises, and the coalescer then serves each request alone, so only the
+    request at fault is refused."""
+    results: dict[int, _Served] = {}
+    groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.shape, []).append(i)
+    for members in groups.values():
+        group = [items[i] for i in members]
+        if len(group) == 1:
+            results[members[0]] = _serve_one(slot, group[0])
+            continue
+        sizes = [len(it.frame) for it in group]
+        frame = pd.concat([it.frame for it in group], ignore_index=True)
+        row_ids = [rid for it in group for rid in _row_ids(it.request_id, len(it.frame))]
+        headers = [it.routing_key for it in group for _ in range(len(it.frame))]
+        served = _serve(slot, frame, group[0].request_id, headers, row_ids=row_ids)
+        for i, one in zip(members, served.split(sizes, [it.request_id for it in group]), strict=True):
+            results[i] = one
+    return [results[i] for i in range(len(items))]
+
+
+_COALESCERS: weakref.WeakKeyDictionary[Slot, Coalescer[_Item, _Served]] = weakref.WeakKeyDictionary()
+_COALESCERS_LOCK = threading.Lock()
+
+
+def _coalescer(slot: Slot) -> Coalescer[_Item, _Served]:
+    """The slot's coalescer: concurrent requests for one slot are served in one pass (see
+    :class:`model_ops.serving.scoring.Coalescer`); a new slot (after a swap) starts its own."""
+    found = _COALESCERS.get(slot)
+    if found is None:
+        with _COALESCERS_LOCK:
+            found = _COALESCERS.get(slot)
+            if found is None:
+                found = Coalescer(functools.partial(_serve_one, slot), functools.partial(_serve_many, slot))
+                _COALESCERS[slot] = found
+    return found
 
 
 def _log_columns(

@@ -12,12 +12,13 @@ sees it.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from model_ops.ml import tasks
 from model_ops.ml.training import model_input, version_spec
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import FeatureType
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class RequestError(UsageError):
@@ -158,36 +162,44 @@ class Version:
 
 
 @dataclass(eq=False)
-class _Pending:
-    frame: pd.DataFrame
+class _Pending(Generic[T, R]):
+    item: T
+    size: int
     done: bool = False
-    result: tuple[dict[str, np.ndarray], float] | None = None
+    result: R | None = None
     error: BaseException | None = None
 
 
-class Batcher:
-    """Rows of concurrent requests scored in one call of the model (opportunistic batching, no added wait).
+class Coalescer(Generic[T, R]):
+    """Work of concurrent callers done in one call (opportunistic batching, no added wait).
 
     A model call has a fixed cost (scikit-learn's input validation and each transformer's set-up) that dwarfs the
     cost of a few rows, so a server that calls the model once per request spends most of its time on that fixed
-    cost. Here the first request to arrive scores its rows at once; requests arriving while it does queue up, and
-    when it finishes the next one takes every queued request (up to ``max_rows`` rows) into one call, and hands each
-    its own rows' outputs. A request alone waits for nothing. Every supported model scores rows independently, so
-    the outputs are those of scoring each request alone (the batch path scores 512 rows per call the same way); if
-    the combined call fails, each request is scored alone, so one request's bad value fails only that request.
+    cost. Here the first caller to arrive runs its item at once; callers arriving while it runs queue up, and when
+    it finishes the next one takes every queued item (up to ``max_rows`` rows) into one call of ``run_many``, which
+    returns each item's own result. A caller alone waits for nothing, and under load the batches grow by
+    themselves. If the combined call fails, each item is run alone by ``run_one``, so one caller's bad input fails
+    only that caller.
     """
 
-    def __init__(self, score: Callable[[pd.DataFrame], tuple[dict[str, np.ndarray], float]], max_rows: int = 2048):
-        self._score = score
+    def __init__(
+        self,
+        run_one: Callable[[T], R],
+        run_many: Callable[[list[T]], list[R]],
+        max_rows: int = 2048,
+    ) -> None:
+        self._one = run_one
+        self._many = run_many
         self.max_rows = max_rows
         self._cond = threading.Condition()
-        self._queue: list[_Pending] = []
+        self._queue: list[_Pending[T, R]] = []
         self._busy = False
         self.calls = 0
+        self.combined = 0  # items that shared a call with others
 
-    def score(self, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], float]:
-        mine = _Pending(frame)
-        batch: list[_Pending] = []
+    def run(self, item: T, size: int) -> R:
+        mine: _Pending[T, R] = _Pending(item, size)
+        batch: list[_Pending[T, R]] = []
         with self._cond:
             self._queue.append(mine)
             while not mine.done and self._busy:
@@ -195,9 +207,9 @@ class Batcher:
             if not mine.done:
                 self._busy = True
                 rows = 0
-                while self._queue and (not batch or rows + len(self._queue[0].frame) <= self.max_rows):
+                while self._queue and (not batch or rows + self._queue[0].size <= self.max_rows):
                     batch.append(self._queue.pop(0))
-                    rows += len(batch[-1].frame)
+                    rows += batch[-1].size
         if not mine.done:
             try:
                 self._run(batch)
@@ -207,27 +219,55 @@ class Batcher:
                     self._cond.notify_all()
         if mine.error is not None:
             raise mine.error
-        assert mine.result is not None
-        return mine.result
+        return cast(R, mine.result)
 
-    def _run(self, batch: list[_Pending]) -> None:
+    def _run(self, batch: list[_Pending[T, R]]) -> None:
         self.calls += 1
         if len(batch) > 1:
             try:
-                outputs, latency = self._score(pd.concat([p.frame for p in batch], ignore_index=True))
+                results = self._many([p.item for p in batch])
             except Exception:
-                pass  # each request alone below: only the one at fault fails
+                pass  # each item alone below: only the one at fault fails
             else:
-                start = 0
-                for p in batch:
-                    end = start + len(p.frame)
-                    p.result = ({n: v[start:end] for n, v in outputs.items()}, latency)
-                    p.done = True
-                    start = end
+                self.combined += len(batch)
+                for p, result in zip(batch, results, strict=True):
+                    p.result, p.done = result, True
                 return
         for p in batch:
             try:
-                p.result = self._score(p.frame)
-            except BaseException as exc:  # handed to the request's own thread, raised there
+                p.result = self._one(p.item)
+            except BaseException as exc:  # handed to the caller's own thread, raised there
                 p.error = exc
             p.done = True
+
+
+Scored = tuple[dict[str, np.ndarray], float]
+
+
+def _score_many(score: Callable[[pd.DataFrame], Scored], frames: list[pd.DataFrame]) -> list[Scored]:
+    outputs, latency = score(pd.concat(frames, ignore_index=True))
+    results: list[Scored] = []
+    start = 0
+    for frame in frames:
+        end = start + len(frame)
+        results.append(({n: v[start:end] for n, v in outputs.items()}, latency))
+        start = end
+    return results
+
+
+class Batcher:
+    """Rows of concurrent requests scored by one version in one call of its model (a :class:`Coalescer` of
+    frames). Every supported model scores rows independently, so the outputs are those of scoring each request
+    alone (the batch path scores 512 rows per call the same way)."""
+
+    def __init__(self, score: Callable[[pd.DataFrame], Scored], max_rows: int = 2048):
+        self._coalescer: Coalescer[pd.DataFrame, Scored] = Coalescer(
+            score, functools.partial(_score_many, score), max_rows
+        )
+
+    @property
+    def calls(self) -> int:
+        return self._coalescer.calls
+
+    def score(self, frame: pd.DataFrame) -> Scored:
+        return self._coalescer.run(frame, len(frame))
