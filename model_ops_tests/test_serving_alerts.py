@@ -359,6 +359,8 @@ def test_the_guard_rolls_back_a_canary_that_refuses_requests_once_and_production
         ]
         assert all(a.status_code == 200 for a in answers)
         assert {(a.json()["model_version"], a.json()["arm"]) for a in answers} == {("1", "production")}
+        shown = client.get("/status").json()["serving_stats"]
+        assert shown["guard_rollbacks"] == 1 and shown["guard_failures"] == 0
     rollbacks = [e for e in records(root, RecordKind.DEPLOYMENT) if e.data.get("action") == "rollback"]
     assert len(rollbacks) == 1  # once, though the canary kept failing until the server followed
     reason = rollbacks[0].reason

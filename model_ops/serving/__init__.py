@@ -4,6 +4,8 @@
 - :mod:`.fleet`: the slots (what serves each model now) and the follower that keeps them in step with the registry.
 - :mod:`.protocol`: the Open Inference Protocol v2 and MLflow scoring payloads, in and out, and their errors.
 - :mod:`.predlog`: the asynchronous, bounded writer of served predictions into the Delta prediction log.
+- :mod:`.stats`: serving statistics per short interval (the ``serving_stats`` table); :mod:`.alerts`: the declared
+  alerts and the canary guard, judged on every interval.
 - :mod:`.app`: the Starlette application; :mod:`.server`: uvicorn around it.
 """
 

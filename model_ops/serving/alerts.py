@@ -283,6 +283,16 @@ class AlertEngine:
         self.guard_failures = 0
         self.write_errors = 0
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "alerts_firing": sorted(f"{m}/{a} ({arm} v{v})" for (m, a, arm, v), on in self.firing.items() if on),
+            "alert_evaluations": self.evaluations,
+            "alert_records": self.records,
+            "alert_record_failures": self.record_failures,
+            "guard_rollbacks": self.guard_rollbacks,
+            "guard_failures": self.guard_failures,
+        }
+
     def registry(self) -> Registry:
         if self._reg is None:
             self._reg = self._open()

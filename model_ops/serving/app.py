@@ -749,6 +749,8 @@ class Server:
                 "failed_rows": self.predlog.failed_rows,
                 "undeclared_rows": self.metrics.undeclared(),
             }
+        if self.stats is not None:
+            doc["serving_stats"] = self.stats.describe()
         return _json(doc)
 
 

@@ -203,6 +203,22 @@ class ServingStats:
         self.write_errors = 0
         self.listener_errors = 0
 
+    def describe(self) -> dict[str, Any]:
+        """What /status shows: the intervals written and what the alert listeners did."""
+        doc: dict[str, Any] = {
+            "interval_seconds": self.seconds,
+            "intervals": self.intervals,
+            "written_rows": self.written_rows,
+            "failed_rows": self.failed_rows,
+            "write_errors": self.write_errors,
+            "listener_errors": self.listener_errors,
+        }
+        for listener in self.listeners:
+            describe = getattr(listener, "describe", None)
+            if callable(describe):
+                doc.update(describe())
+        return doc
+
     # ------------------------------------------------------------------------------------------------ request path
 
     def served(self, served: Any, elapsed_seconds: float) -> None:
