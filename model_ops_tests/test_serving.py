@@ -704,3 +704,60 @@ def test_serve_refuses_bad_options_before_starting(root: Path, capsys: pytest.Ca
     assert "--workers must be 1 or more" in capsys.readouterr().err
     assert main(["--root", str(root), "serve", "--poll", "0"]) == 2
     assert "--poll and --log-flush more than zero" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_requests_served_together_answer_as_if_alone(two_versions: Registry, root: Path, spec: ModelSpec) -> None:
+    """Concurrent requests for one model are routed, checked and scored in one pass; each answer (rows, versions,
+    arms, the log) is the one it would get alone, requests of other column sets are kept apart, and a refused
+    request fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model_ops.serving.app import _coalescer
+
+    reg = two_versions
+    dep.apply(reg, spec, "deploy", reason="canary at 50 %")  # routing splits rows between two versions
+    frame = rows().head(96)
+    batch = batch_log(reg, spec, frame)
+    expected = batch[batch["served"]].set_index("record_id")
+    cols = ["record_id", *FEATURES, "site"]
+    bodies: list[dict[str, Any]] = []
+    for i in range(24):
+        part = frame[cols].iloc[i * 4 : (i + 1) * 4]
+        if i % 3 == 1:  # another column set: without the key, so routed by the request's routing key
+            part = part.drop(columns=["record_id"])
+        bodies.append({"dataframe_records": part.to_dict(orient="records")})
+    bodies[5] = {"dataframe_records": [{**bodies[5]["dataframe_records"][0], "site": None, "mean_radius": "x"}]}
+    with serving(root, spec) as (client, server):
+        slot = server.fleet.slots[NAME]
+
+        def send(i: int) -> httpx.Response:
+            return client.post("/invocations", json=bodies[i], headers={"X-Routing-Key": f"user-{i}"})
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(send, range(len(bodies))))
+        assert _coalescer(slot).combined > 0  # some requests really were served together
+        for i, r in enumerate(answers):
+            if i == 5:
+                assert r.status_code in (400, 422) and "mean_radius" in r.json()["message"]
+                continue
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            sent = pd.DataFrame(bodies[i]["dataframe_records"])
+            if "record_id" in sent:
+                want = expected.loc[sent["record_id"]]
+                assert doc["model_versions"] == want["model_version"].tolist()
+                assert np.allclose(doc["scores"], want["score"].to_numpy())
+            else:  # one routing key for the whole request: one version answers every row
+                assert len(set(doc["model_versions"])) == 1
+                alone = client.post("/invocations", json=bodies[i], headers={"X-Routing-Key": f"user-{i}"}).json()
+                assert alone["model_versions"] == doc["model_versions"]
+                assert np.allclose(alone["scores"], doc["scores"])
+            assert len(doc["predictions"]) == len(sent)
+        again = sum(1 for i in range(len(bodies)) if i % 3 == 1)
+        total = (len(bodies) - 1 + again) * 4  # every answered request's 4 rows; the keyless ones sent twice
+        wait_for(lambda: server.predlog.written_rows >= total, what="the log flush")
+    log = logged(root)
+    live = log[log["served"]]
+    assert len(live) == total
+    assert live["request_id"].nunique() == len(live)  # each row its own request id (request/row)
