@@ -8,6 +8,7 @@ windows keeps its time, is logged and counted, never refused; and the registry's
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,19 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import yaml
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from model_ops.data.delta import PARTITION, Dataset
 from model_ops.location import resolve_root
 from model_ops.registry import Registry
-from model_ops.serving.predlog import ORIGIN, Origin, PredictionLog, predictions_dataset, replace_batch_rows
+from model_ops.serving.predlog import (
+    ORIGIN,
+    Origin,
+    PredictionLog,
+    label_origins,
+    predictions_dataset,
+    replace_batch_rows,
+)
 from model_ops.specs import ModelSpec, load_spec
 from model_ops_tests.helpers import tiny_model
 from model_ops_tests.test_serving import NAME, declaration, fit, serving, wait_for
@@ -64,6 +72,15 @@ def log_of(root: Path) -> Dataset:
     return predictions_dataset(resolve_root(str(root)), NAME)
 
 
+def not_live(rows: pd.DataFrame) -> np.ndarray:
+    """The batch rows among rows with no origin, as the tests name them (live ones start with ``live``)."""
+    return ~rows["request_id"].str.startswith("live").to_numpy(dtype=bool)
+
+
+def rescore(ds: Dataset, tag: str, n: int, partition: str = WEEK) -> None:
+    replace_batch_rows(ds, partition, batch_rows(tag, n, partition), not_live)
+
+
 def write_live(root: Path, ids: list[str], partition: str = WEEK) -> None:
     log = PredictionLog(resolve_root(str(root)))
     assert log.offer(NAME, live_columns(ids, partition), len(ids))
@@ -71,49 +88,74 @@ def write_live(root: Path, ids: list[str], partition: str = WEEK) -> None:
     assert log.written_rows == len(ids) and log.failed_rows == 0
 
 
+def write_unlabelled_live(ds: Dataset, ids: list[str], partition: str = WEEK) -> None:
+    """Live rows as a server logged them before the log recorded origins (no origin column)."""
+    columns = live_columns(ids, partition)
+    columns["ts"] = pa.array(columns["ts"], type=pa.timestamp("us", tz="UTC"))
+    write_deltalake(ds.uri, pa.table(columns), mode="append", partition_by=[PARTITION], schema_mode="merge")
+
+
+def origins(ds: Dataset, partition: str = WEEK) -> dict[str, list[str]]:
+    rows = ds.read([partition])
+    return {str(o): sorted(g["request_id"]) for o, g in rows.groupby(rows[ORIGIN].fillna("none"))}
+
+
 # ---------------------------------------------------------------------------------------------------- batch and live
 
 
 def test_a_batch_rescore_replaces_its_batch_rows_and_keeps_the_live_ones(root: Path) -> None:
     ds = log_of(root)
-    replace_batch_rows(ds, WEEK, batch_rows("first", 5))
+    rescore(ds, "first", 5)
     write_live(root, ["live-1", "live-2"])
-    replace_batch_rows(ds, OTHER, batch_rows("other", 3, OTHER))
-    replace_batch_rows(ds, WEEK, batch_rows("second", 4))
+    rescore(ds, "other", 3, OTHER)
+    rescore(ds, "second", 4)
 
-    rows = ds.read([WEEK])
-    assert sorted(rows.loc[rows[ORIGIN] == Origin.LIVE, "request_id"]) == ["live-1", "live-2"]
-    batch = rows.loc[rows[ORIGIN] == Origin.BATCH, "request_id"]
-    assert sorted(batch) == sorted(f"second-{i}" for i in range(4))  # the new scoring, once; the old one gone
+    assert origins(ds) == {"batch": [f"second-{i}" for i in range(4)], "live": ["live-1", "live-2"]}
     assert len(ds.read([OTHER])) == 3  # another partition is not touched
-    assert rows[ORIGIN].notna().all()
 
 
 def test_a_batch_rescore_of_a_partition_holding_only_live_rows_adds_to_them(root: Path) -> None:
     write_live(root, ["live-1"])  # the server created the log
-    replace_batch_rows(log_of(root), WEEK, batch_rows("b", 2))
-    rows = log_of(root).read([WEEK])
-    assert rows.groupby(ORIGIN).size().to_dict() == {"batch": 2, "live": 1}
+    rescore(log_of(root), "b", 2)
+    assert origins(log_of(root)) == {"batch": ["b-0", "b-1"], "live": ["live-1"]}
 
 
-def test_rows_from_before_the_origin_column_are_replaced_as_batch_rows(root: Path) -> None:
-    """A log written before it recorded origins: its rows have none (the column does not even exist). A re-score
-    counts them as the partition's batch rows, so they are replaced, not kept beside the new scoring."""
+def test_rows_from_before_the_origin_column_are_labelled_then_batch_ones_replaced(root: Path) -> None:
+    """A log written before it recorded origins: its rows have none (the column does not even exist). The first
+    re-score of a partition labels them (batch by request id, the rest live), replaces the batch ones and keeps
+    the live ones; other partitions are left as they are until they are re-scored."""
     ds = log_of(root)
     ds.replace_partition(WEEK, batch_rows("old", 6))  # how the batch path wrote before
+    write_unlabelled_live(ds, ["live-old-1", "live-old-2"])
     ds.replace_partition(OTHER, batch_rows("old-other", 2, OTHER))
     assert ORIGIN not in ds.arrow_schema().names
 
-    replace_batch_rows(ds, WEEK, batch_rows("new", 3))
-    assert ORIGIN in ds.arrow_schema().names
-    rows = ds.read([WEEK])
-    assert sorted(rows["request_id"]) == sorted(f"new-{i}" for i in range(3))
-    others = ds.read([OTHER])
-    assert len(others) == 2 and others[ORIGIN].isna().all()  # nothing rewritten where nothing was re-scored
+    rescore(ds, "new", 3)
+    assert origins(ds) == {"batch": ["new-0", "new-1", "new-2"], "live": ["live-old-1", "live-old-2"]}
+    assert origins(ds, OTHER) == {"none": ["old-other-0", "old-other-1"]}  # nothing rewritten there
 
-    write_live(root, ["live-1"], OTHER)  # a live row after the upgrade, beside old rows: both kept by the next
-    replace_batch_rows(ds, OTHER, batch_rows("new-other", 1, OTHER))
-    assert sorted(ds.read([OTHER])["request_id"]) == ["live-1", "new-other-0"]
+    write_live(root, ["live-1"], OTHER)  # a live row after the upgrade, beside unlabelled ones
+    rescore(ds, "new-other", 1, OTHER)
+    assert origins(ds, OTHER) == {"batch": ["new-other-0"], "live": ["live-1"]}
+    assert label_origins(ds, WEEK, not_live) == 0  # labelled once: nothing left to label, nothing written
+
+
+@pytest.mark.slow
+def test_the_batch_path_recognises_its_own_rows_and_no_live_ones(bounded: ModelSpec, root: Path) -> None:
+    """``written_by_batch`` (how unlabelled rows are told apart) knows every row ``score_partition`` writes, by
+    its request id, and none with the ids a live server gives."""
+    from model_ops.defs.predictions import written_by_batch
+    from model_ops_tests.test_serving import batch_log, rows
+
+    spec = bounded
+    scored = batch_log(Registry.open(root, actor="tester"), spec, rows().head(40))
+    assert written_by_batch(spec)(scored).all()
+    live = scored.copy()
+    live["request_id"] = [f"{uuid.uuid4().hex}/{i}" for i in range(len(live))]
+    assert not written_by_batch(spec)(live).any()
+    moved = scored.copy()
+    moved["model_version"] = moved["model_version"] + 1  # another version's row under this id: not this row
+    assert not written_by_batch(spec)(moved).any()
 
 
 def test_a_condition_on_a_column_the_table_lacks_adds_it_and_nulls_are_kept(root: Path) -> None:
@@ -137,7 +179,8 @@ def test_live_appends_racing_batch_rescores_lose_nothing(root: Path) -> None:
     re-scored again and again, each re-score started while appends are under way: every row the log acknowledged
     is there afterwards, once, and the batch rows are the last scoring's, once."""
     ds = log_of(root)
-    replace_batch_rows(ds, WEEK, batch_rows("b0", 200))
+    ds.replace_partition(WEEK, batch_rows("b0", 200))  # from before the log recorded origins
+    write_unlabelled_live(ds, ["live-old"])
     log = PredictionLog(resolve_root(str(root)), flush_seconds=0.05)
     log.start()
     done = threading.Event()
@@ -159,7 +202,7 @@ def test_live_appends_racing_batch_rescores_lose_nothing(root: Path) -> None:
         for k in range(1, rescores + 1):
             written = log.written_rows
             wait_for(lambda: log.written_rows > written, 30, "a live append between two re-scores")
-            replace_batch_rows(ds, WEEK, batch_rows(f"b{k}", 200))
+            rescore(ds, f"b{k}", 200)
     finally:
         done.set()
         thread.join(timeout=60)
@@ -168,11 +211,79 @@ def test_live_appends_racing_batch_rescores_lose_nothing(root: Path) -> None:
     assert log.failed_rows == 0 and log.overflow_rows == 0 and log.written_rows == len(offered)
     rows = ds.read([WEEK])
     live = rows.loc[rows[ORIGIN] == Origin.LIVE, "request_id"]
-    assert sorted(live) == sorted(offered)  # every acknowledged row, each once
+    assert sorted(live) == sorted([*offered, "live-old"])  # every acknowledged row, each once
     batch = rows.loc[rows[ORIGIN] == Origin.BATCH, "request_id"]
     assert sorted(batch) == sorted(f"b{rescores}-{i}" for i in range(200))
     overwrites = [c for c in DeltaTable(ds.uri).history() if "Overwrite" in str(c.get("operationParameters"))]
     assert len(overwrites) == rescores
+
+
+@pytest.mark.slow
+def test_the_asset_rescoring_while_the_server_logs_keeps_every_live_row_and_monitoring_counts_each_once(
+    tmp_path: Path,
+) -> None:
+    """The real graph: the ``predictions`` asset re-scores a week while a live server answers requests for that
+    week's records (so its rows land in the same partition). Every answered row is in the log afterwards, the
+    batch rows are one scoring's, and drift_report and live_performance count batch and live rows once each."""
+    from model_ops_tests.test_own_models import WEEKS, bundled, declaration, declare, lifecycle, write_table
+
+    uri = str(tmp_path / "tables" / NAME)
+    data = bundled("cancer")
+    write_table(data, uri, "delta")
+    features = ["mean_radius", "mean_texture", "worst_area", "worst_smoothness"]
+    estimator = {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}
+    spec = declare(tmp_path, declaration(NAME, uri, "binary_classification", features, estimator))
+    week = WEEKS[-1]
+    in_week = data[data["seen_at"] >= pd.Timestamp(week, tz="UTC")].reset_index(drop=True)
+    records = [
+        {
+            **{f: row[f] for f in [*features, "site"]},
+            "record_id": row["record_id"],
+            "seen_at": row["seen_at"].isoformat(),
+        }
+        for _, row in in_week.iterrows()
+    ]
+    with lifecycle(tmp_path, spec) as (g, _), serving(Path(g.root), spec) as (client, server):
+        answered: list[str] = []
+        done = threading.Event()
+
+        def serve() -> None:
+            i = 0
+            while not done.is_set() or i < 10:
+                record = records[i % len(records)]
+                answer = client.post(
+                    f"/v2/models/{NAME}/invocations",
+                    json={"dataframe_records": [record]},
+                    headers={"X-Request-Id": f"live-{i}"},
+                )
+                assert answer.status_code == 200, answer.text
+                answered.append(f"live-{i}")
+                i += 1
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            for _ in range(2):
+                assert g.run(NAME, ("predictions",), partition=week).success
+        finally:
+            done.set()
+            thread.join(timeout=120)
+        wait_for(lambda: server.predlog.written_rows == len(answered), 60, "every answered row to be logged")
+        assert server.predlog.failed_rows == 0
+
+        log = g.resource.dataset(NAME, "predictions").read([week])
+        live = log[log[ORIGIN] == Origin.LIVE]
+        assert sorted(live["request_id"]) == sorted(answered)  # each answered row, once
+        batch = log[log[ORIGIN] == Origin.BATCH]
+        assert len(batch) == len(in_week) and batch["request_id"].is_unique  # one scoring of the week
+
+        assert g.run(NAME, ("drift_report", "live_performance"), partition=week).success
+        production = log[log["served"] & (log["arm"] == "production")]
+        assert g.metadata(NAME, "drift_report", week)["rows"] == len(production)
+        perf = g.resource.dataset(NAME, "live_performance").read([week])
+        served = perf.set_index(["arm", "model_version"])["served"].to_dict()
+        assert served == {("production", 1): len(production)}
+        assert len(production) == len(in_week) + len(live)
 
 
 # ---------------------------------------------------------------------------------------------------- outside the windows

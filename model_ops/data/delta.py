@@ -101,7 +101,7 @@ class Dataset:
                 )
             else:
                 if where is not None:
-                    self._add_columns(data.schema)
+                    self.add_columns(data.schema)
                 # merge: a partition may bring columns the table does not have yet (a feature added to the
                 # declaration, a class a new version predicts); older partitions read them as null
                 write_deltalake(
@@ -120,7 +120,7 @@ class Dataset:
             raise
         return self.version()
 
-    def _add_columns(self, schema: pa.Schema) -> None:
+    def add_columns(self, schema: pa.Schema) -> None:
         """Add the columns of ``schema`` the table lacks (nullable, null in its rows), so a condition can name them."""
         table = self.table()
         have = set(table.schema().to_arrow().names)

@@ -2,7 +2,9 @@
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -42,6 +44,25 @@ def score_arm(model: object, rows: pd.DataFrame, spec: ModelSpec) -> tuple[dict[
     return {n: np.concatenate([np.asarray(p[n]) for p in parts]) for n in names}, latency
 
 
+def request_id(model: str, partition: Any, key: Any, arm: Any, version: Any) -> str:
+    """The batch path's id of one prediction: a name-based UUID of model, partition, key, arm and version, so
+    scoring the same row with the same version again gives it the same id."""
+    return str(uuid.uuid5(REQUEST_NS, f"{model}/{partition}/{key}/{arm}/{version}"))
+
+
+def written_by_batch(spec: ModelSpec) -> Callable[[pd.DataFrame], np.ndarray]:
+    """Which of some prediction-log rows the batch path wrote, for rows that do not say (written before the log
+    recorded an origin): those whose request id is the one :func:`request_id` gives them. A live row's id is
+    its caller's, or random."""
+
+    def is_batch(rows: pd.DataFrame) -> np.ndarray:
+        columns = [rows[c] for c in (PARTITION, spec.key_column, "arm", "model_version")]
+        expected = [request_id(spec.name, *values) for values in zip(*columns)]
+        return rows["request_id"].to_numpy(dtype=object) == np.array(expected, dtype=object)
+
+    return is_batch
+
+
 def score_partition(
     features: pd.DataFrame,
     manifest: dep.Manifest,
@@ -75,8 +96,7 @@ def score_partition(
         out = pd.DataFrame(
             {
                 "request_id": [
-                    str(uuid.uuid5(REQUEST_NS, f"{spec.name}/{p}/{k}/{arm}/{version}"))
-                    for p, k in zip(rows[PARTITION], rows[spec.key_column])
+                    request_id(spec.name, p, k, arm, version) for p, k in zip(rows[PARTITION], rows[spec.key_column])
                 ],
                 "ts": rows[spec.time_column].to_numpy(),
                 "scored_at": scored_at,
@@ -142,7 +162,8 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         )
         out = model_ops.dataset(spec.name, "predictions")
         # only the batch rows: live rows the server logged into this partition stay
-        delta_version = replace_batch_rows(out, partition, pa.Table.from_pandas(log, preserve_index=False))
+        table = pa.Table.from_pandas(log, preserve_index=False)
+        delta_version = replace_batch_rows(out, partition, table, written_by_batch(typed))
         served = log[log["served"]]
         by_arm = (
             log.groupby("arm")

@@ -9,7 +9,9 @@ analysis and the sensors read it by partition, so live rows are judged exactly l
 partitions: a request served today for a flight of July 2013 lands in 2013-07, beside that month's batch scoring.
 A batch re-score replaces the batch rows of its partition and no others (:func:`replace_batch_rows`), so live rows
 survive every re-score, also one that commits while they are being appended. Each row is one prediction made: a
-key scored by the batch and served live too is two predictions, and readers count both.
+key scored by the batch and served live too is two predictions, and readers count both. Rows with no origin
+(written before the log recorded one) are labelled by the first re-score of their partition: batch when their
+request id is the one the batch path gives that row, else live.
 
 Which partition a live row belongs to: the window its own time falls in, the same rule that cut the batch
 partitions. A request that carries the model's time column (``time_hour`` of a flight) is logged under that time
@@ -32,15 +34,19 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pds
 from deltalake import write_deltalake
 from deltalake.exceptions import CommitFailedError
 
+from model_ops.data.arrow import to_pandas
 from model_ops.data.delta import HISTORY, PARTITION, Dataset
 from model_ops.location import Location
 
@@ -61,11 +67,9 @@ class Origin(StrEnum):
     LIVE = "live"
 
 
-# The rows a batch re-score of a partition replaces. Rows with no origin were written before the log recorded
-# one; back then every re-score replaced the whole partition, so they are that partition's last batch scoring
-# and at most the live rows served into it since. They are counted as batch rows: the first re-score replaces
-# them (and those live rows with them, as it always did), and the batch rows are never kept twice.
-BATCH_ROWS = f"{ORIGIN} = '{Origin.BATCH.value}' OR {ORIGIN} IS NULL"
+# The rows a batch re-score of a partition replaces.
+BATCH_ROWS = f"{ORIGIN} = '{Origin.BATCH.value}'"
+LABEL_ATTEMPTS = 20
 
 
 @dataclass
@@ -83,14 +87,75 @@ def predictions_dataset(root: Location, model: str) -> Dataset:
     return Dataset(root.child("datasets", model, "predictions"), f"{model}/predictions")
 
 
-def replace_batch_rows(dataset: Dataset, key: str, rows: pa.Table) -> int:
+def replace_batch_rows(
+    dataset: Dataset, key: str, rows: pa.Table, is_batch: Callable[[pd.DataFrame], np.ndarray]
+) -> int:
     """Replace the batch rows of partition ``key`` with ``rows`` (a batch scoring of it) in one commit, keeping
     every live row of the partition, those appended while this write runs included; returns the new version.
 
     ``rows`` get ``origin = 'batch'`` (whatever they held). A live append racing the commit never loses its
     rows: the replacement removes only files of the table version it read that hold batch rows, and an append
-    adds files of live rows only (their statistics say so, so delta-rs sees no conflict with them either)."""
+    adds files of live rows only (their statistics say so, so delta-rs sees no conflict with them either).
+
+    Rows with no origin were written before the log recorded one (or by a server not yet upgraded). Before the
+    replacement they are labelled, once: ``is_batch`` tells, per row, whether the batch path wrote it (it knows
+    its own request ids), and those rows are marked batch (so they are replaced, never kept twice), the others
+    live (so they are kept). See :func:`label_origins`."""
+    label_origins(dataset, key, is_batch)
     return dataset.replace_partition(key, with_origin(rows, Origin.BATCH), where=BATCH_ROWS)
+
+
+def label_origins(dataset: Dataset, key: str, is_batch: Callable[[pd.DataFrame], np.ndarray]) -> int:
+    """Give the rows of partition ``key`` that have no origin theirs: batch where ``is_batch`` says so, else
+    live; returns how many were labelled (0, and nothing written, when every row has its origin).
+
+    Two commits (the batch rows by request id, then the rest), each rewriting only files that hold unlabelled
+    rows; a commit that loses a race (a live append, another re-score) is tried again from a fresh read, which
+    is safe because labelling a labelled row changes nothing. A table from before the column gets it first."""
+    if not dataset.exists():
+        return 0
+    attempt = 0
+    while True:
+        try:
+            return _label(dataset, key, is_batch)
+        except CommitFailedError:
+            attempt += 1
+            if attempt == LABEL_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.0, 0.1))
+
+
+def _label(dataset: Dataset, key: str, is_batch: Callable[[pd.DataFrame], np.ndarray]) -> int:
+    table = dataset.table()
+    if ORIGIN not in table.schema().to_arrow().names:
+        dataset.add_columns(pa.schema([(ORIGIN, pa.string())]))
+        table = dataset.table()
+    # The nulls are found in the rows read, not by an ``is_null`` filter of the scan: delta-rs' Arrow dataset
+    # skips the files written before the column existed for that filter, and finds none of their rows. They are
+    # picked out in pandas: Arrow's own filter of the null column it fills in for those files crashes the process.
+    partition = table.to_pyarrow_dataset()
+    in_partition = pds.field(PARTITION) == key
+    if not to_pandas(partition.to_table(columns=[ORIGIN], filter=in_partition))[ORIGIN].isna().any():
+        return 0
+    rows = to_pandas(partition.to_table(filter=in_partition))
+    found = rows[rows[ORIGIN].isna()].reset_index(drop=True)
+    batch = np.asarray(is_batch(found), dtype=bool)
+    if len(batch) != len(found):
+        raise ValueError(f"is_batch answered for {len(batch)} of {len(found)} rows")
+    where = f"{PARTITION} = '{key}' AND {ORIGIN} IS NULL"
+    if batch.any():
+        request_ids = sorted(set(found["request_id"].to_numpy(dtype=object)[batch]))
+        ids = pa.table({"request_id": pa.array(request_ids, type=pa.string())})
+        table.merge(
+            ids,
+            predicate=f"t.{PARTITION} = '{key}' AND t.{ORIGIN} IS NULL AND t.request_id = s.request_id",
+            source_alias="s",
+            target_alias="t",
+        ).when_matched_update({ORIGIN: f"'{Origin.BATCH.value}'"}).execute()
+        table = dataset.table()
+    if not batch.all():
+        table.update(updates={ORIGIN: f"'{Origin.LIVE.value}'"}, predicate=where)
+    return len(found)
 
 
 def with_origin(rows: pa.Table, origin: Origin) -> pa.Table:
