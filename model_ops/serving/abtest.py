@@ -107,7 +107,12 @@ class LiveExperiment:
         self._served: OrderedDict[str, tuple[int, Any, str]] = OrderedDict()  # key -> (version, prediction, partition)
         self._fed: set[str] = set()
         self._batch = 0
+        # Two locks: batches of outcomes take turns (the test's looks and the table's batches stay in order), and
+        # the served-key memory has its own, held only for dict updates, because the request path (the event loop)
+        # takes it and must never wait for an outcomes batch's Delta commit.
         self._lock = threading.Lock()
+        self._memory_lock = threading.Lock()
+        self._last: ex.Decision | None = None  # the latest decision, read by /status without waiting for a batch
         self._arm_of = {a.version: a.name for a in self.config.arms}
 
     @property
@@ -139,6 +144,7 @@ class LiveExperiment:
         }
         live._replay()
         live._refill()
+        live._last = live.experiment.decision()
         return live
 
     def _replay(self) -> None:
@@ -172,7 +178,7 @@ class LiveExperiment:
         self, keys: Iterable[Any], versions: Iterable[Any], predictions: Iterable[Any], partitions: Iterable[Any]
     ) -> None:
         """Served rows, so their outcomes can be told apart from unknown keys and judged against the prediction."""
-        with self._lock:
+        with self._memory_lock:
             served = self._served
             for k, v, p, part in zip(keys, versions, predictions, partitions):
                 text = key_text(k)
@@ -193,22 +199,24 @@ class LiveExperiment:
         them to the test as one look, record a conclusion the first time it is reached, and answer what was
         taken, what was not and why, and the decision."""
         items = _items(doc)
+        keys = [key_text(item["key"]) for item in items]
         with self._lock:
-            keys = [key_text(item["key"]) for item in items]
+            with self._memory_lock:
+                memory = {k: self._served[k] for k in set(keys) if k in self._served}
             known: dict[str, int] = {}  # key -> position of its last outcome in this batch
             unknown: list[str] = []
             duplicates = 0
             for i, k in enumerate(keys):
                 if k in self._fed:
                     duplicates += 1
-                elif k in self._served:
+                elif k in memory:
                     if k in known:
                         duplicates += 1
                     known[k] = i
                 else:
                     unknown.append(k)
             taken = sorted(known.values())
-            served = [self._served[keys[i]] for i in taken]
+            served = [memory[keys[i]] for i in taken]
             labels = [items[i]["label"] for i in taken]
             outcomes = ex.outcome_values(self.declared.outcome, labels, [s[1] for s in served])
             self._check(outcomes, taken, items)
@@ -222,6 +230,7 @@ class LiveExperiment:
             self.duplicates += duplicates
             recorded = self._record(decision)
             late = int(self.experiment.late.sum()) - late_before
+            self._last = decision
         return {
             "model": self.config.model,
             "experiment": self.config.name,
@@ -321,22 +330,23 @@ class LiveExperiment:
     # ------------------------------------------------------------------------------------------------ status
 
     def describe(self) -> dict[str, Any]:
-        with self._lock:
-            d = self.experiment.decision()
-            return {
-                "experiment": self.config.name,
-                "outcome": self.declared.outcome,
-                "arms": {a.name: a.version for a in self.config.arms},
-                "weights": {a.name: float(w) for a, w in zip(self.config.arms, self.config.weights)},
-                "status": d.status,
-                "winner": d.winner,
-                "counts": d.counts,
-                "remembered_keys": len(self._served),
-                "unknown_outcomes": self.unknown,
-                "duplicate_outcomes": self.duplicates,
-                "recorded": sorted(self.recorded),
-                "reason": d.reason,
-            }
+        """What /status shows: the latest decision (none posted yet: the resumed state's), never waiting for a
+        batch of outcomes being written."""
+        d = self._last if self._last is not None else self.experiment.decision()
+        return {
+            "experiment": self.config.name,
+            "outcome": self.declared.outcome,
+            "arms": {a.name: a.version for a in self.config.arms},
+            "weights": {a.name: float(w) for a, w in zip(self.config.arms, self.config.weights)},
+            "status": d.status,
+            "winner": d.winner,
+            "counts": d.counts,
+            "remembered_keys": len(self._served),
+            "unknown_outcomes": self.unknown,
+            "duplicate_outcomes": self.duplicates,
+            "recorded": sorted(self.recorded),
+            "reason": d.reason,
+        }
 
 
 def replay(declared: ex.Declared, root: Location) -> tuple[ex.Experiment, set[str]]:
