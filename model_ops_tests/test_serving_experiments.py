@@ -30,7 +30,7 @@ from model_ops.ml import training
 from model_ops.ops import deployment as dep
 from model_ops.ops import experiments as ex
 from model_ops.registry import Registry
-from model_ops.serving.abtest import outcomes_dataset
+from model_ops.serving.abtest import LiveExperiment, outcomes_dataset
 from model_ops.specs import ModelSpec
 from model_ops_tests import test_serving as base
 from model_ops_tests.test_serving import NAME, logged, rows, serving, wait_for
@@ -402,3 +402,18 @@ def test_the_cli_starts_reports_and_stops_an_experiment(
     assert code == 2 and "already had an experiment named 'ab'" in err
     code, out, err = cli(root, "experiment", "status", NAME, "--name", "ab")
     assert code == 0 and "stopped at" in out and "v1 won" in out
+    # beside the start and stop records, the conclusion is the experiment's only conclusion
+    assert [e.data.get("action") for e in reg.audit(NAME) if e.kind == "experiment"] == ["start", None, "stop"]
+    assert [e.data["conclusion"] for e in ex.recorded_conclusions(reg, NAME)] == ["winner:control"]
+
+
+def test_the_memory_of_served_keys_is_bounded(two_versions: Registry, root: Path, spec: ModelSpec) -> None:
+    running = start(two_versions, {"control": 1, "challenger": 2})
+    live = LiveExperiment(running, spec, resolve_root(str(root)), lambda: two_versions, memory=3)
+    keys = [f"k{i}" for i in range(5)]
+    arms = ex.Experiment(running.config).assign(keys)
+    versions = np.where(arms == "control", 1, 2)
+    live.remember(keys, versions, [1] * 5, ["2024-01-07"] * 5)
+    assert live.remembered == 3
+    answer = live.post({"outcomes": [{"key": k, "label": 1} for k in keys]})
+    assert answer["accepted"] == 3 and answer["unknown_keys"] == ["k0", "k1"]  # the oldest were forgotten

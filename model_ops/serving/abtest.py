@@ -362,13 +362,14 @@ def _replayed(declared: ex.Declared, root: Location) -> tuple[ex.Experiment, set
     if not table.exists():
         return experiment, set(), 0
     rows = table.read(
-        columns=["batch", "key", "arm", "outcome"],
+        columns=["received_at", "batch", "key", "arm", "outcome"],
         where=[("experiment", "=", declared.config.name), ("started_seq", "=", declared.started_seq)],
     )
     if rows.empty:
         return experiment, set(), 0
-    rows = rows.sort_values("batch", kind="stable")
-    for _, batch in rows.groupby("batch", sort=True):
+    # A batch is one commit at one time: in time order (then number), batches of one process replay in the order
+    # they were looked at.
+    for _, batch in rows.groupby(["received_at", "batch"], sort=True):
         experiment.observe_many(batch["arm"].to_numpy(dtype=object), batch["outcome"].to_numpy())
     return experiment, set(rows["key"].astype(str)), int(rows["batch"].max())
 
