@@ -336,11 +336,14 @@ def main() -> None:
             for label in [lb for lb in procs if lb != "model_ops"]:  # the rollback runs on ours alone
                 stop(procs.pop(label)[0])
             port = procs["model_ops"][1]
-            rollback = asyncio.run(
-                rollback_to_effect(f"http://127.0.0.1:{port}/invocations", root, bodies[1], args.switches, args.rate)
-            )
-            results["rollback"] = rollback
-            eprint(f"[model_ops] rollback to effect: {rollback}")
+            if args.switches:
+                rollback = asyncio.run(
+                    rollback_to_effect(
+                        f"http://127.0.0.1:{port}/invocations", root, bodies[1], args.switches, args.rate
+                    )
+                )
+                results["rollback"] = rollback
+                eprint(f"[model_ops] rollback to effect: {rollback}")
         finally:
             for proc, _ in procs.values():
                 stop(proc)

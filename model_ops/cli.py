@@ -773,8 +773,10 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
     from model_ops.serving import ServeConfig
     from model_ops.serving.server import run
 
-    if args.drain < 0 or args.poll <= 0 or args.log_flush <= 0:
-        raise UsageError("--drain must be zero or more seconds, --poll and --log-flush more than zero")
+    if args.drain < 0 or args.poll <= 0 or args.log_flush <= 0 or args.stats_interval <= 0:
+        raise UsageError(
+            "--drain must be zero or more seconds, --poll, --log-flush and --stats-interval more than zero"
+        )
     config = ServeConfig(
         root=args.root,
         names=list(args.names),
@@ -784,6 +786,7 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
         drain_seconds=args.drain,
         log_predictions=not args.no_log,
         log_flush_seconds=args.log_flush,
+        stats_seconds=args.stats_interval,
     )
     run(config, host=args.host, port=args.port, workers=args.workers)
     return 0
@@ -977,8 +980,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--log-flush",
         type=float,
-        default=0.5,
-        help="seconds the prediction log gathers rows before one append (default 0.5)",
+        default=1.0,
+        help="seconds the prediction log gathers rows before one append (default 1)",
+    )
+    sp.add_argument(
+        "--stats-interval",
+        type=float,
+        default=10.0,
+        help="seconds per serving-statistics row and alert evaluation (default 10)",
     )
     sp = add("experiment", cmd_experiment, "A/B experiments between versions on live traffic: start, status, stop")
     exp_sub = sp.add_subparsers(dest="experiment_cmd", required=True, parser_class=_Parser, metavar="start|status|stop")

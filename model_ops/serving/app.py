@@ -82,7 +82,7 @@ class ServeConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     log_capacity: int = 10_000
     log_batch_rows: int = 5_000
-    log_flush_seconds: float = 0.5
+    log_flush_seconds: float = 1.0
     log_predictions: bool = True
     stats_seconds: float = 10.0  # the serving statistics' interval, which is also how often alerts are judged
 

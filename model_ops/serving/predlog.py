@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pds
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from model_ops.data.arrow import to_pandas
@@ -188,6 +188,7 @@ class PredictionLog:
         self.write_errors = 0
         self.write_conflicts = 0  # appends that lost a commit race and were written again
         self._schemas: dict[str, pa.Schema | None] = {}
+        self._handles: dict[str, DeltaTable] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
         self._count_lock = threading.Lock()
@@ -312,14 +313,32 @@ class PredictionLog:
                     time.sleep(0.2 * 2 ** (attempt - 1))
 
     def _append(self, model: str, table: pa.Table) -> None:
+        """One append commit. The table's handle is kept between appends and brought up to date incrementally
+        (reading only the commits since), so an append does not pay for opening the table and reading its log
+        again: on a busy server that opening was most of the log's cost. Any failure drops the handle."""
         dataset = predictions_dataset(self.root, model)
-        if model not in self._schemas:
-            self._schemas[model] = dataset.arrow_schema() if dataset.exists() else None
-        schema = self._schemas[model]
-        if schema is not None:
-            table = _conform(table, schema)
+        try:
+            if model not in self._schemas:
+                self._schemas[model] = dataset.arrow_schema() if dataset.exists() else None
+            schema = self._schemas[model]
+            handle = self._handles.get(model)
+            if schema is not None and handle is None:
+                handle = self._handles[model] = dataset.table()
+            elif handle is not None:
+                handle.update_incremental()
+            if schema is not None:
+                table = _conform(table, schema)
+            self._write_delta(dataset, handle, table, schema)
+        except BaseException:
+            self._handles.pop(model, None)
+            raise
+        if schema is None:
+            self._schemas[model] = dataset.arrow_schema()
+
+    @staticmethod
+    def _write_delta(dataset: Dataset, handle: DeltaTable | None, table: pa.Table, schema: pa.Schema | None) -> None:
         write_deltalake(
-            dataset.uri,
+            handle if handle is not None else dataset.uri,
             table,
             mode="append",
             partition_by=[PARTITION],
@@ -327,8 +346,6 @@ class PredictionLog:
             storage_options=dataset.options,
             configuration=HISTORY if schema is None else None,
         )
-        if schema is None:
-            self._schemas[model] = dataset.arrow_schema()
 
 
 def _table(items: list[_Item]) -> pa.Table:
