@@ -121,18 +121,22 @@ def batches(keys: pd.Series, labels: pd.Series, size: int) -> Iterator[tuple[pd.
 # ---------------------------------------------------------------------------------------------------- routing
 
 
+@pytest.mark.slow
 def test_the_server_and_the_batch_path_route_an_experiment_alike(
     two_versions: Registry, root: Path, spec: ModelSpec
 ) -> None:
     reg = two_versions
     dep.apply(reg, spec, "deploy", reason="canary at 50 %")  # v2 canary: held while the experiment runs
+    shadow = register_copy_of_v1(reg, spec)
+    reg.transition(f"models:/{NAME}/{shadow}", "staging", reason="evaluated")
+    dep.apply(reg, spec, "shadow_on", version=shadow, reason="watch v3")  # scored on every row, served on none
     running = start(reg, {"control": 1, "challenger": 2})
     frame = traffic(400)
     features = frame.copy()
     features[PARTITION] = Partitioning.of(spec).key_of(features[spec.time_column])
     manifest = dep.current(reg, NAME)
-    models = {v: reg.load_model(f"models:/{NAME}/{v}") for v in (1, 2)}
-    semvers = {v: reg.get(NAME, v).semver for v in (1, 2)}
+    models = {v: reg.load_model(f"models:/{NAME}/{v}") for v in (1, 2, shadow)}
+    semvers = {v: reg.get(NAME, v).semver for v in (1, 2, shadow)}
     batch = score_partition(features, manifest, models, spec, semvers, experiment=ex.Experiment(running.config))
     batch = batch[batch["served"]].set_index("record_id").loc[frame["record_id"]]
     sticky = ex.Experiment(running.config).assign(frame["record_id"])
@@ -147,10 +151,14 @@ def test_the_server_and_the_batch_path_route_an_experiment_alike(
         assert answered["model_version"].tolist() == batch["model_version"].tolist()
         assert answered["arm"].tolist() == batch["arm"].tolist()
         assert answered["prediction"].tolist() == batch["prediction"].tolist()
-        wait_for(lambda: len(logged(root)) >= len(frame), what="the served rows reaching the log")
-        log = logged(root).set_index("record_id").loc[frame["record_id"]]
+        wait_for(lambda: len(logged(root)) >= 2 * len(frame), what="the served and shadow rows reaching the log")
+        everything = logged(root)
+        log = everything[everything["served"]].set_index("record_id").loc[frame["record_id"]]
         assert log["model_version"].tolist() == batch["model_version"].tolist()
         assert log["arm"].tolist() == batch["arm"].tolist()
+        shadowed = everything[~everything["served"]]
+        assert len(shadowed) == len(frame) and set(shadowed["model_version"]) == {shadow}
+        assert set(shadowed["arm"]) == {"shadow"} and shadow not in set(answered["model_version"])
 
         # Stopped: the deployment manifest routes again, the canary at its weight.
         ex.stop(reg, NAME, "ab", reason="enough")
@@ -164,6 +172,7 @@ def test_the_server_and_the_batch_path_route_an_experiment_alike(
 # ---------------------------------------------------------------------------------------------------- decisions
 
 
+@pytest.mark.slow
 def test_outcomes_posted_over_http_declare_the_truly_better_version(
     two_versions: Registry, root: Path, spec: ModelSpec
 ) -> None:
