@@ -192,56 +192,64 @@ async def rollback_to_effect(url: str, root: Path, body: bytes, switches: int, r
     from model_ops.registry import Registry
 
     reg = Registry.open(root, actor="bench")
-    answers: list[tuple[float, int, int]] = []  # sent (wall clock), status, version
+    answers: list[tuple[float, int, int, float]] = []  # sent (wall clock), status, version, answered
     stop_at = asyncio.Event()
-    headers = {"Content-Type": "application/json"}
     base = url.rsplit("/", 1)[0]
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64), timeout=30) as client:
-        in_flight = asyncio.Semaphore(IN_FLIGHT)
+    raw = _loadgen.request_bytes(url, body)
+    idle: asyncio.Queue[_loadgen.Connection] = asyncio.Queue()
+    for _ in range(IN_FLIGHT):  # at most IN_FLIGHT requests outstanding: one per keep-alive connection
+        idle.put_nowait(_loadgen.Connection.to(url))
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=8), timeout=30) as client:
 
-        async def one() -> None:
+        async def one(conn: _loadgen.Connection) -> None:
             sent = time.time()
             try:
-                r = await client.post(url, content=body, headers=headers)
-            except httpx.TransportError:
-                answers.append((sent, 0, 0))
+                answer = await conn.send(raw)
+            except (OSError, asyncio.IncompleteReadError):
+                answers.append((sent, 0, 0, time.time()))
+                await conn.close()
                 return
             finally:
-                in_flight.release()
-            version = int(r.headers.get("X-Model-Version", "0")) if r.status_code == 200 else 0
-            answers.append((sent, r.status_code, version))
+                idle.put_nowait(conn)
+            version = int(answer.version or "0") if answer.status == 200 else 0
+            answers.append((sent, answer.status, version, time.time()))
 
         async def paced() -> None:
             tasks: set[asyncio.Task[None]] = set()
             interval = 1.0 / rate
             next_at = time.perf_counter()
             while not stop_at.is_set():
-                await in_flight.acquire()  # a server slower than the rate is not buried under a queue
-                task = asyncio.create_task(one())
+                conn = await idle.get()  # a server slower than the rate is not buried under a queue
+                task = asyncio.create_task(one(conn))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 next_at += interval
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
             await asyncio.gather(*tasks)
+            while not idle.empty():
+                await idle.get_nowait().close()
 
         pacer = asyncio.create_task(paced())
         await asyncio.sleep(1.0)
         switch_s, seen_s, switched_at, writes = [], [], [], []
+        refreshes: list[dict[str, Any]] = []  # the server's own timing of each reload (registry read, rebuild)
         for i in range(switches):
             target = 1 if i % 2 == 0 else 2
             writes.append(time.time())
             await asyncio.to_thread(reg.rollback, NAME, to=target, reason="bench rollback")
             done = time.time()
             while True:
-                model = (await client.get(f"{base}/status")).json()["models"].get(NAME, {})
+                status = (await client.get(f"{base}/status")).json()
+                model = status["models"].get(NAME, {})
                 if model.get("manifest", {}).get("production") == target:
                     break
                 await asyncio.sleep(0.005)
+            refreshes.append(status.get("last_refresh") or {})
             switch_s.append(model["built_at"] - done)
             switched_at.append((model["built_at"], target))
-            while (await client.post(url, content=body, headers=headers)).headers.get("X-Model-Version") != str(target):
-                pass
-            seen_s.append(time.time() - done)
+            while not any(a[2] == target and a[3] > done for a in answers[-4 * IN_FLIGHT :]):
+                await asyncio.sleep(0.002)
+            seen_s.append(min(a[3] for a in answers if a[2] == target and a[3] > done) - done)
             await asyncio.sleep(0.5)
         stop_at.set()
         await pacer
@@ -249,7 +257,7 @@ async def rollback_to_effect(url: str, root: Path, body: bytes, switches: int, r
     for j, (at, target) in enumerate(switched_at):
         # up to a second before the next move is written: a request sent later may be answered after it
         until = writes[j + 1] - 1.0 if j + 1 < len(writes) else float("inf")
-        wrong += sum(1 for sent, status, v in answers if at < sent < until and status == 200 and v != target)
+        wrong += sum(1 for sent, status, v, _ in answers if at < sent < until and status == 200 and v != target)
     span = max(a[0] for a in answers) - min(a[0] for a in answers) if answers else 1.0
     switch_ms, seen_ms = np.asarray(switch_s) * 1000, np.asarray(seen_s) * 1000
     return {
@@ -262,6 +270,8 @@ async def rollback_to_effect(url: str, root: Path, body: bytes, switches: int, r
         "switch_p50_ms": round(float(np.percentile(switch_ms, 50)), 1),
         "switch_p99_ms": round(float(np.percentile(switch_ms, 99)), 1),
         "switch_max_ms": round(float(switch_ms.max()), 1),
+        "server_read_p50_ms": round(float(np.median([r.get("read_ms", np.nan) for r in refreshes])), 1),
+        "server_rebuild_p50_ms": round(float(np.median([r.get("rebuild_ms", np.nan) for r in refreshes])), 1),
         "first_answer_p50_ms": round(float(np.percentile(seen_ms, 50)), 1),
         "first_answer_p99_ms": round(float(np.percentile(seen_ms, 99)), 1),
     }

@@ -703,7 +703,9 @@ def test_serve_refuses_bad_options_before_starting(root: Path, capsys: pytest.Ca
     assert main(["--root", str(root), "serve", NAME, "--workers", "0"]) == 2
     assert "--workers must be 1 or more" in capsys.readouterr().err
     assert main(["--root", str(root), "serve", "--poll", "0"]) == 2
-    assert "--poll and --log-flush more than zero" in capsys.readouterr().err
+    assert "--poll, --log-flush and --stats-interval more than zero" in capsys.readouterr().err
+    assert main(["--root", str(root), "serve", "--stats-interval", "-1"]) == 2
+    assert "--stats-interval more than zero" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,19 @@ def _same_experiment(live: LiveExperiment | None, running: exps.Declared | None)
     return live.declared.started_seq == running.started_seq
 
 
+@contextmanager
+def _prompt_switching() -> Iterator[None]:
+    """While the registry is read and a slot rebuilt, request threads hand the interpreter over more often, so the
+    follower's many short native calls (Delta reads) are not each kept waiting for a full switch interval under
+    load. A poll that finds nothing new holds it for one stat."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(REBUILD_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def registry_log_version(reg: Registry) -> int:
     """The Delta version of the registry's event log, brought up to date: :meth:`Registry.log_version`, the
     registry's own change probe (one stat when nothing changed). A function of its own so a test can make the
@@ -130,6 +144,7 @@ class Fleet:
         self.registry_errors = 0
         self.last_registry_error: str | None = None
         self.reloads = 0
+        self.last_refresh: dict[str, Any] | None = None  # the last poll that found the log moved: its timings
         self._reg: Registry | None = None
         self._seen = -2  # the log version acted on; -2: never read
         self._retry_at = 0.0
@@ -163,6 +178,7 @@ class Fleet:
             "registry_errors": self.registry_errors,
             "last_registry_error": self.last_registry_error,
             "reloads": self.reloads,
+            "last_refresh": self.last_refresh,
         }
 
     # ------------------------------------------------------------------------------------------------ follower
@@ -187,7 +203,8 @@ class Fleet:
 
     def refresh(self) -> bool:
         """One poll: True when some slot changed. Cheap when the log did not move (one probe)."""
-        with self._lock:
+        with self._lock, _prompt_switching():
+            t0 = time.perf_counter()
             try:
                 if self._reg is None:
                     self._reg = self._open()
@@ -200,18 +217,19 @@ class Fleet:
             if version == self._seen and not retry_due:
                 self._expire(now)
                 return False
-            interval = sys.getswitchinterval()
-            # While the slot is rebuilt, request threads hand the interpreter over more often, so this thread's
-            # many short native calls (Delta reads) are not each kept waiting for a full interval under load.
-            sys.setswitchinterval(REBUILD_SWITCH_INTERVAL)
+            t1 = time.perf_counter()
             try:
                 changed = self._rebuild(self._reg, version)
             except Exception as exc:
                 self._registry_error(exc)
                 self._retry_at = now + RETRY_SECONDS
                 return False
-            finally:
-                sys.setswitchinterval(interval)
+            self.last_refresh = {
+                "log_version": version,
+                "read_ms": round((t1 - t0) * 1000, 1),
+                "rebuild_ms": round((time.perf_counter() - t1) * 1000, 1),
+                "changed": changed,
+            }
             self._expire(time.monotonic())
             return changed
 
