@@ -158,6 +158,30 @@ def test_the_batch_path_recognises_its_own_rows_and_no_live_ones(bounded: ModelS
     assert not written_by_batch(spec)(moved).any()
 
 
+def test_a_rescore_that_loses_a_commit_race_is_made_again(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replacement's commit loses a race (here: a live row is appended and the engine refuses the commit, as
+    delta-rs does when a concurrent commit changed what it read): it is made again from a fresh read, once, and
+    keeps the row that won the race."""
+    from deltalake.exceptions import CommitFailedError
+
+    ds = log_of(root)
+    rescore(ds, "first", 3)
+    real = Dataset.replace_partition
+    calls: list[int] = []
+
+    def racing(self: Dataset, *args: Any, **kwargs: Any) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            write_live(root, ["live-racer"])
+            raise CommitFailedError("Commit failed: a concurrent transaction changed the metadata")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "replace_partition", racing)
+    rescore(ds, "second", 2)
+    assert len(calls) == 2
+    assert origins(ds) == {"batch": ["second-0", "second-1"], "live": ["live-racer"]}
+
+
 def test_a_condition_on_a_column_the_table_lacks_adds_it_and_nulls_are_kept(root: Path) -> None:
     """delta-rs cannot evaluate a predicate on a missing column (a schema error), and ``x = 'v'`` never holds for
     a null ``x``: the dataset adds the column first, and rows with a null stay unless the condition names them."""
@@ -263,8 +287,10 @@ def test_the_asset_rescoring_while_the_server_logs_keeps_every_live_row_and_moni
         thread = threading.Thread(target=serve)
         thread.start()
         try:
-            for _ in range(2):
-                assert g.run(NAME, ("predictions",), partition=week).success
+            assert g.run(NAME, ("predictions",), partition=week).success
+            wait_for(lambda: server.predlog.written_rows > 0, 60, "a live row in the log")
+            logged_before = server.predlog.written_rows
+            assert g.run(NAME, ("predictions",), partition=week).success  # re-scores beside live rows
         finally:
             done.set()
             thread.join(timeout=120)
@@ -274,6 +300,7 @@ def test_the_asset_rescoring_while_the_server_logs_keeps_every_live_row_and_moni
         log = g.resource.dataset(NAME, "predictions").read([week])
         live = log[log[ORIGIN] == Origin.LIVE]
         assert sorted(live["request_id"]) == sorted(answered)  # each answered row, once
+        assert logged_before <= g.metadata(NAME, "predictions", week)["live_rows"] <= len(live)
         batch = log[log[ORIGIN] == Origin.BATCH]
         assert len(batch) == len(in_week) and batch["request_id"].is_unique  # one scoring of the week
 

@@ -20,7 +20,7 @@ from model_ops.ml.training import model_input, version_spec
 from model_ops.ops import deployment as dep
 from model_ops.ops import experiments, routing
 from model_ops.ops.experiments import Experiment
-from model_ops.serving.predlog import replace_batch_rows
+from model_ops.serving.predlog import ORIGIN, Origin, replace_batch_rows
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
 
@@ -180,6 +180,10 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             "mean_score": float(served["score"].mean()),
             "latency_ms_p99": float(np.percentile(log["latency_ms"], 99)),
             "by_arm": dg.MetadataValue.md(md_table(by_arm.to_dict("records"))),
+            # the live server's rows in this partition, kept beside the batch rows (monitoring reads both)
+            "live_rows": int(
+                (out.read([partition], version=delta_version, columns=[ORIGIN])[ORIGIN] == Origin.LIVE).sum()
+            ),
         }
         for arm, n in log["arm"].value_counts().items():
             meta[f"rows_{arm}"] = int(n)

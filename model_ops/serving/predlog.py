@@ -69,7 +69,8 @@ class Origin(StrEnum):
 
 # The rows a batch re-score of a partition replaces.
 BATCH_ROWS = f"{ORIGIN} = '{Origin.BATCH.value}'"
-LABEL_ATTEMPTS = 20
+# A re-score's commit that loses a race is made again from a fresh read, this many times at most.
+REPLACE_ATTEMPTS = 20
 
 
 @dataclass
@@ -101,8 +102,17 @@ def replace_batch_rows(
     replacement they are labelled, once: ``is_batch`` tells, per row, whether the batch path wrote it (it knows
     its own request ids), and those rows are marked batch (so they are replaced, never kept twice), the others
     live (so they are kept). See :func:`label_origins`."""
-    label_origins(dataset, key, is_batch)
-    return dataset.replace_partition(key, with_origin(rows, Origin.BATCH), where=BATCH_ROWS)
+    rows = with_origin(rows, Origin.BATCH)
+    attempt = 0
+    while True:
+        label_origins(dataset, key, is_batch)
+        try:
+            return dataset.replace_partition(key, rows, where=BATCH_ROWS)
+        except CommitFailedError:  # e.g. a live append gave an old table its origin column meanwhile
+            attempt += 1
+            if attempt == REPLACE_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.0, 0.1))
 
 
 def label_origins(dataset: Dataset, key: str, is_batch: Callable[[pd.DataFrame], np.ndarray]) -> int:
@@ -120,7 +130,7 @@ def label_origins(dataset: Dataset, key: str, is_batch: Callable[[pd.DataFrame],
             return _label(dataset, key, is_batch)
         except CommitFailedError:
             attempt += 1
-            if attempt == LABEL_ATTEMPTS:
+            if attempt == REPLACE_ATTEMPTS:
                 raise
             time.sleep(random.uniform(0.0, 0.1))
 
@@ -132,7 +142,8 @@ def _label(dataset: Dataset, key: str, is_batch: Callable[[pd.DataFrame], np.nda
         table = dataset.table()
     # The nulls are found in the rows read, not by an ``is_null`` filter of the scan: delta-rs' Arrow dataset
     # skips the files written before the column existed for that filter, and finds none of their rows. They are
-    # picked out in pandas: Arrow's own filter of the null column it fills in for those files crashes the process.
+    # picked out in pandas: filtering the Arrow table read back crashed the process (a segmentation fault, with
+    # deltalake 1.6 and pyarrow 26).
     partition = table.to_pyarrow_dataset()
     in_partition = pds.field(PARTITION) == key
     if not to_pandas(partition.to_table(columns=[ORIGIN], filter=in_partition))[ORIGIN].isna().any():
