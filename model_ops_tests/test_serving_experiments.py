@@ -426,3 +426,44 @@ def test_the_memory_of_served_keys_is_bounded(two_versions: Registry, root: Path
     assert live.remembered == 3
     answer = live.post({"outcomes": [{"key": k, "label": 1} for k in keys]})
     assert answer["accepted"] == 3 and answer["unknown_keys"] == ["k0", "k1"]  # the oldest were forgotten
+
+
+@pytest.mark.slow
+def test_the_predictions_asset_routes_a_running_experiment_as_the_server_does(tmp_path: Path) -> None:
+    """The real graph: with an experiment started after deployment, the ``predictions`` asset scores a week by the
+    experiment's arms, and the live server answers the same records with the same versions."""
+    from model_ops_tests.test_own_models import WEEKS, bundled, declaration, declare, lifecycle, write_table
+
+    uri = str(tmp_path / "tables" / NAME)
+    data = bundled("cancer")
+    write_table(data, uri, "delta")
+    features = ["mean_radius", "mean_texture", "worst_area", "worst_smoothness"]
+    estimator = {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}
+    own = declare(tmp_path, declaration(NAME, uri, "binary_classification", features, estimator))
+    week = WEEKS[-1]
+    with lifecycle(tmp_path, own) as (g, _):
+        reg = g.registry()
+        production = dep.current(reg, NAME).production
+        assert production is not None
+        from model_ops.defs.common import typed_spec
+
+        typed = typed_spec(own, g.resource.dataset(NAME, "features"))  # the feature types read from the data
+        model = training.pipeline(typed)
+        model.set_params(model__C=0.001)
+        model.fit(training.model_input(data, typed), training.target(data, typed))
+        challenger = reg.register_model(NAME, model, signature=training.signature(typed, model.classes_.tolist()))
+        running = start(reg, {"control": production, "challenger": challenger.version})
+        assert g.run(NAME, ("predictions",), partition=week).success
+        log = g.resource.dataset(NAME, "predictions").read([week])
+        served = log[log["served"]].set_index("record_id")
+        sticky = ex.Experiment(running.config).assign(served.index.to_series())
+        want = np.where(sticky == "control", production, challenger.version)
+        assert (served["model_version"].to_numpy() == want).all() and len(set(want)) == 2
+        assert set(served["arm"]) == {"production", "experiment"}
+
+        in_week = data[data["record_id"].isin(served.index)].reset_index(drop=True)
+        with serving(Path(g.root), own) as (client, _):
+            wait_experiment(client)
+            answered = serve(client, in_week).set_index("record_id")
+        assert answered["model_version"].to_dict() == served.loc[answered.index, "model_version"].to_dict()
+        assert answered["prediction"].to_dict() == served.loc[answered.index, "prediction"].to_dict()
