@@ -30,6 +30,7 @@ from model_ops.artifacts import signing
 from model_ops.cli import main
 from model_ops.errors import IntegrityError, PolicyError, UsageError
 from model_ops.ops import deployment as dep
+from model_ops.ops import experiments as ex
 from model_ops.registry import Registry, attest
 from model_ops.registry import events as ev
 from model_ops.registry.policy import default_policy_text
@@ -533,6 +534,9 @@ def test_require_signature_is_enforced_at_load_promotion_and_deployment(
             dep.apply(reg, SPEC, action, version=version)
     with pytest.raises(PolicyError, match="cannot be deployed"):
         reg.record("m", "deployment", version=2, details={"manifest": {"production": 1, "canary": 2}})
+    ab = ex.ExperimentConfig("ab", "m", (ex.ArmConfig(3, 0.5), ex.ArmConfig(2, 0.5)), "correct", max_sample=1_000)
+    with pytest.raises(PolicyError, match="models:/m/2 .*cannot be deployed"):
+        ex.start(reg, ab, "correct")  # an A/B arm answers production traffic, as a canary does
     assert len(reg.audit("m")) == events and "canary" not in reg.get("m", 2).aliases
     # a signed version goes through: into production, then deployed as canary beside it
     dep.apply(reg, SPEC, "promote", version=3)

@@ -1036,6 +1036,8 @@ def start(
     poll) and the batch path then route by. Refused (a UsageError naming the problem) for an outcome rule that
     does not fit the design, an arm that is not a version of the model or is archived, a name used before on this
     model, or a model with an experiment running already."""
+    from model_ops.registry import attest
+
     model = config.model
     if outcome not in OUTCOMES:
         raise UsageError(f"unknown outcome {outcome!r}", hint=f"outcomes: {', '.join(OUTCOMES)}")
@@ -1057,6 +1059,8 @@ def start(
                 f"arm {arm.name}: {model} v{arm.version} is {archived}, so it cannot take live traffic",
                 hint="choose versions that are not archived",
             )
+        # an arm answers production traffic, as a canary does: it meets the production stage's signing rule
+        attest.require_deployable(reg, model, arm.version)
     try:
         events = reg.audit(model)
     except NotFoundError:
