@@ -99,7 +99,7 @@ class RecordKind(StrEnum):
     RETRAIN = "retrain"
     ALERT = "alert"
     NOTE = "note"
-    EXPERIMENT = "experiment"  # an A/B experiment's conclusion (model_ops/ops/experiments.py)
+    EXPERIMENT = "experiment"  # an A/B experiment's start, stop and conclusions (model_ops/ops/experiments.py)
 
 
 class RunTag(StrEnum):

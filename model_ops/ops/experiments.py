@@ -53,6 +53,13 @@ its α is decided, its direction the sign of ``D`` read against the metric's bet
 A winner or no_difference is final: the state freezes at that look (later outcomes are counted as ``late`` and
 change nothing), so the decision recorded is the one reached and recording it again writes nothing.
 
+**Declared in the registry.** :func:`start` writes an ``experiment`` record holding the design and the outcome
+rule (``action: start``), :func:`stop` another (``action: stop``); :func:`running` reads the one running from a
+model's audit log, and the live server and the batch path route by it (:func:`model_ops.ops.routing.plan`). One
+experiment runs per model at a time, and a name is used once per model, so outcomes and conclusions filed under it
+belong to one design. Conclusions (:func:`record_decision`) are further ``experiment`` records with a
+``conclusion``; start and stop records have none.
+
 **Sample-ratio mismatch.** The outcome counts per arm are tested against the configured weights (chi-square
 goodness of fit) and flagged at p < ``srm_alpha`` (0.001, the common convention: GrowthBook, Optimizely, Statsig).
 A mismatch means assignment, logging or label arrival differs between the arms, so the comparison cannot be

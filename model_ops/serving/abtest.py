@@ -5,6 +5,12 @@ The experiment is declared in the registry (``model-ops experiment start``, :fun
 the fleet reads it when it rebuilds a slot and the slot carries one :class:`LiveExperiment`, kept across rebuilds
 that leave the experiment as it was. Routing is :func:`model_ops.ops.routing.plan`, the batch path's own.
 
+**How arms appear.** The prediction log's and the responses' ``arm`` is ``production`` for rows the production
+version answered (production monitoring keeps judging them) and ``experiment`` for rows of the other arms; the row's
+``model_version`` names its experiment arm (each arm is its own version). A canary in progress takes no traffic
+while an experiment runs (its weight would change the experiment's split); the shadow is scored on every row and
+never served, as always. ``/status`` shows the experiment of each slot: arms, weights, counts, status, reason.
+
 **Which arm served a key.** Assignment is sticky, so the experiment's arm of a key is known from the key alone; but
 an outcome counts only for a key this server actually served under the experiment, and the outcomes that judge a
 prediction (``correct``, ``abs_error``, ``squared_error``) need the prediction served. So every served row leaves its
