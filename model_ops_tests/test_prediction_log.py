@@ -221,7 +221,7 @@ def test_live_appends_racing_batch_rescores_lose_nothing(root: Path) -> None:
 
     thread = threading.Thread(target=serve)
     thread.start()
-    rescores = 8
+    rescores = 5
     try:
         for k in range(1, rescores + 1):
             written = log.written_rows
