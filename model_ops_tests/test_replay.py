@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from model_ops.cli import main as cli
@@ -133,3 +134,51 @@ def test_every_version_the_replay_created_is_reproduced_byte_for_byte(replay: di
     for number in versions:
         assert cli(["--root", root, "reproduce", f"models:/flight_delay/{number}"]) == 0, capsys.readouterr().out
         assert "rebuilt byte for byte" in capsys.readouterr().out
+
+
+def test_the_replayed_model_is_served_live_and_follows_a_rollback(replay: dict, capsys) -> None:  # type: ignore[no-untyped-def]
+    """What the README shows after ``model-ops demo``: serve flight_delay, send a request, ``model-ops rollback``,
+    and the next answer comes from the version rolled back to. Runs last: it changes what is in production."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from model_ops.serving import ServeConfig, create_app
+    from model_ops.specs import load_specs
+
+    root = str(replay["base"] / "root")
+    spec = next(s for s in load_specs() if s.name == "flight_delay")
+    features = pd.read_parquet(replay["base"] / "root" / "datasets" / "flight_delay" / "features")
+    sent = features[[spec.key_column, spec.time_column, *spec.feature_names]].head(3).copy()
+    sent[spec.time_column] = sent[spec.time_column].map(lambda t: t.isoformat())
+    body = {"dataframe_records": sent.to_dict(orient="records")}
+    app = create_app(ServeConfig(root=root, names=["flight_delay"], poll_seconds=0.05), specs={spec.name: spec})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30) as client:
+            first = client.post("/invocations", json=body)
+            assert first.status_code == 200, first.text
+            assert first.headers["X-Model-Version"] == "2" and first.json()["arm"] == "production"
+            assert len(first.json()["predictions"]) == 3
+            assert cli(["--root", root, "rollback", "flight_delay", "--reason", "v2 misbehaves live"]) == 0
+            assert "rolled back from v2 to v1" in capsys.readouterr().out
+            deadline = time.monotonic() + 30
+            while (answer := client.post("/invocations", json=body)).headers.get("X-Model-Version") != "1":
+                assert answer.status_code == 200 and time.monotonic() < deadline, "the rollback never took effect"
+                time.sleep(0.05)
+            assert answer.json()["model_semver"] == "1.0.0"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
