@@ -524,7 +524,7 @@ class Server:
             body = await _body(request, self.config.max_body_bytes)
             # parsing a large body is work too: done in a worker thread, like the scoring, not in the event loop
             served, wanted = await run_in_threadpool(
-                _answer,
+                self._answer,
                 slot,
                 body,
                 protocol_name,
@@ -542,11 +542,6 @@ class Server:
             if self.stats is not None:
                 self.stats.refused(name, "", "")
             return _error(protocol_name, f"the server failed to answer ({type(exc).__name__}): a bug", 500)
-        self._log(served)
-        if served.slot.experiment is not None:  # which arm served each key, for the outcomes posted later
-            served.slot.experiment.remember(
-                served.keys, served.versions, served.outputs["prediction"], served.partitions
-            )
         elapsed = time.perf_counter() - t0
         for arm, version, _, rows in served.logged:
             labels = (name, str(version.number), arm.value)
@@ -597,6 +592,19 @@ class Server:
                 "id": served.request_id,
             }
         return _json(doc_out, headers=headers, background=background)
+
+    def _answer(
+        self, slot: Slot, body: bytes, protocol_name: str, request_id: str | None, routing_key: str | None
+    ) -> tuple[_Served, list[str] | None]:
+        """:func:`_answer`, then the served rows handed to the prediction log and the experiment: in the worker
+        thread too, so the event loop only moves bytes. Nothing is logged for a refused request."""
+        served, wanted = _answer(slot, body, protocol_name, request_id, routing_key)
+        self._log(served)
+        if served.slot.experiment is not None:  # which arm served each key, for the outcomes posted later
+            served.slot.experiment.remember(
+                served.keys, served.versions, served.outputs["prediction"], served.partitions
+            )
+        return served, wanted
 
     def _log(self, served: _Served) -> None:
         if self.predlog is None:
