@@ -734,11 +734,22 @@ def cmd_experiment(reg: Registry, args: argparse.Namespace) -> int:
     if args.experiment_cmd == "status":
         return _experiment_status(reg, args)
     if args.experiment_cmd == "stop":
+        from model_ops.serving.abtest import replay
+
         event = exps.stop(reg, args.model, args.name, reason=args.reason, run_id=args.run_id)
+        (declared,) = [d for d in exps.declared(reg.audit(args.model)) if d.config.name == args.name]
+        decision = replay(declared, reg.root)[0].decision()  # where the posted outcomes left it
         _emit(
             args,
-            {"model": args.model, "experiment": args.name, "stopped": True, "seq": event.seq},
-            f"{args.model}: experiment {args.name} stopped; the server routes by the deployment manifest again",
+            {
+                "model": args.model,
+                "experiment": args.name,
+                "stopped": True,
+                "seq": event.seq,
+                "decision": decision.to_dict(),
+            },
+            f"{args.model}: experiment {args.name} stopped; the server routes by the deployment manifest again\n"
+            f"  at the stop, by the outcomes posted to the server: {decision.reason}",
         )
         return 0
     kind, better = exps.OUTCOME_DEFAULTS[args.outcome]

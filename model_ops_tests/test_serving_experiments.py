@@ -404,6 +404,7 @@ def test_the_cli_starts_reports_and_stops_an_experiment(
     assert code == 2 and "no experiment named 'nope'" in err
     code, out, err = cli(root, "experiment", "stop", NAME, "--name", "ab", "--reason", "v1 won")
     assert code == 0 and "stopped" in out
+    assert "at the stop, by the outcomes posted to the server: running" in out  # none were posted, only joined
     assert ex.running(reg.audit(NAME)) is None
     code, _, err = cli(root, "experiment", "stop", NAME, "--name", "ab", "--reason", "again")
     assert code == 2 and "already stopped" in err
