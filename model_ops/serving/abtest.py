@@ -121,10 +121,6 @@ class LiveExperiment:
         self._last: ex.Decision | None = None  # the latest decision, read by /status without waiting for a batch
         self._arm_of = {a.version: a.name for a in self.config.arms}
 
-    @property
-    def identity(self) -> tuple[str, int]:
-        return self.config.name, self.declared.started_seq
-
     # ------------------------------------------------------------------------------------------------ resuming
 
     @classmethod
