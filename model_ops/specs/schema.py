@@ -426,6 +426,8 @@ AlertArm = Literal["production", "canary"]
 
 def _both_arms() -> list[AlertArm]:
     return ["production", "canary"]
+
+
 DEFAULT_ALERT_WINDOW_SECONDS = 60.0
 
 
