@@ -763,3 +763,38 @@ def test_requests_served_together_answer_as_if_alone(two_versions: Registry, roo
     live = log[log["served"]]
     assert len(live) == total
     assert live["request_id"].nunique() == len(live)  # each row its own request id (request/row)
+
+
+def test_a_coalescer_waits_briefly_for_announced_callers_and_never_for_a_refused_one() -> None:
+    from model_ops.serving.scoring import Coalescer
+
+    calls: list[list[int]] = []
+    coalescer: Coalescer[int, int] = Coalescer(
+        lambda x: calls.append([x]) or x * 10,  # type: ignore[func-returns-value]
+        lambda xs: calls.append(list(xs)) or [x * 10 for x in xs],  # type: ignore[func-returns-value]
+        linger=5.0,  # long: the test must not depend on the machine's speed
+    )
+    results: dict[int, int] = {}
+    late_announced = threading.Event()
+
+    def late() -> None:
+        with coalescer.arriving() as arrival:
+            late_announced.set()
+            time.sleep(0.2)  # still reading its body when the first caller is ready
+            results[2] = coalescer.run(2, 1, arrival)
+
+    with coalescer.arriving() as arrival:
+        thread = threading.Thread(target=late)
+        thread.start()
+        assert late_announced.wait(10)
+        t0 = time.monotonic()
+        results[1] = coalescer.run(1, 1, arrival)
+        waited = time.monotonic() - t0
+    thread.join(10)
+    assert results == {1: 10, 2: 20} and calls == [[1, 2]]  # one call for both
+    assert waited < 5.0  # it waited for the late caller, not for the whole linger
+    with coalescer.arriving():  # announced, then refused (a bad body): never reaches run
+        pass
+    t0 = time.monotonic()
+    assert coalescer.run(3, 1) == 30 and time.monotonic() - t0 < 5.0  # nobody on the way: no wait
+    assert calls[-1] == [3]

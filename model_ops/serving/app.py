@@ -56,7 +56,7 @@ from model_ops.serving.alerts import AlertEngine
 from model_ops.serving.fleet import Fleet, Slot
 from model_ops.serving.metrics import Metrics
 from model_ops.serving.predlog import ORIGIN, Origin, PredictionLog
-from model_ops.serving.scoring import Coalescer, RequestError, Version
+from model_ops.serving.scoring import Arrival, Coalescer, RequestError, Version
 from model_ops.serving.stats import ServingStats
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
@@ -385,7 +385,12 @@ def _serve(
 
 
 def _answer(
-    slot: Slot, body: bytes, protocol_name: str, request_id: str | None, routing_key: str | None
+    slot: Slot,
+    body: bytes,
+    protocol_name: str,
+    request_id: str | None,
+    routing_key: str | None,
+    arrival: Arrival | None = None,
 ) -> tuple[_Served, list[str] | None]:
     """Parse, route, check and score one request; the outputs an OIP request asked for (None: all)."""
     doc = protocol.parse_json(body)
@@ -398,7 +403,7 @@ def _answer(
     if frame.empty:
         raise RequestError("the request holds no rows")
     item = _Item(frame, request_id or uuid.uuid4().hex, routing_key)
-    served = _coalescer(slot).run(item, len(frame))
+    served = _coalescer(slot).run(item, len(frame), arrival)
     wanted = protocol.wanted_outputs(doc, list(served.outputs)) if protocol_name == OIP else None
     return served, wanted
 
@@ -521,16 +526,18 @@ class Server:
         t0 = time.perf_counter()
         try:
             slot = self._slot(name)
-            body = await _body(request, self.config.max_body_bytes)
-            # parsing a large body is work too: done in a worker thread, like the scoring, not in the event loop
-            served, wanted = await run_in_threadpool(
-                self._answer,
-                slot,
-                body,
-                protocol_name,
-                request.headers.get("x-request-id"),
-                request.headers.get("x-routing-key"),
-            )
+            with _coalescer(slot).arriving() as arrival:
+                body = await _body(request, self.config.max_body_bytes)
+                # parsing a large body is work too: done in a worker thread, like the scoring, not in the event loop
+                served, wanted = await run_in_threadpool(
+                    self._answer,
+                    slot,
+                    body,
+                    protocol_name,
+                    request.headers.get("x-request-id"),
+                    request.headers.get("x-routing-key"),
+                    arrival,
+                )
         except RequestError as exc:
             self.metrics.errors.labels(name, exc.version, exc.arm, str(exc.status), protocol_name).inc()
             if self.stats is not None:
@@ -594,11 +601,17 @@ class Server:
         return _json(doc_out, headers=headers, background=background)
 
     def _answer(
-        self, slot: Slot, body: bytes, protocol_name: str, request_id: str | None, routing_key: str | None
+        self,
+        slot: Slot,
+        body: bytes,
+        protocol_name: str,
+        request_id: str | None,
+        routing_key: str | None,
+        arrival: Arrival,
     ) -> tuple[_Served, list[str] | None]:
         """:func:`_answer`, then the served rows handed to the prediction log and the experiment: in the worker
         thread too, so the event loop only moves bytes. Nothing is logged for a refused request."""
-        served, wanted = _answer(slot, body, protocol_name, request_id, routing_key)
+        served, wanted = _answer(slot, body, protocol_name, request_id, routing_key, arrival)
         self._log(served)
         if served.slot.experiment is not None:  # which arm served each key, for the outcomes posted later
             served.slot.experiment.remember(

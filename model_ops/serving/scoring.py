@@ -16,7 +16,8 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -170,16 +171,29 @@ class _Pending(Generic[T, R]):
     error: BaseException | None = None
 
 
+class Arrival:
+    """A caller on its way to :meth:`Coalescer.run` (its request still being read or parsed)."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self) -> None:
+        self.queued = False
+
+
 class Coalescer(Generic[T, R]):
-    """Work of concurrent callers done in one call (opportunistic batching, no added wait).
+    """Work of concurrent callers done in one call (opportunistic batching).
 
     A model call has a fixed cost (scikit-learn's input validation and each transformer's set-up) that dwarfs the
     cost of a few rows, so a server that calls the model once per request spends most of its time on that fixed
-    cost. Here the first caller to arrive runs its item at once; callers arriving while it runs queue up, and when
+    cost. Here a caller that finds nothing running starts a call; callers arriving while it runs queue up, and when
     it finishes the next one takes every queued item (up to ``max_rows`` rows) into one call of ``run_many``, which
-    returns each item's own result. A caller alone waits for nothing, and under load the batches grow by
-    themselves. If the combined call fails, each item is run alone by ``run_one``, so one caller's bad input fails
-    only that caller.
+    returns each item's own result. If the combined call fails, each item is run alone by ``run_one``, so one
+    caller's bad input fails only that caller.
+
+    Callers announce themselves as soon as their request arrives (:meth:`arriving`, before its body is read and
+    parsed). A caller about to start a call waits for announced callers to queue, at most ``linger`` seconds
+    (1 ms), so requests that arrived together are scored together instead of the first alone and the rest after
+    it. A caller alone waits for nothing: nobody else is announced.
     """
 
     def __init__(
@@ -187,25 +201,52 @@ class Coalescer(Generic[T, R]):
         run_one: Callable[[T], R],
         run_many: Callable[[list[T]], list[R]],
         max_rows: int = 2048,
+        linger: float = 0.001,
     ) -> None:
         self._one = run_one
         self._many = run_many
         self.max_rows = max_rows
+        self.linger = linger
         self._cond = threading.Condition()
         self._queue: list[_Pending[T, R]] = []
         self._busy = False
+        self._arriving = 0
         self.calls = 0
         self.combined = 0  # items that shared a call with others
 
-    def run(self, item: T, size: int) -> R:
+    @contextmanager
+    def arriving(self) -> Iterator[Arrival]:
+        """Announce a caller for the duration of its request; pass what it yields to :meth:`run`."""
+        arrival = Arrival()
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield arrival
+        finally:
+            if not arrival.queued:  # refused before it was scored (a bad body): no longer on its way
+                with self._cond:
+                    self._arriving -= 1
+                    self._cond.notify_all()
+
+    def run(self, item: T, size: int, arrival: Arrival | None = None) -> R:
         mine: _Pending[T, R] = _Pending(item, size)
         batch: list[_Pending[T, R]] = []
         with self._cond:
+            if arrival is not None and not arrival.queued:
+                arrival.queued = True
+                self._arriving -= 1
             self._queue.append(mine)
+            self._cond.notify_all()
             while not mine.done and self._busy:
                 self._cond.wait()
             if not mine.done:
                 self._busy = True
+                deadline = time.monotonic() + self.linger
+                while self._arriving > 0 and sum(p.size for p in self._queue) < self.max_rows:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 rows = 0
                 while self._queue and (not batch or rows + self._queue[0].size <= self.max_rows):
                     batch.append(self._queue.pop(0))
