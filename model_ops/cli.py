@@ -788,6 +788,8 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
         raise UsageError(
             "--drain must be zero or more seconds, --poll, --log-flush and --stats-interval more than zero"
         )
+    if not 0 <= args.batch_delay <= 1000:
+        raise UsageError(f"--batch-delay is milliseconds from 0 to 1000, not {args.batch_delay:g}")
     config = ServeConfig(
         root=args.root,
         names=list(args.names),
@@ -798,6 +800,7 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
         log_predictions=not args.no_log,
         log_flush_seconds=args.log_flush,
         stats_seconds=args.stats_interval,
+        batch_delay_seconds=args.batch_delay / 1000,
     )
     run(config, host=args.host, port=args.port, workers=args.workers)
     return 0
@@ -993,6 +996,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="seconds the prediction log gathers rows before one append (default 1)",
+    )
+    sp.add_argument(
+        "--batch-delay",
+        type=float,
+        default=10.0,
+        help="milliseconds a scoring call may wait for concurrent requests to join it (default 10; 0: none)",
     )
     sp.add_argument(
         "--stats-interval",

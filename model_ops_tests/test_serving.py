@@ -706,6 +706,8 @@ def test_serve_refuses_bad_options_before_starting(root: Path, capsys: pytest.Ca
     assert "--poll, --log-flush and --stats-interval more than zero" in capsys.readouterr().err
     assert main(["--root", str(root), "serve", "--stats-interval", "-1"]) == 2
     assert "--stats-interval more than zero" in capsys.readouterr().err
+    assert main(["--root", str(root), "serve", "--batch-delay", "-1"]) == 2
+    assert "--batch-delay is milliseconds from 0 to 1000" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -766,7 +768,7 @@ def test_requests_served_together_answer_as_if_alone(two_versions: Registry, roo
 
 
 def test_a_coalescer_waits_briefly_for_announced_callers_and_never_for_a_refused_one() -> None:
-    from model_ops.serving.scoring import Coalescer
+    from model_ops.serving.scoring import PEAK_SECONDS, Coalescer
 
     calls: list[list[int]] = []
     coalescer: Coalescer[int, int] = Coalescer(
@@ -795,6 +797,8 @@ def test_a_coalescer_waits_briefly_for_announced_callers_and_never_for_a_refused
     assert waited < 5.0  # it waited for the late caller, not for the whole linger
     with coalescer.arriving():  # announced, then refused (a bad body): never reaches run
         pass
+    assert coalescer._arriving == 0 and coalescer._in_server == 0
+    time.sleep(PEAK_SECONDS + 0.2)  # the burst of two is over
     t0 = time.monotonic()
     assert coalescer.run(3, 1) == 30 and time.monotonic() - t0 < 5.0  # nobody on the way: no wait
     assert calls[-1] == [3]

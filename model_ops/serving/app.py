@@ -56,7 +56,7 @@ from model_ops.serving.alerts import AlertEngine
 from model_ops.serving.fleet import Fleet, Slot
 from model_ops.serving.metrics import Metrics
 from model_ops.serving.predlog import ORIGIN, Origin, PredictionLog
-from model_ops.serving.scoring import Arrival, Coalescer, RequestError, Version
+from model_ops.serving.scoring import DEFAULT_LINGER, Arrival, Coalescer, RequestError, Version
 from model_ops.serving.stats import ServingStats
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
@@ -83,6 +83,7 @@ class ServeConfig:
     log_capacity: int = 10_000
     log_batch_rows: int = 5_000
     log_flush_seconds: float = 1.0
+    batch_delay_seconds: float = DEFAULT_LINGER  # how long a scoring call may wait for requests to join it
     log_predictions: bool = True
     stats_seconds: float = 10.0  # the serving statistics' interval, which is also how often alerts are judged
 
@@ -391,8 +392,10 @@ def _answer(
     request_id: str | None,
     routing_key: str | None,
     arrival: Arrival | None = None,
+    coalescer: Coalescer[_Item, _Served] | None = None,
 ) -> tuple[_Served, list[str] | None]:
-    """Parse, route, check and score one request; the outputs an OIP request asked for (None: all)."""
+    """Parse, route, check and score one request (with the requests arriving together, through the slot's
+    ``coalescer``); the outputs an OIP request asked for (None: all)."""
     doc = protocol.parse_json(body)
     if protocol_name == OIP:
         frame = protocol.oip_frame(doc, slot.production.spec.feature_names)
@@ -403,7 +406,7 @@ def _answer(
     if frame.empty:
         raise RequestError("the request holds no rows")
     item = _Item(frame, request_id or uuid.uuid4().hex, routing_key)
-    served = _coalescer(slot).run(item, len(frame), arrival)
+    served = (coalescer or _coalescer(slot)).run(item, len(frame), arrival)
     wanted = protocol.wanted_outputs(doc, list(served.outputs)) if protocol_name == OIP else None
     return served, wanted
 
@@ -455,7 +458,7 @@ _COALESCERS: weakref.WeakKeyDictionary[Slot, Coalescer[_Item, _Served]] = weakre
 _COALESCERS_LOCK = threading.Lock()
 
 
-def _coalescer(slot: Slot) -> Coalescer[_Item, _Served]:
+def _coalescer(slot: Slot, linger: float = DEFAULT_LINGER) -> Coalescer[_Item, _Served]:
     """The slot's coalescer: concurrent requests for one slot are served in one pass (see
     :class:`model_ops.serving.scoring.Coalescer`); a new slot (after a swap) starts its own."""
     found = _COALESCERS.get(slot)
@@ -463,7 +466,9 @@ def _coalescer(slot: Slot) -> Coalescer[_Item, _Served]:
         with _COALESCERS_LOCK:
             found = _COALESCERS.get(slot)
             if found is None:
-                found = Coalescer(functools.partial(_serve_one, slot), functools.partial(_serve_many, slot))
+                found = Coalescer(
+                    functools.partial(_serve_one, slot), functools.partial(_serve_many, slot), linger=linger
+                )
                 _COALESCERS[slot] = found
     return found
 
@@ -526,7 +531,8 @@ class Server:
         t0 = time.perf_counter()
         try:
             slot = self._slot(name)
-            with _coalescer(slot).arriving() as arrival:
+            coalescer = _coalescer(slot, self.config.batch_delay_seconds)
+            with coalescer.arriving() as arrival:
                 body = await _body(request, self.config.max_body_bytes)
                 # parsing a large body is work too: done in a worker thread, like the scoring, not in the event loop
                 served, wanted = await run_in_threadpool(
@@ -537,6 +543,7 @@ class Server:
                     request.headers.get("x-request-id"),
                     request.headers.get("x-routing-key"),
                     arrival,
+                    coalescer,
                 )
         except RequestError as exc:
             self.metrics.errors.labels(name, exc.version, exc.arm, str(exc.status), protocol_name).inc()
@@ -608,10 +615,11 @@ class Server:
         request_id: str | None,
         routing_key: str | None,
         arrival: Arrival,
+        coalescer: Coalescer[_Item, _Served],
     ) -> tuple[_Served, list[str] | None]:
         """:func:`_answer`, then the served rows handed to the prediction log and the experiment: in the worker
         thread too, so the event loop only moves bytes. Nothing is logged for a refused request."""
-        served, wanted = _answer(slot, body, protocol_name, request_id, routing_key, arrival)
+        served, wanted = _answer(slot, body, protocol_name, request_id, routing_key, arrival, coalescer)
         self._log(served)
         if served.slot.experiment is not None:  # which arm served each key, for the outcomes posted later
             served.slot.experiment.remember(
@@ -772,6 +780,10 @@ class Server:
             }
         if self.stats is not None:
             doc["serving_stats"] = self.stats.describe()
+        for name, slot in self.fleet.slots.items():  # how much requests arriving together were scored together
+            found = _COALESCERS.get(slot)
+            if found is not None and name in doc["models"]:
+                doc["models"][name]["scoring"] = {"calls": found.calls, "requests_scored_together": found.combined}
         return _json(doc)
 
 

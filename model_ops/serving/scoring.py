@@ -34,6 +34,9 @@ from model_ops.vocab import FeatureType
 T = TypeVar("T")
 R = TypeVar("R")
 
+PEAK_SECONDS = 1.0  # how long a coalescer remembers how many requests were in the server at once
+DEFAULT_LINGER = 0.010  # seconds a call may wait for requests to join it
+
 
 class RequestError(UsageError):
     """A request the server refuses, with the HTTP status that says why (4xx, never 5xx)."""
@@ -190,10 +193,13 @@ class Coalescer(Generic[T, R]):
     returns each item's own result. If the combined call fails, each item is run alone by ``run_one``, so one
     caller's bad input fails only that caller.
 
-    Callers announce themselves as soon as their request arrives (:meth:`arriving`, before its body is read and
-    parsed). A caller about to start a call waits for announced callers to queue, at most ``linger`` seconds
-    (1 ms), so requests that arrived together are scored together instead of the first alone and the rest after
-    it. A caller alone waits for nothing: nobody else is announced.
+    Callers announce themselves for as long as their request is in the server (:meth:`arriving`, from before its
+    body is read until its answer is ready). A caller about to start a call waits while fewer requests are queued
+    than were in the server at once during the last second, at most ``linger`` seconds (``model-ops serve
+    --batch-delay``, 10 ms by default; 0 turns the wait off): under steady load the requests one call answered come
+    back within a round trip, and the queue delay lets one call score them all, where scoring at once splits them
+    into ever smaller alternating batches (a dynamic batcher's queue delay, as inference servers have). A caller
+    alone waits for nothing: nobody else was in the server during the last second.
     """
 
     def __init__(
@@ -201,7 +207,7 @@ class Coalescer(Generic[T, R]):
         run_one: Callable[[T], R],
         run_many: Callable[[list[T]], list[R]],
         max_rows: int = 2048,
-        linger: float = 0.001,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         self._one = run_one
         self._many = run_many
@@ -210,7 +216,10 @@ class Coalescer(Generic[T, R]):
         self._cond = threading.Condition()
         self._queue: list[_Pending[T, R]] = []
         self._busy = False
-        self._arriving = 0
+        self._arriving = 0  # announced, not yet queued
+        self._in_server = 0  # announced, not yet answered
+        self._peak = 0  # most requests in the server at once, over the last PEAK_SECONDS
+        self._peak_at = 0.0
         self.calls = 0
         self.combined = 0  # items that shared a call with others
 
@@ -220,13 +229,18 @@ class Coalescer(Generic[T, R]):
         arrival = Arrival()
         with self._cond:
             self._arriving += 1
+            self._in_server += 1
+            now = time.monotonic()
+            if self._in_server >= self._peak or now - self._peak_at > PEAK_SECONDS:
+                self._peak, self._peak_at = self._in_server, now
         try:
             yield arrival
         finally:
-            if not arrival.queued:  # refused before it was scored (a bad body): no longer on its way
-                with self._cond:
+            with self._cond:
+                self._in_server -= 1
+                if not arrival.queued:  # refused before it was scored (a bad body): no longer on its way
                     self._arriving -= 1
-                    self._cond.notify_all()
+                self._cond.notify_all()
 
     def run(self, item: T, size: int, arrival: Arrival | None = None) -> R:
         mine: _Pending[T, R] = _Pending(item, size)
@@ -241,8 +255,11 @@ class Coalescer(Generic[T, R]):
                 self._cond.wait()
             if not mine.done:
                 self._busy = True
-                deadline = time.monotonic() + self.linger
-                while self._arriving > 0 and sum(p.size for p in self._queue) < self.max_rows:
+                now = time.monotonic()
+                if now - self._peak_at > PEAK_SECONDS:  # the last burst is over
+                    self._peak, self._peak_at = self._in_server, now
+                deadline = now + self.linger
+                while len(self._queue) < self._peak and sum(p.size for p in self._queue) < self.max_rows:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
