@@ -802,3 +802,44 @@ def test_a_coalescer_waits_briefly_for_announced_callers_and_never_for_a_refused
     t0 = time.monotonic()
     assert coalescer.run(3, 1) == 30 and time.monotonic() - t0 < 5.0  # nobody on the way: no wait
     assert calls[-1] == [3]
+
+
+def test_every_caller_gets_its_own_result_when_queued_rows_exceed_a_call() -> None:
+    """A call takes at most ``max_rows`` rows; a caller whose item did not fit leads the next call itself, never
+    returning without its result (concurrent large requests once got None, and a 500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model_ops.serving.scoring import Coalescer, _Pending
+
+    coalescer: Coalescer[int, int] = Coalescer(lambda x: x * 10, lambda xs: [x * 10 for x in xs], max_rows=10)
+    waiting: _Pending[int, int] = _Pending(7, 9)  # another caller's item at the head of the queue, not yet taken
+    coalescer._queue.append(waiting)
+    assert coalescer.run(1, 5) == 10  # its own item is in its call, though the head of the queue is not
+    assert [p.item for p in coalescer._queue] == [7] and not waiting.done
+    coalescer._queue.clear()
+
+    def one(i: int) -> int:
+        time.sleep(0.001 * (i % 5))
+        return coalescer.run(i, 4 + i % 4)  # 4-7 rows each: no more than two fit in a call of 10
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(one, range(200))) == [i * 10 for i in range(200)]
+
+
+def test_a_slot_out_of_service_is_freed_with_its_coalescer() -> None:
+    import gc
+    import weakref
+
+    from model_ops.ops.deployment import Manifest
+    from model_ops.serving.app import _COALESCERS, _coalescer
+    from model_ops.serving.fleet import Slot
+
+    refs = []
+    for i in range(3):
+        slot = Slot(NAME, Manifest(NAME, 1), {}, spec=None, log_version=i)  # type: ignore[arg-type]
+        _coalescer(slot)
+        refs.append(weakref.ref(slot))
+        del slot
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    assert not any(s.model == NAME and s.log_version in (0, 1, 2) for s in list(_COALESCERS.keys()))

@@ -405,7 +405,7 @@ def _answer(
         frame = protocol.mlflow_frame(doc)
     if frame.empty:
         raise RequestError("the request holds no rows")
-    item = _Item(frame, request_id or uuid.uuid4().hex, routing_key)
+    item = _Item(slot, frame, request_id or uuid.uuid4().hex, routing_key)
     served = (coalescer or _coalescer(slot)).run(item, len(frame), arrival)
     wanted = protocol.wanted_outputs(doc, list(served.outputs)) if protocol_name == OIP else None
     return served, wanted
@@ -413,8 +413,10 @@ def _answer(
 
 @dataclass(frozen=True, eq=False)
 class _Item:
-    """One parsed request waiting to be scored."""
+    """One parsed request waiting to be scored (by its slot: a coalescer holds no slot of its own, so a slot out of
+    service and its loaded versions are freed with their coalescer)."""
 
+    slot: Slot
     frame: pd.DataFrame
     request_id: str
     routing_key: str | None
@@ -426,11 +428,11 @@ class _Item:
         return tuple((str(c), str(t)) for c, t in self.frame.dtypes.items())
 
 
-def _serve_one(slot: Slot, item: _Item) -> _Served:
-    return _serve(slot, item.frame, item.request_id, item.routing_key)
+def _serve_one(item: _Item) -> _Served:
+    return _serve(item.slot, item.frame, item.request_id, item.routing_key)
 
 
-def _serve_many(slot: Slot, items: list[_Item]) -> list[_Served]:
+def _serve_many(items: list[_Item]) -> list[_Served]:
     """Requests that arrived together, scored in one pass per frame shape: the rows of each group are routed,
     checked and scored at once (one call of each version's model instead of one per request), then handed back
     per request. A refusal of any row raises, and the coalescer then serves each request alone, so only the
@@ -442,13 +444,13 @@ def _serve_many(slot: Slot, items: list[_Item]) -> list[_Served]:
     for members in groups.values():
         group = [items[i] for i in members]
         if len(group) == 1:
-            results[members[0]] = _serve_one(slot, group[0])
+            results[members[0]] = _serve_one(group[0])
             continue
         sizes = [len(it.frame) for it in group]
         frame = pd.concat([it.frame for it in group], ignore_index=True)
         row_ids = [rid for it in group for rid in _row_ids(it.request_id, len(it.frame))]
         headers = [it.routing_key for it in group for _ in range(len(it.frame))]
-        served = _serve(slot, frame, group[0].request_id, headers, row_ids=row_ids)
+        served = _serve(group[0].slot, frame, group[0].request_id, headers, row_ids=row_ids)
         for i, one in zip(members, served.split(sizes, [it.request_id for it in group]), strict=True):
             results[i] = one
     return [results[i] for i in range(len(items))]
@@ -466,9 +468,7 @@ def _coalescer(slot: Slot, linger: float = DEFAULT_LINGER) -> Coalescer[_Item, _
         with _COALESCERS_LOCK:
             found = _COALESCERS.get(slot)
             if found is None:
-                found = Coalescer(
-                    functools.partial(_serve_one, slot), functools.partial(_serve_many, slot), linger=linger
-                )
+                found = Coalescer(_serve_one, _serve_many, linger=linger)
                 _COALESCERS[slot] = found
     return found
 

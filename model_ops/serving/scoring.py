@@ -34,7 +34,7 @@ from model_ops.vocab import FeatureType
 T = TypeVar("T")
 R = TypeVar("R")
 
-PEAK_SECONDS = 1.0  # how long a coalescer remembers how many requests were in the server at once
+PEAK_SECONDS = 0.5  # how long a coalescer remembers how many requests were in the server at once
 DEFAULT_LINGER = 0.010  # seconds a call may wait for requests to join it
 
 
@@ -195,11 +195,12 @@ class Coalescer(Generic[T, R]):
 
     Callers announce themselves for as long as their request is in the server (:meth:`arriving`, from before its
     body is read until its answer is ready). A caller about to start a call waits while fewer requests are queued
-    than were in the server at once during the last second, at most ``linger`` seconds (``model-ops serve
+    than were in the server at once during the last half second, at most ``linger`` seconds (``model-ops serve
     --batch-delay``, 10 ms by default; 0 turns the wait off): under steady load the requests one call answered come
     back within a round trip, and the queue delay lets one call score them all, where scoring at once splits them
     into ever smaller alternating batches (a dynamic batcher's queue delay, as inference servers have). A caller
-    alone waits for nothing: nobody else was in the server during the last second.
+    waits for nothing once no other request was in the server during the last half second; right after a burst, a
+    lone request may wait the delay once.
     """
 
     def __init__(
@@ -264,17 +265,22 @@ class Coalescer(Generic[T, R]):
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                rows = 0
-                while self._queue and (not batch or rows + self._queue[0].size <= self.max_rows):
+                # The leader's own item always goes in its call (a caller never leaves without its result),
+                # then queued items in arrival order while their rows fit.
+                self._queue.remove(mine)
+                batch, rows = [mine], mine.size
+                while self._queue and rows + self._queue[0].size <= self.max_rows:
                     batch.append(self._queue.pop(0))
                     rows += batch[-1].size
-        if not mine.done:
+        if batch:
             try:
                 self._run(batch)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+        if not mine.done:
+            raise RuntimeError("a scoring call ended without this request's result: a bug")
         if mine.error is not None:
             raise mine.error
         return cast(R, mine.result)
