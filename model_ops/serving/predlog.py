@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pds
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, SchemaMismatchError
 
 from model_ops.data.arrow import to_pandas
 from model_ops.data.delta import HISTORY, PARTITION, Dataset
@@ -53,6 +53,23 @@ from model_ops.location import Location
 log = logging.getLogger("model_ops.serving")
 
 ATTEMPTS = 5
+
+
+class RowsRefused(ValueError):
+    """Rows the prediction log cannot take as they are (not a store that cannot be reached)."""
+
+
+# What a table refusing the rows themselves raises (as opposed to a store that cannot be reached).
+DATA_ERRORS = (
+    RowsRefused,
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    pa.ArrowNotImplementedError,
+    OverflowError,
+    TypeError,
+    ValueError,
+    SchemaMismatchError,
+)
 # A commit that lost the race to another (a batch re-score of the partition, another server's append) is written
 # again at once: that is progress elsewhere, not a fault, so it does not use up the ATTEMPTS of a failing store.
 CONFLICT_ATTEMPTS = 100
@@ -290,38 +307,57 @@ class PredictionLog:
         for item in items:
             by_model.setdefault(item.model, []).append(item)
         for model, group in by_model.items():
-            n = sum(item.rows for item in group)
+            self._write_group(model, group)
+
+    def _write_group(self, model: str, group: list[_Item]) -> None:
+        """Append ``group`` in one commit. Rows the table cannot take (a value no column type holds, a key of
+        another type than the key column's) fail their own request only: the group is halved and each half
+        written, down to the requests at fault, which are counted as failed; everyone else's rows are written.
+        A store that cannot be reached is retried with backoff, then the group is counted as failed."""
+        n = sum(item.rows for item in group)
+        try:
+            table = with_origin(_table(group), Origin.LIVE)
+        except Exception as exc:  # never the writer's end: the rows are counted and the thread goes on
+            self._bad_rows(model, group, n, "could not be assembled", exc)
+            return
+        attempt = conflicts = 0
+        while True:
             try:
-                table = with_origin(_table(group), Origin.LIVE)
-            except Exception as exc:  # never the writer's end: the rows are counted and the thread goes on
-                self.failed_rows += n
+                self._append(model, table)
+                self.written_rows += n
+                return
+            except CommitFailedError as exc:  # another commit won the race: written again at once
+                self.write_conflicts += 1
+                self._schemas.pop(model, None)
+                conflicts += 1
+                if conflicts >= CONFLICT_ATTEMPTS:
+                    self.failed_rows += n
+                    log.error("model_ops serve: %d prediction-log row(s) of %s not written: %s", n, model, exc)
+                    return
+                time.sleep(random.uniform(0.0, 0.05))
+            except DATA_ERRORS as exc:  # the rows themselves: retrying cannot help, isolating them does
                 self.write_errors += 1
-                log.error("model_ops serve: %d prediction-log row(s) of %s could not be assembled: %s", n, model, exc)
-                continue
-            attempt = conflicts = 0
-            while True:
-                try:
-                    self._append(model, table)
-                    self.written_rows += n
-                    break
-                except CommitFailedError as exc:  # another commit won the race: written again at once
-                    self.write_conflicts += 1
-                    self._schemas.pop(model, None)
-                    conflicts += 1
-                    if conflicts >= CONFLICT_ATTEMPTS:
-                        self.failed_rows += n
-                        log.error("model_ops serve: %d prediction-log row(s) of %s not written: %s", n, model, exc)
-                        break
-                    time.sleep(random.uniform(0.0, 0.05))
-                except Exception as exc:  # an unreachable store, a schema it refuses: retried, then counted
-                    self.write_errors += 1
-                    self._schemas.pop(model, None)
-                    attempt += 1
-                    if attempt == ATTEMPTS:
-                        self.failed_rows += n
-                        log.error("model_ops serve: %d prediction-log row(s) of %s not written: %s", n, model, exc)
-                        break
-                    time.sleep(0.2 * 2 ** (attempt - 1))
+                self._schemas.pop(model, None)
+                self._bad_rows(model, group, n, "refused by the table", exc)
+                return
+            except Exception as exc:  # an unreachable store: retried, then counted
+                self.write_errors += 1
+                self._schemas.pop(model, None)
+                attempt += 1
+                if attempt == ATTEMPTS:
+                    self.failed_rows += n
+                    log.error("model_ops serve: %d prediction-log row(s) of %s not written: %s", n, model, exc)
+                    return
+                time.sleep(0.2 * 2 ** (attempt - 1))
+
+    def _bad_rows(self, model: str, group: list[_Item], n: int, what: str, exc: BaseException) -> None:
+        if len(group) > 1:
+            half = len(group) // 2
+            self._write_group(model, group[:half])
+            self._write_group(model, group[half:])
+            return
+        self.failed_rows += n
+        log.error("model_ops serve: %d prediction-log row(s) of %s %s: %s", n, model, what, exc)
 
     def _append(self, model: str, table: pa.Table) -> None:
         """One append commit. The table's handle is kept between appends and brought up to date incrementally
@@ -382,8 +418,8 @@ def _table(items: list[_Item]) -> pa.Table:
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Columns the log already has take its types (a request's JSON integer in a float feature, a timestamp's
-    unit), so live appends never change the table's schema; a column it cannot take is left as it is and the
-    append reports the conflict."""
+    unit), so live appends never change the table's schema. A column it cannot take (text where the key column
+    holds integers) raises :class:`RowsRefused`, so the writer isolates the requests at fault."""
     columns = []
     for name in table.column_names:
         col = table.column(name)
@@ -391,7 +427,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         if idx >= 0 and col.type != schema.field(idx).type:
             try:
                 col = col.cast(schema.field(idx).type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                pass
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise RowsRefused(f"column {name!r} cannot be stored as {schema.field(idx).type}: {exc}") from None
         columns.append(col)
     return pa.table(columns, names=table.column_names)
