@@ -526,3 +526,18 @@ def test_decisions_reach_the_audit_log_once(reg: Registry, tmp_path: Path) -> No
     assert event is not None and event.version is None and event.data["conclusion"] == "srm"
     assert ex.record_decision(reg, srm) is None
     assert [e.data["experiment"] for e in ex.recorded_conclusions(reg, "m")] == ["delay-ab", "second"]
+
+
+def test_once_a_final_verdict_is_recorded_no_contradicting_one_is(reg: Registry, tmp_path: Path) -> None:
+    """Two judges of one experiment (the server on posted outcomes, the CLI on joined ones) can reach different
+    verdicts; the first final one recorded stands."""
+    register_versions(reg, tmp_path, 3)
+    same = ex.Experiment(config(max_sample=600))
+    same.observe_many(["v2"] * 600 + ["v3"] * 600, [1] * 120 + [0] * 480 + [1] * 120 + [0] * 480)
+    assert same.decision().status == ex.NO_DIFFERENCE
+    assert ex.record_decision(reg, same) is not None
+    differs = ex.Experiment(config(max_sample=2_000))
+    differs.observe_many(["v2"] * 600 + ["v3"] * 600, [1] * 120 + [0] * 480 + [1] * 60 + [0] * 540)
+    assert differs.decision().status == ex.WINNER
+    assert ex.record_decision(reg, differs) is None
+    assert [e.data["conclusion"] for e in ex.recorded_conclusions(reg, "m", "delay-ab")] == ["no_difference"]

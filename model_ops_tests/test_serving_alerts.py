@@ -531,3 +531,26 @@ def test_a_metric_drop_alert_is_judged_per_partition_where_the_labels_are(root: 
         "evaluated) over 600 labelled predictions (production v1, partition 2024-01-14)"
     )
     assert len(al.read_evaluations(location, NAME)) == 5
+
+
+def test_a_request_spanning_partitions_counts_once_and_its_rows_in_each(root: Path, spec: ModelSpec) -> None:
+
+    from model_ops.serving.stats import ServingStats
+    from model_ops.vocab import Arm
+
+    plain = spec.model_copy(update={"alerts": []})  # no PSI alert: no feature values sampled
+    stats = ServingStats(resolve_root(str(root)), {spec.name: plain}, seconds=3600)
+    version = SimpleNamespace(number=1, semver="1.0.0")
+    partitions = np.array(["2024-01-07", "2024-01-07", "2024-01-14"], dtype=object)
+    served = SimpleNamespace(
+        slot=SimpleNamespace(model=spec.name),
+        logged=[(Arm.PRODUCTION, version, {"idx": np.arange(3)}, 3)],
+        partitions=partitions,
+        frame=None,
+    )
+    stats.served(served, 0.02)
+    interval = stats.flush()
+    (cell,) = interval.by_arm(spec.name).values()
+    assert (cell.requests, cell.rows, cell.latencies_ms) == (1, 3, [20.0])
+    per_partition = {k[1]: (c.requests, c.rows) for k, c in interval.cells.items()}
+    assert per_partition == {"2024-01-07": (1, 2), "2024-01-14": (0, 1)}

@@ -764,19 +764,20 @@ def _with_reason(d: Decision, cfg: ExperimentConfig) -> Decision:
 def record_decision(reg: Any, experiment: Experiment, *, run_id: str | None = None) -> Any | None:
     """Write the experiment's conclusion (winner, no_difference, or a sample-ratio mismatch) to ``reg``'s audit log
     as an ``experiment`` record, once: a conclusion already recorded for this experiment writes nothing and returns
-    None, as does a running experiment. The record names the winning version (None otherwise), carries the reason,
-    the decision with its figures, the design and the state, so the log alone explains and can replay it."""
+    None, as does a running experiment, and once a final one (a winner or no difference) is recorded nothing else
+    is, so two judges of one experiment (the server on posted outcomes, ``model-ops experiment status`` on joined
+    ones) cannot record contradicting verdicts. The record names the winning version (None otherwise), carries the
+    reason, the decision with its figures, the design and the state, so the log alone explains and can replay it."""
     d = experiment.decision()
     conclusion = d.conclusion
     if conclusion is None:
         return None
     cfg = experiment.config
     for event in reg.audit(cfg.model):
-        if (
-            event.kind == RecordKind.EXPERIMENT
-            and event.data.get("experiment") == cfg.name
-            and event.data.get("conclusion") == conclusion
-        ):
+        if event.kind != RecordKind.EXPERIMENT or event.data.get("experiment") != cfg.name:
+            continue
+        recorded = event.data.get("conclusion")
+        if recorded == conclusion or (isinstance(recorded, str) and _final(recorded)):
             return None
     return reg.record(
         cfg.model,
@@ -794,6 +795,10 @@ def record_decision(reg: Any, experiment: Experiment, *, run_id: str | None = No
             "state": experiment.to_dict(),
         },
     )
+
+
+def _final(conclusion: str) -> bool:
+    return conclusion == NO_DIFFERENCE or conclusion.startswith(WINNER)
 
 
 def recorded_conclusions(reg: Any, model: str, experiment: str | None = None) -> list[Any]:

@@ -45,7 +45,7 @@ from deltalake import write_deltalake
 from model_ops.data.delta import HISTORY, PARTITION, Dataset
 from model_ops.location import Location
 from model_ops.ops import experiments as ex
-from model_ops.serving.predlog import predictions_dataset
+from model_ops.serving.predlog import ORIGIN, Origin, predictions_dataset
 from model_ops.serving.scoring import RequestError
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import RecordKind
@@ -161,10 +161,10 @@ class LiveExperiment:
         if any(c not in schema.names for c in (key, "model_version", "prediction", "served", "scored_at")):
             return
         started = pd.Timestamp(self.declared.started_at).tz_convert("UTC").to_pydatetime()
-        rows = table.read(
-            columns=[key, "model_version", "prediction", PARTITION, "scored_at"],
-            where=[("served", "=", True), ("scored_at", ">=", started)],
-        )
+        where: list[tuple[str, str, Any]] = [("served", "=", True), ("scored_at", ">=", started)]
+        if ORIGIN in schema.names:  # served by a server, not scored by the batch path meanwhile
+            where.append((ORIGIN, "=", Origin.LIVE.value))
+        rows = table.read(columns=[key, "model_version", "prediction", PARTITION, "scored_at"], where=where)
         rows = rows[rows["model_version"].isin(list(self._arm_of))]
         if rows.empty:
             return

@@ -285,7 +285,7 @@ class AlertEngine:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "alerts_firing": sorted(f"{m}/{a} ({arm} v{v})" for (m, a, arm, v), on in self.firing.items() if on),
+            "alerts_firing": sorted(f"{m}/{a} ({arm} v{v})" for (m, a, arm, v), on in list(self.firing.items()) if on),
             "alert_evaluations": self.evaluations,
             "alert_records": self.records,
             "alert_record_failures": self.record_failures,
@@ -529,7 +529,8 @@ class AlertEngine:
         if change.changed:
             self.guard_rollbacks += 1
             log.warning("model_ops serve: %s: %s (%s)", model, change.message, reason)
-        else:
+        else:  # what serves moved meanwhile (the manifest decided on is gone): judged again on the next breach
+            self._guarded[(model, canary)] = self.clock()
             log.info("model_ops serve: %s: the canary guard changed nothing: %s", model, change.message)
 
     def join(self, timeout: float = 30.0) -> None:

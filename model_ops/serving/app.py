@@ -837,9 +837,16 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(stats.close)  # the interval in progress is written and judged too
-            await anyio.to_thread.run_sync(alerts.join)
-            await anyio.to_thread.run_sync(fleet.stop)
+            # Each step runs whatever the one before it raised: the queued prediction rows are written last of all.
+            for step, what in (
+                (stats.close, "writing the last serving statistics"),  # the interval in progress is judged too
+                (alerts.join, "waiting for the canary guard"),
+                (fleet.stop, "stopping the registry follower"),
+            ):
+                try:
+                    await anyio.to_thread.run_sync(step)
+                except Exception:
+                    log.exception("model_ops serve: shutdown: %s failed", what)
             if predlog is not None:
                 await anyio.to_thread.run_sync(predlog.close)
                 if predlog.overflow_rows or predlog.failed_rows:

@@ -237,11 +237,16 @@ class ServingStats:
                 else:
                     keys, counts = np.unique(partitions.astype(str), return_counts=True)
                     groups = zip(keys.tolist(), counts.tolist())
-                for partition, count in groups:
+                groups = list(groups)
+                # A request spanning partitions is one request (and one latency), counted where most of its rows
+                # are, so sums over partitions count it once; its rows are counted in each partition.
+                home = max(range(len(groups)), key=lambda i: groups[i][1])
+                for i, (partition, count) in enumerate(groups):
                     cell = self._cell((model, str(partition), number, arm_name))
-                    cell.requests += 1
                     cell.rows += int(count)
-                    cell.latencies_ms.append(latency)
+                    if i == home:
+                        cell.requests += 1
+                        cell.latencies_ms.append(latency)
                 if watched:
                     self._sample(model, number, arm_name, served.frame, idx, watched)
 
