@@ -531,6 +531,11 @@ def test_a_metric_drop_alert_is_judged_per_partition_where_the_labels_are(root: 
         "evaluated) over 600 labelled predictions (production v1, partition 2024-01-14)"
     )
     assert len(al.read_evaluations(location, NAME)) == 5
+    # A backfill of an older partition, and a re-run of one judged the same, change no state.
+    assert judge("2024-01-14", 0.85).transition == ""  # re-run: firing then, firing now
+    assert judge("2023-12-31", 0.94).transition == ""  # before any firing: ok, as the state there was
+    assert judge("2024-02-11", 0.93).transition == ""  # after the resolution: still ok
+    assert [e.data["state"] for e in records(root, RecordKind.ALERT)] == ["firing", "resolved"]
 
 
 def test_a_request_spanning_partitions_counts_once_and_its_rows_in_each(root: Path, spec: ModelSpec) -> None:

@@ -593,8 +593,9 @@ def judge_metric_drops(
     """The ``metric_drop`` alerts of one partition, where the outcomes are joined (the ``live_performance``
     asset): each watched arm's live metric against its version's evaluation metric (the metrics it was registered
     with). ``arms``: the partition's :class:`~model_ops.ml.monitoring.ArmPerformance`. Fewer labelled predictions
-    than ``min_requests``, or no recorded evaluation metric, is not judged. The state before is the newest earlier
-    evaluation of the same alert, arm and version in ``alert_evaluations``; a change is an ``alert`` record."""
+    than ``min_requests``, or no recorded evaluation metric, is not judged. The state before is the newest evaluation
+    of the same alert, arm and version of an earlier partition in ``alert_evaluations``; a change is an ``alert``
+    record (once: a re-run of a partition judged the same records nothing)."""
     alerts = [a for a in spec.alerts if a.kind is AlertKind.METRIC_DROP]
     if not alerts:
         return []
@@ -642,8 +643,15 @@ def judge_metric_drops(
                     if not history.empty
                     else history
                 )
-                was = not before.empty and before.sort_values("evaluated_at")["status"].iloc[-1] == FIRING
-                if (status == FIRING) != was:
+                # The state before is the newest judgement of an earlier partition, so a backfill of an older
+                # partition or a re-run of this one cannot flip it; a re-run judged the same changes nothing.
+                here = before[before[PARTITION] == partition] if not before.empty else before
+                earlier = before[before[PARTITION] < partition] if not before.empty else before
+                rerun_same = not here.empty and here.sort_values("evaluated_at")["status"].iloc[-1] == status
+                was = (
+                    not earlier.empty and earlier.sort_values([PARTITION, "evaluated_at"])["status"].iloc[-1] == FIRING
+                )
+                if not rerun_same and (status == FIRING) != was:
                     transition = FIRED if status == FIRING else RESOLVED
             results.append(
                 Evaluation(
