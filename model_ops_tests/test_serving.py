@@ -372,6 +372,12 @@ BAD_MLFLOW: list[tuple[str, Any, int, str]] = [
         422,
         "'seen_at' holds 'yesterday'",
     ),
+    (
+        "a time the log cannot hold",
+        {"dataframe_records": [_one(seen_at="9999-12-31T00:00:00Z")]},
+        422,
+        "between the years 1677 and 2262",
+    ),
     ("no rows", {"dataframe_records": []}, 400, "no rows"),
 ]
 

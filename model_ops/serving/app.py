@@ -145,6 +145,9 @@ async def _body(request: Request, limit: int) -> bytes:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
+_RECORDED = threading.Lock()
+
+
 @dataclass
 class _Served:
     """A request's outcome before it is sent: outputs in row order, and who answered each row."""
@@ -161,6 +164,19 @@ class _Served:
     partitions: np.ndarray
     keys: np.ndarray
     scored_at: np.datetime64  # UTC
+    # The requests scored together with this one, as one outcome: their rows are logged once, together.
+    batch: _Served | None = None
+    recorded: bool = False  # this outcome's rows went to the log (set once, under _RECORDED)
+
+    def claim_recording(self) -> _Served | None:
+        """The outcome whose rows this request's thread hands to the prediction log: its batch's (the first of the
+        batch's requests to ask gets it, the others None), else its own."""
+        target = self.batch if self.batch is not None else self
+        with _RECORDED:
+            if target.recorded:
+                return None
+            target.recorded = True
+        return target
 
     @property
     def uniform(self) -> tuple[Version, Arm] | None:
@@ -203,6 +219,7 @@ class _Served:
                     self.partitions[start:end],
                     self.keys[start:end],
                     self.scored_at,
+                    batch=self,
                 )
             )
             start = end
@@ -244,7 +261,11 @@ def _times(frame: pd.DataFrame, spec: ModelSpec, now: np.datetime64) -> np.ndarr
     bad = parsed.isna() & raw.notna()
     if bad.any():
         first = raw[bad].iloc[0]
-        raise RequestError(f"column {spec.time_column!r} holds {first!r}, which is not a time (ISO 8601)", 422)
+        raise RequestError(
+            f"column {spec.time_column!r} holds {first!r}, which is not a time the log can hold "
+            "(ISO 8601, between the years 1677 and 2262)",
+            422,
+        )
     values = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
     return np.where(np.isnat(values), now, values)
 
@@ -286,6 +307,8 @@ def _undeclared(spec: ModelSpec, keys: np.ndarray) -> np.ndarray:
     (``model_ops_prediction_log_undeclared_rows_total`` and /status), and judged if the declaration is ever
     widened to cover them."""
     partitioning = Partitioning.of(spec)
+    if len(keys) and (keys == keys[0]).all():  # the usual case: every row in one window
+        return np.full(len(keys), not _declared(partitioning, str(keys[0])))
     distinct, where = np.unique(keys.astype(str), return_inverse=True)
     outside = np.array([not _declared(partitioning, str(k)) for k in distinct], dtype=bool)
     return outside[where.reshape(-1)]
@@ -620,11 +643,11 @@ class Server:
         """:func:`_answer`, then the served rows handed to the prediction log and the experiment: in the worker
         thread too, so the event loop only moves bytes. Nothing is logged for a refused request."""
         served, wanted = _answer(slot, body, protocol_name, request_id, routing_key, arrival, coalescer)
-        self._log(served)
-        if served.slot.experiment is not None:  # which arm served each key, for the outcomes posted later
-            served.slot.experiment.remember(
-                served.keys, served.versions, served.outputs["prediction"], served.partitions
-            )
+        rows = served.claim_recording()  # requests scored together are logged together, by one of them
+        if rows is not None:
+            self._log(rows)
+            if rows.slot.experiment is not None:  # which arm served each key, for the outcomes posted later
+                rows.slot.experiment.remember(rows.keys, rows.versions, rows.outputs["prediction"], rows.partitions)
         return served, wanted
 
     def _log(self, served: _Served) -> None:
