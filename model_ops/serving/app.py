@@ -655,7 +655,9 @@ class Server:
             return
         undeclared = _undeclared(served.slot.spec, served.partitions)
         for arm, version, part, rows in served.logged:
-            columns = _log_columns(served, arm, version, part["idx"], part["outputs"], part["latency"])
+            columns = functools.partial(
+                _log_columns, served, arm, version, part["idx"], part["outputs"], part["latency"]
+            )
             if self.predlog.offer(served.slot.model, columns, rows):
                 outside = int(np.count_nonzero(undeclared[part["idx"]]))
                 if outside:

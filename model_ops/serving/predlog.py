@@ -93,8 +93,15 @@ REPLACE_ATTEMPTS = 20
 @dataclass
 class _Item:
     model: str
-    columns: dict[str, Any]
+    given: dict[str, Any] | Callable[[], dict[str, Any]]  # the columns, or how to build them (in the writer)
     rows: int
+    _built: dict[str, Any] | None = None
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        if self._built is None:
+            self._built = self.given() if callable(self.given) else self.given
+        return self._built
 
 
 _STOP = object()
@@ -230,9 +237,10 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="model-ops-serve-predlog", daemon=True)
         self._thread.start()
 
-    def offer(self, model: str, columns: dict[str, Any], rows: int) -> bool:
+    def offer(self, model: str, columns: dict[str, Any] | Callable[[], dict[str, Any]], rows: int) -> bool:
         """Queue one request's rows of one arm; False (and counted as overflow) when the queue is full. Never
-        blocks."""
+        blocks. ``columns`` may be a function building them from what was served: the writer thread calls it, so
+        a request pays nothing for the log's column layout."""
         if self._closed:
             with self._count_lock:
                 self.overflow_rows += rows
