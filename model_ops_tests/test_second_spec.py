@@ -47,9 +47,17 @@ def test_second_spec_gets_its_own_working_group(tmp_path: Path, monkeypatch: pyt
     for key in graph.get_all_asset_keys():
         groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
     assert groups["late_departure"] == {
-        f"late_departure/{n}" for n in (*INGEST, *TRAIN_TO_DEPLOY, "predictions", "drift_report", "live_performance")
+        f"late_departure/{n}"
+        for n in (
+            *INGEST,
+            *TRAIN_TO_DEPLOY,
+            "predictions",
+            "drift_report",
+            "live_performance",
+            "serving_health",
+        )
     }
-    assert len(groups["flight_delay"]) == 10
+    assert len(groups["flight_delay"]) == 11
     assert graph.get(dg.AssetKey(["late_departure", "candidate_model"])).owners == ["ops-analytics@example.com"]
 
     with dg.instance_for_test() as instance:

@@ -70,6 +70,7 @@ def test_webserver_shows_the_asset_graph(tmp_path: Path) -> None:
         "predictions",
         "drift_report",
         "live_performance",
+        "serving_health",
     }
     for name, node in by_name.items():
         assert node["groupName"] == "flight_delay" and len(node["description"]) > 80, name
@@ -81,6 +82,7 @@ def test_webserver_shows_the_asset_graph(tmp_path: Path) -> None:
         "predictions",
         "drift_report",
         "live_performance",
+        "serving_health",
     }
     checks = {
         name: {c["name"]: c["blocking"] for c in node["assetChecksOrError"]["checks"]} for name, node in by_name.items()

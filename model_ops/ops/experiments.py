@@ -1063,7 +1063,7 @@ def start(
             mv = reg.get(model, arm.version)
         except NotFoundError as exc:
             raise UsageError(
-                f"arm {arm.name}: {model} has no version {arm.version} ({exc.message})",
+                f"arm {arm.name}: {exc.message}",
                 hint=f"arms are registered versions of {model}: `model-ops versions {model}` lists them",
             ) from None
         if mv.stage == archived:
