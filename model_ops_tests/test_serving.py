@@ -849,3 +849,23 @@ def test_a_slot_out_of_service_is_freed_with_its_coalescer() -> None:
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
     assert not any(s.model == NAME and s.log_version in (0, 1, 2) for s in list(_COALESCERS.keys()))
+
+
+def test_overlapping_registry_reads_restore_the_process_switch_interval() -> None:
+    """Several followers in one process lower the interpreter's switch interval while they read; the last to
+    finish restores it (one that restored its own saved value could leave the process switching every 0.2 ms)."""
+    from model_ops.serving.fleet import _prompt_switching
+
+    before = sys.getswitchinterval()
+
+    def polls() -> None:
+        for _ in range(2000):
+            with _prompt_switching():
+                time.sleep(0)
+
+    threads = [threading.Thread(target=polls) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sys.getswitchinterval() == before

@@ -93,17 +93,27 @@ def _same_experiment(live: LiveExperiment | None, running: exps.Declared | None)
     return live.declared.started_seq == running.started_seq
 
 
+_SWITCHING = threading.Lock()
+_switching: list[float] = []  # the interval to restore, while any follower reads (one entry per reader)
+
+
 @contextmanager
 def _prompt_switching() -> Iterator[None]:
     """While the registry is read and a slot rebuilt, request threads hand the interpreter over more often, so the
     follower's many short native calls (Delta reads) are not each kept waiting for a full switch interval under
-    load. A poll that finds nothing new holds it for one stat."""
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(REBUILD_SWITCH_INTERVAL)
+    load. A poll that finds nothing new holds it for one stat. The interval is process-wide: with several
+    followers in one process the first to enter saves it and the last to leave restores it, so overlapping
+    polls can never leave the process switching every 0.2 ms."""
+    with _SWITCHING:
+        _switching.append(sys.getswitchinterval() if not _switching else _switching[0])
+        sys.setswitchinterval(REBUILD_SWITCH_INTERVAL)
     try:
         yield
     finally:
-        sys.setswitchinterval(interval)
+        with _SWITCHING:
+            saved = _switching.pop()
+            if not _switching:
+                sys.setswitchinterval(saved)
 
 
 def registry_log_version(reg: Registry) -> int:
