@@ -432,6 +432,7 @@ def test_policy_grants_are_checked_when_loaded(tmp_path: Path) -> None:
         Registry.open(tmp_path / "root", policy=local_file(tmp_path, bad))
 
 
+@pytest.mark.slow
 def test_the_teams_example_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "root"
     install(root, TEAMS.read_text())

@@ -270,6 +270,7 @@ def test_every_listing_command_prints_one_json_document(
         assert doc not in (None, "", [])
 
 
+@pytest.mark.slow
 def test_console_script_exit_codes(root: Path, tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "model-ops"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "model_ops.cli"]

@@ -208,6 +208,7 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ev, "BATCH_CALLS", 1)
 
 
+@pytest.mark.slow
 def test_a_model_that_burns_cpu_fails_the_sla_after_re_measuring(binary, quick) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = binary
     slow = Burner(model, loops_for(8))

@@ -84,6 +84,7 @@ def test_seattle_weather_class_shares_shift_with_the_seasons_and_the_years(seatt
 # ------------------------------------------------------------------------------------------- flight duration
 
 
+@pytest.mark.slow
 def test_flight_duration_rows_columns_types_key_and_time(flights: pd.DataFrame) -> None:
     assert len(flights) == 336_776  # every scheduled 2013 departure
     assert list(flights.columns) == [

@@ -114,6 +114,7 @@ def test_false_positive_rate_holds_for_rare_outcomes_and_early_looks(
     assert out["naive"].mean() > 3 * ALPHA
 
 
+@pytest.mark.slow
 def test_false_positive_rate_with_uneven_weights_and_a_continuous_metric() -> None:
     """A/A on a skewed continuous metric (exponential spend, mean 20) at 80/20 weights with three arms' Bonferroni
     split, through the same vectorised look: every comparison's rate stays within its α share."""
@@ -152,6 +153,7 @@ def test_false_positive_rate_with_uneven_weights_and_a_continuous_metric() -> No
     assert any_rejected <= ALPHA
 
 
+@pytest.mark.slow
 def test_experiment_objects_decide_as_the_vectorised_test_does() -> None:
     """The same batches fed through Experiment.observe_many reach the same rejections as the vectorised core, so
     the simulations above judge the code that decides."""

@@ -104,6 +104,7 @@ def with_estimator(spec: ModelSpec, cls: str, params: dict) -> ModelSpec:
     return ModelSpec.model_validate(data)
 
 
+@pytest.mark.slow
 def test_fit_is_byte_reproducible_whatever_the_row_order(spec, frames) -> None:  # type: ignore[no-untyped-def]
     train, _ = frames
     a = training.fit(train, spec)
@@ -193,6 +194,7 @@ def _register(reg: Registry, tmp: Path, n: int) -> int:
     return mv.version
 
 
+@pytest.mark.slow
 def test_deployment_actions(tmp_path: Path, spec) -> None:  # type: ignore[no-untyped-def]
     reg = Registry.open(tmp_path / "root", actor="tester")
     reg.register("flight_delay", _blob(tmp_path))  # v1 stays in development: not deployable

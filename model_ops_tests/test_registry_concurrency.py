@@ -104,6 +104,7 @@ def test_processes_registering_moving_aliases_and_transitioning_at_once(root: Pa
     assert reg.fsck() == []
 
 
+@pytest.mark.slow
 def test_threads_with_shared_and_separate_registry_objects(root: Path, tmp_path: Path) -> None:
     """A Registry object is shared between threads; other threads use their own objects on the same root."""
     shared = Registry.open(root, actor="shared")

@@ -49,6 +49,7 @@ def _file_blob(reg: Registry, digest: str) -> str:
     return entry.sha256
 
 
+@pytest.mark.slow
 def test_lifecycle_on_s3(s3_root: str, tmp_path: Path) -> None:
     reg = Registry.open(s3_root, actor="alice")
     v = [reg.register(MODEL, write_file(tmp_path / str(i), "model.bin", unique_bytes(f"s3-{i}"))) for i in range(3)]
@@ -88,6 +89,7 @@ def test_lifecycle_on_s3(s3_root: str, tmp_path: Path) -> None:
     assert not Path("s3:").exists()  # nothing went to a local folder by mistake
 
 
+@pytest.mark.slow
 def test_multipart_round_trip_dedup_and_damage(s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     part = 5 << 20  # the smallest part S3 accepts
     monkeypatch.setattr(S3BlobStore, "PART_SIZE", part)

@@ -237,6 +237,7 @@ def test_an_a_a_experiment_ends_in_no_difference_at_its_maximum_sample(
     assert record.data["conclusion"] == ex.NO_DIFFERENCE and record.version is None
 
 
+@pytest.mark.slow
 def test_withholding_one_arms_outcomes_is_flagged_as_a_sample_ratio_mismatch(
     two_versions: Registry, root: Path, spec: ModelSpec
 ) -> None:

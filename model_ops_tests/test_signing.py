@@ -361,6 +361,7 @@ def _tree(path: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_verify_needs_only_the_public_key_and_a_read_only_root(
     root: Path, tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
