@@ -120,6 +120,18 @@ class Dataset:
             raise
         return self.version()
 
+    def append(self, data: pa.Table) -> None:
+        """Append rows in one commit, creating the table (partitioned by ``partition``, keeping its history, as
+        every model_ops table is) when it does not exist yet."""
+        write_deltalake(
+            self.uri,
+            data,
+            mode="append",
+            partition_by=[PARTITION],
+            storage_options=self.options,
+            configuration=None if self.exists() else HISTORY,
+        )
+
     def add_columns(self, schema: pa.Schema) -> None:
         """Add the columns of ``schema`` the table lacks (nullable, null in its rows), so a condition can name them."""
         table = self.table()

@@ -40,9 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from deltalake import write_deltalake
 
-from model_ops.data.delta import HISTORY, PARTITION, Dataset
+from model_ops.data.delta import PARTITION, Dataset
 from model_ops.location import Location
 from model_ops.ops import experiments as ex
 from model_ops.serving.predlog import ORIGIN, Origin, predictions_dataset
@@ -293,14 +292,7 @@ class LiveExperiment:
         )
         dataset = outcomes_dataset(self.root, self.config.model)
         try:
-            write_deltalake(
-                dataset.uri,
-                table,
-                mode="append",
-                partition_by=[PARTITION],
-                storage_options=dataset.options,
-                configuration=HISTORY,
-            )
+            dataset.append(table)
         except Exception as exc:  # nothing taken: the client may post the same outcomes again
             log.error("model_ops serve: outcomes of %s not written: %s", self.config.name, exc)
             raise RequestError(

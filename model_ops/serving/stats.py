@@ -39,9 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from deltalake import write_deltalake
 
-from model_ops.data.delta import HISTORY, PARTITION, Dataset
+from model_ops.data.delta import PARTITION, Dataset
 from model_ops.data.partitions import Partitioning
 from model_ops.location import Location
 from model_ops.specs.schema import ModelSpec
@@ -367,15 +366,7 @@ def append(dataset: Dataset, table: pa.Table, on_retry: Callable[[], None] | Non
     model_ops table is), retried with backoff on a commit conflict with another server or a passing store error."""
     for attempt in range(ATTEMPTS):
         try:
-            exists = dataset.exists()
-            write_deltalake(
-                dataset.uri,
-                table,
-                mode="append",
-                partition_by=[PARTITION],
-                storage_options=dataset.options,
-                configuration=None if exists else HISTORY,
-            )
+            dataset.append(table)
             return
         except Exception:
             if attempt == ATTEMPTS - 1:
