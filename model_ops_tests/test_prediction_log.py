@@ -26,6 +26,7 @@ from model_ops.serving.predlog import (
     ORIGIN,
     Origin,
     PredictionLog,
+    Same,
     label_origins,
     predictions_dataset,
     replace_batch_rows,
@@ -440,3 +441,65 @@ def test_rows_the_log_cannot_take_fail_their_own_request_only(root: Path) -> Non
     assert (log.written_rows, log.failed_rows) == (6, 2)
     written = set(ds.read()["request_id"])
     assert written == {"b", *(f"ok{i}" for i in range(6))}
+
+
+def test_per_request_constants_are_logged_as_the_rows_would_hold_them(root: Path) -> None:
+    """Columns a request holds one value of (its version, arm, when it was scored) are handed over once per
+    request; in the table they are the same values and types as columns sent row by row, whatever mix of
+    versions, of times and of requests sending the column one way or the other a flush holds."""
+    at = [np.datetime64("2026-12-01T10:00:00.123456", "us"), np.datetime64("2026-12-01T10:00:01", "us")]
+    log = PredictionLog(resolve_root(str(root)))
+    log.offer(
+        NAME,
+        {
+            **live_columns(["a/0", "a/1"]),
+            "model_version": Same(np.int64(1)),
+            "arm": Same("production"),
+            "scored_at": Same(at[0]),
+            "latency_ms": Same(0.5),
+            "served": Same(True),
+        },
+        2,
+    )
+    log.offer(
+        NAME,
+        {
+            **live_columns(["b"]),
+            "model_version": Same(np.int64(2)),
+            "arm": Same("canary"),
+            "scored_at": Same(at[1]),
+            "latency_ms": Same(1.5),
+            "served": Same(True),
+        },
+        1,
+    )
+    log.offer(
+        NAME,
+        {
+            **live_columns(["c/0", "c/1"]),
+            "model_version": np.array([2, 1]),
+            "arm": Same("canary"),
+            "scored_at": Same(at[1]),
+            "latency_ms": Same(2.5),
+            "served": Same(False),
+        },
+        2,
+    )
+    log.close()
+    table = predictions_dataset(resolve_root(str(root)), NAME).table().to_pyarrow_table()
+    rows = table.to_pandas().sort_values("request_id").reset_index(drop=True)
+    assert rows["request_id"].tolist() == ["a/0", "a/1", "b", "c/0", "c/1"]
+    assert rows["model_version"].tolist() == [1, 1, 2, 2, 1]
+    assert rows["arm"].tolist() == ["production", "production", "canary", "canary", "canary"]
+    assert rows["latency_ms"].tolist() == [0.5, 0.5, 1.5, 2.5, 2.5]
+    assert rows["served"].tolist() == [True, True, True, False, False]
+    assert [t.isoformat() for t in rows["scored_at"]] == [
+        "2026-12-01T10:00:00.123456+00:00",
+        "2026-12-01T10:00:00.123456+00:00",
+        *["2026-12-01T10:00:01+00:00"] * 3,
+    ]
+    assert set(rows[ORIGIN]) == {Origin.LIVE.value}
+    schema = table.schema
+    assert schema.field("model_version").type == pa.int64() and schema.field("arm").type == pa.string()
+    assert schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("served").type == pa.bool_() and schema.field("latency_ms").type == pa.float64()

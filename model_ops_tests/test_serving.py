@@ -11,6 +11,7 @@ differ. Servers run on loopback ports chosen free and are stopped in teardown.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ from model_ops.ml import training
 from model_ops.ops import deployment as dep
 from model_ops.registry import Registry
 from model_ops.serving import ServeConfig, create_app
+from model_ops.serving.app import GC_THRESHOLDS
 from model_ops.serving.fleet import Fleet
 from model_ops.serving.predlog import PredictionLog, predictions_dataset
 from model_ops.specs import ModelSpec, load_spec
@@ -435,7 +437,10 @@ def _served_version(client: httpx.Client) -> int:
 
 def test_blue_green_switch_and_instant_switch_back(two_versions: Registry, root: Path, spec: ModelSpec) -> None:
     reg = two_versions
+    collector = gc.get_threshold(), gc.get_freeze_count()
     with serving(root, spec, standby=False) as (client, server):
+        # an application embedded in another process (this test's) leaves its garbage collector alone
+        assert (gc.get_threshold(), gc.get_freeze_count()) == collector
         blue = server.fleet.slots[NAME].production
         assert blue.number == 1 and _served_version(client) == 1
         reg.transition(f"models:/{NAME}/2", "production", reason="green")
@@ -625,7 +630,11 @@ def test_sigterm_drains_the_prediction_log(two_versions: Registry, root: Path, s
                 r = client.post(f"/v2/models/{NAME}/invocations", json={"dataframe_records": records})
                 assert r.status_code == 200, r.text
                 ids.append(r.json()["id"])
-            assert client.get("/status").json()["prediction_log"]["written_rows"] == 0  # all still queued
+            status = client.get("/status").json()
+            assert status["prediction_log"]["written_rows"] == 0  # all still queued
+            # the server process keeps its startup objects (modules, models) out of the collector's full passes
+            collector = status["garbage_collector"]
+            assert collector["frozen_objects"] > 10_000 and collector["thresholds"] == list(GC_THRESHOLDS)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()
     finally:

@@ -90,6 +90,14 @@ BATCH_ROWS = f"{ORIGIN} = '{Origin.BATCH.value}'"
 REPLACE_ATTEMPTS = 20
 
 
+@dataclass(frozen=True)
+class Same:
+    """A column holding one value in every row of a request (its version, arm, when it was scored): the writer
+    builds it once per flush in Arrow, instead of an array of the value per request and a conversion per row."""
+
+    value: Any
+
+
 @dataclass
 class _Item:
     model: str
@@ -195,7 +203,7 @@ def _label(dataset: Dataset, key: str, is_batch: Callable[[pd.DataFrame], np.nda
 
 def with_origin(rows: pa.Table, origin: Origin) -> pa.Table:
     """``rows`` with every ``origin`` set to ``origin`` (the column added when missing)."""
-    column = pa.array(np.full(rows.num_rows, origin.value, dtype=object), type=pa.string())
+    column = pa.repeat(pa.scalar(origin.value, type=pa.string()), rows.num_rows)
     if ORIGIN in rows.column_names:
         return rows.set_column(rows.column_names.index(ORIGIN), ORIGIN, column)
     return rows.append_column(ORIGIN, column)
@@ -222,6 +230,7 @@ class PredictionLog:
         self.failed_rows = 0
         self.write_errors = 0
         self.write_conflicts = 0  # appends that lost a commit race and were written again
+        self.writer_cpu_seconds = 0.0  # what assembling and appending the rows cost the writer thread
         self._schemas: dict[str, pa.Schema | None] = {}
         self._handles: dict[str, DeltaTable] = {}
         self._thread: threading.Thread | None = None
@@ -311,11 +320,13 @@ class PredictionLog:
             self._write(rest)
 
     def _write(self, items: list[_Item]) -> None:
+        started = time.thread_time()
         by_model: dict[str, list[_Item]] = {}
         for item in items:
             by_model.setdefault(item.model, []).append(item)
         for model, group in by_model.items():
             self._write_group(model, group)
+        self.writer_cpu_seconds += time.thread_time() - started
 
     def _write_group(self, model: str, group: list[_Item]) -> None:
         """Append ``group`` in one commit. Rows the table cannot take (a value no column type holds, a key of
@@ -405,23 +416,48 @@ class PredictionLog:
 
 def _table(items: list[_Item]) -> pa.Table:
     """The queued rows as one Arrow table, column by column (no frame in between: the writer shares the process
-    with the requests). ``datetime64`` columns are UTC times; a column some items lack is null for their rows."""
+    with the requests). ``datetime64`` columns are UTC times; a column some items lack is null for their rows; a
+    :class:`Same` column is one value per item, repeated in Arrow."""
     names = list(dict.fromkeys(n for item in items for n in item.columns))
-    arrays = []
-    for name in names:
-        parts = [
-            np.asarray(item.columns[name]) if name in item.columns else np.full(item.rows, None, dtype=object)
-            for item in items
-        ]
-        values = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        if values.dtype.kind == "M":
-            arrays.append(pa.array(values.astype("datetime64[us]"), type=pa.timestamp("us", tz="UTC")))
-            continue
-        try:
-            arrays.append(pa.array(values, from_pandas=True))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # values of mixed types (keys sent as numbers and as text)
-            arrays.append(pa.array([None if v is None else str(v) for v in values.tolist()], type=pa.string()))
+    arrays = [_column(items, name) for name in names]
     return pa.table(arrays, names=names)
+
+
+def _column(items: list[_Item], name: str) -> pa.Array:
+    given = [item.columns.get(name) for item in items]
+    if all(isinstance(g, Same) for g in given):
+        return _repeated([g.value for g in given if isinstance(g, Same)], [item.rows for item in items])
+    parts = [
+        np.full(item.rows, None, dtype=object)
+        if g is None
+        else np.full(item.rows, g.value)
+        if isinstance(g, Same)
+        else np.asarray(g)
+        for item, g in zip(items, given, strict=True)
+    ]
+    values = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if values.dtype.kind == "M":
+        return pa.array(values.astype("datetime64[us]"), type=pa.timestamp("us", tz="UTC"))
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # values of mixed types (keys sent as numbers and as text)
+        return pa.array([None if v is None else str(v) for v in values.tolist()], type=pa.string())
+
+
+def _repeated(values: list[Any], counts: list[int]) -> pa.Array:
+    """``values[i]`` repeated ``counts[i]`` times: each distinct value converted once, the rows by index."""
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) == 1:
+        one = distinct[0]
+        scalar = (
+            pa.scalar(one.astype("datetime64[us]").item(), type=pa.timestamp("us", tz="UTC"))
+            if isinstance(one, np.datetime64)
+            else pa.scalar(one.item() if isinstance(one, np.generic) else one)
+        )
+        return pa.repeat(scalar, sum(counts))
+    codes = np.repeat(np.array([distinct.index(v) for v in values], dtype=np.int32), counts)
+    dictionary = _column([_Item("", {"v": np.asarray(distinct)}, len(distinct))], "v")
+    return pa.DictionaryArray.from_arrays(pa.array(codes), dictionary).dictionary_decode()
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

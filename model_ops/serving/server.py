@@ -34,7 +34,7 @@ def run(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8080, worke
     previous = {sig: signal.signal(sig, lambda s, _frame: received.append(s)) for sig in STOP_SIGNALS}
     try:
         if workers == 1:
-            uvicorn.run(create_app(config), **common)  # type: ignore[arg-type]
+            uvicorn.run(create_app(config, own_process=True), **common)  # type: ignore[arg-type]
         else:
             os.environ["MODEL_OPS_SERVE"] = config.to_json()
             uvicorn.run("model_ops.serving.app:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
