@@ -85,6 +85,11 @@ def test_model_card_from_the_command_line(graph: Graph, capsys: pytest.CaptureFi
     assert "### Holdout by carrier" in card and "## Intended use and limits" in card
     assert "## Approvals, stages and deployments" in card and "→ **staging**" in card
     assert "**approved** for production by reviewer: read the card" in card
+    # the state now, read when the card is shown: v1 is the production champion (it was in staging when evaluated)
+    now = card[card.index("## Now") : card.index("## As written")]
+    assert "- **Stage:** production" in now and "- **Aliases:** champion" in now
+    assert "- **Deployment:** serves as production (the model: production v1)" in now
+    assert "- **Stage when this card was written:** staging" in card and "- **Stage:**  staging" not in card
     assert main(["--root", graph.root, "card", f"models:/{M}/9"]) == 1
 
 

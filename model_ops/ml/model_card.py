@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from model_ops.errors import NotFoundError
+from model_ops.ops import deployment
 from model_ops.registry import events as ev
 from model_ops.registry.registry import ModelVersion, Registry
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import RecordKind, SourceKind
+
+# The stage line of a card: the stage when the card was written. Cards written before the line said so read
+# ``- **Stage:**``, and are shown with this one (:func:`latest`), so no card passes for the current state.
+FROZEN_STAGE = "- **Stage when this card was written:**"
+_OLD_STAGE = "- **Stage:**"
 
 
 def render(
@@ -26,7 +32,7 @@ def render(
         spec.description.strip(),
         "",
         f"- **Owner:** {spec.owner}",
-        f"- **Stage:** {mv.stage}" + (f" (aliases: {', '.join(mv.aliases)})" if mv.aliases else ""),
+        f"{FROZEN_STAGE} {mv.stage}" + (f" (aliases: {', '.join(mv.aliases)})" if mv.aliases else ""),
         f"- **Artifact:** `sha256:{mv.digest}`",
         f"- **Registered:** {mv.created_at.isoformat()} by {mv.created_by}"
         + (f", run `{mv.run_id}`" if mv.run_id else ""),
@@ -100,7 +106,9 @@ def _label_summary(lineage: dict[str, Any]) -> str:
 
 
 def latest(reg: Registry, ref: str) -> tuple[ModelVersion, str]:
-    """The newest model card recorded for the version ``ref`` points at (written by each evaluation)."""
+    """The newest model card recorded for the version ``ref`` points at (written by each evaluation), with the
+    version's state now above it: its stage, aliases and what it serves as, read when the card is shown. The card
+    itself stays as written (its stage is the stage it had then, and says so)."""
     mv = reg.resolve(ref)
     events = reg.audit(mv.name)
     for event in reversed(events):
@@ -109,10 +117,41 @@ def latest(reg: Registry, ref: str) -> tuple[ModelVersion, str]:
             and event.kind in (RecordKind.EVALUATION, RecordKind.NOTE)
             and event.data.get("model_card")
         ):
-            return mv, str(event.data["model_card"]) + _decisions(events, mv)
+            card = str(event.data["model_card"]).replace(f"\n{_OLD_STAGE} ", f"\n{FROZEN_STAGE} ", 1)
+            return mv, _with_now(card, reg, mv, events) + _decisions(events, mv)
     raise NotFoundError(
         f"{mv.ref} has no model card yet", hint="the evaluation asset writes one for every version it evaluates"
     )
+
+
+def now_section(reg: Registry, mv: ModelVersion, events: list[Any]) -> list[str]:
+    """The version's state at this moment: stage, aliases, and its part in the model's deployment."""
+    manifest = deployment.current(reg, mv.name, events)
+    roles = [
+        role
+        for role, number in (
+            ("production", manifest.production),
+            ("canary", manifest.canary),
+            ("shadow", manifest.shadow),
+        )
+        if number == mv.version
+    ]
+    if "canary" in roles:
+        roles[roles.index("canary")] = f"canary at {manifest.canary_weight:.0%} of traffic"
+    serving = ("serves as " + " and ".join(roles)) if roles else "not deployed"
+    return [
+        "## Now",
+        "",
+        f"- **Stage:** {mv.stage}",
+        f"- **Aliases:** {', '.join(mv.aliases) if mv.aliases else 'none'}",
+        f"- **Deployment:** {serving} (the model: {manifest.describe()})",
+    ]
+
+
+def _with_now(card: str, reg: Registry, mv: ModelVersion, events: list[Any]) -> str:
+    """``card`` with :func:`now_section` after its title line."""
+    title, _, rest = card.partition("\n")
+    return "\n".join([title, "", *now_section(reg, mv, events), "", "## As written", "", rest.lstrip("\n")])
 
 
 def _decisions(events: list[Any], mv: ModelVersion) -> str:
