@@ -137,7 +137,11 @@ def test_canary_shadow_and_rollback_through_the_deployment_asset(graph: Graph) -
 
     rolled = graph.run(M, ("deployment",), config={"deployment": {"action": "rollback", "reason": "test"}})
     assert rolled.success
-    assert graph.metadata(M, "deployment")["message"].startswith("canary v2 rolled back")
+    shown = graph.metadata(M, "deployment")
+    assert shown["message"].startswith("canary v2 rolled back")
+    # the history names the version acted on and why; a role nobody holds is absent, not a made-up number
+    assert (shown["action"], shown["version"], shown["reason"]) == ("rollback", 2, "test")
+    assert shown["production_version"] == 1 and "canary_version" not in shown and shown["shadow_version"] == 2
     assert reg.get(M, 2).stage == "archived" and dep.current(reg, M).canary is None
     actions = [h["action"] for h in dep.history(reg, M)]
     assert actions == ["deploy", "deploy", "shadow_on", "rollback"]

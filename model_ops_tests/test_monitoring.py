@@ -464,3 +464,19 @@ def test_rolling_back_the_canary_by_its_version_never_promotes_it(reg) -> None: 
     assert change.after.production == 1 and change.after.canary is None
     assert reg.get("flight_delay", 2).stage == "archived"
     assert dep.previous_production(reg, "flight_delay") is None
+
+
+def test_a_deployment_change_names_the_version_it_was_about() -> None:
+    m = dep.Manifest
+
+    def about(before: dep.Manifest, after: dep.Manifest) -> int | None:
+        return dep.Change("x", before, after, "", before != after).version
+
+    assert about(m("f", None), m("f", 1)) == 1  # first deployment
+    assert about(m("f", 1), m("f", 1, 2, 0.1)) == 2  # canary started
+    assert about(m("f", 1, 2, 0.1), m("f", 1, 2, 0.5)) == 2  # canary advanced
+    assert about(m("f", 1, 2, 0.5), m("f", 2)) == 2  # promoted
+    assert about(m("f", 1, 2, 0.1), m("f", 1)) == 2  # canary aborted
+    assert about(m("f", 2), m("f", 1)) == 1  # production rolled back to v1
+    assert about(m("f", 1), m("f", 1, shadow=3)) == 3 and about(m("f", 1, shadow=3), m("f", 1)) == 3
+    assert about(m("f", 1), m("f", 1)) is None

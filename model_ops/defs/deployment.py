@@ -13,7 +13,7 @@ from model_ops.defs.common import attribution, key
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ops import deployment as dep
 from model_ops.specs.schema import ModelSpec
-from model_ops.vocab import DeployAction
+from model_ops.vocab import DeployAction, RunTag
 
 DEPLOY_CODE_VERSION = "deploy-1"
 
@@ -44,13 +44,28 @@ class DeployConfig(dg.Config):
 
 
 def manifest_metadata(manifest: dep.Manifest) -> dict[str, object]:
-    return {
-        "production_version": manifest.production or -1,
-        "canary_version": manifest.canary or -1,
-        "canary_weight": manifest.canary_weight,
-        "shadow_version": manifest.shadow or -1,
-        "manifest": dg.MetadataValue.json(manifest.to_dict()),
-    }
+    """The versions serving, each only when there is one: an absent canary is no ``canary_version`` entry (a
+    gap in its plot), never a made-up number."""
+    roles = {"production": manifest.production, "canary": manifest.canary, "shadow": manifest.shadow}
+    out: dict[str, object] = {f"{role}_version": number for role, number in roles.items() if number is not None}
+    out["canary_weight"] = manifest.canary_weight
+    out["manifest"] = dg.MetadataValue.json(manifest.to_dict())
+    return out
+
+
+def change_metadata(change: dep.Change, reason: str | None, window: str | None) -> dict[str, object]:
+    """What a reader of the deployment history needs on each materialization: the action, the version it was
+    about, the window (partition) whose evidence decided it, why, and what serves after it."""
+    out: dict[str, object] = {"action": change.action, "changed": change.changed}
+    if change.version is not None:
+        out["version"] = change.version
+    if window:
+        out["window"] = window
+    if reason:
+        out["reason"] = reason
+    out["message"] = change.message
+    out["serving"] = change.after.describe()
+    return {**out, **manifest_metadata(change.after)}
 
 
 def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
@@ -94,14 +109,7 @@ def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                 expect=config.expect_serving,
             )
         context.log.info(f"{spec.name}: {change.message}")
-        return dg.MaterializeResult(
-            metadata={
-                "action": change.action,
-                "changed": change.changed,
-                "message": change.message,
-                "serving": change.after.describe(),
-                **manifest_metadata(change.after),
-            }
-        )
+        window = context.run.tags.get(RunTag.WINDOW.value)  # set by the sensors and the replay for their decisions
+        return dg.MaterializeResult(metadata=change_metadata(change, config.reason, window))
 
     return _deployment

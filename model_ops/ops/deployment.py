@@ -54,6 +54,21 @@ class Change:
     message: str
     changed: bool
 
+    @property
+    def version(self) -> int | None:
+        """The version the change was about: the canary started, advanced or aborted, the version put in (or
+        back in) production, the shadow turned on or off; None when nothing changed."""
+        b, a = self.before, self.after
+        if a.production != b.production:
+            return a.production
+        if a.canary != b.canary:
+            return a.canary if a.canary is not None else b.canary
+        if a.canary_weight != b.canary_weight:
+            return a.canary
+        if a.shadow != b.shadow:
+            return a.shadow if a.shadow is not None else b.shadow
+        return None
+
 
 def _production(reg: Registry, name: str) -> int | None:
     try:
