@@ -11,7 +11,9 @@ import argparse
 import errno
 import json
 import os
+import shutil
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 from datetime import timedelta
@@ -55,14 +57,83 @@ def _json_arg(text: str | None, what: str) -> Any:
         ) from None
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+PLACEHOLDER = "-"  # what an empty cell shows, in every table and tree the command line prints
+NARROWEST = 8  # a column wrapped to fit the terminal keeps at least this many characters
+WRAPPED_FIRST = 24
+
+
+def _width(args: argparse.Namespace) -> int | None:
+    """How wide the human output may be: the terminal's width when writing to one (or when ``COLUMNS`` says),
+    else unlimited (piped output keeps one line per row), and unlimited with ``--wide``."""
+    if getattr(args, "wide", False):
+        return None
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def _table(
+    rows: list[dict[str, Any]], columns: list[str], *, width: int | None = None, wrap: tuple[str, ...] = ()
+) -> str:
+    """Rows as aligned columns. With a ``width``, the ``wrap`` columns (free text: reasons, changes) share what
+    the other columns leave and their cells continue on the next lines, so a row fits without losing a word."""
     if not rows:
         return "(none)"
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    cells = [[(PLACEHOLDER if r.get(c) in (None, "") else str(r.get(c))) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    if width is not None:
+        widths = _fit(widths, [i for i, c in enumerate(columns) if c in wrap], width)
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    for row in cells:
+        pieces = [
+            textwrap.wrap(v, w, break_on_hyphens=False) or [""] if len(v) > w else [v] for v, w in zip(row, widths)
+        ]
+        for k in range(max(len(p) for p in pieces)):
+            lines.append("  ".join((p[k] if k < len(p) else "").ljust(w) for p, w in zip(pieces, widths)).rstrip())
     return "\n".join(lines)
+
+
+def _fit(widths: list[int], wrapped: list[int], limit: int) -> list[int]:
+    """Widths for the ``wrapped`` columns so the table is ``limit`` wide. The first of them (the longest text, a
+    reason) wraps first: the others keep their width while it keeps at least ``WRAPPED_FIRST`` characters;
+    otherwise what is left is shared out, the narrower columns first getting all they need."""
+    widths = list(widths)
+    left = limit - sum(w for i, w in enumerate(widths) if i not in wrapped) - 2 * (len(widths) - 1)
+    if sum(widths[i] for i in wrapped) <= left:
+        return widths
+    first, rest = wrapped[0], wrapped[1:]
+    if left - sum(widths[i] for i in rest) >= min(WRAPPED_FIRST, widths[first]):
+        widths[first] = left - sum(widths[i] for i in rest)
+        return widths
+    todo = sorted(wrapped, key=lambda i: widths[i])
+    for n, i in enumerate(todo):
+        share = max(left // (len(todo) - n), NARROWEST)
+        widths[i] = min(widths[i], share)
+        left -= widths[i]
+    return widths
+
+
+def _wrap(text: str, width: int | None) -> str:
+    """Lines of a tree (``lineage``) longer than ``width`` continued on the next lines, under their own text, the
+    tree's branches carried down."""
+    if width is None:
+        return text
+    out = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            out.append(line)
+            continue
+        lead = len(line) - len(line.lstrip(" │├└─"))
+        carried = line[:lead].replace("├─", "│ ").replace("└─", "  ").replace("─", " ")
+        out += textwrap.wrap(
+            line[lead:],
+            width=max(width, lead + 20),
+            initial_indent=line[:lead],
+            subsequent_indent=carried + "   ",
+            break_on_hyphens=False,
+            break_long_words=True,
+        )
+    return "\n".join(out)
 
 
 def _emit(args: argparse.Namespace, doc: Any, human: str) -> None:
@@ -95,7 +166,7 @@ def _event_row(e: Event) -> dict[str, Any]:
         change = f"{e.from_value or '-'} -> {e.to_value or '-'}" if (e.from_value or e.to_value) else ""
     return {
         "seq": e.seq,
-        "time": e.ts.isoformat()[:23].replace("T", " "),
+        "time": e.ts.isoformat()[:19].replace("T", " "),  # to the second: the sequence number orders events
         "model": e.model,
         "version": e.version,
         "event": e.kind,
@@ -139,6 +210,8 @@ def cmd_versions(reg: Registry, args: argparse.Namespace) -> int:
         _table(
             [_version_row(v) for v in versions],
             ["version", "semver", "stage", "aliases", "digest", "created_at", "created_by"],
+            width=_width(args),
+            wrap=("aliases", "created_by"),
         ),
     )
     return 0
@@ -300,7 +373,7 @@ def cmd_lineage(reg: Registry, args: argparse.Namespace) -> int:
     from model_ops.ops.provenance import lineage, render_lineage
 
     tree = lineage(reg, args.ref)
-    _emit(args, tree, render_lineage(tree))
+    _emit(args, tree, _wrap(render_lineage(tree), _width(args)))
     return 0
 
 
@@ -369,7 +442,10 @@ def cmd_audit(reg: Registry, args: argparse.Namespace) -> int:
         [e.to_dict() for e in events],
         _table(
             [_event_row(e) for e in events],
-            ["seq", "time", "model", "version", "event", "change", "actor", "reason", "run"],
+            # one model's log needs no model column; the reason wraps first, then the change, then the actor
+            ["seq", "time", *([] if args.name else ["model"]), "version", "event", "change", "actor", "reason", "run"],
+            width=_width(args),
+            wrap=("reason", "change", "actor"),
         ),
     )
     return 0
@@ -391,7 +467,8 @@ def cmd_as_of(reg: Registry, args: argparse.Namespace) -> int:
     _emit(
         args,
         {"as_of": args.timestamp, "models": state},
-        f"as of {args.timestamp}:\n" + _table(rows, ["model", "version", "semver", "stage", "aliases"]),
+        f"as of {args.timestamp}:\n"
+        + _table(rows, ["model", "version", "semver", "stage", "aliases"], width=_width(args), wrap=("aliases",)),
     )
     return 0
 
@@ -831,6 +908,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(func=func)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
+        sp.add_argument(
+            "--wide",
+            action="store_true",
+            help="print tables and trees in full, however wide (default: fit the terminal)",
+        )
         if run_id:
             sp.add_argument("--run-id", help="the run this change belongs to (default $MODEL_OPS_RUN_ID)")
         return sp

@@ -313,3 +313,28 @@ def test_a_full_disk_is_said_plainly_not_as_a_bug(
     where = "/data/models/artifacts/tmp/abc.part" if isinstance(failure, OSError) else "the device"
     assert code == 1 and f"error: no space left on {where}" in err and "a bug" not in err
     assert "Traceback" not in err
+
+
+def test_tables_fit_the_terminal_and_wide_or_json_keep_every_character(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = "the holdout AUC rose from 0.71 to 0.74 and the slices by carrier all held within 0.01 of the champion"
+    assert run(capsys, "register", "m", str(model_file(tmp_path, 1.0)))[0] == 0
+    assert run(capsys, "transition", "models:/m/1", "staging", "--reason", reason)[0] == 0
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, _ = run(capsys, "audit", "m")
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 100
+    heading, *lines = out.splitlines()
+    assert heading.split() == ["SEQ", "TIME", "VERSION", "EVENT", "CHANGE", "ACTOR", "REASON", "RUN"]
+    start = next(i for i, line in enumerate(lines) if "stage_changed" in line)
+    moved = lines[start:]  # the row and its continuation lines
+    assert len(moved) > 1 and moved[0].rstrip().endswith("-")  # no run: the placeholder
+    reason_at = heading.index("REASON")
+    assert " ".join(line[reason_at:].split("  ")[0].strip() for line in moved).split() == reason.split()
+    code, out, _ = run(capsys, "audit", "m", "--wide")
+    assert code == 0 and reason in out and len(out.splitlines()) == 3
+    assert any(e["reason"] == reason for e in run_json(capsys, "audit", "m"))  # --json as it always was
+    code, out, _ = run(capsys, "versions", "m")
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 100
+    monkeypatch.delenv("COLUMNS")  # piped (as here, no terminal) and no COLUMNS: one line per row
+    assert reason in run(capsys, "audit", "m")[1]

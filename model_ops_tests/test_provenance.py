@@ -7,6 +7,7 @@ that does not match the recorded spec."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -161,6 +162,15 @@ def test_lineage_and_diff_tell_the_chain_and_the_changes(world, frames, tmp_path
     assert cli(["--root", str(tmp_path / "root"), "lineage", f"models:/flight_delay/{v1}"]) == 0
     out = capsys.readouterr().out
     assert "Delta version 0" in out and "deployment deploy: v1 deployed" in out
+    # in a 60-column terminal every line fits, the long ones continued below, and no word is lost
+    os.environ["COLUMNS"] = "60"
+    try:
+        assert cli(["--root", str(tmp_path / "root"), "lineage", f"models:/flight_delay/{v1}"]) == 0
+    finally:
+        del os.environ["COLUMNS"]
+    narrow = capsys.readouterr().out
+    assert max(len(line) for line in narrow.splitlines()) <= 60 < max(len(line) for line in out.splitlines())
+    assert "".join(narrow.replace("│", "").split()) == "".join(out.replace("│", "").split())
 
     write_snapshot(tmp_path / "root", frames, MONTHS[1], MONTHS[0])
     v2 = candidates.train_and_register(reg, snap, SPEC).version.version

@@ -293,12 +293,12 @@ def render_lineage(tree: dict[str, Any]) -> str:
     later = [
         (
             c["ts"],
-            f"{c['kind']} {(c['key'] + ' ') if c['key'] else ''}{c['from'] or ''} -> {c['to'] or ''} "
-            f"by {c['actor']}: {c['reason'] or ''}",
+            f"{c['kind']} {(c['key'] + ' ') if c['key'] else ''}{c['from'] or '-'} -> {c['to'] or '-'} "
+            f"by {c['actor']}: {c['reason'] or '-'}",
         )
         for c in tree["changes"]
     ]
-    later += [(m["ts"], f"{m['kind']}: {m['reason']}") for m in tree["monitoring"]]
+    later += [(m["ts"], f"{m['kind']}: {m['reason'] or '-'}") for m in tree["monitoring"]]
     later += [(d["ts"], f"deployment {d['action']}: {d['message']}") for d in tree["deployments"]]
     later.sort()
     for i, (ts, text) in enumerate(later):
