@@ -94,6 +94,28 @@ def test_the_audit_log_and_the_dagster_instance_hold_the_same_history(replay: di
         assert monthly == {f"2013-{m:02d}-01" for m in range(5, 11)}
 
 
+def test_the_registry_asset_shows_every_version_with_its_stage_and_each_move_with_its_reason(replay: dict) -> None:
+    from model_ops.registry import Registry
+
+    reg = Registry.open(replay["base"] / "root", actor="reader")
+    stages = {v.version: v.stage for v in reg.versions("flight_delay")}
+    asset = dg.AssetKey(["flight_delay", "registry"])
+    with dg.DagsterInstance.from_config(str(replay["base"] / "home")) as instance:
+        seen = instance.fetch_observations(asset, limit=1000).records
+    observed = [r.asset_observation for r in seen if r.asset_observation is not None]
+    latest = next(o for o in observed if "versions" in o.metadata)  # newest first
+    table = latest.metadata["versions"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert {r.data["version"]: r.data["stage"] for r in table.records} == stages
+    moves = [o for o in observed if "event" in o.metadata]
+    rollback = [o for o in moves if o.metadata["event"].value == "deployment" and "rollback" in o.description]
+    assert rollback and all(o.metadata["reason"].value for o in rollback)
+    assert any(
+        o.metadata["event"].value == "stage_changed" and o.metadata["change"].value.endswith("production")
+        for o in moves
+    )
+
+
 def test_sensors_ticked_again_on_the_final_state_request_nothing_new(replay: dict) -> None:
     from model_ops.definitions import build_definitions
     from model_ops.defs.automation import sensor_names

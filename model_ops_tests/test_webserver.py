@@ -71,6 +71,7 @@ def test_webserver_shows_the_asset_graph(tmp_path: Path) -> None:
         "drift_report",
         "live_performance",
         "serving_health",
+        "registry",
     }
     for name, node in by_name.items():
         assert node["groupName"] == "flight_delay" and len(node["description"]) > 80, name

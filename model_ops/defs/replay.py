@@ -90,6 +90,7 @@ def run_demo(
     from model_ops.defs.automation import job_names, sensor_names
     from model_ops.defs.models.example_tables import defs as example_defs
     from model_ops.defs.models.example_tables import feeding
+    from model_ops.defs.registry_view import sensor_name as registry_sensor_name
     from model_ops.defs.resources import ModelOpsResource
     from model_ops.ops import deployment as dep
     from model_ops.registry import events as ev
@@ -155,6 +156,8 @@ def run_demo(
         )
         data = sensor.evaluate_tick(context)
         cursors[name] = data.cursor
+        for event in data.asset_events or []:  # what the daemon stores from a tick: the registry's observations
+            instance.report_runless_asset_event(event)
         launched = 0
         for request in data.run_requests or []:
             tags = {**request.tags, "dagster/sensor_name": name, "dagster/run_key": request.run_key or ""}
@@ -223,6 +226,7 @@ def run_demo(
         """Tick the sensors until none of them requests anything more (a retrain's result starts a canary)."""
         for _ in range(4):
             launched = sum(tick(sensors[s]) for s in ("drift", "deployment", "guard"))
+            tick(registry_sensor_name(spec))
             record_new_events()
             if not launched:
                 return

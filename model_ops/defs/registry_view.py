@@ -1,0 +1,103 @@
+"""The registry in the Dagster UI: each model's ``registry`` asset, observed by a sensor on every registry change.
+
+The asset's latest observation holds the versions table (version, semver, stage, aliases, digest, key metrics,
+created, by) as a Dagster table; every stage or alias move, approval, rollback and deployment is an observation of
+its own, with the version, the change and its reason, so the asset's event history is the model's registry
+history. The sensor reads the registry only when its event log moved (one stat, or one HEAD on S3, otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from model_ops.defs.common import attribution, key
+from model_ops.defs.resources import ModelOpsResource
+from model_ops.ops import registry_view
+from model_ops.specs.schema import ModelSpec
+
+SENSOR_INTERVAL_SECONDS = 30
+MOVES_PER_TICK = 200  # a first tick over a long history shows its newest moves, the table shows the rest
+
+
+def sensor_name(spec: ModelSpec) -> str:
+    return f"{spec.name}_registry_sensor"
+
+
+def registry_asset(spec: ModelSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=key(spec, "registry"),
+        deps=[key(spec, "candidate_model"), key(spec, "evaluation"), key(spec, "deployment")],
+        kinds={"registry"},
+        description=f"{spec.name} in the model registry, as it is now: every version with its stage, aliases, "
+        "digest and key metrics (the latest observation's `versions` table), and every move of a stage or an "
+        "alias, approval, rollback and deployment as an observation with its reason. Observed by "
+        f"`{sensor_name(spec)}` whenever the registry changes; the same facts as `model-ops versions "
+        f"{spec.name}` and `model-ops audit {spec.name}`.",
+        **attribution(spec),
+    )
+
+
+def observations(spec: ModelSpec, found: registry_view.View) -> list[dg.AssetObservation]:
+    """The moves since the cursor, oldest first, then the table as it is after them."""
+    asset = key(spec, "registry")
+    out = []
+    for move in found.moved[-MOVES_PER_TICK:]:
+        metadata: dict[str, object] = {"event": move.event, "change": move.change, "actor": move.actor}
+        if move.version is not None:
+            metadata["version"] = move.version
+        if move.reason:
+            metadata["reason"] = move.reason
+        metadata["seq"] = move.seq
+        metadata["recorded_at"] = move.time
+        out.append(dg.AssetObservation(asset_key=asset, description=move.describe(), metadata=metadata))
+    columns = [
+        dg.TableColumn(name, "float" if name in found.metrics else "int" if name == "version" else "string")
+        for name in (found.versions[0] if found.versions else {})
+    ]
+    table: dict[str, object] = {
+        "versions": dg.MetadataValue.table(
+            records=[dg.TableRecord(row) for row in found.versions], schema=dg.TableSchema(columns=columns)
+        ),
+        "version_count": len(found.versions),
+        "stages": dg.MetadataValue.json(found.stages),
+    }
+    if found.production is not None:
+        table["production_version"] = found.production
+    table["last_event"] = found.last_seq
+    summary = f"{len(found.versions)} version(s)" + (
+        f", production v{found.production}" if found.production is not None else ", none in production"
+    )
+    out.append(dg.AssetObservation(asset_key=asset, description=summary, metadata=table))
+    return out
+
+
+def registry_sensor(spec: ModelSpec) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=sensor_name(spec),
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Shows {spec.name}'s registry on its `registry` asset: when the registry changed since the "
+        "last tick, each new move of a stage or alias (with its reason) and then the versions table are "
+        "recorded as observations. It reads and requests nothing else.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
+        state = json.loads(context.cursor) if context.cursor else {}
+        reg = model_ops.get_registry()
+        log = reg.log_version()
+        if state.get("log") == log:
+            return dg.SensorResult(skip_reason=f"the registry has not changed (event log version {log})")
+        found = registry_view.view(
+            reg, spec.name, after=int(state.get("seq", 0)), first_metric=spec.monitoring.performance_metric
+        )
+        if found is None:
+            return dg.SensorResult(
+                skip_reason=f"no version of {spec.name} is registered yet", cursor=json.dumps({"log": log, "seq": 0})
+            )
+        cursor = json.dumps({"log": log, "seq": found.last_seq})
+        if found.last_seq <= int(state.get("seq", 0)):
+            return dg.SensorResult(skip_reason=f"no change to {spec.name} (other models changed)", cursor=cursor)
+        return dg.SensorResult(asset_events=observations(spec, found), cursor=cursor)
+
+    return _sensor

@@ -1,0 +1,99 @@
+"""The registry in the Dagster UI: the ``registry`` asset's versions table and its moves, observed by a sensor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from model_ops.defs.registry_view import registry_sensor, sensor_name
+from model_ops.defs.resources import ModelOpsResource
+from model_ops.ops import registry_view
+from model_ops.registry import Registry
+from model_ops.specs import load_specs
+from model_ops_tests.helpers import tiny_model
+
+M = "flight_delay"
+
+
+@pytest.fixture()
+def reg(tmp_path: Path) -> Registry:
+    reg = Registry.open(tmp_path / "root", actor="alice")
+    for seed, auc in ((0, 0.71), (1, 0.74)):
+        reg.register_model(M, tiny_model(seed), metrics={"roc_auc": auc, "log_loss": 0.5 - seed / 10})
+    reg.transition(f"models:/{M}/1", "staging", reason="gates passed")
+    reg.transition(f"models:/{M}/1", "production", reason="first release")
+    return reg
+
+
+def spec():  # type: ignore[no-untyped-def]
+    return next(s for s in load_specs() if s.name == M)
+
+
+def tick(reg: Registry, cursor: str | None) -> dg.SensorResult:
+    sensor = registry_sensor(spec())
+    root = str(reg.location.path.parent)  # the registry lives in <root>/registry
+    context = dg.build_sensor_context(
+        cursor=cursor, resources={"model_ops": ModelOpsResource(root=root, actor="viewer")}
+    )
+    result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def test_the_view_lists_every_version_newest_first_with_its_state_and_moves(reg: Registry) -> None:
+    found = registry_view.view(reg, M, first_metric="roc_auc")
+    assert found is not None and found.production == 1 and found.metrics == ["roc_auc", "log_loss"]
+    assert [(r["version"], r["stage"], r["roc_auc"]) for r in found.versions] == [
+        (2, "development", 0.74),
+        (1, "production", 0.71),
+    ]
+    assert found.versions[1]["aliases"] == "champion"
+    described = [m.describe() for m in found.moved]
+    assert "v1 stage_changed development -> staging: gates passed" in described
+    assert "v1 stage_changed staging -> production: first release" in described
+    assert any(m.event == "alias_set" and m.change == "@champion: - -> v1" for m in found.moved)
+    later = registry_view.view(reg, M, after=found.last_seq)
+    assert later is not None and later.moved == []
+    assert registry_view.view(reg, "churn") is None
+
+
+def test_the_sensor_shows_each_move_then_the_table_and_skips_when_nothing_changed(reg: Registry) -> None:
+    first = tick(reg, None)
+    events = first.asset_events
+    assert events and all(e.asset_key == dg.AssetKey([M, "registry"]) for e in events)
+    *moves, table = events
+    assert table.description == "2 version(s), production v1"
+    versions = table.metadata["versions"]
+    assert isinstance(versions, dg.TableMetadataValue)
+    assert [(r.data["version"], r.data["stage"]) for r in versions.records] == [(2, "development"), (1, "production")]
+    assert {c.name for c in versions.schema.columns} >= {"version", "semver", "stage", "aliases", "digest", "roc_auc"}
+    assert table.metadata["production_version"].value == 1
+    promoted = next(e for e in moves if e.metadata["change"].value == "staging -> production")
+    assert promoted.metadata["reason"].value == "first release" and promoted.metadata["version"].value == 1
+
+    again = tick(reg, first.cursor)
+    assert not again.asset_events and "has not changed" in str(again.skip_reason)
+
+    reg.transition(f"models:/{M}/2", "staging", reason="better holdout AUC")
+    third = tick(reg, again.cursor or first.cursor)
+    *moves, table = third.asset_events
+    assert [m.description for m in moves] == ["v2 stage_changed development -> staging: better holdout AUC"]
+    assert [r.data["stage"] for r in table.metadata["versions"].records] == ["staging", "production"]
+    assert json.loads(third.cursor)["seq"] > json.loads(first.cursor)["seq"]
+
+
+def test_a_model_with_no_version_yet_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    Registry.open(tmp_path / "root", actor="alice").register_model("other", tiny_model(0))
+    result = tick(Registry.open(tmp_path / "root", actor="alice"), None)
+    assert not result.asset_events and result.skip_reason and f"no version of {M}" in str(result.skip_reason)
+
+
+def test_every_model_has_its_registry_asset_and_sensor() -> None:
+    from model_ops.definitions import defs
+
+    for s in load_specs():
+        assert defs.resolve_assets_def(dg.AssetKey([s.name, "registry"])) is not None
+        assert defs.resolve_sensor_def(sensor_name(s)).default_status == dg.DefaultSensorStatus.RUNNING
