@@ -50,7 +50,8 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                 "version": mv.version,
                 "semver": mv.semver,
                 "ref": mv.ref,
-                "stage": mv.stage,
+                # the stage when this run registered it: the registry asset shows the stage now
+                "stage_when_registered": mv.stage,
                 "digest": mv.digest,
                 "flavor": mv.flavor,
                 "dataset": f"{snap.uri}@{version}",
