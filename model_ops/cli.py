@@ -167,6 +167,7 @@ def _event_row(e: Event) -> dict[str, Any]:
     return {
         "seq": e.seq,
         "time": e.ts.isoformat()[:19].replace("T", " "),  # to the second: the sequence number orders events
+        "window": e.business_window,
         "model": e.model,
         "version": e.version,
         "event": e.kind,
@@ -443,7 +444,8 @@ def cmd_audit(reg: Registry, args: argparse.Namespace) -> int:
         _table(
             [_event_row(e) for e in events],
             # one model's log needs no model column; the reason wraps first, then the change, then the actor
-            ["seq", "time", *([] if args.name else ["model"]), "version", "event", "change", "actor", "reason", "run"],
+            ["seq", "time", "window", *([] if args.name else ["model"]), "version", "event", "change", "actor"]
+            + ["reason", "run"],
             width=_width(args),
             wrap=("reason", "change", "actor"),
         ),
@@ -452,25 +454,50 @@ def cmd_audit(reg: Registry, args: argparse.Namespace) -> int:
 
 
 def cmd_as_of(reg: Registry, args: argparse.Namespace) -> int:
-    state = reg.as_of(args.timestamp, args.name)
+    from model_ops.ops import business_time
+
+    given = list(args.when)
+    if args.window is not None:
+        if len(given) > 1:
+            raise UsageError("as-of --window takes at most a model name", hint="model-ops as-of --window 2013-07 NAME")
+        when, name, clock = business_time.window_start(args.window), (given or [None])[0], "business"
+        label = f"window {args.window} (business time: what was in force from {when.date().isoformat()})"
+    else:
+        if not 1 <= len(given) <= 2:
+            raise UsageError("as-of needs a TIMESTAMP (or --window KEY)", hint="model-ops as-of 2026-12-01T14:00Z NAME")
+        when, name = given[0], (given[1:] or [None])[0]
+        clock = "business" if args.business else "wall"
+        label = f"{when} ({'business time' if args.business else 'wall clock'})"
+    effective = business_time.effective(_specs_by_name()) if clock == "business" else None
+    state = reg.as_of(when, name, business=effective)
     rows = [
         {
-            "model": name,
+            "model": model,
             "version": v["version"],
             "semver": v["semver"],
             "stage": v["stage"],
             "aliases": ",".join(v["aliases"]),
         }
-        for name, m in state.items()
+        for model, m in state.items()
         for v in m["versions"]
     ]
     _emit(
         args,
-        {"as_of": args.timestamp, "models": state},
-        f"as of {args.timestamp}:\n"
+        {"as_of": when if isinstance(when, str) else when.isoformat(), "clock": clock, "models": state},
+        f"as of {label}:\n"
         + _table(rows, ["model", "version", "semver", "stage", "aliases"], width=_width(args), wrap=("aliases",)),
     )
     return 0
+
+
+def _specs_by_name() -> dict[str, Any]:
+    """The declared models (their partitioning says when a window ends); none when they cannot be loaded."""
+    from model_ops.specs import load_specs
+
+    try:
+        return {s.name: s for s in load_specs()}
+    except ModelOpsError:
+        return {}
 
 
 def cmd_fetch(reg: Registry, args: argparse.Namespace) -> int:
@@ -981,9 +1008,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reason", required=True)
     sp = add("audit", cmd_audit, "every registry event, oldest first")
     sp.add_argument("name", nargs="?")
-    sp = add("as-of", cmd_as_of, "stages and aliases as they were at TIMESTAMP (ISO 8601, UTC when no zone)")
-    sp.add_argument("timestamp")
-    sp.add_argument("name", nargs="?")
+    sp = add(
+        "as-of",
+        cmd_as_of,
+        "stages and aliases as they were at TIMESTAMP (ISO 8601, UTC when no zone) on the wall clock, or in the "
+        "world the events describe (--business TIMESTAMP, --window KEY)",
+    )
+    sp.add_argument("when", nargs="*", metavar="TIMESTAMP [NAME]", help="the moment, then the model (optional)")
+    sp.add_argument(
+        "--business",
+        action="store_true",
+        help="read TIMESTAMP as business time: each event counts from the end of the window it was written for",
+    )
+    sp.add_argument("--window", help="the state that was in force during this window (2013-07 or 2013-07-01)")
     sp = add("fetch", cmd_fetch, "download a version's artifact to DEST, verifying every byte")
     sp.add_argument("ref")
     sp.add_argument("dest")

@@ -325,10 +325,11 @@ def test_tables_fit_the_terminal_and_wide_or_json_keep_every_character(
     code, out, _ = run(capsys, "audit", "m")
     assert code == 0 and max(len(line) for line in out.splitlines()) <= 100
     heading, *lines = out.splitlines()
-    assert heading.split() == ["SEQ", "TIME", "VERSION", "EVENT", "CHANGE", "ACTOR", "REASON", "RUN"]
+    assert heading.split() == ["SEQ", "TIME", "WINDOW", "VERSION", "EVENT", "CHANGE", "ACTOR", "REASON", "RUN"]
     start = next(i for i, line in enumerate(lines) if "stage_changed" in line)
     moved = lines[start:]  # the row and its continuation lines
     assert len(moved) > 1 and moved[0].rstrip().endswith("-")  # no run: the placeholder
+    assert moved[0].split()[3] == "-"  # written for no window
     reason_at = heading.index("REASON")
     assert " ".join(line[reason_at:].split("  ")[0].strip() for line in moved).split() == reason.split()
     code, out, _ = run(capsys, "audit", "m", "--wide")

@@ -116,6 +116,38 @@ def test_the_registry_asset_shows_every_version_with_its_stage_and_each_move_wit
     )
 
 
+def test_as_of_a_window_answers_what_served_that_month(replay: dict, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Business time: the production version ``as-of --window`` names for each replayed month is the one that
+    scored that month's production traffic in the prediction log; on the wall clock 2013 is before the registry."""
+    from model_ops.defs.resources import ModelOpsResource
+
+    root = str(replay["base"] / "root")
+    log = ModelOpsResource(root=root).dataset("flight_delay", "predictions")
+    for month in range(5, 11):
+        key = f"2013-{month:02d}-01"
+        rows = log.read([key])
+        served = set(rows.loc[rows["served"] & (rows["arm"] == "production"), "model_version"])
+        assert cli(["--root", root, "as-of", "--window", key[:7], "flight_delay", "--json"]) == 0
+        state = json.loads(capsys.readouterr().out)
+        assert state["clock"] == "business" and {state["models"]["flight_delay"]["production"]} == served, key
+    assert cli(["--root", root, "as-of", "2013-07-15T00:00:00Z", "flight_delay"]) == 1  # wall clock: nothing yet
+    assert "on the wall clock" in capsys.readouterr().err
+    assert cli(["--root", root, "as-of", "2013-07-15T00:00:00Z", "flight_delay", "--business"]) == 0
+    assert "business time" in capsys.readouterr().out
+    assert cli(["--root", root, "as-of", "--window", "July", "flight_delay"]) == 2
+    assert "cannot read 'July' as a window" in capsys.readouterr().err
+    events = json.loads(_audit_json(root, capsys))
+    months = {f"2013-{m:02d}-01" for m in range(1, 13)}
+    assert {e["window"] for e in events} - {None} <= months  # the replay's writes carry the month they act on
+    judged = [e for e in events if e["kind"] in ("canary_analysis", "retrain")]  # decisions on a month's evidence
+    assert judged and all(e["window"] in months for e in judged)
+
+
+def _audit_json(root: str, capsys) -> str:  # type: ignore[no-untyped-def]
+    assert cli(["--root", root, "audit", "flight_delay", "--json"]) == 0
+    return str(capsys.readouterr().out)
+
+
 def test_sensors_ticked_again_on_the_final_state_request_nothing_new(replay: dict) -> None:
     from model_ops.definitions import build_definitions
     from model_ops.defs.automation import sensor_names

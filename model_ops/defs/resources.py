@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from model_ops.data.delta import Dataset
 from model_ops.errors import UsageError
 from model_ops.location import Location, resolve_root
 from model_ops.registry import Registry
+from model_ops.vocab import RunTag
 
 ENV_VAR = "MODEL_OPS_ENV"
+PARTITION_TAG = "dagster/partition"
 ENVIRONMENTS = ("local", "s3")
 
 
@@ -39,11 +41,23 @@ class ModelOpsResource(dg.ConfigurableResource):
         "default: none, the registry's policy alone.",
     )
 
+    # The window the run acts on (its partition, or the window a sensor's decision was taken on): see
+    # ``Registry.business_window``. Set when a run starts; None in sensors and outside runs.
+    _window: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.run
+        if run is not None:
+            self._window = run.tags.get(RunTag.WINDOW.value) or run.tags.get(PARTITION_TAG) or None
+
     def location(self) -> Location:
         return resolve_root(self.root)
 
     def get_registry(self) -> Registry:
-        return Registry.open(self.location(), actor=self.actor, policy=self.policy)
+        """The registry, its writes stamped with the window of the run this resource serves (if any)."""
+        reg = Registry.open(self.location(), actor=self.actor, policy=self.policy)
+        reg.business_window = self._window
+        return reg
 
     def dataset(self, model: str, name: str) -> Dataset:
         """The Delta table of asset ``model/name`` (``<root>/datasets/<model>/<name>``)."""

@@ -31,6 +31,8 @@ RECORD_KINDS = frozenset(
 )
 # The records what serves is decided from (the deployment manifest, the running A/B experiment): kept in the fold.
 SERVING_RECORD_KINDS = frozenset({"deployment", "experiment"})
+# The payload key of the business window an event was written for (see ``Registry.business_window``).
+BUSINESS_WINDOW = "business_window"
 STATE_KINDS = frozenset({REGISTERED, STAGE_CHANGED, ALIAS_SET, ALIAS_REMOVED, TAG_SET, TAG_REMOVED, APPROVED, ROLLBACK})
 
 SCHEMA = pa.schema(
@@ -98,6 +100,12 @@ class Event:
             self._parsed = payload_object(self.payload_text()) or {}
         return self._parsed
 
+    @property
+    def business_window(self) -> str | None:
+        """The window (partition) of the world this event was written for; None when it was written for none."""
+        window = self.data.get(BUSINESS_WINDOW)
+        return window if isinstance(window, str) and window else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
@@ -111,6 +119,7 @@ class Event:
             "to": self.to_value,
             "digest": self.digest,
             "reason": self.reason,
+            "window": self.business_window,
             "run_id": self.run_id,
             "identity": self.identity,
             "policy": self.policy,
@@ -218,3 +227,19 @@ def chain_hash(e: Event) -> str:
     ]
     blob = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(b"model_ops event v1\n" + blob.encode()).hexdigest()
+
+
+def in_effect(events: list[Event], when: datetime, effective: Any) -> list[int]:
+    """The seqs of ``events`` in effect at ``when`` in business time (see ``Registry.as_of``): an event written
+    for a window takes effect at ``effective(model, window)``; one written for none, with the model's event
+    before it (from the start, before any)."""
+    cut = utc(when)
+    last: dict[str, datetime | None] = {}
+    keep = []
+    for e in sorted(events, key=lambda x: x.seq):
+        window = e.business_window
+        at = utc(effective(e.model, window)) if window else last.get(e.model)
+        last[e.model] = at
+        if at is None or at <= cut:
+            keep.append(e.seq)
+    return keep

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from model_ops.artifacts import ArtifactStore, signing
@@ -168,6 +169,13 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _payload(payload: dict | None, window: str | None) -> str | None:
+    """An event's stored payload: its details, and the business window it was written for (when there is one)."""
+    if window:
+        payload = {**(payload or {}), ev.BUSINESS_WINDOW: window}
+    return json.dumps(payload, sort_keys=True) if payload is not None else None
+
+
 class Registry:
     """Open with :meth:`open`; safe to share between threads; any number of processes may use one root at once."""
 
@@ -189,6 +197,10 @@ class Registry:
         self._reader = EventLog(self.location)  # audit and as-of read the latest table through this one
         self._receipts = Receipts(self.location)
         self._policies_kept: set[str] = set()
+        # The window (partition key) of the world the writes are about: the Dagster run's partition, or the window
+        # a sensor's decision was taken on. Every event written carries it (``Event.business_window``), so the
+        # log answers "what served in 2013-07" as well as "what did the registry say at 14:00 today".
+        self.business_window: str | None = None
         self._state: RegistryState | None = None
         self._state_version = -1
         # What is wrong with the newest commits of the log, found by the last read (see ``_check_tip``). Reads go
@@ -412,17 +424,35 @@ class Registry:
             m = self._sync().models.get(name)
             return list(m.serving_records) if m is not None else []
 
-    def as_of(self, when: str | datetime, name: str | None = None) -> dict[str, dict]:
-        """Stages and aliases as they were at ``when``: the event fold cut at that moment."""
+    def as_of(
+        self,
+        when: str | datetime,
+        name: str | None = None,
+        *,
+        business: Callable[[str, str], datetime] | None = None,
+    ) -> dict[str, dict]:
+        """Stages and aliases as they were at ``when``: by default on the wall clock (the event fold cut at that
+        moment); with ``business``, in the world the events describe.
+
+        ``business(model, window)`` is the moment an event written for ``window`` takes effect (the window's end:
+        a decision taken on a month's evidence governs the next month). An event written for no window took
+        effect with the model's event before it (the first ones, before any window: from the start). The fold
+        then takes, in log order, the events in effect at ``when``."""
         cut = parse_timestamp(when)
         if name is not None:
             check_name(name)
         state = RegistryState(self.policy.production.stage)
         with unreadable_log(self._reader.location):
-            state.apply_table(self._reader.read_latest(until=cut))
+            if business is None:
+                state.apply_table(self._reader.read_latest(until=cut))
+            else:
+                table = self._reader.read_latest()
+                keep = ev.in_effect(ev.from_arrow(table), cut, business)
+                state.apply_table(table.filter(pc.is_in(table.column("seq"), pa.array(keep, type=pa.int64()))))
         models = {n: m for n, m in state.models.items() if m.versions and (name is None or n == name)}
         if name is not None and not models:
-            raise NotFoundError(f"model {name!r} had no versions at {cut.isoformat()}")
+            clock = "in business time" if business is not None else "on the wall clock"
+            raise NotFoundError(f"model {name!r} had no versions at {cut.isoformat()} ({clock})")
         return {
             n: {
                 "production": m.production,
@@ -526,7 +556,7 @@ class Registry:
             digest=digest,
             reason=reason,
             run_id=run_id or os.environ.get(RUN_ID_ENV) or None,
-            payload=json.dumps(payload, sort_keys=True) if payload is not None else None,
+            payload=_payload(payload, self.business_window),
             identity=self.identity,
             policy=self.policy.digest,
         )

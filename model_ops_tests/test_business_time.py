@@ -1,0 +1,54 @@
+"""Business time: registry events carry the window they were written for, and as-of answers in either clock."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from model_ops.errors import NotFoundError, UsageError
+from model_ops.ops import business_time
+from model_ops.registry import Registry
+from model_ops.specs import load_specs
+from model_ops_tests.helpers import tiny_model
+
+M = "flight_delay"  # monthly partitions from 2013-01
+
+
+def test_events_take_effect_at_the_end_of_their_window_and_unwindowed_ones_with_the_event_before(
+    tmp_path: Path,
+) -> None:
+    reg = Registry.open(tmp_path / "root", actor="alice")
+    reg.register_model(M, tiny_model(0))  # before any window: in force from the start
+    reg.transition(f"models:/{M}/1", "staging", reason="gates")
+    reg.transition(f"models:/{M}/1", "production", reason="first")
+    reg.business_window = "2013-06-01"  # a run for June's partition
+    reg.register_model(M, tiny_model(1))
+    reg.transition(f"models:/{M}/2", "staging", reason="June's retrain")
+    reg.business_window = None  # written by hand after it: takes effect with June's events
+    reg.transition(f"models:/{M}/2", "production", reason="by hand")
+    reg.business_window = "2013-08-01"
+    reg.rollback(M, reason="August went badly")
+    assert [e.business_window for e in reg.audit(M)][-1] == "2013-08-01"
+
+    effective = business_time.effective({s.name: s for s in load_specs()})
+    assert effective(M, "2013-06-01") == datetime(2013, 7, 1, tzinfo=timezone.utc)  # the window's end
+
+    def production(when: str) -> int | None:
+        return reg.as_of(when, M, business=effective)[M]["production"]
+
+    assert production("2013-03-15T00:00:00Z") == 1
+    assert production("2013-06-30T23:59:59Z") == 1  # June's decisions govern July, not June
+    assert production("2013-07-01T00:00:00Z") == 2 and production("2013-08-31T00:00:00Z") == 2
+    assert production("2013-09-01T00:00:00Z") == 1
+    with pytest.raises(NotFoundError, match="on the wall clock"):
+        reg.as_of("2013-07-15T00:00:00Z", M)  # the registry was written in 2026
+    assert reg.as_of(datetime.now(timezone.utc), M)[M]["production"] == 1
+
+
+def test_a_window_is_named_by_its_first_day_or_month() -> None:
+    assert business_time.window_start("2013-07") == datetime(2013, 7, 1, tzinfo=timezone.utc)
+    assert business_time.window_start("2013-07-01") == datetime(2013, 7, 1, tzinfo=timezone.utc)
+    with pytest.raises(UsageError, match="as a window"):
+        business_time.window_start("July")
