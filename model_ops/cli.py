@@ -458,6 +458,10 @@ def cmd_as_of(reg: Registry, args: argparse.Namespace) -> int:
 
     given = list(args.when)
     if args.window is not None:
+        if args.business:
+            raise UsageError(
+                "--window is business time already: drop --business", hint="model-ops as-of --window 2013-07"
+            )
         if len(given) > 1:
             raise UsageError("as-of --window takes at most a model name", hint="model-ops as-of --window 2013-07 NAME")
         when, name, clock = business_time.window_start(args.window), (given or [None])[0], "business"

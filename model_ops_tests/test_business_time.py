@@ -52,3 +52,21 @@ def test_a_window_is_named_by_its_first_day_or_month() -> None:
     assert business_time.window_start("2013-07-01") == datetime(2013, 7, 1, tzinfo=timezone.utc)
     with pytest.raises(UsageError, match="as a window"):
         business_time.window_start("July")
+
+
+def test_a_backfill_written_after_a_later_window_never_takes_effect_before_it(tmp_path: Path) -> None:
+    reg = Registry.open(tmp_path / "root", actor="alice")
+    reg.register_model(M, tiny_model(0))
+    reg.transition(f"models:/{M}/1", "staging", reason="gates")
+    reg.transition(f"models:/{M}/1", "production", reason="first")
+    reg.business_window = "2013-09-01"
+    reg.register_model(M, tiny_model(1))  # September's retrain
+    reg.business_window = "2013-05-01"
+    reg.record(M, "note", reason="a backfill of May, written now")
+    reg.business_window = None
+    reg.transition(f"models:/{M}/2", "staging", reason="by hand, after September's retrain")
+    effective = business_time.effective({s.name: s for s in load_specs()})
+    june = reg.as_of("2013-06-15T00:00:00Z", M, business=effective)[M]
+    assert [v["version"] for v in june["versions"]] == [1] and june["production"] == 1  # no v2 yet, nothing moved
+    october = reg.as_of("2013-10-01T00:00:00Z", M, business=effective)[M]
+    assert [(v["version"], v["stage"]) for v in october["versions"]] == [(1, "production"), (2, "staging")]

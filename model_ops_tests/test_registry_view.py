@@ -76,9 +76,10 @@ def test_the_sensor_shows_each_move_then_the_table_and_skips_when_nothing_change
 
     again = tick(reg, first.cursor)
     assert not again.asset_events and "has not changed" in str(again.skip_reason)
+    assert again.cursor == first.cursor  # kept, whoever stores it
 
     reg.transition(f"models:/{M}/2", "staging", reason="better holdout AUC")
-    third = tick(reg, again.cursor or first.cursor)
+    third = tick(reg, again.cursor)
     *moves, table = third.asset_events
     assert [m.description for m in moves] == ["v2 stage_changed development -> staging: better holdout AUC"]
     assert [r.data["stage"] for r in table.metadata["versions"].records] == ["staging", "production"]
@@ -97,3 +98,22 @@ def test_every_model_has_its_registry_asset_and_sensor() -> None:
     for s in load_specs():
         assert defs.resolve_assets_def(dg.AssetKey([s.name, "registry"])) is not None
         assert defs.resolve_sensor_def(sensor_name(s)).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_a_tick_that_finds_more_moves_than_it_shows_goes_on_from_the_last_one_shown(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_ops.defs import registry_view as view_defs
+
+    first = tick(reg, None)
+    for i in range(5):
+        reg.set_tag(f"models:/{M}/2", "note", str(i))  # not moves
+        reg.set_alias(M, f"a{i}", 2, reason=f"alias {i}")
+    monkeypatch.setattr(view_defs, "MOVES_PER_TICK", 2)
+    shown: list[str] = []
+    cursor = first.cursor
+    for _ in range(4):
+        result = tick(reg, cursor)
+        shown += [e.metadata["change"].value for e in result.asset_events or [] if "change" in e.metadata]
+        cursor = result.cursor
+    assert shown == [f"@a{i}: - -> v2" for i in range(5)]  # every move once, in order, none lost

@@ -878,3 +878,22 @@ def test_overlapping_registry_reads_restore_the_process_switch_interval() -> Non
     for t in threads:
         t.join()
     assert sys.getswitchinterval() == before
+
+
+def test_a_loaded_version_is_freed_as_soon_as_nothing_holds_it(two_versions: Registry, spec: ModelSpec) -> None:
+    """No reference cycle through its batcher: once a server has frozen its startup objects (gc.freeze), a
+    version in a cycle replaced by a reload would never be freed, model and all."""
+    import weakref
+
+    from model_ops.loading import load
+    from model_ops.serving.scoring import Version
+
+    version = Version.build(load(f"models:/{NAME}/1", registry=two_versions), spec)
+    version.score(version.check(rows().head(3)))  # the batcher has been used
+    gc.disable()
+    try:
+        gone = weakref.ref(version)
+        del version
+        assert gone() is None  # freed by its reference count alone, without a collection
+    finally:
+        gc.enable()

@@ -728,3 +728,21 @@ def test_an_rsa_key_is_refused_with_how_to_make_an_ec_key(
     monkeypatch.setenv(signing.KEY_ENV, str(path))
     with pytest.raises(UsageError, match="elliptic-curve"):
         Registry.open(root).register_model("m", tiny_model(1))
+
+
+def test_a_version_registered_for_a_business_window_is_signed_with_it(
+    tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run for a partition stamps its writes with the window; the signed record includes it, so the version
+    verifies and loads like any other."""
+    root = tmp_path / "root"
+    as_signer(monkeypatch, keys["key"])
+    reg = Registry.open(root, actor="trainer")
+    reg.business_window = "2013-07-01"
+    mv = reg.register_model("m", tiny_model(1), dataset="s3://lake/features@7")
+    assert mv.record["business_window"] == "2013-07-01"
+    as_reader(monkeypatch, keys["key_pub"])
+    reader = Registry.open(root)
+    assert reader.fsck() == []
+    assert reader.load_model(mv.ref) is not None
+    assert [e.business_window for e in reader.audit("m")] == ["2013-07-01"] * len(reader.audit("m"))

@@ -18,7 +18,9 @@ from model_ops.ops import registry_view
 from model_ops.specs.schema import ModelSpec
 
 SENSOR_INTERVAL_SECONDS = 30
-MOVES_PER_TICK = 200  # a first tick over a long history shows its newest moves, the table shows the rest
+# Moves observed per tick at most: a first tick over a long history shows its newest (the table shows the rest);
+# a later one that finds more (after the sensor was off) shows the oldest and the next tick goes on from there.
+MOVES_PER_TICK = 200
 
 
 def sensor_name(spec: ModelSpec) -> str:
@@ -39,11 +41,13 @@ def registry_asset(spec: ModelSpec) -> dg.AssetSpec:
     )
 
 
-def observations(spec: ModelSpec, found: registry_view.View) -> list[dg.AssetObservation]:
-    """The moves since the cursor, oldest first, then the table as it is after them."""
+def observations(
+    spec: ModelSpec, found: registry_view.View, moved: list[registry_view.Move]
+) -> list[dg.AssetObservation]:
+    """``moved`` (the moves since the cursor, oldest first), then the table as it is now."""
     asset = key(spec, "registry")
     out = []
-    for move in found.moved[-MOVES_PER_TICK:]:
+    for move in moved:
         metadata: dict[str, object] = {"event": move.event, "change": move.change, "actor": move.actor}
         if move.version is not None:
             metadata["version"] = move.version
@@ -84,20 +88,27 @@ def registry_sensor(spec: ModelSpec) -> dg.SensorDefinition:
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
         state = json.loads(context.cursor) if context.cursor else {}
+        seen = int(state.get("seq", 0))
         reg = model_ops.get_registry()
         log = reg.log_version()
         if state.get("log") == log:
-            return dg.SensorResult(skip_reason=f"the registry has not changed (event log version {log})")
-        found = registry_view.view(
-            reg, spec.name, after=int(state.get("seq", 0)), first_metric=spec.monitoring.performance_metric
-        )
+            return dg.SensorResult(
+                skip_reason=f"the registry has not changed (event log version {log})", cursor=context.cursor
+            )
+        found = registry_view.view(reg, spec.name, after=seen, first_metric=spec.monitoring.performance_metric)
         if found is None:
             return dg.SensorResult(
                 skip_reason=f"no version of {spec.name} is registered yet", cursor=json.dumps({"log": log, "seq": 0})
             )
-        cursor = json.dumps({"log": log, "seq": found.last_seq})
-        if found.last_seq <= int(state.get("seq", 0)):
+        if found.last_seq <= seen:
+            cursor = json.dumps({"log": log, "seq": found.last_seq})
             return dg.SensorResult(skip_reason=f"no change to {spec.name} (other models changed)", cursor=cursor)
-        return dg.SensorResult(asset_events=observations(spec, found), cursor=cursor)
+        if context.cursor is None or len(found.moved) <= MOVES_PER_TICK:
+            moved, upto, log_seen = found.moved[-MOVES_PER_TICK:], found.last_seq, log
+        else:  # more than a tick shows: the oldest now, the rest from the next tick on (it reads again)
+            moved = found.moved[:MOVES_PER_TICK]
+            upto, log_seen = moved[-1].seq, None
+        cursor = json.dumps({"log": log_seen, "seq": upto})
+        return dg.SensorResult(asset_events=observations(spec, found, moved), cursor=cursor)
 
     return _sensor

@@ -18,18 +18,22 @@ from model_ops.registry.inputs import parse_timestamp
 from model_ops.specs.schema import ModelSpec
 
 
-def effective(specs: Mapping[str, ModelSpec]) -> Callable[[str, str], datetime]:
-    """``effective(model, window)``: the end of ``window`` by the model's declared partitioning; a model without
-    a declaration here (or a window its declaration does not know) takes the window's key as the time."""
+def effective(specs: Mapping[str, ModelSpec]) -> Callable[[str, str], datetime | None]:
+    """``effective(model, window)``: the end of ``window`` by the model's declared partitioning. A model not
+    declared here (or a window its declaration does not know) takes the window's key as the time, its start;
+    a key that is no time at all places nothing (None: the event takes effect with the one before it)."""
 
-    def at(model: str, window: str) -> datetime:
+    def at(model: str, window: str) -> datetime | None:
         spec = specs.get(model)
         if spec is not None and spec.partitioning is not None:
             try:
                 return Partitioning.of(spec).window(window)[1].to_pydatetime()
             except UsageError:
                 pass
-        return parse_timestamp(window)
+        try:
+            return window_start(window)
+        except UsageError:
+            return None
 
     return at
 

@@ -60,7 +60,7 @@ class Change:
         back in) production, the shadow turned on or off; None when nothing changed."""
         b, a = self.before, self.after
         if a.production != b.production:
-            return a.production
+            return a.production if a.production is not None else b.production
         if a.canary != b.canary:
             return a.canary if a.canary is not None else b.canary
         if a.canary_weight != b.canary_weight:

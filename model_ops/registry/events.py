@@ -231,14 +231,18 @@ def chain_hash(e: Event) -> str:
 
 def in_effect(events: list[Event], when: datetime, effective: Any) -> list[int]:
     """The seqs of ``events`` in effect at ``when`` in business time (see ``Registry.as_of``): an event written
-    for a window takes effect at ``effective(model, window)``; one written for none, with the model's event
-    before it (from the start, before any)."""
+    for a window takes effect at ``effective(model, window)`` (None: a window it cannot place); one written for
+    none, with the model's event before it (from the start, before any). A model's events never take effect
+    before the events written before them: a backfill's record written after a later window's decision takes
+    effect with that decision, so the fold never sees a change before the version it changes exists."""
     cut = utc(when)
     last: dict[str, datetime | None] = {}
     keep = []
     for e in sorted(events, key=lambda x: x.seq):
         window = e.business_window
-        at = utc(effective(e.model, window)) if window else last.get(e.model)
+        own = effective(e.model, window) if window else None
+        before = last.get(e.model)
+        at = before if own is None else utc(own) if before is None else max(utc(own), before)
         last[e.model] = at
         if at is None or at <= cut:
             keep.append(e.seq)

@@ -429,7 +429,7 @@ class Registry:
         when: str | datetime,
         name: str | None = None,
         *,
-        business: Callable[[str, str], datetime] | None = None,
+        business: Callable[[str, str], datetime | None] | None = None,
     ) -> dict[str, dict]:
         """Stages and aliases as they were at ``when``: by default on the wall clock (the event fold cut at that
         moment); with ``business``, in the world the events describe.
@@ -922,6 +922,8 @@ class Registry:
             level, why = sv.classify(parent[0] if parent else None, record)
             semver = sv.bump(level, parent[1] if parent else None, used)
             record["bump"] = {"level": level, "reason": why, "from": parent[1] if parent else None}
+            if self.business_window:  # part of the record, so a signature covers it (the event payload is the record)
+                record[ev.BUSINESS_WINDOW] = self.business_window
             count += 1
             trust: dict[str, tuple[str, int]] = item["trust"] or {}
             if signer is not None:

@@ -924,8 +924,8 @@ def _settle_memory() -> None:
     of the collector's reach (``gc.freeze``): a full pass then scans only what requests allocated since. Without
     this, each full pass walked a couple of hundred thousand startup objects with every thread stopped, a pause
     of 0.1-0.3 s that was most of the p99 latency under load. Frozen objects are still freed when nothing refers
-    to them; only garbage in reference cycles among them is never collected, and startup leaves little of that
-    (collected here first)."""
+    to them; only garbage in reference cycles among them is never collected. Startup's own is collected here
+    first, and a loaded version holds no cycle (``scoring.Version``), so a model replaced later is freed."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -446,7 +446,9 @@ def _column(items: list[_Item], name: str) -> pa.Array:
 
 def _repeated(values: list[Any], counts: list[int]) -> pa.Array:
     """``values[i]`` repeated ``counts[i]`` times: each distinct value converted once, the rows by index."""
-    distinct = list(dict.fromkeys(values))
+    index: dict[Any, int] = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int32, count=len(values))
+    distinct = list(index)
     if len(distinct) == 1:
         one = distinct[0]
         scalar = (
@@ -455,7 +457,7 @@ def _repeated(values: list[Any], counts: list[int]) -> pa.Array:
             else pa.scalar(one.item() if isinstance(one, np.generic) else one)
         )
         return pa.repeat(scalar, sum(counts))
-    codes = np.repeat(np.array([distinct.index(v) for v in values], dtype=np.int32), counts)
+    codes = np.repeat(codes, counts)
     dictionary = _column([_Item("", {"v": np.asarray(distinct)}, len(distinct))], "v")
     return pa.DictionaryArray.from_arrays(pa.array(codes), dictionary).dictionary_decode()
 

@@ -16,6 +16,7 @@ import functools
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -81,7 +82,10 @@ class Version:
     outputs: dict[str, str] = field(default_factory=dict)  # output name -> OIP datatype, found by :meth:`warm`
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "batcher", Batcher(self.score_now))
+        # The batcher calls back through a weak reference: a version holding a batcher holding the version would
+        # be a reference cycle, freed only by the garbage collector's full passes, and never once the server has
+        # frozen its startup objects (``gc.freeze``): each model replaced after startup would stay in memory.
+        object.__setattr__(self, "batcher", Batcher(_weakly(self.score_now)))
 
     @classmethod
     def build(cls, loaded: LoadedModel, spec: ModelSpec) -> Version:
@@ -317,6 +321,18 @@ def _score_many(score: Callable[[pd.DataFrame], Scored], frames: list[pd.DataFra
         results.append(({n: v[start:end] for n, v in outputs.items()}, latency))
         start = end
     return results
+
+
+def _weakly(method: Callable[[pd.DataFrame], Scored]) -> Callable[[pd.DataFrame], Scored]:
+    ref = weakref.WeakMethod(method)  # type: ignore[arg-type]
+
+    def call(frame: pd.DataFrame) -> Scored:
+        bound = ref()
+        if bound is None:
+            raise RuntimeError("the version was unloaded while a request was being scored")
+        return bound(frame)
+
+    return call
 
 
 class Batcher:
