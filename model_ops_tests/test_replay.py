@@ -92,6 +92,20 @@ def test_the_audit_log_and_the_dagster_instance_hold_the_same_history(replay: di
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         monthly = {r.tags.get("dagster/partition") for r in runs if r.job_name == "flight_delay_monthly"}
         assert monthly == {f"2013-{m:02d}-01" for m in range(5, 11)}
+        # runs of the workspace's code location (each job's Runs tab and the timeline list them), decided by
+        # sensor ticks stored as the daemon stores them, skip reasons and cursors included
+        assert all(r.remote_job_origin is not None for r in runs)
+        labelled = dg.RunsFilter(tags={".dagster/repository": "__repository__@model_ops"})
+        assert instance.get_runs_count(labelled) == len(runs)
+        ticks = {
+            state.instigator_name: instance.get_ticks(state.instigator_origin_id, state.selector_id)
+            for state in instance.all_instigator_state()
+        }
+        for name in ("drift_sensor", "deployment_sensor", "production_guard", "registry_sensor"):
+            found = ticks[f"flight_delay_{name}"]
+            assert len(found) >= 7 and any(t.skip_reason for t in found), name
+        launched = {run_id for t in ticks["flight_delay_deployment_sensor"] for run_id in t.run_ids}
+        assert launched == {r.run_id for r in by_sensor if r.tags["dagster/sensor_name"].endswith("deployment_sensor")}
 
 
 def test_the_registry_asset_shows_every_version_with_its_stage_and_each_move_with_its_reason(replay: dict) -> None:

