@@ -225,6 +225,7 @@ def test_a_model_that_burns_cpu_fails_the_sla_after_re_measuring(binary, quick) 
     assert gate.details["single_p99"]["measurements"] == 4
 
 
+@pytest.mark.slow
 def test_a_model_slow_only_at_first_passes_on_re_measurement(binary, quick) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = binary
     calls_per_measurement = ev.REPETITIONS * (ev.SINGLE_CALLS + ev.BATCH_CALLS)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "model_ops"
 DAGSTER_LAYER = (PACKAGE / "defs", PACKAGE / "definitions.py")
 
@@ -40,6 +42,7 @@ def test_only_the_dagster_layer_imports_dagster() -> None:
     assert offenders == {}, f"modules outside the Dagster layer import dagster: {offenders}"
 
 
+@pytest.mark.slow
 def test_the_library_and_the_cli_import_without_dagster() -> None:
     code = (
         "import sys, model_ops, model_ops.cli, model_ops.loading, model_ops.registry, model_ops.ml.candidates, "

@@ -415,6 +415,7 @@ def test_regression_drift_watches_the_predicted_value() -> None:
     assert window.prediction is not None and window.prediction.drift and window.report.status == "drift"
 
 
+@pytest.mark.slow
 def test_a_reference_profile_is_built_once_for_a_version_registered_without_one(reg) -> None:  # type: ignore[no-untyped-def]
     df = wine()
     spec = make_spec(Task.MULTICLASS, df)

@@ -296,6 +296,7 @@ def test_a_version_stripped_of_its_signature_is_refused_where_signatures_are_req
 # ---------------------------------------------------------------------------------------------------- attachments
 
 
+@pytest.mark.slow
 def test_a_swapped_attachment_is_refused(root: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     as_signer(monkeypatch, keys["key"])
     owner = Registry.open(root)
