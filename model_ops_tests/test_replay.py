@@ -55,6 +55,13 @@ def test_drift_retrains_and_the_new_version_is_promoted_through_canary(replay: d
     assert ("2013-08", "promoted", 2) in events
     order = [k for _, k, v in events if v == 2]
     assert order.index("canary_started") < order.index("canary_advanced") < order.index("promoted")
+    # the printed timeline's columns line up under its heading, the demo's own lines included
+    heading = next(line for line in replay["lines"] if line.lstrip().startswith("month"))
+    rows = [line for line in replay["lines"] if line.startswith("  2013-")]
+    assert any("(demo)" in line for line in rows)
+    for name in ("event", "ver", "evidence"):
+        at = heading.index(name)
+        assert all(line[at - 1] == " " and line[at] != " " for line in rows), name
 
 
 def test_the_faulty_candidate_is_caught_by_canary_analysis_and_rolled_back(replay: dict) -> None:

@@ -279,7 +279,7 @@ def run_demo(
                 faulty_done = True
                 record_new_events()
                 emit(
-                    f"  {month[:7]}  (demo)            v{version}  released a deliberately faulty candidate to show "
+                    f"  {month[:7]}  {'(demo)':<17} {'v' + str(version):<4} released a deliberately faulty candidate to show "
                     "the canary analysis catching it"
                 )
                 settle()
