@@ -169,6 +169,15 @@ def _audit_json(root: str, capsys) -> str:  # type: ignore[no-untyped-def]
     return str(capsys.readouterr().out)
 
 
+def test_the_retrain_runs_materializations_carry_the_month_they_stand_for(replay: dict) -> None:
+    with dg.DagsterInstance.from_config(str(replay["base"] / "home")) as instance:
+        for name in ("training_set", "candidate_model", "evaluation"):
+            found = instance.fetch_materializations(dg.AssetKey(["flight_delay", name]), limit=10).records
+            months = [r.asset_materialization.metadata.get("business_window") for r in found if r.asset_materialization]
+            shown = sorted(m.value for m in months if m is not None)
+            assert shown == ["2013-06-01"], name  # the drift window the retrain was decided on; none for the first
+
+
 def test_sensors_ticked_again_on_the_final_state_request_nothing_new(replay: dict) -> None:
     from model_ops.definitions import build_definitions
     from model_ops.defs.automation import sensor_names

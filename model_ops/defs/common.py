@@ -29,6 +29,14 @@ def attribution(spec: ModelSpec) -> dict[str, Any]:
     return {"group_name": spec.name, "owners": [spec.owner]}
 
 
+def business_window(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """The window of the world a run stands for (the window a sensor decided on, or the run's partition) as
+    materialization metadata, so the history of an unpartitioned asset (a retrain's snapshot, candidate,
+    evaluation) reads by month, as the registry's events do (``Registry.business_window``)."""
+    window = context.run.tags.get(RunTag.WINDOW.value) or context.run.tags.get("dagster/partition")
+    return {"business_window": window} if window else {}
+
+
 def partition_key(context: dg.AssetExecutionContext) -> str:
     """The run's partition key, or the single partition of a model without partitions."""
     return context.partition_key if context.has_partition_key else STATIC

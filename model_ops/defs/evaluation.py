@@ -7,7 +7,7 @@ gate is moved to ``staging``, and a failed gate stops the run before ``deploymen
 
 import dagster as dg
 
-from model_ops.defs.common import attribution, key, md_table, typed_spec
+from model_ops.defs.common import attribution, business_window, key, md_table, typed_spec
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.errors import UsageError
 from model_ops.jsonable import json_safe
@@ -93,6 +93,7 @@ def evaluation_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                 "model_card": dg.MetadataValue.md(done.card),
             }
         )
+        metadata.update(business_window(context))
         if done.champion:
             metadata["champion_version"] = done.champion.version
         if done.evaluation.calibration:

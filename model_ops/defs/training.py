@@ -3,7 +3,7 @@ with full lineage."""
 
 import dagster as dg
 
-from model_ops.defs.common import attribution, key, typed_spec
+from model_ops.defs.common import attribution, business_window, key, typed_spec
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ml import candidates, model_card
 from model_ops.specs.schema import ModelSpec
@@ -57,6 +57,7 @@ def candidate_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                 "dataset": f"{snap.uri}@{version}",
                 "train_rows": trained.rows,
                 "window": ", ".join(window),
+                **business_window(context),
                 "bump": f"{mv.bump.get('level')}: {mv.bump.get('reason')}",
                 "new_version": mv.run_id == context.run.run_id,
                 "model_card": dg.MetadataValue.md(card),
