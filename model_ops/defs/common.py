@@ -10,6 +10,7 @@ import pandas as pd
 from model_ops.data.delta import Dataset
 from model_ops.data.partitions import STATIC
 from model_ops.data.sources import schema_kinds
+from model_ops.defs.resources import run_window
 from model_ops.specs.schema import ModelSpec, SchemaMismatch
 from model_ops.vocab import RunTag
 
@@ -33,7 +34,7 @@ def business_window(context: dg.AssetExecutionContext) -> dict[str, str]:
     """The window of the world a run stands for (the window a sensor decided on, or the run's partition) as
     materialization metadata, so the history of an unpartitioned asset (a retrain's snapshot, candidate,
     evaluation) reads by month, as the registry's events do (``Registry.business_window``)."""
-    window = context.run.tags.get(RunTag.WINDOW.value) or context.run.tags.get("dagster/partition")
+    window = run_window(context.run.tags)
     return {"business_window": window} if window else {}
 
 

@@ -10,10 +10,10 @@ import dagster as dg
 from pydantic import Field
 
 from model_ops.defs.common import attribution, key
-from model_ops.defs.resources import ModelOpsResource
+from model_ops.defs.resources import ModelOpsResource, run_window
 from model_ops.ops import deployment as dep
 from model_ops.specs.schema import ModelSpec
-from model_ops.vocab import DeployAction, RunTag
+from model_ops.vocab import DeployAction
 
 DEPLOY_CODE_VERSION = "deploy-1"
 
@@ -109,7 +109,7 @@ def deployment_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                 expect=config.expect_serving,
             )
         context.log.info(f"{spec.name}: {change.message}")
-        window = context.run.tags.get(RunTag.WINDOW.value)  # set by the sensors and the replay for their decisions
+        window = run_window(context.run.tags)  # the window its sensor decided on (deployments have no partition)
         return dg.MaterializeResult(metadata=change_metadata(change, config.reason, window))
 
     return _deployment

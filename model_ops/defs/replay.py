@@ -91,7 +91,7 @@ def run_demo(
     from model_ops.defs.automation import job_names, sensor_names
     from model_ops.defs.models.example_tables import feeding
     from model_ops.defs.registry_view import sensor_name as registry_sensor_name
-    from model_ops.defs.resources import ModelOpsResource
+    from model_ops.defs.resources import PARTITION_TAG, ModelOpsResource
     from model_ops.defs.workspace import LOCATION, CodeLocation, synchronous_instance
     from model_ops.ops import deployment as dep
     from model_ops.registry import events as ev
@@ -145,7 +145,7 @@ def run_demo(
                 run = instance.get_run_by_id(run_id)
                 report_failure(
                     run.job_name if run else name,
-                    run.tags.get("dagster/partition") if run else None,
+                    run.tags.get(PARTITION_TAG) if run else None,
                     outcome.failed_checks,
                 )
         return len(done.run_ids)

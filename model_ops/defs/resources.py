@@ -9,6 +9,7 @@ carries that run's id into the audit log.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -21,6 +22,12 @@ from model_ops.vocab import RunTag
 
 ENV_VAR = "MODEL_OPS_ENV"
 PARTITION_TAG = "dagster/partition"
+
+
+def run_window(tags: Mapping[str, str]) -> str | None:
+    """The window of the world a run acts on, from its tags: the window a sensor's decision was taken on, else
+    the run's partition; None for neither (see ``Registry.business_window``)."""
+    return tags.get(RunTag.WINDOW.value) or tags.get(PARTITION_TAG) or None
 ENVIRONMENTS = ("local", "s3")
 
 
@@ -48,7 +55,7 @@ class ModelOpsResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.run
         if run is not None:
-            self._window = run.tags.get(RunTag.WINDOW.value) or run.tags.get(PARTITION_TAG) or None
+            self._window = run_window(run.tags)
 
     def location(self) -> Location:
         return resolve_root(self.root)
