@@ -166,14 +166,13 @@ def _event_row(e: Event) -> dict[str, Any]:
         change = f"{e.from_value or '-'} -> {e.to_value or '-'}" if (e.from_value or e.to_value) else ""
     return {
         "seq": e.seq,
-        "time": e.ts.isoformat()[:19].replace("T", " "),  # to the second: the sequence number orders events
+        "time": ev.to_second(e.ts),  # to the second: the sequence number orders events
         "window": e.business_window,
         "model": e.model,
         "version": e.version,
         "event": e.kind,
         "change": change,
-        # The claimed name, and the proven identity behind it when that is another one.
-        "actor": e.actor if e.identity in (None, e.actor) else f"{e.actor} via {e.identity}",
+        "actor": e.shown_actor,
         "reason": e.reason or "",
         "run": (e.run_id or "")[:8],
     }

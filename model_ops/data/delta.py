@@ -90,15 +90,7 @@ class Dataset:
         props = CommitProperties(custom_metadata=metadata) if metadata else None
         try:
             if not self.exists():
-                write_deltalake(
-                    self.uri,
-                    data,
-                    mode="append",
-                    partition_by=[PARTITION],
-                    storage_options=self.options,
-                    commit_properties=props,
-                    configuration=HISTORY,
-                )
+                self.append(data, props)
             else:
                 if where is not None:
                     self.add_columns(data.schema)
@@ -120,7 +112,7 @@ class Dataset:
             raise
         return self.version()
 
-    def append(self, data: pa.Table) -> None:
+    def append(self, data: pa.Table | pa.RecordBatchReader, commit_properties: CommitProperties | None = None) -> None:
         """Append rows in one commit, creating the table (partitioned by ``partition``, keeping its history, as
         every model_ops table is) when it does not exist yet."""
         write_deltalake(
@@ -129,6 +121,7 @@ class Dataset:
             mode="append",
             partition_by=[PARTITION],
             storage_options=self.options,
+            commit_properties=commit_properties,
             configuration=None if self.exists() else HISTORY,
         )
 

@@ -60,7 +60,7 @@ def version_rows(versions: list[ModelVersion], metrics: list[str]) -> list[dict[
         for name in metrics:
             value = v.metrics.get(name)
             row[name] = round(float(value), 4) if isinstance(value, (int, float)) else None
-        row["created"] = v.created_at.isoformat()[:19].replace("T", " ")
+        row["created"] = ev.to_second(v.created_at)
         row["created_by"] = v.created_by
         rows.append(row)
     return rows
@@ -85,12 +85,12 @@ def moves(events: list[ev.Event], after: int = 0) -> list[Move]:
         out.append(
             Move(
                 e.seq,
-                e.ts.isoformat()[:19].replace("T", " "),
+                ev.to_second(e.ts),
                 e.version,
                 e.kind,
                 change,
                 e.reason or "",
-                e.actor if e.identity in (None, e.actor) else f"{e.actor} via {e.identity}",
+                e.shown_actor,
             )
         )
     return out

@@ -101,6 +101,11 @@ class Event:
         return self._parsed
 
     @property
+    def shown_actor(self) -> str:
+        """Who wrote it, for a reader: the claimed name, and the proven identity behind it when that is another."""
+        return self.actor if self.identity in (None, self.actor) else f"{self.actor} via {self.identity}"
+
+    @property
     def business_window(self) -> str | None:
         """The window (partition) of the world this event was written for; None when it was written for none."""
         window = self.data.get(BUSINESS_WINDOW)
@@ -183,6 +188,11 @@ def from_arrow(table: pa.Table) -> list[Event]:
     ]
 
 
+def to_second(ts: datetime) -> str:
+    """``2026-12-01 14:00:05``: a time as the command line and the UI's tables show it."""
+    return ts.isoformat()[:19].replace("T", " ")
+
+
 def utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
@@ -241,8 +251,9 @@ def in_effect(events: list[Event], when: datetime, effective: Any) -> list[int]:
     for e in sorted(events, key=lambda x: x.seq):
         window = e.business_window
         own = effective(e.model, window) if window else None
-        before = last.get(e.model)
-        at = before if own is None else utc(own) if before is None else max(utc(own), before)
+        at = last.get(e.model)
+        if own is not None:
+            at = utc(own) if at is None else max(utc(own), at)
         last[e.model] = at
         if at is None or at <= cut:
             keep.append(e.seq)
