@@ -372,7 +372,20 @@ def cmd_reproduce(reg: Registry, args: argparse.Namespace) -> int:
 def cmd_lineage(reg: Registry, args: argparse.Namespace) -> int:
     from model_ops.ops.provenance import lineage, render_lineage
 
-    tree = lineage(reg, args.ref)
+    if args.as_of is None and args.window is None:
+        if args.business:
+            raise UsageError(
+                "--business reads --as-of TIMESTAMP as business time: give one",
+                hint="model-ops lineage REF --as-of 2013-07-15 --business",
+            )
+        tree = lineage(reg, args.ref)
+    else:
+        from model_ops.ops import business_time
+        from model_ops.registry.inputs import parse_timestamp
+
+        when, clock, _ = _moment(args, args.as_of, "lineage REF")
+        effective = business_time.effective(_specs_by_name()) if clock == "business" else None
+        tree = lineage(reg, args.ref, at=parse_timestamp(when), business=effective)
     _emit(args, tree, _wrap(render_lineage(tree), _width(args)))
     return 0
 
@@ -452,25 +465,53 @@ def cmd_audit(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def _moment(args: argparse.Namespace, when: str | None, command: str) -> tuple[Any, str, str]:
+    """The moment ``as-of`` and ``lineage --as-of`` read at: ``when`` (wall clock, or business time with
+    ``--business``) or the start of ``--window KEY`` (business time). Returns it, its clock and how to say it."""
+    from model_ops.ops import business_time
+
+    if args.window is not None:
+        if args.business:
+            raise UsageError(
+                "--window is business time already: drop --business", hint=f"model-ops {command} --window 2013-07"
+            )
+        if when is not None:
+            raise UsageError(
+                f"{command}: give a TIMESTAMP or --window, not both", hint=f"model-ops {command} --window 2013-07"
+            )
+        start = business_time.window_start(args.window)
+        return (
+            start,
+            "business",
+            f"window {args.window} (business time: what was in force from {start.date().isoformat()})",
+        )
+    if when is None:
+        raise UsageError(
+            f"{command} needs a TIMESTAMP (or --window KEY)", hint=f"model-ops {command} 2026-12-01T14:00Z"
+        )
+    return (
+        when,
+        "business" if args.business else "wall",
+        f"{when} ({'business time' if args.business else 'wall clock'})",
+    )
+
+
 def cmd_as_of(reg: Registry, args: argparse.Namespace) -> int:
     from model_ops.ops import business_time
 
     given = list(args.when)
     if args.window is not None:
-        if args.business:
-            raise UsageError(
-                "--window is business time already: drop --business", hint="model-ops as-of --window 2013-07"
-            )
         if len(given) > 1:
             raise UsageError("as-of --window takes at most a model name", hint="model-ops as-of --window 2013-07 NAME")
-        when, name, clock = business_time.window_start(args.window), (given or [None])[0], "business"
-        label = f"window {args.window} (business time: what was in force from {when.date().isoformat()})"
+        when, clock, label = _moment(args, None, "as-of")
+        name = (given or [None])[0]
     else:
-        if not 1 <= len(given) <= 2:
-            raise UsageError("as-of needs a TIMESTAMP (or --window KEY)", hint="model-ops as-of 2026-12-01T14:00Z NAME")
-        when, name = given[0], (given[1:] or [None])[0]
-        clock = "business" if args.business else "wall"
-        label = f"{when} ({'business time' if args.business else 'wall clock'})"
+        if len(given) > 2:
+            raise UsageError(
+                "as-of takes a TIMESTAMP and a model name at most", hint="model-ops as-of 2026-12-01T14:00Z NAME"
+            )
+        when, clock, label = _moment(args, (given or [None])[0], "as-of")
+        name = (given[1:] or [None])[0]
     effective = business_time.effective(_specs_by_name()) if clock == "business" else None
     state = reg.as_of(when, name, business=effective)
     rows = [
@@ -1069,9 +1110,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(
         "lineage",
         cmd_lineage,
-        "dataset -> run -> version -> evaluations -> stage and alias changes -> deployments, as a tree",
+        "dataset -> run -> version -> evaluations -> stage and alias changes -> deployments, as a tree; as it "
+        "stood at a moment with --as-of TIMESTAMP [--business] or --window KEY",
     )
     sp.add_argument("ref")
+    sp.add_argument(
+        "--as-of", metavar="TIMESTAMP", help="as it stood then: the reference resolved then, events until then"
+    )
+    sp.add_argument(
+        "--business",
+        action="store_true",
+        help="read --as-of as business time: each event counts from the end of the window it was written for",
+    )
+    sp.add_argument("--window", help="as it stood during this window (2013-07 or 2013-07-01), in business time")
     sp = add(
         "diff",
         cmd_diff,

@@ -45,7 +45,10 @@ def test_train_evaluate_deploy(graph: Graph) -> None:
     snap = graph.metadata(M, "training_set")
     assert snap["window"] == f"{JAN}, {FEB}" and snap["holdout"] == MAR
     lineage, dataset = mv.lineage, mv.dataset
-    assert dataset["uri"].endswith("datasets/flight_delay/training_set") and dataset["version"] == snap["delta_version"]
+    assert (
+        dataset["uri"].endswith("datasets/flight_delay/training_set")
+        and str(dataset["version"]) == snap["delta_version"]
+    )
     assert dataset["schema_hash"] == snap["schema_hash"] == lineage["schema_hash"]
     assert 0 < lineage["rows"] <= snap["train_rows"]  # labelled rows only: cancelled flights have no label
     assert lineage["dagster_run_id"] == result.run_id == mv.run_id

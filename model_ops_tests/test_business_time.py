@@ -70,3 +70,43 @@ def test_a_backfill_written_after_a_later_window_never_takes_effect_before_it(tm
     assert [v["version"] for v in june["versions"]] == [1] and june["production"] == 1  # no v2 yet, nothing moved
     october = reg.as_of("2013-10-01T00:00:00Z", M, business=effective)[M]
     assert [(v["version"], v["stage"]) for v in october["versions"]] == [(1, "production"), (2, "staging")]
+
+
+def test_lineage_at_a_window_resolves_the_reference_then_and_shows_only_what_had_happened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_ops.cli import main as cli
+    from model_ops.ops.provenance import lineage
+
+    reg = Registry.open(tmp_path / "root", actor="alice")
+    reg.register_model(M, tiny_model(0))
+    reg.transition(f"models:/{M}/1", "staging", reason="gates")
+    reg.transition(f"models:/{M}/1", "production", reason="first")  # champion follows production
+    reg.business_window = "2013-06-01"
+    reg.register_model(M, tiny_model(1))
+    reg.transition(f"models:/{M}/2", "staging", reason="June's retrain")
+    reg.transition(f"models:/{M}/2", "production", reason="June's canary passed")
+    reg.business_window = None
+    effective = business_time.effective({s.name: s for s in load_specs()})
+
+    june = lineage(reg, f"{M}@champion", at=datetime(2013, 6, 15, tzinfo=timezone.utc), business=effective)
+    assert june["ref"] == f"models:/{M}/1" and june["stage"] == "production" and "champion" in june["aliases"]
+    july = lineage(reg, f"{M}@champion", at=datetime(2013, 7, 1, tzinfo=timezone.utc), business=effective)
+    assert july["ref"] == f"models:/{M}/2" and july["stage"] == "production"
+    assert july["as_of"] == {"time": "2013-07-01T00:00:00+00:00", "clock": "business"}
+    then = lineage(reg, f"{M}/1", at=datetime(2013, 6, 15, tzinfo=timezone.utc), business=effective)
+    assert [c["to"] for c in then["changes"] if c["kind"] == "stage_changed"] == ["staging", "production"]
+    assert lineage(reg, f"{M}/1")["stage"] == "archived"  # now, after v2 took over
+
+    root = str(tmp_path / "root")
+    assert cli(["--root", root, "lineage", f"{M}@champion", "--window", "2013-06"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("as of 2013-06-01T00:00:00+00:00 (business time)") and f"models:/{M}/1 " in out
+    assert "then production" in out
+    assert cli(["--root", root, "lineage", f"{M}@champion", "--window", "2013-07", "--json"]) == 0
+    assert '"ref": "models:/flight_delay/2"' in capsys.readouterr().out
+    assert cli(["--root", root, "lineage", f"{M}@canary", "--window", "2013-07"]) == 1  # no canary then
+    assert "named no version at 2013-07-01" in capsys.readouterr().err
+    assert cli(["--root", root, "lineage", f"{M}/1", "--window", "2013-07", "--as-of", "2013-07-02"]) == 2
+    assert cli(["--root", root, "lineage", f"{M}/1", "--business"]) == 2
+    assert "give one" in capsys.readouterr().err

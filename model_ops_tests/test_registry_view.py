@@ -43,8 +43,13 @@ def tick(reg: Registry, cursor: str | None) -> dg.SensorResult:
     return result
 
 
+def on_registry(result: dg.SensorResult) -> list:  # type: ignore[type-arg]
+    """The result's observations of the ``registry`` asset (the rest are of ``versions``)."""
+    return [e for e in result.asset_events if e.asset_key == dg.AssetKey([M, "registry"])]
+
+
 def test_the_view_lists_every_version_newest_first_with_its_state_and_moves(reg: Registry) -> None:
-    found = registry_view.view(reg, M, first_metric="roc_auc")
+    found = registry_view.view(reg, M, preferred=["roc_auc"])
     assert found is not None and found.production == 1 and found.metrics == ["roc_auc", "log_loss"]
     assert [(r["version"], r["stage"], r["roc_auc"]) for r in found.versions] == [
         (2, "development", 0.74),
@@ -62,8 +67,8 @@ def test_the_view_lists_every_version_newest_first_with_its_state_and_moves(reg:
 
 def test_the_sensor_shows_each_move_then_the_table_and_skips_when_nothing_changed(reg: Registry) -> None:
     first = tick(reg, None)
-    events = first.asset_events
-    assert events and all(e.asset_key == dg.AssetKey([M, "registry"]) for e in events)
+    events = on_registry(first)
+    assert events and all(e.partition is None for e in events)
     *moves, table = events
     assert table.description == "2 version(s), production v1"
     versions = table.metadata["versions"]
@@ -80,10 +85,42 @@ def test_the_sensor_shows_each_move_then_the_table_and_skips_when_nothing_change
 
     reg.transition(f"models:/{M}/2", "staging", reason="better holdout AUC")
     third = tick(reg, again.cursor)
-    *moves, table = third.asset_events
+    *moves, table = on_registry(third)
     assert [m.description for m in moves] == ["v2 stage_changed development -> staging: better holdout AUC"]
     assert [r.data["stage"] for r in table.metadata["versions"].records] == ["staging", "production"]
     assert json.loads(third.cursor)["seq"] > json.loads(first.cursor)["seq"]
+
+
+def test_each_version_is_a_partition_observed_with_its_evaluation_metrics(reg: Registry) -> None:
+    from model_ops.vocab import RecordKind
+
+    reg.record(M, RecordKind.EVALUATION, version=2, details={"metrics": {"roc_auc": 0.7712345678, "log_loss": 0.41}})
+    first = tick(reg, None)
+    by_version = {e.partition: e for e in first.asset_events if e.asset_key == dg.AssetKey([M, "versions"])}
+    assert set(by_version) == {"v1", "v2"}  # the first tick shows every version
+    assert by_version["v2"].metadata["roc_auc"].value == 0.7712  # the evaluation's, over the registered 0.74
+    assert by_version["v1"].metadata["roc_auc"].value == 0.71  # never evaluated: its registered metric
+    assert by_version["v1"].metadata["stage"].value == "production"
+    assert by_version["v1"].metadata["aliases"].value == "champion"
+    (added,) = first.dynamic_partitions_requests
+    assert isinstance(added, dg.AddDynamicPartitionsRequest)
+    assert added.partitions_def_name == f"{M}_versions" and list(added.partition_keys) == ["v1", "v2"]
+
+    reg.set_alias(M, "challenger", 2, reason="next in line")
+    later = tick(reg, first.cursor)
+    assert [e.partition for e in later.asset_events if e.partition] == ["v2"]  # only the version that moved
+    assert [list(r.partition_keys) for r in later.dynamic_partitions_requests] == [["v2"]]
+    assert next(e for e in later.asset_events if e.partition).metadata["aliases"].value == "challenger"
+
+
+def test_the_table_shows_the_preferred_metrics_first() -> None:
+    metrics = {1: {"train_rows": 10.0, "accuracy": 0.7, "roc_auc": 0.6, "log_loss": 0.5, "brier": 0.2}}
+    assert registry_view.key_metrics(metrics, ["log_loss", "roc_auc", "missing"]) == [
+        "log_loss",
+        "roc_auc",
+        "accuracy",
+        "brier",
+    ]
 
 
 def test_a_model_with_no_version_yet_is_skipped_with_the_reason(tmp_path: Path) -> None:
@@ -114,6 +151,6 @@ def test_a_tick_that_finds_more_moves_than_it_shows_goes_on_from_the_last_one_sh
     cursor = first.cursor
     for _ in range(4):
         result = tick(reg, cursor)
-        shown += [e.metadata["change"].value for e in result.asset_events or [] if "change" in e.metadata]
+        shown += [e.metadata["change"].value for e in on_registry(result) if "change" in e.metadata]
         cursor = result.cursor
     assert shown == [f"@a{i}: - -> v2" for i in range(5)]  # every move once, in order, none lost

@@ -9,6 +9,9 @@ nothing new.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +20,7 @@ import pytest
 
 from model_ops.cli import main as cli
 from model_ops.defs.replay import run_demo
+from model_ops_tests import ui_tour
 
 pytestmark = pytest.mark.slow
 
@@ -135,6 +139,64 @@ def test_the_registry_asset_shows_every_version_with_its_stage_and_each_move_wit
         o.metadata["event"].value == "stage_changed" and o.metadata["change"].value.endswith("production")
         for o in moves
     )
+
+
+def test_the_dagster_ui_shows_the_registry_the_deployments_and_the_sensor_history(replay: dict, tmp_path: Path) -> None:
+    """In headless Chromium, as a user reads it: the registry table, the versions plotted, every deployment with
+    its version and reason, a sensor's history with its one retrain; no page logs a console error."""
+    from model_ops.registry import Registry
+
+    if not shutil.which(ui_tour.CHROMIUM) and not Path(ui_tour.CHROMIUM).exists():
+        message = f"no Chromium at {ui_tour.CHROMIUM}: install the system's (apt-get install chromium)"
+        if os.environ.get("MODEL_OPS_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    base = replay["base"]
+    reg = Registry.open(base / "root", actor="reader")
+    log = tmp_path / "webserver.log"
+    with ui_tour.webserver(base / "home", base / "root", log) as url:
+        seen = ui_tour.walk(url, tmp_path / "shots")
+    late = [f"{name} (waited for {page.stop.wait_for!r})" for name, page in seen.items() if not page.arrived]
+    assert not late, f"pages that did not show their data: {late}; webserver log: {log}"
+    assert {name: page.console_errors for name, page in seen.items() if page.console_errors} == {}
+
+    table = seen["registry"].text
+    for v in reg.versions("flight_delay"):
+        assert f"{v.version}\t{v.semver}\t{v.stage}" in table, (v.version, v.stage)
+    assert "champion" in table
+    assert "roc_auc" in seen["versions"].text and "log_loss" in seen["versions"].text
+
+    deployments = [e for e in reg.audit("flight_delay") if e.kind == "deployment"]
+    shown = seen["deployment"].events
+    assert len(shown) == len(deployments) >= 4
+    for text in shown:  # each event's metadata: a key, a tab, its value
+        assert re.search(r"\nversion\n\t\n\d+\n", text) and re.search(r"\nreason\n\t\n\S", text), text[:2000]
+    windowed = sum(1 for e in deployments if e.business_window)  # all but a first deploy, which acts on none
+    assert sum(bool(re.search(r"\nwindow\n\t\n2013-\d\d-01\n", text)) for text in shown) == windowed >= 3
+    assert any("failed (2) > failure_limit (1)" in text for text in shown)  # the rollback says why
+    assert "0 runs requested" in seen["drift_sensor"].text  # its skipped ticks are there too
+    for page in seen.values():
+        assert page.screenshot is not None and page.screenshot.stat().st_size > 10_000
+
+
+def test_each_version_is_a_partition_of_the_versions_asset_with_its_evaluation_metrics(replay: dict) -> None:
+    from model_ops.registry import Registry
+
+    reg = Registry.open(replay["base"] / "root", actor="reader")
+    versions = reg.versions("flight_delay")
+    asset = dg.AssetKey(["flight_delay", "versions"])
+    with dg.DagsterInstance.from_config(str(replay["base"] / "home")) as instance:
+        assert instance.get_dynamic_partitions("flight_delay_versions") == [f"v{v.version}" for v in versions]
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset, asset_partitions=["v1", "v2"]), limit=100
+        ).records
+    newest = {}  # partition -> its newest record's metadata
+    for r in sorted(records, key=lambda r: r.storage_id):
+        newest[r.partition_key] = r.asset_materialization.metadata  # type: ignore[union-attr]
+    for v in versions[:2]:  # the two the evaluation gates judged
+        meta = newest[f"v{v.version}"]
+        assert meta["stage"].value == v.stage and meta["semver"].value == v.semver
+        assert 0.5 < meta["roc_auc"].value < 1 and meta["log_loss"].value > 0
 
 
 def test_as_of_a_window_answers_what_served_that_month(replay: dict, capsys) -> None:  # type: ignore[no-untyped-def]

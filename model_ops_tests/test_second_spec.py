@@ -56,9 +56,10 @@ def test_second_spec_gets_its_own_working_group(tmp_path: Path, monkeypatch: pyt
             "live_performance",
             "serving_health",
             "registry",
+            "versions",
         )
     }
-    assert len(groups["flight_delay"]) == 12
+    assert len(groups["flight_delay"]) == 13
     assert graph.get(dg.AssetKey(["late_departure", "candidate_model"])).owners == ["ops-analytics@example.com"]
 
     with dg.instance_for_test() as instance:

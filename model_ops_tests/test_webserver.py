@@ -72,6 +72,7 @@ def test_webserver_shows_the_asset_graph(tmp_path: Path) -> None:
         "live_performance",
         "serving_health",
         "registry",
+        "versions",
     }
     for name, node in by_name.items():
         assert node["groupName"] == "flight_delay" and len(node["description"]) > 80, name
@@ -84,6 +85,7 @@ def test_webserver_shows_the_asset_graph(tmp_path: Path) -> None:
         "drift_report",
         "live_performance",
         "serving_health",
+        "versions",
     }
     checks = {
         name: {c["name"]: c["blocking"] for c in node["assetChecksOrError"]["checks"]} for name, node in by_name.items()

@@ -102,9 +102,14 @@ def _deploy_request(spec: ModelSpec, decision: Decision, sensor: str) -> dg.RunR
             TRIGGER_TAG: sensor,
             RunTag.ACTION.value: str(decision.action),
             RunTag.VERSION.value: str(decision.version),
-            RunTag.WINDOW.value: decision.window or "",
+            **window_tag(decision.window),
         },
     )
+
+
+def window_tag(window: str | None) -> dict[str, str]:
+    """The run's window tag, or no tag at all when the decision acts on no window (an empty tag reads as one)."""
+    return {RunTag.WINDOW.value: window} if window else {}
 
 
 def _result(decision: Decision, request: Callable[[], dg.RunRequest]) -> dg.SensorResult:
@@ -172,7 +177,7 @@ def _retrain_request(spec: ModelSpec, decision: Decision) -> dg.RunRequest:
     tags = {
         TRIGGER_TAG: "drift_sensor",
         RunTag.PRODUCTION_VERSION.value: str(decision.version),
-        RunTag.WINDOW.value: decision.window or "",
+        **window_tag(decision.window),
         RunTag.DRIFT_WINDOWS.value: ",".join(ev.get("windows", [])),
         RunTag.DRIFT_SHARE.value: ",".join(f"{s:.3f}" for s in ev.get("drift_share", []) if s is not None),
         REASON_TAG: decision.reason,

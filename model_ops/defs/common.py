@@ -25,6 +25,12 @@ def key(spec: ModelSpec, name: str) -> dg.AssetKey:
     return dg.AssetKey([spec.name, name])
 
 
+def delta_version(version: int) -> dg.TextMetadataValue:
+    """The Delta table version a write made, as materialization metadata: text, because it names a state of the
+    table (like a commit) and the UI plots every number as a measure."""
+    return dg.MetadataValue.text(str(version))
+
+
 def attribution(spec: ModelSpec) -> dict[str, Any]:
     """Group and owner of every asset of a model, as the UI shows them."""
     return {"group_name": spec.name, "owners": [spec.owner]}

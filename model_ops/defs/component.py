@@ -22,7 +22,7 @@ from model_ops.defs.deployment import deployment_asset
 from model_ops.defs.evaluation import evaluation_asset
 from model_ops.defs.monitoring import drift_report_asset, live_performance_asset, serving_health_asset
 from model_ops.defs.predictions import predictions_asset
-from model_ops.defs.registry_view import registry_asset, registry_sensor
+from model_ops.defs.registry_view import registry_asset, registry_sensor, versions_asset
 from model_ops.defs.scaffold import ModelScaffolder
 from model_ops.defs.training import candidate_model_asset
 from model_ops.errors import ModelOpsError
@@ -69,6 +69,7 @@ def model_defs(spec: ModelSpec) -> dg.Definitions:
         live_performance_asset(spec),
         serving_health_asset(spec),
         registry_asset(spec),
+        versions_asset(spec),
     ]
     return dg.Definitions.merge(
         dg.Definitions(assets=assets, sensors=[registry_sensor(spec)]),  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from model_ops.defs.common import (
     attribution,
     business_window,
     column_schema,
+    delta_version,
     key,
     partition_key,
 )
@@ -90,7 +91,7 @@ def raw_asset(spec: ModelSpec, table: str) -> dg.AssetsDefinition:
                 "table_uri": ds.uri,
             }
             if version is not None:
-                meta["delta_version"] = version
+                meta["delta_version"] = delta_version(version)
             return dg.MaterializeResult(metadata=meta, check_results=[check])
         data = nycflights13.conform(table, df, month)
         version = ds.replace_partition(month, data)
@@ -98,7 +99,7 @@ def raw_asset(spec: ModelSpec, table: str) -> dg.AssetsDefinition:
             metadata={
                 "status": "stored",
                 "dagster/row_count": data.num_rows,
-                "delta_version": version,
+                "delta_version": delta_version(version),
                 "table_uri": ds.uri,
                 "dagster/column_schema": column_schema(data.to_pandas().head(0)),
             },
@@ -286,7 +287,7 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                 "table_uri": ds.uri,
             }
             if version is not None:
-                meta["delta_version"] = version
+                meta["delta_version"] = delta_version(version)
             return dg.MaterializeResult(metadata=meta, check_results=results)
         meta = {
             "status": "stored",
@@ -297,7 +298,7 @@ def features_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             "dagster/column_schema": column_schema(df),
             **label_metadata(df, spec),
         }
-        meta["delta_version"] = ds.replace_partition(partition, feat.to_arrow_stream(df))
+        meta["delta_version"] = delta_version(ds.replace_partition(partition, feat.to_arrow_stream(df)))
         return dg.MaterializeResult(metadata=meta, check_results=results)
 
     return _features
@@ -426,7 +427,7 @@ def training_set_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             data_version=dg.DataVersion(f"{version}:{schema}"),
             metadata={
-                "delta_version": version,
+                "delta_version": delta_version(version),
                 "schema_hash": schema,
                 "table_uri": snap.uri,
                 "source": f"{features_ds.uri}@{source_version}",

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from model_ops.data.delta import PARTITION
-from model_ops.defs.common import attribution, key, md_table, partition_key, typed_spec
+from model_ops.defs.common import attribution, delta_version, key, md_table, partition_key, typed_spec
 from model_ops.defs.partitions import partitions_def
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.ml import tasks
@@ -163,7 +163,7 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         out = model_ops.dataset(spec.name, "predictions")
         # only the batch rows: live rows the server logged into this partition stay
         table = pa.Table.from_pandas(log, preserve_index=False)
-        delta_version = replace_batch_rows(out, partition, table, written_by_batch(typed))
+        written = replace_batch_rows(out, partition, table, written_by_batch(typed))
         served = log[log["served"]]
         by_arm = (
             log.groupby("arm")
@@ -173,7 +173,7 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         meta: dict[str, object] = {
             "dagster/row_count": len(log),
             "served_rows": len(served),
-            "delta_version": delta_version,
+            "delta_version": delta_version(written),
             "table_uri": out.uri,
             "features_version": version,
             "serving": manifest.describe(),
@@ -181,9 +181,7 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             "latency_ms_p99": float(np.percentile(log["latency_ms"], 99)),
             "by_arm": dg.MetadataValue.md(md_table(by_arm.to_dict("records"))),
             # the live server's rows in this partition, kept beside the batch rows (monitoring reads both)
-            "live_rows": int(
-                (out.read([partition], version=delta_version, columns=[ORIGIN])[ORIGIN] == Origin.LIVE).sum()
-            ),
+            "live_rows": int((out.read([partition], version=written, columns=[ORIGIN])[ORIGIN] == Origin.LIVE).sum()),
         }
         for arm, n in log["arm"].value_counts().items():
             meta[f"rows_{arm}"] = int(n)

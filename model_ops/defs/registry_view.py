@@ -3,7 +3,10 @@
 The asset's latest observation holds the versions table (version, semver, stage, aliases, digest, key metrics,
 created, by) as a Dagster table; every stage or alias move, approval, rollback and deployment is an observation of
 its own, with the version, the change and its reason, so the asset's event history is the model's registry
-history. The sensor reads the registry only when its event log moved (one stat, or one HEAD on S3, otherwise).
+history. Beside it, the ``versions`` asset has one partition per version (``v1``, ``v2``, ...), observed with that
+version's semver, stage, aliases and evaluation metrics whenever it is registered or moves, so the asset's
+metadata plots draw each metric by version. The sensor reads the registry only when its event log moved (one stat, or one
+HEAD on S3, otherwise).
 """
 
 from __future__ import annotations
@@ -27,6 +30,25 @@ def sensor_name(spec: ModelSpec) -> str:
     return f"{spec.name}_registry_sensor"
 
 
+def version_partitions(spec: ModelSpec) -> dg.DynamicPartitionsDefinition:
+    """One partition per registered version of the model, added by its registry sensor."""
+    return dg.DynamicPartitionsDefinition(name=f"{spec.name}_versions")
+
+
+def versions_asset(spec: ModelSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=key(spec, "versions"),
+        deps=[key(spec, "registry")],
+        partitions_def=version_partitions(spec),
+        kinds={"registry"},
+        description=f"{spec.name}'s versions one by one: partition `vN` is version N, observed with its semver, "
+        "stage, aliases and every evaluation metric when it is registered and whenever its stage or an alias "
+        "moves. Its metadata plots (by partition) draw each metric against the version; a partition's events are "
+        f"that version's life. Recorded by `{sensor_name(spec)}`.",
+        **attribution(spec),
+    )
+
+
 def registry_asset(spec: ModelSpec) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=key(spec, "registry"),
@@ -41,6 +63,11 @@ def registry_asset(spec: ModelSpec) -> dg.AssetSpec:
     )
 
 
+def preferred_metrics(spec: ModelSpec) -> list[str]:
+    """The versions table's first metric columns: what the model is monitored on, then what its gates judge."""
+    return [spec.monitoring_metric, *spec.gates.thresholds, *spec.gates.max_regression]
+
+
 def observations(
     spec: ModelSpec, found: registry_view.View, moved: list[registry_view.Move]
 ) -> list[dg.AssetObservation]:
@@ -53,7 +80,7 @@ def observations(
             metadata["version"] = move.version
         if move.reason:
             metadata["reason"] = move.reason
-        metadata["seq"] = move.seq
+        metadata["seq"] = str(move.seq)  # an identifier: the UI would plot a number
         metadata["recorded_at"] = move.time
         out.append(dg.AssetObservation(asset_key=asset, description=move.describe(), metadata=metadata))
     columns = [
@@ -69,11 +96,30 @@ def observations(
     }
     if found.production is not None:
         table["production_version"] = found.production
-    table["last_event"] = found.last_seq
+    table["last_event"] = str(found.last_seq)
     summary = f"{len(found.versions)} version(s)" + (
         f", production v{found.production}" if found.production is not None else ", none in production"
     )
     out.append(dg.AssetObservation(asset_key=asset, description=summary, metadata=table))
+    return out
+
+
+def version_records(spec: ModelSpec, found: registry_view.View, versions: list[int]) -> list[dg.AssetMaterialization]:
+    """Each of ``versions`` as it is now, on its own partition of the ``versions`` asset.
+
+    Materializations, not observations, though nothing runs: the UI's by-partition plots read only each
+    partition's latest materialization (Dagster 1.13), and a version's record is what this external asset holds."""
+    out = []
+    for version in versions:
+        facts = found.facts[version]
+        out.append(
+            dg.AssetMaterialization(
+                asset_key=key(spec, "versions"),
+                partition=registry_view.partition_key(version),
+                description=f"v{version} {facts['semver']}: {facts['stage']}",
+                metadata={"version": version, **facts},
+            )
+        )
     return out
 
 
@@ -95,7 +141,7 @@ def registry_sensor(spec: ModelSpec) -> dg.SensorDefinition:
             return dg.SensorResult(
                 skip_reason=f"the registry has not changed (event log version {log})", cursor=context.cursor
             )
-        found = registry_view.view(reg, spec.name, after=seen, first_metric=spec.monitoring.performance_metric)
+        found = registry_view.view(reg, spec.name, after=seen, preferred=preferred_metrics(spec))
         if found is None:
             return dg.SensorResult(
                 skip_reason=f"no version of {spec.name} is registered yet", cursor=json.dumps({"log": log, "seq": 0})
@@ -109,6 +155,15 @@ def registry_sensor(spec: ModelSpec) -> dg.SensorDefinition:
             moved = found.moved[:MOVES_PER_TICK]
             upto, log_seen = moved[-1].seq, None
         cursor = json.dumps({"log": log_seen, "seq": upto})
-        return dg.SensorResult(asset_events=observations(spec, found, moved), cursor=cursor)
+        versions = found.touched(everything=context.cursor is None, most=MOVES_PER_TICK)
+        return dg.SensorResult(
+            asset_events=[*observations(spec, found, moved), *version_records(spec, found, versions)],
+            dynamic_partitions_requests=[
+                version_partitions(spec).build_add_request([registry_view.partition_key(v) for v in versions])
+            ]
+            if versions
+            else None,
+            cursor=cursor,
+        )
 
     return _sensor

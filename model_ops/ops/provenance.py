@@ -9,16 +9,19 @@ with them, the recipe's code version, the recorded environment, the fitted param
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from model_ops.data.delta import Dataset, frame_fingerprint
-from model_ops.errors import ModelOpsError
+from model_ops.errors import ModelOpsError, NotFoundError
 from model_ops.location import resolve_root
 from model_ops.ml import candidates, flavors
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.environment import environment
+from model_ops.registry.refs import parse_ref
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import RecordKind
 
@@ -197,17 +200,40 @@ def reproduce(reg: Registry, ref: str) -> Reproduction:
 # ------------------------------------------------------------------------------------------------------ lineage
 
 
-def lineage(reg: Registry, ref: str) -> dict[str, Any]:
-    """Dataset → run → version → evaluations and gates → stage and alias changes → deployments."""
-    mv = reg.resolve(ref)
+def lineage(
+    reg: Registry,
+    ref: str,
+    *,
+    at: datetime | None = None,
+    business: Callable[[str, str], datetime | None] | None = None,
+) -> dict[str, Any]:
+    """Dataset → run → version → evaluations and gates → stage and alias changes → deployments.
+
+    With ``at``, as it stood then: the reference resolved against the registry of that moment (``@champion`` in
+    July 2013 is the version that was champion then), its stage and aliases then, and only the events in effect
+    by then, on the wall clock or, with ``business`` (see ``Registry.as_of``), in the world they describe."""
+    if at is None:
+        mv = reg.resolve(ref)
+        stage, aliases = mv.stage, list(mv.aliases)
+        events = [e for e in reg.audit(mv.name) if e.version == mv.version]
+    else:
+        name = parse_ref(ref).name
+        state = reg.as_of(at, name, business=business)[name]
+        number = _version_then(ref, state, at, business is not None)
+        mv = reg.get(name, number)
+        then = next(v for v in state["versions"] if v["version"] == number)
+        stage, aliases = then["stage"], list(then["aliases"])
+        log = reg.audit(name)
+        kept = set(ev.in_effect(log, at, business)) if business is not None else None
+        events = [e for e in log if e.version == number and (e.seq in kept if kept is not None else e.ts <= ev.utc(at))]
     ds, lin = mv.dataset or {}, mv.lineage
-    events = [e for e in reg.audit(mv.name) if e.version == mv.version]
     return {
         "ref": mv.ref,
+        "as_of": None if at is None else {"time": at.isoformat(), "clock": "wall" if business is None else "business"},
         "semver": mv.semver,
         "digest": mv.digest,
-        "stage": mv.stage,
-        "aliases": list(mv.aliases),
+        "stage": stage,
+        "aliases": aliases,
         "dataset": {
             "uri": ds.get("uri"),
             "delta_version": ds.get("version"),
@@ -230,6 +256,7 @@ def lineage(reg: Registry, ref: str) -> dict[str, Any]:
         "evaluations": [
             {
                 "ts": e.ts.isoformat(),
+                "window": e.business_window,
                 "reason": e.reason,
                 "holdout": e.data.get("holdout"),
                 "champion": e.data.get("champion"),
@@ -242,6 +269,7 @@ def lineage(reg: Registry, ref: str) -> dict[str, Any]:
         "changes": [
             {
                 "ts": e.ts.isoformat(),
+                "window": e.business_window,
                 "kind": e.kind,
                 "from": e.from_value,
                 "to": e.to_value,
@@ -256,6 +284,7 @@ def lineage(reg: Registry, ref: str) -> dict[str, Any]:
         "deployments": [
             {
                 "ts": e.ts.isoformat(),
+                "window": e.business_window,
                 "action": e.data.get("action"),
                 "message": e.data.get("message"),
                 "reason": e.reason,
@@ -266,22 +295,57 @@ def lineage(reg: Registry, ref: str) -> dict[str, Any]:
             if e.kind == RecordKind.DEPLOYMENT
         ],
         "monitoring": [
-            {"ts": e.ts.isoformat(), "kind": e.kind, "reason": e.reason}
+            {"ts": e.ts.isoformat(), "window": e.business_window, "kind": e.kind, "reason": e.reason}
             for e in events
             if e.kind in (RecordKind.CANARY_ANALYSIS, RecordKind.RETRAIN, RecordKind.ALERT)
         ],
     }
 
 
+def _for(item: dict[str, Any]) -> str:
+    """``[for 2013-08-01] `` before an event written for a window (its business time), else nothing."""
+    return f"[for {item['window']}] " if item.get("window") else ""
+
+
+def _version_then(ref: str, state: dict[str, Any], at: datetime, business: bool) -> int:
+    """The version ``ref`` named in ``state`` (one model's ``Registry.as_of``)."""
+    r = parse_ref(ref)
+    versions = state["versions"]
+    found: int | None
+    if r.version is not None:
+        found = r.version if any(v["version"] == r.version for v in versions) else None
+    elif r.semver is not None:
+        found = next((v["version"] for v in versions if v["semver"] == r.semver), None)
+    elif r.alias == "latest":
+        found = max(v["version"] for v in versions)
+    elif r.alias is not None:
+        found = state["aliases"].get(r.alias)
+    else:
+        found = next((v["version"] for v in reversed(versions) if v["stage"] == r.stage), None)
+    if found is None:
+        clock = "in business time" if business else "on the wall clock"
+        raise NotFoundError(
+            f"{ref} named no version at {at.isoformat()} ({clock})",
+            hint=f"model-ops as-of {at.isoformat()} {r.name}{' --business' if business else ''} lists what there was",
+        )
+    return int(found)
+
+
 def render_lineage(tree: dict[str, Any]) -> str:
     d, r = tree["dataset"], tree["run"]
+    when = tree.get("as_of")
+    heading = (
+        [f"as of {when['time']} ({'business time' if when['clock'] == 'business' else 'wall clock'})"] if when else []
+    )
     lines = [
+        *heading,
         f"dataset  {d['uri']} @ Delta version {d['delta_version']}  ({d['rows']} rows, schema {d['schema_hash']})",
         f"         from {d['source'] or '-'}; window {', '.join(d['window'] or []) or '-'}; "
         f"holdout {d['holdout'] or '-'}",
         f"└─ run   {r['dagster_run_id'] or '-'}  by {r['created_by']} at {r['created_at']}",
         f"         code {r['code_version'] or '-'}, git {r['git_commit'] or '-'}, seed {r['seed']}",
-        f"   └─ version {tree['ref']} ({tree['semver']}) sha256:{tree['digest'][:12]}  now {tree['stage']}"
+        f"   └─ version {tree['ref']} ({tree['semver']}) sha256:{tree['digest'][:12]}  "
+        f"{'then' if when else 'now'} {tree['stage']}"
         + (f" [{', '.join(tree['aliases'])}]" if tree["aliases"] else ""),
         f"         parent {('v' + str(r['parent'])) if r['parent'] else '-'}; "
         f"{r['bump'].get('level')}: {r['bump'].get('reason')}",
@@ -293,13 +357,13 @@ def render_lineage(tree: dict[str, Any]) -> str:
     later = [
         (
             c["ts"],
-            f"{c['kind']} {(c['key'] + ' ') if c['key'] else ''}{c['from'] or '-'} -> {c['to'] or '-'} "
+            _for(c) + f"{c['kind']} {(c['key'] + ' ') if c['key'] else ''}{c['from'] or '-'} -> {c['to'] or '-'} "
             f"by {c['actor']}: {c['reason'] or '-'}",
         )
         for c in tree["changes"]
     ]
-    later += [(m["ts"], f"{m['kind']}: {m['reason'] or '-'}") for m in tree["monitoring"]]
-    later += [(d["ts"], f"deployment {d['action']}: {d['message']}") for d in tree["deployments"]]
+    later += [(m["ts"], _for(m) + f"{m['kind']}: {m['reason'] or '-'}") for m in tree["monitoring"]]
+    later += [(d["ts"], _for(d) + f"deployment {d['action']}: {d['message']}") for d in tree["deployments"]]
     later.sort()
     for i, (ts, text) in enumerate(later):
         lines.append(f"      {'└─' if i == len(later) - 1 else '├─'} {ts[:19]} {text}")

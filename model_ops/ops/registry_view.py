@@ -37,16 +37,33 @@ class Move:
         return f"{who}{self.event} {self.change}".rstrip() + (f": {self.reason}" if self.reason else "")
 
 
-def key_metrics(versions: list[ModelVersion], first: str | None = None) -> list[str]:
-    """The metric columns of the table: ``first`` (the metric the model is monitored on) when any version has
-    it, then the other numeric metrics by name, :data:`KEY_METRICS` at most."""
-    names = sorted({k for v in versions for k, x in v.metrics.items() if isinstance(x, (int, float))})
-    if first in names:
-        names = [first, *(n for n in names if n != first)]
-    return names[:KEY_METRICS]
+def metrics_of(versions: list[ModelVersion], events: list[ev.Event]) -> dict[int, dict[str, float]]:
+    """Each version's numeric metrics: those it was registered with, overlaid by its newest evaluation record's
+    (the holdout's ROC-AUC, log loss, latency, ...), so a version is judged by what its gates saw."""
+    evaluated: dict[int, dict[str, Any]] = {}
+    for e in events:
+        if e.kind == RecordKind.EVALUATION and e.version is not None:
+            evaluated[e.version] = e.data.get("metrics") or {}
+    out = {}
+    for v in versions:
+        merged = {**v.metrics, **evaluated.get(v.version, {})}
+        out[v.version] = {
+            k: float(x) for k, x in merged.items() if isinstance(x, (int, float)) and not isinstance(x, bool)
+        }
+    return out
 
 
-def version_rows(versions: list[ModelVersion], metrics: list[str]) -> list[dict[str, Any]]:
+def key_metrics(metrics: dict[int, dict[str, float]], preferred: list[str] | None = None) -> list[str]:
+    """The metric columns of the table, :data:`KEY_METRICS` at most: the ``preferred`` ones any version has (the
+    metric the model is monitored on, then its gates' metrics), then the others by name."""
+    names = sorted({k for m in metrics.values() for k in m})
+    first = [n for n in dict.fromkeys(preferred or []) if n in names]
+    return [*first, *(n for n in names if n not in first)][:KEY_METRICS]
+
+
+def version_rows(
+    versions: list[ModelVersion], metrics: list[str], values: dict[int, dict[str, float]]
+) -> list[dict[str, Any]]:
     """One row per version, newest first: version, semver, stage, aliases, digest, the key metrics, created, by."""
     rows = []
     for v in reversed(versions):
@@ -58,12 +75,28 @@ def version_rows(versions: list[ModelVersion], metrics: list[str]) -> list[dict[
             "digest": v.digest[:12],
         }
         for name in metrics:
-            value = v.metrics.get(name)
-            row[name] = round(float(value), 4) if isinstance(value, (int, float)) else None
+            value = values[v.version].get(name)
+            row[name] = round(value, 4) if value is not None else None
         row["created"] = ev.to_second(v.created_at)
         row["created_by"] = v.created_by
         rows.append(row)
     return rows
+
+
+def version_facts(v: ModelVersion, metrics: dict[str, float]) -> dict[str, Any]:
+    """What one version is, for its own partition of the ``versions`` asset: semver, stage, aliases and every
+    numeric metric (rounded, so the UI shows 0.6953, not sixteen digits)."""
+    facts: dict[str, Any] = {"semver": v.semver, "stage": v.stage, "aliases": ", ".join(v.aliases) or "-"}
+    for name, value in sorted(metrics.items()):
+        facts[name] = round(value, 4)
+    facts["created"] = ev.to_second(v.created_at)
+    facts["created_by"] = v.created_by
+    return facts
+
+
+def partition_key(version: int) -> str:
+    """A version's partition of the ``versions`` asset: ``v3``."""
+    return f"v{version}"
 
 
 def moves(events: list[ev.Event], after: int = 0) -> list[Move]:
@@ -110,6 +143,13 @@ class View:
     moved: list[Move]
     last_seq: int
     production: int | None
+    facts: dict[int, dict[str, Any]]  # version -> :func:`version_facts`, oldest first
+    changed: list[int]  # the versions any event after ``after`` names (a move, an evaluation, a tag), oldest first
+
+    def touched(self, *, everything: bool, most: int) -> list[int]:
+        """The versions whose partition an observation brings up to date: those :attr:`changed` (every version
+        when ``everything``), oldest first, the newest ``most`` at most."""
+        return (sorted(self.facts) if everything else self.changed)[-most:]
 
     @property
     def stages(self) -> dict[str, int]:
@@ -119,19 +159,23 @@ class View:
         return out
 
 
-def view(reg: Registry, name: str, *, after: int = 0, first_metric: str | None = None) -> View | None:
-    """The model's :class:`View`, or None when it has no version yet."""
+def view(reg: Registry, name: str, *, after: int = 0, preferred: list[str] | None = None) -> View | None:
+    """The model's :class:`View`, or None when it has no version yet. ``preferred``: the metrics the table
+    shows first (see :func:`key_metrics`)."""
     if name not in reg.models():
         return None
     versions = reg.versions(name)
     events = reg.audit(name)
-    metrics = key_metrics(versions, first_metric)
+    values = metrics_of(versions, events)
+    metrics = key_metrics(values, preferred)
     production = next((v.version for v in versions if v.stage == reg.policy.production.stage), None)
     return View(
         name,
-        version_rows(versions, metrics),
+        version_rows(versions, metrics, values),
         metrics,
         moves(events, after),
         max((e.seq for e in events), default=0),
         production,
+        {v.version: version_facts(v, values[v.version]) for v in versions},
+        sorted({e.version for e in events if e.seq > after and e.version in values}),  # type: ignore[misc]
     )

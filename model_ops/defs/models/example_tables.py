@@ -11,6 +11,7 @@ import dagster as dg
 from model_ops.data import examples
 from model_ops.data.delta import frame_fingerprint
 from model_ops.data.sources import SourceTable
+from model_ops.defs.common import delta_version
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.errors import NotFoundError
 from model_ops.specs.schema import ModelSpec
@@ -56,7 +57,7 @@ def example_table(table: str, example: str) -> dg.AssetsDefinition:
             metadata={
                 "dagster/uri": location.uri if location.is_s3 else str(location.path),
                 "dagster/row_count": len(frame),
-                "delta_version": version,
+                "delta_version": delta_version(version),
                 "written": written,
                 **examples.describe(frame, meta),
             },
