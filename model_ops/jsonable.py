@@ -16,6 +16,14 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def readable(value: Any) -> Any:
+    """A float as a person reads it in the UI, four significant digits (0.6453, 12.15, 16.41 ms), NaN and
+    infinities kept; anything else unchanged. The registry and the audit log keep full precision."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value):
+        return float(f"{float(value):.4g}")
+    return plain(value)
+
+
 def json_safe(value: Any) -> Any:
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):

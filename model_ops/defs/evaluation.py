@@ -10,7 +10,7 @@ import dagster as dg
 from model_ops.defs.common import attribution, business_window, key, md_table, typed_spec
 from model_ops.defs.resources import ModelOpsResource
 from model_ops.errors import UsageError
-from model_ops.jsonable import json_safe
+from model_ops.jsonable import json_safe, readable
 from model_ops.ml import candidates
 from model_ops.specs.schema import METRICS, ModelSpec
 
@@ -73,9 +73,9 @@ def evaluation_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                 f"{done.candidate.ref} stays in {done.stage}: "
                 + "; ".join(g.message for g in done.gates if not g.passed)
             )
-        metadata: dict[str, object] = {f"candidate_{k}": v for k, v in done.evaluation.flat().items()}
+        metadata: dict[str, object] = {f"candidate_{k}": readable(v) for k, v in done.evaluation.flat().items()}
         if done.champion_evaluation:
-            metadata.update({f"champion_{k}": v for k, v in done.champion_evaluation.metrics.items()})
+            metadata.update({f"champion_{k}": readable(v) for k, v in done.champion_evaluation.metrics.items()})
         metadata.update(
             {
                 "candidate_version": number,

@@ -22,7 +22,7 @@ from model_ops.data.sources import read_labels
 from model_ops.defs.common import attribution, key, md_table, partition_key, typed_spec
 from model_ops.defs.partitions import partitions_def
 from model_ops.defs.resources import ModelOpsResource
-from model_ops.jsonable import json_safe
+from model_ops.jsonable import json_safe, readable
 from model_ops.ml import drift
 from model_ops.ml import monitoring as mon
 from model_ops.serving import alerts as live_alerts
@@ -212,12 +212,12 @@ def drift_report_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             "table_uri": table.uri,
         }
         if report.drift_share is not None:
-            metadata["drift_share"] = float(report.drift_share)
+            metadata["drift_share"] = readable(float(report.drift_share))
         if prediction is not None and prediction.statistic is not None:
-            metadata["prediction_statistic"] = float(prediction.statistic)
+            metadata["prediction_statistic"] = readable(float(prediction.statistic))
         for f in report.features:
             if f.statistic is not None:
-                metadata[f"drift_{f.feature}"] = float(f.statistic)
+                metadata[f"drift_{f.feature}"] = readable(float(f.statistic))
         return dg.MaterializeResult(
             metadata=metadata,
             check_results=[
@@ -365,7 +365,7 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             metadata[f"{a.arm}_label_coverage"] = a.coverage
             metadata[f"{a.arm}_status"] = str(a.status)
             for m, v in a.metrics.items():
-                metadata[f"{a.arm}_{m}"] = float(v)
+                metadata[f"{a.arm}_{m}"] = readable(float(v))
         if analysis is not None:
             metadata["canary_analysis"] = str(analysis.phase)
             metadata["canary_analysis_message"] = analysis.message
@@ -375,7 +375,7 @@ def live_performance_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             )
             for d in drops:
                 if d.value is not None:
-                    metadata[f"alert_{d.alert}_{d.arm}_drop"] = float(d.value)
+                    metadata[f"alert_{d.alert}_{d.arm}_drop"] = readable(float(d.value))
         prod_ok = prod is not None and prod.status == ArmStatus.OK
         prod_text = (
             "no production traffic"
@@ -472,11 +472,11 @@ def serving_health_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             for name in ("requests", "errors", "error_rate", "throughput_rps", "latency_p50_ms", "latency_p95_ms",
                          "latency_p99_ms"):  # fmt: skip
                 if r[name] is not None:
-                    metadata[f"{who}_{name}"] = float(r[name])
+                    metadata[f"{who}_{name}"] = readable(float(r[name]))
         for name in ("requests", "errors", "error_rate", "throughput_rps", "latency_p50_ms", "latency_p95_ms",
                      "latency_p99_ms"):  # fmt: skip
             if total.get(name) is not None:
-                metadata[name] = float(total[name])
+                metadata[name] = readable(float(total[name]))
         servers = sorted(frame["server"].dropna().unique())
         first, last = frame["window_start"].min(), frame["window_end"].max()
         metadata.update(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from model_ops.jsonable import readable
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.registry import ModelVersion
@@ -76,7 +77,7 @@ def version_rows(
         }
         for name in metrics:
             value = values[v.version].get(name)
-            row[name] = round(value, 4) if value is not None else None
+            row[name] = readable(value) if value is not None else None
         row["created"] = ev.to_second(v.created_at)
         row["created_by"] = v.created_by
         rows.append(row)
@@ -85,10 +86,10 @@ def version_rows(
 
 def version_facts(v: ModelVersion, metrics: dict[str, float]) -> dict[str, Any]:
     """What one version is, for its own partition of the ``versions`` asset: semver, stage, aliases and every
-    numeric metric (rounded, so the UI shows 0.6953, not sixteen digits)."""
+    numeric metric (four significant digits, so the UI shows 0.6953, not sixteen)."""
     facts: dict[str, Any] = {"semver": v.semver, "stage": v.stage, "aliases": ", ".join(v.aliases) or "-"}
     for name, value in sorted(metrics.items()):
-        facts[name] = round(value, 4)
+        facts[name] = readable(value)
     facts["created"] = ev.to_second(v.created_at)
     facts["created_by"] = v.created_by
     return facts
