@@ -383,9 +383,10 @@ def cmd_lineage(reg: Registry, args: argparse.Namespace) -> int:
         from model_ops.ops import business_time
         from model_ops.registry.inputs import parse_timestamp
 
-        when, clock, _ = _moment(args, args.as_of, "lineage REF")
+        when, clock, label = _moment(args, args.as_of, "lineage REF")
         effective = business_time.effective(_specs_by_name()) if clock == "business" else None
         tree = lineage(reg, args.ref, at=parse_timestamp(when), business=effective)
+        tree["as_of"]["label"] = label
     _emit(args, tree, _wrap(render_lineage(tree), _width(args)))
     return 0
 
@@ -501,9 +502,9 @@ def cmd_as_of(reg: Registry, args: argparse.Namespace) -> int:
 
     given = list(args.when)
     if args.window is not None:
+        when, clock, label = _moment(args, None, "as-of")
         if len(given) > 1:
             raise UsageError("as-of --window takes at most a model name", hint="model-ops as-of --window 2013-07 NAME")
-        when, clock, label = _moment(args, None, "as-of")
         name = (given or [None])[0]
     else:
         if len(given) > 2:

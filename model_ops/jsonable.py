@@ -17,10 +17,12 @@ def plain(value: Any) -> Any:
 
 
 def readable(value: Any) -> Any:
-    """A float as a person reads it in the UI, four significant digits (0.6453, 12.15, 16.41 ms), NaN and
-    infinities kept; anything else unchanged. The registry and the audit log keep full precision."""
-    if isinstance(value, (float, np.floating)) and math.isfinite(value):
-        return float(f"{float(value):.4g}")
+    """A float as a person reads it in the UI: four significant digits (0.6453, 12.15, 16.41 ms), whole digits
+    never dropped (133603 rows stay 133603); NaN and infinities kept; anything else unchanged. The registry and
+    the audit log keep full precision."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and value != 0:
+        x = float(value)
+        return round(x, max(0, 3 - math.floor(math.log10(abs(x)))))
     return plain(value)
 
 

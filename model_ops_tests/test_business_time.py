@@ -93,7 +93,7 @@ def test_lineage_at_a_window_resolves_the_reference_then_and_shows_only_what_had
     assert june["ref"] == f"models:/{M}/1" and june["stage"] == "production" and "champion" in june["aliases"]
     july = lineage(reg, f"{M}@champion", at=datetime(2013, 7, 1, tzinfo=timezone.utc), business=effective)
     assert july["ref"] == f"models:/{M}/2" and july["stage"] == "production"
-    assert july["as_of"] == {"time": "2013-07-01T00:00:00+00:00", "clock": "business"}
+    assert (july["as_of"]["time"], july["as_of"]["clock"]) == ("2013-07-01T00:00:00+00:00", "business")
     then = lineage(reg, f"{M}/1", at=datetime(2013, 6, 15, tzinfo=timezone.utc), business=effective)
     assert [c["to"] for c in then["changes"] if c["kind"] == "stage_changed"] == ["staging", "production"]
     assert lineage(reg, f"{M}/1")["stage"] == "archived"  # now, after v2 took over
@@ -101,7 +101,8 @@ def test_lineage_at_a_window_resolves_the_reference_then_and_shows_only_what_had
     root = str(tmp_path / "root")
     assert cli(["--root", root, "lineage", f"{M}@champion", "--window", "2013-06"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("as of 2013-06-01T00:00:00+00:00 (business time)") and f"models:/{M}/1 " in out
+    assert out.startswith("as of window 2013-06 (business time: what was in force from 2013-06-01)")
+    assert f"models:/{M}/1 " in out
     assert "then production" in out
     assert cli(["--root", root, "lineage", f"{M}@champion", "--window", "2013-07", "--json"]) == 0
     assert '"ref": "models:/flight_delay/2"' in capsys.readouterr().out
@@ -110,3 +111,19 @@ def test_lineage_at_a_window_resolves_the_reference_then_and_shows_only_what_had
     assert cli(["--root", root, "lineage", f"{M}/1", "--window", "2013-07", "--as-of", "2013-07-02"]) == 2
     assert cli(["--root", root, "lineage", f"{M}/1", "--business"]) == 2
     assert "give one" in capsys.readouterr().err
+    assert cli(["--root", root, "lineage", f"{M}/prodution", "--window", "2013-07"]) == 2  # a typo, not "not found"
+    assert "unknown stage 'prodution'" in capsys.readouterr().err
+
+
+def test_lineage_on_the_wall_clock_shows_what_had_been_written_by_then(tmp_path: Path) -> None:
+    from model_ops.ops.provenance import lineage
+
+    reg = Registry.open(tmp_path / "root", actor="alice")
+    reg.register_model(M, tiny_model(0))
+    registered = reg.audit(M)[-1].ts
+    reg.transition(f"models:/{M}/1", "staging", reason="gates")
+    then = lineage(reg, f"{M}/1", at=registered)
+    assert then["stage"] == "development" and then["changes"] == [] and then["as_of"]["clock"] == "wall"
+    assert lineage(reg, f"{M}/1", at=datetime.now(timezone.utc))["stage"] == "staging"
+    with pytest.raises(NotFoundError, match="no versions"):
+        lineage(reg, f"{M}/1", at=datetime(2013, 1, 1, tzinfo=timezone.utc))  # before it was written

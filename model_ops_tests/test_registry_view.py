@@ -109,8 +109,46 @@ def test_each_version_is_a_partition_observed_with_its_evaluation_metrics(reg: R
     reg.set_alias(M, "challenger", 2, reason="next in line")
     later = tick(reg, first.cursor)
     assert [e.partition for e in later.asset_events if e.partition] == ["v2"]  # only the version that moved
-    assert [list(r.partition_keys) for r in later.dynamic_partitions_requests] == [["v2"]]
+    assert not later.dynamic_partitions_requests  # both have their partition already
     assert next(e for e in later.asset_events if e.partition).metadata["aliases"].value == "challenger"
+    reg.set_alias(M, "challenger", 1, reason="back to the first")
+    moved_back = tick(reg, later.cursor)
+    shown = {e.partition: e.metadata["aliases"].value for e in moved_back.asset_events if e.partition}
+    assert shown == {"v1": "challenger, champion", "v2": "-"}  # the version it left is brought up to date too
+
+
+def test_a_long_history_gets_its_partitions_in_version_order_over_several_ticks(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_ops.defs import registry_view as view_defs
+
+    for seed in range(2, 5):
+        reg.register_model(M, tiny_model(seed))
+    monkeypatch.setattr(view_defs, "MOVES_PER_TICK", 2)
+    added: list[str] = []
+    recorded: list[str] = []
+    cursor = None
+    for _ in range(3):
+        result = tick(reg, cursor)
+        added += [k for r in result.dynamic_partitions_requests or [] for k in r.partition_keys]
+        recorded += [e.partition for e in result.asset_events or [] if e.partition]
+        cursor = result.cursor
+    assert added == ["v1", "v2", "v3", "v4", "v5"]  # the order the UI plots them in
+    assert set(recorded) == set(added)
+    assert "has not changed" in str(tick(reg, cursor).skip_reason)  # caught up: nothing left to record
+    reg.register_model(M, tiny_model(9))
+    result = tick(reg, cursor)
+    assert [k for r in result.dynamic_partitions_requests for k in r.partition_keys] == ["v6"]
+
+
+def test_a_hand_written_evaluation_record_of_any_shape_never_stops_the_sensor(reg: Registry) -> None:
+    from model_ops.vocab import RecordKind
+
+    reg.record(M, RecordKind.EVALUATION, version=1, details={"metrics": [0.7]})
+    reg.record(M, RecordKind.EVALUATION, version=2, details={"metrics": {"roc_auc": None, "note": "x"}})
+    found = registry_view.view(reg, M)
+    assert found is not None
+    assert found.facts[1]["roc_auc"] == 0.71 and found.facts[2]["roc_auc"] == 0.74  # registered values stand
 
 
 def test_the_table_shows_the_preferred_metrics_first() -> None:

@@ -164,7 +164,10 @@ def test_the_dagster_ui_shows_the_registry_the_deployments_and_the_sensor_histor
     for v in reg.versions("flight_delay"):
         assert f"{v.version}\t{v.semver}\t{v.stage}" in table, (v.version, v.stage)
     assert "champion" in table
-    assert "roc_auc" in seen["versions"].text and "log_loss" in seen["versions"].text
+    plots = seen["versions"].text
+    assert "roc_auc" in plots and "log_loss" in plots  # a chart per metric (drawn on canvases: titles are text)
+    assert "When graphing values by partition" in plots  # by version, the partition view's own note
+    assert "Asset plots are automatically generated" not in plots  # the UI's "nothing to plot"
 
     deployments = [e for e in reg.audit("flight_delay") if e.kind == "deployment"]
     shown = seen["deployment"].events
@@ -175,6 +178,7 @@ def test_the_dagster_ui_shows_the_registry_the_deployments_and_the_sensor_histor
     assert sum(bool(re.search(r"\nwindow\n\t\n2013-\d\d-01\n", text)) for text in shown) == windowed >= 3
     assert any("failed (2) > failure_limit (1)" in text for text in shown)  # the rollback says why
     assert "0 runs requested" in seen["drift_sensor"].text  # its skipped ticks are there too
+    assert seen["registry_sensor"].text.count("0 runs requested") >= 5  # a tick after every month's runs
     for page in seen.values():
         assert page.screenshot is not None and page.screenshot.stat().st_size > 10_000
 

@@ -15,6 +15,7 @@ from model_ops.data.delta import PARTITION
 from model_ops.defs.common import attribution, delta_version, key, md_table, partition_key, typed_spec
 from model_ops.defs.partitions import partitions_def
 from model_ops.defs.resources import ModelOpsResource
+from model_ops.jsonable import readable
 from model_ops.ml import tasks
 from model_ops.ml.training import model_input, version_spec
 from model_ops.ops import deployment as dep
@@ -175,10 +176,10 @@ def predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             "served_rows": len(served),
             "delta_version": delta_version(written),
             "table_uri": out.uri,
-            "features_version": version,
+            "features_version": delta_version(version),
             "serving": manifest.describe(),
-            "mean_score": float(served["score"].mean()),
-            "latency_ms_p99": float(np.percentile(log["latency_ms"], 99)),
+            "mean_score": readable(float(served["score"].mean())),
+            "latency_ms_p99": readable(float(np.percentile(log["latency_ms"], 99))),
             "by_arm": dg.MetadataValue.md(md_table(by_arm.to_dict("records"))),
             # the live server's rows in this partition, kept beside the batch rows (monitoring reads both)
             "live_rows": int((out.read([partition], version=written, columns=[ORIGIN])[ORIGIN] == Origin.LIVE).sum()),

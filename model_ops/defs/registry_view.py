@@ -117,7 +117,7 @@ def version_records(spec: ModelSpec, found: registry_view.View, versions: list[i
                 asset_key=key(spec, "versions"),
                 partition=registry_view.partition_key(version),
                 description=f"v{version} {facts['semver']}: {facts['stage']}",
-                metadata={"version": version, **facts},
+                metadata=facts,
             )
         )
     return out
@@ -128,16 +128,18 @@ def registry_sensor(spec: ModelSpec) -> dg.SensorDefinition:
         name=sensor_name(spec),
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Shows {spec.name}'s registry on its `registry` asset: when the registry changed since the "
-        "last tick, each new move of a stage or alias (with its reason) and then the versions table are "
-        "recorded as observations. It reads and requests nothing else.",
+        description=f"Shows {spec.name}'s registry in the UI: when the registry changed since the last tick, "
+        "each new move of a stage or alias (with its reason) and then the versions table are observations of "
+        "the `registry` asset, and each version that changed is recorded on its partition of the `versions` "
+        "asset. It reads and requests nothing else.",
     )
     def _sensor(context: dg.SensorEvaluationContext, model_ops: ModelOpsResource) -> dg.SensorResult:
         state = json.loads(context.cursor) if context.cursor else {}
-        seen = int(state.get("seq", 0))
+        seen, recorded = int(state.get("seq", 0)), int(state.get("recorded", 0))
+        behind = recorded < int(state.get("top", 0))  # versions not yet recorded on the versions asset
         reg = model_ops.get_registry()
         log = reg.log_version()
-        if state.get("log") == log:
+        if state.get("log") == log and not behind:
             return dg.SensorResult(
                 skip_reason=f"the registry has not changed (event log version {log})", cursor=context.cursor
             )
@@ -146,22 +148,27 @@ def registry_sensor(spec: ModelSpec) -> dg.SensorDefinition:
             return dg.SensorResult(
                 skip_reason=f"no version of {spec.name} is registered yet", cursor=json.dumps({"log": log, "seq": 0})
             )
-        if found.last_seq <= seen:
-            cursor = json.dumps({"log": log, "seq": found.last_seq})
+        top = max(found.facts)
+        if found.last_seq <= seen and recorded >= top:
+            cursor = json.dumps({"log": log, "seq": found.last_seq, "recorded": recorded, "top": top})
             return dg.SensorResult(skip_reason=f"no change to {spec.name} (other models changed)", cursor=cursor)
         if context.cursor is None or len(found.moved) <= MOVES_PER_TICK:
             moved, upto, log_seen = found.moved[-MOVES_PER_TICK:], found.last_seq, log
         else:  # more than a tick shows: the oldest now, the rest from the next tick on (it reads again)
             moved = found.moved[:MOVES_PER_TICK]
             upto, log_seen = moved[-1].seq, None
-        cursor = json.dumps({"log": log_seen, "seq": upto})
-        versions = found.touched(everything=context.cursor is None, most=MOVES_PER_TICK)
+        # Versions get their partition in version order, MOVES_PER_TICK a tick, so the UI plots them in order
+        # and a long history is recorded over several ticks; a version not reached yet is recorded when it is.
+        new = [v for v in sorted(found.facts) if v > recorded][:MOVES_PER_TICK]
+        recorded = new[-1] if new else recorded
+        versions = sorted({*new, *(v for v in found.changed(upto) if v <= recorded)})
+        cursor = json.dumps({"log": log_seen, "seq": upto, "recorded": recorded, "top": top})
         return dg.SensorResult(
             asset_events=[*observations(spec, found, moved), *version_records(spec, found, versions)],
             dynamic_partitions_requests=[
-                version_partitions(spec).build_add_request([registry_view.partition_key(v) for v in versions])
+                version_partitions(spec).build_add_request([registry_view.partition_key(v) for v in new])
             ]
-            if versions
+            if new
             else None,
             cursor=cursor,
         )

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from model_ops.data.delta import Dataset, frame_fingerprint
-from model_ops.errors import ModelOpsError, NotFoundError
+from model_ops.errors import ModelOpsError, NotFoundError, UsageError
 from model_ops.location import resolve_root
 from model_ops.ml import candidates, flavors
 from model_ops.registry import Registry
@@ -217,7 +217,10 @@ def lineage(
         stage, aliases = mv.stage, list(mv.aliases)
         events = [e for e in reg.audit(mv.name) if e.version == mv.version]
     else:
-        name = parse_ref(ref).name
+        wanted = parse_ref(ref)
+        if wanted.stage is not None and wanted.stage not in reg.policy.stages:
+            raise UsageError(f"unknown stage {wanted.stage!r}", hint="stages: " + ", ".join(reg.policy.stages))
+        name = wanted.name
         state = reg.as_of(at, name, business=business)[name]
         number = _version_then(ref, state, at, business is not None)
         mv = reg.get(name, number)
@@ -229,7 +232,13 @@ def lineage(
     ds, lin = mv.dataset or {}, mv.lineage
     return {
         "ref": mv.ref,
-        "as_of": None if at is None else {"time": at.isoformat(), "clock": "wall" if business is None else "business"},
+        "as_of": None
+        if at is None
+        else {
+            "time": at.isoformat(),
+            "clock": "wall" if business is None else "business",
+            "label": f"{at.isoformat()} ({'wall clock' if business is None else 'business time'})",
+        },
         "semver": mv.semver,
         "digest": mv.digest,
         "stage": stage,
@@ -334,9 +343,7 @@ def _version_then(ref: str, state: dict[str, Any], at: datetime, business: bool)
 def render_lineage(tree: dict[str, Any]) -> str:
     d, r = tree["dataset"], tree["run"]
     when = tree.get("as_of")
-    heading = (
-        [f"as of {when['time']} ({'business time' if when['clock'] == 'business' else 'wall clock'})"] if when else []
-    )
+    heading = [f"as of {when.get('label') or when['time']}"] if when else []
     lines = [
         *heading,
         f"dataset  {d['uri']} @ Delta version {d['delta_version']}  ({d['rows']} rows, schema {d['schema_hash']})",

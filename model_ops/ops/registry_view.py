@@ -41,17 +41,17 @@ class Move:
 def metrics_of(versions: list[ModelVersion], events: list[ev.Event]) -> dict[int, dict[str, float]]:
     """Each version's numeric metrics: those it was registered with, overlaid by its newest evaluation record's
     (the holdout's ROC-AUC, log loss, latency, ...), so a version is judged by what its gates saw."""
-    evaluated: dict[int, dict[str, Any]] = {}
+    evaluated: dict[int, dict[str, float]] = {}
     for e in events:
-        if e.kind == RecordKind.EVALUATION and e.version is not None:
-            evaluated[e.version] = e.data.get("metrics") or {}
-    out = {}
-    for v in versions:
-        merged = {**v.metrics, **evaluated.get(v.version, {})}
-        out[v.version] = {
-            k: float(x) for k, x in merged.items() if isinstance(x, (int, float)) and not isinstance(x, bool)
-        }
-    return out
+        found = e.data.get("metrics") if e.kind == RecordKind.EVALUATION and e.version is not None else None
+        if isinstance(found, dict):  # a record written by hand may hold anything: only its numbers count
+            evaluated[e.version] = _numbers(found)  # type: ignore[index]
+    return {v.version: {**_numbers(v.metrics), **evaluated.get(v.version, {})} for v in versions}
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric values of ``metrics`` (an undefined metric, stored as null, is absent rather than zero)."""
+    return {str(k): float(x) for k, x in metrics.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
 
 
 def key_metrics(metrics: dict[int, dict[str, float]], preferred: list[str] | None = None) -> list[str]:
@@ -87,12 +87,15 @@ def version_rows(
 def version_facts(v: ModelVersion, metrics: dict[str, float]) -> dict[str, Any]:
     """What one version is, for its own partition of the ``versions`` asset: semver, stage, aliases and every
     numeric metric (four significant digits, so the UI shows 0.6953, not sixteen)."""
-    facts: dict[str, Any] = {"semver": v.semver, "stage": v.stage, "aliases": ", ".join(v.aliases) or "-"}
-    for name, value in sorted(metrics.items()):
-        facts[name] = readable(value)
-    facts["created"] = ev.to_second(v.created_at)
-    facts["created_by"] = v.created_by
-    return facts
+    facts: dict[str, Any] = {
+        "semver": v.semver,
+        "stage": v.stage,
+        "aliases": ", ".join(v.aliases) or "-",
+        "created": ev.to_second(v.created_at),
+        "created_by": v.created_by,
+    }
+    # a metric that shares a fact's name (a model may log "stage") is shown as metric_<name>
+    return {**facts, **{(f"metric_{k}" if k in facts else k): readable(x) for k, x in sorted(metrics.items())}}
 
 
 def partition_key(version: int) -> str:
@@ -145,12 +148,12 @@ class View:
     last_seq: int
     production: int | None
     facts: dict[int, dict[str, Any]]  # version -> :func:`version_facts`, oldest first
-    changed: list[int]  # the versions any event after ``after`` names (a move, an evaluation, a tag), oldest first
+    named: list[tuple[int, frozenset[int]]]  # (seq, the versions it changes) of each event after ``after``
 
-    def touched(self, *, everything: bool, most: int) -> list[int]:
-        """The versions whose partition an observation brings up to date: those :attr:`changed` (every version
-        when ``everything``), oldest first, the newest ``most`` at most."""
-        return (sorted(self.facts) if everything else self.changed)[-most:]
+    def changed(self, upto: int) -> list[int]:
+        """The versions whose facts an event after ``after`` and up to ``upto`` may have changed (a move, an
+        evaluation, a tag; an alias move changes the version it left too), oldest first."""
+        return sorted({v for seq, vs in self.named if seq <= upto for v in vs if v in self.facts})
 
     @property
     def stages(self) -> dict[str, int]:
@@ -178,5 +181,12 @@ def view(reg: Registry, name: str, *, after: int = 0, preferred: list[str] | Non
         max((e.seq for e in events), default=0),
         production,
         {v.version: version_facts(v, values[v.version]) for v in versions},
-        sorted({e.version for e in events if e.seq > after and e.version in values}),  # type: ignore[misc]
+        [(e.seq, _versions_named(e)) for e in events if e.seq > after],
     )
+
+
+def _versions_named(e: ev.Event) -> frozenset[int]:
+    named = {e.version} if e.version is not None else set()
+    if e.kind in (ev.ALIAS_SET, ev.ALIAS_REMOVED):
+        named |= {int(x) for x in (e.from_value, e.to_value) if x and x.isdigit()}
+    return frozenset(named)
