@@ -493,6 +493,7 @@ def test_the_teams_example_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 # ------------------------------------------------------------------------------------------------------ on S3
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_on_s3_the_root_policy_governs_and_the_caller_identity_is_recorded(s3_root: str, tmp_path: Path) -> None:
     from model_ops.location import Location, s3_client

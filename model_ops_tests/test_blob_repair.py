@@ -42,6 +42,7 @@ def test_local_damaged_manifest_sized_blob_is_replaced_by_put_bytes(tmp_path: Pa
     assert store.read_bytes(blob.digest) == data
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_s3_damaged_blob_is_replaced_and_old_blob_is_touched(
     s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -99,7 +99,7 @@ def test_lineage_at_a_window_resolves_the_reference_then_and_shows_only_what_had
     assert lineage(reg, f"{M}/1")["stage"] == "archived"  # now, after v2 took over
 
     root = str(tmp_path / "root")
-    assert cli(["--root", root, "lineage", f"{M}@champion", "--window", "2013-06"]) == 0
+    assert cli(["--root", root, "lineage", f"{M}@champion", "--window", "2013-06", "--wide"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("as of window 2013-06 (business time: what was in force from 2013-06-01)")
     assert f"models:/{M}/1 " in out

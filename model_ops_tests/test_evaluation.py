@@ -268,6 +268,7 @@ class Sleeper:
         return self.model.predict_proba(X)
 
 
+@pytest.mark.slow
 def test_waiting_is_not_the_models_work_but_is_reported_beside_it(binary, quick) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = binary
     strict = with_gates(spec, latency_sla_ms={"single_p99": 15})

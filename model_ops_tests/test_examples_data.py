@@ -124,6 +124,7 @@ def test_flight_duration_rows_columns_types_key_and_time(flights: pd.DataFrame) 
     )
 
 
+@pytest.mark.slow
 def test_flight_duration_air_time_shifts_with_the_seasons(flights: pd.DataFrame) -> None:
     month = flights["time_hour"].dt.tz_convert("America/New_York").dt.month
     jfk_lax = flights[(flights["origin"] == "JFK") & (flights["dest"] == "LAX")]

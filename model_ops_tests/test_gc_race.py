@@ -40,6 +40,7 @@ def intact(reg: Registry, tmp_path: Path) -> None:
     assert (out / "weights.bin").read_bytes() == b"second" * 1000
 
 
+@pytest.mark.slow
 def test_a_registration_committed_after_gc_chose_its_blobs_keeps_them(
     roots: tuple[Registry, Registry, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,6 +61,7 @@ def test_a_registration_committed_after_gc_chose_its_blobs_keeps_them(
     intact(collector, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_registration_that_found_its_blobs_before_gc_took_them_stores_them_again(
     roots: tuple[Registry, Registry, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,6 +82,7 @@ def test_a_registration_that_found_its_blobs_before_gc_took_them_stores_them_aga
     intact(collector, tmp_path)
 
 
+@pytest.mark.slow
 def test_gc_finishes_what_an_interrupted_collection_left_in_quarantine(
     roots: tuple[Registry, Registry, Path], tmp_path: Path
 ) -> None:

@@ -442,6 +442,7 @@ def tiny_model(seed: int) -> LogisticRegression:
     return LogisticRegression().fit(x, (x[:, 0] + rng.random(50) * 0.1 > 0.5).astype(int))
 
 
+@pytest.mark.slow
 def test_attachments_are_verified_kept_by_gc_and_deduplicated(reg) -> None:  # type: ignore[no-untyped-def]
     mv = reg.register_model("m", tiny_model(0))
     first = reg.attach("m", mv.version, "reference_profile", b'{"rows": 1}')

@@ -199,6 +199,7 @@ def test_a_condition_on_a_column_the_table_lacks_adds_it_and_nulls_are_kept(root
     assert ds.version() == version and sorted(ds.read([WEEK])["v"]) == [1, 2, 4]
 
 
+@pytest.mark.slow
 def test_live_appends_racing_batch_rescores_lose_nothing(root: Path) -> None:
     """A thread serves (offers rows to PredictionLog, which commits every 50 ms) while the same partition is
     re-scored again and again, each re-score started while appends are under way: every row the log acknowledged

@@ -143,6 +143,7 @@ def test_threads_with_shared_and_separate_registry_objects(root: Path, tmp_path:
     assert fresh.fsck() == []
 
 
+@pytest.mark.slow
 def test_fresh_root_table_creation_race(tmp_path: Path) -> None:
     """Writers that all start on a root nobody created yet: one creates the tables, nobody fails."""
     for trial in range(4):

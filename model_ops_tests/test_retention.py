@@ -160,6 +160,7 @@ def test_an_expired_version_the_transitions_cannot_archive_is_kept_and_reported(
 # -------------------------------------------------------------------------------- never what serves or is needed
 
 
+@pytest.mark.slow
 def test_never_archives_what_serves_an_alias_or_their_lineage(reg, tmp_path) -> None:  # type: ignore[no-untyped-def]
     v = register(reg, tmp_path, 8, "staging")
     dep.apply(reg, SPEC, "deploy", version=v[0])  # v1 production

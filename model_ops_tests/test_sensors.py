@@ -175,6 +175,7 @@ def test_success_advances_then_promotes(world: World) -> None:
     assert world.reg.get(SPEC.name, v1).stage == "archived" and world.reg.get(SPEC.name, v2).stage == "production"
 
 
+@pytest.mark.slow
 def test_inconclusive_windows_hold_and_never_roll_back(world: World) -> None:
     _, v2 = start_canary(world)
     for month in range(7, 13):
@@ -215,6 +216,7 @@ def test_persistent_drift_that_hurts_requests_one_retrain_with_evidence(world: W
     assert not any(e.kind == "retrain" for e in world.reg.audit(SPEC.name))  # evaluating a sensor records nothing
 
 
+@pytest.mark.slow
 def test_months_served_before_a_rollback_are_not_held_against_the_restored_version(world: World) -> None:
     v1 = in_production_with_evaluation(world)
     world.drift("2013-05-01", v1)
@@ -257,6 +259,7 @@ def test_no_retrain_while_a_canary_is_rolling_out(world: World) -> None:
     assert not data.run_requests and "canary" in data.skip_message
 
 
+@pytest.mark.slow
 def test_the_guard_rolls_production_back_after_consecutive_bad_windows(world: World) -> None:
     v1, v2 = start_canary(world)
     dep.apply(world.reg, SPEC, "promote")
@@ -289,6 +292,7 @@ def test_a_late_deployment_run_does_nothing_when_the_deployment_changed(world: W
     assert dep.current(world.reg, SPEC.name).production == v1 and world.reg.get(SPEC.name, v2).stage == "archived"
 
 
+@pytest.mark.slow
 def test_an_older_staging_version_is_not_canaried_against_a_newer_production(world: World) -> None:
     v1 = world.version(1)
     dep.apply(world.reg, SPEC, "deploy", version=v1)

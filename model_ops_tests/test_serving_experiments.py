@@ -214,6 +214,7 @@ def test_outcomes_posted_over_http_declare_the_truly_better_version(
     assert stored["key"].is_unique and len(stored) == int(sum(a["n"] for a in record.data["decision"]["arms"])) + 60
 
 
+@pytest.mark.slow
 def test_an_a_a_experiment_ends_in_no_difference_at_its_maximum_sample(
     two_versions: Registry, root: Path, spec: ModelSpec
 ) -> None:
