@@ -15,13 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from model_ops.data.delta import Dataset, frame_fingerprint
-from model_ops.errors import ModelOpsError, NotFoundError, UsageError
+from model_ops.errors import ModelOpsError
 from model_ops.location import resolve_root
 from model_ops.ml import candidates, flavors
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.environment import environment
-from model_ops.registry.refs import parse_ref
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import RecordKind
 
@@ -212,37 +211,20 @@ def lineage(
     With ``at``, as it stood then: the reference resolved against the registry of that moment (``@champion`` in
     July 2013 is the version that was champion then), its stage and aliases then, and only the events in effect
     by then, on the wall clock or, with ``business`` (see ``Registry.as_of``), in the world they describe."""
-    if at is None:
-        mv = reg.resolve(ref)
-        stage, aliases = mv.stage, list(mv.aliases)
-        events = [e for e in reg.audit(mv.name) if e.version == mv.version]
-    else:
-        wanted = parse_ref(ref)
-        if wanted.stage is not None and wanted.stage not in reg.policy.stages:
-            raise UsageError(f"unknown stage {wanted.stage!r}", hint="stages: " + ", ".join(reg.policy.stages))
-        name = wanted.name
-        state = reg.as_of(at, name, business=business)[name]
-        number = _version_then(ref, state, at, business is not None)
-        mv = reg.get(name, number)
-        then = next(v for v in state["versions"] if v["version"] == number)
-        stage, aliases = then["stage"], list(then["aliases"])
-        log = reg.audit(name)
+    mv = reg.resolve(ref) if at is None else reg.resolve_as_of(ref, at, business=business)
+    log = reg.audit(mv.name)
+    if at is not None:  # only what had happened by then: the order of the whole log decides in business time
         kept = set(ev.in_effect(log, at, business)) if business is not None else None
-        events = [e for e in log if e.version == number and (e.seq in kept if kept is not None else e.ts <= ev.utc(at))]
+        log = [e for e in log if (e.seq in kept if kept is not None else e.ts <= ev.utc(at))]
+    events = [e for e in log if e.version == mv.version]
     ds, lin = mv.dataset or {}, mv.lineage
     return {
         "ref": mv.ref,
-        "as_of": None
-        if at is None
-        else {
-            "time": at.isoformat(),
-            "clock": "wall" if business is None else "business",
-            "label": f"{at.isoformat()} ({'wall clock' if business is None else 'business time'})",
-        },
+        "as_of": None if at is None else {"time": at.isoformat(), "clock": "wall" if business is None else "business"},
         "semver": mv.semver,
         "digest": mv.digest,
-        "stage": stage,
-        "aliases": aliases,
+        "stage": mv.stage,
+        "aliases": list(mv.aliases),
         "dataset": {
             "uri": ds.get("uri"),
             "delta_version": ds.get("version"),
@@ -316,34 +298,13 @@ def _for(item: dict[str, Any]) -> str:
     return f"[for {item['window']}] " if item.get("window") else ""
 
 
-def _version_then(ref: str, state: dict[str, Any], at: datetime, business: bool) -> int:
-    """The version ``ref`` named in ``state`` (one model's ``Registry.as_of``)."""
-    r = parse_ref(ref)
-    versions = state["versions"]
-    found: int | None
-    if r.version is not None:
-        found = r.version if any(v["version"] == r.version for v in versions) else None
-    elif r.semver is not None:
-        found = next((v["version"] for v in versions if v["semver"] == r.semver), None)
-    elif r.alias == "latest":
-        found = max(v["version"] for v in versions)
-    elif r.alias is not None:
-        found = state["aliases"].get(r.alias)
-    else:
-        found = next((v["version"] for v in reversed(versions) if v["stage"] == r.stage), None)
-    if found is None:
-        clock = "in business time" if business else "on the wall clock"
-        raise NotFoundError(
-            f"{ref} named no version at {at.isoformat()} ({clock})",
-            hint=f"model-ops as-of {at.isoformat()} {r.name}{' --business' if business else ''} lists what there was",
-        )
-    return int(found)
-
-
 def render_lineage(tree: dict[str, Any]) -> str:
     d, r = tree["dataset"], tree["run"]
     when = tree.get("as_of")
-    heading = [f"as of {when.get('label') or when['time']}"] if when else []
+    heading = []
+    if when:  # the command line says how it was asked (a window); else the moment and its clock
+        clock = "wall clock" if when["clock"] == "wall" else "business time"
+        heading = [f"as of {when.get('label') or when['time'] + f' ({clock})'}"]
     lines = [
         *heading,
         f"dataset  {d['uri']} @ Delta version {d['delta_version']}  ({d['rows']} rows, schema {d['schema_hash']})",

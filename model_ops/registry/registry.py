@@ -176,6 +176,11 @@ def _payload(payload: dict | None, window: str | None) -> str | None:
     return json.dumps(payload, sort_keys=True) if payload is not None else None
 
 
+def _clock(business: object) -> str:
+    """How a moment is read, for messages: in business time when a ``business`` clock is given."""
+    return "in business time" if business is not None else "on the wall clock"
+
+
 class Registry:
     """Open with :meth:`open`; safe to share between threads; any number of processes may use one root at once."""
 
@@ -441,18 +446,10 @@ class Registry:
         cut = parse_timestamp(when)
         if name is not None:
             check_name(name)
-        state = RegistryState(self.policy.production.stage)
-        with unreadable_log(self._reader.location):
-            if business is None:
-                state.apply_table(self._reader.read_latest(until=cut))
-            else:
-                table = self._reader.read_latest()
-                keep = ev.in_effect(ev.from_arrow(table), cut, business)
-                state.apply_table(table.filter(pc.is_in(table.column("seq"), pa.array(keep, type=pa.int64()))))
+        state = self._state_at(cut, business)
         models = {n: m for n, m in state.models.items() if m.versions and (name is None or n == name)}
         if name is not None and not models:
-            clock = "in business time" if business is not None else "on the wall clock"
-            raise NotFoundError(f"model {name!r} had no versions at {cut.isoformat()} ({clock})")
+            raise self._none_at(name, cut, business)
         return {
             n: {
                 "production": m.production,
@@ -470,6 +467,46 @@ class Registry:
             }
             for n, m in sorted(models.items())
         }
+
+    def resolve_as_of(
+        self,
+        ref: str | Ref,
+        when: str | datetime,
+        *,
+        business: Callable[[str, str], datetime | None] | None = None,
+    ) -> ModelVersion:
+        """The version ``ref`` pointed at ``when`` (on the clock :meth:`as_of` reads), as it was then: its stage,
+        aliases and tags then (``@champion`` in July 2013 is the version that was champion then)."""
+        parsed, cut = as_ref(ref), parse_timestamp(when)
+        state = self._state_at(cut, business)
+        m = state.models.get(parsed.name)
+        if m is None or not m.versions:
+            raise self._none_at(parsed.name, cut, business)
+        try:
+            return self._mv(*self._find(state, parsed))
+        except NotFoundError as e:
+            raise NotFoundError(
+                f"{ref} named no version at {cut.isoformat()} ({_clock(business)}): {e.message}",
+                hint=f"model-ops as-of {cut.isoformat()} {parsed.name}{' --business' if business else ''} lists "
+                "what there was",
+            ) from None
+
+    def _state_at(self, cut: datetime, business: Callable[[str, str], datetime | None] | None) -> RegistryState:
+        """The fold of the events in effect at ``cut``: written by then, or with ``business`` in effect by then
+        in the world they describe (see :meth:`as_of`)."""
+        state = RegistryState(self.policy.production.stage)
+        with unreadable_log(self._reader.location):
+            if business is None:
+                state.apply_table(self._reader.read_latest(until=cut))
+            else:
+                table = self._reader.read_latest()
+                keep = ev.in_effect(ev.from_arrow(table), cut, business)
+                state.apply_table(table.filter(pc.is_in(table.column("seq"), pa.array(keep, type=pa.int64()))))
+        return state
+
+    @staticmethod
+    def _none_at(name: str, cut: datetime, business: object) -> NotFoundError:
+        return NotFoundError(f"model {name!r} had no versions at {cut.isoformat()} ({_clock(business)})")
 
     # ------------------------------------------------------------------ writing
 
