@@ -91,8 +91,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def webserver(dagster_home: Path, root: Path, log: Path) -> Iterator[str]:
-    """``dagster-webserver`` on loopback over the project's workspace, stopped on exit; yields its address."""
+def webserver(dagster_home: Path, root: Path, log: Path, *, start_s: float = 180) -> Iterator[str]:
+    """``dagster-webserver`` on loopback over the project's workspace, up within ``start_s`` and stopped on exit;
+    yields its address."""
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "MODEL_OPS_ROOT": str(root)}
     command = [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml"]
@@ -107,7 +108,7 @@ def webserver(dagster_home: Path, root: Path, log: Path) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + start_s
         while True:
             try:
                 urllib.request.urlopen(f"{base}/server_info", timeout=2)
