@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,12 @@ import numpy as np
 def plain(value: Any) -> Any:
     """A numpy scalar as the Python value it holds (``np.int64(1)`` -> 1), anything else unchanged."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of ``values`` as floats; the rest (null for an undefined metric, text, booleans) left
+    out, so a missing number is absent rather than zero."""
+    return {str(k): float(x) for k, x in values.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
 
 
 def readable(value: Any) -> Any:

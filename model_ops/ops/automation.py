@@ -15,6 +15,7 @@ from typing import Any
 from model_ops.data.delta import Dataset
 from model_ops.data.partitions import Partitioning
 from model_ops.errors import NotFoundError
+from model_ops.jsonable import numbers
 from model_ops.ml.monitoring import Decision, canary_decision, guard_decision, retrain_decision
 from model_ops.ops import deployment as dep
 from model_ops.registry import Registry
@@ -149,14 +150,21 @@ def _production_since(reg: Registry, manifest: dep.Manifest, events: list[ev.Eve
     return entered[-1] if entered else None
 
 
+def evaluated_metrics(events: list[ev.Event]) -> dict[int, dict[str, float]]:
+    """Each evaluated version's metrics, from its evaluation records (on its own holdout): for every metric the
+    newest record's number. A record that left a metric undefined, or was written by hand in another shape, does
+    not hide an older number."""
+    out: dict[int, dict[str, float]] = {}
+    for e in events:  # oldest first: a newer record's numbers replace an older one's
+        metrics = e.data.get("metrics") if e.kind == RecordKind.EVALUATION and e.version is not None else None
+        if isinstance(metrics, dict):
+            out.setdefault(e.version, {}).update(numbers(metrics))  # type: ignore[arg-type]
+    return out
+
+
 def evaluation_metric(events: list[ev.Event], version: int, metric: str) -> float | None:
-    """The version's value of ``metric`` in its newest evaluation record (its own holdout)."""
-    for e in reversed(events):
-        if e.kind == RecordKind.EVALUATION and e.version == version:
-            value = (e.data.get("metrics") or {}).get(metric)
-            if value is not None:
-                return float(value)
-    return None
+    """The version's value of ``metric`` in its newest evaluation record that has one."""
+    return evaluated_metrics(events).get(version, {}).get(metric)
 
 
 def _watched(reg: Registry, name: str) -> tuple[list[ev.Event], dep.Manifest, datetime | None]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from model_ops.jsonable import readable
+from model_ops.jsonable import numbers, readable
+from model_ops.ops.automation import evaluated_metrics
 from model_ops.registry import Registry
 from model_ops.registry import events as ev
 from model_ops.registry.registry import ModelVersion
@@ -39,19 +40,10 @@ class Move:
 
 
 def metrics_of(versions: list[ModelVersion], events: list[ev.Event]) -> dict[int, dict[str, float]]:
-    """Each version's numeric metrics: those it was registered with, overlaid by its newest evaluation record's
-    (the holdout's ROC-AUC, log loss, latency, ...), so a version is judged by what its gates saw."""
-    evaluated: dict[int, dict[str, float]] = {}
-    for e in events:
-        found = e.data.get("metrics") if e.kind == RecordKind.EVALUATION and e.version is not None else None
-        if isinstance(found, dict):  # a record written by hand may hold anything: only its numbers count
-            evaluated[e.version] = _numbers(found)  # type: ignore[index]
-    return {v.version: {**_numbers(v.metrics), **evaluated.get(v.version, {})} for v in versions}
-
-
-def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numeric values of ``metrics`` (an undefined metric, stored as null, is absent rather than zero)."""
-    return {str(k): float(x) for k, x in metrics.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
+    """Each version's numeric metrics: those it was registered with, overlaid by its evaluation records' (the
+    holdout's ROC-AUC, log loss, latency, ...), so a version is judged by what its gates saw."""
+    evaluated = evaluated_metrics(events)
+    return {v.version: {**numbers(v.metrics), **evaluated.get(v.version, {})} for v in versions}
 
 
 def key_metrics(metrics: dict[int, dict[str, float]], preferred: list[str] | None = None) -> list[str]:
