@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from model_ops_tests.helpers import free_port
+
 S3_BUCKET = "model-ops-test"
 
 # Settings that would leak the developer's own registry, policy, keys or run into the tests.
@@ -62,9 +64,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     """
     import boto3
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -19,6 +20,13 @@ from typing import Any
 import numpy as np
 
 MODEL = "m"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a server a test starts (or a receiver it wants absent)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------------- bytes and files

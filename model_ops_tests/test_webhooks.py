@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from model_ops.errors import UsageError
 from model_ops.location import Location, s3_client
 from model_ops.registry import Registry, webhooks
 from model_ops.registry import events as ev
-from model_ops_tests.helpers import unique_bytes, write_file
+from model_ops_tests.helpers import free_port, unique_bytes, write_file
 
 SECRET = "model-ops-test-secret"
 SECRET_ENV = "MODEL_OPS_TEST_WEBHOOK_SECRET"
@@ -287,9 +286,7 @@ def test_one_models_refused_events_do_not_hold_back_the_other_models(
 def test_connection_refused_leaves_events_pending_until_the_receiver_is_back(
     reg: Registry, root: Path, receiver: Receiver, no_background: None
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/gone"
+    dead = f"http://127.0.0.1:{free_port()}/gone"
     configure(root, hook(dead))
     reg.record("a", "alert")
     reg.record("b", "alert")

@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from model_ops_tests.helpers import free_port
 
 PROJECT = Path(__file__).parents[1]
 CHROMIUM = os.environ.get("MODEL_OPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -82,12 +83,6 @@ def stops(model: str = "flight_delay", location: str = "model_ops") -> list[Stop
         Stop("registry_sensor", f"{sensors}/{model}_registry_sensor", "runs requested", "registry-sensor.png"),
         Stop("runs", "/runs", f"{model}_monthly", "runs.png"),
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager

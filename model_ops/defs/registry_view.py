@@ -3,10 +3,10 @@
 The asset's latest observation holds the versions table (version, semver, stage, aliases, digest, key metrics,
 created, by) as a Dagster table; every stage or alias move, approval, rollback and deployment is an observation of
 its own, with the version, the change and its reason, so the asset's event history is the model's registry
-history. Beside it, the ``versions`` asset has one partition per version (``v1``, ``v2``, ...), observed with that
-version's semver, stage, aliases and evaluation metrics whenever it is registered or moves, so the asset's
-metadata plots draw each metric by version. The sensor reads the registry only when its event log moved (one stat, or one
-HEAD on S3, otherwise).
+history. Beside it, the ``versions`` asset has one partition per version (``v1``, ``v2``, ...), recorded with that
+version's semver, stage, aliases and evaluation metrics whenever it is registered or changes, so the asset's
+metadata plots draw each metric by version. The sensor reads the registry only when its event log moved (one
+stat, or one HEAD on S3, otherwise).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def versions_asset(spec: ModelSpec) -> dg.AssetSpec:
         deps=[key(spec, "registry")],
         partitions_def=version_partitions(spec),
         kinds={"registry"},
-        description=f"{spec.name}'s versions one by one: partition `vN` is version N, observed with its semver, "
-        "stage, aliases and every evaluation metric when it is registered and whenever its stage or an alias "
-        "moves. Its metadata plots (by partition) draw each metric against the version; a partition's events are "
+        description=f"{spec.name}'s versions one by one: partition `vN` is version N, recorded with its semver, "
+        "stage, aliases and every evaluation metric when it is registered and whenever its stage, an alias or "
+        "its evaluation changes. Its metadata plots (by partition) draw each metric against the version; a partition's events are "
         f"that version's life. Recorded by `{sensor_name(spec)}`.",
         **attribution(spec),
     )
