@@ -819,6 +819,45 @@ def test_a_coalescer_waits_briefly_for_announced_callers_and_never_for_a_refused
     assert calls[-1] == [3]
 
 
+def test_a_coalescer_waits_longer_for_a_body_being_parsed_than_for_one_being_sent() -> None:
+    """A request whose body is in is waited for up to PARSING_WAIT delays (it is certain to come: on a busy
+    machine parsing took longer than the delay, and calls left half empty); one whose client is still sending is
+    waited for no longer than the delay."""
+    from model_ops.serving.scoring import PARSING_WAIT, Coalescer
+
+    linger = 0.5
+    late_by = linger * (1 + PARSING_WAIT) / 2  # after the delay, well before PARSING_WAIT delays
+
+    def trial(body_in: bool) -> list[list[int]]:
+        calls: list[list[int]] = []
+        coalescer: Coalescer[int, int] = Coalescer(
+            lambda x: calls.append([x]) or x,  # type: ignore[func-returns-value]
+            lambda xs: calls.append(list(xs)) or list(xs),  # type: ignore[func-returns-value]
+            linger=linger,
+        )
+        announced = threading.Event()
+
+        def late() -> None:
+            with coalescer.arriving() as arrival:
+                if body_in:
+                    coalescer.parsing(arrival)
+                announced.set()
+                time.sleep(late_by)
+                coalescer.run(2, 1, arrival)
+
+        with coalescer.arriving() as arrival:
+            thread = threading.Thread(target=late)
+            thread.start()
+            assert announced.wait(10)
+            coalescer.run(1, 1, arrival)
+        thread.join(10)
+        assert coalescer._parsing == 0 and coalescer._arriving == 0
+        return calls
+
+    assert trial(body_in=True) == [[1, 2]]
+    assert trial(body_in=False) == [[1], [2]]
+
+
 def test_every_caller_gets_its_own_result_when_queued_rows_exceed_a_call() -> None:
     """A call takes at most ``max_rows`` rows; a caller whose item did not fit leads the next call itself, never
     returning without its result (concurrent large requests once got None, and a 500)."""

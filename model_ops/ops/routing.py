@@ -70,7 +70,11 @@ def plan(
             if len(idx):
                 out.append((Arm.PRODUCTION if a.version == manifest.production else Arm.EXPERIMENT, a.version, idx))
         return out
-    arms = assign_arms(series, manifest.canary_weight if manifest.canary else 0.0, salt=salt)
+    if manifest.canary is None or manifest.canary_weight == 0.0:  # every bucket is >= 0: production takes all
+        if manifest.production is None or not len(series):
+            return []
+        return [(Arm.PRODUCTION, manifest.production, np.arange(len(series)))]
+    arms = assign_arms(series, manifest.canary_weight, salt=salt)
     for served, version in ((Arm.PRODUCTION, manifest.production), (Arm.CANARY, manifest.canary)):
         idx = np.flatnonzero(arms == served.value)
         if version is not None and len(idx):
