@@ -23,3 +23,10 @@ def test_no_canary_routes_every_row_to_production_as_hashing_at_weight_zero_does
         assert [(a, v) for a, v, _ in plan] == ([(Arm.PRODUCTION, 3)] if keys else [])
         assert (plan[0][2] if plan else np.array([], dtype=int)).tolist() == expected.tolist()
     assert routing.plan(series, Manifest("m", production=None), salt="m") == []
+    assert routing.plan(series, Manifest("m", production=None, canary=4, canary_weight=0.0), salt="m") == []
+    # positions, whatever the keys' index or container (the batch path passes a Series indexed by its rows)
+    shifted = pd.Series(keys, index=np.arange(len(keys)) + 1000, dtype=object)
+    array = np.asarray(keys, dtype=object)
+    for given_keys in (shifted, array):
+        plan = routing.plan(given_keys, Manifest("m", production=3), salt="m")
+        assert (plan[0][2].tolist() if plan else []) == list(range(len(keys)))

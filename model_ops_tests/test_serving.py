@@ -756,6 +756,12 @@ def test_requests_served_together_answer_as_if_alone(two_versions: Registry, roo
         with ThreadPoolExecutor(12) as pool:
             answers = list(pool.map(send, range(len(bodies))))
         assert _coalescer(slot).combined > 0  # some requests really were served together
+        bad = client.post(
+            "/invocations", content=b'{"dataframe_records": [', headers={"content-type": "application/json"}
+        )
+        assert bad.status_code == 400 and "malformed JSON" in bad.json()["message"]
+        c = _coalescer(slot)  # nothing is left counted as on its way, or a later call would wait for it
+        assert c._arriving == 0 and c._parsing == 0 and c._in_server == 0
         for i, r in enumerate(answers):
             if i == 5:
                 assert r.status_code in (400, 422) and "mean_radius" in r.json()["message"]
@@ -828,7 +834,7 @@ def test_a_coalescer_waits_longer_for_a_body_being_parsed_than_for_one_being_sen
     linger = 0.5
     late_by = linger * (1 + PARSING_WAIT) / 2  # after the delay, well before PARSING_WAIT delays
 
-    def trial(body_in: bool) -> list[list[int]]:
+    def trial(body_in: bool, refused: bool = False) -> tuple[list[list[int]], float]:
         calls: list[list[int]] = []
         coalescer: Coalescer[int, int] = Coalescer(
             lambda x: calls.append([x]) or x,  # type: ignore[func-returns-value]
@@ -842,6 +848,9 @@ def test_a_coalescer_waits_longer_for_a_body_being_parsed_than_for_one_being_sen
                 if body_in:
                     coalescer.parsing(arrival)
                 announced.set()
+                if refused:  # a malformed body: refused while being parsed, never queued
+                    time.sleep(linger / 5)
+                    return
                 time.sleep(late_by)
                 coalescer.run(2, 1, arrival)
 
@@ -849,13 +858,17 @@ def test_a_coalescer_waits_longer_for_a_body_being_parsed_than_for_one_being_sen
             thread = threading.Thread(target=late)
             thread.start()
             assert announced.wait(10)
+            t0 = time.monotonic()
             coalescer.run(1, 1, arrival)
+            waited = time.monotonic() - t0
         thread.join(10)
-        assert coalescer._parsing == 0 and coalescer._arriving == 0
-        return calls
+        assert coalescer._parsing == 0 and coalescer._arriving == 0 and coalescer._in_server == 0
+        return calls, waited
 
-    assert trial(body_in=True) == [[1, 2]]
-    assert trial(body_in=False) == [[1], [2]]
+    assert trial(body_in=True)[0] == [[1, 2]]
+    assert trial(body_in=False)[0] == [[1], [2]]
+    calls, waited = trial(body_in=True, refused=True)  # the call stops waiting for it once it is refused
+    assert calls == [[1]] and waited < linger * (1 + PARSING_WAIT) / 2
 
 
 def test_every_caller_gets_its_own_result_when_queued_rows_exceed_a_call() -> None:

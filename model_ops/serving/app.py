@@ -82,9 +82,7 @@ class ServeConfig:
     standby: bool = True
     max_body_bytes: int = MAX_BODY_BYTES
     log_capacity: int = 10_000
-    # At most this many rows in one prediction-log commit; at serving rates the flush interval decides: one commit
-    # a second costs the writer half the CPU per row of one every 5,000 rows.
-    log_batch_rows: int = 50_000
+    log_batch_rows: int = 50_000  # at most this many rows in one prediction-log commit (see serving.predlog)
     log_flush_seconds: float = 1.0
     batch_delay_seconds: float = DEFAULT_LINGER  # how long a scoring call may wait for requests to join it
     log_predictions: bool = True
@@ -425,6 +423,9 @@ def _answer(
 ) -> tuple[_Served, list[str] | None]:
     """Parse, route, check and score one request (with the requests arriving together, through the slot's
     ``coalescer``); the outputs an OIP request asked for (None: all)."""
+    coalescer = coalescer or _coalescer(slot)
+    if arrival is not None:  # its body is in and this worker thread is parsing it (see Coalescer.parsing)
+        coalescer.parsing(arrival)
     doc = protocol.parse_json(body)
     if protocol_name == OIP:
         frame = protocol.oip_frame(doc, slot.production.spec.feature_names)
@@ -435,7 +436,7 @@ def _answer(
     if frame.empty:
         raise RequestError("the request holds no rows")
     item = _Item(slot, frame, request_id or uuid.uuid4().hex, routing_key)
-    served = (coalescer or _coalescer(slot)).run(item, len(frame), arrival)
+    served = coalescer.run(item, len(frame), arrival)
     wanted = protocol.wanted_outputs(doc, list(served.outputs)) if protocol_name == OIP else None
     return served, wanted
 
@@ -563,7 +564,6 @@ class Server:
             coalescer = _coalescer(slot, self.config.batch_delay_seconds)
             with coalescer.arriving() as arrival:
                 body = await _body(request, self.config.max_body_bytes)
-                coalescer.parsing(arrival)
                 # parsing a large body is work too: done in a worker thread, like the scoring, not in the event loop
                 served, wanted = await run_in_threadpool(
                     self._answer,

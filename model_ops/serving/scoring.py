@@ -257,7 +257,8 @@ class Coalescer(Generic[T, R]):
                 self._cond.notify_all()
 
     def parsing(self, arrival: Arrival) -> None:
-        """``arrival``'s body is in: from now on it is only being parsed (see the class's note)."""
+        """``arrival``'s body is in and a worker thread is parsing it (see the class's note). Called from that
+        thread, not when the body arrives: a request still waiting for a thread is not about to be queued."""
         with self._cond:
             if not arrival.queued and not arrival.parsing:
                 arrival.parsing = True
@@ -282,13 +283,9 @@ class Coalescer(Generic[T, R]):
                     self._peak, self._peak_at = self._in_server, now
                 deadline = now + self.linger
                 parsed_by = now + self.linger * PARSING_WAIT
-                while sum(p.size for p in self._queue) < self.max_rows:
-                    if self._parsing > 0:  # bodies in, being parsed: they join this call
-                        left = parsed_by - time.monotonic()
-                    elif len(self._queue) < self._peak:
-                        left = deadline - time.monotonic()
-                    else:
-                        break
+                while len(self._queue) < self._peak and sum(p.size for p in self._queue) < self.max_rows:
+                    # bodies in and being parsed join this call for sure: waited for longer than the others
+                    left = (parsed_by if self._parsing > 0 else deadline) - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
