@@ -424,7 +424,7 @@ def _answer(
     """Parse, route, check and score one request (with the requests arriving together, through the slot's
     ``coalescer``); the outputs an OIP request asked for (None: all)."""
     coalescer = coalescer or _coalescer(slot)
-    if arrival is not None:  # its body is in and this worker thread is parsing it (see Coalescer.parsing)
+    if arrival is not None:  # its body is in and this worker thread is parsing it (if not counted already)
         coalescer.parsing(arrival)
     doc = protocol.parse_json(body)
     if protocol_name == OIP:
@@ -564,6 +564,8 @@ class Server:
             coalescer = _coalescer(slot, self.config.batch_delay_seconds)
             with coalescer.arriving() as arrival:
                 body = await _body(request, self.config.max_body_bytes)
+                if anyio.to_thread.current_default_thread_limiter().available_tokens > 0:
+                    coalescer.parsing(arrival)  # a worker thread starts on it at once (see Coalescer.parsing)
                 # parsing a large body is work too: done in a worker thread, like the scoring, not in the event loop
                 served, wanted = await run_in_threadpool(
                     self._answer,

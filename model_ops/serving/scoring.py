@@ -257,8 +257,10 @@ class Coalescer(Generic[T, R]):
                 self._cond.notify_all()
 
     def parsing(self, arrival: Arrival) -> None:
-        """``arrival``'s body is in and a worker thread is parsing it (see the class's note). Called from that
-        thread, not when the body arrives: a request still waiting for a thread is not about to be queued."""
+        """``arrival``'s body is in and a worker thread is parsing it or about to (see the class's note); once per
+        arrival, later calls change nothing. The server calls it when the body is in if a worker thread is free,
+        else from the thread once it has one: a request waiting for a thread (every thread held by queued
+        callers) is not about to be queued, and a call waiting for it would wait its whole limit."""
         with self._cond:
             if not arrival.queued and not arrival.parsing:
                 arrival.parsing = True
