@@ -21,15 +21,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from model_ops.defs.instance import prepare_home
 from model_ops.errors import UsageError
 
 MODEL = "flight_delay"
 # Partitions ingested before the first model is trained (the newest of them is its holdout), per model replayed.
 FIRST_TRAINING = {"flight_delay": 4, "flight_duration": 4, "seattle_weather": 13}
-MINIMAL_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
 
 @dataclass
@@ -51,16 +50,6 @@ class Timeline:
         itself, such as ingesting a month."""
         tag = f"v{version}" if version is not None else "-"
         self.emit(f"  {month[:7]}  {kind:<17} {tag:<4} {text}")
-
-
-def _prepare_home(dagster_home: str | None) -> Path:
-    home = Path(dagster_home or os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        project_yaml = Path(__file__).resolve().parents[1] / "dagster.yaml"
-        (home / "dagster.yaml").write_text(project_yaml.read_text() if project_yaml.exists() else MINIMAL_INSTANCE_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
 
 
 def run_demo(
@@ -91,7 +80,7 @@ def run_demo(
         )
     if root:
         os.environ["MODEL_OPS_ROOT"] = root
-    home = _prepare_home(dagster_home)
+    home = prepare_home(dagster_home)
 
     import dagster as dg
 

@@ -106,8 +106,17 @@ _SYNCHRONOUS = {
 
 
 def synchronous_instance(home: str | Path) -> dg.DagsterInstance:
-    """The instance at ``home`` with runs submitted straight to :class:`InProcessRunLauncher`."""
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=_SYNCHRONOUS))
+    """The instance at ``home`` with runs submitted straight to :class:`InProcessRunLauncher`; an
+    :class:`~model_ops.defs.instance.InstanceUnavailableError` when its database cannot be reached."""
+    from model_ops.defs.instance import unavailable
+
+    try:
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=_SYNCHRONOUS))
+    except Exception as exc:
+        error = unavailable(home, exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 @dataclass(frozen=True)

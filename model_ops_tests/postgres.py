@@ -1,0 +1,125 @@
+"""A real PostgreSQL server on loopback for the tests that run Dagster on Postgres, started and stopped by the test.
+
+The server binaries are found on the PATH or under ``/usr/lib/postgresql/*/bin`` (Debian's layout). PostgreSQL
+refuses to run as root, so under root (as in CI) they run as the system's ``postgres`` user, in a data directory
+it owns; clients connect over TCP on 127.0.0.1 with trust authentication, which is what a throwaway test cluster
+needs and nothing else should use.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_ops_tests.helpers import free_port
+
+START_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Postgres:
+    host: str
+    port: int
+    user: str
+    db_name: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables ``dagster.postgres.yaml`` reads."""
+        return {
+            "DAGSTER_PG_HOST": self.host,
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_USERNAME": self.user,
+            "DAGSTER_PG_PASSWORD": "",
+            "DAGSTER_PG_DB": self.db_name,
+        }
+
+    def query(self, sql: str) -> list[tuple]:
+        import psycopg2
+
+        with psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname=self.db_name) as conn:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return list(cur.fetchall())
+
+
+def binaries() -> Path | None:
+    """The directory holding ``initdb`` and ``pg_ctl``, or None when PostgreSQL is not installed."""
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(os.path.realpath(found)).parent
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(candidate) / "pg_ctl").exists() and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    return None
+
+
+@contextmanager
+def postgres_server(db_name: str = "dagster") -> Iterator[Postgres]:
+    """A fresh cluster with database ``db_name``, on a free loopback port, removed afterwards."""
+    bin_dir = binaries()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL's initdb and pg_ctl were found neither on the PATH nor in /usr/lib/postgresql")
+    prefix: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="model_ops_pg_"))
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, log = base / "data", base / "server.log"
+    port = free_port()
+
+    def run(*args: str) -> None:
+        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=START_SECONDS)
+
+    try:
+        run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off"
+        run(
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(START_SECONDS),
+            "start",
+        )
+        server = Postgres("127.0.0.1", port, "postgres", db_name)
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            try:
+                Postgres("127.0.0.1", port, "postgres", "postgres").query("select 1")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'create database "{db_name}"')
+        conn.close()
+        yield server
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                timeout=START_SECONDS,
+            )
+        shutil.rmtree(base, ignore_errors=True)

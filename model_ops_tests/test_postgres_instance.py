@@ -1,0 +1,85 @@
+"""The demo's jobs and sensors on a Dagster instance on PostgreSQL (``MODEL_OPS_INSTANCE=postgres``), against a
+real server started on loopback for the test: every run, its events and every sensor tick land in Postgres, and the
+story is the one the embedded instance tells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model_ops.defs import instance as inst
+from model_ops.errors import UsageError
+from model_ops_tests.postgres import binaries, postgres_server
+
+pytestmark = pytest.mark.slow
+
+
+def test_postgres_is_selected_by_the_environment_and_refused_without_its_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in inst.POSTGRES_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(inst.ENV, "postgres")
+    with pytest.raises(UsageError, match="missing: DAGSTER_PG_HOST, DAGSTER_PG_PORT"):
+        inst.prepare_home(str(tmp_path / "home"))
+    assert not (tmp_path / "home").exists()  # nothing half set up
+    monkeypatch.setenv(inst.ENV, "mysql")
+    with pytest.raises(UsageError, match="names no Dagster instance"):
+        inst.prepare_home(str(tmp_path / "home"))
+    monkeypatch.delenv(inst.ENV)
+    assert "storage" not in yaml.safe_load((inst.prepare_home(str(tmp_path / "home")) / "dagster.yaml").read_text())
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "dagster.yaml").write_text("telemetry: {enabled: false}\n# the team's own\n")
+    monkeypatch.setenv(inst.ENV, "postgres")  # an existing instance configuration is used as it is
+    assert "the team's own" in (inst.prepare_home(str(tmp_path / "own")) / "dagster.yaml").read_text()
+
+
+def test_an_unreachable_postgres_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_ops.defs.workspace import synchronous_instance
+    from model_ops_tests.helpers import free_port
+
+    env = {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(free_port()), "DAGSTER_PG_USERNAME": "dagster"}
+    for name, value in {**env, "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": "dagster", inst.ENV: "postgres"}.items():
+        monkeypatch.setenv(name, value)
+    home = inst.prepare_home(str(tmp_path / "home"))
+    with pytest.raises(inst.InstanceUnavailableError, match=r"cannot reach the Dagster instance's database") as e:
+        synchronous_instance(home)
+    assert f"127.0.0.1:{env['DAGSTER_PG_PORT']}/dagster" in e.value.message and e.value.exit_code == 1
+
+
+@pytest.mark.skipif(binaries() is None, reason="PostgreSQL's initdb and pg_ctl are not installed")
+def test_the_demo_runs_its_jobs_and_sensors_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dagster as dg
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+    from model_ops.defs.replay import run_demo
+    from model_ops.defs.workspace import synchronous_instance
+
+    with postgres_server() as pg:
+        for name, value in pg.env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv(inst.ENV, "postgres")
+        home = tmp_path / "home"
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        lines: list[str] = []
+        result = run_demo(root=str(tmp_path / "root"), dagster_home=str(home), until="2013-05", progress=lines.append)
+        kinds = [t["kind"] for t in result["timeline"]]
+        assert "deployed" in kinds, "\n".join(lines)
+
+        instance = synchronous_instance(home)
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        runs = instance.get_runs()
+        assert any(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        # what Dagster reads back is what is in the database, not in a file beside it
+        assert pg.query("select count(*) from runs")[0][0] == len(runs)
+        materialized = "select count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION'"
+        assert pg.query(materialized)[0][0] > 0
+        states = instance.all_instigator_state()
+        ticks = sum(len(instance.get_ticks(s.instigator_origin_id, s.selector_id)) for s in states)
+        assert ticks > 0 and pg.query("select count(*) from job_ticks")[0][0] == ticks
+        assert not list(home.glob("**/*.db")), "no SQLite storage beside the Postgres one"
+        instance.dispose()
