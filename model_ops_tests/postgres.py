@@ -43,6 +43,18 @@ class Postgres:
             "DAGSTER_PG_DB": self.db_name,
         }
 
+    def query_autocommit(self, sql: str, db_name: str = "postgres") -> None:
+        """Run ``sql`` outside a transaction (``create database`` needs that), in ``db_name``."""
+        import psycopg2
+
+        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname=db_name)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
     def query(self, sql: str) -> list[tuple]:
         import psycopg2
 
@@ -107,13 +119,7 @@ def postgres_server(db_name: str = "dagster") -> Iterator[Postgres]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'create database "{db_name}"')
-        conn.close()
+        server.query_autocommit(f'create database "{db_name}"')
         yield server
     finally:
         if (data / "postmaster.pid").exists():

@@ -82,4 +82,7 @@ def test_the_demo_runs_its_jobs_and_sensors_on_postgres(tmp_path: Path, monkeypa
         ticks = sum(len(instance.get_ticks(s.instigator_origin_id, s.selector_id)) for s in states)
         assert ticks > 0 and pg.query("select count(*) from job_ticks")[0][0] == ticks
         assert not list(home.glob("**/*.db")), "no SQLite storage beside the Postgres one"
+        # the training step ran in its pool, which holds one slot: one model fitted at a time across all runs
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.event_log_storage.get_concurrency_info("training").slot_count == 1
         instance.dispose()
