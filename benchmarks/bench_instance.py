@@ -2,7 +2,7 @@
 
 Issue 15 (a shared deployment) asks for the demo's wall time on SQLite vs Postgres. Each run is the whole command a
 user runs (`model-ops --root R demo --dagster-home H`, a fresh process, fresh root and instance), the PostgreSQL
-server a fresh cluster on loopback started for the benchmark (``model_ops_tests.postgres``: PostgreSQL 15's
+server a fresh cluster on loopback started for the benchmark (``model_ops_tests.postgres``: the installed PostgreSQL's
 ``initdb`` and ``pg_ctl``, as the ``postgres`` user under root). The runs alternate between the two instances,
 ``--rounds`` of each, so a change in the machine's load falls on both; every run must exit 0 (the demo exits 1
 when its story did not happen). Prints one JSON document: each run's seconds, the medians and their ratio.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from _common import eprint, machine  # noqa: E402
 
-from model_ops_tests.postgres import binaries, postgres_server  # noqa: E402
+from model_ops_tests.postgres import missing, postgres_server  # noqa: E402
 
 
 def demo(work: Path, label: str, env: dict[str, str], until: str | None) -> float:
@@ -50,8 +50,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--until", default=None, help="last month replayed (default: the whole year)")
     args = p.parse_args()
-    if binaries() is None:
-        raise SystemExit("PostgreSQL's initdb and pg_ctl are not installed: nothing to compare")
+    if missing() is not None:
+        raise SystemExit(f"cannot start PostgreSQL here ({missing()}): nothing to compare")
     base = {**os.environ, "MODEL_OPS_PROGRESS": "0"}
     base.pop("MODEL_OPS_INSTANCE", None)
     runs: dict[str, list[float]] = {"sqlite": [], "postgres": []}

@@ -50,3 +50,10 @@ class ConflictError(ModelOpsError):
     """Too many concurrent writers: the write was retried and still lost the race. Nothing was written."""
 
     exit_code = 1
+
+
+class InstanceUnavailableError(ModelOpsError):
+    """The Dagster instance's database could not be reached or refused the connection; nothing was run, so running
+    the command again once it is back is safe."""
+
+    exit_code = 1

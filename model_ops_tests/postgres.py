@@ -1,6 +1,7 @@
 """A real PostgreSQL server on loopback for the tests that run Dagster on Postgres, started and stopped by the test.
 
-The server binaries are found on the PATH or under ``/usr/lib/postgresql/*/bin`` (Debian's layout). PostgreSQL
+The server binaries are whichever release is installed (15 on the project's machines), found on the PATH or under
+``/usr/lib/postgresql/*/bin`` (Debian's layout). PostgreSQL
 refuses to run as root, so under root (as in CI) they run as the system's ``postgres`` user, in a data directory
 it owns; clients connect over TCP on 127.0.0.1 with trust authentication, which is what a throwaway test cluster
 needs and nothing else should use.
@@ -58,42 +59,65 @@ class Postgres:
     def query(self, sql: str) -> list[tuple]:
         import psycopg2
 
-        with psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname=self.db_name) as conn:
+        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname=self.db_name)
+        try:
             with conn.cursor() as cur:
                 cur.execute(sql)
                 return list(cur.fetchall())
+        finally:
+            conn.close()
 
 
 def binaries() -> Path | None:
-    """The directory holding ``initdb`` and ``pg_ctl``, or None when PostgreSQL is not installed."""
+    """The directory holding ``initdb`` and ``pg_ctl`` (the newest release under Debian's layout), or None when
+    PostgreSQL is not installed."""
     found = shutil.which("pg_ctl")
     if found and shutil.which("initdb"):
         return Path(os.path.realpath(found)).parent
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+
+    def release(path: str) -> tuple[int, ...]:
+        name = Path(path).parent.name
+        return tuple(int(p) for p in name.split(".") if p.isdigit())
+
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=release, reverse=True):
         if (Path(candidate) / "pg_ctl").exists() and (Path(candidate) / "initdb").exists():
             return Path(candidate)
+    return None
+
+
+def missing() -> str | None:
+    """Why a PostgreSQL server cannot be started here, or None when it can (for a test's skip reason)."""
+    if binaries() is None:
+        return "PostgreSQL's initdb and pg_ctl were found neither on the PATH nor in /usr/lib/postgresql"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root, and there is no postgres user to run the server as (PostgreSQL refuses root)"
+        if shutil.which("runuser") is None:
+            return "running as root, and runuser is not installed to run the server as the postgres user"
     return None
 
 
 @contextmanager
 def postgres_server(db_name: str = "dagster") -> Iterator[Postgres]:
     """A fresh cluster with database ``db_name``, on a free loopback port, removed afterwards."""
+    why = missing()
     bin_dir = binaries()
-    if bin_dir is None:
-        raise RuntimeError("PostgreSQL's initdb and pg_ctl were found neither on the PATH nor in /usr/lib/postgresql")
-    prefix: list[str] = []
+    if why is not None or bin_dir is None:
+        raise RuntimeError(f"cannot start PostgreSQL: {why}")
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     base = Path(tempfile.mkdtemp(prefix="model_ops_pg_"))
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
     data, log = base / "data", base / "server.log"
     port = free_port()
 
-    def run(*args: str) -> None:
-        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=START_SECONDS)
+    def run(*args: str) -> None:  # in the server's own directory: the caller's may be closed to its user
+        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=START_SECONDS, cwd=base)
 
     try:
+        if prefix:
+            owner = pwd.getpwnam("postgres")
+            os.chown(base, owner.pw_uid, owner.pw_gid)
         run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         options = f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off"
         run(
@@ -127,5 +151,6 @@ def postgres_server(db_name: str = "dagster") -> Iterator[Postgres]:
                 [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                 capture_output=True,
                 timeout=START_SECONDS,
+                cwd=base,
             )
         shutil.rmtree(base, ignore_errors=True)

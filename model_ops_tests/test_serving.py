@@ -867,7 +867,7 @@ def test_a_coalescer_waits_longer_for_a_body_being_parsed_than_for_one_being_sen
 
     assert trial(body_in=True)[0] == [[1, 2]]
     assert trial(body_in=False)[0] == [[1], [2]]
-    calls, waited = trial(body_in=True, refused=True)  # the call stops waiting for it once it is refused
+    calls, waited = trial(body_in=True, refused=True)  # refused: the call waits no longer than the plain delay
     assert calls == [[1]] and waited < linger * (1 + PARSING_WAIT) / 2
 
 

@@ -1,16 +1,19 @@
 """Which Dagster instance model_ops runs on: the embedded SQLite one by default, or the shared one on PostgreSQL.
 
-``MODEL_OPS_INSTANCE`` selects it (``sqlite`` or ``postgres``). The choice only matters when a ``$DAGSTER_HOME``
-is set up (``model-ops demo`` into a new one); an existing ``dagster.yaml`` there is always used as it is, so a
-team's own instance configuration is never overwritten.
+``MODEL_OPS_INSTANCE`` selects it (``sqlite`` or ``postgres``) when a ``$DAGSTER_HOME`` is set up (``model-ops
+demo`` into a new one). An existing ``dagster.yaml`` there is used as it is, so a team's own instance
+configuration is never overwritten; asking for the other kind than the one it configures is refused, not ignored.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from model_ops.errors import ModelOpsError, UsageError
+import yaml
+
+from model_ops.errors import InstanceUnavailableError, UsageError
 
 ENV = "MODEL_OPS_INSTANCE"
 EMBEDDED_YAML = "telemetry:\n  enabled: false\n"  # SQLite in $DAGSTER_HOME itself, Dagster's default storage
@@ -19,28 +22,53 @@ POSTGRES_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DA
 KINDS = ("sqlite", "postgres")
 
 
-def selected() -> str:
-    """The instance kind ``MODEL_OPS_INSTANCE`` asks for (``sqlite`` when unset); a clear error otherwise."""
-    kind = (os.environ.get(ENV) or "sqlite").strip().lower()
+def selected() -> str | None:
+    """The instance kind ``MODEL_OPS_INSTANCE`` asks for (None when unset); a clear error for an unknown one."""
+    raw = os.environ.get(ENV)
+    if not raw or not raw.strip():
+        return None
+    kind = raw.strip().lower()
     if kind not in KINDS:
-        raise UsageError(
-            f"{ENV}={os.environ.get(ENV)!r} names no Dagster instance", hint=f"use one of: {', '.join(KINDS)}"
-        )
+        raise UsageError(f"{ENV}={raw!r} names no Dagster instance", hint=f"use one of: {', '.join(KINDS)}")
     return kind
+
+
+def check_postgres_env() -> None:
+    """The connection settings the Postgres instance reads, all present and the port a number; else a
+    :class:`UsageError` naming what is wrong."""
+    missing = [name for name in POSTGRES_ENV if name not in os.environ]
+    if missing:
+        raise UsageError(
+            f"the PostgreSQL Dagster instance needs its database connection in the environment; missing: "
+            f"{', '.join(missing)}",
+            hint=f"set them (DAGSTER_PG_PASSWORD may be empty for trust authentication), or unset {ENV} and use a "
+            "new --dagster-home for the embedded SQLite instance",
+        )
+    port = os.environ["DAGSTER_PG_PORT"].strip()
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(
+            f"DAGSTER_PG_PORT={port!r} is not a port number", hint="set it to the server's port, e.g. 5432"
+        )
 
 
 def instance_yaml(kind: str) -> str:
     """The ``dagster.yaml`` of instance ``kind``; for Postgres, only once its connection is in the environment."""
     if kind == "sqlite":
         return EMBEDDED_YAML
-    missing = [name for name in POSTGRES_ENV if name not in os.environ]
-    if missing:
-        raise UsageError(
-            f"{ENV}=postgres needs the database connection in the environment; missing: {', '.join(missing)}",
-            hint="set them (DAGSTER_PG_PASSWORD may be empty for trust authentication), or unset "
-            f"{ENV} for the embedded SQLite instance",
-        )
+    check_postgres_env()
     return POSTGRES_YAML.read_text()
+
+
+def kind_of(config: dict[str, Any]) -> str:
+    """``postgres`` when a ``dagster.yaml`` puts the run storage on PostgreSQL (either way of saying it), else
+    ``sqlite``."""
+    storage = config.get("storage")
+    if isinstance(storage, dict) and "postgres" in storage:
+        return "postgres"
+    run_storage = config.get("run_storage")
+    if isinstance(run_storage, dict) and "postgres" in str(run_storage.get("module", "")):
+        return "postgres"
+    return "sqlite"
 
 
 def prepare_home(dagster_home: str | None) -> Path:
@@ -48,39 +76,51 @@ def prepare_home(dagster_home: str | None) -> Path:
     there, or the selected instance's written there; ``DAGSTER_HOME`` is set to it for this process."""
     home = Path(dagster_home or os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
     config = home / "dagster.yaml"
-    if not config.exists():
-        text = instance_yaml(selected())
+    wanted = selected()
+    if config.exists():
+        try:
+            existing = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{config} is not valid YAML: {exc}", hint="fix it, or use a new --dagster-home") from None
+        have = kind_of(existing if isinstance(existing, dict) else {})
+        if wanted is not None and wanted != have:
+            raise UsageError(
+                f"{ENV}={wanted} but {config} configures a {have} instance",
+                hint=f"use a new --dagster-home for the {wanted} instance, or unset {ENV} to use this one",
+            )
+        if have == "postgres" and "DAGSTER_PG_" in config.read_text():
+            check_postgres_env()
+    else:
+        text = instance_yaml(wanted or "sqlite")
         home.mkdir(parents=True, exist_ok=True)
         config.write_text(text)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 
-class InstanceUnavailableError(ModelOpsError):
-    """The Dagster instance's database could not be reached or refused the connection; nothing was run."""
-
-    exit_code = 1
-
-
 def unavailable(home: str | Path, exc: BaseException) -> InstanceUnavailableError | None:
-    """``exc`` as an :class:`InstanceUnavailableError` when it is the instance's database failing to connect (the
-    server down, a wrong host, port, database, user or password), else None."""
+    """``exc`` as an :class:`InstanceUnavailableError` when it is a PostgreSQL instance's database failing to
+    connect (the server down, a wrong host, port, database, user or password), else None."""
+    from dagster_postgres.utils import DagsterPostgresException
     from sqlalchemy.exc import OperationalError
 
-    try:
-        from dagster_postgres.utils import DagsterPostgresException
-    except ImportError:  # pragma: no cover - dagster-postgres is a dependency
-        DagsterPostgresException = OperationalError  # noqa: N806
-    if not isinstance(exc, (DagsterPostgresException, OperationalError)):
+    driver_error = getattr(exc, "orig", None)
+    from_postgres = isinstance(exc, DagsterPostgresException) or (
+        isinstance(exc, OperationalError) and type(driver_error).__module__.startswith("psycopg2")
+    )
+    if not from_postgres:
         return None
     cause = exc.__cause__ or exc
     cause = getattr(cause, "orig", None) or cause  # the driver's own message, without SQLAlchemy's wrapping
-    where = "the database in its dagster.yaml"
-    if all(name in os.environ for name in POSTGRES_ENV[:2] + POSTGRES_ENV[4:]):
+    config = Path(home) / "dagster.yaml"
+    where = "the database its dagster.yaml names"
+    if "DAGSTER_PG_HOST" in (config.read_text() if config.exists() else "") and all(
+        name in os.environ for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB")
+    ):
         where = f"{os.environ['DAGSTER_PG_HOST']}:{os.environ['DAGSTER_PG_PORT']}/{os.environ['DAGSTER_PG_DB']}"
     reason = " ".join(str(cause).split())[:300]
     return InstanceUnavailableError(
-        f"cannot reach the Dagster instance's database ({where}, configured in {Path(home) / 'dagster.yaml'}): {reason}",
+        f"cannot reach the Dagster instance's database ({where}, configured in {config}): {reason}",
         hint="check that the server is up and the DAGSTER_PG_* settings are right, then run the command again; "
         "nothing was run",
     )

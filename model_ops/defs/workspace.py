@@ -54,6 +54,8 @@ from dagster._time import get_current_timestamp
 from dagster._utils.error import SerializableErrorInfo
 from dagster._utils.hosted_user_process import recon_job_from_origin
 
+from model_ops.errors import UsageError
+
 LOCATION = "model_ops"  # workspace.yaml's location_name and [tool.dagster] code_location_name
 MODULE = "model_ops.definitions"
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -110,13 +112,22 @@ def synchronous_instance(home: str | Path) -> dg.DagsterInstance:
     :class:`~model_ops.defs.instance.InstanceUnavailableError` when its database cannot be reached."""
     from model_ops.defs.instance import unavailable
 
+    # dagster-postgres reports each connection retry through the root logger; the error below says it once
+    logging.disable(logging.WARNING)
     try:
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=_SYNCHRONOUS))
+    except dg.DagsterInvalidConfigError as exc:
+        raise UsageError(
+            f"the Dagster instance configuration {Path(home) / 'dagster.yaml'} is invalid: {exc}",
+            hint="fix it (or the environment variables it reads), or use a new --dagster-home",
+        ) from None
     except Exception as exc:
         error = unavailable(home, exc)
         if error is None:
             raise
         raise error from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 @dataclass(frozen=True)
