@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,19 +41,16 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import _loadgen  # noqa: E402
 from _common import PEERS_DIR, PEERS_PYTHON, eprint, machine  # noqa: E402
 
+from model_ops_tests.helpers import free_port  # noqa: E402
+
 NAME = "cancer"
 IN_FLIGHT = 32  # requests outstanding at most during the rollback measurement
 FEATURES = ["mean_radius", "mean_texture", "worst_area", "worst_smoothness"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def data() -> Any:

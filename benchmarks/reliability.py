@@ -386,10 +386,9 @@ def s3_outages(work: Path, rounds: int, seed: int) -> dict | None:
 
     from model_ops import location
     from model_ops.registry import Registry
+    from model_ops_tests.helpers import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = (work / "moto.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
