@@ -59,6 +59,12 @@ def instance_yaml(kind: str) -> str:
     return POSTGRES_YAML.read_text()
 
 
+def reads_connection_env(text: str) -> bool:
+    """Whether a ``dagster.yaml``'s text takes its database connection from the ``DAGSTER_PG_*`` settings (as
+    model_ops' own Postgres instance does), so they describe where it connects."""
+    return "DAGSTER_PG_" in text
+
+
 def kind_of(config: dict[str, Any]) -> str:
     """``postgres`` when a ``dagster.yaml`` puts the run storage on PostgreSQL (either way of saying it), else
     ``sqlite``."""
@@ -78,8 +84,9 @@ def prepare_home(dagster_home: str | None) -> Path:
     config = home / "dagster.yaml"
     wanted = selected()
     if config.exists():
+        text = config.read_text()
         try:
-            existing = yaml.safe_load(config.read_text()) or {}
+            existing = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise UsageError(f"{config} is not valid YAML: {exc}", hint="fix it, or use a new --dagster-home") from None
         have = kind_of(existing if isinstance(existing, dict) else {})
@@ -88,7 +95,7 @@ def prepare_home(dagster_home: str | None) -> Path:
                 f"{ENV}={wanted} but {config} configures a {have} instance",
                 hint=f"use a new --dagster-home for the {wanted} instance, or unset {ENV} to use this one",
             )
-        if have == "postgres" and "DAGSTER_PG_" in config.read_text():
+        if have == "postgres" and reads_connection_env(text):
             check_postgres_env()
     else:
         text = instance_yaml(wanted or "sqlite")
@@ -114,7 +121,7 @@ def unavailable(home: str | Path, exc: BaseException) -> InstanceUnavailableErro
     cause = getattr(cause, "orig", None) or cause  # the driver's own message, without SQLAlchemy's wrapping
     config = Path(home) / "dagster.yaml"
     where = "the database its dagster.yaml names"
-    if "DAGSTER_PG_HOST" in (config.read_text() if config.exists() else "") and all(
+    if reads_connection_env(config.read_text() if config.exists() else "") and all(
         name in os.environ for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB")
     ):
         where = f"{os.environ['DAGSTER_PG_HOST']}:{os.environ['DAGSTER_PG_PORT']}/{os.environ['DAGSTER_PG_DB']}"

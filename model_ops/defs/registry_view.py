@@ -43,8 +43,8 @@ def versions_asset(spec: ModelSpec) -> dg.AssetSpec:
         kinds={"registry"},
         description=f"{spec.name}'s versions one by one: partition `vN` is version N, recorded with its semver, "
         "stage, aliases and every evaluation metric when it is registered and whenever its stage, an alias or "
-        "its evaluation changes. Its metadata plots (by partition) draw each metric against the version; a partition's events are "
-        f"that version's life. Recorded by `{sensor_name(spec)}`.",
+        "its evaluation changes. Its metadata plots (by partition) draw each metric against the version; a "
+        f"partition's events are that version's life. Recorded by `{sensor_name(spec)}`.",
         **attribution(spec),
     )
 

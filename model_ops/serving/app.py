@@ -476,13 +476,11 @@ def _serve_many(items: list[_Item]) -> list[_Served]:
         if len(group) == 1:
             results[members[0]] = _serve_one(group[0])
             continue
-        frame = pd.concat([it.frame for it in group], ignore_index=True)
+        frames = [it.frame for it in group]
         row_ids = [rid for it in group for rid in _row_ids(it.request_id, len(it.frame))]
         headers = [it.routing_key for it in group for _ in range(len(it.frame))]
-        served = _serve(group[0].slot, frame, group[0].request_id, headers, row_ids=row_ids)
-        for i, one in zip(
-            members, served.split([it.frame for it in group], [it.request_id for it in group]), strict=True
-        ):
+        served = _serve(group[0].slot, pd.concat(frames, ignore_index=True), group[0].request_id, headers, row_ids)
+        for i, one in zip(members, served.split(frames, [it.request_id for it in group]), strict=True):
             results[i] = one
     return [results[i] for i in range(len(items))]
 

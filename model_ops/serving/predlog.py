@@ -24,8 +24,9 @@ a slow disk or store slows nothing but the log. One writer thread takes what is 
 appends it in one Delta commit per model every ``flush_seconds`` (or sooner past ``batch_rows``, 50,000 by
 default: at serving rates the interval decides, and one commit a second costs the writer about two thirds of the
 CPU per row of one every 5,000 rows). :meth:`close` (on SIGTERM, through the server's shutdown) writes everything
-still queued before it returns, so no accepted row is lost. A failed append is retried with backoff; rows that still cannot be written are counted as failed. An
-append that lost a commit race (a batch re-score of the partition committed first) is written again at once.
+still queued before it returns, so no accepted row is lost. A failed append is retried with backoff; rows that
+still cannot be written are counted as failed. An append that lost a commit race (a batch re-score of the partition
+committed first) is written again at once.
 """
 
 from __future__ import annotations
