@@ -129,6 +129,52 @@ def cold_open(root: str, uri: str, runs: int, expect: int) -> dict:
     }
 
 
+def cli_reads(root: str, uri: str, k: int, size: int, runs: int) -> dict:
+    """`model-ops resolve`, `show` and `versions --json` as a user runs them: fresh processes, medians of wall time
+    and peak RSS (the command's own, from GNU time)."""
+    cli = os.path.join(os.path.dirname(PY), "model-ops")
+    out = {}
+    for label, args, check in (
+        ("resolve", ["resolve", uri], lambda text: text.strip() == str(k)),
+        ("show", ["show", f"models:/{NAME}/{k}"], lambda text: f"models:/{NAME}/{k}" in text),
+        ("versions", ["versions", NAME, "--json"], lambda text: len(json.loads(text)) == size),
+    ):
+        walls, rss = [], []
+        for _ in range(runs):
+            stdout, wall, peak = run_measured([cli, "--root", root, *args])
+            assert check(stdout), (label, stdout[:200])
+            walls.append(wall)
+            rss.append(peak)
+        out[label] = {
+            "wall_s": round(float(np.median(walls)), 3),
+            "peak_rss_mb": float(np.median(rss)),
+            "all_s": [round(w, 3) for w in walls],
+        }
+    return out
+
+
+def snapshot_phase(root: str, uri: str, k: int, size: int, runs: int) -> dict:
+    """The state snapshot: what `model-ops maintain` costs at this size, reads from a fresh process while it is
+    current (the CLI, and Registry.open + resolve), and a cold open resumed from it once the log moved on."""
+    before = cli_reads(root, uri, k, size, runs)
+    reg = Registry.open(root, actor="bench")
+    maintain_s, report = timed(reg.maintain)
+    assert report["problems"] == [] and report["snapshot"], report
+    current_cli = cli_reads(root, uri, k, size, runs)
+    current_open = cold_open(root, uri, runs, k)
+    reg.set_tag(f"models:/{NAME}/1", "touched", "after the snapshot")  # the log moves on: resume, not answer
+    resumed_open = cold_open(root, uri, runs, k)
+    return {
+        "maintain_s": round(maintain_s, 2),
+        "maintain_steps_s": report["seconds"],
+        "snapshot_mb": round(report["snapshot"]["bytes"] / 2**20, 1),
+        "cli_without_snapshot": before,
+        "cli_with_current_snapshot": current_cli,
+        "cold_open_current_snapshot": current_open,
+        "cold_open_resumed_from_snapshot": resumed_open,
+    }
+
+
 def model_factory():
     X = np.random.default_rng(0).standard_normal((200, 4))
     base = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
@@ -542,7 +588,8 @@ def main() -> None:
         uri = f"models:/{NAME}@{ALIAS}"
 
         eprint(f"[4] measurements at {size} versions")
-        out["cold_open"] = cold_open(root, uri, args.cold_runs, k)
+        out["cold_open"] = cold_open(root, uri, args.cold_runs, k)  # no snapshot yet: the whole log is folded
+        out["snapshot"] = snapshot_phase(root, uri, k, size, args.cold_runs)
 
         if args.profile_open:
             import cProfile
@@ -601,6 +648,24 @@ def main() -> None:
                         f"p99 {out['build']['tail']['p99_ms']} ms",
                     ],
                     ["registry files on disk / root MB", str(n_files), f"{du_mb} MB"],
+                    [
+                        "model-ops maintain (writes the snapshot)",
+                        f"{out['snapshot']['maintain_s']} s",
+                        f"{out['snapshot']['snapshot_mb']} MB snapshot",
+                    ],
+                    *[
+                        [
+                            f"fresh `model-ops {cmd}`: no snapshot / current snapshot (wall, RSS)",
+                            f"{out['snapshot']['cli_without_snapshot'][cmd]['wall_s']} s / {out['snapshot']['cli_with_current_snapshot'][cmd]['wall_s']} s",
+                            f"{out['snapshot']['cli_without_snapshot'][cmd]['peak_rss_mb']} / {out['snapshot']['cli_with_current_snapshot'][cmd]['peak_rss_mb']} MB",
+                        ]
+                        for cmd in ("resolve", "show", "versions")
+                    ],
+                    [
+                        "cold open + resolve: current snapshot / resumed from it (RSS)",
+                        f"{out['snapshot']['cold_open_current_snapshot']['open_plus_resolve_s']} s / {out['snapshot']['cold_open_resumed_from_snapshot']['open_plus_resolve_s']} s",
+                        f"{out['snapshot']['cold_open_current_snapshot']['peak_rss_mb']} / {out['snapshot']['cold_open_resumed_from_snapshot']['peak_rss_mb']} MB",
+                    ],
                 ],
                 ["what", "figure", ""],
             )

@@ -14,7 +14,6 @@ import os
 import shutil
 import sys
 import textwrap
-import traceback
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from model_ops.vocab import DriftStatus
 if TYPE_CHECKING:  # the registry (Delta, boto3) is imported when a command needs it: `drift` does not
     from model_ops.registry import Registry
     from model_ops.registry.events import Event
+    from model_ops.registry.version import VersionReader
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,7 +202,7 @@ def cmd_register(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_versions(reg: Registry, args: argparse.Namespace) -> int:
+def cmd_versions(reg: VersionReader, args: argparse.Namespace) -> int:
     versions = reg.versions(args.name)
     _emit(
         args,
@@ -217,24 +217,13 @@ def cmd_versions(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(reg: Registry, args: argparse.Namespace) -> int:
-    rows = []
-    for name in reg.models():
-        versions = reg.versions(name)
-        prod = [v.version for v in versions if v.stage == reg.policy.production.stage]
-        rows.append(
-            {
-                "name": name,
-                "versions": len(versions),
-                "latest": versions[-1].version,
-                "production": prod[0] if prod else None,
-            }
-        )
+def cmd_models(reg: VersionReader, args: argparse.Namespace) -> int:
+    rows = reg.model_summaries()
     _emit(args, rows, _table(rows, ["name", "versions", "latest", "production"]))
     return 0
 
 
-def cmd_show(reg: Registry, args: argparse.Namespace) -> int:
+def cmd_show(reg: VersionReader, args: argparse.Namespace) -> int:
     mv = reg.resolve(args.ref)
     doc = mv.to_dict()
     lines = [
@@ -399,7 +388,7 @@ def cmd_diff(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_resolve(reg: Registry, args: argparse.Namespace) -> int:
+def cmd_resolve(reg: VersionReader, args: argparse.Namespace) -> int:
     mv = reg.resolve(args.ref)
     _emit(args, mv.summary(), str(mv.version))
     return 0
@@ -697,6 +686,29 @@ def _repair(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintain(reg: Registry, args: argparse.Namespace) -> int:
+    report = reg.maintain()
+    log = report.get("log") or {}
+    snap = report.get("snapshot")
+    lines = [
+        f"event log: {log.get('files_removed', 0)} files compacted into {log.get('files_added', 0)}, "
+        f"{log.get('files_vacuumed', 0)} vacuumed; now at commit {report['log_version']} ({report['events']} events)",
+        f"versions table: {report.get('versions_projected') or 0} version(s) added",
+        "snapshot: "
+        + (
+            "none (" + ("an S3 root folds its log on open" if reg.location.is_s3 else "see below") + ")"
+            if not snap
+            else f"{snap['file']} written ({snap['bytes']:,} bytes)"
+            if snap["written"]
+            else f"{snap['file']} still current, confirmed"
+        ),
+        f"took {report['seconds']['total']} s",
+    ]
+    lines += [f"problem: {p}" for p in report["problems"]]
+    _emit(args, report, "\n".join(lines))
+    return 1 if report["problems"] else 0
+
+
 def cmd_gc(reg: Registry, args: argparse.Namespace) -> int:
     if args.grace_hours < 0:
         raise UsageError("--grace-hours must be zero or more")
@@ -958,7 +970,40 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unused:
+    """Stands in for the parser of a command the line does not name (see ``build_parser(only=)``): every call on
+    it is accepted and does nothing."""
+
+    choices: dict[str, Any] = {}  # noqa: RUF012 (never written)
+
+    def __getattr__(self, _: str) -> Any:
+        return lambda *a, **k: self
+
+
+SNAPSHOT_COMMANDS = frozenset({"resolve", "versions", "show", "models"})
+_GLOBAL_WITH_VALUE = frozenset({"--root", "--actor", "--policy"})
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, when it is plainly one of the quick reads: a fresh ``resolve`` should not pay
+    for building the parsers of forty other commands."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _GLOBAL_WITH_VALUE:
+            i += 2
+            continue
+        if word.startswith("-"):
+            if word.split("=", 1)[0] in _GLOBAL_WITH_VALUE:
+                i += 1
+                continue
+            return None  # --help, --version or a mistake: the full parser answers
+        return word if word in SNAPSHOT_COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line. ``only``: build the subcommand of that name alone (the others answer nothing)."""
     p = _Parser(prog="model-ops", description="Model registry and artifact store of model_ops.")
     p.add_argument(
         "--root", help="registry root: a path or s3://bucket/prefix (default $MODEL_OPS_ROOT or ./.model_ops)"
@@ -976,9 +1021,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"model-ops {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    def add(name: str, func: Any, help_text: str, *, run_id: bool = False) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Any, help_text: str, *, run_id: bool = False, snapshot: bool = False
+    ) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return _Unused()  # type: ignore[return-value]
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=func, snapshot_reads=snapshot)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
         sp.add_argument(
             "--wide",
@@ -1001,14 +1050,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tags", help="JSON object of tags")
     sp.add_argument("--description")
 
-    sp = add("versions", cmd_versions, "list the versions of a model")
+    sp = add("versions", cmd_versions, "list the versions of a model", snapshot=True)
     sp.add_argument("name")
-    add("models", cmd_models, "list the registered models")
-    sp = add("show", cmd_show, "everything recorded about a version, lineage included")
+    add("models", cmd_models, "list the registered models", snapshot=True)
+    sp = add("show", cmd_show, "everything recorded about a version, lineage included", snapshot=True)
     sp.add_argument("ref")
     sp = add("card", cmd_card, "print a version's model card (markdown: data, model, evaluation, gates)")
     sp.add_argument("ref")
-    sp = add("resolve", cmd_resolve, "print the version number a reference points at")
+    sp = add("resolve", cmd_resolve, "print the version number a reference points at", snapshot=True)
     sp.add_argument("ref")
     sp = add("transition", cmd_transition, "move a version to another stage", run_id=True)
     sp.add_argument("ref")
@@ -1249,6 +1298,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("names", nargs="*", metavar="NAME", help="models (default: all)")
     sp.add_argument("--apply", action="store_true")
     sp.add_argument("--now", help="judge ages as of this time (ISO 8601; default now)")
+    add(
+        "maintain",
+        cmd_maintain,
+        "compact the event log, update the versions table and write the state snapshot (writes never do this)",
+    )
     sp = add("gc", cmd_gc, "remove blobs nothing references (dry run unless --apply)")
     sp.add_argument("--apply", action="store_true")
     sp.add_argument(
@@ -1288,11 +1342,23 @@ def _disk_full(exc: BaseException) -> str | None:
     return None
 
 
+def _current_snapshot(args: argparse.Namespace) -> Any:
+    """The state snapshot to answer a read from without opening the registry (Arrow and the Delta engine are not
+    even imported), when it is current: see ``model_ops/registry/snapshot.py``. None: open the registry."""
+    from model_ops.location import resolve_root
+    from model_ops.registry import snapshot
+
+    return snapshot.open_current(resolve_root(args.root).child("registry"), policy_given=bool(args.policy))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(only=_named_command(words)).parse_args(words)
     try:
         if getattr(args, "no_registry", False):
             reg = None
+        elif getattr(args, "snapshot_reads", False) and (current := _current_snapshot(args)) is not None:
+            return int(args.func(current, args))
         else:
             from model_ops.registry import Registry
 
@@ -1330,6 +1396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {unavailable.message}", file=sys.stderr)
             print(f"  hint: {unavailable.hint}", file=sys.stderr)
             return unavailable.exit_code
+        import traceback
+
         traceback.print_exc()
         print("error: model-ops failed unexpectedly (a bug); please report the traceback above", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import dagster as dg
 import model_ops.defs.models
 from model_ops.defs.component import ModelComponent, checked, model_defs
 from model_ops.defs.resources import resources
+from model_ops.defs.upkeep import upkeep_defs
 from model_ops.errors import UsageError
 from model_ops.specs import ModelSpec
 from model_ops.specs.loader import COMPONENTS_DIR, SPECS_DIR_ENV, spec_attributes, spec_files, validate_spec
@@ -50,7 +51,7 @@ def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
         parts = [model_defs(checked(s, s.name)) for s in specs]
     else:
         parts = [project_defs(), *user_defs()]
-    return dg.Definitions.merge(*parts, dg.Definitions(resources=resources()))
+    return dg.Definitions.merge(*parts, upkeep_defs(), dg.Definitions(resources=resources()))
 
 
 try:

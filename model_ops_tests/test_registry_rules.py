@@ -13,7 +13,6 @@ from deltalake import DeltaTable
 from model_ops.errors import NotFoundError, PermissionDeniedError, PolicyError, UsageError
 from model_ops.registry import Registry, parse_ref
 from model_ops.registry import semver as sv
-from model_ops.registry.eventlog import COMPACT_EVERY
 from model_ops.registry.policy import default_policy_text
 
 SIG = {
@@ -264,18 +263,27 @@ def test_a_second_handle_sees_changes_without_reopening(reg: Registry, tmp_path:
 
 
 @pytest.mark.slow
-def test_compaction_and_the_versions_table(reg: Registry, tmp_path: Path) -> None:
-    for i in range(COMPACT_EVERY + 5):
+def test_maintenance_compacts_the_log_and_writes_the_versions_table(reg: Registry, tmp_path: Path) -> None:
+    count = 105
+    for i in range(count):
         reg.register("m", blob(tmp_path, f"v{i}"))
-    events = DeltaTable(str(reg.root.child("registry", "events")))
-    assert len(events.file_uris()) < 20  # ~105 one-commit files were compacted
-    assert events.to_pyarrow_table().num_rows == COMPACT_EVERY + 5
+    events_dir = str(reg.root.child("registry", "events"))
+    assert len(DeltaTable(events_dir).file_uris()) == count  # a write does no upkeep: one file per commit
+    assert not os.path.exists(str(reg.root.child("registry", "versions")))
+    report = reg.maintain()
+    assert report["problems"] == []
+    assert report["log"]["files_removed"] == count and report["versions_projected"] == count
+    events = DeltaTable(events_dir)
+    assert len(events.file_uris()) < 5
+    assert events.to_pyarrow_table().num_rows == count
     versions = DeltaTable(str(reg.root.child("registry", "versions"))).to_pyarrow_table()
-    # the projection was written at the commit that crossed 100 and holds every version registered by then
-    assert sorted(versions.column("version").to_pylist()) == list(range(1, COMPACT_EVERY + 1))
+    assert sorted(versions.column("version").to_pylist()) == list(range(1, count + 1))
     assert pc.all(pc.equal(versions.column("model"), "m")).as_py()
+    reg.register("m", blob(tmp_path, "after"))
+    again = reg.maintain()
+    assert again["versions_projected"] == 1 and again["snapshot"]["written"]
     fresh = Registry.open(reg.root)
-    assert [v.version for v in fresh.versions("m")] == list(range(1, COMPACT_EVERY + 6))
+    assert [v.version for v in fresh.versions("m")] == list(range(1, count + 2))
     assert fresh.fsck() == []
 
 

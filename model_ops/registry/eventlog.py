@@ -7,9 +7,11 @@ writers can never both succeed from the same V: the loser re-reads and re-valida
 numbers unique and gap-free and stops lost updates, with no lock server.
 
 Reads are cheap when nothing changed: the probe checks whether Delta commit V+1 exists (one ``stat`` locally, one
-``HEAD`` on S3) before touching the table. Every ``COMPACT_EVERY`` commits the writer that made the commit compacts
-the small files; delta-rs writes a checkpoint every ``delta.checkpointInterval`` commits and expires old log files,
-so a registry with 100k events still opens from a handful of files.
+``HEAD`` on S3) before touching the table. Writes do no upkeep beyond the checkpoint delta-rs writes every
+``delta.checkpointInterval`` commits: maintenance (``model-ops maintain``, the Dagster
+schedule) compacts the one-file-per-commit log into large files, checkpoints and vacuums it (:meth:`DeltaCas.maintain`),
+so a registry with 100k events still opens from a handful of files and a register's cost does not depend on when
+upkeep last ran.
 
 On S3 a commit can land with its reply lost (a reset connection, or the engine re-sending a put-if-absent whose
 first copy landed and then being told the version exists). Each commit therefore carries a unique id in its
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import uuid
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,10 +43,8 @@ TABLE_CONFIG = {
     "delta.enableExpiredLogCleanup": "true",
     "delta.deletedFileRetentionDuration": "interval 1 days",
 }
-COMPACT_EVERY = 100
 COMMIT_ID_KEY = "model_ops.commit_id"  # in each commit's commitInfo: which writer's commit a version is
 COMPACT_TARGET_BYTES = 16 << 20
-VACUUM_EVERY = 1000
 
 
 def open_or_create(location: Location, schema: pa.Schema, name: str) -> DeltaTable:
@@ -206,23 +207,24 @@ class DeltaCas:
                 return str(action["commitInfo"].get(COMMIT_ID_KEY) or "")
         return ""
 
-    def maintain(self) -> None:
-        """Compact small files (and now and then vacuum them) after the commit that crossed a boundary."""
-        version = self.version
-        if version == 0 or version % COMPACT_EVERY:
-            return
-        try:
-            # Files at the target size are left alone, so each compaction merges only the recent small files
-            # instead of rewriting the whole table (the default target, 256 MiB, would rewrite everything).
-            self.table.optimize.compact(target_size=COMPACT_TARGET_BYTES)
-            if version % VACUUM_EVERY == 0:
-                self.table.vacuum(dry_run=False)
-                self.table.cleanup_metadata()
-        except Exception as e:  # maintenance must never fail the write that triggered it
-            log.warning("maintenance of %s at version %s did not complete: %s", self.location, version, e)
-            # Reopen at the version the caller's state is folded to, never at the newest: a handle that jumped
-            # past another writer's commit would let the next compare-and-swap succeed against a stale state.
-            self._dt, self._pinned = None, version
+    def maintain(self) -> dict[str, Any]:
+        """Compact the small files (one per commit) into files of ``COMPACT_TARGET_BYTES``, write a checkpoint,
+        and vacuum the files compaction replaced once they are past the table's retention. Run by maintenance,
+        never by a write: each step is its own Delta commit, so a writer racing it only loses one compare-and-swap
+        and re-reads. Returns what it did."""
+        self.refresh()
+        # Files at the target size are left alone, so each compaction merges only the recent small files instead
+        # of rewriting the whole table (the default target, 256 MiB, would rewrite everything).
+        metrics = self.table.optimize.compact(target_size=COMPACT_TARGET_BYTES)
+        self.table.create_checkpoint()
+        vacuumed = self.table.vacuum(dry_run=False)
+        self.table.cleanup_metadata()
+        self._dt = None  # the next read reopens at the newest version
+        return {
+            "files_added": int(metrics.get("numFilesAdded", 0)),
+            "files_removed": int(metrics.get("numFilesRemoved", 0)),
+            "files_vacuumed": len(vacuumed),
+        }
 
 
 class EventLog(DeltaCas):

@@ -1,4 +1,5 @@
-"""Upkeep of a registry: consistency check (fsck), garbage collection of blobs, and the SQL-readable versions table.
+"""Upkeep of a registry: maintenance (compaction, the versions table, the state snapshot), consistency check
+(fsck) and garbage collection of blobs.
 
 None of this changes what the registry means: the event log is the truth, and these functions only read it (fsck,
 gc's dry run), delete blobs nothing in it refers to (gc), or write a projection of it that can be rebuilt at any
@@ -9,14 +10,14 @@ time (``registry/versions``). They take the :class:`Registry` whose storage and 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from model_ops.errors import IntegrityError, ModelOpsError
-from model_ops.registry import attest, chain, repair
+from model_ops.registry import attest, chain, repair, snapshot
 from model_ops.registry import events as ev
 from model_ops.registry.eventlog import DeltaCas, EventLog
 from model_ops.registry.policy import PolicyArchive, root_policy
@@ -41,21 +42,80 @@ VERSIONS_SCHEMA = pa.schema(
 )
 
 
-def project_versions(registry: Registry) -> None:
-    """Keep ``registry/versions`` (one row per version, for SQL readers) in step with the log. Best effort:
-    the log is the truth, and a lost race here is simply left to the next maintainer.
+def maintain(registry: Registry) -> dict[str, Any]:
+    """Everything a registry needs now and then and a write must never wait for, in this order:
 
-    Called by the writer whose commit crossed a compaction boundary, from the state that commit just folded in,
-    so it costs no extra read of the log."""
+    1. the event log: compaction, a checkpoint, vacuum (``DeltaCas.maintain``);
+    2. commit receipts but the newest are pruned (``Receipts.prune``);
+    3. the fold is brought up to date, and ``registry/versions`` (one row per version, for SQL readers) gains the
+       versions registered since it was last written;
+    4. the state snapshot is written at the log's version (or, when nothing changed since the current one, its
+       pointer is confirmed again, which keeps it usable for reads: see ``snapshot.py``).
+
+    Any number of processes may run it at once: every step is a compare-and-swap or an atomic rename, and a lost
+    race is left to the next run. No snapshot is written from a log with problems (``fsck`` names them). Returns
+    what was done; a step that failed is named under ``problems`` and the others still run."""
+    started = time.perf_counter()
+    report: dict[str, Any] = {"problems": []}
+
+    def step(name: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        except Exception as e:  # reported, never raised: the other steps are worth doing anyway
+            report["problems"].append(f"{name}: {repair.first_line(e)}")
+            return None
+        finally:
+            report.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 3)
+
+    report["log"] = step("log", lambda: EventLog(registry.location).maintain())
+    report["receipts_pruned"] = step("receipts", lambda: Receipts(registry.location).prune())
+    confirmed_at = datetime.now(timezone.utc)  # before the probe below: see snapshot.py on why
+    with registry._lock:
+        state = registry._sync()
+        version = registry._state_version
+        damage = list(registry.damage)
+    report["log_version"], report["events"] = version, state.last_seq
+    report["versions_projected"] = step("versions table", lambda: project_versions(registry, state))
+    if damage or state.problems:
+        report["snapshot"] = None
+        report["problems"].append(
+            "snapshot: not written, the event log has problems (`model-ops fsck` lists them): "
+            + "; ".join(damage or state.problems[:3])
+        )
+    elif registry.location.is_s3:
+        report["snapshot"] = None  # reads on S3 fold the log (snapshots are kept on local roots)
+    else:
+        report["snapshot"] = step("snapshot", lambda: _snapshot(registry, state, version, confirmed_at))
+    report["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _snapshot(registry: Registry, state: RegistryState, version: int, confirmed_at: datetime) -> dict[str, Any]:
+    current = snapshot.read_pointer(registry.location)
+    if current is not None and current["delta_version"] == version and current["last_seq"] == state.last_seq:
+        snap = snapshot.open_verified(registry.location)
+        if snap is not None:
+            snap.close()
+            current = {**current, "confirmed_at": confirmed_at.isoformat()}
+            snapshot.write_pointer(registry.location, current)
+            return {"file": current["file"], "written": False, "pruned": 0}
+    pointer = snapshot.write(
+        registry.location, state, version, stages=list(registry.policy.stages), confirmed_at=confirmed_at
+    )
+    pruned = snapshot.prune(registry.location, keep=pointer["file"])
+    return {"file": pointer["file"], "written": True, "bytes": pointer["size"], "pruned": pruned}
+
+
+def project_versions(registry: Registry, state: RegistryState) -> int:
+    """Bring ``registry/versions`` (one row per version, for SQL readers) up to ``state``; returns the rows added.
+    The log is the truth: a lost race here is simply left to the next maintenance run."""
     table = DeltaCas(registry.location.child("versions"), VERSIONS_SCHEMA, "model_ops_registry_versions")
     done_col = table.read(columns=["registered_seq"]).column("registered_seq")
     done = pc.max(done_col).as_py() if len(done_col) else 0
-    state = registry._state
-    if state is None:
-        return
     rows = [(m.name, vs) for m in state.models.values() for vs in m.versions if vs.seq > (done or 0)]
     if not rows:
-        return
+        return 0
     data = pa.table(
         {
             "model": [n for n, _ in rows],
@@ -70,8 +130,10 @@ def project_versions(registry: Registry) -> None:
         },
         schema=VERSIONS_SCHEMA,
     )
-    if table.try_append(data):
-        table.maintain()
+    if not table.try_append(data):
+        return 0
+    table.maintain()
+    return len(rows)
 
 
 def fsck(registry: Registry) -> list[str]:
@@ -93,6 +155,13 @@ def fsck(registry: Registry) -> list[str]:
         ]
     state.apply_all(events)
     problems.extend(state.problems)
+
+    def fold_to(seq: int) -> RegistryState:
+        cut = RegistryState(policy.production.stage)
+        cut.apply_all([e for e in events if e.seq <= seq])
+        return cut
+
+    problems.extend(snapshot.problems(registry.location, fold_to))
     receipt = receipts.read(version)
     if receipt is not None and (receipt["last_seq"], receipt["last_hash"]) != (state.last_seq, state.last_hash):
         problems.append(

@@ -35,7 +35,7 @@ MAX_EVENT_BYTES = 4 << 20  # above this a receipt keeps only the tip it vouches 
 _NAME = re.compile(r"(\d{20})\.json")
 
 
-def _row(e: ev.Event) -> dict[str, Any]:
+def event_row(e: ev.Event) -> dict[str, Any]:
     row = {name: getattr(e, name) for name in ev.COLUMNS if name not in ("ts", "payload")}
     row["ts"] = ev.micros(e.ts)
     row["payload"] = e.payload_text()
@@ -71,7 +71,7 @@ class Receipts:
             "last_seq": events[-1].seq,
             "last_hash": events[-1].hash,
             "written_at": datetime.now(timezone.utc).isoformat(),
-            "events": [_row(e) for e in events],
+            "events": [event_row(e) for e in events],
         }
         body = json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
         if len(body) > MAX_EVENT_BYTES:  # a bulk import: the data files hold its events; the tip still checks

@@ -19,11 +19,11 @@ import logging
 import os
 import random
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -42,11 +42,11 @@ from model_ops.errors import (
     UsageError,
 )
 from model_ops.location import Location, resolve_root, retry_transient
-from model_ops.registry import attest, inputs, maintenance, receipts
+from model_ops.registry import attest, inputs, lookup, maintenance, receipts, snapshot
 from model_ops.registry import events as ev
 from model_ops.registry import semver as sv
 from model_ops.registry.environment import ACTOR_ENV, environment, git_commit
-from model_ops.registry.eventlog import COMPACT_EVERY, EventLog
+from model_ops.registry.eventlog import EventLog
 from model_ops.registry.gates import breaking_changes, gate_results
 from model_ops.registry.identity import prove as prove_identity
 from model_ops.registry.inputs import as_ref, parse_dataset, parse_timestamp, require_reason
@@ -56,6 +56,7 @@ from model_ops.registry.receipts import Receipts
 from model_ops.registry.refs import Ref, check_alias, check_name, parse_ref
 from model_ops.registry.repair import unreadable_log
 from model_ops.registry.state import ModelState, RegistryState, VersionState, gc_paused
+from model_ops.registry.version import ModelVersion
 
 # Imported by other modules from here since before the split (``model_ops.registry.registry.parse_timestamp`` …).
 __all__ = ["VERSIONS_SCHEMA", "ModelVersion", "Registry", "breaking_changes", "parse_dataset", "parse_timestamp"]
@@ -70,77 +71,6 @@ RUN_ID_ENV = "MODEL_OPS_RUN_ID"
 T = TypeVar("T")
 # What a write's build step returns: the events to commit, and how to compute the result once they are committed.
 Built = tuple[list[ev.Event], Callable[[], T]]
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One registered version, as the registry sees it now (stage, aliases and tags change; the rest never does)."""
-
-    name: str
-    version: int
-    semver: str
-    stage: str
-    aliases: tuple[str, ...]
-    digest: str
-    created_at: datetime
-    created_by: str
-    run_id: str | None
-    tags: Mapping[str, str]
-    record: Mapping[str, Any]
-
-    @property
-    def ref(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-    @property
-    def params(self) -> dict:
-        return dict(self.record.get("params") or {})
-
-    @property
-    def metrics(self) -> dict:
-        return dict(self.record.get("metrics") or {})
-
-    @property
-    def dataset(self) -> dict | None:
-        return self.record.get("dataset")
-
-    @property
-    def signature(self) -> dict | None:
-        return self.record.get("signature")
-
-    @property
-    def lineage(self) -> dict:
-        return dict(self.record.get("lineage") or {})
-
-    @property
-    def parent(self) -> int | None:
-        return self.record.get("parent")
-
-    @property
-    def bump(self) -> dict:
-        return dict(self.record.get("bump") or {})
-
-    @property
-    def flavor(self) -> str:
-        return str(self.record.get("flavor", ""))
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "semver": self.semver,
-            "stage": self.stage,
-            "aliases": list(self.aliases),
-            "digest": self.digest,
-            "created_at": self.created_at.isoformat(),
-            "created_by": self.created_by,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self.summary()
-        out.update({"ref": self.ref, "run_id": self.run_id, "tags": dict(self.tags)})
-        out.update({k: v for k, v in self.record.items() if k not in ("tags", "stage")})
-        return out
 
 
 class _LazyRecord(Mapping[str, Any]):
@@ -208,6 +138,8 @@ class Registry:
         self.business_window: str | None = None
         self._state: RegistryState | None = None
         self._state_version = -1
+        self._direct_snapshot: snapshot.Snapshot | None = None  # see _direct
+        self._direct_checked = False
         # What is wrong with the newest commits of the log, found by the last read (see ``_check_tip``). Reads go
         # on answering from what is readable; every write is refused until ``fsck --repair``.
         self.damage: list[str] = []
@@ -257,9 +189,9 @@ class Registry:
                 self._state = None
                 self._log = EventLog(self.location)
             if self._state is None:
-                state = RegistryState(self.policy.production.stage)
                 with unreadable_log(self._log.location):
-                    state.apply_table(self._log.read_after(0))
+                    state = self._resumed() or RegistryState(self.policy.production.stage)
+                    state.apply_table(self._log.read_after(state.last_seq))
                     self._state, self._state_version = state, self._log.version
                 self._check_tip(state)
             elif self._log.has_commit(self._state_version + 1):
@@ -270,6 +202,56 @@ class Registry:
                 self._check_tip(self._state)
             self._confirmed = now
             return self._state
+
+    def _resumed(self) -> RegistryState | None:
+        """The state of the current snapshot, when it belongs to this log: folded under the same production stage,
+        at a Delta version the log has reached, ending with the very event (same hash) the log holds at its
+        ``last_seq``. Then only the events after it are read. Anything else, and the log is folded from the start."""
+        snap = self._direct_snapshot or snapshot.open_verified(self.location)
+        self._direct_snapshot = None
+        if snap is None or snap.production_stage != self.policy.production.stage:
+            return None
+        try:
+            if snap.delta_version > self._log.version:
+                return None
+            tip = self._log.read(pc.field("seq") == snap.last_seq, columns=["hash"]).column("hash").to_pylist()
+            state = snap.state()
+        except (ValueError, sqlite3.Error, OSError) as e:
+            log.warning("registry %s: the state snapshot %s is not used: %s", self.root, snap.path.name, e)
+            return None
+        if snap.last_seq and tip != [state.last_hash]:
+            log.warning(
+                "registry %s: the state snapshot %s does not match the event log at event %s; folding the whole log",
+                self.root,
+                snap.path.name,
+                snap.last_seq,
+            )
+            return None
+        return state
+
+    def _direct(self) -> snapshot.Snapshot | None:
+        """The snapshot to answer a read from before this object has folded the log: a fresh process answers
+        ``resolve``, ``versions`` and ``models`` from it, without reading the log, while nothing was written since
+        (see ``snapshot.py``). Once the log is folded (a write, or a read the snapshot cannot answer), never."""
+        if self._state is not None:
+            return None
+        snap = self._direct_snapshot
+        if snap is None and not self._direct_checked:
+            self._direct_checked = True
+            snap = snapshot.open_verified(self.location)
+            if snap is not None and (
+                snap.production_stage != self.policy.production.stage or snap.pointer.get("problems")
+            ):
+                snap = None
+            self._direct_snapshot = snap
+        if snap is None:
+            return None
+        try:
+            if snap.is_current():
+                return snap
+        except OSError:
+            pass
+        return None  # kept in _direct_snapshot: the fold resumes from it
 
     def log_version(self) -> int:
         """The Delta version of the event log this registry's state is folded at, brought up to date first.
@@ -334,11 +316,7 @@ class Registry:
         check_name(name)
         m = state.models.get(name)
         if m is None or not m.versions:
-            known = sorted(n for n, mm in state.models.items() if mm.versions)
-            raise NotFoundError(
-                f"no model named {name!r} in {self.root}",
-                hint=("models here: " + ", ".join(known[:20])) if known else "the registry is empty",
-            )
+            raise lookup.unknown_model(name, self.root, (n for n, mm in state.models.items() if mm.versions))
         return m
 
     def _mv(self, m: ModelState, vs: VersionState) -> ModelVersion:
@@ -358,43 +336,17 @@ class Registry:
 
     def _find(self, state: RegistryState, ref: Ref) -> tuple[ModelState, VersionState]:
         m = self._model(state, ref.name)
-        number: int | None = None
-        if ref.version is not None:
-            number = ref.version
-            if number > len(m.versions):
-                raise NotFoundError(f"{ref.name} has no version {number} (latest is {len(m.versions)})")
-        elif ref.semver is not None:
-            number = m.by_semver.get(ref.semver)
-            if number is None:
-                raise NotFoundError(f"{ref.name} has no version with semver {ref.semver}")
-        elif ref.alias is not None:
-            if ref.alias == "latest":
-                number = len(m.versions)
-            else:
-                number = m.aliases.get(ref.alias)
-                if number is None:
-                    raise NotFoundError(
-                        f"{ref.name} has no alias {ref.alias!r}",
-                        hint="aliases: " + (", ".join(sorted(m.aliases)) or "none yet"),
-                    )
-        elif ref.stage is not None:
-            if ref.stage not in self.policy.stages:
-                raise UsageError(
-                    f"unknown stage {ref.stage!r} in {ref}", hint="stages: " + ", ".join(self.policy.stages)
-                )
-            in_stage = [v for v in m.versions if v.stage == ref.stage]
-            if not in_stage:
-                raise NotFoundError(f"{ref.name} has no version in stage {ref.stage}")
-            number = in_stage[-1].version
-        vs = m.get(number or 0)
-        if vs is None:
-            raise NotFoundError(f"{ref} does not resolve to a version")
+        vs = m.get(lookup.find_number(m, ref, self.policy.stages))
+        assert vs is not None  # find_number answers only numbers the model has
         return m, vs
 
     def resolve(self, ref: str | Ref) -> ModelVersion:
         """The version a reference points at now (``models:/NAME/3``, ``/1.2.0``, ``@alias``, ``/stage``)."""
         parsed = as_ref(ref)
         with self._lock:
+            direct = self._direct()
+            if direct is not None:
+                return direct.resolve(parsed, self.policy.stages)
             return self._mv(*self._find(self._sync(), parsed))
 
     def get(self, name: str, version: int) -> ModelVersion:
@@ -402,10 +354,28 @@ class Registry:
 
     def models(self) -> list[str]:
         with self._lock:
+            direct = self._direct()
+            if direct is not None:
+                return direct.models()
             return sorted(n for n, m in self._sync().models.items() if m.versions)
+
+    def model_summaries(self) -> list[dict[str, Any]]:
+        """One row per model: its name, how many versions, the latest and the one in production (None)."""
+        with self._lock:
+            direct = self._direct()
+            if direct is not None:
+                return direct.model_summaries()
+            models = sorted((m for m in self._sync().models.values() if m.versions), key=lambda m: m.name)
+            return [
+                {"name": m.name, "versions": len(m.versions), "latest": len(m.versions), "production": m.production}
+                for m in models
+            ]
 
     def versions(self, name: str) -> list[ModelVersion]:
         with self._lock:
+            direct = self._direct()
+            if direct is not None:
+                return direct.versions(name)
             m = self._model(self._sync(), name)
             with gc_paused():
                 return [self._mv(m, vs) for vs in m.versions]
@@ -554,17 +524,11 @@ class Registry:
         )
 
     def _after_commit(self) -> None:
+        """What follows an acknowledged commit: only waking webhook delivery. Upkeep of the log (compaction,
+        checkpoints, the versions table, the state snapshot) is :meth:`maintain`'s, off the write path."""
         from model_ops.registry import webhooks
 
         webhooks.after_commit(self)  # wakes background delivery; never waits for a receiver, never raises
-        version = self._log.version
-        if version and version % COMPACT_EVERY == 0:
-            self._log.maintain()
-            maintenance.project_versions(self)
-            try:
-                self._receipts.prune()
-            except Exception as e:  # upkeep must never fail the write that triggered it
-                log.warning("could not prune commit receipts: %s", e)
 
     def _event(
         self,
@@ -1567,6 +1531,12 @@ class Registry:
         return flavors.load(files, trusted=trusted, flavor=manifest.flavor, what=mv.ref)
 
     # ------------------------------------------------------------------ maintenance
+
+    def maintain(self) -> dict[str, Any]:
+        """Upkeep of the log and its projections, off the write path: compaction, checkpoint, vacuum, the versions
+        table, receipt pruning and the state snapshot. Run by ``model-ops maintain`` and the Dagster
+        ``registry_maintenance`` schedule; any number of processes may run it at once. See maintenance.maintain."""
+        return maintenance.maintain(self)
 
     def fsck(self) -> list[str]:
         """Everything wrong with the registry and its artifacts; empty when consistent. Reads all from storage."""

@@ -64,7 +64,7 @@ class VersionState:
         created_by: str,
         stage: str,
         run_id: str | None,
-        payload: str | tuple[pa.Array, int] | None,
+        payload: str | tuple[Any, int] | None,
         seq: int = 0,
     ) -> None:
         self.version = version
@@ -88,8 +88,10 @@ class VersionState:
     @property
     def payload(self) -> str:
         if isinstance(self._payload, tuple):
-            array, index = self._payload
-            self._payload = str(array[index].as_py() or "")
+            source, index = self._payload
+            # An Arrow column of the log, or the payload table of the snapshot the fold resumed from.
+            text = source[index].as_py() if isinstance(source, pa.Array) else source.text(index)
+            self._payload = str(text or "")
         return self._payload or ""
 
     @property
@@ -124,6 +126,25 @@ class ModelState:
 
     def aliases_of(self, version: int) -> list[str]:
         return sorted(a for a, v in self.aliases.items() if v == version)
+
+    # The questions lookup.find_number asks (the snapshot answers the same ones from SQLite).
+    def count(self) -> int:
+        return len(self.versions)
+
+    def semver_number(self, semver: str) -> int | None:
+        return self.by_semver.get(semver)
+
+    def alias_number(self, alias: str) -> int | None:
+        return self.aliases.get(alias)
+
+    def alias_names(self) -> list[str]:
+        return list(self.aliases)
+
+    def newest_in_stage(self, stage: str) -> int | None:
+        for vs in reversed(self.versions):
+            if vs.stage == stage:
+                return vs.version
+        return None
 
     @property
     def semvers(self) -> SemverIndex:
