@@ -980,6 +980,7 @@ class _Unused:
         return lambda *a, **k: self
 
 
+UPKEEP_EXIT_SECONDS = 30.0
 SNAPSHOT_COMMANDS = frozenset({"resolve", "versions", "show", "models"})
 _GLOBAL_WITH_VALUE = frozenset({"--root", "--actor", "--policy"})
 
@@ -1403,19 +1404,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def entry() -> None:
-    """Console-script entry point. Leaves with ``os._exit`` after flushing: every write is complete by then, and
-    skipping interpreter finalisation avoids a rare abort while Arrow's and delta-rs's native thread pools are torn
-    down ("terminate called without an active exception", exit 134 instead of the real exit code)."""
-    code = main()
-    hooks = sys.modules.get("model_ops.registry.webhooks")
-    if hooks is not None:  # a write started deliveries: give them a moment; the rest stays pending by cursor
-        hooks.flush(hooks.EXIT_FLUSH_SECONDS)
+def _flush() -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:
         pass
+
+
+def entry() -> None:
+    """Console-script entry point. Leaves with ``os._exit`` after flushing: every write is complete by then, and
+    skipping interpreter finalisation avoids a rare abort while Arrow's and delta-rs's native thread pools are torn
+    down ("terminate called without an active exception", exit 134 instead of the real exit code)."""
+    code = main()
+    _flush()  # the answer first: what follows only finishes background work
+    hooks = sys.modules.get("model_ops.registry.webhooks")
+    if hooks is not None:  # a write started deliveries: give them a moment; the rest stays pending by cursor
+        hooks.flush(hooks.EXIT_FLUSH_SECONDS)
+    upkeep = sys.modules.get("model_ops.registry.maintenance")
+    if upkeep is not None:  # a write started a compaction: let it land rather than waste it
+        upkeep.wait_for_background(UPKEEP_EXIT_SECONDS)
+    _flush()
     os._exit(code)
 
 

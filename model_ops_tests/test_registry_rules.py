@@ -11,7 +11,7 @@ import pytest
 from deltalake import DeltaTable
 
 from model_ops.errors import NotFoundError, PermissionDeniedError, PolicyError, UsageError
-from model_ops.registry import Registry, parse_ref
+from model_ops.registry import Registry, maintenance, parse_ref
 from model_ops.registry import semver as sv
 from model_ops.registry.policy import default_policy_text
 
@@ -267,12 +267,14 @@ def test_maintenance_compacts_the_log_and_writes_the_versions_table(reg: Registr
     count = 105
     for i in range(count):
         reg.register("m", blob(tmp_path, f"v{i}"))
+    # The 100th commit started a compaction in the background, which the next writes raced and lost nothing to.
+    maintenance.wait_for_background(120)
     events_dir = str(reg.root.child("registry", "events"))
-    assert len(DeltaTable(events_dir).file_uris()) == count  # a write does no upkeep: one file per commit
-    assert not os.path.exists(str(reg.root.child("registry", "versions")))
+    assert len(DeltaTable(events_dir).file_uris()) <= count - 100 + 1
+    assert not os.path.exists(str(reg.root.child("registry", "versions")))  # the rest is maintenance's
     report = reg.maintain()
     assert report["problems"] == []
-    assert report["log"]["files_removed"] == count and report["versions_projected"] == count
+    assert report["versions_projected"] == count
     events = DeltaTable(events_dir)
     assert len(events.file_uris()) < 5
     assert events.to_pyarrow_table().num_rows == count

@@ -207,7 +207,7 @@ class DeltaCas:
                 return str(action["commitInfo"].get(COMMIT_ID_KEY) or "")
         return ""
 
-    def maintain(self) -> dict[str, Any]:
+    def maintain(self, *, vacuum: bool = True) -> dict[str, Any]:
         """Compact the small files (one per commit) into files of ``COMPACT_TARGET_BYTES``, write a checkpoint,
         and vacuum the files compaction replaced once they are past the table's retention. Run by maintenance,
         never by a write: each step is its own Delta commit, so a writer racing it only loses one compare-and-swap
@@ -217,8 +217,9 @@ class DeltaCas:
         # of rewriting the whole table (the default target, 256 MiB, would rewrite everything).
         metrics = self.table.optimize.compact(target_size=COMPACT_TARGET_BYTES)
         self.table.create_checkpoint()
-        vacuumed = self.table.vacuum(dry_run=False)
-        self.table.cleanup_metadata()
+        vacuumed = self.table.vacuum(dry_run=False) if vacuum else []
+        if vacuum:
+            self.table.cleanup_metadata()
         self._dt = None  # the next read reopens at the newest version
         return {
             "files_added": int(metrics.get("numFilesAdded", 0)),

@@ -9,6 +9,8 @@ time (``registry/versions``). They take the :class:`Registry` whose storage and 
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,10 @@ from model_ops.registry.receipts import Receipts
 from model_ops.registry.state import RegistryState
 
 if TYPE_CHECKING:
+    from model_ops.location import Location
     from model_ops.registry.registry import Registry
+
+log = logging.getLogger(__name__)
 
 VERSIONS_SCHEMA = pa.schema(
     [
@@ -40,6 +45,44 @@ VERSIONS_SCHEMA = pa.schema(
         pa.field("record", pa.string(), nullable=False),
     ]
 )
+
+
+# Every this many commits, the writer whose commit reached the boundary starts compacting the log in a background
+# thread (see compact_in_background): without it, a run of registrations between two maintenance runs would pay for
+# a Delta snapshot that grows by one file per commit (in a test, 60 ms per register at 200 files, 680 ms at 2,000).
+BACKGROUND_EVERY = 100
+_background: dict[str, threading.Thread] = {}
+_background_lock = threading.Lock()
+
+
+def compact_in_background(location: Location) -> None:
+    """Compact and checkpoint the event log at ``location`` in a daemon thread, unless one is already at it in
+    this process. The write that called this has been acknowledged and returns at once; the compaction's own commit
+    makes the next write of this process lose one compare-and-swap and re-read (cheap: nothing new to fold). A
+    process that exits mid-compaction leaves only unreferenced files, which vacuum removes."""
+
+    def run() -> None:
+        try:
+            EventLog(location).maintain(vacuum=False)
+            Receipts(location).prune()
+        except Exception as e:  # upkeep: the next boundary or `model-ops maintain` tries again
+            log.warning("background compaction of %s did not complete: %s", location, e)
+
+    with _background_lock:
+        running = _background.get(location.uri)
+        if running is not None and running.is_alive():
+            return
+        thread = threading.Thread(target=run, name=f"model_ops compaction of {location.uri}", daemon=True)
+        _background[location.uri] = thread
+        thread.start()
+
+
+def wait_for_background(timeout: float) -> None:
+    """Let background compactions finish, up to ``timeout`` seconds in all (the command line calls this after
+    printing its answer, before it leaves)."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_background.values()):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def maintain(registry: Registry) -> dict[str, Any]:

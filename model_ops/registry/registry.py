@@ -524,11 +524,15 @@ class Registry:
         )
 
     def _after_commit(self) -> None:
-        """What follows an acknowledged commit: only waking webhook delivery. Upkeep of the log (compaction,
-        checkpoints, the versions table, the state snapshot) is :meth:`maintain`'s, off the write path."""
+        """What follows an acknowledged commit, none of it waited for: webhook delivery is woken, and every
+        ``BACKGROUND_EVERY`` commits the log is compacted in a background thread. The rest of the upkeep (vacuum,
+        the versions table, the state snapshot) is :meth:`maintain`'s."""
         from model_ops.registry import webhooks
 
         webhooks.after_commit(self)  # wakes background delivery; never waits for a receiver, never raises
+        version = self._log.version
+        if version and version % maintenance.BACKGROUND_EVERY == 0:
+            maintenance.compact_in_background(self.location)
 
     def _event(
         self,
