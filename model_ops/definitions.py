@@ -14,6 +14,7 @@ import dagster as dg
 
 import model_ops.defs.models
 from model_ops.defs.component import ModelComponent, checked, model_defs
+from model_ops.defs.executor import executor
 from model_ops.defs.resources import resources
 from model_ops.defs.upkeep import upkeep_defs
 from model_ops.errors import UsageError
@@ -45,13 +46,14 @@ def project_defs() -> dg.Definitions:
 
 
 def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
-    """Assets, jobs, sensors and schedules of every model, with the environment's resources. ``specs`` builds
-    exactly those models instead (tests and the replay)."""
+    """Assets, jobs, sensors and schedules of every model, with the environment's resources and executor
+    (``MODEL_OPS_EXECUTOR``, see :mod:`model_ops.defs.executor`). ``specs`` builds exactly those models instead
+    (tests and the replay)."""
     if specs is not None:
         parts = [model_defs(checked(s, s.name)) for s in specs]
     else:
         parts = [project_defs(), *user_defs()]
-    return dg.Definitions.merge(*parts, upkeep_defs(), dg.Definitions(resources=resources()))
+    return dg.Definitions.merge(*parts, upkeep_defs(), dg.Definitions(resources=resources(), executor=executor()))
 
 
 try:
