@@ -380,7 +380,14 @@ def fill_by_copy(root: str, target: int, batch: int, make) -> dict:
     have = int(template["version"])
     last_seq = int(pc.max(table.column("seq")).as_py())
     assert last_seq == state.last_seq and have == len(state.models[NAME].versions)
-    assert template["to_value"] == f"1.{have - 1}.0", template["to_value"]  # a chain of minor bumps
+    # A chain of minor bumps from the newest registration's semver (register_model's version 1 records an output
+    # signature that register_many's entries do not carry, so version 2 is a MAJOR bump: 2.0.0, 2.1.0, ...).
+    major, minor, patch = (int(x) for x in template["to_value"].split("."))
+    assert patch == 0 and minor <= have, template["to_value"]
+
+    def semver_of(number: int) -> str:
+        return f"{major}.{minor + number - have}.0"
+
     record = json.loads(template["payload"])
     ts = pc.max(table.column("ts")).as_py()
     variant = skops_variants(make)
@@ -404,7 +411,7 @@ def fill_by_copy(root: str, target: int, batch: int, make) -> dict:
                 t_art += b - a
                 record["params"] = {**record["params"], "C": 1 + number * 1e-6}
                 record["parent"] = number - 1
-                record["bump"] = {**record["bump"], "from": f"1.{number - 2}.0"}
+                record["bump"] = {**record["bump"], "from": semver_of(number - 1), "level": "minor"}
                 ts = ts + timedelta(microseconds=1)
                 rows.append(
                     {
@@ -412,7 +419,7 @@ def fill_by_copy(root: str, target: int, batch: int, make) -> dict:
                         "seq": seq,
                         "ts": ts,
                         "version": number,
-                        "to_value": f"1.{number - 1}.0",
+                        "to_value": semver_of(number),
                         "digest": digest,
                         "payload": json.dumps(record, sort_keys=True),
                     }
