@@ -688,6 +688,9 @@ def _repair(reg: Registry, args: argparse.Namespace) -> int:
 
 def cmd_maintain(reg: Registry, args: argparse.Namespace) -> int:
     report = reg.maintain()
+    if report.get("skipped"):
+        _emit(args, report, f"nothing done: {report['skipped']} (it does the same work)")
+        return 0
     log = report.get("log") or {}
     snap = report.get("snapshot")
     lines = [

@@ -210,6 +210,34 @@ def test_fsck_finds_a_snapshot_that_contradicts_the_log(tmp_path: Path) -> None:
     (reg.location.path / snapshot.POINTER).write_text(json.dumps(pointer))
     problems = Registry.open(reg.root).fsck()
     assert any("differs from the event log's fold" in p and "clf" in p for p in problems), problems
+    # Maintenance folds the log afresh, so it replaces the wrong snapshot instead of confirming it.
+    assert Registry.open(reg.root).maintain()["snapshot"]["written"]
+    assert Registry.open(reg.root).fsck() == []
+    assert Registry.open(reg.root).resolve("clf@challenger").version == 2
+
+
+def test_two_maintenance_runs_at_once_never_duplicate_the_log(tmp_path: Path) -> None:
+    reg = Registry.open(tmp_path / "root", actor="alice")
+    for i in range(30):
+        reg.register("m", blob(tmp_path, f"v{i}"))
+    barrier = threading.Barrier(3)
+    reports: list[dict] = []
+
+    def run() -> None:
+        barrier.wait()
+        reports.append(Registry.open(reg.root).maintain())
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(1 for r in reports if not r.get("skipped")) >= 1
+    assert all(r["problems"] == [] for r in reports), reports
+    events = EventLog(reg.location).read_after(0)
+    assert events.num_rows == 30 and sorted(events.column("seq").to_pylist()) == list(range(1, 31))
+    assert Registry.open(reg.root).fsck() == []
+    reg.register("m", blob(tmp_path, "after"))  # writes are not refused
 
 
 def test_maintenance_beside_writers_loses_nothing(tmp_path: Path) -> None:

@@ -17,6 +17,9 @@ SCHEDULE = "registry_maintenance_schedule"
 )
 def maintain_registry(context: dg.OpExecutionContext, model_ops: ModelOpsResource) -> dg.Output[None]:
     report = model_ops.get_registry().maintain()
+    if report.get("skipped"):
+        context.log.info(f"nothing done: {report['skipped']}")
+        return dg.Output(None, metadata={"skipped": report["skipped"]})
     log = report.get("log") or {}
     snap = report.get("snapshot") or {}
     context.log.info(

@@ -9,9 +9,13 @@ time (``registry/versions``). They take the :class:`Registry` whose storage and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model_ops.errors import IntegrityError, ModelOpsError
+from model_ops.location import Location, retry_transient, s3_client
 from model_ops.registry import attest, chain, repair, snapshot
 from model_ops.registry import events as ev
 from model_ops.registry.eventlog import DeltaCas, EventLog
@@ -27,7 +32,6 @@ from model_ops.registry.receipts import Receipts
 from model_ops.registry.state import RegistryState
 
 if TYPE_CHECKING:
-    from model_ops.location import Location
     from model_ops.registry.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -55,16 +59,70 @@ _background: dict[str, threading.Thread] = {}
 _background_lock = threading.Lock()
 
 
+LOCK_NAME = ".upkeep.lock"  # local roots: flock'ed by whoever compacts
+LEASE_NAME = "upkeep.lease"  # S3 roots: created with put-if-absent by whoever compacts, deleted after
+LEASE_STALE = timedelta(hours=1)
+
+
+@contextlib.contextmanager
+def upkeep_lock(location: Location) -> Iterator[str | None]:
+    """Hold the registry's upkeep lock, or learn that someone else does (yields why not; None: held). Only one
+    compaction of the event log may run at a time: delta-rs lets two compactions that started from the same version
+    both commit, each removing the same files and adding a copy of their rows, which duplicates every event.
+    Locally an ``flock`` (released by the kernel if the holder dies); on S3 a lease object created with
+    put-if-absent, deleted when done; one older than ``LEASE_STALE`` is named, never broken silently."""
+    if not location.is_s3:
+        import fcntl
+
+        location.path.mkdir(parents=True, exist_ok=True)
+        with open(location.path / LOCK_NAME, "a+b") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield "another maintenance run holds the upkeep lock"
+                return
+            try:
+                yield None
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return
+    from botocore.exceptions import ClientError
+
+    client, key = s3_client(), location.key(LEASE_NAME)
+    body = f'{{"holder": "{socket.gethostname()}:{os.getpid()}", "since": "{datetime.now(timezone.utc).isoformat()}"}}'
+    try:
+        client.put_object(Bucket=location.bucket, Key=key, Body=body.encode(), IfNoneMatch="*")
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise
+        since = client.head_object(Bucket=location.bucket, Key=key)["LastModified"]
+        if datetime.now(timezone.utc) - since > LEASE_STALE:
+            raise IntegrityError(
+                f"the upkeep lease s3://{location.bucket}/{key} is older than {LEASE_STALE}: a maintenance run died "
+                "holding it",
+                hint="delete that object once no maintenance is running, and run `model-ops maintain` again",
+            ) from None
+        yield "another maintenance run holds the upkeep lease"
+        return
+    try:
+        yield None
+    finally:
+        retry_transient(lambda: client.delete_object(Bucket=location.bucket, Key=key))
+
+
 def compact_in_background(location: Location) -> None:
     """Compact and checkpoint the event log at ``location`` in a daemon thread, unless one is already at it in
-    this process. The write that called this has been acknowledged and returns at once; the compaction's own commit
-    makes the next write of this process lose one compare-and-swap and re-read (cheap: nothing new to fold). A
-    process that exits mid-compaction leaves only unreferenced files, which vacuum removes."""
+    this process or another run holds the upkeep lock. The write that called this has been acknowledged and
+    returns at once; the compaction's own commit makes the next write of this process lose one compare-and-swap
+    and re-read (cheap: nothing new to fold). A process that exits mid-compaction leaves only unreferenced files,
+    which vacuum removes."""
 
     def run() -> None:
         try:
-            EventLog(location).maintain(vacuum=False)
-            Receipts(location).prune()
+            with upkeep_lock(location) as busy:
+                if busy is None:
+                    EventLog(location).maintain(vacuum=False)
+                    Receipts(location).prune()
         except Exception as e:  # upkeep: the next boundary or `model-ops maintain` tries again
             log.warning("background compaction of %s did not complete: %s", location, e)
 
@@ -86,20 +144,23 @@ def wait_for_background(timeout: float) -> None:
 
 
 def maintain(registry: Registry) -> dict[str, Any]:
-    """Everything a registry needs now and then and a write must never wait for, in this order:
+    """Everything a registry needs now and then and a write must never wait for, in this order, under the upkeep
+    lock (a run that finds it held does nothing and says so):
 
     1. the event log: compaction, a checkpoint, vacuum (``DeltaCas.maintain``);
     2. commit receipts but the newest are pruned (``Receipts.prune``);
-    3. the fold is brought up to date, and ``registry/versions`` (one row per version, for SQL readers) gains the
-       versions registered since it was last written;
-    4. the state snapshot is written at the log's version (or, when nothing changed since the current one, its
-       pointer is confirmed again, which keeps it usable for reads: see ``snapshot.py``).
+    3. the log is folded from the start by a registry object of maintenance's own (never the caller's shared
+       state, which its other threads may be changing, and never resumed from the snapshot, so a wrong snapshot
+       cannot outlive a run), and ``registry/versions`` (one row per version, for SQL readers) gains the versions
+       registered since it was last written;
+    4. the state snapshot is written from that fold; when the current one was taken at the same commit, holds the
+       same state and was written under the same policy, its pointer is only confirmed again, which keeps it
+       usable for reads (see ``snapshot.py``).
 
-    Any number of processes may run it at once: every step is a compare-and-swap or an atomic rename, and a lost
-    race is left to the next run. No snapshot is written from a log with problems (``fsck`` names them). Returns
-    what was done; a step that failed is named under ``problems`` and the others still run."""
+    No snapshot is written from a log with problems (``fsck`` names them). Returns what was done; a step that failed
+    is named under ``problems`` and the others still run."""
     started = time.perf_counter()
-    report: dict[str, Any] = {"problems": []}
+    report: dict[str, Any] = {"problems": [], "seconds": {}}
 
     def step(name: str, fn: Any) -> Any:
         t0 = time.perf_counter()
@@ -109,43 +170,67 @@ def maintain(registry: Registry) -> dict[str, Any]:
             report["problems"].append(f"{name}: {repair.first_line(e)}")
             return None
         finally:
-            report.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 3)
+            report["seconds"][name] = round(time.perf_counter() - t0, 3)
 
-    report["log"] = step("log", lambda: EventLog(registry.location).maintain())
-    report["receipts_pruned"] = step("receipts", lambda: Receipts(registry.location).prune())
-    confirmed_at = datetime.now(timezone.utc)  # before the probe below: see snapshot.py on why
-    with registry._lock:
-        state = registry._sync()
-        version = registry._state_version
-        damage = list(registry.damage)
-    report["log_version"], report["events"] = version, state.last_seq
-    report["versions_projected"] = step("versions table", lambda: project_versions(registry, state))
-    if damage or state.problems:
-        report["snapshot"] = None
-        report["problems"].append(
-            "snapshot: not written, the event log has problems (`model-ops fsck` lists them): "
-            + "; ".join(damage or state.problems[:3])
-        )
-    elif registry.location.is_s3:
-        report["snapshot"] = None  # reads on S3 fold the log (snapshots are kept on local roots)
-    else:
-        report["snapshot"] = step("snapshot", lambda: _snapshot(registry, state, version, confirmed_at))
+    with upkeep_lock(registry.location) as busy:
+        if busy is not None:
+            report.update(skipped=busy, log=None, log_version=None, events=None, snapshot=None)
+            report["seconds"]["total"] = round(time.perf_counter() - started, 3)
+            return report
+        report["log"] = step("log", lambda: EventLog(registry.location).maintain())
+        report["receipts_pruned"] = step("receipts", lambda: Receipts(registry.location).prune())
+        confirmed_at = datetime.now(timezone.utc)  # before the fold's probe: see snapshot.py on why
+        own = type(registry)(registry.root, actor=registry._claimed, policy_path=registry._policy_path)
+        own._resume = False
+        state = own._sync()
+        version, damage = own._state_version, list(own.damage)
+        report["log_version"], report["events"] = version, state.last_seq
+        report["versions_projected"] = step("versions table", lambda: project_versions(own, state))
+        if damage or state.problems:
+            report["snapshot"] = None
+            report["problems"].append(
+                "snapshot: not written, the event log has problems (`model-ops fsck` lists them): "
+                + "; ".join(damage or state.problems[:3])
+            )
+        elif registry.location.is_s3:
+            report["snapshot"] = None  # reads on S3 fold the log (snapshots are kept on local roots)
+        else:
+            report["snapshot"] = step("snapshot", lambda: _snapshot(own, state, version, confirmed_at))
     report["seconds"]["total"] = round(time.perf_counter() - started, 3)
     return report
 
 
 def _snapshot(registry: Registry, state: RegistryState, version: int, confirmed_at: datetime) -> dict[str, Any]:
+    stages = list(registry.policy.stages)
     current = snapshot.read_pointer(registry.location)
-    if current is not None and current["delta_version"] == version and current["last_seq"] == state.last_seq:
+    same_place = current is not None and (
+        current["delta_version"],
+        current["last_seq"],
+        current.get("commit_sha256"),
+        current["policy"],
+        current.get("stages"),
+        current["production_stage"],
+    ) == (
+        version,
+        state.last_seq,
+        snapshot.commit_digest(registry.location, version),
+        snapshot.policy_key(registry.location),
+        stages,
+        state.production_stage,
+    )
+    if same_place and current is not None:
         snap = snapshot.open_verified(registry.location)
         if snap is not None:
-            snap.close()
-            current = {**current, "confirmed_at": confirmed_at.isoformat()}
-            snapshot.write_pointer(registry.location, current)
-            return {"file": current["file"], "written": False, "pruned": 0}
-    pointer = snapshot.write(
-        registry.location, state, version, stages=list(registry.policy.stages), confirmed_at=confirmed_at
-    )
+            try:
+                same = snapshot.contents(snap.state()) == snapshot.contents(state)
+            except Exception:  # a snapshot that cannot be read is replaced below
+                same = False
+            finally:
+                snap.close()
+            if same:
+                snapshot.write_pointer(registry.location, {**current, "confirmed_at": confirmed_at.isoformat()})
+                return {"file": current["file"], "written": False, "pruned": 0}
+    pointer = snapshot.write(registry.location, state, version, stages=stages, confirmed_at=confirmed_at)
     pruned = snapshot.prune(registry.location, keep=pointer["file"])
     return {"file": pointer["file"], "written": True, "bytes": pointer["size"], "pruned": pruned}
 

@@ -19,7 +19,6 @@ import logging
 import os
 import random
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -140,6 +139,7 @@ class Registry:
         self._state_version = -1
         self._direct_snapshot: snapshot.Snapshot | None = None  # see _direct
         self._direct_checked = False
+        self._resume = True  # whether a fold may start from the snapshot (maintenance's own fold does not)
         # What is wrong with the newest commits of the log, found by the last read (see ``_check_tip``). Reads go
         # on answering from what is readable; every write is refused until ``fsck --repair``.
         self.damage: list[str] = []
@@ -207,16 +207,16 @@ class Registry:
         """The state of the current snapshot, when it belongs to this log: folded under the same production stage,
         at a Delta version the log has reached, ending with the very event (same hash) the log holds at its
         ``last_seq``. Then only the events after it are read. Anything else, and the log is folded from the start."""
-        snap = self._direct_snapshot or snapshot.open_verified(self.location)
+        snap = self._direct_snapshot or (snapshot.open_verified(self.location) if self._resume else None)
         self._direct_snapshot = None
-        if snap is None or snap.production_stage != self.policy.production.stage:
+        if snap is None:
+            return None
+        if snap.production_stage != self.policy.production.stage or snap.delta_version > self._log.version:
             return None
         try:
-            if snap.delta_version > self._log.version:
-                return None
             tip = self._log.read(pc.field("seq") == snap.last_seq, columns=["hash"]).column("hash").to_pylist()
             state = snap.state()
-        except (ValueError, sqlite3.Error, OSError) as e:
+        except Exception as e:  # a snapshot is never trusted: whatever is wrong with it, the log is folded instead
             log.warning("registry %s: the state snapshot %s is not used: %s", self.root, snap.path.name, e)
             return None
         if snap.last_seq and tip != [state.last_hash]:
@@ -367,7 +367,12 @@ class Registry:
                 return direct.model_summaries()
             models = sorted((m for m in self._sync().models.values() if m.versions), key=lambda m: m.name)
             return [
-                {"name": m.name, "versions": len(m.versions), "latest": len(m.versions), "production": m.production}
+                {
+                    "name": m.name,
+                    "versions": len(m.versions),
+                    "latest": len(m.versions),
+                    "production": m.newest_in_stage(self.policy.production.stage),
+                }
                 for m in models
             ]
 
@@ -1539,7 +1544,8 @@ class Registry:
     def maintain(self) -> dict[str, Any]:
         """Upkeep of the log and its projections, off the write path: compaction, checkpoint, vacuum, the versions
         table, receipt pruning and the state snapshot. Run by ``model-ops maintain`` and the Dagster
-        ``registry_maintenance`` schedule; any number of processes may run it at once. See maintenance.maintain."""
+        ``registry_maintenance`` schedule; runs are serialised by the upkeep lock (one that finds it held does
+        nothing and says so). See maintenance.maintain."""
         return maintenance.maintain(self)
 
     def fsck(self) -> list[str]:

@@ -10,8 +10,8 @@ It is used two ways:
   root): only while nothing was committed since V (Delta commit V+1 does not exist: one ``stat``), the snapshot was
   confirmed current less than :data:`STALE_AFTER` ago (why the probe is exact only then: ``Registry._sync``), the
   root's policy file is the one it was written under (stages come from it), and the file's digest matches. This
-  module imports neither Arrow nor the Delta engine, so such a command starts in milliseconds at any size; rows are
-  read by index, so memory stays small too.
+  module imports neither Arrow nor the Delta engine, and rows are read by index, so memory stays small at any size;
+  the one cost that grows with the registry is hashing the file to check its digest.
 - **Resumed from**: when the log moved on, the registry builds its state from the snapshot and folds only the
   events after it (``Registry._sync``).
 
@@ -275,7 +275,11 @@ class Snapshot:
         return [n for (n,) in self._all("SELECT name FROM models WHERE versions > 0 ORDER BY name")]
 
     def model_summaries(self) -> list[dict[str, Any]]:
-        rows = self._all("SELECT name, versions, production FROM models WHERE versions > 0 ORDER BY name")
+        rows = self._all(
+            "SELECT name, versions, (SELECT max(version) FROM versions WHERE model = name AND stage = ?) "
+            "FROM models WHERE versions > 0 ORDER BY name",
+            (self.production_stage,),
+        )
         return [{"name": n, "versions": c, "latest": c, "production": p} for n, c, p in rows]
 
     # ------------------------------------------------------------------ resuming a fold
@@ -368,7 +372,7 @@ def problems(registry_location: Location, fold_to: Any) -> list[str]:
         return [f"the state snapshot {pointer['file']} is missing or does not match its digest ({hint})"]
     try:
         mine = contents(snap.state())
-    except (ValueError, sqlite3.Error) as e:
+    except Exception as e:  # whatever is wrong with its rows, it is reported and ignored
         snap.close()
         return [f"the state snapshot {pointer['file']} cannot be read: {e} ({hint})"]
     theirs = contents(fold_to(snap.last_seq))
@@ -539,7 +543,7 @@ def _fill(conn: sqlite3.Connection, state: RegistryState) -> None:
                     vs.stage,
                     vs.run_id,
                     vs.seq,
-                    json.dumps(vs.tags, sort_keys=True) if vs.tags else None,
+                    json.dumps(vs.tags) if vs.tags else None,  # in the order they were set, as the fold keeps them
                     vs.payload,
                 )
                 for vs in m.versions
@@ -563,10 +567,17 @@ def prune(registry_location: Location, *, keep: str | None) -> int:
     directory = registry_location.path / DIRECTORY
     if not directory.is_dir():
         return 0
-    snapshots = sorted((p for p in directory.glob("*.sqlite") if p.name != keep), key=lambda p: p.name)
+    pointer = read_pointer(registry_location)  # again: another maintainer may have moved it since ``keep``
+    spared = {keep, pointer["file"] if pointer else None}
+    snapshots = sorted((p for p in directory.glob("*.sqlite") if p.name not in spared), key=lambda p: p.name)
     doomed = snapshots[:-1]
     cutoff = time.time() - 3600
-    doomed += [p for p in directory.glob(".snapshot-*") if p.stat().st_mtime < cutoff]
+    for leftover in directory.glob(".snapshot-*"):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                doomed.append(leftover)
+        except FileNotFoundError:
+            pass
     removed = 0
     for path in doomed:
         try:
