@@ -9,6 +9,7 @@ time (``registry/versions``). They take the :class:`Registry` whose storage and 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -55,6 +56,7 @@ VERSIONS_SCHEMA = pa.schema(
 # thread (see compact_in_background): without it, a run of registrations between two maintenance runs would pay for
 # a Delta snapshot that grows by one file per commit (in a test, 60 ms per register at 200 files, 680 ms at 2,000).
 BACKGROUND_EVERY = 100
+EXIT_WAIT_SECONDS = 60.0
 _background: dict[str, threading.Thread] = {}
 _background_lock = threading.Lock()
 
@@ -130,6 +132,10 @@ def compact_in_background(location: Location) -> None:
         running = _background.get(location.uri)
         if running is not None and running.is_alive():
             return
+        if not _background:
+            # A daemon thread still inside the Delta engine when the interpreter tears down can crash the process
+            # (SIGSEGV): a process that exits normally waits for its compactions first, as the command line does.
+            atexit.register(wait_for_background, EXIT_WAIT_SECONDS)
         thread = threading.Thread(target=run, name=f"model_ops compaction of {location.uri}", daemon=True)
         _background[location.uri] = thread
         thread.start()

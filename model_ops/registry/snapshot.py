@@ -104,7 +104,10 @@ def commit_digest(registry_location: Location, version: int) -> str | None:
 
 
 def read_pointer(registry_location: Location) -> dict[str, Any] | None:
-    """The pointer to the current snapshot; None when there is none or it is not one model_ops wrote."""
+    """The pointer to the current snapshot; None when there is none or it is not one model_ops wrote (and on S3,
+    where no snapshots are kept)."""
+    if registry_location.is_s3:
+        return None
     try:
         doc = json.loads((registry_location.path / POINTER).read_bytes())
     except (OSError, ValueError):
@@ -363,7 +366,7 @@ def problems(registry_location: Location, fold_to: Any) -> list[str]:
     differs from the log's own fold at the same event (``fold_to(seq)`` gives that fold)."""
     pointer = read_pointer(registry_location)
     if pointer is None:
-        if (registry_location.path / POINTER).exists():
+        if not registry_location.is_s3 and (registry_location.path / POINTER).exists():
             return [f"the state snapshot pointer {registry_location.path / POINTER} cannot be read (it is ignored)"]
         return []
     snap = open_verified(registry_location)
