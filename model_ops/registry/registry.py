@@ -244,13 +244,8 @@ class Registry:
             ):
                 snap = None
             self._direct_snapshot = snap
-        if snap is None:
-            return None
-        try:
-            if snap.is_current():
-                return snap
-        except OSError:
-            pass
+        if snap is None or snap.is_current():
+            return snap
         return None  # kept in _direct_snapshot: the fold resumes from it
 
     def log_version(self) -> int:

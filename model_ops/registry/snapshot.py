@@ -219,15 +219,19 @@ class Snapshot:
         Delta engine: commit V+1 does not exist (nothing committed since; exact within :data:`STALE_AFTER`, see
         the module docstring), nothing was acknowledged beyond V (a receipt without its commit is damage, which
         only the full read reports), and commit V is byte for byte the file the snapshot was taken at (so a
-        snapshot copied from another registry, or a commit damaged since, is not answered from)."""
+        snapshot copied from another registry, or a commit damaged since, is not answered from). A file that
+        cannot be read counts as "not current": the log is then read instead."""
         confirmed = _as_utc(str(self.pointer["confirmed_at"]))
         if confirmed is None or datetime.now(timezone.utc) - confirmed > STALE_AFTER:
             return False
         log = self.location.path / "events" / "_delta_log"
         following = f"{self.delta_version + 1:020d}.json"
-        if (log / following).exists() or (self.location.path / "receipts" / following).exists():
+        try:
+            if (log / following).exists() or (self.location.path / "receipts" / following).exists():
+                return False
+            return commit_digest(self.location, self.delta_version) == self.pointer.get("commit_sha256")
+        except OSError:
             return False
-        return commit_digest(self.location, self.delta_version) == self.pointer.get("commit_sha256")
 
     # ------------------------------------------------------------------ the reads a Registry also answers
 
@@ -421,13 +425,8 @@ def open_current(registry_location: Location, *, policy_given: bool = False) -> 
     except OSError:
         return None
     snap = open_verified(registry_location)
-    if snap is None:
-        return None
-    try:
-        if snap.is_current():
-            return snap
-    except OSError:
-        pass
+    if snap is None or snap.is_current():
+        return snap
     snap.close()
     return None
 
