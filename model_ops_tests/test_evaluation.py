@@ -227,15 +227,22 @@ def test_a_model_that_burns_cpu_fails_the_sla_after_re_measuring(binary, quick) 
 
 @pytest.mark.slow
 def test_a_model_slow_only_at_first_passes_on_re_measurement(binary, quick) -> None:  # type: ignore[no-untyped-def]
+    """The first measurement burns 60 ms of CPU per call, far over the 30 ms SLA; later ones do the model's
+    own work (a few ms, up to ~15 ms CPU p99 seen on a 2-core machine at a load of ~11). A re-measurement
+    rescues it; how many it takes may depend on the load, that the first did not count may not."""
     df, spec, model = binary
     calls_per_measurement = ev.REPETITIONS * (ev.SINGLE_CALLS + ev.BATCH_CALLS)
-    first_only = Burner(model, loops_for(25), calls_slow=ev.WARMUP_CALLS + ev.WARMUP_BATCHES + calls_per_measurement)
-    strict = with_gates(spec, latency_sla_ms={"single_p99": 15, "batch_p99_per_1k": 100})
-    result = ev.evaluate(first_only, df, strict)
-    assert result.latency_measurements == 2
+    first_only = Burner(model, loops_for(60), calls_slow=ev.WARMUP_CALLS + ev.WARMUP_BATCHES + calls_per_measurement)
+    strict = with_gates(spec, latency_sla_ms={"single_p99": 30, "batch_p99_per_1k": 200})
+    latency = ev.measure_latency_of(first_only, model_input(df, spec), strict)
+    assert latency.history[0]["single_p99"] > 30
+    assert 2 <= latency.measurements <= 1 + ev.REMEASUREMENTS
+    assert latency.figures["single_p99"] == min(h["single_p99"] for h in latency.history[1:]) <= 30
+    result = ev.evaluate(Burner(model, loops_for(60), calls_slow=first_only.calls_slow), df, strict)
     gate = ev.latency_within_sla(result, strict)
     assert gate.passed and gate.message.startswith("within the latency SLA: single_p99 = ")
-    assert gate.message.endswith("(2 measurements)")
+    assert gate.message.endswith(f"({result.latency_measurements} measurements)")
+    assert result.latency_measurements >= 2
 
 
 def test_a_fast_model_is_measured_once(binary, quick) -> None:  # type: ignore[no-untyped-def]
@@ -271,10 +278,12 @@ class Sleeper:
 @pytest.mark.slow
 def test_waiting_is_not_the_models_work_but_is_reported_beside_it(binary, quick) -> None:  # type: ignore[no-untyped-def]
     df, spec, model = binary
-    strict = with_gates(spec, latency_sla_ms={"single_p99": 15})
+    # An SLA just under the 30 ms each call waits: counting the wait as work could never pass it, while the
+    # model's own work (a few ms, up to ~15 ms CPU p99 on a 2-core machine at a load of ~11) does.
+    strict = with_gates(spec, latency_sla_ms={"single_p99": 28})
     result = ev.evaluate(Sleeper(model), df, strict)
     assert result.latency_ms["single_p99_wall"] >= 30  # it waited 30 ms per call ...
-    assert result.latency_ms["single_p99"] < 15  # ... and worked for about one
+    assert result.latency_ms["single_p99"] <= result.latency_ms["single_p99_wall"] - 25  # ... none of it as work
     assert ev.latency_within_sla(result, strict).passed
 
 
