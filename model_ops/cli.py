@@ -217,6 +217,23 @@ def cmd_versions(reg: VersionReader, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(reg: VersionReader, args: argparse.Namespace) -> int:
+    page = reg.search(args.query, order_by=args.order_by, limit=args.limit, cursor=args.cursor)
+    rows = [{**_version_row(v), "ref": v.ref} for v in page.versions]
+    human = _table(
+        rows,
+        ["name", "version", "semver", "stage", "aliases", "created_at", "created_by"],
+        width=_width(args),
+        wrap=("aliases", "created_by"),
+    )
+    if not rows:
+        human = "no version matches"
+    if page.cursor:
+        human += f"\nmore: add --cursor {page.cursor} (same query and order) for the next {args.limit}"
+    _emit(args, page.to_dict(), human)
+    return 0
+
+
 def cmd_models(reg: VersionReader, args: argparse.Namespace) -> int:
     rows = reg.model_summaries()
     _emit(args, rows, _table(rows, ["name", "versions", "latest", "production"]))
@@ -984,7 +1001,7 @@ class _Unused:
 
 
 UPKEEP_EXIT_SECONDS = 30.0
-SNAPSHOT_COMMANDS = frozenset({"resolve", "versions", "show", "models"})
+SNAPSHOT_COMMANDS = frozenset({"resolve", "versions", "show", "models", "search"})
 _GLOBAL_WITH_VALUE = frozenset({"--root", "--actor", "--policy"})
 
 
@@ -1057,6 +1074,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = add("versions", cmd_versions, "list the versions of a model", snapshot=True)
     sp.add_argument("name")
     add("models", cmd_models, "list the registered models", snapshot=True)
+    sp = add(
+        "search",
+        cmd_search,
+        "find versions of any model by name, stage, alias, tags, metrics, params, dataset, time or actor",
+        snapshot=True,
+    )
+    sp.add_argument(
+        "query",
+        nargs="?",
+        default="",
+        help='e.g. "stage = production and metrics.roc_auc > 0.7 and tags.team = fraud" (empty: every version); '
+        "fields name version semver stage alias actor created run_id digest flavor dataset dataset.version "
+        "tags.KEY metrics.KEY params.KEY; operators = != < <= > >= like (glob) in (...) exists; and or not ()",
+    )
+    sp.add_argument(
+        "--order-by", help="created, version, name or metrics.KEY, then asc or desc (default: created desc)"
+    )
+    sp.add_argument("--limit", type=int, default=100, help="versions per page (default 100, at most 10000)")
+    sp.add_argument("--cursor", help="the cursor a previous page printed, for the page after it")
     sp = add("show", cmd_show, "everything recorded about a version, lineage included", snapshot=True)
     sp.add_argument("ref")
     sp = add("card", cmd_card, "print a version's model card (markdown: data, model, evaluation, gates)")

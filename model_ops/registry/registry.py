@@ -41,7 +41,7 @@ from model_ops.errors import (
     UsageError,
 )
 from model_ops.location import Location, resolve_root, retry_transient
-from model_ops.registry import attest, inputs, lookup, maintenance, receipts, snapshot
+from model_ops.registry import attest, inputs, lookup, maintenance, receipts, search, snapshot
 from model_ops.registry import events as ev
 from model_ops.registry import semver as sv
 from model_ops.registry.environment import ACTOR_ENV, environment, git_commit
@@ -139,6 +139,7 @@ class Registry:
         self._state_version = -1
         self._direct_snapshot: snapshot.Snapshot | None = None  # see _direct
         self._direct_checked = False
+        self._search_index: search.SearchIndex | None = None  # built by the first search not answered by a snapshot
         self._resume = True  # whether a fold may start from the snapshot (maintenance's own fold does not)
         # What is wrong with the newest commits of the log, found by the last read (see ``_check_tip``). Reads go
         # on answering from what is readable; every write is refused until ``fsck --repair``.
@@ -379,6 +380,37 @@ class Registry:
             m = self._model(self._sync(), name)
             with gc_paused():
                 return [self._mv(m, vs) for vs in m.versions]
+
+    def search(
+        self,
+        query: str = "",
+        *,
+        order_by: str | None = None,
+        limit: int = search.DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> search.SearchPage:
+        """Versions of every model that match ``query`` (see ``model_ops/registry/search.py`` for the language, e.g.
+        ``stage = production and metrics.roc_auc > 0.7 and tags.team = fraud``), ordered by ``order_by`` (default
+        ``created desc``), ``limit`` to a page; pass the page's ``cursor`` to get the next one.
+
+        Answered from the current snapshot when there is one; otherwise from search tables this object builds in
+        memory from its fold on the first search and then keeps up to date with each later change."""
+        with self._lock:
+            direct = self._direct()
+            if direct is not None:
+                return direct.search(query, order_by=order_by, limit=limit, cursor=cursor)
+            state = self._sync()
+            if self._search_index is None:
+                self._search_index = search.SearchIndex()
+            conn = self._search_index.refresh(state)
+            pairs, following, order = search.run(conn, query, order_by=order_by, limit=limit, cursor=cursor)
+            found = []
+            for name, number in pairs:
+                m = state.models[name]
+                vs = m.get(number)
+                assert vs is not None  # the index holds only versions of this fold
+                found.append(self._mv(m, vs))
+            return search.SearchPage(found, following, order)
 
     def audit(self, name: str | None = None) -> list[ev.Event]:
         """Every event, oldest first (for one model when ``name`` is given). Read from the table, not the cache."""

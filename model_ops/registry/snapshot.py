@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_ops.location import Location
-from model_ops.registry import lookup
+from model_ops.registry import lookup, search
 from model_ops.registry.refs import Ref, check_name, parse_ref
 from model_ops.registry.version import ModelVersion
 
 if TYPE_CHECKING:
     from model_ops.registry.state import RegistryState
 
-FORMAT = 1
+FORMAT = 2  # 2: the search tables (search.SCHEMA) beside the state's own
 POINTER = "snapshot.json"
 DIRECTORY = "snapshots"
 POLICY_FILE = "policy.yaml"
@@ -289,6 +289,14 @@ class Snapshot:
         )
         return [{"name": n, "versions": c, "latest": c, "production": p} for n, c, p in rows]
 
+    def search(
+        self, query: str, *, order_by: str | None = None, limit: int = search.DEFAULT_LIMIT, cursor: str | None = None
+    ) -> search.SearchPage:
+        with self._lock:
+            pairs, following, order = search.run(self._conn, query, order_by=order_by, limit=limit, cursor=cursor)
+        found = [self.resolve(Ref(name, version=number)) for name, number in pairs]
+        return search.SearchPage(found, following, order)
+
     # ------------------------------------------------------------------ resuming a fold
 
     def text(self, rowid: int) -> str:
@@ -463,6 +471,7 @@ def write(
             conn.executescript(_SCHEMA)
             with gc_paused():
                 _fill(conn, state)
+                search.fill(conn, state)
             meta = {
                 "format": FORMAT,
                 "delta_version": delta_version,

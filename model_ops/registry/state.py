@@ -162,6 +162,9 @@ class RegistryState:
         self.gap_after: int | None = None  # the first event after which the numbering breaks (lost events)
         self.problems: list[str] = []
         self.production_stage = production_stage
+        # (model, version) of every version an event registered or changed since the search index last looked
+        # (search.SearchIndex); None until a search asks, so a fold nobody searches records nothing.
+        self.touched: set[tuple[str, int]] | None = None
 
     def model(self, name: str) -> ModelState:
         m = self.models.get(name)
@@ -237,6 +240,8 @@ class RegistryState:
                 m.by_semver[vs.semver] = number
                 if m._semvers is not None:
                     m._semvers.add(vs.semver)
+                if self.touched is not None:
+                    self.touched.add((name, number))
 
     def apply(self, e: ev.Event) -> None:
         if e.seq <= self.last_seq:
@@ -274,6 +279,8 @@ class RegistryState:
             m.by_semver[vs.semver] = vs.version
             if m._semvers is not None:
                 m._semvers.add(vs.semver)
+            if self.touched is not None:
+                self.touched.add((e.model, vs.version))
             return
         self._apply_change(e)
 
@@ -292,6 +299,10 @@ class RegistryState:
                 f"event {e.seq} ({e.kind}) refers to {e.model} version {e.version}, which does not exist"
             )
             return
+        if self.touched is not None:
+            self.touched.add((m.name, vs.version))
+            if e.kind in (ev.ALIAS_SET, ev.ALIAS_REMOVED) and (e.key or "") in m.aliases:
+                self.touched.add((m.name, m.aliases[e.key or ""]))  # the version the alias leaves
         if e.kind == ev.STAGE_CHANGED:
             if e.from_value != vs.stage:
                 self.problems.append(

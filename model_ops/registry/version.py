@@ -85,7 +85,7 @@ class ModelVersion:
 
 class VersionReader(Protocol):
     """The reads both a :class:`~model_ops.registry.Registry` and a current snapshot answer (the command line's
-    ``resolve``, ``versions``, ``show`` and ``models`` take either)."""
+    ``resolve``, ``versions``, ``show``, ``models`` and ``search`` take either)."""
 
     def resolve(self, ref: Any) -> ModelVersion: ...
 
@@ -94,3 +94,5 @@ class VersionReader(Protocol):
     def models(self) -> list[str]: ...
 
     def model_summaries(self) -> list[dict[str, Any]]: ...
+
+    def search(self, query: str, *, order_by: str | None = ..., limit: int = ..., cursor: str | None = ...) -> Any: ...
