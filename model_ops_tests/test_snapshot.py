@@ -144,7 +144,9 @@ def test_resuming_from_a_snapshot_gives_the_state_a_full_fold_gives(tmp_path: Pa
     assert [e.to_dict() for e in resumed.serving_records("clf")] == [e.to_dict() for e in folded.serving_records("clf")]
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "garbage pointer", "stale", "policy edited", "foreign"])
+@pytest.mark.parametrize(
+    "damage", ["flipped byte", "flipped byte, times set back", "garbage pointer", "stale", "policy edited", "foreign"]
+)
 def test_a_snapshot_that_does_not_check_out_is_never_used(tmp_path: Path, damage: str) -> None:
     reg = busy_registry(tmp_path)
     expected = all_versions(reg)
@@ -152,10 +154,13 @@ def test_a_snapshot_that_does_not_check_out_is_never_used(tmp_path: Path, damage
     pointer_path = reg.location.path / snapshot.POINTER
     pointer = json.loads(pointer_path.read_text())
     file = reg.location.path / snapshot.DIRECTORY / pointer["file"]
-    if damage == "flipped byte":
+    if damage.startswith("flipped byte"):
+        before = file.stat()
         data = bytearray(file.read_bytes())
         data[len(data) // 2] ^= 0xFF
         file.write_bytes(bytes(data))
+        if damage.endswith("set back"):  # what a careless tool does; the change time cannot be set back
+            os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))
     elif damage == "garbage pointer":
         pointer_path.write_text("{not json")
     elif damage == "stale":
@@ -186,12 +191,32 @@ def test_a_snapshot_that_does_not_check_out_is_never_used(tmp_path: Path, damage
     assert snapshot.open_current(reg.location) is None
     assert all_versions(fresh) == expected
     problems = Registry.open(reg.root).fsck()
-    if damage in ("flipped byte", "garbage pointer", "foreign"):
+    if damage.startswith("flipped byte") or damage in ("garbage pointer", "foreign"):
         assert any("state snapshot" in p for p in problems), problems
     else:
         assert problems == []
     assert Registry.open(reg.root).maintain()["problems"] == []
     assert Registry.open(reg.root).fsck() == []
+
+
+def test_a_read_hashes_the_snapshot_only_when_the_file_is_not_the_one_maintenance_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = busy_registry(tmp_path)
+    reg.maintain()
+    hashed: list[Path] = []
+    real = snapshot.file_digest
+    monkeypatch.setattr(snapshot, "file_digest", lambda p: hashed.append(p) or real(p))
+    snap = snapshot.open_verified(reg.location)
+    assert snap is not None and hashed == []  # untouched since maintenance hashed it: a stat, no read
+    snap.close()
+    (file := snap.path).touch()  # same bytes, but no longer provably the file that was hashed
+    snap = snapshot.open_verified(reg.location)
+    assert snap is not None and hashed == [file]
+    snap.close()
+    full = snapshot.open_verified(reg.location, full=True)  # fsck and maintenance always read it all
+    assert full is not None and hashed == [file, file]
+    full.close()
 
 
 def test_fsck_finds_a_snapshot_that_contradicts_the_log(tmp_path: Path) -> None:

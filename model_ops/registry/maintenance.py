@@ -225,7 +225,7 @@ def _snapshot(registry: Registry, state: RegistryState, version: int, confirmed_
         state.production_stage,
     )
     if same_place and current is not None:
-        snap = snapshot.open_verified(registry.location)
+        snap = snapshot.open_verified(registry.location, full=True)
         if snap is not None:
             try:
                 same = snapshot.contents(snap.state()) == snapshot.contents(state)
@@ -234,7 +234,10 @@ def _snapshot(registry: Registry, state: RegistryState, version: int, confirmed_
             finally:
                 snap.close()
             if same:
-                snapshot.write_pointer(registry.location, {**current, "confirmed_at": confirmed_at.isoformat()})
+                stat = snapshot.stat_key(snap.path)
+                snapshot.write_pointer(
+                    registry.location, {**current, "stat": stat, "confirmed_at": confirmed_at.isoformat()}
+                )
                 return {"file": current["file"], "written": False, "pruned": 0}
     pointer = snapshot.write(registry.location, state, version, stages=stages, confirmed_at=confirmed_at)
     pruned = snapshot.prune(registry.location, keep=pointer["file"])

@@ -9,9 +9,9 @@ It is used two ways:
 - **Answered from directly** (``resolve``, ``versions``, ``show``, ``models`` of a fresh process, on a local
   root): only while nothing was committed since V (Delta commit V+1 does not exist: one ``stat``), the snapshot was
   confirmed current less than :data:`STALE_AFTER` ago (why the probe is exact only then: ``Registry._sync``), the
-  root's policy file is the one it was written under (stages come from it), and the file's digest matches. This
-  module imports neither Arrow nor the Delta engine, and rows are read by index, so memory stays small at any size;
-  the one cost that grows with the registry is hashing the file to check its digest.
+  root's policy file is the one it was written under (stages come from it), and the file is the one whose digest
+  the pointer holds. This module imports neither Arrow nor the Delta engine, and rows are read by index, so time
+  and memory stay small at any size.
 - **Resumed from**: when the log moved on, the registry builds its state from the snapshot and folds only the
   events after it (``Registry._sync``).
 
@@ -91,6 +91,13 @@ def file_digest(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def stat_key(path: Path) -> list[int]:
+    """What says a file was not touched since it was hashed, as git's index and rsync's quick check use it: any
+    write changes its mtime and ctime (ctime cannot be set back), a copy or a replacement changes its inode."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def commit_digest(registry_location: Location, version: int) -> str | None:
@@ -294,8 +301,31 @@ class Snapshot:
     ) -> search.SearchPage:
         with self._lock:
             pairs, following, order = search.run(self._conn, query, order_by=order_by, limit=limit, cursor=cursor)
-        found = [self.resolve(Ref(name, version=number)) for name, number in pairs]
-        return search.SearchPage(found, following, order)
+        return search.SearchPage(self._page(pairs), following, order)
+
+    def _page(self, pairs: list[tuple[str, int]]) -> list[ModelVersion]:
+        """The versions of one page of results, in its order: two queries, whatever the page's size."""
+        if not pairs:
+            return []
+        keys = json.dumps([[name, number] for name, number in pairs])
+        wanted = "(SELECT json_extract(value, '$[0]') AS model, json_extract(value, '$[1]') AS version FROM json_each(?)) AS w"
+        rows = self._all(
+            f"SELECT w.model, {', '.join('v.' + c.strip() for c in self._COLUMNS.split(','))} FROM {wanted} "
+            "JOIN versions v ON v.model = w.model AND v.version = w.version",
+            (keys,),
+        )
+        aliases: dict[tuple[str, int], list[str]] = {}
+        for model, alias, number in self._all(
+            f"SELECT a.model, a.alias, a.version FROM {wanted} JOIN aliases a "
+            "ON a.model = w.model AND a.version = w.version ORDER BY a.alias",
+            (keys,),
+        ):
+            aliases.setdefault((model, number), []).append(alias)
+        by_key = {(row[0], row[1]): row[1:] for row in rows}
+        return [
+            self._version(name, by_key[(name, number)], tuple(aliases.get((name, number), ())))
+            for name, number in pairs
+        ]
 
     # ------------------------------------------------------------------ resuming a fold
 
@@ -381,7 +411,7 @@ def problems(registry_location: Location, fold_to: Any) -> list[str]:
         if not registry_location.is_s3 and (registry_location.path / POINTER).exists():
             return [f"the state snapshot pointer {registry_location.path / POINTER} cannot be read (it is ignored)"]
         return []
-    snap = open_verified(registry_location)
+    snap = open_verified(registry_location, full=True)
     hint = "it is ignored; `model-ops maintain` writes a new one"
     if snap is None:
         return [f"the state snapshot {pointer['file']} is missing or does not match its digest ({hint})"]
@@ -401,9 +431,13 @@ def problems(registry_location: Location, fold_to: Any) -> list[str]:
     ]
 
 
-def open_verified(registry_location: Location) -> Snapshot | None:
+def open_verified(registry_location: Location, *, full: bool = False) -> Snapshot | None:
     """The snapshot ``snapshot.json`` points at, once its file matched the digest; None when there is none or it
-    does not match (or cannot be read): the registry then does without it."""
+    does not match (or cannot be read): the registry then does without it.
+
+    The file is hashed only when it is not provably the file maintenance hashed (``stat_key`` differs from the
+    pointer's, e.g. after any write to it or a copy), or when ``full`` (fsck, and maintenance before it confirms
+    the snapshot again): a read of a 100k-version registry must not pay for hashing 100 MB."""
     if registry_location.is_s3:
         return None
     pointer = read_pointer(registry_location)
@@ -411,7 +445,9 @@ def open_verified(registry_location: Location) -> Snapshot | None:
         return None
     path = registry_location.path / DIRECTORY / pointer["file"]
     try:
-        if path.stat().st_size != pointer.get("size") or file_digest(path) != pointer["sha256"]:
+        if path.stat().st_size != pointer.get("size"):
+            return None
+        if (full or pointer.get("stat") != stat_key(path)) and file_digest(path) != pointer["sha256"]:
             return None
         return Snapshot(registry_location, pointer, path)
     except (OSError, sqlite3.Error):
@@ -489,6 +525,7 @@ def write(
             os.fsync(f.fileno())
         digest, size = file_digest(tmp), tmp.stat().st_size
         os.replace(tmp, directory / name)
+        stat = stat_key(directory / name)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -497,6 +534,7 @@ def write(
         "file": name,
         "sha256": digest,
         "size": size,
+        "stat": stat,
         "delta_version": delta_version,
         "commit_sha256": commit_digest(registry_location, delta_version),
         "last_seq": state.last_seq,
