@@ -177,12 +177,13 @@ class Registry:
     # ------------------------------------------------------------------ reading
 
     def _sync(self) -> RegistryState:
-        """The fold, brought up to date. Costs one stat (or HEAD) when nothing changed.
+        """The fold, brought up to date. Costs two stats (one HEAD on S3) when nothing changed.
 
-        The probe "does Delta commit V+1 exist?" is exact as long as V+1, if it exists, cannot have been expired
-        yet. Delta expires commit files only after the log retention (7 days), and V+1 is younger than the last
-        moment we saw V as the newest. So a state last confirmed longer ago than ``STALE_AFTER`` is rebuilt from
-        scratch instead of probed.
+        The probe is ``EventLog.moved_past``: "does Delta commit V+1 exist, or is V itself gone?". Locally, upkeep
+        deletes old commit files oldest first, so V+1 never goes while V stays, and the probe is exact at any age.
+        On S3 commits are expired only by Delta's log retention (7 days), and V+1 is younger than the last moment
+        we saw V as the newest; so a state last confirmed longer ago than ``STALE_AFTER`` is rebuilt from scratch
+        instead of probed.
         """
         with self._lock:
             now = time.monotonic()
@@ -195,7 +196,7 @@ class Registry:
                     state.apply_table(self._log.read_after(state.last_seq))
                     self._state, self._state_version = state, self._log.version
                 self._check_tip(state)
-            elif self._log.has_commit(self._state_version + 1):
+            elif self._log.moved_past(self._state_version):
                 with unreadable_log(self._log.location):
                     self._log.refresh()
                     self._state.apply_table(self._log.read_after(self._state.last_seq))
@@ -277,7 +278,11 @@ class Registry:
                 f"the event log's commit {version} is damaged: it was acknowledged with events "
                 f"{receipt['first_seq']}..{receipt['last_seq']}, and the log now ends at event {state.last_seq}"
             )
-        if self._receipts.exists(version + 1) and not self._log.has_commit(version + 1):
+        if (
+            self._receipts.exists(version + 1)
+            and not self._log.has_commit(version + 1)
+            and self._log.has_commit(version)  # else upkeep expired both: the log moved on (see moved_past)
+        ):
             damage.append(
                 f"the event log's commit {version + 1} is missing: it was acknowledged (its receipt is in "
                 f"{self._receipts.location}), and its commit file is gone"
@@ -522,6 +527,9 @@ class Registry:
                 if not pending:
                     return result()
                 self._refuse_if_damaged()
+                if self._log.expired(self._state_version):
+                    self._state = None  # upkeep expired the commit this state was read at: the log moved on
+                    continue
                 vanished = self._newest_commit_problem()
                 if vanished:
                     self.damage = [vanished]
