@@ -105,3 +105,43 @@ def test_the_read_back_counts_a_write_as_landed_only_if_readers_see_its_rows(tmp
     assert log._landed_after_expiry(log.version - 1, ours) is True
     theirs = ours.set_column(ours.schema.get_field_index("hash"), "hash", pa.array(["0" * 64]))
     assert log._landed_after_expiry(log.version - 1, theirs) is False
+
+
+def test_a_writer_whose_base_went_while_it_wrote_still_folds_in_the_commits_after_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the read-back exists for, made to happen: A's commit lands, B commits after it, a checkpoint is
+    taken and upkeep deletes everything up to A's base, all before A looks. A must record the version its own commit
+    landed at, so its next read folds in B's, and its next write does not reuse B's sequence number."""
+    from deltalake import DeltaTable
+
+    model = tmp_path / "m.bin"
+    model.write_text("a model")
+    a = Registry.open(tmp_path / "root", actor="a")
+    a.register("m", model)
+    b = Registry.open(a.root, actor="b")
+    b.resolve("models:/m/1")
+    log_dir = a.location.path / "events" / "_delta_log"
+    real = eventlog.write_deltalake
+    fired: list[int] = []
+
+    def racing(table, data, **kw):  # type: ignore[no-untyped-def]
+        real(table, data, **kw)
+        if fired:
+            return
+        fired.append(1)
+        base = table.version() - 1
+        b.set_tag("models:/m/1", "by", "b")
+        DeltaTable(str(a.location.path / "events")).create_checkpoint()
+        for n in os.listdir(log_dir):
+            if n[:20].isdigit() and int(n[:20]) <= base:
+                os.remove(log_dir / n)
+
+    monkeypatch.setattr(eventlog, "write_deltalake", racing)
+    a.set_tag("models:/m/1", "by_a", "1")
+    monkeypatch.setattr(eventlog, "write_deltalake", real)
+    assert a.resolve("models:/m/1").tags == {"by_a": "1", "by": "b"}
+    a.set_tag("models:/m/1", "second", "2")
+    fresh = Registry.open(a.root)
+    assert [e.seq for e in fresh.audit("m")] == [1, 2, 3, 4]
+    assert fresh.fsck() == [] and fresh.damage == []

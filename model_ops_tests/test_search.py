@@ -311,6 +311,9 @@ def test_a_snapshot_answers_searches_as_the_fold_does_and_a_fresh_command_needs_
         ("name in (a, b", "expected `,` or `)`"),
         ('tags.team = "open', "unclosed quote"),
         ("stage exists", "every version has a stage"),
+        ("version < 2.5", "version is a whole number"),
+        ("not " * 80 + "stage = x", "more than 64 deep"),
+        (" or ".join(["stage = x"] * 201), "more than 200 conditions"),
     ],
 )
 def test_a_bad_query_is_refused_naming_what_is_wrong(corpus: Registry, query: str, message: str) -> None:
@@ -337,3 +340,37 @@ def test_the_command_line_prints_a_table_pages_and_exits_2_on_a_bad_query(corpus
     assert cli("", "--limit", "0").returncode == 2
     assert cli("", "--order-by", "colour").returncode == 2
     assert cli("name = nothing_like_it").stdout.strip() == "no version matches"
+
+
+def test_a_text_field_takes_a_value_as_written_and_a_param_takes_a_number_as_a_number(tmp_path: Path) -> None:
+    reg = Registry.open(tmp_path / "root")
+    reg.register(
+        "m",
+        _blob(tmp_path, "x"),
+        tags={"build": "007", "rel": "1.10", "sha": "1234e56"},
+        params={"seed": 12345678901234567890, "depth": 3, "code": "007"},
+    )
+    for query in (
+        "tags.build = 007",
+        "tags.rel = 1.10",
+        "tags.sha = 1234e56",
+        "tags.build like 00*",
+        "tags.rel in (1.10)",
+    ):
+        assert found(reg, query) == {"models:/m/1"}, query
+    assert found(reg, "tags.rel = 1.1") == set()
+    assert found(reg, "params.seed = 12345678901234567890") == {"models:/m/1"}  # beyond 64 bits: as a float
+    assert found(reg, "params.depth > 2.5") == {"models:/m/1"}
+    assert found(reg, 'params.code = "007"') == {"models:/m/1"}
+    assert found(reg, "version < 99999999999999999999") == {"models:/m/1"}
+    page = reg.search('tags.rel = "1.10"', limit=1)
+    with pytest.raises(UsageError, match="another search"):
+        reg.search('tags.rel = "1.10 "', limit=1, cursor=_cursor_of(reg))
+    assert page.cursor is None
+
+
+def _cursor_of(reg: Registry) -> str:
+    reg.register("m", _blob(reg.root.path.parent, "y"), tags={"rel": "1.10"})
+    page = reg.search('tags.rel = "1.10"', limit=1)
+    assert page.cursor is not None
+    return page.cursor

@@ -219,6 +219,27 @@ def test_a_read_hashes_the_snapshot_only_when_the_file_is_not_the_one_maintenanc
     full.close()
 
 
+def test_a_snapshot_whose_search_tables_disagree_is_named_by_fsck_and_replaced_by_maintenance(tmp_path: Path) -> None:
+    import sqlite3
+
+    reg = busy_registry(tmp_path)
+    reg.maintain()
+    pointer = snapshot.read_pointer(reg.location)
+    assert pointer is not None
+    file = reg.location.path / snapshot.DIRECTORY / pointer["file"]
+    conn = sqlite3.connect(file)
+    conn.execute("DELETE FROM search_tags")  # what a build whose search tables were wrong would have left
+    conn.commit()
+    conn.close()
+    pointer.update(sha256=snapshot.file_digest(file), size=file.stat().st_size, stat=snapshot.stat_key(file))
+    snapshot.write_pointer(reg.location, pointer)
+    assert Registry.open(reg.root).search("tags.team = fraud").versions == []  # answered from the bad file
+    assert any("answers searches differently" in p for p in Registry.open(reg.root).fsck())
+    assert Registry.open(reg.root).maintain()["snapshot"]["written"] is True
+    assert [v.ref for v in Registry.open(reg.root).search("tags.team = fraud").versions] == ["models:/clf/2"]
+    assert Registry.open(reg.root).fsck() == []
+
+
 def test_fsck_finds_a_snapshot_that_contradicts_the_log(tmp_path: Path) -> None:
     import sqlite3
 

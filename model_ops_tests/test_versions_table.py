@@ -36,7 +36,13 @@ def test_duckdb_answers_sql_over_the_versions_table_as_the_registry_does(tmp_pat
     for name in reg.models():
         vs = reg.versions(name)
         expected.append(
-            (name, len(vs), vs[-1].version, max(v.metrics["roc_auc"] for v in vs), min(v.dataset["version"] for v in vs))
+            (
+                name,
+                len(vs),
+                vs[-1].version,
+                max(v.metrics["roc_auc"] for v in vs),
+                min(v.dataset["version"] for v in vs),
+            )
         )
     assert rows == expected
     by_run = duckdb.sql("SELECT model, version, digest, created_by FROM versions WHERE run_id = 'run-3'").fetchall()

@@ -79,6 +79,7 @@ class DeltaCas:
         self.name = name
         self._dt: DeltaTable | None = None
         self._pinned: int | None = None  # the version to reopen at, set by try_append after an unclear write
+        self.landed: int | None = None  # the version try_append's last successful commit landed at
 
     @property
     def table(self) -> DeltaTable:
@@ -222,6 +223,7 @@ class DeltaCas:
             try:
                 # schema_mode="merge": a table written before a column was added gains it on its next write.
                 write_deltalake(self.table, data, mode="append", schema_mode="merge", commit_properties=props)
+                self.landed = base + 1
                 if base >= 0 and not self.location.is_s3 and not self.has_commit(base):
                     return self._landed_after_expiry(base, data)
                 return True
@@ -243,7 +245,7 @@ class DeltaCas:
             owner = self._commit_owner(base + 1, deadline)
             self._dt = None  # the handle may be half-updated; reopen from storage
             if owner == commit_id:
-                self._pinned = base + 1
+                self._pinned = self.landed = base + 1
                 return True
             if owner is not None or failure is None:
                 self._pinned = None
@@ -255,7 +257,9 @@ class DeltaCas:
         """Our commit landed as ``base + 1``, and commit ``base`` is gone: upkeep expired it while we wrote. Then
         ``base + 1`` may have been expired too before we put ours, and ours sits below a checkpoint that every
         reader starts from, never to be seen. Whether it counts is whether a fresh read of the table holds our
-        rows; if not, the write lost its race (its file is left below the checkpoint for the next expiry)."""
+        rows; if not, the write lost its race (its file is left below the checkpoint for the next expiry). Either
+        way the handle reopens at the newest version, so the caller records ``landed`` (base + 1) as where its own
+        fold stands, and the next probe folds in the commits of others after ours."""
         self._dt, self._pinned = None, None
         if "seq" not in data.column_names or "hash" not in data.column_names or not data.num_rows:
             return False
@@ -297,7 +301,7 @@ class DeltaCas:
                 return str(action["commitInfo"].get(COMMIT_ID_KEY) or "")
         return ""
 
-    def maintain(self, *, vacuum: bool = True) -> dict[str, Any]:
+    def maintain(self, *, vacuum: bool = True, expire: bool = False) -> dict[str, Any]:
         """Compact the small files (one per commit) into files of ``COMPACT_TARGET_BYTES``, write a checkpoint,
         and vacuum the files compaction replaced once they are past the table's retention. Run by maintenance,
         never by a write: each step is its own Delta commit, so a writer racing it only loses one compare-and-swap
@@ -310,7 +314,7 @@ class DeltaCas:
         vacuumed = self.table.vacuum(dry_run=False) if vacuum else []
         if vacuum:
             self.table.cleanup_metadata()
-        expired = self.expire_commits()
+        expired = self.expire_commits() if expire else 0
         self._dt = None  # the next read reopens at the newest version
         return {
             "files_added": int(metrics.get("numFilesAdded", 0)),
@@ -323,6 +327,11 @@ class DeltaCas:
 class EventLog(DeltaCas):
     def __init__(self, registry_location: Location) -> None:
         super().__init__(registry_location.child("events"), ev.SCHEMA, "model_ops_registry_events")
+
+    def maintain(self, *, vacuum: bool = True, expire: bool = True) -> dict[str, Any]:
+        """As for any table, and old commit files are expired (``expire_commits``): events are rows that never
+        change, so the log's history is in them, not in Delta's time travel."""
+        return super().maintain(vacuum=vacuum, expire=expire)
 
     def read_after(self, seq: int) -> pa.Table:
         """Rows with ``seq`` above the given one, at this handle's version."""

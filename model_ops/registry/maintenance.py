@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from model_ops.errors import IntegrityError, ModelOpsError
 from model_ops.location import Location, retry_transient, s3_client
-from model_ops.registry import attest, chain, repair, snapshot
+from model_ops.registry import attest, chain, repair, search, snapshot
 from model_ops.registry import events as ev
 from model_ops.registry.eventlog import DeltaCas, EventLog
 from model_ops.registry.policy import PolicyArchive, root_policy
@@ -225,16 +225,22 @@ def _snapshot(registry: Registry, state: RegistryState, version: int, confirmed_
         state.production_stage,
     )
     if same_place and current is not None:
+        path = registry.location.path / snapshot.DIRECTORY / current["file"]
+        try:
+            before: list[int] | None = snapshot.stat_key(path)
+        except OSError:
+            before = None
         snap = snapshot.open_verified(registry.location, full=True)
         if snap is not None:
             try:
                 same = snapshot.contents(snap.state()) == snapshot.contents(state)
+                same = same and snap.search_contents() == search.contents_of(state)
             except Exception:  # a snapshot that cannot be read is replaced below
                 same = False
             finally:
                 snap.close()
             if same:
-                stat = snapshot.stat_key(snap.path)
+                stat = snapshot.settled_key(snap.path, before)
                 snapshot.write_pointer(
                     registry.location, {**current, "stat": stat, "confirmed_at": confirmed_at.isoformat()}
                 )

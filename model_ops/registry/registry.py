@@ -209,8 +209,11 @@ class Registry:
         """The state of the current snapshot, when it belongs to this log: folded under the same production stage,
         at a Delta version the log has reached, ending with the very event (same hash) the log holds at its
         ``last_seq``. Then only the events after it are read. Anything else, and the log is folded from the start."""
-        snap = self._direct_snapshot or (snapshot.open_verified(self.location) if self._resume else None)
-        self._direct_snapshot = None
+        if self._direct_snapshot is not None:
+            self._direct_snapshot.close()
+            self._direct_snapshot = None
+        # Hashed in full, whatever its stat says: a state writers build on is not taken on a quick check.
+        snap = snapshot.open_verified(self.location, full=True) if self._resume else None
         if snap is None:
             return None
         if snap.production_stage != self.policy.production.stage or snap.delta_version > self._log.version:
@@ -545,7 +548,8 @@ class Registry:
                     e.hash = prev = ev.chain_hash(e)
                 if self._log.try_append(ev.to_arrow(pending)):
                     state.apply_all(pending)
-                    self._state_version = self._log.version
+                    landed = self._log.landed
+                    self._state_version = landed if landed is not None else self._log.version
                     try:
                         version = self._state_version
                         retry_transient(lambda: self._receipts.write(version, pending))

@@ -113,7 +113,9 @@ def log_problems(events_location: Location, receipts: Receipts | None = None) ->
     commits = {int(m.group(1)): n for m, n in ((_COMMIT.fullmatch(n), n) for n in names) if m}
     checkpoints = sorted({int(m.group(1)) for m in (_CHECKPOINT.fullmatch(n) for n in names) if m})
     problems: list[str] = []
-    start = 0
+    # Without _last_checkpoint a reader starts from the newest checkpoint it lists (commits below it may be gone:
+    # upkeep expires them, see DeltaCas.expire_commits).
+    start = checkpoints[-1] if checkpoints else 0
     if "_last_checkpoint" in names:
         try:
             start = int(json.loads(_read(log_dir, "_last_checkpoint"))["version"])

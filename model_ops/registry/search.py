@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
+MAX_CONDITIONS = 200
+MAX_DEPTH = 64  # nesting of `not` and parentheses (SQLite's own parser gives up near 100)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 SCHEMA = """
@@ -162,6 +164,8 @@ class _Parser:
         self.query = query
         self.toks = _tokens(query)
         self.i = 0
+        self.depth = 0
+        self.conditions = 0
 
     def peek(self) -> _Token:
         return self.toks[self.i]
@@ -195,6 +199,15 @@ class _Parser:
         return parts[0] if len(parts) == 1 else BoolOp("and", tuple(parts))
 
     def negation(self) -> Node:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _bad(f"search query: nests `not` and parentheses more than {MAX_DEPTH} deep")
+        try:
+            return self._negation()
+        finally:
+            self.depth -= 1
+
+    def _negation(self) -> Node:
         if self.peek().keyword == "not":
             self.take()
             return BoolOp("not", (self.negation(),))
@@ -223,15 +236,16 @@ class _Parser:
             return text, None
         raise _bad(f"search query: unknown field {text!r} {self.where(tok)}; the fields are " + ", ".join(FIELDS))
 
-    def value(self) -> Any:
+    def value(self) -> _Raw:
         tok = self.take()
-        if tok.kind == "str":
-            return tok.text
-        if tok.kind == "word" and not tok.keyword:
-            return _number(tok.text) if _number(tok.text) is not None else tok.text
+        if tok.kind == "str" or (tok.kind == "word" and not tok.keyword):
+            return _Raw(tok.text, tok.kind == "str")
         raise _bad(f"search query: expected a value {self.where(tok)}")
 
     def condition(self) -> Condition:
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise _bad(f"search query: more than {MAX_CONDITIONS} conditions; use `in (...)` for lists of values")
         name, key = self.field()
         tok = self.take()
         if tok.keyword == "exists":
@@ -260,9 +274,19 @@ class _Parser:
         )
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """A value as the query wrote it: what it means depends on the field it is compared with."""
+
+    text: str
+    quoted: bool
+
+
 def _number(text: str) -> float | int | None:
+    """``text`` as a number SQLite can hold (a whole number beyond 64 bits as a float), or None."""
     try:
-        return int(text)
+        whole = int(text)
+        return whole if -(2**63) <= whole < 2**63 else float(whole)
     except ValueError:
         pass
     try:
@@ -273,32 +297,39 @@ def _number(text: str) -> float | int | None:
 
 
 def _checked(c: Condition, tok: _Token, parser: _Parser) -> Condition:
-    """Refuse what cannot mean anything (a number compared with text, ``version like``) with the query's words."""
+    """Give each value the type its field compares by, and refuse what cannot mean anything (a number compared
+    with text, ``version like``), in the query's words. A text field takes a value as written (``tags.build =
+    007`` is the text "007"); a param takes an unquoted number as a number."""
     shown = c.field if c.key is None else f"{c.field}.{c.key}"
     where = parser.where(tok)
+    raws: tuple[_Raw, ...] = c.values
     numeric = c.field in ("version", "metrics")
+    ordering = c.op in ("<", "<=", ">", ">=")
+    if c.op == "exists":
+        if c.key is None and c.field != "alias" and c.field not in _NULLABLE:
+            raise _bad(f"search query: every version has a {shown}; `exists` asks about tags, metrics, params or alias")
+        return c
     if c.op == "like":
         if numeric or c.field == "created":
             raise _bad(f"search query: `{shown} like` {where}: `like` matches text; compare {shown} with = < > instead")
-        if not isinstance(c.values[0], str):
-            return Condition(c.field, c.key, c.op, (str(c.values[0]),))
-    if (
-        c.op == "exists"
-        and c.key is None
-        and c.field not in ("alias", "run_id", "flavor", "dataset", "dataset.version")
-    ):
-        raise _bad(f"search query: every version has a {shown}; `exists` asks about tags, metrics, params or alias")
-    if numeric and any(not isinstance(v, (int, float)) for v in c.values):
-        raise _bad(f"search query: {shown} is a number, and the comparison {where} gives it text")
+        return Condition(c.field, c.key, c.op, (raws[0].text,))
     if c.field == "created":
-        return Condition(c.field, c.key, c.op, tuple(_micros(v, shown) for v in c.values))
-    if c.op in ("<", "<=", ">", ">=") and c.field not in ("version", "metrics", "params"):
+        return Condition(c.field, c.key, c.op, tuple(_micros(r.text, shown) for r in raws))
+    if numeric:
+        numbers = [_number(r.text) for r in raws]
+        if any(n is None for n in numbers):
+            raise _bad(f"search query: {shown} is a number, and the comparison {where} gives it text")
+        if c.field == "version" and any(isinstance(n, float) and not n.is_integer() for n in numbers):
+            raise _bad(f"search query: version is a whole number, and the comparison {where} gives it a fraction")
+        return Condition(c.field, c.key, c.op, tuple(numbers))
+    if c.field == "params":
+        values = [_number(r.text) if not r.quoted and _number(r.text) is not None else r.text for r in raws]
+        if ordering and not all(isinstance(v, (int, float)) for v in values):
+            raise _bad(f"search query: {where} orders {shown} by text; compare params with a number")
+        return Condition(c.field, c.key, c.op, tuple(values))
+    if ordering:
         raise _bad(f"search query: {shown} is text, which {where} cannot order; use =, !=, like or in")
-    if c.field not in ("version", "metrics", "params"):
-        return Condition(c.field, c.key, c.op, tuple(str(v) for v in c.values))
-    if c.field == "params" and c.op in ("<", "<=", ">", ">=") and not isinstance(c.values[0], (int, float)):
-        raise _bad(f"search query: {where} orders {shown} by text; compare params with a number")
-    return c
+    return Condition(c.field, c.key, c.op, tuple(r.text for r in raws))
 
 
 def _micros(value: Any, shown: str) -> int:
@@ -393,6 +424,8 @@ class Order:
                 hint="orders: " + ", ".join(ORDERS),
             )
         head, _, key = words[0].partition(".")
+        if len(key) >= 2 and key[0] == key[-1] and key[0] in "\"'":
+            key = key[1:-1]
         if head == "metrics" and key:
             return cls("metrics", key, direction != "asc")
         if words[0] in ("created", "version", "name"):
@@ -428,8 +461,9 @@ class SearchPage:
         }
 
 
-def _fingerprint(query: str, order: Order) -> str:
-    return hashlib.sha256(f"{' '.join(query.split())}\n{order.label()}".encode()).hexdigest()[:16]
+def _fingerprint(node: Node | None, order: Order) -> str:
+    """What a cursor is tied to: the parsed query (so spacing does not matter, and quoted text does) and order."""
+    return hashlib.sha256(f"{node!r}\n{order.label()}".encode()).hexdigest()[:16]
 
 
 def _encode_cursor(fingerprint: str, key: Sequence[Any]) -> str:
@@ -440,7 +474,15 @@ def _decode_cursor(cursor: str, fingerprint: str) -> list[Any]:
     try:
         doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         key = doc["k"]
-        ok = isinstance(key, list) and len(key) == 4 and isinstance(doc["q"], str)
+        ok = (
+            isinstance(key, list)
+            and len(key) == 4
+            and isinstance(doc["q"], str)
+            and key[0] in (0, 1)
+            and isinstance(key[1], (int, float, str))
+            and isinstance(key[2], str)
+            and isinstance(key[3], int)
+        )
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
@@ -468,7 +510,7 @@ def run(
         raise UsageError(f"limit {limit}: a page holds 1 to {MAX_LIMIT} versions")
     node = parse(query)
     order = Order.parse(order_by)
-    fingerprint = _fingerprint(query, order)
+    fingerprint = _fingerprint(node, order)
     params: list[Any] = []
     join, missing, value = order.source(params)
     where = _sql(node, params) if node is not None else "1"
@@ -573,6 +615,37 @@ def fill(conn: sqlite3.Connection, state: RegistryState) -> dict[tuple[str, int]
         [(vids[(m.name, n)], a) for m in state.models.values() for a, n in m.aliases.items() if (m.name, n) in vids],
     )
     return vids
+
+
+def contents(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Every row of the search tables keyed by (model, version) instead of the file's own row ids: what a
+    snapshot's tables and a fold's must agree on (``fsck`` and maintenance compare them)."""
+    from collections import Counter
+
+    out: dict[str, Any] = {"versions": Counter(r[1:] for r in conn.execute("SELECT * FROM search_versions"))}
+    for table, columns in (("aliases", "alias"), ("tags", "key, value"), ("metrics", "key, value")):
+        out[table] = Counter(
+            conn.execute(
+                f"SELECT v.model, v.version, {', '.join('t.' + c.strip() for c in columns.split(','))} "
+                f"FROM search_{table} t JOIN search_versions v ON v.vid = t.vid"
+            )
+        )
+    out["params"] = Counter(
+        conn.execute(
+            "SELECT v.model, v.version, t.key, t.text, t.num FROM search_params t JOIN search_versions v ON v.vid = t.vid"
+        )
+    )
+    return out
+
+
+def contents_of(state: RegistryState) -> dict[str, Any]:
+    """``contents`` of the search tables a fold gives."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        fill(conn, state)
+        return contents(conn)
+    finally:
+        conn.close()
 
 
 class SearchIndex:

@@ -100,6 +100,24 @@ def stat_key(path: Path) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+# A change this soon after a file's last one may carry the same timestamps on a filesystem with a coarse clock
+# (one tick is 4-10 ms): the "racily clean" case git's index knows. A stat key is recorded only once it is past.
+_SETTLE_NS = 50_000_000
+
+
+def settled_key(path: Path, before: list[int] | None) -> list[int] | None:
+    """The stat key to record for ``path``, hashed after ``before`` was taken: None when the file changed since
+    (same inode, size and mtime required; a rename changes only the ctime), so readers hash it."""
+    for _ in range(3):
+        key = stat_key(path)
+        if time.time_ns() - max(key[3], key[4]) > _SETTLE_NS:
+            break
+        time.sleep(_SETTLE_NS / 1e9)
+    else:
+        return None
+    return key if before is not None and key[:4] == before[:4] else None
+
+
 def commit_digest(registry_location: Location, version: int) -> str | None:
     """The SHA-256 of the event log's commit file ``version``; None when it is not there."""
     try:
@@ -296,6 +314,11 @@ class Snapshot:
         )
         return [{"name": n, "versions": c, "latest": c, "production": p} for n, c, p in rows]
 
+    def search_contents(self) -> dict[str, Any]:
+        """The search tables' rows, for comparison with a fold's (``search.contents_of``)."""
+        with self._lock:
+            return search.contents(self._conn)
+
     def search(
         self, query: str, *, order_by: str | None = None, limit: int = search.DEFAULT_LIMIT, cursor: str | None = None
     ) -> search.SearchPage:
@@ -420,8 +443,18 @@ def problems(registry_location: Location, fold_to: Any) -> list[str]:
     except Exception as e:  # whatever is wrong with its rows, it is reported and ignored
         snap.close()
         return [f"the state snapshot {pointer['file']} cannot be read: {e} ({hint})"]
-    theirs = contents(fold_to(snap.last_seq))
+    fold = fold_to(snap.last_seq)
+    theirs = contents(fold)
+    try:
+        searchable = snap.search_contents() == search.contents_of(fold)
+    except Exception:  # unreadable search tables are as wrong as different ones
+        searchable = False
     snap.close()
+    if mine == theirs and not searchable:
+        return [
+            f"the state snapshot {pointer['file']} answers searches differently from the event log's fold at "
+            f"event {snap.last_seq} ({hint})"
+        ]
     if mine == theirs:
         return []
     differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -523,9 +556,10 @@ def write(
             conn.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        before = stat_key(tmp)
         digest, size = file_digest(tmp), tmp.stat().st_size
         os.replace(tmp, directory / name)
-        stat = stat_key(directory / name)
+        stat = settled_key(directory / name, before)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
