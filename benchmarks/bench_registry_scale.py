@@ -53,7 +53,19 @@ from model_ops.artifacts.manifest import FLAVOR_SKOPS
 from model_ops.registry import Registry
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, eprint, git_state, machine, peak_rss_mb, run_measured, stats, table, timed, versions_of  # noqa: E402
+from _common import (  # noqa: E402
+    emit,
+    ensure_bytecode,
+    eprint,
+    git_state,
+    machine,
+    peak_rss_mb,
+    run_measured,
+    stats,
+    table,
+    timed,
+    versions_of,
+)
 
 warnings.filterwarnings("ignore")
 NAME = "clf"
@@ -469,6 +481,7 @@ def main() -> None:
     ap.add_argument("--jsonl")
     args = ap.parse_args()
     git_start = git_state()
+    ensure_bytecode()
     assert args.size > args.tail + 1
 
     make, X = model_factory()

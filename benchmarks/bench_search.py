@@ -33,7 +33,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _search_data as data  # noqa: E402
-from _common import PEERS_PYTHON, eprint, git_state, machine, peak_rss_mb, ratio, run_measured, table  # noqa: E402
+from _common import PEERS_PYTHON, ensure_bytecode, eprint, git_state, machine, peak_rss_mb, ratio, run_measured, table  # noqa: E402
 
 from model_ops.registry import Registry  # noqa: E402
 
@@ -135,6 +135,7 @@ def main() -> None:
     p.add_argument("--jsonl")
     args = p.parse_args()
     git_start = git_state()
+    ensure_bytecode()
     base = args.keep or tempfile.mkdtemp(prefix="bench_search_")
     root = os.path.join(base, "root")
     out: dict = {"bench": "search", "machine": machine(), "models": args.models, "per_model": args.per_model}

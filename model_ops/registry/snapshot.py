@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_ops.location import Location
-from model_ops.registry import lookup, search
+from model_ops.registry import lookup
 from model_ops.registry.refs import Ref, check_name, parse_ref
 from model_ops.registry.version import ModelVersion
 
 if TYPE_CHECKING:
+    from model_ops.registry.search import SearchPage
     from model_ops.registry.state import RegistryState
 
 FORMAT = 2  # 2: the search tables (search.SCHEMA) beside the state's own
@@ -317,11 +318,15 @@ class Snapshot:
     def search_contents(self) -> dict[str, Any]:
         """The search tables' rows, for comparison with a fold's (``search.contents_of``)."""
         with self._lock:
+            from model_ops.registry import search  # imported by the reads that need it: `resolve` does not
+
             return search.contents(self._conn)
 
     def search(
-        self, query: str, *, order_by: str | None = None, limit: int = search.DEFAULT_LIMIT, cursor: str | None = None
-    ) -> search.SearchPage:
+        self, query: str, *, order_by: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> SearchPage:
+        from model_ops.registry import search
+
         with self._lock:
             pairs, following, order = search.run(self._conn, query, order_by=order_by, limit=limit, cursor=cursor)
         return search.SearchPage(self._page(pairs), following, order)
@@ -446,6 +451,8 @@ def problems(registry_location: Location, fold_to: Any) -> list[str]:
     fold = fold_to(snap.last_seq)
     theirs = contents(fold)
     try:
+        from model_ops.registry import search
+
         searchable = snap.search_contents() == search.contents_of(fold)
     except Exception:  # unreadable search tables are as wrong as different ones
         searchable = False
@@ -538,6 +545,8 @@ def write(
             conn.execute("PRAGMA journal_mode = OFF")
             conn.execute("PRAGMA synchronous = OFF")
             conn.executescript(_SCHEMA)
+            from model_ops.registry import search
+
             with gc_paused():
                 _fill(conn, state)
                 search.fill(conn, state)
