@@ -29,7 +29,7 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,11 @@ CREATE TABLE search_versions(
 );
 CREATE UNIQUE INDEX search_versions_key ON search_versions(model, version);
 CREATE INDEX search_versions_stage ON search_versions(stage, vid);
-CREATE INDEX search_versions_created ON search_versions(created_us);
+CREATE INDEX search_versions_created ON search_versions(created_us, model, version);
+CREATE INDEX search_versions_order ON search_versions(version, model);
+CREATE INDEX search_versions_run ON search_versions(run_id);
+CREATE INDEX search_versions_actor ON search_versions(created_by);
+CREATE INDEX search_versions_digest ON search_versions(digest);
 CREATE TABLE search_aliases(vid INTEGER NOT NULL, alias TEXT NOT NULL);
 CREATE INDEX search_aliases_alias ON search_aliases(alias, vid);
 CREATE INDEX search_aliases_vid ON search_aliases(vid);
@@ -63,9 +67,11 @@ CREATE INDEX search_tags_kv ON search_tags(key, value, vid);
 CREATE INDEX search_tags_vid ON search_tags(vid);
 CREATE TABLE search_metrics(vid INTEGER NOT NULL, key TEXT NOT NULL, value REAL NOT NULL);
 CREATE INDEX search_metrics_kv ON search_metrics(key, value, vid);
+CREATE INDEX search_metrics_vid ON search_metrics(vid, key);
 CREATE TABLE search_params(vid INTEGER NOT NULL, key TEXT NOT NULL, text TEXT NOT NULL, num REAL);
 CREATE INDEX search_params_text ON search_params(key, text, vid);
 CREATE INDEX search_params_num ON search_params(key, num, vid);
+CREATE INDEX search_params_vid ON search_params(vid, key);
 """
 
 _COLUMN_OF = {
@@ -360,11 +366,11 @@ def _glob(pattern: str) -> str:
     return pattern.replace("[", "[[]")
 
 
-def _sql(node: Node, params: list[Any]) -> str:
+def _sql(node: Node, params: list[Any], few: Callable[[Condition], bool]) -> str:
     if isinstance(node, BoolOp):
         if node.op == "not":
-            return f"NOT ({_sql(node.parts[0], params)})"
-        return "(" + f" {node.op.upper()} ".join(_sql(p, params) for p in node.parts) + ")"
+            return f"NOT ({_sql(node.parts[0], params, few)})"
+        return "(" + f" {node.op.upper()} ".join(_sql(p, params, few) for p in node.parts) + ")"
     c = node
     if c.field in _COLUMN_OF:
         if c.op == "exists":
@@ -379,14 +385,46 @@ def _sql(node: Node, params: list[Any]) -> str:
         return f"v.vid IN (SELECT vid FROM search_aliases WHERE {_predicate('alias', c, params)})"
     table = f"search_{c.field}"
     params.append(c.key)
+    # Both forms mean the same. A condition few versions meet is looked up first (`vid IN`, from its index);
+    # one most versions meet is checked version by version (`EXISTS`), so SQLite walks the order's index and stops
+    # at the page's end. At 100k versions: "every version with roc_auc > 0.7" collected first took 88 ms, checked
+    # one by one 0.2 ms; "roc_auc > 0.9999" (none) 121 ms checked one by one, under 1 ms looked up.
+    if few(c):
+        head = f"v.vid IN (SELECT vid FROM {table} WHERE key = ?"
+    else:
+        head = f"EXISTS (SELECT 1 FROM {table} k WHERE k.vid = v.vid AND k.key = ?"
     if c.op == "exists":
-        return f"v.vid IN (SELECT vid FROM {table} WHERE key = ?)"
+        return head + ")"
     key_column = {"tags": "value", "metrics": "value"}.get(c.field)
     if key_column is None:  # params: a number compares with the number the param holds, anything else with its text
         key_column = "num" if all(isinstance(v, (int, float)) for v in c.values) else "text"
         if key_column == "text":
             c = Condition(c.field, c.key, c.op, tuple(str(v) for v in c.values))
-    return f"v.vid IN (SELECT vid FROM {table} WHERE key = ? AND {_predicate(key_column, c, params)})"
+    return f"{head} AND {_predicate(key_column, c, params)})"
+
+
+FEW = 20_000  # a keyed condition met by fewer versions than this is looked up first (see _sql)
+
+
+def _few(conn: sqlite3.Connection) -> Callable[[Condition], bool]:
+    """Whether a tag, metric or param condition is met by fewer than ``FEW`` rows of its table: counted through
+    its index, at most ``FEW`` rows read."""
+
+    def few(c: Condition) -> bool:
+        params: list[Any] = [c.key]
+        where = "key = ?"
+        if c.op != "exists":
+            column = (
+                "value"
+                if c.field != "params"
+                else ("num" if all(isinstance(v, (int, float)) for v in c.values) else "text")
+            )
+            typed = c if column != "text" else Condition(c.field, c.key, c.op, tuple(str(v) for v in c.values))
+            where += " AND " + _predicate(column, typed, params)
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM search_{c.field} WHERE {where} LIMIT {FEW})"
+        return int(conn.execute(sql, params).fetchone()[0]) < FEW
+
+    return few
 
 
 def _predicate(column: str, c: Condition, params: list[Any]) -> str:
@@ -441,7 +479,7 @@ class Order:
         if self.field == "metrics":
             params.append(self.key)
             join = "LEFT JOIN search_metrics o ON o.vid = v.vid AND o.key = ?"
-            return join, "o.value IS NULL", "coalesce(o.value, 0)"
+            return join, "(o.value IS NULL)", "coalesce(o.value, 0)"
         return "", "0", {"created": "v.created_us", "version": "v.version", "name": "''"}[self.field]
 
 
@@ -513,20 +551,26 @@ def run(
     fingerprint = _fingerprint(node, order)
     params: list[Any] = []
     join, missing, value = order.source(params)
-    where = _sql(node, params) if node is not None else "1"
-    # Sorted by (missing ASC, value, model, version), the last three in one direction, so that a row-value
-    # comparison with the cursor's row continues exactly after it.
-    sql = (
-        f"SELECT * FROM (SELECT {missing} AS missing, {value} AS value, v.model AS model, v.version AS version "
-        f"FROM search_versions v {join} WHERE {where}) AS r"
-    )
-    if cursor is not None:
-        last = _decode_cursor(cursor, fingerprint)
-        cmp = "<" if order.descending else ">"
-        sql += f" WHERE (r.missing > ? OR (r.missing = ? AND (r.value, r.model, r.version) {cmp} (?, ?, ?)))"
-        params.extend([last[0], last[0], *last[1:]])
+    where = _sql(node, params, _few(conn)) if node is not None else "1"
     direction = "DESC" if order.descending else "ASC"
-    sql += f" ORDER BY r.missing ASC, r.value {direction}, r.model {direction}, r.version {direction} LIMIT ?"
+    cmp = "<" if order.descending else ">"
+    last = _decode_cursor(cursor, fingerprint) if cursor is not None else None
+    sql = f"SELECT {missing}, {value}, v.model, v.version FROM search_versions v {join} WHERE ({where})"
+    if order.field == "metrics":
+        # Sorted by (missing ASC, value, model, version), the last three in one direction, so that a row-value
+        # comparison with the cursor's row continues exactly after it.
+        if last is not None:
+            sql += f" AND ({missing} > ? OR ({missing} = ? AND ({value}, v.model, v.version) {cmp} (?, ?, ?)))"
+            params.extend([last[0], last[0], *last[1:]])
+        terms = [f"{missing} ASC", f"{value} {direction}"]
+    else:
+        # Plain columns, so that SQLite walks an index in order and stops at the page's end instead of sorting all.
+        keys = ["v.model", "v.version"] if order.field == "name" else [value, "v.model", "v.version"]
+        if last is not None:
+            sql += f" AND ({', '.join(keys)}) {cmp} ({', '.join('?' * len(keys))})"
+            params.extend(last[2:] if order.field == "name" else last[1:])
+        terms = [f"{k} {direction}" for k in keys[:-2]]
+    sql += " ORDER BY " + ", ".join([*terms, f"v.model {direction}", f"v.version {direction}"]) + " LIMIT ?"
     params.append(limit + 1)
     rows = conn.execute(sql, params).fetchall()
     following = None
