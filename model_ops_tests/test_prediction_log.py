@@ -408,7 +408,7 @@ def test_log_version_moves_on_a_write_and_only_then_with_one_probe(root: Path) -
 
     calls.update(has_commit=0, read_after=0)
     assert reg.log_version() == moved and reg.log_version() == moved
-    assert calls == {"has_commit": 2, "read_after": 0}  # one probe per call, nothing read
+    assert calls == {"has_commit": 4, "read_after": 0}  # one probe (two stats: V+1, V) per call, nothing read
 
 
 def test_rows_the_log_cannot_take_fail_their_own_request_only(root: Path) -> None:

@@ -106,21 +106,25 @@ class DeltaCas:
         """Whether the log has commits beyond ``version``: the "did another writer commit?" probe, one ``stat``
         (or ``HEAD``) when something did, two when nothing did.
 
-        Commit ``version + 1`` exists, or commit ``version`` itself is gone: upkeep deletes old commit files only
-        as an unbroken run from the oldest (``expire_commits``), so ``version + 1`` cannot have been deleted while
-        ``version`` remains. On S3, where commits are only expired by Delta's own log retention (7 days), the
+        Commit ``version + 1`` exists, or commit ``version`` itself was expired: upkeep deletes old commit files
+        only as an unbroken run from the oldest (``expire_commits``), so ``version + 1`` cannot have been deleted
+        while ``version`` remains. A newest commit that vanished otherwise is damage, not a change: the next write
+        finds it and refuses (``Registry._newest_commit_problem``). On S3, where commits are only expired by Delta's own log retention (7 days), the
         second probe is skipped; there ``Registry._sync`` keeps the probe exact by refolding a state older than
         ``STALE_AFTER``."""
-        if self.has_commit(version + 1):
-            return True
-        return not self.location.is_s3 and version >= 0 and not self.has_commit(version)
+        return self.has_commit(version + 1) or (version >= 0 and self.expired(version))
 
     def expired(self, version: int) -> bool:
-        """Whether commit ``version`` is gone because upkeep expired it (a newer checkpoint exists), not lost."""
+        """Whether commit ``version`` is gone because upkeep expired it, not lost: only commits below a checkpoint
+        are expired, so one is there beyond it (listed, not read from ``_last_checkpoint``, which two checkpoint
+        writers finishing out of order can set back). One ``stat`` while the commit is there."""
         if self.location.is_s3 or self.has_commit(version):
             return False
-        newest = self.checkpoint_version()
-        return newest is not None and newest > version
+        try:
+            names = os.listdir(self.location.path / "_delta_log")
+        except OSError:
+            return False
+        return any(n[:20].isdigit() and ".checkpoint." in n and int(n[:20]) > version for n in names)
 
     def checkpoint_version(self) -> int | None:
         """The version ``_delta_log/_last_checkpoint`` names (local roots), or None."""
