@@ -658,6 +658,9 @@ def fill(conn: sqlite3.Connection, state: RegistryState) -> dict[tuple[str, int]
         "INSERT INTO search_aliases VALUES (?, ?)",
         [(vids[(m.name, n)], a) for m in state.models.values() for a, n in m.aliases.items() if (m.name, n) in vids],
     )
+    # Statistics for SQLite's planner: without them, at 100k versions, a metric range ordered by that metric took
+    # minutes (it joined the wrong way round) and 14.5 ms with them. 0.6 s at 100k.
+    conn.execute("ANALYZE")
     return vids
 
 
