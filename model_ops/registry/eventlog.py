@@ -70,6 +70,11 @@ def open_or_create(location: Location, schema: pa.Schema, name: str) -> DeltaTab
     return DeltaTable(location.uri, storage_options=opts)
 
 
+def _checkpoints(names: list[str]) -> list[int]:
+    """The versions that have a checkpoint among the ``_delta_log`` file ``names``, ascending."""
+    return sorted({int(n[:20]) for n in names if n[:20].isdigit() and ".checkpoint." in n})
+
+
 class DeltaCas:
     """A Delta table written only by compare-and-swap appends, with a cheap "has anything changed?" probe."""
 
@@ -109,9 +114,9 @@ class DeltaCas:
         Commit ``version + 1`` exists, or commit ``version`` itself was expired: upkeep deletes old commit files
         only as an unbroken run from the oldest (``expire_commits``), so ``version + 1`` cannot have been deleted
         while ``version`` remains. A newest commit that vanished otherwise is damage, not a change: the next write
-        finds it and refuses (``Registry._newest_commit_problem``). On S3, where commits are only expired by Delta's own log retention (7 days), the
-        second probe is skipped; there ``Registry._sync`` keeps the probe exact by refolding a state older than
-        ``STALE_AFTER``."""
+        finds it and refuses (``Registry._newest_commit_problem``). On S3, where commits are only expired by Delta's
+        own log retention (7 days), the second probe is skipped; there ``Registry._sync`` keeps the probe exact by
+        refolding a state older than ``STALE_AFTER``."""
         return self.has_commit(version + 1) or (version >= 0 and self.expired(version))
 
     def expired(self, version: int) -> bool:
@@ -124,7 +129,7 @@ class DeltaCas:
             names = os.listdir(self.location.path / "_delta_log")
         except OSError:
             return False
-        return any(n[:20].isdigit() and ".checkpoint." in n and int(n[:20]) > version for n in names)
+        return any(c > version for c in _checkpoints(names))
 
     def checkpoint_version(self) -> int | None:
         """The version ``_delta_log/_last_checkpoint`` names (local roots), or None."""
@@ -151,7 +156,7 @@ class DeltaCas:
             names = os.listdir(log_dir)
         except FileNotFoundError:
             return 0
-        checkpoints = sorted({int(n[:20]) for n in names if n[:20].isdigit() and ".checkpoint." in n})
+        checkpoints = _checkpoints(names)
         newest = self.checkpoint_version()
         if newest is None or len(checkpoints) < 2:
             return 0

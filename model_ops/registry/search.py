@@ -190,19 +190,19 @@ class _Parser:
             raise _bad(f"search query: expected `and`, `or` or the end {self.where(self.peek())}")
         return node
 
-    def disjunction(self) -> Node:
-        parts = [self.conjunction()]
-        while self.peek().keyword == "or":
+    def _joined(self, keyword: str, operand: Callable[[], Node]) -> Node:
+        """``operand (keyword operand)*``, as one node."""
+        parts = [operand()]
+        while self.peek().keyword == keyword:
             self.take()
-            parts.append(self.conjunction())
-        return parts[0] if len(parts) == 1 else BoolOp("or", tuple(parts))
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else BoolOp(keyword, tuple(parts))
+
+    def disjunction(self) -> Node:
+        return self._joined("or", self.conjunction)
 
     def conjunction(self) -> Node:
-        parts = [self.negation()]
-        while self.peek().keyword == "and":
-            self.take()
-            parts.append(self.negation())
-        return parts[0] if len(parts) == 1 else BoolOp("and", tuple(parts))
+        return self._joined("and", self.negation)
 
     def negation(self) -> Node:
         self.depth += 1
@@ -395,12 +395,16 @@ def _sql(node: Node, params: list[Any], few: Callable[[Condition], bool]) -> str
         head = f"EXISTS (SELECT 1 FROM {table} k WHERE k.vid = v.vid AND k.key = ?"
     if c.op == "exists":
         return head + ")"
-    key_column = {"tags": "value", "metrics": "value"}.get(c.field)
-    if key_column is None:  # params: a number compares with the number the param holds, anything else with its text
-        key_column = "num" if all(isinstance(v, (int, float)) for v in c.values) else "text"
-        if key_column == "text":
-            c = Condition(c.field, c.key, c.op, tuple(str(v) for v in c.values))
-    return f"{head} AND {_predicate(key_column, c, params)})"
+    return f"{head} AND {_keyed_predicate(c, params)})"
+
+
+def _keyed_predicate(c: Condition, params: list[Any]) -> str:
+    """The condition on the value column of a tag, metric or param row."""
+    if c.field != "params":
+        return _predicate("value", c, params)
+    if all(isinstance(v, (int, float)) for v in c.values):  # a number compares with the number the param holds
+        return _predicate("num", c, params)
+    return _predicate("text", Condition(c.field, c.key, c.op, tuple(str(v) for v in c.values)), params)
 
 
 FEW = 20_000  # a keyed condition met by fewer versions than this is looked up first (see _sql)
@@ -414,13 +418,7 @@ def _few(conn: sqlite3.Connection) -> Callable[[Condition], bool]:
         params: list[Any] = [c.key]
         where = "key = ?"
         if c.op != "exists":
-            column = (
-                "value"
-                if c.field != "params"
-                else ("num" if all(isinstance(v, (int, float)) for v in c.values) else "text")
-            )
-            typed = c if column != "text" else Condition(c.field, c.key, c.op, tuple(str(v) for v in c.values))
-            where += " AND " + _predicate(column, typed, params)
+            where += " AND " + _keyed_predicate(c, params)
         sql = f"SELECT count(*) FROM (SELECT 1 FROM search_{c.field} WHERE {where} LIMIT {FEW})"
         return int(conn.execute(sql, params).fetchone()[0]) < FEW
 
@@ -596,6 +594,13 @@ def _param_row(vid: int, key: str, value: Any) -> tuple[int, str, str, float | N
     return vid, str(key), text, num
 
 
+_INSERT_VERSION = f"INSERT INTO search_versions VALUES ({', '.join('?' * 12)})"
+_INSERT_METRIC = "INSERT INTO search_metrics VALUES (?, ?, ?)"
+_INSERT_PARAM = "INSERT INTO search_params VALUES (?, ?, ?, ?)"
+_INSERT_TAG = "INSERT INTO search_tags VALUES (?, ?, ?)"
+_INSERT_ALIAS = "INSERT INTO search_aliases VALUES (?, ?)"
+
+
 def _version_rows(vid: int, m: ModelState, vs: VersionState) -> tuple[tuple, list, list]:
     """The row of one version in ``search_versions``, and its metric and param rows."""
     record = vs.record
@@ -650,12 +655,12 @@ def fill(conn: sqlite3.Connection, state: RegistryState) -> dict[tuple[str, int]
         metric_rows.extend(metrics)
         param_rows.extend(params)
         tag_rows.extend((vid, k, v) for k, v in vs.tags.items())
-    conn.executemany(f"INSERT INTO search_versions VALUES ({', '.join('?' * 12)})", rows)
-    conn.executemany("INSERT INTO search_metrics VALUES (?, ?, ?)", metric_rows)
-    conn.executemany("INSERT INTO search_params VALUES (?, ?, ?, ?)", param_rows)
-    conn.executemany("INSERT INTO search_tags VALUES (?, ?, ?)", tag_rows)
+    conn.executemany(_INSERT_VERSION, rows)
+    conn.executemany(_INSERT_METRIC, metric_rows)
+    conn.executemany(_INSERT_PARAM, param_rows)
+    conn.executemany(_INSERT_TAG, tag_rows)
     conn.executemany(
-        "INSERT INTO search_aliases VALUES (?, ?)",
+        _INSERT_ALIAS,
         [(vids[(m.name, n)], a) for m in state.models.values() for a, n in m.aliases.items() if (m.name, n) in vids],
     )
     # Statistics for SQLite's planner: without them, at 100k versions, a metric range ordered by that metric took
@@ -670,18 +675,14 @@ def contents(conn: sqlite3.Connection) -> dict[str, Any]:
     from collections import Counter
 
     out: dict[str, Any] = {"versions": Counter(r[1:] for r in conn.execute("SELECT * FROM search_versions"))}
-    for table, columns in (("aliases", "alias"), ("tags", "key, value"), ("metrics", "key, value")):
-        out[table] = Counter(
-            conn.execute(
-                f"SELECT v.model, v.version, {', '.join('t.' + c.strip() for c in columns.split(','))} "
-                f"FROM search_{table} t JOIN search_versions v ON v.vid = t.vid"
-            )
-        )
-    out["params"] = Counter(
-        conn.execute(
-            "SELECT v.model, v.version, t.key, t.text, t.num FROM search_params t JOIN search_versions v ON v.vid = t.vid"
-        )
-    )
+    for table, columns in (
+        ("aliases", "t.alias"),
+        ("tags", "t.key, t.value"),
+        ("metrics", "t.key, t.value"),
+        ("params", "t.key, t.text, t.num"),
+    ):
+        query = f"SELECT v.model, v.version, {columns} FROM search_{table} t JOIN search_versions v ON v.vid = t.vid"
+        out[table] = Counter(conn.execute(query))
     return out
 
 
@@ -721,7 +722,6 @@ class SearchIndex:
 
     def _update(self, state: RegistryState, touched: Iterable[tuple[str, int]]) -> None:
         conn = self._conn
-        nxt = max(self._vids.values(), default=0) + 1
         with conn:
             for name, number in sorted(touched):
                 m = state.models.get(name)
@@ -729,16 +729,15 @@ class SearchIndex:
                 if m is None or vs is None:
                     continue
                 vid = self._vids.get((name, number))
-                if vid is None:
-                    vid, nxt = nxt, nxt + 1
-                    self._vids[(name, number)] = vid
+                if vid is None:  # vids run 1..n, as fill numbers them and this continues
+                    vid = self._vids[(name, number)] = len(self._vids) + 1
                     row, metrics, params = _version_rows(vid, m, vs)
-                    conn.execute(f"INSERT INTO search_versions VALUES ({', '.join('?' * 12)})", row)
-                    conn.executemany("INSERT INTO search_metrics VALUES (?, ?, ?)", metrics)
-                    conn.executemany("INSERT INTO search_params VALUES (?, ?, ?, ?)", params)
+                    conn.execute(_INSERT_VERSION, row)
+                    conn.executemany(_INSERT_METRIC, metrics)
+                    conn.executemany(_INSERT_PARAM, params)
                 else:
                     conn.execute("UPDATE search_versions SET stage = ? WHERE vid = ?", (vs.stage, vid))
                     conn.execute("DELETE FROM search_tags WHERE vid = ?", (vid,))
                     conn.execute("DELETE FROM search_aliases WHERE vid = ?", (vid,))
-                conn.executemany("INSERT INTO search_tags VALUES (?, ?, ?)", [(vid, k, v) for k, v in vs.tags.items()])
-                conn.executemany("INSERT INTO search_aliases VALUES (?, ?)", [(vid, a) for a in m.aliases_of(number)])
+                conn.executemany(_INSERT_TAG, [(vid, k, v) for k, v in vs.tags.items()])
+                conn.executemany(_INSERT_ALIAS, [(vid, a) for a in m.aliases_of(number)])

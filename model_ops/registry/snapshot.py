@@ -317,9 +317,9 @@ class Snapshot:
 
     def search_contents(self) -> dict[str, Any]:
         """The search tables' rows, for comparison with a fold's (``search.contents_of``)."""
-        with self._lock:
-            from model_ops.registry import search  # imported by the reads that need it: `resolve` does not
+        from model_ops.registry import search  # imported by the reads that need it: `resolve` does not
 
+        with self._lock:
             return search.contents(self._conn)
 
     def search(
