@@ -61,6 +61,11 @@ class Location:
         rest = self.uri[len("s3://") :].split("/", 1)
         return rest[1] if len(rest) > 1 else ""
 
+    @property
+    def parent(self) -> Location:
+        """The location one level up (the registry root of one of its tables)."""
+        return Location(self.uri.rstrip("/").rsplit("/", 1)[0])
+
     def child(self, *parts: str) -> Location:
         return Location("/".join([self.uri.rstrip("/"), *[p.strip("/") for p in parts]]))
 
@@ -449,3 +454,59 @@ def resolve_root(root: str | os.PathLike[str] | Location | None = None) -> Locat
             hint="use a local path or s3://BUCKET/PREFIX",
         )
     return Location(str(Path(raw).expanduser().resolve()))
+
+
+CONDITIONAL_PROBE_NAME = "conditional-write-probe"
+_CONDITIONAL_WRITES_SEEN: set[tuple[str | None, str]] = set()
+
+
+def require_conditional_writes(location: Location) -> None:
+    """Refuse to write to an S3 store that does not honour put-if-absent (``If-None-Match: *``).
+
+    Every registry commit is a put-if-absent of the next Delta log version: that is what makes version numbers
+    unique and stops two writers from overwriting each other's commits. AWS S3 and current S3-compatible stores
+    honour it; some older ones ignore the header and store the object anyway, which would lose commits silently.
+    (delta-rs, the Delta engine, dropped its DynamoDB lock for such stores in 1.x, so there is nothing to fall back
+    on.) The probe puts one small object at ``<location>/conditional-write-probe`` with the condition: once it
+    exists, the put must be refused. One request per process and bucket, then remembered."""
+    if not location.is_s3:
+        return
+    seen = (s3_endpoint(), location.bucket)
+    if seen in _CONDITIONAL_WRITES_SEEN:
+        return
+    from botocore.exceptions import ClientError
+
+    client, key = s3_client(), location.key(CONDITIONAL_PROBE_NAME)
+    body = b"model_ops checks that this store refuses a second put-if-absent of this object\n"
+
+    def put() -> str:
+        try:
+            client.put_object(Bucket=location.bucket, Key=key, Body=body, IfNoneMatch="*")
+            return "stored"
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
+                return "refused"
+            if code == "NotImplemented" or status == 501:
+                return "unsupported"
+            raise
+
+    outcome = retry_transient(put)
+    if outcome == "stored":  # the probe's first put in this bucket: the same put must now be refused
+        outcome = retry_transient(put)
+    if outcome != "refused":
+        endpoint = current_endpoint_url()
+        how = (
+            "answered 501 Not Implemented to a put with If-None-Match"
+            if outcome == "unsupported"
+            else f"stored s3://{location.bucket}/{key} twice, ignoring If-None-Match: * on the second put"
+        )
+        raise UsageError(
+            f"the S3 store at {endpoint} does not support conditional writes: it {how}. model_ops commits each "
+            "registry version by put-if-absent, so on this store two writers could overwrite each other's commits; "
+            "nothing was written to the registry",
+            hint="use a store that honours If-None-Match on PUT (AWS S3; current MinIO, Ceph RGW or Cloudflare R2), "
+            "or a local --root",
+        )
+    _CONDITIONAL_WRITES_SEEN.add(seen)

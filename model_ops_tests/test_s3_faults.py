@@ -45,6 +45,11 @@ _HOP_BY_HOP = {
 }
 
 
+# What a store without conditional writes ignores: the request goes through as if they were not there. (The
+# signature still matches: the client signs only Host, x-amz-date and x-amz-content-sha256 by default.)
+_CONDITIONS = frozenset({"if-none-match", "if-match"})
+
+
 class _Dropped(Exception):
     """The proxy cut the client's connection on purpose; stop handling it."""
 
@@ -225,12 +230,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.wfile.flush()
 
-    def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(self, body: bytes, *, drop: frozenset[str] = frozenset()) -> tuple[int, list[tuple[str, str]], bytes]:
         upstream = http.client.HTTPConnection("127.0.0.1", self.state.upstream_port, timeout=60)
         try:
             upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             for k, v in self.headers.items():
-                if k.lower() not in _HOP_BY_HOP:
+                if k.lower() not in _HOP_BY_HOP and k.lower() not in drop:
                     upstream.putheader(k, v)
             if body or self.command in ("PUT", "POST"):
                 upstream.putheader("Content-Length", str(len(body)))
@@ -263,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(error)))]
             self._reply(int(action), headers, error, send_body=self.command != "HEAD")
             return
-        status, headers, data = self._forward(body)
+        status, headers, data = self._forward(body, drop=_CONDITIONS if action == "ignore_conditions" else frozenset())
         if action in ("lose_reply", "lose_reply_clean"):
             self._drop(clean=action == "lose_reply_clean")  # the write landed; its reply never arrives
         if action == "cut_body" and self.command == "GET" and status < 300 and len(data) > 1:
@@ -311,7 +316,8 @@ class FaultProxy:
 
     ``action``: ``reset``; ``403``, ``500``, ``503`` (an S3 error answer, not forwarded); ``outage`` with
     ``seconds``; ``lose_reply`` (forwarded, then the connection is reset before the reply); ``lose_reply_clean``
-    (the same with a plain close); ``cut_body`` (half of a successful GET's body, then a reset).
+    (the same with a plain close); ``cut_body`` (half of a successful GET's body, then a reset);
+    ``ignore_conditions`` (forwarded without ``If-None-Match`` and ``If-Match``, as a store that ignores them).
 
     Optional: ``method``; ``path`` (a regex searched in the request target); ``skip`` (let the first N matches
     through); ``every`` (act on every Nth match); ``prob`` (act with this probability, from a seeded generator);
@@ -383,6 +389,7 @@ def proxy(proxy_server: FaultProxy, s3_root: str, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy_server.endpoint)
     monkeypatch.delenv("MODEL_OPS_S3_DEADLINE", raising=False)
     location._cached_client.cache_clear()
+    location._CONDITIONAL_WRITES_SEEN.clear()
     proxy_server.clear()
     yield proxy_server
     proxy_server.clear()
@@ -541,6 +548,29 @@ def test_resets_and_server_errors_are_retried(
     assert code == 0, err
     proxy.clear()
     assert [v for v, _ in _versions(s3_root)] == [1, 2]
+
+
+@pytest.mark.s3
+def test_a_store_that_ignores_conditional_writes_is_refused(
+    proxy: FaultProxy, s3_root: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], direct: Any
+) -> None:
+    """A store that ignores ``If-None-Match`` would let two writers overwrite each other's commits: the first write
+    of a process to such a store stops with exit 2 and says why, before any commit, and the registry is as it was.
+    The same store honouring the header again is written to as usual."""
+    from model_ops import location
+
+    assert _cli(capsys, s3_root, "register", MODEL, str(_model_file(tmp_path, "first")))[0] == 0
+    location._CONDITIONAL_WRITES_SEEN.clear()  # as a new process would
+    proxy.set_rules([{"method": "PUT", "action": "ignore_conditions"}])
+    code, out, err = _cli(capsys, s3_root, "register", MODEL, str(_model_file(tmp_path, "second")))
+    assert code == 2, err
+    assert "does not support conditional writes" in err and "ignoring If-None-Match" in err, err
+    assert "Traceback" not in err
+    proxy.clear()
+    assert [v for v, _ in _versions(s3_root)] == [1]
+    assert _cli(capsys, s3_root, "register", MODEL, str(_model_file(tmp_path, "second")))[0] == 0
+    assert [v for v, _ in _versions(s3_root)] == [1, 2]
+    assert _cli(capsys, s3_root, "fsck")[0] == 0
 
 
 @pytest.mark.slow

@@ -33,7 +33,15 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from model_ops.location import Deadline, Location, is_transient, object_exists, retry_transient, s3_client
+from model_ops.location import (
+    Deadline,
+    Location,
+    is_transient,
+    object_exists,
+    require_conditional_writes,
+    retry_transient,
+    s3_client,
+)
 from model_ops.registry import events as ev
 
 log = logging.getLogger(__name__)
@@ -223,6 +231,7 @@ class DeltaCas:
         against it); none yet, after a transient failure → the same commit is tried again from the same snapshot
         until the deadline, then :class:`S3UnavailableError`. Every attempt targets V+1 and only V+1, and put-if-
         absent lets at most one of them land, so a retry can never commit the events twice."""
+        require_conditional_writes(self.location.parent)
         base = self.version
         commit_id = uuid.uuid4().hex
         props = CommitProperties(max_commit_retries=0, custom_metadata={COMMIT_ID_KEY: commit_id})

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model_ops.errors import IntegrityError, ModelOpsError
-from model_ops.location import Location, retry_transient, s3_client
+from model_ops.location import Location, require_conditional_writes, retry_transient, s3_client
 from model_ops.registry import attest, chain, repair, search, snapshot
 from model_ops.registry import events as ev
 from model_ops.registry.eventlog import DeltaCas, EventLog
@@ -90,6 +90,7 @@ def upkeep_lock(location: Location) -> Iterator[str | None]:
         return
     from botocore.exceptions import ClientError
 
+    require_conditional_writes(location)  # the lease is a put-if-absent too
     client, key = s3_client(), location.key(LEASE_NAME)
     body = f'{{"holder": "{socket.gethostname()}:{os.getpid()}", "since": "{datetime.now(timezone.utc).isoformat()}"}}'
     try:
