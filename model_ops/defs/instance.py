@@ -20,6 +20,7 @@ EMBEDDED_YAML = "telemetry:\n  enabled: false\n"  # SQLite in $DAGSTER_HOME itse
 POSTGRES_YAML = Path(__file__).with_name("dagster.postgres.yaml")
 POSTGRES_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
 KINDS = ("sqlite", "postgres")
+COMPUTE_LOGS_PREFIX = "dagster-compute-logs"
 
 
 def selected() -> str | None:
@@ -57,6 +58,32 @@ def instance_yaml(kind: str) -> str:
         return EMBEDDED_YAML
     check_postgres_env()
     return POSTGRES_YAML.read_text()
+
+
+def compute_logs_yaml() -> str:
+    """With ``MODEL_OPS_ENV=s3``, the ``compute_logs`` section that keeps each step's stdout and stderr in the
+    same bucket as the registry and the datasets (``<root>/dagster-compute-logs``), so a run's logs outlive the
+    machine that ran it; '' otherwise. The endpoint and credentials come from the standard AWS settings, as for
+    the rest of the state."""
+    from model_ops.defs.resources import environment
+    from model_ops.location import resolve_root
+
+    if environment() != "s3":
+        return ""
+    root = resolve_root(None)
+    if not root.is_s3:
+        raise UsageError(
+            f"MODEL_OPS_ENV=s3 needs MODEL_OPS_ROOT=s3://bucket/prefix, got {root.uri}",
+            hint="set MODEL_OPS_ROOT (or pass --root) to an s3:// URI",
+        )
+    section = {
+        "compute_logs": {
+            "module": "dagster_aws.s3.compute_log_manager",
+            "class": "S3ComputeLogManager",
+            "config": {"bucket": root.bucket, "prefix": root.key(COMPUTE_LOGS_PREFIX)},
+        }
+    }
+    return "# MODEL_OPS_ENV=s3: step logs in the bucket of the model_ops root\n" + yaml.safe_dump(section)
 
 
 def reads_connection_env(text: str) -> bool:
@@ -98,7 +125,7 @@ def prepare_home(dagster_home: str | None) -> Path:
         if have == "postgres" and reads_connection_env(text):
             check_postgres_env()
     else:
-        text = instance_yaml(wanted or "sqlite")
+        text = instance_yaml(wanted or "sqlite") + compute_logs_yaml()
         home.mkdir(parents=True, exist_ok=True)
         config.write_text(text)
     os.environ["DAGSTER_HOME"] = str(home)
