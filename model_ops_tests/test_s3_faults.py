@@ -550,6 +550,7 @@ def test_resets_and_server_errors_are_retried(
     assert [v for v, _ in _versions(s3_root)] == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_a_store_that_ignores_conditional_writes_is_refused(
     proxy: FaultProxy, s3_root: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], direct: Any
