@@ -137,6 +137,7 @@ def main() -> None:
     git_start = git_state()
     ensure_bytecode()
     base = args.keep or tempfile.mkdtemp(prefix="bench_search_")
+    os.makedirs(base, exist_ok=True)
     root = os.path.join(base, "root")
     out: dict = {"bench": "search", "machine": machine(), "models": args.models, "per_model": args.per_model}
     try:
