@@ -257,6 +257,49 @@ def test_the_index_follows_every_kind_of_change(tmp_path: Path) -> None:
     assert found(reg, "alias = best") == set() and found(reg, "tags.team = b") == {"models:/m/2", "models:/m/5"}
 
 
+def test_a_fold_resumed_from_a_snapshot_starts_its_index_from_the_snapshot_s_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the log moved past the snapshot, the first search copies the snapshot's search tables and applies
+    only what changed after it (no build from the fold): the tables then hold exactly what a build would, and
+    the answers are those of a fold that never saw the snapshot."""
+    from model_ops.registry import search
+
+    reg = Registry.open(tmp_path / "root", actor="alice")
+    for i in range(6):
+        name = ("m", "n")[i % 2]
+        reg.register(name, _blob(tmp_path, f"s{i}"), tags={"team": "a"}, metrics={"auc": 0.5 + i / 20})
+    reg.set_alias("m", "best", 1, reason="first")
+    reg.maintain()
+    reg.set_tag("models:/m/2", "team", "b")
+    reg.remove_tag("models:/n/1", "team")
+    reg.set_alias("m", "best", 3, reason="moved")  # version 1 loses it
+    reg.transition("models:/n/2", "staging", reason="candidate")
+    reg.register("n", _blob(tmp_path, "s6"), tags={"team": "b"}, metrics={"auc": 0.99})
+
+    resumed = Registry.open(reg.root)
+
+    def no_build(*_: Any) -> None:
+        raise AssertionError("the index was built from the fold instead of copied from the snapshot")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(search, "fill", no_build)
+        assert found(resumed, "tags.team = b") == {"models:/m/2", "models:/n/4"}
+    assert resumed._state is not None and resumed._state.seed is not None
+    index = resumed._search_index
+    assert index is not None
+    assert search.contents(index._conn) == search.contents_of(resumed._state)
+
+    probes = ["", "tags.team = a", "alias = best", "stage = staging", "metrics.auc > 0.7", "version = 4"]
+    never_resumed = Registry.open(reg.root)
+    never_resumed._resume = False
+    for q in probes:
+        assert found(resumed, q) == found(never_resumed, q), q
+    resumed.register("m", _blob(tmp_path, "s7"), tags={"team": "c"})  # the copied index follows later writes too
+    assert found(resumed, "tags.team = c") == {"models:/m/4"}
+    assert search.contents(index._conn) == search.contents_of(resumed._state)
+
+
 def test_a_snapshot_answers_searches_as_the_fold_does_and_a_fresh_command_needs_no_delta_engine(
     corpus: Registry, tmp_path: Path
 ) -> None:

@@ -74,6 +74,8 @@ CREATE INDEX search_params_num ON search_params(key, num, vid);
 CREATE INDEX search_params_vid ON search_params(vid, key);
 """
 
+TABLES = ("search_versions", "search_aliases", "search_tags", "search_metrics", "search_params")
+
 _COLUMN_OF = {
     "name": "model",
     "version": "version",
@@ -711,9 +713,16 @@ class SearchIndex:
         with self._lock:
             if state is not self._state or state.touched is None:
                 self._conn.close()
-                self._conn = sqlite3.connect(":memory:", check_same_thread=False)
+                self._conn = sqlite3.connect("file::memory:", uri=True, check_same_thread=False)
+                if state.seed is not None and state.touched is not None and state.seed.copy_search_tables(self._conn):
+                    # A fold resumed from a snapshot: its tables as of the snapshot, then what changed since.
+                    rows = self._conn.execute("SELECT model, version, vid FROM search_versions")
+                    self._vids = {(name, number): vid for name, number, vid in rows}
+                    self._update(state, state.touched)
+                    self._conn.execute("ANALYZE")
+                else:
+                    self._vids = fill(self._conn, state)
                 state.touched = set()
-                self._vids = fill(self._conn, state)
                 self._state = state
             elif state.touched:
                 self._update(state, state.touched)

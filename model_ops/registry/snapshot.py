@@ -409,7 +409,28 @@ class Snapshot:
         state.last_ts = datetime.fromisoformat(last_ts) if last_ts else None
         state.problems = list(self.meta("problems") or [])
         state.gap_after = self.meta("gap_after")
+        state.seed, state.touched = self, set()  # what the events after this one change, for the search seed
         return state
+
+    def copy_search_tables(self, conn: sqlite3.Connection) -> bool:
+        """Copy this snapshot's search tables (``search.SCHEMA``, as maintenance filled them from the same fold
+        this snapshot holds) into ``conn``, which must have been opened with ``uri=True``. False when the file
+        is gone (pruned since it was opened): the caller builds the tables from the fold instead."""
+        from model_ops.registry import search
+
+        uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
+        try:
+            conn.execute("ATTACH DATABASE ? AS seed", (uri,))
+        except sqlite3.Error:
+            return False
+        try:
+            conn.executescript(search.SCHEMA)
+            with conn:
+                for table in search.TABLES:
+                    conn.execute(f"INSERT INTO main.{table} SELECT * FROM seed.{table}")
+        finally:
+            conn.execute("DETACH DATABASE seed")
+        return True
 
 
 def contents(state: RegistryState) -> dict[str, Any]:

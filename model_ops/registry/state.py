@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,9 @@ import pyarrow.compute as pc
 
 from model_ops.registry import events as ev
 from model_ops.registry.semver import SemverIndex
+
+if TYPE_CHECKING:
+    from model_ops.registry.snapshot import Snapshot
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -165,6 +168,9 @@ class RegistryState:
         # (model, version) of every version an event registered or changed since the search index last looked
         # (search.SearchIndex); None until a search asks, so a fold nobody searches records nothing.
         self.touched: set[tuple[str, int]] | None = None
+        # The snapshot this fold was resumed from (``Snapshot.state``): its search tables are this fold's as of the
+        # snapshot's event, so the first search copies them and applies only ``touched`` instead of building.
+        self.seed: Snapshot | None = None
 
     def model(self, name: str) -> ModelState:
         m = self.models.get(name)
