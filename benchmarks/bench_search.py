@@ -165,15 +165,16 @@ def main() -> None:
         writer = Registry.open(root, actor="bench")
         scratch = os.path.join(base, "one-more.bin")
         with open(scratch, "w") as f:
-            f.write("one more")
+            f.write(f"one more {time.time_ns()}")  # new bytes: a re-run on a kept registry must write too
         writer.register(probe, scratch, metrics={"roc_auc": 0.5}, tags={"team": "fraud"})
         fold = Registry.open(root)
+        assert fold._direct() is None, "the write left the snapshot current"
         t = time.perf_counter()
         fold.search(queries[0][1])
         first_s = time.perf_counter() - t
         out["index_path"] = time_queries(fold, args.models, args.reps)
         with open(scratch, "w") as f:
-            f.write("and another")
+            f.write(f"and another {time.time_ns()}")
         writer.register(probe, scratch, metrics={"roc_auc": 0.51}, tags={"team": "fraud"})
         t = time.perf_counter()
         fold.search(queries[0][1])
