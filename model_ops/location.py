@@ -64,7 +64,10 @@ class Location:
     @property
     def parent(self) -> Location:
         """The location one level up (the registry root of one of its tables)."""
-        return Location(self.uri.rstrip("/").rsplit("/", 1)[0])
+        if self.is_s3:
+            head, _, tail = self.uri[len("s3://") :].rstrip("/").rpartition("/")
+            return Location(f"s3://{head}") if head and tail else self
+        return Location(os.path.dirname(self.uri.rstrip("/")) or self.uri)
 
     def child(self, *parts: str) -> Location:
         return Location("/".join([self.uri.rstrip("/"), *[p.strip("/") for p in parts]]))
@@ -486,11 +489,18 @@ def require_conditional_writes(location: Location) -> None:
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
-                return "refused"
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return "refused"  # a conflict with a concurrent put-if-absent: the condition was evaluated too
             if code == "NotImplemented" or status == 501:
                 return "unsupported"
-            raise
+            if is_transient(e):
+                raise
+            raise UsageError(
+                f"the S3 store at {current_endpoint_url()} refused a put-if-absent of "
+                f"s3://{location.bucket}/{key} with {status} {code}: {e.response.get('Error', {}).get('Message', '')}",
+                hint="model_ops needs to write below its root with If-None-Match (put-if-absent): check the "
+                "credentials' permissions and that the store supports conditional writes",
+            ) from None
 
     outcome = retry_transient(put)
     if outcome == "stored":  # the probe's first put in this bucket: the same put must now be refused

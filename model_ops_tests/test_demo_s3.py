@@ -21,6 +21,7 @@ def test_the_demo_replays_on_s3_end_to_end(
     from model_ops.defs.workspace import synchronous_instance
 
     monkeypatch.setenv("MODEL_OPS_ENV", "s3")
+    monkeypatch.setenv("MODEL_OPS_ROOT", s3_root)  # run_demo sets it too; this way it is restored afterwards
     monkeypatch.chdir(tmp_path)
     home = tmp_path / "home"
     monkeypatch.setenv("DAGSTER_HOME", str(home))

@@ -46,7 +46,7 @@ _HOP_BY_HOP = {
 
 
 # What a store without conditional writes ignores: the request goes through as if they were not there. (The
-# signature still matches: the client signs only Host, x-amz-date and x-amz-content-sha256 by default.)
+# client signs If-None-Match too; the test server does not check signatures, so the stripped request is taken.)
 _CONDITIONS = frozenset({"if-none-match", "if-match"})
 
 

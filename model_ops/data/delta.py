@@ -18,7 +18,7 @@ from pyarrow.parquet import filters_to_expression
 
 from model_ops.data.arrow import pool, to_pandas
 from model_ops.errors import NotFoundError
-from model_ops.location import Location
+from model_ops.location import Location, require_conditional_writes
 
 PARTITION = "partition"
 # Every model_ops table keeps its history (log entries and replaced files) for ten years, because lineage points at
@@ -82,6 +82,7 @@ class Dataset:
         says ``OR column IS NULL``. delta-rs cannot evaluate a condition on a column the table lacks, so the
         columns of ``data`` the table does not have yet are added to it first (null in the rows already there),
         in a commit of their own."""
+        require_conditional_writes(self.location.parent)
         failures: list[BaseException] = []
         if isinstance(data, pa.Table):
             _require_partition(data, key)
@@ -115,6 +116,7 @@ class Dataset:
     def append(self, data: pa.Table | pa.RecordBatchReader, commit_properties: CommitProperties | None = None) -> None:
         """Append rows in one commit, creating the table (partitioned by ``partition``, keeping its history, as
         every model_ops table is) when it does not exist yet."""
+        require_conditional_writes(self.location.parent)
         write_deltalake(
             self.uri,
             data,
@@ -127,6 +129,7 @@ class Dataset:
 
     def add_columns(self, schema: pa.Schema) -> None:
         """Add the columns of ``schema`` the table lacks (nullable, null in its rows), so a condition can name them."""
+        require_conditional_writes(self.location.parent)
         table = self.table()
         have = set(table.schema().to_arrow().names)
         missing = [f.with_nullable(True) for f in schema if f.name not in have]
@@ -135,6 +138,7 @@ class Dataset:
 
     def delete_partition(self, key: str) -> int | None:
         """Remove one partition's rows; returns the new version (None when the table does not exist yet)."""
+        require_conditional_writes(self.location.parent)
         if not self.exists():
             return None
         table = self.table()
@@ -146,6 +150,7 @@ class Dataset:
     def overwrite(self, data: pa.Table, metadata: dict[str, str] | None = None) -> int:
         """Replace the whole table (unpartitioned snapshots); old versions stay readable. The rows are stored in
         the order given (the engine reorders a table of several chunks, so it is written as one)."""
+        require_conditional_writes(self.location.parent)
         if any(column.num_chunks > 1 for column in data.columns):
             data = data.combine_chunks()
         props = CommitProperties(custom_metadata=metadata) if metadata else None

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from deltalake.exceptions import DeltaError
 
 from model_ops.errors import IntegrityError
-from model_ops.location import Location, retry_transient, s3_client
+from model_ops.location import Location, require_conditional_writes, retry_transient, s3_client
 from model_ops.registry import events as ev
 from model_ops.registry.receipts import Receipts, events_of
 
@@ -309,6 +309,7 @@ def repair(registry: Registry, *, apply: bool = False) -> dict[str, Any]:
             + "; nothing was changed",
             hint="restore registry/events from a backup",
         )
+    require_conditional_writes(registry.location)  # before the log is moved aside, not at the rebuilt commit
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = _move_aside(events_location, f"events.damaged-{stamp}")
     receipts_aside = _move_aside(receipts.location, f"receipts.damaged-{stamp}")

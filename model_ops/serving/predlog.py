@@ -50,7 +50,7 @@ from deltalake.exceptions import CommitFailedError, SchemaMismatchError
 
 from model_ops.data.arrow import to_pandas
 from model_ops.data.delta import HISTORY, PARTITION, Dataset
-from model_ops.location import Location
+from model_ops.location import Location, require_conditional_writes
 
 log = logging.getLogger("model_ops.serving")
 
@@ -405,6 +405,7 @@ class PredictionLog:
 
     @staticmethod
     def _write_delta(dataset: Dataset, handle: DeltaTable | None, table: pa.Table, schema: pa.Schema | None) -> None:
+        require_conditional_writes(dataset.location.parent)
         write_deltalake(
             handle if handle is not None else dataset.uri,
             table,
