@@ -466,7 +466,7 @@ _CONDITIONAL_WRITES_SEEN: set[tuple[str | None, str]] = set()
 def require_conditional_writes(location: Location) -> None:
     """Refuse to write to an S3 store that does not honour put-if-absent (``If-None-Match: *``).
 
-    Every registry commit is a put-if-absent of the next Delta log version: that is what makes version numbers
+    Every Delta commit (the registry's, a dataset's, the prediction log's) is a put-if-absent of the next Delta log version: that is what makes version numbers
     unique and stops two writers from overwriting each other's commits. AWS S3 and current S3-compatible stores
     honour it; some older ones ignore the header and store the object anyway, which would lose commits silently.
     (delta-rs, the Delta engine, dropped its DynamoDB lock for such stores in 1.x, so there is nothing to fall back
@@ -514,8 +514,8 @@ def require_conditional_writes(location: Location) -> None:
         )
         raise UsageError(
             f"the S3 store at {endpoint} does not support conditional writes: it {how}. model_ops commits each "
-            "registry version by put-if-absent, so on this store two writers could overwrite each other's commits; "
-            "nothing was written to the registry",
+            "version of its tables (the registry's, the datasets', the prediction log's) by put-if-absent, so on "
+            "this store two writers could overwrite each other's commits; nothing was committed",
             hint="use a store that honours If-None-Match on PUT (AWS S3; current MinIO, Ceph RGW or Cloudflare R2), "
             "or a local --root",
         )

@@ -142,6 +142,18 @@ def skops_calling(module: str, name: str, args: list[str]) -> bytes:
 # ---------------------------------------------------------------------------------------------------- blobs
 
 
+def s3_keys(root: str, under: str = "") -> dict[str, int]:
+    """Every object below ``root`` (or below ``root/under``) in the test bucket: full key -> size."""
+    from model_ops.location import resolve_root, s3_client
+
+    location = resolve_root(root)
+    prefix = location.key(under) if under else location.key_prefix
+    out = {}
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix + "/"):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
 def blob_path(root: str | os.PathLike[str], digest: str) -> Path:
     """Where the local blob store keeps ``digest`` under a registry root."""
     return Path(root) / "artifacts" / "sha256" / digest[:2] / digest[2:]

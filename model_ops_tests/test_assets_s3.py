@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import boto3
 import dagster as dg
 import pytest
 
@@ -10,11 +9,12 @@ from model_ops.defs.resources import resources
 from model_ops.errors import UsageError
 from model_ops.ops import deployment as dep
 from model_ops_tests.graph_helpers import TRAIN_TO_DEPLOY, Graph
+from model_ops_tests.helpers import s3_keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
 
-def test_lifecycle_on_s3(s3_root: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lifecycle_on_s3(s3_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_OPS_ENV", "s3")
     monkeypatch.setenv("MODEL_OPS_ROOT", s3_root)
     assert resources()["model_ops"].location().uri == s3_root
@@ -29,13 +29,8 @@ def test_lifecycle_on_s3(s3_root: str, s3_endpoint: str, monkeypatch: pytest.Mon
         assert reg.resolve("models:/flight_delay@champion").dataset["uri"].startswith(s3_root)
         assert len(g.resource.dataset("flight_delay", "predictions").read()) > 20000
 
-    bucket, prefix = s3_root[5:].split("/", 1)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    keys = [
-        o["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for o in page.get("Contents", [])
-    ]
+    prefix = s3_root[len("s3://") :].split("/", 1)[1]
+    keys = s3_keys(s3_root)
     for part in (
         "datasets/flight_delay/features/",
         "datasets/flight_delay/predictions/",

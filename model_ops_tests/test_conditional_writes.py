@@ -7,7 +7,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 
 from model_ops import location
 from model_ops.errors import UsageError
@@ -30,19 +30,11 @@ def stubbed(monkeypatch: pytest.MonkeyPatch) -> Any:
     location._CONDITIONAL_WRITES_SEEN.clear()
 
 
-class _Any:
-    def __eq__(self, other: object) -> bool:
-        return True
-
-
-ANY_BODY = _Any()  # the probe's bytes are not the point
-
-
 def _put(stub: Stubber, error: tuple[str, int] | None = None) -> None:
     expected = {
         "Bucket": "bucket",
         "Key": "team/registry/conditional-write-probe",
-        "Body": ANY_BODY,
+        "Body": ANY,
         "IfNoneMatch": "*",
     }
     if error is None:

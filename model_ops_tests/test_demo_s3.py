@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
+
+from model_ops_tests.helpers import s3_keys
 
 
 @pytest.mark.slow
 @pytest.mark.s3
-def test_the_demo_replays_on_s3_end_to_end(
-    s3_root: str, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_demo_replays_on_s3_end_to_end(s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 
     from model_ops.defs.instance import COMPUTE_LOGS_PREFIX
@@ -42,13 +41,8 @@ def test_the_demo_replays_on_s3_end_to_end(
     finally:
         instance.dispose()
 
-    bucket, prefix = s3_root[len("s3://") :].split("/", 1)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    keys = [
-        o["Key"][len(prefix) + 1 :]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-        for o in page.get("Contents", [])
-    ]
+    prefix = s3_root[len("s3://") :].split("/", 1)[1]
+    keys = [k[len(prefix) + 1 :] for k in s3_keys(s3_root)]
     for part in (
         "datasets/flight_delay/flights/_delta_log/",
         "datasets/flight_delay/features/_delta_log/",

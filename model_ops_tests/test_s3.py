@@ -22,6 +22,7 @@ from model_ops_tests.helpers import (
     MODEL,
     check_audit,
     check_invariants,
+    s3_keys,
     snapshot,
     tiny_model,
     training_data,
@@ -30,14 +31,6 @@ from model_ops_tests.helpers import (
 )
 
 pytestmark = pytest.mark.s3
-
-
-def _keys(root: str, under: str = "") -> dict[str, int]:
-    prefix = resolve_root(root).key(under) if under else resolve_root(root).key_prefix
-    out = {}
-    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix + "/"):
-        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
-    return out
 
 
 def _blob_key(root: str, digest: str) -> str:
@@ -83,7 +76,7 @@ def test_lifecycle_on_s3(s3_root: str, tmp_path: Path) -> None:
     assert snapshot(other) == snapshot(reg)
     check_invariants(other)
     assert other.fsck() == []
-    keys = _keys(s3_root)
+    keys = s3_keys(s3_root)
     assert any("/registry/events/_delta_log/" in k for k in keys)
     assert any("/artifacts/sha256/" in k for k in keys)
     assert not Path("s3:").exists()  # nothing went to a local folder by mistake
@@ -104,9 +97,9 @@ def test_multipart_round_trip_dedup_and_damage(s3_root: str, tmp_path: Path, mon
     got = reg.fetch(mv.ref, tmp_path / "out" / "weights.bin")
     assert got.read_bytes() == data
 
-    before = _keys(s3_root, "artifacts")
+    before = s3_keys(s3_root, "artifacts")
     twin = reg.register("big-twin", write_file(tmp_path / "in2", "weights.bin", data))
-    assert twin.digest == mv.digest and _keys(s3_root, "artifacts") == before  # nothing uploaded again
+    assert twin.digest == mv.digest and s3_keys(s3_root, "artifacts") == before  # nothing uploaded again
     assert reg.fsck() == []
 
     # Flip one byte of the stored file (overwriting the object behind the store's back).

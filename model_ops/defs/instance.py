@@ -65,17 +65,11 @@ def compute_logs_yaml() -> str:
     same bucket as the registry and the datasets (``<root>/dagster-compute-logs``), so a run's logs outlive the
     machine that ran it; '' otherwise. The endpoint and credentials come from the standard AWS settings, as for
     the rest of the state."""
-    from model_ops.defs.resources import environment
-    from model_ops.location import resolve_root
+    from model_ops.defs.resources import environment, environment_root
 
     if environment() != "s3":
         return ""
-    root = resolve_root(None)
-    if not root.is_s3:
-        raise UsageError(
-            f"MODEL_OPS_ENV=s3 needs MODEL_OPS_ROOT=s3://bucket/prefix, got {root.uri}",
-            hint="set MODEL_OPS_ROOT (or pass --root) to an s3:// URI",
-        )
+    root = environment_root()
     section = {
         "compute_logs": {
             "module": "dagster_aws.s3.compute_log_manager",

@@ -82,13 +82,20 @@ def environment() -> str:
     return env
 
 
+def environment_root(root: str | None = None) -> Location:
+    """The model_ops root (``root``, else ``$MODEL_OPS_ROOT``, else ``./.model_ops``), refused when the environment
+    is ``s3`` and the root is not an ``s3://`` URI."""
+    location = resolve_root(root)
+    if environment() == "s3" and not location.is_s3:
+        raise UsageError(
+            f"{ENV_VAR}=s3 needs MODEL_OPS_ROOT=s3://bucket/prefix, got {location.uri}",
+            hint="set MODEL_OPS_ROOT (or pass --root) to an s3:// URI (and AWS_ENDPOINT_URL for a non-AWS endpoint)",
+        )
+    return location
+
+
 def resources() -> dict[str, dg.ConfigurableResource]:
     """The resources for the environment named by ``MODEL_OPS_ENV``."""
-    env = environment()
     resource = ModelOpsResource()
-    if env == "s3" and not resource.location().is_s3:
-        raise UsageError(
-            f"{ENV_VAR}=s3 needs MODEL_OPS_ROOT=s3://bucket/prefix, got {resource.location().uri}",
-            hint="set MODEL_OPS_ROOT to an s3:// URI (and AWS_ENDPOINT_URL for a non-AWS endpoint)",
-        )
+    environment_root(resource.root)
     return {"model_ops": resource}

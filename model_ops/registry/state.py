@@ -166,7 +166,8 @@ class RegistryState:
         self.problems: list[str] = []
         self.production_stage = production_stage
         # (model, version) of every version an event registered or changed since the search index last looked
-        # (search.SearchIndex); None until a search asks, so a fold nobody searches records nothing.
+        # (search.SearchIndex); None until a search asks, so a fold nobody searches records nothing, except a fold
+        # resumed from a snapshot, which records from the snapshot's event on (see ``seed``).
         self.touched: set[tuple[str, int]] | None = None
         # The snapshot this fold was resumed from (``Snapshot.state``): its search tables are this fold's as of the
         # snapshot's event, so the first search copies them and applies only ``touched`` instead of building.
