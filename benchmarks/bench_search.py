@@ -115,10 +115,13 @@ def time_queries(reg: Registry, models: int, reps: int) -> dict:
 
 
 def fresh(root: str, args: list[str], runs: int) -> dict:
+    """Median wall time and peak RSS of ``model-ops --root ROOT ARGS`` in fresh processes; with no ``root``, of
+    this interpreter running ``ARGS`` (the floor every command pays before model_ops runs a line)."""
     cli = os.path.join(os.path.dirname(sys.executable), "model-ops")
+    command = [cli, "--root", root, *args] if root else [sys.executable, *args]
     walls, rss = [], []
     for _ in range(runs):
-        _, wall, mb = run_measured([cli, "--root", root, *args])
+        _, wall, mb = run_measured(command)
         walls.append(wall * 1000)
         rss.append(mb)
     return {"wall_ms": round(statistics.median(walls), 1), "peak_rss_mb": round(statistics.median(rss), 1)}
@@ -155,6 +158,7 @@ def main() -> None:
         probe = data.model_name(min(40, (args.models - 1) // data.PRODUCTION_EVERY * data.PRODUCTION_EVERY))
         queries = data.queries(args.models)
         out["fresh_process"] = {
+            "the interpreter alone (python -c pass)": fresh("", ["-c", "pass"], args.cold_runs),
             "search: " + queries[0][0]: fresh(root, ["search", queries[0][1], "--json"], args.cold_runs),
             "search: " + queries[5][0]: fresh(root, ["search", queries[5][1], "--json"], args.cold_runs),
             "models (lists all)": fresh(root, ["models", "--json"], args.cold_runs),
@@ -221,10 +225,14 @@ def main() -> None:
                 ],
             )
         )
+        floor = out["fresh_process"]["the interpreter alone (python -c pass)"]["wall_ms"]
         eprint(
             table(
-                [[k, v["wall_ms"], v["peak_rss_mb"]] for k, v in out["fresh_process"].items()],
-                ["fresh process", "wall ms", "RSS MB"],
+                [
+                    [k, v["wall_ms"], round(v["wall_ms"] - floor, 1), v["peak_rss_mb"]]
+                    for k, v in out["fresh_process"].items()
+                ],
+                ["fresh process", "wall ms", "beyond the interpreter ms", "RSS MB"],
             )
         )
         eprint(
