@@ -253,7 +253,7 @@ def cached_files(store: ArtifactStore, digest: str) -> tuple[Manifest, dict[str,
             _fill(entry, store, digest)
         except OSError:
             manifest = store.manifest(digest)
-            return manifest, {f.path: store.blobs.read_bytes(f.sha256) for f in manifest.files}
+            return manifest, {f.path: store.read_entry(f) for f in manifest.files}
         found = _read_entry(entry, digest)
     if found is None:
         raise IntegrityError(

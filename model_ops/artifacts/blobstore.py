@@ -110,6 +110,11 @@ class BlobStore(ABC):
     def put_bytes(self, data: bytes) -> Blob: ...
 
     @abstractmethod
+    def put_chunk(self, digest: str, data: bytes) -> bool:
+        """Store ``data``, which the caller has just hashed to ``digest`` (a chunk of a larger file: small, many,
+        so an existing blob of the right size is trusted and renewed rather than re-read). True when written."""
+
+    @abstractmethod
     def exists(self, digest: str) -> bool: ...
 
     @abstractmethod
@@ -237,6 +242,24 @@ class LocalBlobStore(BlobStore):
         finally:
             tmp.unlink(missing_ok=True)
         return Blob(digest, len(data), existed=not published)
+
+    def put_chunk(self, digest: str, data: bytes) -> bool:
+        try:
+            size: int | None = self._path(digest).stat().st_size
+        except FileNotFoundError:
+            size = None
+        if size == len(data):
+            self.touch(digest)
+            return False
+        if size is not None:
+            self._discard_damaged(digest)
+        tmp = self._tempfile()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            return self._publish(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def exists(self, digest: str) -> bool:
         return self._path(digest).is_file()
@@ -444,6 +467,10 @@ class S3BlobStore(BlobStore):
         intact = int(head["ContentLength"]) == size and (not full_check or self.verify(digest) is None)
         if not intact:
             return False
+        self._renew(digest, head)
+        return True
+
+    def _renew(self, digest: str, head: dict) -> None:
         age = time.time() - head["LastModified"].timestamp()
         if age > TOUCH_AFTER_SECONDS:
             # S3 has no utime: copying the object onto itself renews LastModified, so gc's grace period
@@ -454,7 +481,13 @@ class S3BlobStore(BlobStore):
                 self._key(digest),
                 ExtraArgs={"MetadataDirective": "REPLACE"},
             )
-        return True
+
+    def put_chunk(self, digest: str, data: bytes) -> bool:
+        head = self._head(digest)
+        if head is not None and int(head["ContentLength"]) == len(data):
+            self._renew(digest, head)
+            return False
+        return self._put_object(self._key(digest), data, replace=head is not None)
 
     def put_bytes(self, data: bytes) -> Blob:
         digest = hashlib.sha256(data).hexdigest()

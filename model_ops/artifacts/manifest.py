@@ -3,6 +3,10 @@
 The manifest is canonical JSON (sorted keys, no whitespace, no timestamps), itself stored as a blob; its SHA-256 is
 the version's digest. The same files under the same names therefore always give the same digest, which is what makes
 registration idempotent and reproduction checkable.
+
+A large file is stored as content-defined chunks (:mod:`model_ops.artifacts.chunking`): its entry keeps the whole
+file's SHA-256 and size and adds the ordered list of its chunks, each a blob of its own. A file stored whole has no
+``chunks`` key at all, so manifests written before chunking existed keep their bytes and their digests.
 """
 
 from __future__ import annotations
@@ -20,10 +24,28 @@ FLAVOR_FILES = "files"
 
 
 @dataclass(frozen=True)
-class FileEntry:
-    path: str
+class ChunkRef:
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str  # of the whole file, however it is stored
+    size: int
+    chunks: tuple[ChunkRef, ...] = ()  # in file order; empty: the file is one blob named by ``sha256``
+
+    @property
+    def blobs(self) -> tuple[str, ...]:
+        """The blobs that hold this file's bytes."""
+        return tuple(c.sha256 for c in self.chunks) if self.chunks else (self.sha256,)
+
+    def to_dict(self) -> dict:
+        doc: dict = {"path": self.path, "sha256": self.sha256, "size": self.size}
+        if self.chunks:
+            doc["chunks"] = [[c.sha256, c.size] for c in self.chunks]
+        return doc
 
 
 @dataclass(frozen=True)
@@ -37,7 +59,7 @@ class Manifest:
             "format": FORMAT,
             "kind": self.kind,
             "flavor": self.flavor,
-            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
+            "files": [f.to_dict() for f in self.files],
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -54,12 +76,25 @@ class Manifest:
             doc = json.loads(data)
             if doc.get("format") != FORMAT:
                 raise ValueError(f"unknown format {doc.get('format')!r}")
-            files = tuple(FileEntry(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in doc["files"])
+            files = tuple(
+                FileEntry(
+                    str(f["path"]),
+                    str(f["sha256"]),
+                    int(f["size"]),
+                    tuple(ChunkRef(str(sha), int(size)) for sha, size in f.get("chunks", ())),
+                )
+                for f in doc["files"]
+            )
             manifest = cls(str(doc["kind"]), str(doc["flavor"]), files)
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(f"manifest {digest} is not a valid model_ops manifest: {e}") from None
         for f in files:
             _check_relpath(f.path)
+            if f.chunks and sum(c.size for c in f.chunks) != f.size:
+                raise IntegrityError(
+                    f"manifest {digest}: the chunks of {f.path!r} add up to {sum(c.size for c in f.chunks)} bytes, "
+                    f"the file has {f.size}"
+                )
         return manifest
 
 

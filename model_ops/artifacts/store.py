@@ -1,13 +1,15 @@
 """The artifact store: model files and directories as verified, content-addressed manifests.
 
-``put`` stores every file as a blob and then the manifest that lists them (files first, so a manifest never
-points at a blob that is not there yet). ``fetch`` and ``read_file`` verify the manifest and every byte they
-return. The registry records only the manifest digest; everything else follows from it.
+``put`` stores every file as a blob (a large one as content-defined chunks, :mod:`model_ops.artifacts.chunking`)
+and then the manifest that lists them (files first, so a manifest never points at a blob that is not there yet).
+``fetch`` and ``read_file`` verify the manifest and every byte they return. The registry records only the manifest
+digest; everything else follows from it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -16,8 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_ops.artifacts import chunking
 from model_ops.artifacts.blobstore import Blob, BlobStore, open_blobstore
 from model_ops.artifacts.manifest import FileEntry, Manifest, guess_flavor, list_source_files
+from model_ops.artifacts.progress import Progress
 from model_ops.errors import IntegrityError, NotFoundError, UsageError
 from model_ops.location import Location, resolve_root
 
@@ -30,9 +34,11 @@ class StoredArtifact:
 
 
 class ArtifactStore:
-    def __init__(self, root: Location) -> None:
+    def __init__(self, root: Location, *, chunk_threshold: int | None = None) -> None:
         self.root = root
         self.blobs: BlobStore = open_blobstore(root.child("artifacts"))
+        # Files of this many bytes or more are stored as chunks.
+        self.chunk_threshold = chunking.CHUNK_THRESHOLD if chunk_threshold is None else chunk_threshold
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | Location | None = None) -> ArtifactStore:
@@ -43,6 +49,13 @@ class ArtifactStore:
         entries: list[FileEntry] = []
         new_bytes = 0
         for name, source in sources:
+            size = source.stat().st_size
+            if size >= self.chunk_threshold:
+                with Progress(size, f"storing {name}") as progress:
+                    chunked = chunking.store_file(self.blobs, source, name, progress)
+                entries.append(chunked.entry)
+                new_bytes += chunked.new_bytes
+                continue
             blob: Blob = self.blobs.put_file(source, label=f"storing {name}")
             entries.append(FileEntry(name, blob.digest, blob.size))
             new_bytes += 0 if blob.existed else blob.size
@@ -55,9 +68,29 @@ class ArtifactStore:
 
     def read_file(self, digest: str, name: str | None = None) -> bytes:
         """The verified bytes of one file of an artifact (the only file when ``name`` is None)."""
-        manifest = self.manifest(digest)
-        entry = _pick(manifest, name, digest)
-        return self.blobs.read_bytes(entry.sha256)
+        return self.read_entry(_pick(self.manifest(digest), name, digest))
+
+    def read_entry(self, entry: FileEntry) -> bytes:
+        """The verified bytes of one file a manifest lists, however it is stored."""
+        if not entry.chunks:
+            return self.blobs.read_bytes(entry.sha256)
+        buffer = io.BytesIO()
+        chunking.read_into(self.blobs, entry, buffer)
+        return buffer.getvalue()
+
+    def _fetch_entry(self, entry: FileEntry, target: Path) -> None:
+        label = f"fetching {entry.path}"
+        if not entry.chunks:
+            self.blobs.fetch_to(entry.sha256, target, label=label)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            with Progress(entry.size, label) as progress, open(tmp, "wb") as out:
+                chunking.read_into(self.blobs, entry, out, progress)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def fetch(self, digest: str, dest: str | os.PathLike[str]) -> Path:
         """Download and verify an artifact.
@@ -73,7 +106,7 @@ class ArtifactStore:
             target = dest / entry.path if dest.is_dir() else dest
             if target.exists():
                 raise UsageError(f"{target} already exists", hint="choose a new destination or remove it first")
-            self.blobs.fetch_to(entry.sha256, target, label=f"fetching {entry.path}")
+            self._fetch_entry(entry, target)
             return target
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise UsageError(
@@ -82,7 +115,7 @@ class ArtifactStore:
         staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
         try:
             for entry in manifest.files:
-                self.blobs.fetch_to(entry.sha256, staging / entry.path, label=f"fetching {entry.path}")
+                self._fetch_entry(entry, staging / entry.path)
             if dest.exists():
                 dest.rmdir()
             os.replace(staging, dest)
@@ -101,6 +134,9 @@ class ArtifactStore:
             return [e.message]
         problems = []
         for entry in manifest.files:
+            if entry.chunks:
+                problems += chunking.problems(self.blobs, entry, verify=self.blobs.verify)
+                continue
             size = self.blobs.size(entry.sha256)
             if size is None:
                 problems.append(f"file {entry.path}: blob {entry.sha256} is missing")
@@ -121,7 +157,7 @@ class ArtifactStore:
             manifest = self.manifest(digest)
         except (NotFoundError, IntegrityError):
             return [digest]
-        return [f.sha256 for f in manifest.files if not self.blobs.exists(f.sha256)]
+        return [blob for f in manifest.files for blob in f.blobs if not self.blobs.exists(blob)]
 
     def reachable(self, manifest_digests: Iterable[str]) -> set[str]:
         """Every blob that the given manifests need, manifests included. Unreadable manifests count as reachable
@@ -130,7 +166,7 @@ class ArtifactStore:
         for digest in manifest_digests:
             keep.add(digest)
             with contextlib.suppress(NotFoundError, IntegrityError):
-                keep.update(f.sha256 for f in self.manifest(digest).files)
+                keep.update(blob for f in self.manifest(digest).files for blob in f.blobs)
         return keep
 
     def materialize_to_tempdir(self, digest: str) -> tuple[Path, tempfile.TemporaryDirectory]:

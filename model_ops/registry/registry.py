@@ -1575,7 +1575,7 @@ class Registry:
                 hint="use fetch() to get its files",
             )
         manifest = self.artifacts.manifest(mv.digest)
-        files = {f.path: self.artifacts.blobs.read_bytes(f.sha256) for f in manifest.files}
+        files = {f.path: self.artifacts.read_entry(f) for f in manifest.files}
         return flavors.load(files, trusted=trusted, flavor=manifest.flavor, what=mv.ref)
 
     # ------------------------------------------------------------------ maintenance
