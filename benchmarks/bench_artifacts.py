@@ -7,11 +7,20 @@ as `dvc add` does. The SIZE_MB file of random bytes is freshly written, so reads
 Steps:
   cp, python hashlib sha256  floors (one copy; one SHA-256 pass)
   import                     python -c "import model_ops.artifacts" (start-up floor of every step below)
-  put_new                    ArtifactStore.put(src) into an empty store (hash + in-kernel copy)
-  put_dedup                  the same bytes under another file name: must write no second blob (checked:
-                             new_bytes == 0, one file blob in the store, store size unchanged)
+  put_new                    ArtifactStore.put(src) into an empty store: content-defined chunks (the file is
+                             above the chunking threshold of 16 MiB)
+  put_new_whole              the same into another empty store with chunking off: one blob (hash + in-kernel
+                             copy), the path every file took before chunking; chunked throughput is compared to it
+  register_new               `model-ops register` of src into an empty root: the whole command users run
+  put_dedup                  the same bytes under another file name: must write no second copy (checked:
+                             new_bytes == 0, the only new file in the store is the manifest)
   put_same_path_again        put(src) again, unchanged (compare: `dvc add` of an unchanged path)
-  fetch                      ArtifactStore.fetch(digest, dest): verified copy out (hash store, copy, hash copy)
+  fetch                      ArtifactStore.fetch(digest, dest) of the chunked file: reassembled, every chunk
+                             and the whole file verified
+  fetch_whole                the same from the one-blob store (copy out, hash the copy)
+  edit_1kib                  put of src with 1 KiB changed in its middle: new bytes stored (goal <= 2 MiB)
+  tenth_tensors              put of src seen as 80 equal tensors with 8 of them rewritten: new bytes stored
+                             (goal <= 15 % of the file)
 --with-peers runs the peers' artifact_dvc.py SIZE_MB (peers' venv) after ours in each rep and prints ratios
 against `dvc add` (new content) and `dvc add` of the same bytes under a new name. With --reps R > 1 both run
 R times, alternating, and medians are reported. Prints one JSON line; tables on stderr.
@@ -35,19 +44,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, eprint, git_state, machine, ratio, run_peer, table, verdict, versions_of  # noqa: E402
 
 PY = sys.executable
+CLI = os.path.join(os.path.dirname(sys.executable), "model-ops")
 ENV = dict(os.environ, MODEL_OPS_PROGRESS="0")
+WHOLE = str(2**62)  # a chunking threshold no file reaches
+TENSORS, REWRITTEN = 80, 8
 HASH_SNIPPET = "import hashlib, sys; print(hashlib.file_digest(open(sys.argv[1], 'rb'), 'sha256').hexdigest())"
 IMPORT_SNIPPET = "import model_ops.artifacts"
 PUT_SNIPPET = r"""
 import json, sys, time
 t = time.perf_counter()
 from model_ops.artifacts import ArtifactStore
-store = ArtifactStore.open(sys.argv[1])
+from model_ops.location import resolve_root
+store = ArtifactStore(resolve_root(sys.argv[1]), chunk_threshold=int(sys.argv[3]) if len(sys.argv) > 3 else None)
 t1 = time.perf_counter()
 s = store.put(sys.argv[2])
 t2 = time.perf_counter()
 print(json.dumps({"digest": s.digest, "file_sha256": s.manifest.files[0].sha256, "new_bytes": s.new_bytes,
-                  "import_open_s": t1 - t, "put_s": t2 - t1}))
+                  "chunks": len(s.manifest.files[0].chunks), "import_open_s": t1 - t, "put_s": t2 - t1}))
 """
 FETCH_SNIPPET = r"""
 import json, sys, time
@@ -118,9 +131,21 @@ def one_rep(size_mb: int, workdir: str | None) -> dict:
         r["put_new"], out = step([PY, "-c", PUT_SNIPPET, root, src], work)
         first = json.loads(out)
         assert first["file_sha256"] == src_sha, "stored digest is not the SHA-256 of the file"
-        assert first["new_bytes"] == size_mb * 2**20, first
+        assert first["new_bytes"] == size_mb * 2**20 and first["chunks"] > 1, first
         r["put_new"]["in_process_put_s"] = round(first["put_s"], 3)
+        r["put_new"]["chunks"] = first["chunks"]
         store_mb_1, files_1 = du(os.path.join(root, "artifacts"))
+
+        whole_root = os.path.join(work, "store-whole")
+        r["put_new_whole"], out = step([PY, "-c", PUT_SNIPPET, whole_root, src, WHOLE], work)
+        whole = json.loads(out)
+        assert whole["file_sha256"] == src_sha and whole["chunks"] == 0, whole
+        r["put_new_whole"]["in_process_put_s"] = round(whole["put_s"], 3)
+
+        reg_root = os.path.join(work, "registry-root")
+        r["register_new"], out = step([CLI, "--root", reg_root, "register", "bench", src, "--json"], work)
+        assert json.loads(out)["version"] == 1
+        shutil.rmtree(reg_root)
 
         other = os.path.join(work, "renamed_copy.bin")  # the same bytes under another name (copied untimed)
         shutil.copyfile(src, other)
@@ -129,17 +154,15 @@ def one_rep(size_mb: int, workdir: str | None) -> dict:
         r["put_dedup"]["in_process_put_s"] = round(second["put_s"], 3)
         store_mb_2, files_2 = du(os.path.join(root, "artifacts"))
         os.remove(other)
-        big = [b for b in file_blobs(root) if os.path.getsize(b) >= 2**20]
         r["dedup_check"] = {
             "new_bytes": second["new_bytes"],
-            "same_file_blob": second["file_sha256"] == first["file_sha256"],
+            "same_file_sha256": second["file_sha256"] == first["file_sha256"],
             "store_mb_after_first": store_mb_1,
             "store_mb_after_second": store_mb_2,
             "store_files_after_first": files_1,
             "store_files_after_second": files_2,
-            "large_blobs": len(big),
-            # the manifest lists the file name, so a new name gives a new (tiny) manifest blob; the data blob is shared
-            "ok": second["new_bytes"] == 0 and len(big) == 1 and store_mb_2 - store_mb_1 < 0.01,
+            # the manifest lists the file name, so a new name gives a new manifest blob; the chunks are shared
+            "ok": second["new_bytes"] == 0 and files_2 == files_1 + 1,
         }
 
         r["put_same_path_again"], out = step([PY, "-c", PUT_SNIPPET, root, src], work)
@@ -147,14 +170,35 @@ def one_rep(size_mb: int, workdir: str | None) -> dict:
         assert third["digest"] == first["digest"] and third["new_bytes"] == 0
         r["put_same_path_again"]["in_process_put_s"] = round(third["put_s"], 3)
 
-        dest = os.path.join(work, "fetched.bin")
-        r["fetch"], out = step([PY, "-c", FETCH_SNIPPET, root, first["digest"], dest], work)
-        r["fetch"]["in_process_fetch_s"] = round(json.loads(out)["fetch_s"], 3)
-        with open(dest, "rb") as f:  # untimed independent check of what fetch delivered
-            import hashlib
+        for name, store_root, digest in (
+            ("fetch", root, first["digest"]),
+            ("fetch_whole", whole_root, whole["digest"]),
+        ):
+            dest = os.path.join(work, "fetched.bin")
+            r[name], out = step([PY, "-c", FETCH_SNIPPET, store_root, digest, dest], work)
+            r[name]["in_process_fetch_s"] = round(json.loads(out)["fetch_s"], 3)
+            with open(dest, "rb") as f:  # untimed independent check of what fetch delivered
+                import hashlib
 
-            assert hashlib.file_digest(f, "sha256").hexdigest() == src_sha, "fetched bytes differ"
-        os.remove(dest)
+                assert hashlib.file_digest(f, "sha256").hexdigest() == src_sha, "fetched bytes differ"
+            os.remove(dest)
+
+        edited = os.path.join(work, "edited.bin")
+        shutil.copyfile(src, edited)
+        with open(edited, "r+b") as f:
+            f.seek(size_mb * 2**20 // 2)
+            f.write(rng.bytes(1024))
+        r["edit_1kib"], out = step([PY, "-c", PUT_SNIPPET, root, edited], work)
+        r["edit_1kib"]["new_bytes"] = json.loads(out)["new_bytes"]
+        part = size_mb * 2**20 // TENSORS
+        with open(edited, "r+b") as f:  # from the 1 KiB edit on: rewrite every tenth tensor
+            for t in range(0, TENSORS, TENSORS // REWRITTEN):
+                f.seek(t * part)
+                f.write(rng.bytes(part))
+        r["tenth_tensors"], out = step([PY, "-c", PUT_SNIPPET, root, edited], work)
+        r["tenth_tensors"]["new_bytes"] = json.loads(out)["new_bytes"]
+        r["tenth_tensors"]["new_fraction"] = round(r["tenth_tensors"]["new_bytes"] / (size_mb * 2**20), 4)
+        os.remove(edited)
         r["store_mb"] = du(os.path.join(root, "artifacts"))[0]
         return r
     finally:
@@ -201,7 +245,20 @@ def main() -> None:
             peer_args = [args.size_mb] + ([args.workdir] if args.workdir else [])
             peer_reps.append(run_peer("artifact_dvc.py", *peer_args))
 
-    steps = ["cp", "hashlib_sha256", "import", "put_new", "put_dedup", "put_same_path_again", "fetch"]
+    steps = [
+        "cp",
+        "hashlib_sha256",
+        "import",
+        "put_new",
+        "put_new_whole",
+        "register_new",
+        "put_dedup",
+        "put_same_path_again",
+        "fetch",
+        "fetch_whole",
+        "edit_1kib",
+        "tenth_tensors",
+    ]
     ours = {
         s: {
             "s_median": med(ours_reps, s, "s"),
@@ -212,6 +269,10 @@ def main() -> None:
     }
     for s, k in (
         ("put_new", "in_process_put_s"),
+        ("put_new_whole", "in_process_put_s"),
+        ("fetch_whole", "in_process_fetch_s"),
+        ("edit_1kib", "new_bytes"),
+        ("tenth_tensors", "new_fraction"),
         ("put_dedup", "in_process_put_s"),
         ("put_same_path_again", "in_process_put_s"),
         ("fetch", "in_process_fetch_s"),
@@ -247,9 +308,28 @@ def main() -> None:
     eprint(table(rows, ["step", "s median", "range", "MB/s", "peak RSS MB (max)"]))
     eprint("dedup check (rep 1): " + json.dumps(ours_reps[0]["dedup_check"]))
 
+    chunked = {
+        "chunked_over_whole_store_throughput": ratio(
+            ours["put_new_whole"]["in_process_put_s_median"], ours["put_new"]["in_process_put_s_median"]
+        ),
+        "chunked_over_whole_read_time": ratio(
+            ours["fetch"]["in_process_fetch_s_median"], ours["fetch_whole"]["in_process_fetch_s_median"]
+        ),
+        "edit_1kib_new_mib": round(max(_values(ours_reps, "edit_1kib", "new_bytes")) / 2**20, 3),
+        "tenth_tensors_new_fraction": max(_values(ours_reps, "tenth_tensors", "new_fraction")),
+    }
+    out["chunked"] = chunked
+    eprint("chunked vs one blob: " + json.dumps(chunked))
     targets = {
         "store_new_peak_rss_le_200MB": verdict(ours["put_new"]["peak_rss_mb_max"], 200),
+        "register_peak_rss_le_200MB": verdict(ours["register_new"]["peak_rss_mb_max"], 200),
         "same_bytes_no_second_blob": "PASS" if dedup_ok else "FAIL",
+        "edit_1kib_le_2MiB": verdict(chunked["edit_1kib_new_mib"], 2),
+        "tenth_tensors_le_15pct": verdict(chunked["tenth_tensors_new_fraction"], 0.15),
+        "chunked_read_le_1.5x_whole": verdict(chunked["chunked_over_whole_read_time"], 1.5),
+        "chunked_store_ge_0.8x_whole_throughput": "PASS"
+        if (chunked["chunked_over_whole_store_throughput"] or 0) >= 0.8
+        else "FAIL",
     }
     if peer_reps:
         peer = {
@@ -274,6 +354,7 @@ def main() -> None:
         peer["tools"] = peer_reps[0].get("tools")
         r = {
             "put_new_vs_dvc_add": ratio(ours["put_new"]["s_median"], peer["dvc_add"]["s_median"]),
+            "register_new_vs_dvc_add": ratio(ours["register_new"]["s_median"], peer["dvc_add"]["s_median"]),
             "put_dedup_vs_dvc_add_dedup": ratio(ours["put_dedup"]["s_median"], peer["dvc_add_dedup"]["s_median"]),
             "put_same_path_vs_dvc_readd_unchanged": ratio(
                 ours["put_same_path_again"]["s_median"], peer["dvc_readd_unchanged"]["s_median"]
@@ -282,6 +363,7 @@ def main() -> None:
             "cp_floor_ours_vs_peer_run": ratio(ours["cp"]["s_median"], peer["cp"]["s_median"]),
         }
         targets["store_new_le_0.3x_dvc_add"] = verdict(r["put_new_vs_dvc_add"], 0.3)
+        targets["register_le_0.3x_dvc_add"] = verdict(r["register_new_vs_dvc_add"], 0.3)
         targets["same_bytes_le_0.3x_dvc_dedup"] = verdict(r["put_dedup_vs_dvc_add_dedup"], 0.3)
         out["peer"] = peer
         out["peer_runs"] = peer_reps
@@ -295,6 +377,15 @@ def main() -> None:
                 r["put_new_vs_dvc_add"],
                 "<= 0.3",
                 targets["store_new_le_0.3x_dvc_add"],
+            ],
+            [
+                "model-ops register",
+                ours["register_new"]["s_median"],
+                "dvc add",
+                peer["dvc_add"]["s_median"],
+                r["register_new_vs_dvc_add"],
+                "<= 0.3",
+                targets["register_le_0.3x_dvc_add"],
             ],
             [
                 "same bytes, new name",

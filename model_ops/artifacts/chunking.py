@@ -12,9 +12,9 @@ average sets how many files and requests a 2 GiB checkpoint costs (about 8,000);
 two new chunks (≤ 2 MiB), and tensors, which are megabytes each, are cut finely enough that changing a tenth of them
 stores about a tenth of the bytes.
 
-One pass over the bytes, in bounded memory: the file is read once, as a stream; each chunk's bytes go to a worker
-that hashes and stores it (hashing and file or network I/O release the GIL, so workers run beside the cutting) and,
-in order, to one thread that hashes the whole file. At most :data:`IN_FLIGHT` chunks are held at once. Reading
+One pass over the bytes, in bounded memory: the file is mapped one window at a time and cut; each chunk goes, as a
+view of the mapping (no copy), to a worker that hashes and stores it (hashing and file or network I/O release the
+GIL, so workers run side by side), and the window goes to one thread that hashes the whole file. Reading
 reassembles in the same bounded way: chunks are fetched ahead by workers, each verified by its own digest, written
 in order, and the whole file is checked against its SHA-256 before anything is handed over.
 """
@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import mmap
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from pyfastcdc import FastCDC
 
-from model_ops.artifacts.blobstore import BlobStore
+from model_ops.artifacts.blobstore import BlobStore, LocalBlobStore, hash_file
 from model_ops.artifacts.manifest import ChunkRef, FileEntry
 from model_ops.artifacts.progress import Progress
 from model_ops.errors import IntegrityError, UsageError
@@ -42,8 +43,13 @@ CHUNK_THRESHOLD = 16 << 20
 AVERAGE = 256 << 10
 MINIMUM = 64 << 10
 MAXIMUM = 1 << 20
-IN_FLIGHT = 32  # chunks read but not yet stored (or fetched but not yet written): memory ≤ IN_FLIGHT × MAXIMUM
-WORKERS = 8  # enough to keep S3 busy; on a local disk they mostly wait on the hashing they share
+WINDOW = 8 << 20  # one mapped stretch of a file being stored (several of a chunk's MAXIMUM)
+WINDOWS_AHEAD = 3  # windows mapped at once: one cut while the ones before it are hashed and stored
+IN_FLIGHT = 32  # chunks fetched but not yet written: memory ≤ IN_FLIGHT × MAXIMUM
+# Threads hashing and storing chunks: on a local disk the work is hashing, so one per core; S3 waits on the
+# network, so more requests in flight pay there.
+LOCAL_WORKERS = max(2, min(4, os.cpu_count() or 2))
+REMOTE_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -56,58 +62,133 @@ def chunker() -> FastCDC:
     return FastCDC(AVERAGE, min_size=MINIMUM, max_size=MAXIMUM)
 
 
-def cut(stream: BinaryIO) -> Iterator[bytes]:
-    """The chunks of a stream, in order, each its own ``bytes`` (the chunker reuses its buffer)."""
-    for chunk in chunker().cut_stream(stream):
-        yield bytes(chunk.data)
+def cut_points(view: memoryview) -> list[tuple[int, int]]:
+    """(offset, length) of each chunk of ``view``, in order. Cut points depend only on the bytes since the last
+    cut, so a file cut window by window, each window starting where the last one's final chunk started, gives
+    exactly the chunks of the whole file cut at once."""
+    found = []
+    for chunk in chunker().cut_buf(view):
+        found.append((chunk.offset, chunk.length))
+        chunk.data.release()
+    return found
 
 
 def store_file(blobs: BlobStore, path: Path, name: str, progress: Progress | None = None) -> ChunkedFile:
-    """Store ``path`` as chunks and return its manifest entry. Refuses a file that changed while it was read."""
+    """Store ``path`` as chunks and return its manifest entry. Refuses a file that changed while it was read.
+
+    The file is mapped a window at a time (:data:`WINDOW`). While the chunks of one window are hashed and stored
+    by workers, straight from the mapping, and one thread hashes the window into the whole file's SHA-256, the
+    next window is cut: at most :data:`WINDOWS_AHEAD` windows are mapped at once, whatever the file's size."""
     before = _stat_key(path)
     whole = hashlib.sha256()
-    size = 0
     refs: list[ChunkRef] = []
     new_bytes = 0
 
-    def store(data: bytes) -> tuple[ChunkRef, bool]:
-        digest = hashlib.sha256(data).hexdigest()
-        written = blobs.put_chunk(digest, data)
+    def store(piece: memoryview) -> tuple[ChunkRef, bool]:
+        digest = hashlib.sha256(piece).hexdigest()
+        written = blobs.put_chunk(digest, piece)
         if progress:
-            progress.update(len(data))
-        return ChunkRef(digest, len(data)), written
+            progress.update(len(piece))
+        return ChunkRef(digest, len(piece)), written
 
-    def settle(stored: Future[tuple[ChunkRef, bool]], hashed: Future[None]) -> None:
+    def settle(window: _Window) -> None:
         nonlocal new_bytes
-        ref, written = stored.result()
-        hashed.result()
-        refs.append(ref)
-        new_bytes += ref.size if written else 0
+        try:
+            for future in window.stored:
+                ref, written = future.result()
+                refs.append(ref)
+                new_bytes += ref.size if written else 0
+            if window.hashed is not None:
+                window.hashed.result()
+        finally:
+            window.close()
 
-    pending: deque[tuple[Future[tuple[ChunkRef, bool]], Future[None]]] = deque()
+    mapped: deque[_Window] = deque()
     with (
-        open(path, "rb", buffering=0) as f,
-        ThreadPoolExecutor(WORKERS, thread_name_prefix="model_ops-chunk") as workers,
+        open(path, "rb") as f,
+        ThreadPoolExecutor(_workers(blobs), thread_name_prefix="model_ops-chunk") as workers,
         ThreadPoolExecutor(1, thread_name_prefix="model_ops-hash") as hasher,  # one thread: updates stay in order
     ):
+        size = os.fstat(f.fileno()).st_size
+        start = 0
         try:
-            for data in cut(f):
-                size += len(data)
-                pending.append((workers.submit(store, data), hasher.submit(whole.update, data)))
-                if len(pending) >= IN_FLIGHT:
-                    settle(*pending.popleft())
-            while pending:
-                settle(*pending.popleft())
+            while start < size:
+                window = _Window(f.fileno(), start, size)
+                mapped.append(window)
+                window.hashed = hasher.submit(whole.update, window.view[: window.consumed])
+                window.stored = [workers.submit(store, piece) for piece in window.pieces]
+                start += window.consumed
+                if len(mapped) >= WINDOWS_AHEAD:
+                    settle(mapped.popleft())
+            while mapped:
+                settle(mapped.popleft())
         except BaseException:
-            for stored, hashed in pending:
-                stored.cancel()
-                hashed.cancel()
+            for window in mapped:
+                window.abandon()
             raise
-    if _stat_key(path) != before or size != before[0]:
+    if _stat_key(path) != before or start != before[0]:
         raise UsageError(
             f"{path} changed while it was being stored", hint="store a file that no other process is writing"
         )
-    return ChunkedFile(FileEntry(name, whole.hexdigest(), size, tuple(refs)), new_bytes)
+    return ChunkedFile(FileEntry(name, whole.hexdigest(), start, tuple(refs)), new_bytes)
+
+
+class _Window:
+    """One mapped stretch of a file being stored, from ``start`` to the last cut point inside it (the end of the
+    file, for the last window), with the views its chunks are hashed and stored from."""
+
+    def __init__(self, fd: int, start: int, size: int) -> None:
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        length = min(WINDOW, size - base)
+        self._map = mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=base)
+        self.view = memoryview(self._map)[start - base :]
+        try:
+            points = cut_points(self.view)
+        except BaseException:
+            self.view.release()
+            self._map.close()
+            raise
+        if base + length < size:  # the final cut may only be the window's edge: the next window starts there
+            points.pop()
+        self.consumed = sum(n for _, n in points)
+        assert self.consumed > 0, "a window holds more than one chunk (WINDOW > MAXIMUM)"
+        self.pieces = [self.view[at : at + n] for at, n in points]
+        self.hashed: Future[None] | None = None
+        self.stored: list[Future[tuple[ChunkRef, bool]]] = []
+
+    def abandon(self) -> None:
+        """Stop what has not started and wait for the rest: nothing may read the mapping once it is closed."""
+        for future in self.stored:
+            future.cancel()
+        wait([*self.stored, *([self.hashed] if self.hashed else [])])
+        self.close()
+
+    def close(self) -> None:
+        for piece in self.pieces:
+            piece.release()
+        self.view.release()
+        self._map.close()
+
+
+def fetch_to(blobs: BlobStore, entry: FileEntry, tmp: Path, progress: Progress | None = None) -> None:
+    """Write a chunked file to ``tmp``, verified: on a local store the chunks are copied in the kernel and the
+    result hashed once (what fetching a whole-file blob costs); elsewhere they are fetched ahead and verified one
+    by one (:func:`read_into`). Raises :class:`IntegrityError` naming the damaged chunk; callers publish ``tmp``
+    only when this returns."""
+    if not isinstance(blobs, LocalBlobStore):
+        with open(tmp, "wb") as out:
+            read_into(blobs, entry, out, progress)
+        return
+    with open(tmp, "wb") as out:
+        for ref in entry.chunks:
+            blobs.copy_out(ref.sha256, ref.size, out)
+    if hash_file(tmp, progress)[0] == entry.sha256:
+        return
+    found = problems(blobs, entry, verify=blobs.verify)
+    raise IntegrityError(
+        found[0] if found else f"{entry.path} assembled from its chunks does not match its SHA-256 {entry.sha256}",
+        hint="run `model-ops fsck` to list every missing or damaged blob",
+    )
 
 
 def read_into(blobs: BlobStore, entry: FileEntry, out: BinaryIO, progress: Progress | None = None) -> None:
@@ -127,7 +208,7 @@ def read_into(blobs: BlobStore, entry: FileEntry, out: BinaryIO, progress: Progr
         return data
 
     with (
-        ThreadPoolExecutor(WORKERS, thread_name_prefix="model_ops-chunk") as workers,
+        ThreadPoolExecutor(_workers(blobs), thread_name_prefix="model_ops-chunk") as workers,
         ThreadPoolExecutor(1, thread_name_prefix="model_ops-hash") as hasher,
     ):
         refs = iter(entry.chunks)
@@ -166,6 +247,10 @@ def problems(blobs: BlobStore, entry: FileEntry, *, verify: Callable[[str], str 
         elif (problem := verify(ref.sha256)) is not None:
             found.append(f"{where}: {problem}")
     return found
+
+
+def _workers(blobs: BlobStore) -> int:
+    return LOCAL_WORKERS if isinstance(blobs, LocalBlobStore) else REMOTE_WORKERS
 
 
 def _stat_key(path: Path) -> tuple[int, int, int]:

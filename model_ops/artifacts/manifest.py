@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from model_ops.errors import IntegrityError, UsageError
+from model_ops.llm.weights import flavor_of_directory
 
 FORMAT = "model_ops.manifest/1"
 FLAVOR_SKOPS = "sklearn-skops"
@@ -140,4 +141,6 @@ def list_source_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
 def guess_flavor(kind: str, names: list[str]) -> str:
     if kind == "file" and names[0].endswith(".skops"):
         return FLAVOR_SKOPS
+    if kind == "directory" and (llm := flavor_of_directory(names)):
+        return llm
     return FLAVOR_FILES

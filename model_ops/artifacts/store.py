@@ -86,8 +86,8 @@ class ArtifactStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         try:
-            with Progress(entry.size, label) as progress, open(tmp, "wb") as out:
-                chunking.read_into(self.blobs, entry, out, progress)
+            with Progress(entry.size, label) as progress:
+                chunking.fetch_to(self.blobs, entry, tmp, progress)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
