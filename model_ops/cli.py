@@ -192,6 +192,7 @@ def cmd_register(reg: Registry, args: argparse.Namespace) -> int:
         tags=_json_arg(args.tags, "--tags"),
         description=args.description,
         run_id=args.run_id,
+        base=args.base,
     )
     _emit(
         args,
@@ -1070,6 +1071,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--signature", help='JSON: {"inputs": [{"name", "dtype"}], "outputs": {...}}')
     sp.add_argument("--tags", help="JSON object of tags")
     sp.add_argument("--description")
+    sp.add_argument(
+        "--base", help="for an adapter: the base model it was trained on, models:/NAME@ALIAS or models:/NAME/N"
+    )
 
     sp = add("versions", cmd_versions, "list the versions of a model", snapshot=True)
     sp.add_argument("name")

@@ -151,16 +151,29 @@ def test_a_file_that_grows_while_it_is_stored_is_refused(
     store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = checkpoint(tmp_path / "ckpt" / "model.safetensors", random_tensors(2, 250_000))
-    real_cut = chunking.cut
+    real_put = type(store.blobs).put_chunk
+    grown = []
 
-    def cut_then_append(stream):  # type: ignore[no-untyped-def]
-        yield from real_cut(stream)
-        with open(source, "ab") as f:
-            f.write(b"more")
+    def put_then_append(self, digest, data):  # type: ignore[no-untyped-def]
+        if not grown:
+            with open(source, "ab") as f:
+                f.write(b"more")
+            grown.append(True)
+        return real_put(self, digest, data)
 
-    monkeypatch.setattr(chunking, "cut", cut_then_append)
+    monkeypatch.setattr(type(store.blobs), "put_chunk", put_then_append)
     with pytest.raises(UsageError, match="changed while it was being stored"):
         store.put(source)
+
+
+def test_a_file_cut_window_by_window_gives_the_chunks_of_the_whole(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = checkpoint(tmp_path / "ckpt" / "model.safetensors", random_tensors(6, 250_000))
+    at_once = chunking.cut_points(memoryview(source.read_bytes()))
+    monkeypatch.setattr(chunking, "WINDOW", 2 * chunking.MAXIMUM)  # a dozen windows
+    entry = store.put(source).manifest.files[0]
+    assert [c.size for c in entry.chunks] == [n for _, n in at_once]
 
 
 # ---------------------------------------------------------------------------- registry: load, fsck, gc

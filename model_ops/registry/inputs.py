@@ -20,7 +20,7 @@ from model_ops.registry.refs import Ref, parse_ref
 
 # The keyword arguments of Registry.register, which is also what one entry of register_many may hold.
 REGISTRATION_FIELDS = frozenset(
-    {"path", "params", "metrics", "dataset", "signature", "tags", "lineage", "parent", "description", "flavor"}
+    {"path", "params", "metrics", "dataset", "signature", "tags", "lineage", "parent", "description", "flavor", "base"}
 )
 
 
@@ -135,4 +135,11 @@ def registration(entry: Mapping[str, Any]) -> dict[str, Any]:
         "lineage": json_obj(entry.get("lineage"), "lineage"),
         "parent": entry.get("parent"),
         "description": entry.get("description"),
+        "base": _base_ref(entry.get("base")),
     }
+
+
+def _base_ref(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise UsageError(f"base must be a model reference such as models:/NAME@ALIAS, not {type(value).__name__}")

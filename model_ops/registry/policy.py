@@ -305,6 +305,9 @@ class Policy(_Strict):
     # a single-user setup, not a control); "off" (``false``), every approval counts.
     four_eyes: Literal["proven", "claimed", "off"] = "proven"
     require_signed_artifacts: bool = False
+    # Weight files that unpickle on load (.bin, .pt, .ckpt …) can run code: refused in base models and adapters
+    # unless allowed here.
+    allow_pickle_weights: bool = False
     # Stages whose versions must carry valid signatures (model_ops.registry.attest): checked at load and fetch, on
     # entering the stage, and, for the production stage, on deployment. require_signed_artifacts means every stage.
     require_signature: list[str] = Field(default_factory=list)

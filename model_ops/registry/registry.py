@@ -41,7 +41,7 @@ from model_ops.errors import (
     UsageError,
 )
 from model_ops.location import Location, resolve_root, retry_transient
-from model_ops.registry import attest, inputs, lookup, maintenance, receipts, search, snapshot
+from model_ops.registry import attest, inputs, lookup, maintenance, receipts, relations, search, snapshot
 from model_ops.registry import events as ev
 from model_ops.registry import semver as sv
 from model_ops.registry.environment import ACTOR_ENV, environment, git_commit
@@ -799,10 +799,13 @@ class Registry:
         description: str | None = None,
         flavor: str | None = None,
         run_id: str | None = None,
+        base: str | None = None,
     ) -> ModelVersion:
         """Store the file or directory at ``path`` and register it as the next version of ``name``.
 
         Registering bytes identical to an existing version of the model returns that version and writes nothing.
+        An adapter names the base model it was trained on in ``base`` (``models:/NAME@ALIAS`` or ``/N``): see
+        :mod:`model_ops.registry.relations`.
         """
         entry = {
             "path": path,
@@ -815,6 +818,7 @@ class Registry:
             "parent": parent,
             "description": description,
             "flavor": flavor,
+            "base": base,
         }
         return self.register_many(name, [entry], run_id=run_id)[0]
 
@@ -838,10 +842,11 @@ class Registry:
                 hint=f"set {signing.KEY_ENV} to the registry's signing key (a PEM private key)",
             )
         prepared = [inputs.registration(e) for e in entries]  # validates everything before storing anything
+        built_on = [relations.prepare(self, e["path"], e["flavor"], e.pop("base")) for e in prepared]
         effective_run = run_id or os.environ.get(RUN_ID_ENV) or None
         sources: list[tuple[str, Callable[[], Any]]] = []
-        for item in prepared:
-            path, flavor = item.pop("path"), item.pop("flavor")
+        for item, llm in zip(prepared, built_on, strict=True):
+            path, flavor = item.pop("path"), item.pop("flavor") or llm.flavor
             stored = self.artifacts.put(path, flavor)
             sources.append((stored.digest, functools.partial(self.artifacts.put, path, flavor)))
             item["digest"], item["manifest"] = stored.digest, stored.manifest
@@ -852,11 +857,19 @@ class Registry:
                 "seed": None,
                 "estimator": None,
                 **item["lineage"],
+                **llm.lineage,  # read from the files, so a caller's lineage cannot claim another base
             }
             item["trust"] = None
             if signer is not None and not self._registered(name, stored.digest):
                 item["trust"], stored_too = self._sign_artifact(signer, name, path, item, effective_run)
                 sources.extend(stored_too)
+            if llm.attachments and not self._registered(name, stored.digest):
+                attached = dict(item["trust"] or {})
+                for label, (filename, data) in llm.attachments.items():
+                    put = functools.partial(self._put_bytes, filename, data)
+                    attached[label] = (put().digest, len(data))
+                    sources.append((attached[label][0], put))
+                item["trust"] = attached
         versions = self._commit(lambda state: self._build_registrations(state, name, prepared, run_id, signer))
         for digest, put_again in sources:
             self._still_stored(digest, put_again)
@@ -1013,9 +1026,9 @@ class Registry:
                     version=count,
                     key=label,
                     digest=digest,
-                    reason=attest.ATTACHED_REASON[label],
+                    reason={**attest.ATTACHED_REASON, **relations.ATTACHED_REASON}[label],
                     run_id=run_id,
-                    payload={"bytes": size},
+                    payload=self._attachment_payload(signer, name, count, item["digest"], label, digest, size),
                 )
                 for label, (digest, size) in sorted(trust.items())
             )
@@ -1502,6 +1515,25 @@ class Registry:
         committed = self._commit(lambda state: ([event], lambda: event))
         self._still_stored(stored.digest, put)
         return committed
+
+    @staticmethod
+    def _attachment_payload(
+        signer: signing.Signer | None, name: str, version: int, version_digest: str, label: str, digest: str, size: int
+    ) -> dict[str, Any]:
+        """An attachment made at registration: the OMS bundle and provenance are covered by the version's own
+        signature; any other (a base model's tensor table) is signed on its own, as ``attach`` signs one."""
+        payload: dict[str, Any] = {"bytes": size}
+        if signer is not None and label not in attest.RESERVED_LABELS:
+            payload["signing"] = attest.sign_attachment(
+                signer,
+                model=name,
+                version=version,
+                version_digest=version_digest,
+                label=label,
+                digest=digest,
+                size=size,
+            )
+        return payload
 
     def _attachment_event(self, name: str, version: int, label: str) -> ev.Event | None:
         found = None

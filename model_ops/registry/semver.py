@@ -1,6 +1,7 @@
 """Semantic versions assigned automatically by comparing a new version with its parent.
 
-MAJOR: the interface changed: input signature (feature names or dtypes) or output (task, classes).
+MAJOR: the interface changed: input signature (feature names or dtypes) or output (task, classes); or what the
+model is built on: an adapter's base model, a base model's architecture.
 MINOR: same interface, different training data version, estimator or hyper-parameters.
 PATCH: only code version, environment or the bytes themselves changed.
 The bump is applied above the highest semver already used in the line it belongs to, so semvers never repeat even
@@ -57,6 +58,15 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
     """('major'|'minor'|'patch', reason) for a new version record against its parent's record."""
     if parent is None:
         return "initial", "first version of the model"
+    pl, nl = parent.get("lineage") or {}, new.get("lineage") or {}
+    if (pl.get("base_model") or nl.get("base_model")) and _base(pl) != _base(nl):
+        return "major", f"base model {_base(pl)} → {_base(nl)}"
+    pfp, nfp = (pl.get("architecture") or {}).get("fingerprint"), (nl.get("architecture") or {}).get("fingerprint")
+    if (pfp or nfp) and pfp != nfp:
+        return (
+            "major",
+            f"architecture changed (tensor names, dtypes or shapes; fingerprint {str(pfp)[:12]} → {str(nfp)[:12]})",
+        )
     psig, nsig = parent.get("signature") or {}, new.get("signature") or {}
     if psig or nsig:
         if _inputs(psig) != _inputs(nsig):
@@ -75,7 +85,6 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
     reasons = []
     if _canon(parent.get("dataset")) != _canon(new.get("dataset")):
         reasons.append("training data version changed")
-    pl, nl = parent.get("lineage") or {}, new.get("lineage") or {}
     if _canon(pl.get("estimator")) != _canon(nl.get("estimator")):
         reasons.append("estimator changed")
     changed = _changed_keys(parent.get("params") or {}, new.get("params") or {})
@@ -89,6 +98,14 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
     if changed_lineage:
         return "patch", "same interface, data and parameters; changed: " + ", ".join(changed_lineage)
     return "patch", "same interface, data and parameters; different artifact bytes"
+
+
+def _base(lineage: dict) -> str:
+    """An adapter's base as a reason names it ("llama_base 3"), or "none"."""
+    base = lineage.get("base_model")
+    if not isinstance(base, dict):
+        return "none"
+    return f"{base.get('name')} {base.get('version')}"
 
 
 class SemverIndex:

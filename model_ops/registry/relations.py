@@ -1,0 +1,104 @@
+"""What an LLM artifact is built on, read and checked when it is registered.
+
+- A **base model** (:data:`~model_ops.llm.weights.BASE_MODEL`) records its architecture summary and fingerprint in
+  its lineage, and its full tensor table as an attachment (:data:`TABLE_LABEL`), so adapters can be checked
+  against it later without fetching its weights.
+- An **adapter** (:data:`~model_ops.llm.weights.ADAPTER`) must name its base (``--base models:/NAME@ALIAS``): the
+  exact base version is resolved, the adapter's LoRA tensors are checked against that base's tensor table, and
+  the base's name, version, digest and fingerprint are recorded in the adapter's lineage. A new base is a MAJOR
+  change (:func:`model_ops.registry.semver.classify`).
+
+Weight files that unpickle (``.bin``, ``.pt`` …) are refused in both unless the policy sets
+``allow_pickle_weights: true``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_ops.artifacts.manifest import list_source_files
+from model_ops.errors import PolicyError, UsageError
+from model_ops.llm import weights
+from model_ops.llm.adapters import Adapter, check_fits
+from model_ops.llm.weights import ADAPTER, BASE_MODEL, BaseModel
+
+if TYPE_CHECKING:
+    from model_ops.registry.registry import Registry
+
+TABLE_LABEL = "tensor-table"
+TABLE_FILE = "tensor_table.json"
+ATTACHED_REASON = {
+    TABLE_LABEL: "the base model's tensor table (names, dtypes, shapes), read from its safetensors headers"
+}
+
+
+@dataclass
+class Prepared:
+    """What an LLM registration adds: its flavor, lineage fields and attachments (label -> (file name, bytes))."""
+
+    flavor: str | None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    attachments: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+
+def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None) -> Prepared:
+    kind, sources = list_source_files(Path(path))
+    names = [n for n, _ in sources]
+    detected = weights.flavor_of_directory(names) if kind == "directory" else None
+    flavor = flavor or detected
+    if flavor not in (BASE_MODEL, ADAPTER):
+        if base is not None:
+            raise UsageError(
+                f"--base names what an adapter was trained on, and {path} is not an adapter",
+                hint=f"an adapter is a directory with {weights.ADAPTER_CONFIG} and {weights.ADAPTER_WEIGHTS}",
+            )
+        return Prepared(flavor)
+    if kind != "directory":
+        raise UsageError(f"a {flavor} is a directory of files, and {path} is one file")
+    pickles = weights.pickle_files(names)
+    if pickles and not registry.policy.allow_pickle_weights:
+        raise PolicyError(
+            f"{path} holds weights in a format that runs code when loaded: {', '.join(pickles[:5])}",
+            hint="convert them to safetensors, or set allow_pickle_weights: true in the registry's policy",
+        )
+    if flavor == BASE_MODEL:
+        if base is not None:
+            raise UsageError("--base is for adapters; a base model is registered on its own")
+        model = BaseModel.read(Path(path))
+        table = model.table_bytes()
+        return Prepared(
+            flavor,
+            {"architecture": model.summary()},
+            {TABLE_LABEL: (TABLE_FILE, table)},
+        )
+    if base is None:
+        raise UsageError(
+            f"{path} is an adapter and needs the base model it was trained on",
+            hint="pass --base models:/NAME@ALIAS (or /N) naming a registered base_model version",
+        )
+    base_mv = registry.resolve(base)
+    if base_mv.flavor != BASE_MODEL:
+        raise UsageError(
+            f"{base_mv.ref} is a {base_mv.flavor!r} artifact, not a base model",
+            hint="register the base's directory (safetensors shards and config.json) first, then name it in --base",
+        )
+    table = registry.attachment(base_mv.name, base_mv.version, TABLE_LABEL)
+    if table is None:
+        raise UsageError(f"{base_mv.ref} has no tensor table to check the adapter against", hint="register it again")
+    adapter = Adapter.read(Path(path))
+    check_fits(adapter, BaseModel.from_table(table), str(path), base_mv.ref)
+    architecture = (base_mv.record.get("lineage") or {}).get("architecture") or {}
+    return Prepared(
+        flavor,
+        {
+            "base_model": {
+                "name": base_mv.name,
+                "version": base_mv.version,
+                "digest": base_mv.digest,
+                "fingerprint": architecture.get("fingerprint"),
+            },
+            "adapter": adapter.summary(),
+        },
+    )

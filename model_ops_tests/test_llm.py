@@ -1,0 +1,166 @@
+"""Base models and LoRA adapters: what an adapter was trained on is recorded, checked against the base's tensors at
+registration, and a new base is a MAJOR version with its reason. Generated safetensors with real headers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from model_ops.cli import main
+from model_ops.errors import PolicyError, UsageError
+from model_ops.llm.weights import BaseModel
+from model_ops.registry import Registry, relations
+from model_ops.registry.policy import default_policy_text
+
+HIDDEN, VOCAB, RANK = 8, 16, 2
+
+
+def base_dir(
+    path: Path, *, hidden: int = HIDDEN, layers: int = 2, seed: int = 0, architecture: str = "TinyLlama"
+) -> Path:
+    rng = np.random.default_rng(seed)
+    tensors = {"model.embed_tokens.weight": rng.standard_normal((VOCAB, hidden), dtype=np.float32)}
+    for i in range(layers):
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            tensors[f"model.layers.{i}.self_attn.{proj}.weight"] = rng.standard_normal(
+                (hidden, hidden), dtype=np.float32
+            )
+    tensors["lm_head.weight"] = rng.standard_normal((VOCAB, hidden), dtype=np.float32)
+    path.mkdir(parents=True)
+    names = sorted(tensors)
+    save_file({n: tensors[n] for n in names[: len(names) // 2]}, str(path / "model-00001-of-00002.safetensors"))
+    save_file({n: tensors[n] for n in names[len(names) // 2 :]}, str(path / "model-00002-of-00002.safetensors"))
+    (path / "config.json").write_text(json.dumps({"architectures": [architecture], "hidden_size": hidden}))
+    return path
+
+
+def adapter_dir(
+    path: Path, *, hidden: int = HIDDEN, targets: tuple[str, ...] = ("q_proj", "v_proj"), layers: int = 2, seed: int = 1
+) -> Path:
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(layers):
+        for proj in targets:
+            module = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+            tensors[f"{module}.lora_A.weight"] = rng.standard_normal((RANK, hidden), dtype=np.float32)
+            tensors[f"{module}.lora_B.weight"] = np.zeros((hidden, RANK), dtype=np.float32)
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "r": RANK,
+        "lora_alpha": 16,
+        "target_modules": list(targets),
+        "base_model_name_or_path": "tiny-base",
+    }
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def reg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    monkeypatch.delenv("MODEL_OPS_POLICY", raising=False)
+    return Registry.open(tmp_path / "root", actor="alice")
+
+
+def test_a_base_model_records_its_architecture_from_the_headers(reg: Registry, tmp_path: Path) -> None:
+    mv = reg.register("tiny_base", base_dir(tmp_path / "base"))
+    assert mv.flavor == "base_model"
+    arch = mv.record["lineage"]["architecture"]
+    expected = BaseModel.read(tmp_path / "base")
+    assert arch["fingerprint"] == expected.fingerprint and arch["architecture"] == "TinyLlama"
+    assert arch["tensors"] == 2 + 2 * 4 and arch["parameters"] == 2 * VOCAB * HIDDEN + 8 * HIDDEN * HIDDEN
+    table = reg.attachment("tiny_base", 1, relations.TABLE_LABEL)
+    assert table is not None and BaseModel.from_table(table).fingerprint == arch["fingerprint"]
+    # the same architecture with other weights: the same fingerprint
+    assert BaseModel.read(base_dir(tmp_path / "other", seed=5)).fingerprint == arch["fingerprint"]
+
+
+def test_an_adapter_records_the_exact_base_version_it_was_checked_against(reg: Registry, tmp_path: Path) -> None:
+    base = reg.register("tiny_base", base_dir(tmp_path / "base"))
+    reg.set_alias("tiny_base", "current", 1, reason="the base our adapters train on")
+    mv = reg.register("support_lora", adapter_dir(tmp_path / "lora"), base="models:/tiny_base@current")
+    assert mv.flavor == "adapter"
+    assert mv.record["lineage"]["base_model"] == {
+        "name": "tiny_base",
+        "version": 1,
+        "digest": base.digest,
+        "fingerprint": base.record["lineage"]["architecture"]["fingerprint"],
+    }
+    assert mv.record["lineage"]["adapter"]["r"] == RANK
+    assert mv.record["lineage"]["adapter"]["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_an_adapter_that_does_not_fit_its_base_is_refused_naming_both(reg: Registry, tmp_path: Path) -> None:
+    reg.register("tiny_base", base_dir(tmp_path / "base"))
+    with pytest.raises(UsageError) as caught:
+        reg.register("lora", adapter_dir(tmp_path / "wide", hidden=2 * HIDDEN), base="models:/tiny_base/1")
+    message = caught.value.message
+    assert "tiny_base/1" in message and str(tmp_path / "wide") in message
+    assert f"lora_A has shape [{RANK}, {2 * HIDDEN}]; the base needs [r, {HIDDEN}]" in message
+    with pytest.raises(UsageError, match="target module 'gate_proj' is not a module of the base"):
+        reg.register("lora", adapter_dir(tmp_path / "mlp", targets=("gate_proj",)), base="models:/tiny_base/1")
+    with pytest.raises(UsageError, match="no tensor model.layers.2"):
+        reg.register("lora", adapter_dir(tmp_path / "deep", layers=3), base="models:/tiny_base/1")
+    assert "lora" not in reg.models()
+
+
+def test_an_adapter_needs_a_base_and_the_base_must_be_a_base_model(reg: Registry, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="needs the base model it was trained on"):
+        reg.register("lora", adapter_dir(tmp_path / "lora"))
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"not weights")
+    reg.register("other", plain)
+    with pytest.raises(UsageError, match="not a base model"):
+        reg.register("lora", tmp_path / "lora", base="models:/other/1")
+    with pytest.raises(UsageError, match="is not an adapter"):
+        reg.register("other", plain, base="models:/other/1")
+
+
+def test_a_new_base_is_a_major_version_and_says_which(reg: Registry, tmp_path: Path) -> None:
+    reg.register("tiny_base", base_dir(tmp_path / "b1"))
+    reg.register("tiny_base", base_dir(tmp_path / "b2", seed=3))  # retrained base: same architecture
+    first = reg.register("lora", adapter_dir(tmp_path / "l1"), base="models:/tiny_base/1")
+    moved = reg.register("lora", adapter_dir(tmp_path / "l2", seed=2), base="models:/tiny_base/2")
+    assert (first.semver, moved.semver) == ("1.0.0", "2.0.0")
+    assert moved.bump["reason"] == "base model tiny_base 1 → tiny_base 2"
+    again = reg.register("lora", adapter_dir(tmp_path / "l3", seed=4), base="models:/tiny_base/2")
+    assert again.semver.startswith("2.") and again.bump["level"] != "major"
+
+
+def test_a_base_whose_tensors_change_shape_is_a_major_version(reg: Registry, tmp_path: Path) -> None:
+    reg.register("tiny_base", base_dir(tmp_path / "b1"))
+    same = reg.register("tiny_base", base_dir(tmp_path / "b2", seed=3))
+    wider = reg.register("tiny_base", base_dir(tmp_path / "b3", hidden=2 * HIDDEN))
+    assert same.bump["level"] == "patch"
+    assert wider.bump["level"] == "major" and wider.bump["reason"].startswith("architecture changed")
+
+
+def test_pickled_weights_are_refused_unless_the_policy_allows_them(reg: Registry, tmp_path: Path) -> None:
+    base = base_dir(tmp_path / "base")
+    (base / "pytorch_model.bin").write_bytes(b"\x80\x04pickled")
+    with pytest.raises(PolicyError, match="pytorch_model.bin"):
+        reg.register("tiny_base", base)
+    policy = tmp_path / "root" / "registry" / "policy.yaml"  # the root's own policy: a --policy file only narrows
+    policy.write_text(default_policy_text() + "\nallow_pickle_weights: true\n")
+    allowed = Registry.open(tmp_path / "root", actor="alice")
+    assert allowed.register("tiny_base", base).flavor == "base_model"
+
+
+def test_the_command_line_registers_an_adapter_on_its_base_and_refuses_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MODEL_OPS_POLICY", raising=False)
+    root = str(tmp_path / "root")
+    assert main(["--root", root, "register", "tiny_base", str(base_dir(tmp_path / "base")), "--json"]) == 0
+    lora = str(adapter_dir(tmp_path / "lora"))
+    capsys.readouterr()
+    assert main(["--root", root, "register", "lora", lora]) == 2
+    assert "needs the base model" in capsys.readouterr().err
+    assert main(["--root", root, "register", "lora", lora, "--base", "models:/tiny_base/1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["flavor"] == "adapter" and out["lineage"]["base_model"]["version"] == 1
