@@ -51,14 +51,22 @@ def load(
     registry: Registry | None = None,
 ) -> LoadedModel:
     """The version ``ref`` points at (``models:/NAME@ALIAS``, ``models:/NAME/3``, ``models:/NAME/1.2.0``), ready to
-    predict. ``root`` defaults like the command line (``$MODEL_OPS_ROOT``, else ``./.model_ops``); pass an open
-    ``registry`` instead to reuse it. ``trusted`` names skops types to accept beyond those the artifact recorded."""
-    from model_ops.ml import flavors
+    predict; or a prompt (``prompts:/NAME@ALIAS``), ready to :meth:`~LoadedModel.render`. ``root`` defaults like
+    the command line (``$MODEL_OPS_ROOT``, else ``./.model_ops``); pass an open ``registry`` instead to reuse it.
+    ``trusted`` names skops types to accept beyond those the artifact recorded."""
+    from model_ops.llm.layout import PROMPT
 
     reg = registry if registry is not None else Registry.open(root, actor=actor)
     mv = reg.resolve(ref)
     reg.verify_signature(mv)
     manifest, files = cached_files(reg.artifacts, mv.digest)
+    if manifest.flavor == PROMPT:
+        from model_ops.llm.prompts import Prompt
+
+        ((name, data),) = files.items()
+        return LoadedModel(Prompt.parse(data, f"{mv.ref} ({name})"), mv)
+    from model_ops.ml import flavors
+
     model = flavors.load(files, trusted=tuple(trusted), flavor=manifest.flavor, what=mv.ref)
     return LoadedModel(model, mv)
 
@@ -167,6 +175,22 @@ class LoadedModel:
             task = ((self.signature or {}).get("outputs") or {}).get("task") or "not a classifier"
             raise UsageError(f"{self.ref} has no predict_proba ({task})", hint="use predict()")
         return self.model.predict_proba(self.prepare(frame))
+
+    def render(self, **values: Any) -> str:
+        """A prompt's template filled in (see :class:`model_ops.llm.prompts.Prompt`); refuses missing or unknown
+        variables by name."""
+        return self._prompt().render(**values)
+
+    def messages(self, **values: Any) -> list[dict[str, str]]:
+        """A prompt as chat messages: system, few-shot examples, then the filled-in template."""
+        return self._prompt().messages(**values)
+
+    def _prompt(self) -> Any:
+        from model_ops.llm.prompts import Prompt
+
+        if not isinstance(self.model, Prompt):
+            raise UsageError(f"{self.ref} is a {self.flavor!r} model, not a prompt", hint="use predict()")
+        return self.model
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.ref}, semver {self.semver}, {self.flavor}, digest {self.digest[:12]})"

@@ -164,3 +164,143 @@ def test_the_command_line_registers_an_adapter_on_its_base_and_refuses_without_o
     assert main(["--root", root, "register", "lora", lora, "--base", "models:/tiny_base/1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["flavor"] == "adapter" and out["lineage"]["base_model"]["version"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------- prompts
+
+PROMPT = """\
+template: |
+  Customer {{ customer }} writes about order {{ order_id }}:
+  {{ message }}
+variables: [customer, order_id, message]
+system: You are a courteous support agent for {{ customer }}.
+examples:
+  - {input: "Where is my parcel?", output: "It left our depot today."}
+parameters: {temperature: 0.2, max_tokens: 200}
+"""
+
+
+def prompt_file(tmp_path: Path, text: str, name: str = "support_reply.prompt.yaml") -> Path:
+    path = tmp_path / f"p{len(list(tmp_path.glob('p*')))}" / name
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_prompt_registers_loads_by_prompts_ref_and_renders_exactly_its_variables(
+    reg: Registry, tmp_path: Path
+) -> None:
+    import model_ops
+
+    mv = reg.register("support_reply", prompt_file(tmp_path, PROMPT))
+    assert mv.flavor == "prompt" and mv.record["lineage"]["prompt"]["variables"] == ["customer", "message", "order_id"]
+    reg.set_alias("support_reply", "live", 1, reason="first reviewed wording")
+    prompt = model_ops.load("prompts:/support_reply@live", registry=reg)
+    text = prompt.render(customer="Ada", order_id=7, message="It is late.")
+    assert text == "Customer Ada writes about order 7:\nIt is late.\n"
+    messages = prompt.messages(customer="Ada", order_id=7, message="It is late.")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[0]["content"] == "You are a courteous support agent for Ada."
+    with pytest.raises(UsageError, match="missing message, order_id"):
+        prompt.render(customer="Ada")
+    with pytest.raises(UsageError, match="unknown coupon"):
+        prompt.render(customer="Ada", order_id=7, message="x", coupon="FREE")
+
+
+def test_a_prompts_ref_to_a_model_is_refused_and_a_model_is_not_rendered(reg: Registry, tmp_path: Path) -> None:
+
+    plain = tmp_path / "weights.bin"
+    plain.write_bytes(b"bytes")
+    reg.register("scorer", plain)
+    with pytest.raises(UsageError, match="not a prompt"):
+        reg.resolve("prompts:/scorer/1")
+    reg.register("support_reply", prompt_file(tmp_path, PROMPT))
+    assert reg.resolve("models:/support_reply/1").flavor == "prompt"  # models:/ names anything
+
+
+def test_a_template_must_use_exactly_the_variables_it_declares(reg: Registry, tmp_path: Path) -> None:
+    undeclared = PROMPT.replace("variables: [customer, order_id, message]", "variables: [customer, order_id]")
+    with pytest.raises(UsageError, match="uses message, which variables does not declare"):
+        reg.register("p", prompt_file(tmp_path, undeclared))
+    unused = PROMPT.replace("[customer, order_id, message]", "[customer, order_id, message, tone]")
+    with pytest.raises(UsageError, match="declares tone, which the template never uses"):
+        reg.register("p", prompt_file(tmp_path, unused))
+    with pytest.raises(UsageError, match="not valid Jinja2"):
+        reg.register("p", prompt_file(tmp_path, "template: '{{ customer '\nvariables: [customer]\n"))
+    with pytest.raises(UsageError, match="not a plain variable name"):
+        reg.register("p", prompt_file(tmp_path, "template: '{x.__class__}'\nvariables: [x]\nengine: format\n"))
+    with pytest.raises(UsageError, match="temperatur"):
+        reg.register("p", prompt_file(tmp_path, PROMPT + "temperatur: 0.3\n"))
+
+
+def test_the_sandbox_refuses_to_reach_python_internals(reg: Registry, tmp_path: Path) -> None:
+    from jinja2.exceptions import SecurityError
+
+    import model_ops
+
+    escape = "template: '{{ name.__class__.__mro__[1].__subclasses__() }}'\nvariables: [name]\n"
+    reg.register("evil", prompt_file(tmp_path, escape))
+    with pytest.raises(SecurityError):
+        model_ops.load("prompts:/evil/1", registry=reg).render(name="x")
+
+
+def test_prompt_versions_bump_by_what_changed_and_diff_shows_the_text(reg: Registry, tmp_path: Path) -> None:
+    from model_ops.ops import provenance
+
+    reg.register("support_reply", prompt_file(tmp_path, PROMPT))
+    worded = reg.register("support_reply", prompt_file(tmp_path, PROMPT.replace("courteous", "friendly")))
+    warmer = reg.register(
+        "support_reply", prompt_file(tmp_path, PROMPT.replace("temperature: 0.2", "temperature: 0.7"))
+    )
+    more = PROMPT.replace("[customer, order_id, message]", "[customer, order_id, message, tone]").replace(
+        "{{ message }}", "{{ message }} (tone: {{ tone }})"
+    )
+    widened = reg.register("support_reply", prompt_file(tmp_path, more))
+    assert (worded.semver, worded.bump["reason"]) == (
+        "1.0.1",
+        "same variables and parameters; the prompt's text changed",
+    )
+    assert warmer.semver == "1.1.0" and warmer.bump["reason"] == "generation parameters changed (temperature)"
+    assert widened.semver == "2.0.0" and widened.bump["reason"] == "prompt variables changed (added tone)"
+
+    d = provenance.diff(reg, "prompts:/support_reply/1", "prompts:/support_reply/2")
+    assert "-system: You are a courteous support agent for {{ customer }}." in d["text"]
+    assert "+system: You are a friendly support agent for {{ customer }}." in d["text"]
+    assert list(d["files"]) == ["support_reply.prompt.yaml"]
+    assert "friendly" in provenance.render_diff(d)
+
+
+def test_a_prompt_records_the_exact_version_of_the_model_it_was_written_for(reg: Registry, tmp_path: Path) -> None:
+    reg.register("tiny_base", base_dir(tmp_path / "base"))
+    reg.register("support_lora", adapter_dir(tmp_path / "lora"), base="models:/tiny_base/1")
+    reg.set_alias("support_lora", "live", 1, reason="first adapter")
+    mv = reg.register("support_reply", prompt_file(tmp_path, PROMPT + "model: models:/support_lora@live\n"))
+    assert mv.record["lineage"]["written_for"]["name"] == "support_lora"
+    assert mv.record["lineage"]["written_for"]["version"] == 1
+    reg.register("support_lora", adapter_dir(tmp_path / "lora2", seed=9), base="models:/tiny_base/1")
+    reg.set_alias("support_lora", "live", 2, reason="retrained")
+    moved = reg.register(
+        "support_reply",
+        prompt_file(tmp_path, PROMPT.replace("courteous", "kind") + "model: models:/support_lora@live\n"),
+    )
+    assert moved.bump["reason"] == "written for support_lora 1 → support_lora 2" and moved.semver == "2.0.0"
+
+
+def test_lineage_walks_from_a_prompt_to_its_adapter_to_its_base(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reg.register("tiny_base", base_dir(tmp_path / "base"))
+    reg.register("support_lora", adapter_dir(tmp_path / "lora"), base="models:/tiny_base/1")
+    reg.register("support_reply", prompt_file(tmp_path, PROMPT + "model: models:/support_lora/1\n"))
+    root = str(tmp_path / "root")
+    assert main(["--root", root, "lineage", "prompts:/support_reply/1", "--json"]) == 0
+    chain = json.loads(capsys.readouterr().out)["built_on"]
+    assert [(b["relation"], b["ref"], b["flavor"]) for b in chain] == [
+        ("written for", "models:/support_lora/1", "adapter"),
+        ("adapter of base", "models:/tiny_base/1", "base_model"),
+    ]
+    assert all(b["digest_as_recorded"] for b in chain)
+    assert main(["--root", root, "lineage", "prompts:/support_reply/1"]) == 0
+    text = capsys.readouterr().out
+    assert "built on written for models:/support_lora/1 (adapter, 1.0.0" in text
+    assert "adapter of base models:/tiny_base/1 (base_model" in text

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pyfastcdc import FastCDC
 
@@ -160,7 +160,10 @@ class _Window:
         """Stop what has not started and wait for the rest: nothing may read the mapping once it is closed."""
         for future in self.stored:
             future.cancel()
-        wait([*self.stored, *([self.hashed] if self.hashed else [])])
+        pending: list[Future[Any]] = [*self.stored]
+        if self.hashed is not None:
+            pending.append(self.hashed)
+        wait(pending)
         self.close()
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from model_ops.errors import IntegrityError, UsageError
-from model_ops.llm.weights import flavor_of_directory
+from model_ops.llm import layout
 
 FORMAT = "model_ops.manifest/1"
 FLAVOR_SKOPS = "sklearn-skops"
@@ -141,6 +141,4 @@ def list_source_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
 def guess_flavor(kind: str, names: list[str]) -> str:
     if kind == "file" and names[0].endswith(".skops"):
         return FLAVOR_SKOPS
-    if kind == "directory" and (llm := flavor_of_directory(names)):
-        return llm
-    return FLAVOR_FILES
+    return layout.flavor_of(kind, names) or FLAVOR_FILES

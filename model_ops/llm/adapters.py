@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from model_ops.errors import UsageError
-from model_ops.llm.weights import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BaseModel, Tensor, read_json, read_tensors
+from model_ops.llm.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from model_ops.llm.weights import BaseModel, Tensor, read_json, read_tensors
 
 PEFT_TYPES = ("LORA",)  # QLoRA adapters are LoRA adapters trained over a quantized base: PEFT writes "LORA"
 _PREFIX = "base_model.model."

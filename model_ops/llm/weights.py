@@ -10,7 +10,7 @@ An **adapter** (LoRA / QLoRA in the PEFT layout) is a directory with ``adapter_c
 :mod:`model_ops.llm.adapters` for how it is checked against a base.
 
 Weight files that unpickle on load (``.bin``, ``.pt``, ``.pth``, ``.ckpt``, ``.pkl``) can run code when read; they
-are refused unless the registry's policy allows them by name (``artifacts.allow_pickle_weights``).
+are refused unless the registry's policy allows them (``allow_pickle_weights: true``).
 """
 
 from __future__ import annotations
@@ -23,12 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from model_ops.errors import UsageError
+from model_ops.llm.layout import CONFIG_FILE
 
-BASE_MODEL, ADAPTER = "base_model", "adapter"
-CONFIG_FILE = "config.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _MAX_CONFIG_BYTES = 16 << 20
 
 
@@ -43,20 +39,6 @@ class Tensor:
         for d in self.shape:
             n *= d
         return n
-
-
-def flavor_of_directory(names: list[str]) -> str | None:
-    """``adapter`` or ``base_model`` for a directory of these relative file names laid out as one; else None."""
-    top = {n for n in names if "/" not in n}
-    if ADAPTER_CONFIG in top:
-        return ADAPTER
-    if CONFIG_FILE in top and any(n.endswith(".safetensors") for n in top):
-        return BASE_MODEL
-    return None
-
-
-def pickle_files(names: list[str]) -> list[str]:
-    return sorted(n for n in names if n.lower().endswith(PICKLE_SUFFIXES))
 
 
 def read_tensors(path: Path) -> dict[str, Tensor]:

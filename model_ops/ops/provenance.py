@@ -9,6 +9,7 @@ with them, the recipe's code version, the recorded environment, the fitted param
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -290,7 +291,41 @@ def lineage(
             for e in events
             if e.kind in (RecordKind.CANARY_ANALYSIS, RecordKind.RETRAIN, RecordKind.ALERT)
         ],
+        "built_on": built_on(reg, mv),
     }
+
+
+_BUILT_ON = (("written_for", "written for"), ("base_model", "adapter of base"))
+
+
+def built_on(reg: Registry, mv: Any) -> list[dict[str, Any]]:
+    """What ``mv`` is built on, link by link: the model a prompt was written for, the base an adapter was trained
+    on, and so on down to a version built on nothing. Each link names the exact version recorded at
+    registration and whether that version still holds the digest recorded then."""
+    chain: list[dict[str, Any]] = []
+    seen = {(mv.name, mv.version)}
+    current = mv
+    while True:
+        found = next(((key, rel) for key, rel in _BUILT_ON if isinstance(current.lineage.get(key), dict)), None)
+        if found is None:
+            return chain
+        key, relation = found
+        link = current.lineage[key]
+        target = reg.get(link["name"], link["version"])
+        chain.append(
+            {
+                "relation": relation,
+                "ref": target.ref,
+                "semver": target.semver,
+                "flavor": target.flavor,
+                "stage": target.stage,
+                "digest_as_recorded": target.digest == link.get("digest"),
+            }
+        )
+        if (target.name, target.version) in seen:
+            return chain
+        seen.add((target.name, target.version))
+        current = target
 
 
 def _for(item: dict[str, Any]) -> str:
@@ -305,9 +340,17 @@ def render_lineage(tree: dict[str, Any]) -> str:
     if when:  # the command line says how it was asked (a window); else the moment and its clock
         clock = "wall clock" if when["clock"] == "wall" else "business time"
         heading = [f"as of {when.get('label') or when['time'] + f' ({clock})'}"]
+    built = [
+        f"{'built on' if i == 0 else '':<8} {'   ' * i}{b['relation']} {b['ref']} ({b['flavor']}, {b['semver']}, "
+        f"now {b['stage']})" + ("" if b["digest_as_recorded"] else "  DIGEST DIFFERS FROM THE ONE RECORDED")
+        for i, b in enumerate(tree.get("built_on") or [])
+    ]
     lines = [
         *heading,
-        f"dataset  {d['uri']} @ Delta version {d['delta_version']}  ({d['rows']} rows, schema {d['schema_hash']})",
+        *built,
+        f"dataset  {d['uri']} @ Delta version {d['delta_version']}  ({d['rows']} rows, schema {d['schema_hash']})"
+        if d["uri"]
+        else "dataset  - (none recorded)",
         f"         from {d['source'] or '-'}; window {', '.join(d['window'] or []) or '-'}; "
         f"holdout {d['holdout'] or '-'}",
         f"└─ run   {r['dagster_run_id'] or '-'}  by {r['created_by']} at {r['created_at']}",
@@ -366,6 +409,11 @@ def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
             {k: lb.get(k) for k in ("code_version", "git_commit", "seed", "estimator")},
         ),
         "packages": changed(pa_, pb),
+        "built_on": changed(
+            {k: la.get(k) for k in ("base_model", "written_for")}, {k: lb.get(k) for k in ("base_model", "written_for")}
+        ),
+        "files": file_changes(reg, a.digest, b.digest),
+        "text": text_diff(reg, a, b),
         "bump": {
             "level": b.bump.get("level"),
             "reason": b.bump.get("reason"),
@@ -373,6 +421,38 @@ def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
             "parent": b.parent,
         },
     }
+
+
+def file_changes(reg: Registry, digest_a: str, digest_b: str) -> dict[str, dict[str, Any]]:
+    """Per file of either artifact: added, removed or changed, with sizes; for a file stored as chunks in both,
+    how many of B's chunks A did not have and their bytes (what storing B cost)."""
+    if digest_a == digest_b:
+        return {}
+    fa = {f.path: f for f in reg.artifacts.manifest(digest_a).files}
+    fb = {f.path: f for f in reg.artifacts.manifest(digest_b).files}
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(set(fa) | set(fb)):
+        x, y = fa.get(path), fb.get(path)
+        if x is not None and y is not None and x.sha256 == y.sha256:
+            continue
+        change = "added" if x is None else "removed" if y is None else "changed"
+        entry: dict[str, Any] = {"change": change, "bytes": [x.size if x else None, y.size if y else None]}
+        if x is not None and y is not None and x.chunks and y.chunks:
+            had = {c.sha256 for c in x.chunks}
+            new = [c for c in y.chunks if c.sha256 not in had]
+            entry["chunks"] = {"new": len(new), "of": len(y.chunks), "new_bytes": sum(c.size for c in new)}
+        out[path] = entry
+    return out
+
+
+def text_diff(reg: Registry, a: Any, b: Any) -> list[str] | None:
+    """A unified diff of two prompts' files (the text is what changed a prompt's behaviour); None otherwise."""
+    from model_ops.llm.layout import PROMPT
+
+    if a.flavor != PROMPT or b.flavor != PROMPT or a.digest == b.digest:
+        return None
+    old, new = (reg.artifacts.read_file(mv.digest).decode("utf-8", "replace") for mv in (a, b))
+    return list(difflib.unified_diff(old.splitlines(), new.splitlines(), fromfile=a.ref, tofile=b.ref, lineterm=""))
 
 
 def render_diff(d: dict[str, Any]) -> str:
@@ -384,12 +464,19 @@ def render_diff(d: dict[str, Any]) -> str:
         f"(parent v{d['bump']['parent']}): {d['bump']['reason']}",
         f"signature  {'changed' if d['signature_changed'] else 'same'}",
     ]
-    for section in ("data", "params", "metrics", "code", "packages"):
+    for section in ("data", "params", "metrics", "code", "packages", "built_on"):
         items = d[section]
         if not items:
             lines.append(f"{section:<10} same")
             continue
         lines.append(f"{section:<10} " + "; ".join(f"{k}: {_short(x)} -> {_short(y)}" for k, (x, y) in items.items()))
+    for path, f in (d.get("files") or {}).items():
+        sizes = " -> ".join("-" if n is None else f"{n:,} B" for n in f["bytes"])
+        chunks = f.get("chunks")
+        extra = f"; {chunks['new']} of {chunks['of']} chunks new ({chunks['new_bytes']:,} B)" if chunks else ""
+        lines.append(f"file       {path}: {f['change']} ({sizes}{extra})")
+    if d.get("text"):
+        lines += ["text", *("  " + line for line in d["text"])]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from model_ops.errors import NotFoundError, UsageError
-from model_ops.registry.refs import Ref
+from model_ops.registry.refs import KIND_FLAVORS, KINDS, Ref
 
 
 class VersionIndex(Protocol):
@@ -66,3 +66,13 @@ def find_number(index: VersionIndex, ref: Ref, stages: Iterable[str]) -> int:
     if not number or not 1 <= number <= index.count():
         raise NotFoundError(f"{ref} does not resolve to a version")
     return number
+
+
+def check_kind(ref: Ref, flavor: str, found: str) -> None:
+    """Refuse a ``prompts:/`` reference that resolved to something other than a prompt."""
+    wanted = KIND_FLAVORS.get(ref.kind)
+    if wanted is not None and flavor != wanted:
+        raise UsageError(
+            f"{ref} resolved to {found}, a {flavor!r} artifact, not a {wanted}",
+            hint=f"name models with models:/ and prompts with {KINDS[ref.kind]}",
+        )

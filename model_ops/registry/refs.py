@@ -12,6 +12,10 @@ pick). ``@ALIAS`` ends the name the same way (``models:/fraud/scorer@champion``)
 ``..`` (both start with a letter or digit) and there is at most one ``/``; model names never become local paths
 (the Dagster layer's model names are the spec names, which have no ``/``), so a namespace cannot reach outside
 the root.
+
+``prompts:/NAME@ALIAS`` (and every other form under ``prompts:/``) names a version the same way and also asks that
+it be a prompt: prompts share the registry, its aliases and stages with models, and resolving a ``prompts:/``
+reference to anything else is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from model_ops.errors import UsageError
 
 PREFIX = "models:/"
+KINDS = {"models": "models:/", "prompts": "prompts:/"}
+KIND_FLAVORS = {"prompts": "prompt"}  # the flavor a reference of this kind must resolve to
 TEAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -37,11 +43,13 @@ class Ref:
     semver: str | None = None
     alias: str | None = None
     stage: str | None = None
+    kind: str = "models"  # "prompts": the version must be a prompt
 
     def __str__(self) -> str:
+        prefix = KINDS[self.kind]
         if self.alias:
-            return f"{PREFIX}{self.name}@{self.alias}"
-        return f"{PREFIX}{self.name}/{self.version or self.semver or self.stage}"
+            return f"{prefix}{self.name}@{self.alias}"
+        return f"{prefix}{self.name}/{self.version or self.semver or self.stage}"
 
 
 def check_name(name: str) -> str:
@@ -71,11 +79,14 @@ def parse_ref(text: str) -> Ref:
     if not isinstance(text, str) or not text.strip():
         raise UsageError("empty model reference", hint=f"use {REF_FORMS}")
     raw = text.strip()
-    body = raw[len(PREFIX) :] if raw.startswith(PREFIX) else raw
+    kind, body = "models", raw
+    for candidate, prefix in KINDS.items():
+        if raw.startswith(prefix):
+            kind, body = candidate, raw[len(prefix) :]
     try:
         if "@" in body:
             name, alias = body.split("@", 1)
-            return Ref(check_name(name), alias=check_alias(alias, allow_reserved=True))
+            return Ref(check_name(name), alias=check_alias(alias, allow_reserved=True), kind=kind)
         if "/" not in body:
             raise UsageError(f"reference {raw!r} names no version, alias or stage", hint=f"use {REF_FORMS}")
         name, what = body.rsplit("/", 1)  # the selector is the last part: a name may be team/model
@@ -84,11 +95,11 @@ def parse_ref(text: str) -> Ref:
             version = int(what)
             if version < 1:
                 raise UsageError(f"version numbers start at 1, not {what}")
-            return Ref(name, version=version)
+            return Ref(name, version=version, kind=kind)
         if SEMVER_RE.fullmatch(what):
-            return Ref(name, semver=what)
+            return Ref(name, semver=what, kind=kind)
         if re.fullmatch(r"[a-z][a-z0-9_-]*", what):
-            return Ref(name, stage=what)
+            return Ref(name, stage=what, kind=kind)
     except UsageError as e:
         raise UsageError(f"malformed model reference {raw!r}: {e.message}", hint=e.hint or f"use {REF_FORMS}") from None
     raise UsageError(f"malformed model reference {raw!r}", hint=f"use {REF_FORMS}")

@@ -351,7 +351,9 @@ class Registry:
             direct = self._direct()
             if direct is not None:
                 return direct.resolve(parsed, self.policy.stages)
-            return self._mv(*self._find(self._sync(), parsed))
+            mv = self._mv(*self._find(self._sync(), parsed))
+        lookup.check_kind(parsed, mv.flavor, mv.ref)
+        return mv
 
     def get(self, name: str, version: int) -> ModelVersion:
         return self.resolve(Ref(name, version=int(version)))

@@ -1,9 +1,12 @@
 """What an LLM artifact is built on, read and checked when it is registered.
 
-- A **base model** (:data:`~model_ops.llm.weights.BASE_MODEL`) records its architecture summary and fingerprint in
+- A **base model** (:data:`~model_ops.llm.layout.BASE_MODEL`) records its architecture summary and fingerprint in
   its lineage, and its full tensor table as an attachment (:data:`TABLE_LABEL`), so adapters can be checked
   against it later without fetching its weights.
-- An **adapter** (:data:`~model_ops.llm.weights.ADAPTER`) must name its base (``--base models:/NAME@ALIAS``): the
+- A **prompt** (:mod:`model_ops.llm.prompts`) is parsed and its template checked against its declared variables;
+  the model it names in ``model:`` is resolved and recorded, so a prompt says which exact version it was written
+  for.
+- An **adapter** (:data:`~model_ops.llm.layout.ADAPTER`) must name its base (``--base models:/NAME@ALIAS``): the
   exact base version is resolved, the adapter's LoRA tensors are checked against that base's tensor table, and
   the base's name, version, digest and fingerprint are recorded in the adapter's lineage. A new base is a MAJOR
   change (:func:`model_ops.registry.semver.classify`).
@@ -18,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_ops.artifacts.manifest import list_source_files
+from model_ops.artifacts.manifest import guess_flavor, list_source_files
 from model_ops.errors import PolicyError, UsageError
-from model_ops.llm import weights
+from model_ops.llm import layout
 from model_ops.llm.adapters import Adapter, check_fits
-from model_ops.llm.weights import ADAPTER, BASE_MODEL, BaseModel
+from model_ops.llm.layout import ADAPTER, BASE_MODEL, PROMPT
+from model_ops.llm.prompts import Prompt
+from model_ops.llm.weights import BaseModel
 
 if TYPE_CHECKING:
     from model_ops.registry.registry import Registry
@@ -46,18 +51,21 @@ class Prepared:
 def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None) -> Prepared:
     kind, sources = list_source_files(Path(path))
     names = [n for n, _ in sources]
-    detected = weights.flavor_of_directory(names) if kind == "directory" else None
-    flavor = flavor or detected
+    flavor = flavor or guess_flavor(kind, names)
+    if flavor == PROMPT:
+        if base is not None:
+            raise UsageError("--base is for adapters; a prompt names the model it was written for in its model: field")
+        return _prompt(registry, sources)
     if flavor not in (BASE_MODEL, ADAPTER):
         if base is not None:
             raise UsageError(
                 f"--base names what an adapter was trained on, and {path} is not an adapter",
-                hint=f"an adapter is a directory with {weights.ADAPTER_CONFIG} and {weights.ADAPTER_WEIGHTS}",
+                hint=f"an adapter is a directory with {layout.ADAPTER_CONFIG} and {layout.ADAPTER_WEIGHTS}",
             )
         return Prepared(flavor)
     if kind != "directory":
         raise UsageError(f"a {flavor} is a directory of files, and {path} is one file")
-    pickles = weights.pickle_files(names)
+    pickles = layout.pickle_files(names)
     if pickles and not registry.policy.allow_pickle_weights:
         raise PolicyError(
             f"{path} holds weights in a format that runs code when loaded: {', '.join(pickles[:5])}",
@@ -84,11 +92,11 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
             f"{base_mv.ref} is a {base_mv.flavor!r} artifact, not a base model",
             hint="register the base's directory (safetensors shards and config.json) first, then name it in --base",
         )
-    table = registry.attachment(base_mv.name, base_mv.version, TABLE_LABEL)
-    if table is None:
+    base_table = registry.attachment(base_mv.name, base_mv.version, TABLE_LABEL)
+    if base_table is None:
         raise UsageError(f"{base_mv.ref} has no tensor table to check the adapter against", hint="register it again")
     adapter = Adapter.read(Path(path))
-    check_fits(adapter, BaseModel.from_table(table), str(path), base_mv.ref)
+    check_fits(adapter, BaseModel.from_table(base_table), str(path), base_mv.ref)
     architecture = (base_mv.record.get("lineage") or {}).get("architecture") or {}
     return Prepared(
         flavor,
@@ -102,3 +110,15 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
             "adapter": adapter.summary(),
         },
     )
+
+
+def _prompt(registry: Registry, sources: list[tuple[str, Path]]) -> Prepared:
+    if len(sources) != 1:
+        raise UsageError("a prompt is one YAML file (prompt.yaml or NAME.prompt.yaml), not a directory")
+    name, source = sources[0]
+    prompt = Prompt.parse(source.read_bytes(), str(source))
+    lineage: dict[str, Any] = {"prompt": prompt.summary()}
+    if prompt.model is not None:
+        target = registry.resolve(prompt.model)
+        lineage["written_for"] = {"name": target.name, "version": target.version, "digest": target.digest}
+    return Prepared(PROMPT, lineage)

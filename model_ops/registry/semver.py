@@ -67,6 +67,14 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
             "major",
             f"architecture changed (tensor names, dtypes or shapes; fingerprint {str(pfp)[:12]} → {str(nfp)[:12]})",
         )
+    if (pl.get("written_for") or nl.get("written_for")) and _base(pl, "written_for") != _base(nl, "written_for"):
+        return "major", f"written for {_base(pl, 'written_for')} → {_base(nl, 'written_for')}"
+    pp, np_ = pl.get("prompt") or {}, nl.get("prompt") or {}
+    if (pp or np_) and pp.get("variables") != np_.get("variables"):
+        before, after = set(pp.get("variables") or []), set(np_.get("variables") or [])
+        detail = [f"added {', '.join(sorted(after - before))}"] if after - before else []
+        detail += [f"removed {', '.join(sorted(before - after))}"] if before - after else []
+        return "major", "prompt variables changed (" + "; ".join(detail) + ")"
     psig, nsig = parent.get("signature") or {}, new.get("signature") or {}
     if psig or nsig:
         if _inputs(psig) != _inputs(nsig):
@@ -87,6 +95,9 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
         reasons.append("training data version changed")
     if _canon(pl.get("estimator")) != _canon(nl.get("estimator")):
         reasons.append("estimator changed")
+    if (pp or np_) and _canon(pp.get("parameters")) != _canon(np_.get("parameters")):
+        keys = _changed_keys(pp.get("parameters") or {}, np_.get("parameters") or {})
+        reasons.append("generation parameters changed (" + ", ".join(keys) + ")")
     changed = _changed_keys(parent.get("params") or {}, new.get("params") or {})
     if changed:
         reasons.append("parameters changed (" + ", ".join(changed[:8]) + ("…" if len(changed) > 8 else "") + ")")
@@ -97,12 +108,15 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
     ]
     if changed_lineage:
         return "patch", "same interface, data and parameters; changed: " + ", ".join(changed_lineage)
+    if pp or np_:
+        return "patch", "same variables and parameters; the prompt's text changed"
     return "patch", "same interface, data and parameters; different artifact bytes"
 
 
-def _base(lineage: dict) -> str:
-    """An adapter's base as a reason names it ("llama_base 3"), or "none"."""
-    base = lineage.get("base_model")
+def _base(lineage: dict, key: str = "base_model") -> str:
+    """What a version is built on (an adapter's base, the model a prompt was written for) as a reason names it
+    ("llama_base 3"), or "none"."""
+    base = lineage.get(key)
     if not isinstance(base, dict):
         return "none"
     return f"{base.get('name')} {base.get('version')}"

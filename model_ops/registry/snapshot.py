@@ -294,7 +294,9 @@ class Snapshot:
         aliases = self._all(
             "SELECT alias FROM aliases WHERE model = ? AND version = ? ORDER BY alias", (index.name, number)
         )
-        return self._version(index.name, rows[0], tuple(a for (a,) in aliases))
+        mv = self._version(index.name, rows[0], tuple(a for (a,) in aliases))
+        lookup.check_kind(parsed, mv.flavor, mv.ref)
+        return mv
 
     def versions(self, name: str) -> list[ModelVersion]:
         index = self._index(name)
