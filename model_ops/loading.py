@@ -54,7 +54,7 @@ def load(
     predict; or a prompt (``prompts:/NAME@ALIAS``), ready to :meth:`~LoadedModel.render`. ``root`` defaults like
     the command line (``$MODEL_OPS_ROOT``, else ``./.model_ops``); pass an open ``registry`` instead to reuse it.
     ``trusted`` names skops types to accept beyond those the artifact recorded."""
-    from model_ops.llm.layout import PROMPT
+    from model_ops.llm.layout import PROMPT, RETRIEVAL
 
     reg = registry if registry is not None else Registry.open(root, actor=actor)
     mv = reg.resolve(ref)
@@ -65,6 +65,11 @@ def load(
 
         ((name, data),) = files.items()
         return LoadedModel(Prompt.parse(data, f"{mv.ref} ({name})"), mv)
+    if manifest.flavor == RETRIEVAL:
+        from model_ops.llm.retrieval import Retrieval
+
+        ((name, data),) = files.items()
+        return LoadedModel(Retrieval.parse(data, f"{mv.ref} ({name})"), mv)
     from model_ops.ml import flavors
 
     model = flavors.load(files, trusted=tuple(trusted), flavor=manifest.flavor, what=mv.ref)

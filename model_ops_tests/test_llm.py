@@ -304,3 +304,89 @@ def test_lineage_walks_from_a_prompt_to_its_adapter_to_its_base(
     text = capsys.readouterr().out
     assert "built on written for models:/support_lora/1 (adapter, 1.0.0" in text
     assert "adapter of base models:/tiny_base/1 (base_model" in text
+
+
+# ---------------------------------------------------------------------------------------------------- retrieval
+
+
+def retrieval_file(tmp_path: Path, index: str, *, top_k: int = 5, embedder: str = "models:/text_embedder@live") -> Path:
+    text = (
+        f"embedding_model: {embedder}\n"
+        "chunking: {strategy: recursive, size: 512, overlap: 64}\n"
+        f"top_k: {top_k}\n"
+        f"index: {index}\n"
+    )
+    path = tmp_path / f"r{len(list(tmp_path.glob('r*')))}" / "support.retrieval.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    return path
+
+
+def index_table(tmp_path: Path, versions: int) -> str:
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    uri = str(tmp_path / "lake" / "support_docs_index")
+    for v in range(versions):
+        write_deltalake(uri, pa.table({"passage": [f"doc {v}"], "vector": [[0.1 * v, 0.2]]}), mode="append")
+    return uri
+
+
+def test_a_retrieval_configuration_pins_its_embedding_model_and_index_version(reg: Registry, tmp_path: Path) -> None:
+    import model_ops
+    from model_ops.ops import provenance
+
+    embedder = tmp_path / "embedder.bin"
+    embedder.write_bytes(b"embedding weights v1")
+    reg.register("text_embedder", embedder)
+    reg.set_alias("text_embedder", "live", 1, reason="first embedder")
+    uri = index_table(tmp_path, 2)
+    first = reg.register("support_rag", retrieval_file(tmp_path, f"{uri}@0"))
+    assert first.flavor == "retrieval"
+    assert first.record["lineage"]["embedding_model"]["version"] == 1
+    assert first.record["lineage"]["retrieval"]["index"] == {"uri": uri, "version": 0}
+    assert model_ops.load("models:/support_rag/1", registry=reg).model.top_k == 5
+
+    reindexed = reg.register("support_rag", retrieval_file(tmp_path, f"{uri}@1"))
+    assert reindexed.semver == "1.1.0" and reindexed.bump["reason"] == f"index table changed ({uri}@0 → {uri}@1)"
+    wider = reg.register("support_rag", retrieval_file(tmp_path, f"{uri}@1", top_k=8))
+    assert wider.semver == "1.1.1" and wider.bump["reason"].endswith("changed: top_k")
+    embedder.write_bytes(b"embedding weights v2")
+    reg.register("text_embedder", embedder)
+    reg.set_alias("text_embedder", "live", 2, reason="new embedder")
+    with pytest.raises(UsageError, match="registered when its embedding model was text_embedder 1"):
+        reg.register("support_rag", retrieval_file(tmp_path, f"{uri}@1", top_k=8))  # the same bytes as v3
+    pinned = retrieval_file(tmp_path, f"{uri}@1", top_k=8, embedder="models:/text_embedder/2")
+    moved = reg.register("support_rag", pinned)
+    assert moved.semver == "2.0.0" and moved.bump["reason"] == "embedding model text_embedder 1 → text_embedder 2"
+    d = provenance.diff(reg, "models:/support_rag/2", "models:/support_rag/3")
+    assert "-top_k: 5" in d["text"] and "+top_k: 8" in d["text"]
+
+
+def test_a_retrieval_configuration_naming_an_index_version_that_does_not_exist_is_refused(
+    reg: Registry, tmp_path: Path
+) -> None:
+    embedder = tmp_path / "embedder.bin"
+    embedder.write_bytes(b"embedding weights")
+    reg.register("text_embedder", embedder)
+    uri = index_table(tmp_path, 1)
+    with pytest.raises(UsageError, match="cannot be opened at version 7"):
+        reg.register("support_rag", retrieval_file(tmp_path, f"{uri}@7", embedder="models:/text_embedder/1"))
+    with pytest.raises(UsageError, match="must be URI@VERSION"):
+        reg.register("support_rag", retrieval_file(tmp_path, uri, embedder="models:/text_embedder/1"))
+    bad = retrieval_file(tmp_path, f"{uri}@0", embedder="models:/text_embedder/1")
+    bad.write_text(bad.read_text().replace("overlap: 64", "overlap: 600"))
+    with pytest.raises(UsageError, match="overlap"):
+        reg.register("support_rag", bad)
+
+
+def test_the_same_adapter_bytes_on_another_base_are_refused_not_silently_returned(
+    reg: Registry, tmp_path: Path
+) -> None:
+    reg.register("tiny_base", base_dir(tmp_path / "b1"))
+    reg.register("tiny_base", base_dir(tmp_path / "b2", seed=3))
+    lora = adapter_dir(tmp_path / "lora")
+    assert reg.register("lora", lora, base="models:/tiny_base/1").version == 1
+    assert reg.register("lora", lora, base="models:/tiny_base/1").version == 1  # idempotent as before
+    with pytest.raises(UsageError, match="registered when its base model was tiny_base 1; it resolves to tiny_base 2"):
+        reg.register("lora", lora, base="models:/tiny_base/2")

@@ -8,31 +8,34 @@ from __future__ import annotations
 
 from model_ops.registry.refs import KIND_FLAVORS
 
-BASE_MODEL, ADAPTER, PROMPT = "base_model", "adapter", KIND_FLAVORS["prompts"]
+BASE_MODEL, ADAPTER, PROMPT, RETRIEVAL = "base_model", "adapter", KIND_FLAVORS["prompts"], "retrieval"
 CONFIG_FILE = "config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PROMPT_FILES = ("prompt.yaml", "prompt.yml")
 PROMPT_SUFFIXES = (".prompt.yaml", ".prompt.yml")
+RETRIEVAL_FILES = ("retrieval.yaml", "retrieval.yml")
+RETRIEVAL_SUFFIXES = (".retrieval.yaml", ".retrieval.yml")
 # Weight formats that unpickle on load, and so can run code when read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def flavor_of(kind: str, names: list[str]) -> str | None:
-    """``adapter``, ``base_model`` or ``prompt`` for an artifact of this kind ("file" or "directory") holding
-    these relative file names; None for anything else."""
+    """``adapter``, ``base_model``, ``prompt`` or ``retrieval`` for an artifact of this kind ("file" or
+    "directory") holding these relative file names; None for anything else."""
     if kind == "file":
-        return PROMPT if is_prompt_file(names[0]) else None
+        name = names[0]
+        if name in PROMPT_FILES or name.endswith(PROMPT_SUFFIXES):
+            return PROMPT
+        if name in RETRIEVAL_FILES or name.endswith(RETRIEVAL_SUFFIXES):
+            return RETRIEVAL
+        return None
     top = {n for n in names if "/" not in n}
     if ADAPTER_CONFIG in top:
         return ADAPTER
     if CONFIG_FILE in top and any(n.endswith(".safetensors") for n in top):
         return BASE_MODEL
     return None
-
-
-def is_prompt_file(name: str) -> bool:
-    return name in PROMPT_FILES or name.endswith(PROMPT_SUFFIXES)
 
 
 def pickle_files(names: list[str]) -> list[str]:

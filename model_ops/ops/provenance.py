@@ -295,7 +295,11 @@ def lineage(
     }
 
 
-_BUILT_ON = (("written_for", "written for"), ("base_model", "adapter of base"))
+_BUILT_ON = (
+    ("written_for", "written for"),
+    ("base_model", "adapter of base"),
+    ("embedding_model", "retrieves with embedding model"),
+)
 
 
 def built_on(reg: Registry, mv: Any) -> list[dict[str, Any]]:
@@ -409,9 +413,7 @@ def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
             {k: lb.get(k) for k in ("code_version", "git_commit", "seed", "estimator")},
         ),
         "packages": changed(pa_, pb),
-        "built_on": changed(
-            {k: la.get(k) for k in ("base_model", "written_for")}, {k: lb.get(k) for k in ("base_model", "written_for")}
-        ),
+        "built_on": changed({k: la.get(k) for k, _ in _BUILT_ON}, {k: lb.get(k) for k, _ in _BUILT_ON}),
         "files": file_changes(reg, a.digest, b.digest),
         "text": text_diff(reg, a, b),
         "bump": {
@@ -446,10 +448,11 @@ def file_changes(reg: Registry, digest_a: str, digest_b: str) -> dict[str, dict[
 
 
 def text_diff(reg: Registry, a: Any, b: Any) -> list[str] | None:
-    """A unified diff of two prompts' files (the text is what changed a prompt's behaviour); None otherwise."""
-    from model_ops.llm.layout import PROMPT
+    """A unified diff of two prompts' or retrieval configurations' files (their text is their behaviour); None
+    otherwise."""
+    from model_ops.llm.layout import PROMPT, RETRIEVAL
 
-    if a.flavor != PROMPT or b.flavor != PROMPT or a.digest == b.digest:
+    if a.flavor != b.flavor or a.flavor not in (PROMPT, RETRIEVAL) or a.digest == b.digest:
         return None
     old, new = (reg.artifacts.read_file(mv.digest).decode("utf-8", "replace") for mv in (a, b))
     return list(difflib.unified_diff(old.splitlines(), new.splitlines(), fromfile=a.ref, tofile=b.ref, lineterm=""))

@@ -850,6 +850,7 @@ class Registry:
         for item, llm in zip(prepared, built_on, strict=True):
             path, flavor = item.pop("path"), item.pop("flavor") or llm.flavor
             stored = self.artifacts.put(path, flavor)
+            self._check_same_bytes_same_links(name, stored.digest, llm.lineage)
             sources.append((stored.digest, functools.partial(self.artifacts.put, path, flavor)))
             item["digest"], item["manifest"] = stored.digest, stored.manifest
             item["lineage"] = {
@@ -876,6 +877,25 @@ class Registry:
         for digest, put_again in sources:
             self._still_stored(digest, put_again)
         return versions
+
+    def _check_same_bytes_same_links(self, name: str, digest: str, lineage: Mapping[str, Any]) -> None:
+        """Registering bytes a version already has returns that version; refuse it when what the file refers to
+        now resolves elsewhere than it did for that version (an alias moved), which returning it would hide."""
+        with self._lock:
+            m = self._sync().models.get(name)
+            number = m.by_digest.get(digest) if m is not None else None
+        if number is None:
+            return
+        existing = self.get(name, number)
+        for key in relations.LINKS:
+            then, now = (existing.lineage.get(key) or {}), (lineage.get(key) or {})
+            if (then.get("name"), then.get("version")) != (now.get("name"), now.get("version")):
+                raise UsageError(
+                    f"these bytes are {existing.ref}, registered when its {key.replace('_', ' ')} was "
+                    f"{then.get('name')} {then.get('version')}; it resolves to {now.get('name')} {now.get('version')} now",
+                    hint="pin the exact version in the file (models:/NAME/N), which makes it a new version, "
+                    "or register it under another name",
+                )
 
     def _registered(self, name: str, digest: str) -> bool:
         with self._lock:

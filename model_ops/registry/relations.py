@@ -6,6 +6,8 @@
 - A **prompt** (:mod:`model_ops.llm.prompts`) is parsed and its template checked against its declared variables;
   the model it names in ``model:`` is resolved and recorded, so a prompt says which exact version it was written
   for.
+- A **retrieval configuration** (:mod:`model_ops.llm.retrieval`) resolves its embedding model to the exact
+  version and opens its index table at the version it names; both are recorded.
 - An **adapter** (:data:`~model_ops.llm.layout.ADAPTER`) must name its base (``--base models:/NAME@ALIAS``): the
   exact base version is resolved, the adapter's LoRA tensors are checked against that base's tensor table, and
   the base's name, version, digest and fingerprint are recorded in the adapter's lineage. A new base is a MAJOR
@@ -25,14 +27,16 @@ from model_ops.artifacts.manifest import guess_flavor, list_source_files
 from model_ops.errors import PolicyError, UsageError
 from model_ops.llm import layout
 from model_ops.llm.adapters import Adapter, check_fits
-from model_ops.llm.layout import ADAPTER, BASE_MODEL, PROMPT
+from model_ops.llm.layout import ADAPTER, BASE_MODEL, PROMPT, RETRIEVAL
 from model_ops.llm.prompts import Prompt
+from model_ops.llm.retrieval import Retrieval
 from model_ops.llm.weights import BaseModel
 
 if TYPE_CHECKING:
     from model_ops.registry.registry import Registry
 
 TABLE_LABEL = "tensor-table"
+LINKS = ("base_model", "written_for", "embedding_model")  # lineage keys naming the exact version a version uses
 TABLE_FILE = "tensor_table.json"
 ATTACHED_REASON = {
     TABLE_LABEL: "the base model's tensor table (names, dtypes, shapes), read from its safetensors headers"
@@ -52,10 +56,12 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
     kind, sources = list_source_files(Path(path))
     names = [n for n, _ in sources]
     flavor = flavor or guess_flavor(kind, names)
-    if flavor == PROMPT:
+    if flavor in (PROMPT, RETRIEVAL):
         if base is not None:
-            raise UsageError("--base is for adapters; a prompt names the model it was written for in its model: field")
-        return _prompt(registry, sources)
+            raise UsageError(f"--base is for adapters; a {flavor} names what it uses in its own file")
+        if len(sources) != 1:
+            raise UsageError(f"a {flavor} is one YAML file, not a directory")
+        return _prompt(registry, sources[0][1]) if flavor == PROMPT else _retrieval(registry, sources[0][1])
     if flavor not in (BASE_MODEL, ADAPTER):
         if base is not None:
             raise UsageError(
@@ -112,13 +118,36 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
     )
 
 
-def _prompt(registry: Registry, sources: list[tuple[str, Path]]) -> Prepared:
-    if len(sources) != 1:
-        raise UsageError("a prompt is one YAML file (prompt.yaml or NAME.prompt.yaml), not a directory")
-    name, source = sources[0]
+def _prompt(registry: Registry, source: Path) -> Prepared:
     prompt = Prompt.parse(source.read_bytes(), str(source))
     lineage: dict[str, Any] = {"prompt": prompt.summary()}
     if prompt.model is not None:
         target = registry.resolve(prompt.model)
         lineage["written_for"] = {"name": target.name, "version": target.version, "digest": target.digest}
     return Prepared(PROMPT, lineage)
+
+
+def _retrieval(registry: Registry, source: Path) -> Prepared:
+    from deltalake.exceptions import DeltaError
+
+    from model_ops.data.delta import Dataset
+    from model_ops.errors import NotFoundError
+    from model_ops.location import resolve_root
+
+    config = Retrieval.parse(source.read_bytes(), str(source))
+    embedder = registry.resolve(config.embedding_model)
+    uri, version = config.index_ref()
+    try:
+        Dataset(resolve_root(uri), "retrieval index").table(version)
+    except (NotFoundError, DeltaError, OSError) as e:
+        raise UsageError(
+            f"{source}: the index table {uri} cannot be opened at version {version}: {e}",
+            hint="name a Delta table and one of its versions (URI@VERSION) that exists",
+        ) from None
+    return Prepared(
+        RETRIEVAL,
+        {
+            "retrieval": {**config.summary(), "index": {"uri": uri, "version": version}},
+            "embedding_model": {"name": embedder.name, "version": embedder.version, "digest": embedder.digest},
+        },
+    )

@@ -67,8 +67,9 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
             "major",
             f"architecture changed (tensor names, dtypes or shapes; fingerprint {str(pfp)[:12]} → {str(nfp)[:12]})",
         )
-    if (pl.get("written_for") or nl.get("written_for")) and _base(pl, "written_for") != _base(nl, "written_for"):
-        return "major", f"written for {_base(pl, 'written_for')} → {_base(nl, 'written_for')}"
+    for key, what in (("written_for", "written for"), ("embedding_model", "embedding model")):
+        if (pl.get(key) or nl.get(key)) and _base(pl, key) != _base(nl, key):
+            return "major", f"{what} {_base(pl, key)} → {_base(nl, key)}"
     pp, np_ = pl.get("prompt") or {}, nl.get("prompt") or {}
     if (pp or np_) and pp.get("variables") != np_.get("variables"):
         before, after = set(pp.get("variables") or []), set(np_.get("variables") or [])
@@ -98,6 +99,11 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
     if (pp or np_) and _canon(pp.get("parameters")) != _canon(np_.get("parameters")):
         keys = _changed_keys(pp.get("parameters") or {}, np_.get("parameters") or {})
         reasons.append("generation parameters changed (" + ", ".join(keys) + ")")
+    pr, nr = pl.get("retrieval") or {}, nl.get("retrieval") or {}
+    if (pr or nr) and _canon(pr.get("index")) != _canon(nr.get("index")):
+        reasons.append(f"index table changed ({_index(pr)} → {_index(nr)})")
+    if (pr or nr) and _canon(pr.get("chunking")) != _canon(nr.get("chunking")):
+        reasons.append("chunking changed (the index must be rebuilt)")
     changed = _changed_keys(parent.get("params") or {}, new.get("params") or {})
     if changed:
         reasons.append("parameters changed (" + ", ".join(changed[:8]) + ("…" if len(changed) > 8 else "") + ")")
@@ -110,6 +116,9 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
         return "patch", "same interface, data and parameters; changed: " + ", ".join(changed_lineage)
     if pp or np_:
         return "patch", "same variables and parameters; the prompt's text changed"
+    if pr or nr:
+        changed = [k for k in ("top_k", "parameters") if _canon(pr.get(k)) != _canon(nr.get(k))]
+        return "patch", "same embedding model, index and chunking; changed: " + (", ".join(changed) or "the file")
     return "patch", "same interface, data and parameters; different artifact bytes"
 
 
@@ -120,6 +129,11 @@ def _base(lineage: dict, key: str = "base_model") -> str:
     if not isinstance(base, dict):
         return "none"
     return f"{base.get('name')} {base.get('version')}"
+
+
+def _index(retrieval: dict) -> str:
+    index = retrieval.get("index") or {}
+    return f"{index.get('uri')}@{index.get('version')}" if index else "none"
 
 
 class SemverIndex:
