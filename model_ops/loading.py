@@ -173,6 +173,8 @@ class LoadedModel:
         return self.flavor in ("xgboost", "lightgbm") and not hasattr(self.model, "steps")
 
     def predict(self, frame: Any) -> np.ndarray:
+        if not hasattr(self.model, "predict"):
+            raise UsageError(f"{self.ref} is a {self.flavor!r} artifact, not a model that predicts")
         return self.model.predict(self.prepare(frame))
 
     def predict_proba(self, frame: Any) -> np.ndarray:

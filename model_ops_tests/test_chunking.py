@@ -253,3 +253,28 @@ def test_chunks_on_s3_come_back_byte_for_byte_and_are_shared(s3_root: str, tmp_p
     assert 1_000_000 <= second.new_bytes <= 1_000_000 + 2 * chunking.MAXIMUM
     assert store.fetch(first.digest, tmp_path / "back.safetensors").read_bytes() == source.read_bytes()
     assert store.check(second.digest) == []
+
+
+def test_a_failing_chunk_write_surfaces_as_itself_and_leaves_no_mapping_behind(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    source = checkpoint(tmp_path / "ckpt" / "model.safetensors", random_tensors(8, 250_000))
+    monkeypatch.setattr(chunking, "WINDOW", 2 * chunking.MAXIMUM)
+    real_put = type(store.blobs).put_chunk
+    calls = {"n": 0}
+
+    def full_disk(self, digest, data):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_put(self, digest, data)
+
+    monkeypatch.setattr(type(store.blobs), "put_chunk", full_disk)
+    with pytest.raises(OSError) as caught:
+        store.put(source)
+    assert caught.value.errno == errno.ENOSPC and not isinstance(caught.value, BufferError)
+    monkeypatch.setattr(type(store.blobs), "put_chunk", real_put)
+    stored = store.put(source)  # what the failure left is only unreferenced chunks
+    assert store.read_file(stored.digest) == source.read_bytes()

@@ -234,13 +234,12 @@ def test_a_template_must_use_exactly_the_variables_it_declares(reg: Registry, tm
 
 
 def test_the_sandbox_refuses_to_reach_python_internals(reg: Registry, tmp_path: Path) -> None:
-    from jinja2.exceptions import SecurityError
 
     import model_ops
 
     escape = "template: '{{ name.__class__.__mro__[1].__subclasses__() }}'\nvariables: [name]\n"
     reg.register("evil", prompt_file(tmp_path, escape))
-    with pytest.raises(SecurityError):
+    with pytest.raises(UsageError, match="SecurityError"):
         model_ops.load("prompts:/evil/1", registry=reg).render(name="x")
 
 
@@ -390,3 +389,56 @@ def test_the_same_adapter_bytes_on_another_base_are_refused_not_silently_returne
     assert reg.register("lora", lora, base="models:/tiny_base/1").version == 1  # idempotent as before
     with pytest.raises(UsageError, match="registered when its base model was tiny_base 1; it resolves to tiny_base 2"):
         reg.register("lora", lora, base="models:/tiny_base/2")
+
+
+# ---------------------------------------------------------------------------------------------------- review fixes
+
+
+def test_lineage_the_registry_reads_from_files_cannot_be_given(reg: Registry, tmp_path: Path) -> None:
+    plain = tmp_path / "m.txt"
+    plain.write_text("x")
+    with pytest.raises(UsageError, match="lineage may not set base_model"):
+        reg.register("plain", plain, lineage={"base_model": {"name": "tiny_base", "version": 1}})
+
+
+def test_target_modules_match_as_peft_matches_them(reg: Registry, tmp_path: Path) -> None:
+    reg.register("tiny_base", base_dir(tmp_path / "base"))
+    lora = adapter_dir(tmp_path / "lora")
+    config = json.loads((lora / "adapter_config.json").read_text())
+    config["target_modules"] = ["self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
+    (lora / "adapter_config.json").write_text(json.dumps(config))
+    assert reg.register("lora", lora, base="models:/tiny_base/1").flavor == "adapter"
+
+
+def test_a_prompts_ref_is_checked_by_every_write_and_by_as_of(reg: Registry, tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    plain = tmp_path / "m.txt"
+    plain.write_text("x")
+    reg.register("m", plain)
+    with pytest.raises(UsageError, match="not a prompt"):
+        reg.set_tag("prompts:/m/1", "team", "x")
+    with pytest.raises(UsageError, match="not a prompt"):
+        reg.resolve_as_of("prompts:/m/1", datetime.now(timezone.utc))
+
+
+def test_format_prompts_refuse_nested_and_huge_fields_and_render_errors_are_usage_errors(
+    reg: Registry, tmp_path: Path
+) -> None:
+    import model_ops
+
+    with pytest.raises(UsageError, match="nested field"):
+        reg.register("p", prompt_file(tmp_path, "template: '{x:{y}}'\nvariables: [x]\nengine: format\n"))
+    with pytest.raises(UsageError, match="width above"):
+        reg.register("p", prompt_file(tmp_path, "template: '{x:>300000000}'\nvariables: [x]\nengine: format\n"))
+    reg.register("p", prompt_file(tmp_path, "template: 'n={x:d}'\nvariables: [x]\nengine: format\n"))
+    with pytest.raises(UsageError, match="cannot render the prompt: ValueError"):
+        model_ops.load("prompts:/p/1", registry=reg).render(x="seven")
+    with pytest.raises(UsageError, match="not a model that predicts"):
+        model_ops.load("prompts:/p/1", registry=reg).predict(None)
+
+
+def test_yaml_aliases_are_refused_in_prompt_files(reg: Registry, tmp_path: Path) -> None:
+    bomb = "template: 'hi'\nparameters:\n  a: &a [1, 1, 1]\n  b: [*a, *a, *a]\n"
+    with pytest.raises(UsageError, match="anchors"):
+        reg.register("p", prompt_file(tmp_path, bomb))

@@ -73,13 +73,19 @@ def cut_points(view: memoryview) -> list[tuple[int, int]]:
     return found
 
 
-def store_file(blobs: BlobStore, path: Path, name: str, progress: Progress | None = None) -> ChunkedFile:
+def store_file(
+    blobs: BlobStore, path: Path, name: str, progress: Progress | None = None, *, size: int | None = None
+) -> ChunkedFile:
     """Store ``path`` as chunks and return its manifest entry. Refuses a file that changed while it was read.
 
     The file is mapped a window at a time (:data:`WINDOW`). While the chunks of one window are hashed and stored
     by workers, straight from the mapping, and one thread hashes the window into the whole file's SHA-256, the
     next window is cut: at most :data:`WINDOWS_AHEAD` windows are mapped at once, whatever the file's size."""
     before = _stat_key(path)
+    if size is not None and before[0] != size:  # the caller chose chunking for a file of ``size`` bytes
+        raise UsageError(
+            f"{path} changed while it was being stored", hint="store a file that no other process is writing"
+        )
     whole = hashlib.sha256()
     refs: list[ChunkRef] = []
     new_bytes = 0
@@ -100,8 +106,10 @@ def store_file(blobs: BlobStore, path: Path, name: str, progress: Progress | Non
                 new_bytes += ref.size if written else 0
             if window.hashed is not None:
                 window.hashed.result()
-        finally:
-            window.close()
+        except BaseException:
+            window.abandon()  # its other chunks may still be read by workers: wait for them before unmapping
+            raise
+        window.close()
 
     mapped: deque[_Window] = deque()
     with (
@@ -115,7 +123,7 @@ def store_file(blobs: BlobStore, path: Path, name: str, progress: Progress | Non
             while start < size:
                 window = _Window(f.fileno(), start, size)
                 mapped.append(window)
-                window.hashed = hasher.submit(whole.update, window.view[: window.consumed])
+                window.hashed = hasher.submit(whole.update, window.whole)
                 window.stored = [workers.submit(store, piece) for piece in window.pieces]
                 start += window.consumed
                 if len(mapped) >= WINDOWS_AHEAD:
@@ -153,6 +161,7 @@ class _Window:
         self.consumed = sum(n for _, n in points)
         assert self.consumed > 0, "a window holds more than one chunk (WINDOW > MAXIMUM)"
         self.pieces = [self.view[at : at + n] for at, n in points]
+        self.whole = self.view[: self.consumed]  # released here, not left to a worker thread's references
         self.hashed: Future[None] | None = None
         self.stored: list[Future[tuple[ChunkRef, bool]]] = []
 
@@ -169,6 +178,7 @@ class _Window:
     def close(self) -> None:
         for piece in self.pieces:
             piece.release()
+        self.whole.release()
         self.view.release()
         self._map.close()
 

@@ -52,7 +52,7 @@ class ArtifactStore:
             size = source.stat().st_size
             if size >= self.chunk_threshold:
                 with Progress(size, f"storing {name}") as progress:
-                    chunked = chunking.store_file(self.blobs, source, name, progress)
+                    chunked = chunking.store_file(self.blobs, source, name, progress, size=size)
                 entries.append(chunked.entry)
                 new_bytes += chunked.new_bytes
                 continue

@@ -84,10 +84,10 @@ class Adapter:
     def misfits(self, base: BaseModel) -> list[str]:
         """Every way this adapter does not fit ``base``: empty when it fits."""
         found = []
-        leaves = {name.rsplit(".", 2)[-2] for name in base.tensors if name.endswith(".weight") and "." in name}
+        modules = [name.removesuffix(".weight") for name in base.tensors if name.endswith(".weight")]
         if isinstance(self.target_modules, tuple):
-            for target in self.target_modules:
-                if target not in leaves:
+            for target in self.target_modules:  # PEFT's rule: the module's name is the target or ends with .target
+                if not any(m == target or m.endswith("." + target) for m in modules):
                     found.append(f"target module {target!r} is not a module of the base")
         for module, (a, b) in sorted(self.pairs.items()):
             weight = base.tensors.get(f"{module}.weight")

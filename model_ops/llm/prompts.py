@@ -58,10 +58,7 @@ class Prompt(BaseModel):
     def parse(cls, data: bytes, what: str) -> Prompt:
         if len(data) > _MAX_BYTES:
             raise UsageError(f"{what} is larger than a prompt file can be ({_MAX_BYTES >> 20} MiB)")
-        try:
-            doc = yaml.safe_load(data)
-        except yaml.YAMLError as e:
-            raise UsageError(f"{what} is not valid YAML: {e}", hint="fix the prompt file") from None
+        doc = safe_yaml(data, what)
         if not isinstance(doc, dict):
             raise UsageError(
                 f"{what} must be a YAML mapping with at least a template", hint="see `model_ops.llm.prompts`"
@@ -127,9 +124,16 @@ class Prompt(BaseModel):
                 "cannot render the prompt: " + "; ".join(parts),
                 hint="pass exactly its variables: " + ", ".join(sorted(declared)) if declared else "it takes none",
             )
-        if self.engine == "format":
-            return text.format_map(dict(values))
-        return _environment().from_string(text).render(**values)
+        try:
+            if self.engine == "format":
+                return text.format_map(dict(values))
+            return _environment().from_string(text).render(**values)
+        except UsageError:
+            raise
+        except Exception as e:  # a value the template cannot use (a string formatted as a number, a sandbox refusal)
+            raise UsageError(
+                f"cannot render the prompt: {type(e).__name__}: {e}", hint="check the values passed for its variables"
+            ) from None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -140,11 +144,42 @@ class Prompt(BaseModel):
         }
 
 
+class _NoAliases(yaml.SafeLoader):
+    """A YAML loader that refuses anchors and aliases: a few hundred bytes of nested aliases expand to millions of
+    nodes, and a prompt or retrieval file has no use for them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise UsageError("YAML aliases (*name) are not allowed in this file", hint="write the value out")
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise UsageError("YAML anchors (&name) are not allowed in this file", hint="write the value out")
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(data: bytes, what: str) -> Any:
+    try:
+        return yaml.load(data, Loader=_NoAliases)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        raise UsageError(f"{what} is not valid YAML: {e}", hint="fix the file") from None
+    except UsageError as e:
+        raise UsageError(f"{what}: {e.message}", hint=e.hint) from None
+
+
 def _environment() -> Any:
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+_MAX_WIDTH = 1000
+
+
+def _too_wide(spec: str) -> bool:
+    import re
+
+    return any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec))
 
 
 def _jinja_variables(text: str) -> set[str]:
@@ -162,9 +197,14 @@ def _format_variables(text: str) -> set[str]:
         fields = list(string.Formatter().parse(text))
     except ValueError as e:
         raise UsageError(f"the template is not a valid format string: {e}", hint="write {{ and }} for braces") from None
-    for _, field, _, _ in fields:
+    for _, field, spec, _ in fields:
         if field is None:
             continue
+        if spec and ("{" in spec or _too_wide(spec)):
+            raise UsageError(
+                f"format field {{{field}:{spec}}} has a nested field or a width above {_MAX_WIDTH}",
+                hint="a format-string prompt takes plain {name} fields with simple specs (e.g. {price:.2f})",
+            )
         if not field.isidentifier():
             raise UsageError(
                 f"format field {{{field}}} is not a plain variable name",

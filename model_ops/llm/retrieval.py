@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model_ops.errors import UsageError
@@ -55,10 +54,9 @@ class Retrieval(BaseModel):
     def parse(cls, data: bytes, what: str) -> Retrieval:
         if len(data) > _MAX_BYTES:
             raise UsageError(f"{what} is larger than a retrieval configuration can be ({_MAX_BYTES >> 20} MiB)")
-        try:
-            doc = yaml.safe_load(data)
-        except yaml.YAMLError as e:
-            raise UsageError(f"{what} is not valid YAML: {e}", hint="fix the retrieval configuration") from None
+        from model_ops.llm.prompts import safe_yaml
+
+        doc = safe_yaml(data, what)
         if not isinstance(doc, dict):
             raise UsageError(f"{what} must be a YAML mapping", hint="see `model_ops.llm.retrieval` for the fields")
         try:

@@ -132,11 +132,27 @@ def registration(entry: Mapping[str, Any]) -> dict[str, Any]:
         "dataset": parse_dataset(entry.get("dataset")),
         "signature": signature(entry.get("signature")),
         "tags": tags(entry.get("tags")),
-        "lineage": json_obj(entry.get("lineage"), "lineage"),
+        "lineage": _own_lineage(json_obj(entry.get("lineage"), "lineage")),
         "parent": entry.get("parent"),
         "description": entry.get("description"),
         "base": _base_ref(entry.get("base")),
     }
+
+
+# Lineage the registry reads from the files themselves (model_ops.registry.relations): a caller cannot set it.
+READ_FROM_FILES = frozenset(
+    {"base_model", "written_for", "embedding_model", "architecture", "adapter", "prompt", "retrieval"}
+)
+
+
+def _own_lineage(lineage: dict[str, Any]) -> dict[str, Any]:
+    given = sorted(READ_FROM_FILES & set(lineage))
+    if given:
+        raise UsageError(
+            f"lineage may not set {', '.join(given)}: the registry reads them from the artifact's files",
+            hint="for an adapter's base pass base= (--base); a prompt or retrieval configuration names its models itself",
+        )
+    return lineage
 
 
 def _base_ref(value: Any) -> str | None:

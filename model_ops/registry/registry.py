@@ -342,6 +342,7 @@ class Registry:
         m = self._model(state, ref.name)
         vs = m.get(lookup.find_number(m, ref, self.policy.stages))
         assert vs is not None  # find_number answers only numbers the model has
+        lookup.check_kind(ref, str(vs.record.get("flavor", "")), f"models:/{m.name}/{vs.version}")
         return m, vs
 
     def resolve(self, ref: str | Ref) -> ModelVersion:
