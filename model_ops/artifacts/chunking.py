@@ -26,7 +26,6 @@ import itertools
 import mmap
 import os
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +196,7 @@ def fetch_to(blobs: BlobStore, entry: FileEntry, tmp: Path, progress: Progress |
             blobs.copy_out(ref.sha256, ref.size, out)
     if hash_file(tmp, progress)[0] == entry.sha256:
         return
-    found = problems(blobs, entry, verify=blobs.verify)
+    found = problems(blobs, entry)
     raise IntegrityError(
         found[0] if found else f"{entry.path} assembled from its chunks does not match its SHA-256 {entry.sha256}",
         hint="run `model-ops fsck` to list every missing or damaged blob",
@@ -247,7 +246,7 @@ def read_into(blobs: BlobStore, entry: FileEntry, out: BinaryIO, progress: Progr
         )
 
 
-def problems(blobs: BlobStore, entry: FileEntry, *, verify: Callable[[str], str | None]) -> list[str]:
+def problems(blobs: BlobStore, entry: FileEntry) -> list[str]:
     """What is wrong with a chunked file's chunks: missing, of the wrong size, or altered."""
     found = []
     for number, ref in enumerate(entry.chunks, 1):
@@ -257,7 +256,7 @@ def problems(blobs: BlobStore, entry: FileEntry, *, verify: Callable[[str], str 
             found.append(f"{where} is missing")
         elif size != ref.size:
             found.append(f"{where} has {size} bytes, the manifest says {ref.size}")
-        elif (problem := verify(ref.sha256)) is not None:
+        elif (problem := blobs.verify(ref.sha256)) is not None:
             found.append(f"{where}: {problem}")
     return found
 

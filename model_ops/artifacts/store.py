@@ -135,7 +135,7 @@ class ArtifactStore:
         problems = []
         for entry in manifest.files:
             if entry.chunks:
-                problems += chunking.problems(self.blobs, entry, verify=self.blobs.verify)
+                problems += chunking.problems(self.blobs, entry)
                 continue
             size = self.blobs.size(entry.sha256)
             if size is None:

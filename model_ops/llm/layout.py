@@ -6,9 +6,7 @@ name a flavor without importing what parses it.
 
 from __future__ import annotations
 
-from model_ops.registry.refs import KIND_FLAVORS
-
-BASE_MODEL, ADAPTER, PROMPT, RETRIEVAL = "base_model", "adapter", KIND_FLAVORS["prompts"], "retrieval"
+BASE_MODEL, ADAPTER, PROMPT, RETRIEVAL = "base_model", "adapter", "prompt", "retrieval"
 CONFIG_FILE = "config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

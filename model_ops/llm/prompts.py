@@ -23,16 +23,15 @@ Example::
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_ops.errors import UsageError
-
-_MAX_BYTES = 1 << 20
+from model_ops.llm import yaml_files
 
 
 class Example(BaseModel):
@@ -56,21 +55,7 @@ class Prompt(BaseModel):
 
     @classmethod
     def parse(cls, data: bytes, what: str) -> Prompt:
-        if len(data) > _MAX_BYTES:
-            raise UsageError(f"{what} is larger than a prompt file can be ({_MAX_BYTES >> 20} MiB)")
-        doc = safe_yaml(data, what)
-        if not isinstance(doc, dict):
-            raise UsageError(
-                f"{what} must be a YAML mapping with at least a template", hint="see `model_ops.llm.prompts`"
-            )
-        try:
-            prompt = cls.model_validate(doc)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "the file"
-            raise UsageError(
-                f"{what}: {where}: {first['msg']}", hint="see `model_ops.llm.prompts` for the fields"
-            ) from None
+        prompt = yaml_files.parse(cls, data, what, kind="prompt file", documented_in="model_ops.llm.prompts")
         prompt.check(what)
         return prompt
 
@@ -144,28 +129,6 @@ class Prompt(BaseModel):
         }
 
 
-class _NoAliases(yaml.SafeLoader):
-    """A YAML loader that refuses anchors and aliases: a few hundred bytes of nested aliases expand to millions of
-    nodes, and a prompt or retrieval file has no use for them."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise UsageError("YAML aliases (*name) are not allowed in this file", hint="write the value out")
-        event = self.peek_event()
-        if getattr(event, "anchor", None):
-            raise UsageError("YAML anchors (&name) are not allowed in this file", hint="write the value out")
-        return super().compose_node(parent, index)
-
-
-def safe_yaml(data: bytes, what: str) -> Any:
-    try:
-        return yaml.load(data, Loader=_NoAliases)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as e:
-        raise UsageError(f"{what} is not valid YAML: {e}", hint="fix the file") from None
-    except UsageError as e:
-        raise UsageError(f"{what}: {e.message}", hint=e.hint) from None
-
-
 def _environment() -> Any:
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -177,8 +140,6 @@ _MAX_WIDTH = 1000
 
 
 def _too_wide(spec: str) -> bool:
-    import re
-
     return any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec))
 
 

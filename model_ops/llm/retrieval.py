@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_ops.errors import UsageError
-
-_MAX_BYTES = 1 << 20
+from model_ops.llm import yaml_files
 
 
 class Chunking(BaseModel):
@@ -52,21 +51,9 @@ class Retrieval(BaseModel):
 
     @classmethod
     def parse(cls, data: bytes, what: str) -> Retrieval:
-        if len(data) > _MAX_BYTES:
-            raise UsageError(f"{what} is larger than a retrieval configuration can be ({_MAX_BYTES >> 20} MiB)")
-        from model_ops.llm.prompts import safe_yaml
-
-        doc = safe_yaml(data, what)
-        if not isinstance(doc, dict):
-            raise UsageError(f"{what} must be a YAML mapping", hint="see `model_ops.llm.retrieval` for the fields")
-        try:
-            return cls.model_validate(doc)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "the file"
-            raise UsageError(
-                f"{what}: {where}: {first['msg']}", hint="see `model_ops.llm.retrieval` for the fields"
-            ) from None
+        return yaml_files.parse(
+            cls, data, what, kind="retrieval configuration", documented_in="model_ops.llm.retrieval"
+        )
 
     def index_ref(self) -> tuple[str, int]:
         uri, sep, version = self.index.rpartition("@")

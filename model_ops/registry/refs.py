@@ -24,10 +24,11 @@ import re
 from dataclasses import dataclass
 
 from model_ops.errors import UsageError
+from model_ops.llm.layout import PROMPT
 
 PREFIX = "models:/"
 KINDS = {"models": "models:/", "prompts": "prompts:/"}
-KIND_FLAVORS = {"prompts": "prompt"}  # the flavor a reference of this kind must resolve to
+KIND_FLAVORS = {"prompts": PROMPT}  # the flavor a reference of this kind must resolve to
 TEAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")

@@ -851,7 +851,7 @@ class Registry:
         for item, llm in zip(prepared, built_on, strict=True):
             path, flavor = item.pop("path"), item.pop("flavor") or llm.flavor
             stored = self.artifacts.put(path, flavor)
-            self._check_same_bytes_same_links(name, stored.digest, llm.lineage)
+            known = self._known_with_same_links(name, stored.digest, llm.lineage)
             sources.append((stored.digest, functools.partial(self.artifacts.put, path, flavor)))
             item["digest"], item["manifest"] = stored.digest, stored.manifest
             item["lineage"] = {
@@ -864,10 +864,10 @@ class Registry:
                 **llm.lineage,  # read from the files, so a caller's lineage cannot claim another base
             }
             item["trust"] = None
-            if signer is not None and not self._registered(name, stored.digest):
+            if signer is not None and not known:
                 item["trust"], stored_too = self._sign_artifact(signer, name, path, item, effective_run)
                 sources.extend(stored_too)
-            if llm.attachments and not self._registered(name, stored.digest):
+            if llm.attachments and not known:
                 attached = dict(item["trust"] or {})
                 for label, (filename, data) in llm.attachments.items():
                     put = functools.partial(self._put_bytes, filename, data)
@@ -879,14 +879,15 @@ class Registry:
             self._still_stored(digest, put_again)
         return versions
 
-    def _check_same_bytes_same_links(self, name: str, digest: str, lineage: Mapping[str, Any]) -> None:
-        """Registering bytes a version already has returns that version; refuse it when what the file refers to
-        now resolves elsewhere than it did for that version (an alias moved), which returning it would hide."""
+    def _known_with_same_links(self, name: str, digest: str, lineage: Mapping[str, Any]) -> bool:
+        """Whether a version of ``name`` already has these bytes (registering them again returns it). Refused when
+        what the file refers to now resolves elsewhere than it did for that version (an alias moved), which
+        returning it would hide."""
         with self._lock:
             m = self._sync().models.get(name)
             number = m.by_digest.get(digest) if m is not None else None
         if number is None:
-            return
+            return False
         existing = self.get(name, number)
         for key in relations.LINKS:
             then, now = (existing.lineage.get(key) or {}), (lineage.get(key) or {})
@@ -897,11 +898,7 @@ class Registry:
                     hint="pin the exact version in the file (models:/NAME/N), which makes it a new version, "
                     "or register it under another name",
                 )
-
-    def _registered(self, name: str, digest: str) -> bool:
-        with self._lock:
-            m = self._sync().models.get(name)
-            return m is not None and digest in m.by_digest
+        return True
 
     def _put_bytes(self, filename: str, data: bytes) -> Any:
         with tempfile.TemporaryDirectory(prefix="model_ops_attach_") as tmp:
@@ -1514,17 +1511,7 @@ class Registry:
         stored = put()
         if current is not None and current.digest == stored.digest and (signer is None or "signing" in current.data):
             return current
-        payload: dict[str, Any] = {"bytes": len(data)}
-        if signer is not None:
-            payload["signing"] = attest.sign_attachment(
-                signer,
-                model=name,
-                version=version,
-                version_digest=mv.digest,
-                label=label,
-                digest=stored.digest,
-                size=len(data),
-            )
+        payload = self._attachment_payload(signer, name, version, mv.digest, label, stored.digest, len(data))
         event = self._event(
             name,
             ev.ATTACHMENT,
@@ -1543,8 +1530,9 @@ class Registry:
     def _attachment_payload(
         signer: signing.Signer | None, name: str, version: int, version_digest: str, label: str, digest: str, size: int
     ) -> dict[str, Any]:
-        """An attachment made at registration: the OMS bundle and provenance are covered by the version's own
-        signature; any other (a base model's tensor table) is signed on its own, as ``attach`` signs one."""
+        """An attachment's event payload: the OMS bundle and provenance (made at registration) are covered by the
+        version's own signature; any other (a base model's tensor table, what ``attach`` adds) is signed on its
+        own when a signer is at hand."""
         payload: dict[str, Any] = {"bytes": size}
         if signer is not None and label not in attest.RESERVED_LABELS:
             payload["signing"] = attest.sign_attachment(
