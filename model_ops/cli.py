@@ -456,6 +456,35 @@ def cmd_rollback(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(reg: Registry, args: argparse.Namespace) -> int:
+    """A deployment action on a model declared nowhere (an LLM application): the same actions, records and rules
+    as the deployment asset applies to declared models, with the shipped canary steps."""
+    from model_ops.llm.layout import APPLICATION
+    from model_ops.ops import deployment as dep
+
+    newest = reg.versions(args.name)[-1]
+    if newest.flavor != APPLICATION:
+        raise UsageError(
+            f"{args.name} is a {newest.flavor!r} model; `model-ops deploy` deploys LLM applications",
+            hint="a declared model is deployed by materializing its deployment asset, so its history is the asset's",
+        )
+    change = dep.apply(
+        reg, dep.Target(args.name), args.action, version=args.version, reason=args.reason, run_id=args.run_id
+    )
+    _emit(
+        args,
+        {
+            "action": change.action,
+            "changed": change.changed,
+            "message": change.message,
+            "before": change.before.to_dict(),
+            "after": change.after.to_dict(),
+        },
+        f"{args.name}: {change.message}\n  now: {change.after.describe()}",
+    )
+    return 0
+
+
 def cmd_audit(reg: Registry, args: argparse.Namespace) -> int:
     events = reg.audit(args.name)
     _emit(
@@ -983,7 +1012,14 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
         log_flush_seconds=args.log_flush,
         stats_seconds=args.stats_interval,
         batch_delay_seconds=args.batch_delay / 1000,
+        applications=list(args.application),
+        lora_dir=args.lora_dir,
+        generate_url=args.generate_url,
     )
+    if args.generate_url is not None and not args.generate_url.startswith(("http://", "https://")):
+        raise UsageError(
+            f"--generate-url {args.generate_url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000"
+        )
     run(config, host=args.host, port=args.port, workers=args.workers)
     return 0
 
@@ -1136,6 +1172,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("value", nargs="?")
     sp.add_argument("--remove", action="store_true")
     sp = add(
+        "deploy",
+        cmd_deploy,
+        "change what serves an LLM application: deploy (canary, or straight to production when nothing serves), "
+        "advance, promote, rollback, rollback_production",
+        run_id=True,
+    )
+    sp.add_argument("name")
+    sp.add_argument("action", choices=("deploy", "advance", "promote", "rollback", "rollback_production"))
+    sp.add_argument("--version", type=int, help="the version to act on (default: the newest in staging, the canary)")
+    sp.add_argument("--reason", help="why, for the audit log")
+    sp = add(
         "rollback",
         cmd_rollback,
         "put the previous production version (or --to VERSION) back in production",
@@ -1275,6 +1322,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds per serving-statistics row and alert evaluation (default 10)",
+    )
+    sp.add_argument(
+        "--application",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve this LLM application (repeatable): /v1/applications/NAME/prompt and /chat/completions",
+    )
+    sp.add_argument("--lora-dir", help="place served adapters here as NAME-vN in PEFT's layout (vLLM's LoRA resolver)")
+    sp.add_argument(
+        "--generate-url", help="an OpenAI-compatible server (such as vLLM) that generates for the applications"
     )
     sp = add("experiment", cmd_experiment, "A/B experiments between versions on live traffic: start, status, stop")
     exp_sub = sp.add_subparsers(dest="experiment_cmd", required=True, parser_class=_Parser, metavar="start|status|stop")

@@ -49,16 +49,28 @@ def load(
     *,
     trusted: Iterable[str] = (),
     registry: Registry | None = None,
+    base: str | None = None,
 ) -> LoadedModel:
     """The version ``ref`` points at (``models:/NAME@ALIAS``, ``models:/NAME/3``, ``models:/NAME/1.2.0``), ready to
     predict; or a prompt (``prompts:/NAME@ALIAS``), ready to :meth:`~LoadedModel.render`. ``root`` defaults like
     the command line (``$MODEL_OPS_ROOT``, else ``./.model_ops``); pass an open ``registry`` instead to reuse it.
-    ``trusted`` names skops types to accept beyond those the artifact recorded."""
-    from model_ops.llm.layout import PROMPT, RETRIEVAL
+    ``trusted`` names skops types to accept beyond those the artifact recorded.
+
+    An application (:mod:`model_ops.llm.application`) comes back with its parts resolved now and checked against each
+    other (:class:`Answering`, as ``.model``); a base model or an adapter as a verified local directory in the
+    Hugging Face / PEFT layout (:class:`Weights`). ``base`` loads an adapter for another base than the one it was
+    trained on, refused unless that base has the same architecture fingerprint."""
+    from model_ops.llm.layout import ADAPTER, APPLICATION, BASE_MODEL, PROMPT, RETRIEVAL
 
     reg = registry if registry is not None else Registry.open(root, actor=actor)
     mv = reg.resolve(ref)
     reg.verify_signature(mv)
+    if base is not None and mv.flavor != ADAPTER:
+        raise UsageError(f"base= is for adapters, and {mv.ref} is a {mv.flavor!r} artifact")
+    if mv.flavor in (ADAPTER, BASE_MODEL):
+        return LoadedModel(weights(reg, mv, base), mv)
+    if mv.flavor == APPLICATION:
+        return LoadedModel(answering(reg, mv), mv)
     manifest, files = cached_files(reg.artifacts, mv.digest)
     if manifest.flavor == PROMPT:
         from model_ops.llm.prompts import Prompt
@@ -195,9 +207,128 @@ class LoadedModel:
     def _prompt(self) -> Any:
         from model_ops.llm.prompts import Prompt
 
+        if isinstance(self.model, Answering):
+            return self.model.prompt
         if not isinstance(self.model, Prompt):
             raise UsageError(f"{self.ref} is a {self.flavor!r} model, not a prompt", hint="use predict()")
         return self.model
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A base model's or an adapter's files, verified, in a local directory laid out as they were registered (the
+    Hugging Face layout for a base, PEFT's for an adapter: what vLLM, PEFT and transformers read). ``base`` is the
+    base model an adapter is loaded for."""
+
+    path: Path
+    base: ModelVersion | None = None
+
+
+@dataclass(frozen=True)
+class Answering:
+    """An application with every part resolved to an exact version and checked against the others: what answers a
+    request now. ``parts`` by role (``base_model``, ``adapter``, ``prompt``, ``retrieval``)."""
+
+    application: ModelVersion
+    parts: dict[str, ModelVersion]
+    prompt: Any  # model_ops.llm.prompts.Prompt
+    retrieval: Any = None  # model_ops.llm.retrieval.Retrieval
+
+    def versions(self) -> dict[str, Any]:
+        """Every version this answer uses, as a response names them."""
+        follows = {
+            role: (part or {}).get("follows")
+            for role, part in (self.application.lineage.get("application") or {}).items()
+        }
+        return {
+            "application": {
+                "name": self.application.name,
+                "version": self.application.version,
+                "semver": self.application.semver,
+            },
+            **{
+                role: {
+                    "name": mv.name,
+                    "version": mv.version,
+                    "semver": mv.semver,
+                    "digest": mv.digest,
+                    "follows": follows.get(role),
+                }
+                for role, mv in self.parts.items()
+            },
+        }
+
+
+def answering(reg: Registry, mv: ModelVersion) -> Answering:
+    """The application version ``mv`` with its parts resolved now: pinned ones as recorded, ones that follow an
+    alias or stage wherever it points (checked against the others again, so an alias moved to an adapter for
+    another architecture is refused here, not served)."""
+    from model_ops.llm.application import Application
+    from model_ops.llm.prompts import Prompt
+    from model_ops.llm.retrieval import Retrieval
+    from model_ops.registry import relations
+
+    _, files = cached_files(reg.artifacts, mv.digest)
+    ((name, data),) = files.items()
+    app = Application.parse(data, f"{mv.ref} ({name})")
+    parts = relations.resolve_parts(reg, app, mv.ref, mv.lineage.get("application"))
+    for part in parts.values():
+        reg.verify_signature(part)
+    prompt_mv = parts["prompt"]
+    _, prompt_files = cached_files(reg.artifacts, prompt_mv.digest)
+    ((pname, pdata),) = prompt_files.items()
+    retrieval = None
+    if "retrieval" in parts:
+        _, rfiles = cached_files(reg.artifacts, parts["retrieval"].digest)
+        ((rname, rdata),) = rfiles.items()
+        retrieval = Retrieval.parse(rdata, f"{parts['retrieval'].ref} ({rname})")
+    return Answering(mv, parts, Prompt.parse(pdata, f"{prompt_mv.ref} ({pname})"), retrieval)
+
+
+def weights(reg: Registry, mv: ModelVersion, base: str | None = None) -> Weights:
+    """A base model or adapter as a verified local directory (see :class:`Weights`); an adapter with the base it is
+    loaded for, checked to have the architecture it was trained on."""
+    from model_ops.llm.layout import ADAPTER
+    from model_ops.registry import relations
+
+    base_mv = None
+    if mv.flavor == ADAPTER:
+        trained_on = mv.lineage.get("base_model") or {}
+        base_mv = reg.resolve(base) if base is not None else reg.get(trained_on["name"], trained_on["version"])
+        relations.check_adapter_base(mv, base_mv, f"loading it on {base_mv.ref}")
+    return Weights(cached_dir(reg.artifacts, mv.digest), base_mv)
+
+
+def cached_dir(store: ArtifactStore, digest: str) -> Path:
+    """An artifact's files in the local cache, as a directory, every file hashed against the manifest on this
+    call in bounded memory (weights can be many GB); fetched (verified) from ``store`` first when the entry is
+    missing or does not match."""
+    entry = cache_dir() / check_digest(digest)
+    for attempt in range(2):
+        if _entry_intact(entry, digest):
+            return entry / _FILES
+        if attempt == 0:
+            _fill(entry, store, digest)
+    raise IntegrityError(
+        f"the cached copy of artifact {digest[:12]} at {entry} does not match its digest right after it was written",
+        hint=f"check the disk under {cache_dir()}",
+    )
+
+
+def _entry_intact(entry: Path, digest: str) -> bool:
+    try:
+        data = (entry / _MANIFEST).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError("manifest")
+        for f in Manifest.from_bytes(data, digest).files:
+            path = entry / _FILES / f.path
+            with path.open("rb") as fh:
+                if path.stat().st_size != f.size or hashlib.file_digest(fh, "sha256").hexdigest() != f.sha256:
+                    raise ValueError(f.path)
+    except (OSError, ValueError, IntegrityError):
+        shutil.rmtree(entry, ignore_errors=True)
+        return False
+    return True
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.ref}, semver {self.semver}, {self.flavor}, digest {self.digest[:12]})"

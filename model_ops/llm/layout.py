@@ -7,6 +7,7 @@ name a flavor without importing what parses it.
 from __future__ import annotations
 
 BASE_MODEL, ADAPTER, PROMPT, RETRIEVAL = "base_model", "adapter", "prompt", "retrieval"
+APPLICATION = "application"
 CONFIG_FILE = "config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -14,12 +15,14 @@ PROMPT_FILES = ("prompt.yaml", "prompt.yml")
 PROMPT_SUFFIXES = (".prompt.yaml", ".prompt.yml")
 RETRIEVAL_FILES = ("retrieval.yaml", "retrieval.yml")
 RETRIEVAL_SUFFIXES = (".retrieval.yaml", ".retrieval.yml")
+APPLICATION_FILES = ("application.yaml", "application.yml")
+APPLICATION_SUFFIXES = (".application.yaml", ".application.yml")
 # Weight formats that unpickle on load, and so can run code when read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def flavor_of(kind: str, names: list[str]) -> str | None:
-    """``adapter``, ``base_model``, ``prompt`` or ``retrieval`` for an artifact of this kind ("file" or
+    """``adapter``, ``base_model``, ``prompt``, ``retrieval`` or ``application`` for an artifact of this kind ("file" or
     "directory") holding these relative file names; None for anything else."""
     if kind == "file":
         name = names[0]
@@ -27,6 +30,8 @@ def flavor_of(kind: str, names: list[str]) -> str | None:
             return PROMPT
         if name in RETRIEVAL_FILES or name.endswith(RETRIEVAL_SUFFIXES):
             return RETRIEVAL
+        if name in APPLICATION_FILES or name.endswith(APPLICATION_SUFFIXES):
+            return APPLICATION
         return None
     top = {n for n in names if "/" not in n}
     if ADAPTER_CONFIG in top:

@@ -9,16 +9,35 @@ so the deployment history is the audit log, and "what served at 14:00" is answer
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
 
 from model_ops.errors import NotFoundError, PolicyError, UsageError
 from model_ops.registry import Registry, attest
-from model_ops.specs.schema import ModelSpec
+from model_ops.specs.schema import Deployment
 from model_ops.vocab import DeployAction, RecordKind
 
 ACTIONS = tuple(a.value for a in DeployAction)
 CANARY_ALIAS = "canary"
+
+
+class Deployable(Protocol):
+    """What a deployment action needs of a model's declaration: its name and its deployment settings (a
+    :class:`~model_ops.specs.schema.ModelSpec`, or a :class:`Target` for a model declared nowhere)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def deployment(self) -> Deployment: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model deployed without a declaration (an LLM application): the shipped deployment settings."""
+
+    name: str
+    deployment: Deployment = field(default_factory=Deployment)
 
 
 @dataclass(frozen=True)
@@ -120,7 +139,7 @@ class _Request:
     """One deployment action being carried out, on the manifest in force when it started."""
 
     reg: Registry
-    spec: ModelSpec
+    spec: Deployable
     action: DeployAction
     version: int | None
     before: Manifest
@@ -147,7 +166,7 @@ def _deploy(r: _Request) -> _Outcome:
     if target in (before.production, before.canary):
         role = "production" if target == before.production else "the canary"
         return r.unchanged(f"v{target} already serves as {role}; nothing changed")
-    attest.require_deployable(reg, name, target)  # before anything moves, so a refusal leaves nothing half-done
+    _require_deployable(reg, name, target)  # before anything moves, so a refusal leaves nothing half-done
     if before.production is None:
         reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=r.why, run_id=r.run_id)
         return (
@@ -217,7 +236,7 @@ def _rollback(r: _Request) -> _Outcome:
         )
     target = r.version or reg.rollback_target(name)
     if target is not None:
-        attest.require_deployable(reg, name, target)
+        _require_deployable(reg, name, target)
     mv = reg.rollback(name, to=r.version, reason=why, run_id=r.run_id)
     after = replace(
         before,
@@ -235,7 +254,7 @@ def _shadow_on(r: _Request) -> _Outcome:
         raise PolicyError(f"v{target} is in production; a shadow must be another version")
     if target == before.shadow:
         return r.unchanged(f"v{target} already runs in shadow; nothing changed")
-    attest.require_deployable(r.reg, r.name, target)  # a shadow is loaded and run on live traffic
+    _require_deployable(r.reg, r.name, target)  # a shadow is loaded and run on live traffic
     return replace(before, shadow=target), target, f"v{target} now scores in shadow (never served)"
 
 
@@ -259,7 +278,7 @@ _HANDLERS: dict[DeployAction, Callable[[_Request], _Outcome]] = {
 
 def apply(
     reg: Registry,
-    spec: ModelSpec,
+    spec: Deployable,
     action: str,
     *,
     version: int | None = None,
@@ -305,6 +324,19 @@ def apply(
         details={"action": act.value, "message": message, "manifest": after.to_dict(), "previous": before.to_dict()},
     )
     return Change(act.value, before, after, message, True)
+
+
+def _require_deployable(reg: Registry, name: str, version: int) -> None:
+    """The policy's signature requirement for production traffic; for an LLM application, also that its parts
+    resolve and fit each other now (an adapter on a base of another architecture is refused here, naming both)."""
+    attest.require_deployable(reg, name, version)
+    mv = reg.get(name, version)
+    from model_ops.llm.layout import APPLICATION
+
+    if mv.flavor == APPLICATION:
+        from model_ops.loading import answering
+
+        answering(reg, mv)
 
 
 def _require_stage(reg: Registry, name: str, version: int, stage: str) -> None:

@@ -303,33 +303,49 @@ _BUILT_ON = (
 
 
 def built_on(reg: Registry, mv: Any) -> list[dict[str, Any]]:
-    """What ``mv`` is built on, link by link: the model a prompt was written for, the base an adapter was trained
-    on, and so on down to a version built on nothing. Each link names the exact version recorded at
-    registration and whether that version still holds the digest recorded then."""
+    """What ``mv`` is built on, link by link, depth first: the parts of an application, the model a prompt was
+    written for, the base an adapter was trained on, and so on down to versions built on nothing. Each link names
+    the exact version recorded at registration, how deep it sits, and whether that version still holds the digest
+    recorded then."""
     chain: list[dict[str, Any]] = []
     seen = {(mv.name, mv.version)}
-    current = mv
-    while True:
-        found = next(((key, rel) for key, rel in _BUILT_ON if isinstance(current.lineage.get(key), dict)), None)
-        if found is None:
-            return chain
-        key, relation = found
-        link = current.lineage[key]
-        target = reg.get(link["name"], link["version"])
-        chain.append(
-            {
-                "relation": relation,
-                "ref": target.ref,
-                "semver": target.semver,
-                "flavor": target.flavor,
-                "stage": target.stage,
-                "digest_as_recorded": target.digest == link.get("digest"),
-            }
-        )
-        if (target.name, target.version) in seen:
-            return chain
-        seen.add((target.name, target.version))
-        current = target
+
+    def links(current: Any) -> list[tuple[str, dict[str, Any]]]:
+        parts = current.lineage.get("application")
+        if isinstance(parts, dict):
+            order = ("base_model", "adapter", "prompt", "retrieval")  # model_ops.llm.application.ROLES
+            return [(f"uses {r.replace('_', ' ')}", parts[r]) for r in order if isinstance(parts.get(r), dict)]
+        return [(rel, current.lineage[key]) for key, rel in _BUILT_ON if isinstance(current.lineage.get(key), dict)][:1]
+
+    def walk(current: Any, depth: int) -> None:
+        for relation, link in links(current):
+            target = reg.get(link["name"], link["version"])
+            chain.append(
+                {
+                    "relation": relation,
+                    "ref": target.ref,
+                    "semver": target.semver,
+                    "flavor": target.flavor,
+                    "stage": target.stage,
+                    "depth": depth,
+                    "follows": link.get("follows"),
+                    "digest_as_recorded": target.digest == link.get("digest"),
+                }
+            )
+            if (target.name, target.version) not in seen:
+                seen.add((target.name, target.version))
+                walk(target, depth + 1)
+
+    walk(mv, 0)
+    return chain
+
+
+def _links(lineage: dict[str, Any]) -> dict[str, Any]:
+    """The exact versions a version is built on, by role, as ``diff`` compares them."""
+    parts = lineage.get("application")
+    if isinstance(parts, dict):
+        return {role: {k: link.get(k) for k in ("name", "version", "digest")} for role, link in parts.items()}
+    return {k: lineage.get(k) for k, _ in _BUILT_ON}
 
 
 def _for(item: dict[str, Any]) -> str:
@@ -345,8 +361,10 @@ def render_lineage(tree: dict[str, Any]) -> str:
         clock = "wall clock" if when["clock"] == "wall" else "business time"
         heading = [f"as of {when.get('label') or when['time'] + f' ({clock})'}"]
     built = [
-        f"{'built on' if i == 0 else '':<8} {'   ' * i}{b['relation']} {b['ref']} ({b['flavor']}, {b['semver']}, "
-        f"now {b['stage']})" + ("" if b["digest_as_recorded"] else "  DIGEST DIFFERS FROM THE ONE RECORDED")
+        f"{'built on' if i == 0 else '':<8} {'   ' * b.get('depth', i)}{b['relation']} {b['ref']} ({b['flavor']}, "
+        f"{b['semver']}, now {b['stage']})"
+        + (f" following @{b['follows']}" if b.get("follows") else "")
+        + ("" if b["digest_as_recorded"] else "  DIGEST DIFFERS FROM THE ONE RECORDED")
         for i, b in enumerate(tree.get("built_on") or [])
     ]
     lines = [
@@ -413,7 +431,7 @@ def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
             {k: lb.get(k) for k in ("code_version", "git_commit", "seed", "estimator")},
         ),
         "packages": changed(pa_, pb),
-        "built_on": changed({k: la.get(k) for k, _ in _BUILT_ON}, {k: lb.get(k) for k, _ in _BUILT_ON}),
+        "built_on": changed(_links(la), _links(lb)),
         "files": file_changes(reg, a.digest, b.digest),
         "text": text_diff(reg, a, b),
         "bump": {
@@ -448,11 +466,11 @@ def file_changes(reg: Registry, digest_a: str, digest_b: str) -> dict[str, dict[
 
 
 def text_diff(reg: Registry, a: Any, b: Any) -> list[str] | None:
-    """A unified diff of two prompts' or retrieval configurations' files (their text is their behaviour); None
+    """A unified diff of two prompts', retrieval configurations' or applications' files (their text is their behaviour); None
     otherwise."""
-    from model_ops.llm.layout import PROMPT, RETRIEVAL
+    from model_ops.llm.layout import APPLICATION, PROMPT, RETRIEVAL
 
-    if a.flavor != b.flavor or a.flavor not in (PROMPT, RETRIEVAL) or a.digest == b.digest:
+    if a.flavor != b.flavor or a.flavor not in (PROMPT, RETRIEVAL, APPLICATION) or a.digest == b.digest:
         return None
     old, new = (reg.artifacts.read_file(mv.digest).decode("utf-8", "replace") for mv in (a, b))
     return list(difflib.unified_diff(old.splitlines(), new.splitlines(), fromfile=a.ref, tofile=b.ref, lineterm=""))

@@ -27,7 +27,8 @@ from model_ops.artifacts.manifest import guess_flavor, list_source_files
 from model_ops.errors import PolicyError, UsageError
 from model_ops.llm import layout
 from model_ops.llm.adapters import Adapter, check_fits
-from model_ops.llm.layout import ADAPTER, BASE_MODEL, PROMPT, RETRIEVAL
+from model_ops.llm.application import Application
+from model_ops.llm.layout import ADAPTER, APPLICATION, BASE_MODEL, PROMPT, RETRIEVAL
 from model_ops.llm.prompts import Prompt
 from model_ops.llm.retrieval import Retrieval
 from model_ops.llm.weights import BaseModel
@@ -56,12 +57,13 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
     kind, sources = list_source_files(Path(path))
     names = [n for n, _ in sources]
     flavor = flavor or guess_flavor(kind, names)
-    if flavor in (PROMPT, RETRIEVAL):
+    if flavor in (PROMPT, RETRIEVAL, APPLICATION):
         if base is not None:
             raise UsageError(f"--base is for adapters; a {flavor} names what it uses in its own file")
         if len(sources) != 1:
             raise UsageError(f"a {flavor} is one YAML file, not a directory")
-        return _prompt(registry, sources[0][1]) if flavor == PROMPT else _retrieval(registry, sources[0][1])
+        read = {PROMPT: _prompt, RETRIEVAL: _retrieval, APPLICATION: _application}[flavor]
+        return read(registry, sources[0][1])
     if flavor not in (BASE_MODEL, ADAPTER):
         if base is not None:
             raise UsageError(
@@ -93,11 +95,7 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
             hint="pass --base models:/NAME@ALIAS (or /N) naming a registered base_model version",
         )
     base_mv = registry.resolve(base)
-    if base_mv.flavor != BASE_MODEL:
-        raise UsageError(
-            f"{base_mv.ref} is a {base_mv.flavor!r} artifact, not a base model",
-            hint="register the base's directory (safetensors shards and config.json) first, then name it in --base",
-        )
+    _require_flavor(base_mv, BASE_MODEL, "--base")
     base_table = registry.attachment(base_mv.name, base_mv.version, TABLE_LABEL)
     if base_table is None:
         raise UsageError(f"{base_mv.ref} has no tensor table to check the adapter against", hint="register it again")
@@ -151,3 +149,101 @@ def _retrieval(registry: Registry, source: Path) -> Prepared:
             "embedding_model": {"name": embedder.name, "version": embedder.version, "digest": embedder.digest},
         },
     )
+
+
+ROLE_FLAVORS = {"base_model": BASE_MODEL, "adapter": ADAPTER, "prompt": PROMPT, "retrieval": RETRIEVAL}
+_FLAVOR_HINTS = {
+    BASE_MODEL: "register the base's directory (safetensors shards and config.json) first, then name it",
+    ADAPTER: "an adapter is a PEFT directory (adapter_config.json, adapter_model.safetensors) registered with --base",
+    PROMPT: "a prompt is a prompt.yaml registered on its own (see model_ops.llm.prompts)",
+    RETRIEVAL: "a retrieval configuration is a retrieval.yaml (see model_ops.llm.retrieval)",
+}
+
+
+def _require_flavor(mv: Any, flavor: str, where: str) -> None:
+    if mv.flavor != flavor:
+        raise UsageError(
+            f"{where}: {mv.ref} is a {mv.flavor!r} artifact, not a {flavor.replace('_', ' ')}",
+            hint=_FLAVOR_HINTS[flavor],
+        )
+
+
+def fingerprint(mv: Any) -> str | None:
+    """The architecture fingerprint of a base model version, or the one an adapter version recorded for its base."""
+    lineage = mv.record.get("lineage") or {}
+    if mv.flavor == BASE_MODEL:
+        return (lineage.get("architecture") or {}).get("fingerprint")
+    return (lineage.get("base_model") or {}).get("fingerprint")
+
+
+def check_adapter_base(adapter_mv: Any, base_mv: Any, purpose: str) -> None:
+    """Refuse ``purpose`` (e.g. "serving it") of an adapter on a base whose architecture differs from the one it was
+    trained on, naming both; the same base under another version or name is fine when its fingerprint is equal."""
+    trained_on = (adapter_mv.record.get("lineage") or {}).get("base_model") or {}
+    wanted, found = fingerprint(adapter_mv), fingerprint(base_mv)
+    if wanted is None or wanted != found:
+        raise PolicyError(
+            f"{adapter_mv.ref} was trained on {trained_on.get('name')} v{trained_on.get('version')} "
+            f"(architecture {str(wanted)[:12]}); {base_mv.ref} has architecture {str(found)[:12]}, "
+            f"so {purpose} is refused",
+            hint=f"use a base with the same tensor names, dtypes and shapes, or an adapter trained on {base_mv.ref}",
+        )
+
+
+def _follows(ref: str) -> str | None:
+    from model_ops.registry.refs import parse_ref
+
+    parsed = parse_ref(ref)
+    return parsed.alias or parsed.stage
+
+
+def part(mv: Any, ref: str | None) -> dict[str, Any]:
+    """How an application records one of its parts: the exact version and, for a reference by alias or stage, what
+    it follows."""
+    return {
+        "name": mv.name,
+        "version": mv.version,
+        "semver": mv.semver,
+        "digest": mv.digest,
+        "flavor": mv.flavor,
+        "ref": ref,
+        "follows": _follows(ref) if ref else None,
+    }
+
+
+def resolve_parts(
+    registry: Registry, app: Application, what: str, recorded: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every part of ``app`` resolved now and checked against the others: ``{role: ModelVersion}``. The base of an
+    application that names only an adapter is the exact base that adapter was trained on when the application
+    was registered (``recorded``: its lineage's parts), so an adapter alias that moves never changes the base
+    model under it: an adapter for another architecture is refused."""
+    found: dict[str, Any] = {}
+    for role, ref in app.parts().items():
+        mv = registry.resolve(ref)
+        _require_flavor(mv, ROLE_FLAVORS[role], f"{what}: {role}")
+        found[role] = mv
+    adapter = found.get("adapter")
+    if adapter is not None:
+        trained_on = (adapter.record.get("lineage") or {}).get("base_model") or {}
+        if "base_model" not in found:
+            pinned = (recorded or {}).get("base_model") or trained_on
+            found["base_model"] = registry.get(pinned["name"], pinned["version"])
+        check_adapter_base(adapter, found["base_model"], f"{what}: answering with it on that base")
+    written_for = (found["prompt"].record.get("lineage") or {}).get("written_for")
+    if isinstance(written_for, dict):
+        models = {found[r].name for r in ("base_model", "adapter") if r in found}
+        if written_for.get("name") not in models:
+            raise PolicyError(
+                f"{what}: {found['prompt'].ref} was written for {written_for.get('name')} "
+                f"v{written_for.get('version')}, and this application answers with {', '.join(sorted(models))}",
+                hint="name a prompt written for this application's base model or adapter",
+            )
+    return {role: found[role] for role in ROLE_FLAVORS if role in found}
+
+
+def _application(registry: Registry, source: Path) -> Prepared:
+    app = Application.parse(source.read_bytes(), str(source))
+    written = app.parts()
+    parts = resolve_parts(registry, app, str(source))
+    return Prepared(APPLICATION, {"application": {role: part(mv, written.get(role)) for role, mv in parts.items()}})

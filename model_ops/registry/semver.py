@@ -59,6 +59,8 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
     if parent is None:
         return "initial", "first version of the model"
     pl, nl = parent.get("lineage") or {}, new.get("lineage") or {}
+    if pl.get("application") or nl.get("application"):
+        return _application(pl.get("application") or {}, nl.get("application") or {})
     if (pl.get("base_model") or nl.get("base_model")) and _base(pl) != _base(nl):
         return "major", f"base model {_base(pl)} → {_base(nl)}"
     pfp, nfp = (pl.get("architecture") or {}).get("fingerprint"), (nl.get("architecture") or {}).get("fingerprint")
@@ -120,6 +122,27 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
         changed = [k for k in ("top_k", "parameters") if _canon(pr.get(k)) != _canon(nr.get(k))]
         return "patch", "same embedding model, index and chunking; changed: " + (", ".join(changed) or "the file")
     return "patch", "same interface, data and parameters; different artifact bytes"
+
+
+def _application(before: dict, after: dict) -> tuple[str, str]:
+    """An application's bump: MAJOR when its parts or its base model change, MINOR when the adapter, prompt or
+    retrieval configuration it uses is another version, PATCH when only how a part is referenced changed."""
+    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    if added or removed:
+        detail = ([f"added {', '.join(added)}"] if added else []) + (
+            [f"removed {', '.join(removed)}"] if removed else []
+        )
+        return "major", "application parts changed (" + "; ".join(detail) + ")"
+    if _base(before) != _base(after):
+        return "major", f"base model {_base(before)} → {_base(after)}"
+    moved = [
+        f"{role.replace('_', ' ')} {_base(before, role)} → {_base(after, role)}"
+        for role in after
+        if role != "base_model" and _base(before, role) != _base(after, role)
+    ]
+    if moved:
+        return "minor", "; ".join(moved)
+    return "patch", "the same part versions, referenced differently (pinned or following an alias)"
 
 
 def _base(lineage: dict, key: str = "base_model") -> str:
