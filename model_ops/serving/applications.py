@@ -109,6 +109,7 @@ class Applications:
         self.slots: dict[str, AppSlot] = {}  # replaced, never mutated: a request reads it once
         self.problems: dict[str, str] = {}
         self.reloads = 0
+        self._placed: dict[Path, str] = {}  # adapter directories this server wrote or checked: their digests
         self._reg: Registry | None = None
         self._seen = -2
         self._retry_at = 0.0
@@ -196,20 +197,27 @@ class Applications:
         return AppSlot(name, manifest, answers, log_version)
 
     def _place_adapter(self, reg: Registry, adapter: Any) -> Path:
-        """The adapter's files under ``lora_dir/NAME-vN``, fetched and verified once; a directory there that does
-        not hold exactly them is replaced."""
+        """The adapter's files under ``lora_dir/NAME-vN``, fetched and verified. A directory this server placed is
+        trusted while it is there (so a registry move does not re-hash every adapter); one found there at first
+        is checked, and replaced unless it holds exactly the adapter's files."""
         assert self.lora_dir is not None
         target = self.lora_dir / lora_name(adapter)
-        if target.is_dir() and _holds(reg, adapter.digest, target):
+        if self._placed.get(target) == adapter.digest and target.is_dir():
             return target
-        self.lora_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.lora_dir / f".{target.name}.{uuid.uuid4().hex[:8]}.part"
-        try:
-            reg.artifacts.fetch(adapter.digest, staging)
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        if not (target.is_dir() and _holds(reg, adapter.digest, target)):
+            self.lora_dir.mkdir(parents=True, exist_ok=True)
+            staging = self.lora_dir / f".{target.name}.{uuid.uuid4().hex[:8]}.part"
+            try:
+                reg.artifacts.fetch(adapter.digest, staging)
+                shutil.rmtree(target, ignore_errors=True)
+                try:
+                    staging.rename(target)
+                except OSError:  # another server process placed it first: use theirs if it is right
+                    if not _holds(reg, adapter.digest, target):
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        self._placed[target] = adapter.digest
         return target
 
     def slot(self, name: str) -> AppSlot:
