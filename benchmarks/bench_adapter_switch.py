@@ -7,8 +7,9 @@ follows ``models:/support_lora@live`` are registered; the application is deploye
 (``model-ops serve --application support_app --lora-dir DIR``, a separate process, polling every ``--poll`` s).
 Then ``--switches`` times: the alias moves to the next adapter (a registry write, as ``model-ops alias set`` does)
 and the benchmark asks ``/v1/applications/support_app/prompt`` every 5 ms until the answer names the new adapter.
-The first pass over the adapters is cold (each is fetched, verified and written to the LoRA directory); later
-passes find it there (verified again). Printed: per pass, the median, p90 and max seconds, and the adapter's size.
+The first switch to each adapter is cold (it is fetched, verified and written to the LoRA directory); later
+switches find the directory the server placed. Printed: cold and warm, the median, p90 and max seconds, and the
+adapter's size.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def main() -> None:
                         if time.perf_counter() - t0 > 60:
                             raise SystemExit(f"the server did not switch to adapter v{target} within 60 s")
                         time.sleep(0.005)
-                    passes["cold" if i < args.adapters else "warm"].append(time.perf_counter() - t0)
+                    passes["cold" if i < args.adapters - 1 else "warm"].append(time.perf_counter() - t0)
                     current = target
         finally:
             proc.terminate()

@@ -990,6 +990,23 @@ def cmd_experiment(reg: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_applications(args: argparse.Namespace) -> None:
+    """Each ``--application`` is a valid name and, when it is registered, an application: refused (exit 2) before
+    the server starts rather than served never-ready."""
+    from model_ops.llm.layout import APPLICATION
+    from model_ops.registry import Registry
+    from model_ops.registry.refs import check_name
+
+    reg = Registry.open(args.root, actor=args.actor, policy=args.policy)
+    for name in args.application:
+        check_name(name)
+        if name in reg.models() and (flavor := reg.versions(name)[-1].flavor) != APPLICATION:
+            raise UsageError(
+                f"--application {name}: {name} is a {flavor!r} model, not an LLM application",
+                hint=f"serve a model as NAME (`model-ops serve {name}`); an application is an application.yaml",
+            )
+
+
 def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
     """The live inference server (see ``model_ops.serving``); runs until SIGTERM or Ctrl-C."""
     from model_ops.serving import ServeConfig
@@ -1020,11 +1037,21 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
         raise UsageError(
             f"--generate-url {args.generate_url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000"
         )
+    if args.lora_dir is not None and os.path.exists(args.lora_dir) and not os.path.isdir(args.lora_dir):
+        raise UsageError(f"--lora-dir {args.lora_dir} exists and is not a directory", hint="name a directory")
+    if args.application:
+        _check_applications(args)
     run(config, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
 # ---------------------------------------------------------------------------- parser
+
+
+def _version_number(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number (1, 2, ...)")
+    return int(text)
 
 
 class _Unused:
@@ -1180,7 +1207,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     sp.add_argument("name")
     sp.add_argument("action", choices=("deploy", "advance", "promote", "rollback", "rollback_production"))
-    sp.add_argument("--version", type=int, help="the version to act on (default: the newest in staging, the canary)")
+    sp.add_argument(
+        "--version",
+        "--to",
+        dest="version",
+        type=_version_number,
+        help="the version to act on (default: the newest in staging; the canary; the previous production)",
+    )
     sp.add_argument("--reason", help="why, for the audit log")
     sp = add(
         "rollback",

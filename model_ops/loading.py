@@ -213,6 +213,9 @@ class LoadedModel:
             raise UsageError(f"{self.ref} is a {self.flavor!r} model, not a prompt", hint="use predict()")
         return self.model
 
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.ref}, semver {self.semver}, {self.flavor}, digest {self.digest[:12]})"
+
 
 @dataclass(frozen=True)
 class Weights:
@@ -302,20 +305,29 @@ def weights(reg: Registry, mv: ModelVersion, base: str | None = None) -> Weights
 def cached_dir(store: ArtifactStore, digest: str) -> Path:
     """An artifact's files in the local cache, as a directory, every file hashed against the manifest on this
     call in bounded memory (weights can be many GB); fetched (verified) from ``store`` first when the entry is
-    missing or does not match."""
+    missing or does not match. Safe with other processes loading the same artifact: an entry is put in place by
+    one rename, and only an entry found damaged is ever removed."""
     entry = cache_dir() / check_digest(digest)
-    for attempt in range(2):
-        if _entry_intact(entry, digest):
+    for _ in range(3):
+        found = _entry_intact(entry, digest)
+        if found:
             return entry / _FILES
-        if attempt == 0:
-            _fill(entry, store, digest)
+        if found is not None:
+            _discard(entry, found)
+        _fill(entry, store, digest)
     raise IntegrityError(
         f"the cached copy of artifact {digest[:12]} at {entry} does not match its digest right after it was written",
         hint=f"check the disk under {cache_dir()}",
     )
 
 
-def _entry_intact(entry: Path, digest: str) -> bool:
+def _entry_intact(entry: Path, digest: str) -> Any:
+    """True when every file of the entry matches; None when there is no entry; else the damaged entry's inode
+    (what :func:`_discard` may remove: not an entry another process put in its place since)."""
+    try:
+        inode = entry.stat().st_ino
+    except OSError:
+        return None
     try:
         data = (entry / _MANIFEST).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
@@ -326,12 +338,21 @@ def _entry_intact(entry: Path, digest: str) -> bool:
                 if path.stat().st_size != f.size or hashlib.file_digest(fh, "sha256").hexdigest() != f.sha256:
                     raise ValueError(f.path)
     except (OSError, ValueError, IntegrityError):
-        shutil.rmtree(entry, ignore_errors=True)
-        return False
+        return inode
     return True
 
-    def __repr__(self) -> str:
-        return f"LoadedModel({self.ref}, semver {self.semver}, {self.flavor}, digest {self.digest[:12]})"
+
+def _discard(entry: Path, inode: int) -> None:
+    """Move a damaged entry out of its name, then delete it; one that is no longer the entry found damaged (another
+    process replaced it) is left alone."""
+    aside = entry.parent / f".{entry.name}.{uuid.uuid4().hex[:8]}.bad"
+    try:
+        if entry.stat().st_ino != inode:
+            return
+        os.rename(entry, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------- input checks
@@ -427,12 +448,13 @@ def cached_files(store: ArtifactStore, digest: str) -> tuple[Manifest, dict[str,
 
 
 def _read_entry(entry: Path, digest: str) -> tuple[Manifest, dict[str, bytes]] | None:
-    """The entry's manifest and files when every byte matches; None (and the entry removed) otherwise."""
+    """The entry's manifest and files when every byte matches; None otherwise (a damaged entry is removed)."""
     try:
-        data = (entry / _MANIFEST).read_bytes()
+        inode = entry.stat().st_ino
     except OSError:
         return None
     try:
+        data = (entry / _MANIFEST).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
             raise ValueError("manifest")
         manifest = Manifest.from_bytes(data, digest)
@@ -443,7 +465,7 @@ def _read_entry(entry: Path, digest: str) -> tuple[Manifest, dict[str, bytes]] |
                 raise ValueError(f.path)
             files[f.path] = content
     except (OSError, ValueError, IntegrityError):
-        shutil.rmtree(entry, ignore_errors=True)
+        _discard(entry, inode)
         return None
     return manifest, files
 
@@ -456,10 +478,9 @@ def _fill(entry: Path, store: ArtifactStore, digest: str) -> None:
         manifest_bytes = store.blobs.read_bytes(digest)  # verified against the digest by the store
         store.fetch(digest, staging / _FILES)  # every file verified by the store
         (staging / _MANIFEST).write_bytes(manifest_bytes)
-        shutil.rmtree(entry, ignore_errors=True)
         try:
-            os.replace(staging, entry)
+            os.replace(staging, entry)  # an entry is never removed here: another process may be using it
         except OSError:
-            pass  # another process put the entry in place first; it is checked like any other
+            pass  # another process put the entry in place first (or a damaged one is there); it is checked next
     finally:
         shutil.rmtree(staging, ignore_errors=True)

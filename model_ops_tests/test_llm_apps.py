@@ -58,8 +58,8 @@ def test_an_application_records_its_exact_parts_and_what_each_follows(reg: Regis
     recorded = mv.lineage["application"]
     assert {role: (p["name"], p["version"], p["follows"]) for role, p in recorded.items()} == {
         "base_model": ("tiny_base", 1, None),  # the base the adapter was trained on, pinned
-        "adapter": ("support_lora", 1, "live"),
-        "prompt": ("support_reply", 1, "live"),
+        "adapter": ("support_lora", 1, "@live"),
+        "prompt": ("support_reply", 1, "@live"),
     }
     loaded = model_ops.load("models:/support_app/1", registry=reg)
     assert loaded.render(customer="Ada", order_id=7, message="Late.").startswith("Customer Ada writes")
@@ -318,8 +318,13 @@ def test_an_application_is_canaried_promoted_and_rolled_back_as_a_unit(reg: Regi
         assert arms() == {"production": {1}, "canary": {2}}  # 10 % of 60 keys: both arms, each with its parts
         deploy(root, "support_app", "promote")
         wait_for(lambda: arms() == {"production": {2}}, 30, "the promotion")
-        assert main(["--root", root, "rollback", "support_app", "--reason", "answers got worse"]) == 0
+        deploy(root, "support_app", "rollback_production", "--reason", "answers got worse")
         wait_for(lambda: arms() == {"production": {1}}, 30, "the rollback")
+        # withdrawn from production: it stops answering and the server is not ready, rather than serve it still
+        reg.transition("models:/support_app/1", "archived", reason="withdrawn")
+        wait_for(lambda: c.get("/v2/health/ready").status_code == 503, 30, "the withdrawal")
+        gone = c.post("/v1/applications/support_app/prompt", json={"variables": variables})
+        assert gone.status_code == 503 and "has no version in production" in gone.json()["error"]
 
 
 def test_deploy_is_for_applications_and_refuses_parts_that_do_not_fit(
@@ -335,3 +340,155 @@ def test_deploy_is_for_applications_and_refuses_parts_that_do_not_fit(
     assert main(["--root", root, "deploy", "support_app", "deploy", "--version", "1"]) == 2
     assert "support_lora/2 was trained on wide_base v1" in capsys.readouterr().err
     assert reg.get("support_app", 1).stage != "production"
+
+
+def test_a_followed_prompt_must_take_the_recorded_variables_and_so_must_a_canary(
+    reg: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parts(reg, tmp_path)
+    toned = PROMPT.replace("{{ message }}", "{{ message }} ({{ tone }})").replace("message]", "message, tone]")
+    reg.register("support_reply", prompt_file(tmp_path, toned + "model: models:/support_lora/1\n"))  # v2: 2.0.0
+    first = reg.register("support_app", app_file(tmp_path, APP))
+    reg.set_alias("support_reply", "live", 2, reason="a tone variable")
+    with pytest.raises(PolicyError, match="now resolves to models:/support_reply/2, which takes customer, message"):
+        model_ops.load("models:/support_app/1", registry=reg)
+    reg.set_alias("support_reply", "live", 1, reason="back")
+    toned_app = reg.register(
+        "support_app", app_file(tmp_path, "adapter: models:/support_lora@live\nprompt: prompts:/support_reply/2\n")
+    )
+    assert (first.semver, toned_app.semver) == ("1.0.0", "2.0.0")
+    assert toned_app.bump["reason"] == "prompt variables changed (added tone)"
+    root = str(tmp_path / "root")
+    for v in (1, 2):
+        reg.transition(f"models:/support_app/{v}", "staging", reason="reviewed")
+    deploy(root, "support_app", "deploy", "--version", "1")
+    capsys.readouterr()
+    assert main(["--root", root, "deploy", "support_app", "deploy", "--version", "2"]) == 2
+    assert "a canary would fail the callers routed to it" in capsys.readouterr().err
+    deploy(root, "support_app", "promote", "--version", "2")  # the callers moved: straight to production
+    assert reg.get("support_app", 2).stage == "production"
+
+
+def test_adapters_are_placed_once_under_a_lock_and_placed_again_when_removed(reg: Registry, tmp_path: Path) -> None:
+    from model_ops.serving.applications import Applications, lora_name
+
+    parts(reg, tmp_path)
+    team = reg.register("team/lora", adapter_dir(tmp_path / "t1", seed=9), base="models:/tiny_base/1")
+    assert lora_name(team) == "team+lora-v1"
+    lora = reg.get("support_lora", 1)
+    lora_dir = tmp_path / "loras"
+    servers = [Applications(lambda: reg, [], lora_dir=lora_dir) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def place(server: Any) -> None:
+        try:
+            server._place_adapter(reg, lora)
+        except BaseException as e:  # noqa: BLE001 (collected for the assertion)
+            errors.append(e)
+
+    threads = [threading.Thread(target=place, args=(s,)) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    placed = lora_dir / "support_lora-v1"
+    expected = (tmp_path / "l1" / "adapter_model.safetensors").read_bytes()
+    assert (placed / "adapter_model.safetensors").read_bytes() == expected
+    assert sorted(p.name for p in lora_dir.iterdir()) == [".model_ops.lock", "support_lora-v1"]
+    (placed / "adapter_model.safetensors").chmod(0o644)
+    (placed / "adapter_model.safetensors").write_bytes(b"damaged")
+    Applications(lambda: reg, [], lora_dir=lora_dir)._place_adapter(reg, lora)  # a new server checks what it finds
+    assert (placed / "adapter_model.safetensors").read_bytes() == expected
+
+
+def test_the_application_server_refuses_bad_input(
+    reg: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_ops.serving.app import ServeConfig, create_app
+
+    parts(reg, tmp_path)
+    reg.register("team/app", app_file(tmp_path, APP))
+    reg.transition("models:/team/app/1", "staging", reason="reviewed")
+    root = str(tmp_path / "root")
+    deploy(root, "team/app", "deploy", "--version", "1")
+    capsys.readouterr()
+    for argv, message in (
+        (["serve", "--application", "tiny_base"], "tiny_base is a 'base_model' model, not an LLM application"),
+        (["serve", "--application", "../x"], "invalid model name"),
+        (
+            ["serve", "--application", "team/app", "--lora-dir", str(tmp_path / "a0" / "support.application.yaml")],
+            "is not a directory",
+        ),
+        (["deploy", "team/app", "promote", "--version", "0"], "is not a version number"),
+    ):
+        try:
+            code = main(["--root", root, *argv])
+        except SystemExit as e:  # the argument parser's own refusal
+            code = e.code
+        assert code == 2, argv
+        assert message in capsys.readouterr().err
+    variables = {"customer": "Ada", "order_id": 7, "message": "Late."}
+    config = ServeConfig(root=root, applications=["team/app"], poll_seconds=0.05, log_predictions=False)
+    with uvicorn_on_loopback(create_app(config, specs={})) as url, httpx.Client(base_url=url, timeout=30) as c:
+        ok = c.post("/v1/applications/team/app/prompt", json={"variables": variables})
+        assert ok.status_code == 200 and ok.json()["application"] == "team/app"
+        assert c.get("/v1/applications/team/app").json()["manifest"]["production"] == 1
+        no_backend = c.post("/v1/applications/team/app/chat/completions", json={"variables": variables})
+        assert no_backend.status_code == 501 and "--generate-url" in no_backend.json()["error"]
+        for body, status, message in (
+            ({"variables": variables, "extra": 1}, 400, "unknown field(s) extra"),
+            ({"variables": "Ada"}, 400, "'variables' must be an object"),
+            ({"variables": variables, "messages": []}, 400, "come from the application"),
+            (
+                {"variables": {**variables, "coupon": 1}},
+                400,
+                "team/app v1 (production, prompt models:/support_reply/1): ",
+            ),
+        ):
+            r = c.post("/v1/applications/team/app/prompt", json=body)
+            assert (r.status_code, message in r.json()["error"]) == (status, True), r.text
+    from model_ops.serving.applications import generation_fields
+    from model_ops.serving.scoring import RequestError
+
+    assert generation_fields({"max_tokens": 50, "temperature": 0.5, "stop": ["\n"]}) == {
+        "max_tokens": 50,
+        "temperature": 0.5,
+        "stop": ["\n"],
+    }
+    for fields, message in (
+        ({"stream": True}, "streaming is not supported"),
+        ({"n": 1000}, "'n' must be from 1 to 8"),
+        ({"temperature": "hot"}, "'temperature' must be a number"),
+        ({"logit_bias": {}}, "unknown field(s) logit_bias"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "at most 4 texts"),
+    ):
+        with pytest.raises(RequestError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            generation_fields(fields)
+
+
+def test_loads_racing_on_an_empty_cache_all_get_an_intact_directory(reg: Registry, tmp_path: Path) -> None:
+    from model_ops.loading import cached_dir
+
+    mv = reg.register("tiny_base", base_dir(tmp_path / "b"))
+    for _attempt in range(5):
+        found: list[Any] = []
+
+        def one() -> None:
+            try:
+                path = cached_dir(reg.artifacts, mv.digest)
+                found.append(sorted(p.name for p in path.iterdir()))
+            except BaseException as e:  # noqa: BLE001 (collected for the assertion)
+                found.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(isinstance(f, list) and "config.json" in f for f in found), found
+        import shutil
+
+        from model_ops.loading import cache_dir
+
+        shutil.rmtree(cache_dir())

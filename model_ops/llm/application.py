@@ -8,10 +8,10 @@ application version and the versions of its parts.
 
 Example::
 
-    base_model: models:/tiny_llama@production
+    base_model: models:/tiny_llama/production
     adapter: models:/support_lora/4                # pinned: this exact version, whatever moves
-    prompt: prompts:/support_reply@production      # follows: the server uses what the alias points at now
-    retrieval: models:/support_docs@production
+    prompt: prompts:/support_reply/production      # follows the stage: the server uses what is in it now
+    retrieval: models:/support_docs/production
 
 A reference by number or semver is **pinned**; one by alias or stage **follows** it: the live server resolves it
 again whenever the registry moves (an adapter switch is an alias move), and every response names the exact versions

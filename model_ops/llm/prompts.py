@@ -2,7 +2,7 @@
 and generation parameters, in one YAML file (``prompt.yaml`` or ``NAME.prompt.yaml``).
 
 A prompt changes what an LLM application does as much as its weights, so it is registered, aliased, staged,
-diffed and rolled back like any model (``prompts:/support_reply@production``). Templates are rendered in Jinja2's
+diffed and rolled back like any model (``prompts:/support_reply/production``). Templates are rendered in Jinja2's
 sandbox (no attribute access to Python internals, no imports) with every variable required, or as Python format
 strings restricted to plain names; either way :meth:`Prompt.render` refuses a missing or an unknown variable by
 name, and registration refuses a template that uses a variable it does not declare, or declares one it never
@@ -18,7 +18,7 @@ Example::
     examples:
       - {input: "Where is my parcel?", output: "It left our depot today; tracking follows by email."}
     parameters: {temperature: 0.2, max_tokens: 200}
-    model: models:/support_lora@production
+    model: models:/support_lora/production
 """
 
 from __future__ import annotations

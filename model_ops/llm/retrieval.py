@@ -5,7 +5,7 @@ A retrieval configuration changes answers as much as a prompt does, and an index
 is meaningless to another, so it is registered and compared like any version (``retrieval.yaml`` or
 ``NAME.retrieval.yaml``)::
 
-    embedding_model: models:/text_embedder@production
+    embedding_model: models:/text_embedder/production
     chunking: {strategy: recursive, size: 512, overlap: 64}
     top_k: 5
     index: /lake/support_docs_index@12          # URI@VERSION of a Delta table

@@ -175,6 +175,7 @@ def _deploy(r: _Request) -> _Outcome:
             f"v{target} deployed straight to production (nothing was serving)",
         )
     _require_stage(reg, name, target, staging)
+    _require_same_variables(reg, name, before.production, target)
     reg.set_alias(name, CANARY_ALIAS, target, reason=r.why, run_id=r.run_id)
     message = f"v{target} started as canary at {steps[0]:.0%} beside production v{before.production}"
     if before.canary:
@@ -205,6 +206,7 @@ def _promote(r: _Request) -> _Outcome:
         raise PolicyError(f"{name} has no canary to promote", hint="start one with action deploy, or name a version")
     if target == before.production:
         return r.unchanged(f"v{target} is already in production; nothing changed")
+    _require_deployable(reg, name, target)  # the canary was checked when it started; what it uses may have moved
     reg.transition(f"models:/{name}/{target}", reg.policy.production.stage, reason=r.why, run_id=r.run_id)
     _drop_canary_alias(reg, name, r.why, r.run_id)
     after = replace(
@@ -214,7 +216,8 @@ def _promote(r: _Request) -> _Outcome:
         canary_weight=0.0,
         shadow=None if before.shadow == target else before.shadow,
     )
-    return after, target, f"v{target} promoted to production (was v{before.production})"
+    was = f"was v{before.production}" if before.production is not None else "nothing was in production"
+    return after, target, f"v{target} promoted to production ({was})"
 
 
 def _rollback(r: _Request) -> _Outcome:
@@ -232,7 +235,12 @@ def _rollback(r: _Request) -> _Outcome:
         return (
             replace(before, canary=None, canary_weight=0.0),
             before.canary,
-            f"canary v{before.canary} rolled back; production v{before.production} serves all traffic",
+            f"canary v{before.canary} rolled back; "
+            + (
+                f"production v{before.production} serves all traffic"
+                if before.production is not None
+                else "nothing is in production"
+            ),
         )
     target = r.version or reg.rollback_target(name)
     if target is not None:
@@ -244,7 +252,7 @@ def _rollback(r: _Request) -> _Outcome:
         canary=None if before.canary == mv.version else before.canary,
         canary_weight=0.0 if before.canary == mv.version else before.canary_weight,
     )
-    return after, mv.version, f"production rolled back from v{before.production} to v{mv.version}"
+    return after, mv.version, f"production rolled back from v{before.production or '-'} to v{mv.version}"
 
 
 def _shadow_on(r: _Request) -> _Outcome:
@@ -337,6 +345,26 @@ def _require_deployable(reg: Registry, name: str, version: int) -> None:
         from model_ops.loading import answering
 
         answering(reg, mv)
+
+
+def _require_same_variables(reg: Registry, name: str, production: int, target: int) -> None:
+    """A canary answers some of the requests production answers, so an LLM application's canary must take the
+    variables production's prompt takes: otherwise the callers routed to one of them fail."""
+
+    def variables(version: int) -> set[str] | None:
+        prompt = (reg.get(name, version).lineage.get("application") or {}).get("prompt") or {}
+        found = prompt.get("variables")
+        return None if found is None else set(found)
+
+    now, then = variables(production), variables(target)
+    if now is None or then is None or now == then:
+        return
+    raise PolicyError(
+        f"{name} v{target} renders its prompt with {', '.join(sorted(then)) or 'no variables'}, and production "
+        f"v{production} with {', '.join(sorted(now)) or 'no variables'}: a canary would fail the callers routed to it",
+        hint=f"callers must send the new variables first: promote v{target} with `model-ops deploy {name} promote "
+        f"--version {target}` when they do, or serve it as another application",
+    )
 
 
 def _require_stage(reg: Registry, name: str, version: int, stage: str) -> None:

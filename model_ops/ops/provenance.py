@@ -363,7 +363,7 @@ def render_lineage(tree: dict[str, Any]) -> str:
     built = [
         f"{'built on' if i == 0 else '':<8} {'   ' * b.get('depth', i)}{b['relation']} {b['ref']} ({b['flavor']}, "
         f"{b['semver']}, now {b['stage']})"
-        + (f" following @{b['follows']}" if b.get("follows") else "")
+        + (f" following {b['follows']}" if b.get("follows") else "")
         + ("" if b["digest_as_recorded"] else "  DIGEST DIFFERS FROM THE ONE RECORDED")
         for i, b in enumerate(tree.get("built_on") or [])
     ]

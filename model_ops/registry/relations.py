@@ -191,16 +191,17 @@ def check_adapter_base(adapter_mv: Any, base_mv: Any, purpose: str) -> None:
 
 
 def _follows(ref: str) -> str | None:
+    """``@ALIAS`` or ``/STAGE`` for a reference that moves with an alias or a stage; None for a pinned one."""
     from model_ops.registry.refs import parse_ref
 
     parsed = parse_ref(ref)
-    return parsed.alias or parsed.stage
+    return f"@{parsed.alias}" if parsed.alias else f"/{parsed.stage}" if parsed.stage else None
 
 
 def part(mv: Any, ref: str | None) -> dict[str, Any]:
-    """How an application records one of its parts: the exact version and, for a reference by alias or stage, what
-    it follows."""
-    return {
+    """How an application records one of its parts: the exact version, what a reference by alias or stage follows,
+    and for a prompt the variables it takes (what callers send)."""
+    recorded = {
         "name": mv.name,
         "version": mv.version,
         "semver": mv.semver,
@@ -209,6 +210,34 @@ def part(mv: Any, ref: str | None) -> dict[str, Any]:
         "ref": ref,
         "follows": _follows(ref) if ref else None,
     }
+    if mv.flavor == PROMPT:
+        recorded["variables"] = sorted((mv.record.get("lineage") or {}).get("prompt", {}).get("variables") or [])
+    return recorded
+
+
+def _still_fits(role: str, mv: Any, recorded: dict[str, Any], what: str) -> None:
+    """A part that follows an alias or stage may move only to a version that answers the same callers the same way:
+    a prompt taking the variables recorded at registration, a retrieval configuration of the same major version
+    (the same embedding model). An adapter may move to any adapter for the same architecture (checked against the
+    base by :func:`check_adapter_base`)."""
+    if mv.version == recorded.get("version"):
+        return
+    if role == "prompt" and recorded.get("variables") is not None:
+        now = sorted((mv.record.get("lineage") or {}).get("prompt", {}).get("variables") or [])
+        if now != recorded["variables"]:
+            raise PolicyError(
+                f"{what}: its prompt {recorded.get('ref')} now resolves to {mv.ref}, which takes "
+                f"{', '.join(now) or 'no variables'}; the application was registered for "
+                f"{', '.join(recorded['variables']) or 'no variables'}, what its callers send, so it is not used",
+                hint="register a new version of the application for the new variables, or move the alias back",
+            )
+    then = str(recorded.get("semver") or "")
+    if role == "retrieval" and then.split(".")[0] != mv.semver.split(".")[0]:
+        raise PolicyError(
+            f"{what}: its retrieval {recorded.get('ref')} now resolves to {mv.ref} ({mv.semver}), a new major version "
+            f"(another embedding model) beside the {then} it was registered with, so it is not used",
+            hint="register a new version of the application to take it, or move the alias back",
+        )
 
 
 def resolve_parts(
@@ -222,6 +251,9 @@ def resolve_parts(
     for role, ref in app.parts().items():
         mv = registry.resolve(ref)
         _require_flavor(mv, ROLE_FLAVORS[role], f"{what}: {role}")
+        then = (recorded or {}).get(role)
+        if isinstance(then, dict):
+            _still_fits(role, mv, then, what)
         found[role] = mv
     adapter = found.get("adapter")
     if adapter is not None:

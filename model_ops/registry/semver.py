@@ -135,6 +135,11 @@ def _application(before: dict, after: dict) -> tuple[str, str]:
         return "major", "application parts changed (" + "; ".join(detail) + ")"
     if _base(before) != _base(after):
         return "major", f"base model {_base(before)} → {_base(after)}"
+    vb, va = (before.get("prompt") or {}).get("variables"), (after.get("prompt") or {}).get("variables")
+    if vb is not None and va is not None and set(vb) != set(va):
+        detail = [f"added {', '.join(sorted(set(va) - set(vb)))}"] if set(va) - set(vb) else []
+        detail += [f"removed {', '.join(sorted(set(vb) - set(va)))}"] if set(vb) - set(va) else []
+        return "major", "prompt variables changed (" + "; ".join(detail) + ")"
     moved = [
         f"{role.replace('_', ' ')} {_base(before, role)} → {_base(after, role)}"
         for role in after

@@ -836,6 +836,7 @@ class Server:
                     "or POST to /v1/applications/NAME/prompt for the rendered request",
                 )
             doc, rest = await self._rendered(request)
+            llm_apps.generation_fields(rest)  # refused before the backend is asked
             reply = await run_in_threadpool(llm_apps.generate, backend, doc, rest)
         except RequestError as exc:
             return _error(OIP, exc)
@@ -1007,9 +1008,9 @@ def create_app(
         Route("/invocations", server.mlflow_bare, methods=["POST"]),
         Route("/metrics", server.metrics_endpoint),
         Route("/status", server.status),
-        Route("/v1/applications/{name}", server.application),
-        Route("/v1/applications/{name}/prompt", server.application_prompt, methods=["POST"]),
-        Route("/v1/applications/{name}/chat/completions", server.application_chat, methods=["POST"]),
+        Route("/v1/applications/{name:path}/prompt", server.application_prompt, methods=["POST"]),
+        Route("/v1/applications/{name:path}/chat/completions", server.application_chat, methods=["POST"]),
+        Route("/v1/applications/{name:path}", server.application),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = server

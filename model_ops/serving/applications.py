@@ -19,8 +19,10 @@ messages are sent to it under that adapter's name and its answer is returned wit
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -34,7 +36,8 @@ from typing import Any
 
 import pandas as pd
 
-from model_ops.errors import ModelOpsError, NotFoundError
+from model_ops.errors import ModelOpsError, NotFoundError, UsageError
+from model_ops.llm.layout import APPLICATION
 from model_ops.loading import Answering, answering
 from model_ops.ops import deployment as dep
 from model_ops.ops import routing
@@ -87,8 +90,14 @@ class AppSlot:
 
 
 def lora_name(adapter: Any) -> str:
-    """The name an adapter version is served under (and its directory under ``lora_dir``)."""
-    return f"{adapter.name.replace('/', '--')}-v{adapter.version}"
+    """The name an adapter version is served under (and its directory under ``lora_dir``): ``NAME-vN``, with the
+    ``/`` of a team's name as ``+``, which no model name contains, so two adapters never share a directory."""
+    return f"{adapter.name.replace('/', '+')}-v{adapter.version}"
+
+
+class Withdrawn(NotFoundError):
+    """The application has nothing in production (never deployed, or its production version was withdrawn): it
+    stops answering, rather than answering with what it no longer deploys."""
 
 
 class Applications:
@@ -107,7 +116,8 @@ class Applications:
         self.poll_seconds = poll_seconds
         self.lora_dir = Path(lora_dir) if lora_dir else None
         self.slots: dict[str, AppSlot] = {}  # replaced, never mutated: a request reads it once
-        self.problems: dict[str, str] = {}
+        self.problems: dict[str, str] = {}  # per application: why it does not answer, or answers with an older slot
+        self.registry_problem: str | None = None
         self.reloads = 0
         self._placed: dict[Path, str] = {}  # adapter directories this server wrote or checked: their digests
         self._reg: Registry | None = None
@@ -126,6 +136,7 @@ class Applications:
             "ready": self.ready,
             "applications": {n: s.describe() for n, s in sorted(self.slots.items())},
             "problems": dict(self.problems),
+            "registry_problem": self.registry_problem,
             "reloads": self.reloads,
         }
 
@@ -154,17 +165,25 @@ class Applications:
                     self._reg = self._open()
                 version = self._reg.log_version()
             except Exception as exc:
-                self.problems["registry"] = f"cannot read the registry: {str(exc).splitlines()[0] if str(exc) else exc}"
+                self.registry_problem = f"cannot read the registry: {str(exc).splitlines()[0] if str(exc) else exc}"
                 return False
-            self.problems.pop("registry", None)
+            self.registry_problem = None
             now = time.monotonic()
-            if version == self._seen and not (self._retry_at and now >= self._retry_at):
+            misplaced = any(not path.is_dir() for path in self._placed)  # an adapter directory someone removed
+            if version == self._seen and not misplaced and not (self._retry_at and now >= self._retry_at):
                 return False
+            self._placed = {path: d for path, d in self._placed.items() if path.is_dir()}
             changed, failed = False, False
             slots = dict(self.slots)
             for name in self.names:
                 try:
                     slot = self._build(self._reg, name, version)
+                except Withdrawn as exc:
+                    self.problems[name] = exc.message
+                    if slots.pop(name, None) is not None:
+                        changed = True
+                        log.warning("model_ops serve: %s: %s; it no longer answers", name, exc.message)
+                    continue
                 except Exception as exc:  # nothing half-checked takes traffic: the slot in force keeps answering
                     why = exc.message if isinstance(exc, ModelOpsError) else f"{type(exc).__name__}: {exc}"
                     self.problems[name] = why
@@ -187,9 +206,15 @@ class Applications:
     def _build(self, reg: Registry, name: str, log_version: int) -> AppSlot:
         manifest = dep.current(reg, name)
         if manifest.production is None:
-            raise NotFoundError(f"{name} has no version in production", hint="deploy one with `model-ops deploy`")
+            raise Withdrawn(
+                f"{name} has no version in production", hint=f"deploy one with `model-ops deploy {name} deploy`"
+            )
         numbers = [v for v in (manifest.production, manifest.canary) if v is not None]
-        answers = {v: answering(reg, reg.get(name, v)) for v in numbers}
+        versions = {v: reg.get(name, v) for v in numbers}
+        for mv in versions.values():
+            if mv.flavor != APPLICATION:
+                raise UsageError(f"{mv.ref} is a {mv.flavor!r} model, not an LLM application, so it is not served here")
+        answers = {v: answering(reg, mv) for v, mv in versions.items()}
         if self.lora_dir is not None:
             for a in answers.values():
                 if "adapter" in a.parts:
@@ -198,25 +223,27 @@ class Applications:
 
     def _place_adapter(self, reg: Registry, adapter: Any) -> Path:
         """The adapter's files under ``lora_dir/NAME-vN``, fetched and verified. A directory this server placed is
-        trusted while it is there (so a registry move does not re-hash every adapter); one found there at first
-        is checked, and replaced unless it holds exactly the adapter's files."""
+        trusted while it is there (so a registry move does not re-hash every adapter). Placing holds a lock on
+        ``lora_dir`` (server worker processes share it): a directory found there is checked under it, and
+        replaced only when it does not hold exactly the adapter's files."""
         assert self.lora_dir is not None
         target = self.lora_dir / lora_name(adapter)
         if self._placed.get(target) == adapter.digest and target.is_dir():
             return target
-        if not (target.is_dir() and _holds(reg, adapter.digest, target)):
-            self.lora_dir.mkdir(parents=True, exist_ok=True)
-            staging = self.lora_dir / f".{target.name}.{uuid.uuid4().hex[:8]}.part"
-            try:
-                reg.artifacts.fetch(adapter.digest, staging)
-                shutil.rmtree(target, ignore_errors=True)
+        self.lora_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.lora_dir / ".model_ops.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (target.is_dir() and _holds(reg, adapter.digest, target)):
+                staging = self.lora_dir / f".{target.name}.{uuid.uuid4().hex[:8]}.part"
+                aside = self.lora_dir / f".{target.name}.{uuid.uuid4().hex[:8]}.bad"
                 try:
+                    reg.artifacts.fetch(adapter.digest, staging)
+                    if target.exists():
+                        target.rename(aside)
                     staging.rename(target)
-                except OSError:  # another server process placed it first: use theirs if it is right
-                    if not _holds(reg, adapter.digest, target):
-                        raise
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    shutil.rmtree(aside, ignore_errors=True)
         self._placed[target] = adapter.digest
         return target
 
@@ -224,7 +251,7 @@ class Applications:
         found = self.slots.get(name)
         if found is None:
             if name in self.names:
-                why = self.problems.get(name, "it is still being loaded")
+                why = self.problems.get(name) or self.registry_problem or "it is still being loaded"
                 raise RequestError(f"application {name} cannot answer yet: {why}", 503)
             raise RequestError(
                 f"application {name} is not served here",
@@ -291,7 +318,8 @@ def answer(slot: AppSlot, variables: dict[str, Any], key: str) -> dict[str, Any]
     try:
         messages = chosen.prompt.messages(**variables)
     except ModelOpsError as exc:
-        raise RequestError(exc.message, 400, hint=exc.hint) from None
+        what = f"{slot.name} v{chosen.application.version} ({arm.value}, prompt {chosen.parts['prompt'].ref})"
+        raise RequestError(f"{what}: {exc.message}", 400, hint=exc.hint) from None
     doc: dict[str, Any] = {
         "application": slot.name,
         "arm": arm.value,
@@ -308,10 +336,56 @@ def answer(slot: AppSlot, variables: dict[str, Any], key: str) -> dict[str, Any]
     return doc
 
 
+# What a caller may set on a generation, over the prompt's own parameters, and how: (type, smallest, largest).
+GENERATION_FIELDS: dict[str, tuple[type | tuple[type, ...], float | None, float | None]] = {
+    "max_tokens": (int, 1, 1_000_000),
+    "max_completion_tokens": (int, 1, 1_000_000),
+    "temperature": ((int, float), 0, 2),
+    "top_p": ((int, float), 0, 1),
+    "presence_penalty": ((int, float), -2, 2),
+    "frequency_penalty": ((int, float), -2, 2),
+    "seed": (int, None, None),
+    "n": (int, 1, 8),
+    "stop": ((str, list), None, None),
+    "user": (str, None, None),
+}
+
+
+def generation_fields(extra: dict[str, Any]) -> dict[str, Any]:
+    """The caller's generation settings, checked: only :data:`GENERATION_FIELDS`, each of its type and range, so
+    the versioned prompt's parameters are what a caller may tune, not replace with anything the backend accepts."""
+    if "stream" in extra:
+        raise RequestError("streaming is not supported here", 400, hint="leave out 'stream'; the answer comes whole")
+    unknown = sorted(set(extra) - set(GENERATION_FIELDS))
+    if unknown:
+        raise RequestError(
+            f"unknown field(s) {', '.join(unknown)}", hint="generation settings: " + ", ".join(GENERATION_FIELDS)
+        )
+    for key, value in extra.items():
+        kind, low, high = GENERATION_FIELDS[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            expected = {int: "a whole number", str: "text"}.get(kind, "a number")  # type: ignore[arg-type]
+            if key == "stop":
+                expected = "text or a list of at most 4 texts"
+            raise RequestError(f"'{key}' must be {expected}, not {value!r}")
+        if isinstance(value, (int, float)) and not (
+            math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
+        ):
+            raise RequestError(f"'{key}' must be from {low} to {high}, not {value!r}")
+        if key == "stop" and isinstance(value, list) and (len(value) > 4 or not all(isinstance(v, str) for v in value)):
+            raise RequestError("'stop' must be text or a list of at most 4 texts")
+    return dict(extra)
+
+
 def generate(backend: str, rendered: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """The backend's chat completion for a rendered request: its messages under the served model's name, the
     prompt's generation parameters under the caller's own. Raises RequestError (502) when the backend fails."""
-    body = {**rendered["parameters"], **extra, "model": rendered["served_model"], "messages": rendered["messages"]}
+    body = {
+        **rendered["parameters"],
+        **generation_fields(extra),
+        "model": rendered["served_model"],
+        "messages": rendered["messages"],
+    }
     request = urllib.request.Request(
         backend.rstrip("/") + "/v1/chat/completions",
         data=json.dumps(body).encode(),
