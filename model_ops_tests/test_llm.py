@@ -151,6 +151,22 @@ def test_pickled_weights_are_refused_unless_the_policy_allows_them(reg: Registry
     assert allowed.register("tiny_base", base).flavor == "base_model"
 
 
+def test_a_model_directory_whose_weights_are_all_pickles_is_refused_too(reg: Registry, tmp_path: Path) -> None:
+    only_bin = tmp_path / "hf"
+    only_bin.mkdir()
+    (only_bin / "config.json").write_text('{"architectures": ["TinyLlama"]}')
+    (only_bin / "pytorch_model.bin").write_bytes(b"\x80\x04pickled")
+    with pytest.raises(PolicyError, match="runs code when loaded: pytorch_model.bin"):
+        reg.register("hf_base", only_bin)
+    policy = tmp_path / "root" / "registry" / "policy.yaml"
+    policy.write_text(default_policy_text() + "\nallow_pickle_weights: true\n")
+    allowed = Registry.open(tmp_path / "root", actor="alice")
+    mv = allowed.register("hf_base", only_bin)  # allowed, but its tensors cannot be read without unpickling them
+    assert mv.flavor == "files"
+    with pytest.raises(UsageError, match="is a 'files' artifact, not a base model"):
+        allowed.register("lora", adapter_dir(tmp_path / "lora"), base="models:/hf_base/1")
+
+
 def test_the_command_line_registers_an_adapter_on_its_base_and_refuses_without_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_ops.artifacts.manifest import guess_flavor, list_source_files
+from model_ops.artifacts.manifest import FLAVOR_FILES, guess_flavor, list_source_files
 from model_ops.errors import PolicyError, UsageError
 from model_ops.llm import layout
 from model_ops.llm.adapters import Adapter, check_fits
@@ -82,6 +82,8 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
     if flavor == BASE_MODEL:
         if base is not None:
             raise UsageError("--base is for adapters; a base model is registered on its own")
+        if not any(n.endswith(".safetensors") for n in names):  # all pickles, which the policy allows
+            return Prepared(FLAVOR_FILES)  # their tensors cannot be read without running them: plain files
         model = BaseModel.read(Path(path))
         table = model.table_bytes()
         return Prepared(
