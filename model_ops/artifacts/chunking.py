@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import mmap
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import Any, BinaryIO
 
 from pyfastcdc import FastCDC
 
-from model_ops.artifacts.blobstore import BlobStore, LocalBlobStore, hash_file
+from model_ops.artifacts.blobstore import BlobStore, LocalBlobStore
 from model_ops.artifacts.manifest import ChunkRef, FileEntry
 from model_ops.artifacts.progress import Progress
 from model_ops.errors import IntegrityError, UsageError
@@ -44,6 +45,7 @@ MINIMUM = 64 << 10
 MAXIMUM = 1 << 20
 WINDOW = 8 << 20  # one mapped stretch of a file being stored (several of a chunk's MAXIMUM)
 WINDOWS_AHEAD = 3  # windows mapped at once: one cut while the ones before it are hashed and stored
+HASH_STEP = 8 << 20  # what the hasher behind a local fetch reads at a time
 IN_FLIGHT = 32  # chunks fetched but not yet written: memory ≤ IN_FLIGHT × MAXIMUM
 # Threads hashing and storing chunks: on a local disk the work is hashing, so one per core; S3 waits on the
 # network, so more requests in flight pay there.
@@ -191,16 +193,61 @@ def fetch_to(blobs: BlobStore, entry: FileEntry, tmp: Path, progress: Progress |
         with open(tmp, "wb") as out:
             read_into(blobs, entry, out, progress)
         return
-    with open(tmp, "wb") as out:
-        for ref in entry.chunks:
-            blobs.copy_out(ref.sha256, ref.size, out)
-    if hash_file(tmp, progress)[0] == entry.sha256:
+    if _copy_and_hash(blobs, entry, tmp, progress) == entry.sha256:
         return
     found = problems(blobs, entry)
     raise IntegrityError(
         found[0] if found else f"{entry.path} assembled from its chunks does not match its SHA-256 {entry.sha256}",
         hint="run `model-ops fsck` to list every missing or damaged blob",
     )
+
+
+def _copy_and_hash(blobs: LocalBlobStore, entry: FileEntry, tmp: Path, progress: Progress | None) -> str:
+    """Copy a chunked file's chunks to ``tmp`` in the kernel while one thread hashes what has been written, behind
+    the copy: the SHA-256 of the bytes the caller gets, in about the time of the copy alone, not of the copy and then
+    a hash."""
+    whole = hashlib.sha256()
+    moved = threading.Condition()
+    written, finished = 0, False
+
+    def hash_behind() -> None:
+        buffer = bytearray(HASH_STEP)
+        view = memoryview(buffer)
+        hashed = 0
+        with open(tmp, "rb") as r:
+            while True:
+                with moved:
+                    while written - hashed < HASH_STEP and not finished:
+                        moved.wait()
+                    upto, last = written, finished
+                while hashed < upto:
+                    n = os.preadv(r.fileno(), [view[: min(HASH_STEP, upto - hashed)]], hashed)
+                    if n == 0:
+                        return  # shorter than was written: the digest will not match
+                    whole.update(view[:n])
+                    hashed += n
+                    if progress:
+                        progress.update(n)
+                if last:
+                    return
+
+    hasher = threading.Thread(target=hash_behind, name="model_ops-hash", daemon=True)
+    with open(tmp, "wb") as out:
+        hasher.start()
+        try:
+            for ref in entry.chunks:
+                blobs.copy_out(ref.sha256, ref.size, out)
+                out.flush()  # a chunk copied by plain writes (no in-kernel copy here) is in the file too
+                with moved:
+                    written += ref.size
+                    if written % HASH_STEP < ref.size:  # another step is ready for the hasher
+                        moved.notify()
+        finally:
+            with moved:
+                finished = True
+                moved.notify()
+            hasher.join()
+    return whole.hexdigest()
 
 
 def read_into(blobs: BlobStore, entry: FileEntry, out: BinaryIO, progress: Progress | None = None) -> None:
