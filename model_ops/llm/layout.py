@@ -36,8 +36,7 @@ def flavor_of(kind: str, names: list[str]) -> str | None:
     top = {n for n in names if "/" not in n}
     if ADAPTER_CONFIG in top:
         return ADAPTER
-    weights = [n for n in top if n.endswith(".safetensors") or n.lower().endswith(PICKLE_SUFFIXES)]
-    if CONFIG_FILE in top and weights:  # pickled weights too: so they are refused unless the policy allows them
+    if CONFIG_FILE in top and any(n.endswith(".safetensors") for n in top):
         return BASE_MODEL
     return None
 

@@ -31,7 +31,7 @@ from model_ops.llm.application import Application
 from model_ops.llm.layout import ADAPTER, APPLICATION, BASE_MODEL, PROMPT, RETRIEVAL
 from model_ops.llm.prompts import Prompt
 from model_ops.llm.retrieval import Retrieval
-from model_ops.llm.weights import BaseModel
+from model_ops.llm.weights import BaseModel, pickled
 
 if TYPE_CHECKING:
     from model_ops.registry.registry import Registry
@@ -64,6 +64,13 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
             raise UsageError(f"a {flavor} is one YAML file, not a directory")
         read = {PROMPT: _prompt, RETRIEVAL: _retrieval, APPLICATION: _application}[flavor]
         return read(registry, sources[0][1])
+    if flavor == FLAVOR_FILES and kind == "directory" and layout.CONFIG_FILE in names:
+        pickles = [n for n in layout.pickle_files(names) if "/" not in n and pickled(Path(path) / n)]
+        if pickles and not registry.policy.allow_pickle_weights:  # a model directory whose weights are pickles
+            raise PolicyError(
+                f"{path} holds weights in a format that runs code when loaded: {', '.join(pickles[:5])}",
+                hint="convert them to safetensors, or set allow_pickle_weights: true in the registry's policy",
+            )
     if flavor not in (BASE_MODEL, ADAPTER):
         if base is not None:
             raise UsageError(
@@ -82,8 +89,6 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
     if flavor == BASE_MODEL:
         if base is not None:
             raise UsageError("--base is for adapters; a base model is registered on its own")
-        if not any(n.endswith(".safetensors") for n in names):  # all pickles, which the policy allows
-            return Prepared(FLAVOR_FILES)  # their tensors cannot be read without running them: plain files
         model = BaseModel.read(Path(path))
         table = model.table_bytes()
         return Prepared(
