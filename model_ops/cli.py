@@ -1037,8 +1037,16 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
         raise UsageError(
             f"--generate-url {args.generate_url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000"
         )
-    if args.lora_dir is not None and os.path.exists(args.lora_dir) and not os.path.isdir(args.lora_dir):
-        raise UsageError(f"--lora-dir {args.lora_dir} exists and is not a directory", hint="name a directory")
+    if args.lora_dir is not None:
+        try:
+            os.makedirs(args.lora_dir, exist_ok=True)
+            writable = os.access(args.lora_dir, os.W_OK)
+        except OSError as e:
+            raise UsageError(
+                f"--lora-dir {args.lora_dir} cannot be used: {e.strerror}", hint="name a directory"
+            ) from None
+        if not writable:
+            raise UsageError(f"--lora-dir {args.lora_dir} is not writable", hint="name a directory this user can write")
     if args.application:
         _check_applications(args)
     run(config, host=args.host, port=args.port, workers=args.workers)
@@ -1049,7 +1057,7 @@ def cmd_serve(reg: Registry | None, args: argparse.Namespace) -> int:
 
 
 def _version_number(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a version number (1, 2, ...)")
     return int(text)
 

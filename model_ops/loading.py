@@ -16,11 +16,13 @@ columns are put in the signature's order.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,12 +197,12 @@ class LoadedModel:
             raise UsageError(f"{self.ref} has no predict_proba ({task})", hint="use predict()")
         return self.model.predict_proba(self.prepare(frame))
 
-    def render(self, **values: Any) -> str:
+    def render(self, /, **values: Any) -> str:
         """A prompt's template filled in (see :class:`model_ops.llm.prompts.Prompt`); refuses missing or unknown
         variables by name."""
         return self._prompt().render(**values)
 
-    def messages(self, **values: Any) -> list[dict[str, str]]:
+    def messages(self, /, **values: Any) -> list[dict[str, str]]:
         """A prompt as chat messages: system, few-shot examples, then the filled-in template."""
         return self._prompt().messages(**values)
 
@@ -306,27 +308,42 @@ def cached_dir(store: ArtifactStore, digest: str) -> Path:
     """An artifact's files in the local cache, as a directory, every file hashed against the manifest on this
     call in bounded memory (weights can be many GB); fetched (verified) from ``store`` first when the entry is
     missing or does not match. Safe with other processes loading the same artifact: an entry is put in place by
-    one rename, and only an entry found damaged is ever removed."""
+    one rename, and removing a damaged one and filling it again happen under a lock per entry."""
     entry = cache_dir() / check_digest(digest)
-    for _ in range(3):
-        found = _entry_intact(entry, digest)
-        if found:
-            return entry / _FILES
-        if found is not None:
-            _discard(entry, found)
-        _fill(entry, store, digest)
+    if _entry_intact(entry, digest) is True:
+        return entry / _FILES
+    try:
+        with _entry_lock(entry):
+            for _ in range(2):
+                found = _entry_intact(entry, digest)
+                if found is True:
+                    return entry / _FILES
+                if found is False:
+                    _discard(entry)
+                _fill(entry, store, digest)
+    except OSError as e:
+        raise UsageError(
+            f"the local model cache {cache_dir()} cannot be written: {e.strerror or e}",
+            hint=f"set {CACHE_ENV} to a writable directory with room for the model",
+        ) from None
     raise IntegrityError(
         f"the cached copy of artifact {digest[:12]} at {entry} does not match its digest right after it was written",
         hint=f"check the disk under {cache_dir()}",
     )
 
 
-def _entry_intact(entry: Path, digest: str) -> Any:
-    """True when every file of the entry matches; None when there is no entry; else the damaged entry's inode
-    (what :func:`_discard` may remove: not an entry another process put in its place since)."""
-    try:
-        inode = entry.stat().st_ino
-    except OSError:
+@contextmanager
+def _entry_lock(entry: Path) -> Iterator[None]:
+    """Held while a cache entry is removed or filled, by every process using this cache."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _entry_intact(entry: Path, digest: str) -> bool | None:
+    """True when every file of the entry matches, None when there is no entry, False when it is damaged."""
+    if not entry.exists():
         return None
     try:
         data = (entry / _MANIFEST).read_bytes()
@@ -338,19 +355,16 @@ def _entry_intact(entry: Path, digest: str) -> Any:
                 if path.stat().st_size != f.size or hashlib.file_digest(fh, "sha256").hexdigest() != f.sha256:
                     raise ValueError(f.path)
     except (OSError, ValueError, IntegrityError):
-        return inode
+        return False
     return True
 
 
-def _discard(entry: Path, inode: int) -> None:
-    """Move a damaged entry out of its name, then delete it; one that is no longer the entry found damaged (another
-    process replaced it) is left alone."""
+def _discard(entry: Path) -> None:
+    """Move a damaged entry out of its name, then delete it (called under :func:`_entry_lock`)."""
     aside = entry.parent / f".{entry.name}.{uuid.uuid4().hex[:8]}.bad"
     try:
-        if entry.stat().st_ino != inode:
-            return
         os.rename(entry, aside)
-    except OSError:
+    except FileNotFoundError:
         return
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -433,11 +447,16 @@ def cached_files(store: ArtifactStore, digest: str) -> tuple[Manifest, dict[str,
     found = _read_entry(entry, digest)
     if found is None:
         try:
-            _fill(entry, store, digest)
+            with _entry_lock(entry):
+                found = _read_entry(entry, digest)  # another process may have filled it meanwhile
+                if found is None:
+                    if entry.exists():
+                        _discard(entry)
+                    _fill(entry, store, digest)
+                    found = _read_entry(entry, digest)
         except OSError:
             manifest = store.manifest(digest)
             return manifest, {f.path: store.read_entry(f) for f in manifest.files}
-        found = _read_entry(entry, digest)
     if found is None:
         raise IntegrityError(
             f"the cached copy of artifact {digest[:12]} at {entry} does not match its digest "
@@ -448,11 +467,7 @@ def cached_files(store: ArtifactStore, digest: str) -> tuple[Manifest, dict[str,
 
 
 def _read_entry(entry: Path, digest: str) -> tuple[Manifest, dict[str, bytes]] | None:
-    """The entry's manifest and files when every byte matches; None otherwise (a damaged entry is removed)."""
-    try:
-        inode = entry.stat().st_ino
-    except OSError:
-        return None
+    """The entry's manifest and files when every byte matches; None otherwise (missing or damaged)."""
     try:
         data = (entry / _MANIFEST).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
@@ -465,7 +480,6 @@ def _read_entry(entry: Path, digest: str) -> tuple[Manifest, dict[str, bytes]] |
                 raise ValueError(f.path)
             files[f.path] = content
     except (OSError, ValueError, IntegrityError):
-        _discard(entry, inode)
         return None
     return manifest, files
 

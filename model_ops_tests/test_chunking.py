@@ -278,3 +278,46 @@ def test_a_failing_chunk_write_surfaces_as_itself_and_leaves_no_mapping_behind(
     monkeypatch.setattr(type(store.blobs), "put_chunk", real_put)
     stored = store.put(source)  # what the failure left is only unreferenced chunks
     assert store.read_file(stored.digest) == source.read_bytes()
+
+
+@pytest.mark.parametrize("step", [4096, 65_536, 1 << 20])
+def test_a_local_fetch_hashes_behind_the_copy_over_many_steps(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int
+) -> None:
+    monkeypatch.setattr(chunking, "HASH_STEP", step)  # the hasher wakes many times during the copy
+    source = checkpoint(tmp_path / "ckpt" / "model.safetensors", random_tensors(6, 300_000, seed=step))
+    stored = store.put(source)
+    out = store.fetch(stored.digest, tmp_path / f"fetched-{step}.safetensors")
+    assert out.read_bytes() == source.read_bytes()
+
+
+def test_a_failing_hasher_or_copy_surfaces_as_itself_and_publishes_nothing(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = checkpoint(tmp_path / "ckpt" / "model.safetensors", random_tensors(6, 300_000))
+    stored = store.put(source)
+    real_preadv = os.preadv
+
+    def failing_preadv(*args: object) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(chunking.os, "preadv", failing_preadv)
+    with pytest.raises(OSError, match="Input/output error"):
+        store.fetch(stored.digest, tmp_path / "a.safetensors")
+    monkeypatch.setattr(chunking.os, "preadv", real_preadv)
+    assert not (tmp_path / "a.safetensors").exists()
+
+    calls = {"n": 0}
+    real_copy_out = store.blobs.copy_out  # type: ignore[attr-defined]
+
+    def copy_then_fail(digest: str, size: int, out: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        real_copy_out(digest, size, out)
+
+    monkeypatch.setattr(store.blobs, "copy_out", copy_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        store.fetch(stored.digest, tmp_path / "b.safetensors")
+    assert not (tmp_path / "b.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "root"]  # no temporary left behind

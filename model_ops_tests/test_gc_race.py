@@ -14,7 +14,7 @@ from model_ops.registry import Registry, maintenance
 def weights(tmp_path: Path, name: str, content: bytes) -> Path:
     path = tmp_path / "files" / name
     path.mkdir(parents=True)
-    (path / "weights.bin").write_bytes(content)
+    (path / "weights.dat").write_bytes(content)
     (path / "config.json").write_text('{"layers": 2}')
     return path
 
@@ -37,7 +37,7 @@ def roots(
 def intact(reg: Registry, tmp_path: Path) -> None:
     assert maintenance.fsck(reg) == []
     out = reg.fetch("models:/m/2", tmp_path / "fetched")
-    assert (out / "weights.bin").read_bytes() == b"second" * 1000
+    assert (out / "weights.dat").read_bytes() == b"second" * 1000
 
 
 @pytest.mark.slow

@@ -256,6 +256,11 @@ def test_an_application_is_served_with_every_version_named_and_follows_an_adapte
             assert reply["choices"][0]["message"]["content"].startswith("[support_lora-v1] Customer Ada")
             assert reply["model_ops"]["versions"]["prompt"]["version"] == 1
             assert seen[-1]["max_tokens"] == 50 and seen[-1]["temperature"] == 0.2  # the caller's, then the prompt's
+            asked = len(seen)
+            for refused in ({"stream": True}, {"n": 1000}, {"max_tokens": 10**400}, {"logit_bias": {"1": 5}}):
+                r = c.post("/v1/applications/support_app/chat/completions", json={"variables": variables, **refused})
+                assert r.status_code == 400, (refused, r.text)
+            assert len(seen) == asked  # refused before the backend was asked
 
             # an adapter switch is an alias move, followed without a restart
             reg.set_alias("support_lora", "live", 3, reason="retrained adapter")
@@ -386,12 +391,20 @@ def test_adapters_are_placed_once_under_a_lock_and_placed_again_when_removed(reg
         except BaseException as e:  # noqa: BLE001 (collected for the assertion)
             errors.append(e)
 
+    fetched: list[str] = []
+    real_fetch = reg.artifacts.fetch
+
+    def counted_fetch(digest: str, dest: Any) -> Any:
+        fetched.append(digest)
+        return real_fetch(digest, dest)
+
+    reg.artifacts.fetch = counted_fetch  # type: ignore[method-assign]
     threads = [threading.Thread(target=place, args=(s,)) for s in servers]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    assert errors == [] and fetched == [lora.digest]  # four servers, one fetch: the others found it placed
     placed = lora_dir / "support_lora-v1"
     expected = (tmp_path / "l1" / "adapter_model.safetensors").read_bytes()
     assert (placed / "adapter_model.safetensors").read_bytes() == expected
@@ -399,7 +412,23 @@ def test_adapters_are_placed_once_under_a_lock_and_placed_again_when_removed(reg
     (placed / "adapter_model.safetensors").chmod(0o644)
     (placed / "adapter_model.safetensors").write_bytes(b"damaged")
     Applications(lambda: reg, [], lora_dir=lora_dir)._place_adapter(reg, lora)  # a new server checks what it finds
-    assert (placed / "adapter_model.safetensors").read_bytes() == expected
+    assert (placed / "adapter_model.safetensors").read_bytes() == expected and len(fetched) == 2
+
+    # a directory removed under a running server is placed again at its next poll, though the registry did not move
+    reg.register(
+        "support_app", app_file(tmp_path, "adapter: models:/support_lora/1\nprompt: prompts:/support_reply/1\n")
+    )
+    reg.transition("models:/support_app/1", "staging", reason="reviewed")
+    deploy(str(tmp_path / "root"), "support_app", "deploy", "--version", "1")
+    server = Applications(lambda: reg, ["support_app"], lora_dir=lora_dir)
+    server.refresh()
+    assert server.ready and len(fetched) == 2  # what is there was checked, not fetched again
+    assert server.refresh() is False and len(fetched) == 2  # nothing moved: nothing read
+    import shutil
+
+    shutil.rmtree(placed)
+    server.refresh()
+    assert (placed / "adapter_model.safetensors").read_bytes() == expected and len(fetched) == 3
 
 
 def test_the_application_server_refuses_bad_input(
@@ -418,7 +447,7 @@ def test_the_application_server_refuses_bad_input(
         (["serve", "--application", "../x"], "invalid model name"),
         (
             ["serve", "--application", "team/app", "--lora-dir", str(tmp_path / "a0" / "support.application.yaml")],
-            "is not a directory",
+            "cannot be used",
         ),
         (["deploy", "team/app", "promote", "--version", "0"], "is not a version number"),
     ):
@@ -436,10 +465,15 @@ def test_the_application_server_refuses_bad_input(
         assert c.get("/v1/applications/team/app").json()["manifest"]["production"] == 1
         no_backend = c.post("/v1/applications/team/app/chat/completions", json={"variables": variables})
         assert no_backend.status_code == 501 and "--generate-url" in no_backend.json()["error"]
+        huge = c.post("/v1/applications/team/app/prompt", content=b'{"variables": {}, "key": ' + b"9" * 5000 + b"}")
+        assert huge.status_code == 400 and "cannot be read" in huge.json()["error"]
+        named_self = c.post("/v1/applications/team/app/prompt", json={"variables": {**variables, "self": 1}})
+        assert named_self.status_code == 400 and "unknown self" in named_self.json()["error"]
         for body, status, message in (
             ({"variables": variables, "extra": 1}, 400, "unknown field(s) extra"),
             ({"variables": "Ada"}, 400, "'variables' must be an object"),
             ({"variables": variables, "messages": []}, 400, "come from the application"),
+            ({"variables": variables, "max_tokens": 10**400}, 400, "unknown field(s) max_tokens"),
             (
                 {"variables": {**variables, "coupon": 1}},
                 400,
@@ -467,17 +501,23 @@ def test_the_application_server_refuses_bad_input(
             generation_fields(fields)
 
 
-def test_loads_racing_on_an_empty_cache_all_get_an_intact_directory(reg: Registry, tmp_path: Path) -> None:
-    from model_ops.loading import cached_dir
+def test_loads_racing_on_an_empty_or_damaged_cache_all_get_an_intact_directory(reg: Registry, tmp_path: Path) -> None:
+    import shutil
+
+    from model_ops.loading import cache_dir, cached_dir
 
     mv = reg.register("tiny_base", base_dir(tmp_path / "b"))
-    for _attempt in range(5):
+    entry = cache_dir() / mv.digest
+    for attempt in range(12):
+        if attempt % 2:  # a damaged entry every other time: each loader must see it replaced once, not twice
+            (entry / "files").mkdir(parents=True)
+            (entry / "manifest.json").write_bytes(b"damaged")
         found: list[Any] = []
 
         def one() -> None:
             try:
                 path = cached_dir(reg.artifacts, mv.digest)
-                found.append(sorted(p.name for p in path.iterdir()))
+                found.append(sorted(p.name for p in path.iterdir()))  # still there after every other loader ran
             except BaseException as e:  # noqa: BLE001 (collected for the assertion)
                 found.append(e)
 
@@ -487,8 +527,6 @@ def test_loads_racing_on_an_empty_cache_all_get_an_intact_directory(reg: Registr
         for t in threads:
             t.join()
         assert all(isinstance(f, list) and "config.json" in f for f in found), found
-        import shutil
-
-        from model_ops.loading import cache_dir
-
-        shutil.rmtree(cache_dir())
+        assert (entry / "files" / "config.json").is_file()
+        assert not [p for p in entry.parent.iterdir() if p.name.endswith((".bad", ".part"))]
+        shutil.rmtree(entry)

@@ -210,7 +210,15 @@ def _copy_and_hash(blobs: LocalBlobStore, entry: FileEntry, tmp: Path, progress:
     moved = threading.Condition()
     written, finished = 0, False
 
+    failed: list[BaseException] = []
+
     def hash_behind() -> None:
+        try:
+            follow()
+        except BaseException as e:  # surfaced by the caller after the copy, as itself
+            failed.append(e)
+
+    def follow() -> None:
         buffer = bytearray(HASH_STEP)
         view = memoryview(buffer)
         hashed = 0
@@ -247,6 +255,8 @@ def _copy_and_hash(blobs: LocalBlobStore, entry: FileEntry, tmp: Path, progress:
                 finished = True
                 moved.notify()
             hasher.join()
+    if failed:
+        raise failed[0]
     return whole.hexdigest()
 
 

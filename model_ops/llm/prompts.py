@@ -82,11 +82,11 @@ class Prompt(BaseModel):
                 hint="remove them from variables:, or use them in the template",
             )
 
-    def render(self, **values: Any) -> str:
+    def render(self, /, **values: Any) -> str:
         """The template filled in. Refuses a missing or an unknown variable by name."""
         return self._fill(self.template, values)
 
-    def messages(self, **values: Any) -> list[dict[str, str]]:
+    def messages(self, /, **values: Any) -> list[dict[str, str]]:
         """Chat messages: the system prompt, the few-shot examples as user/assistant turns, then the template."""
         out = []
         if self.system:

@@ -59,24 +59,6 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
         ) from None
 
 
-def pickled(path: Path) -> bool:
-    """Whether a file holds a pickle, by its bytes rather than its name: a pickle stream (protocol 2 to 5) or the zip
-    archive ``torch.save`` writes around one (``*/data.pkl``). A ``.bin`` of raw numbers is not."""
-    import zipfile
-
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-        if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-            return True
-        if head == b"PK\x03\x04":
-            with zipfile.ZipFile(path) as z:
-                return any(n.endswith("data.pkl") for n in z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return False
-
-
 def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         if path.stat().st_size > _MAX_CONFIG_BYTES:

@@ -31,7 +31,7 @@ from model_ops.llm.application import Application
 from model_ops.llm.layout import ADAPTER, APPLICATION, BASE_MODEL, PROMPT, RETRIEVAL
 from model_ops.llm.prompts import Prompt
 from model_ops.llm.retrieval import Retrieval
-from model_ops.llm.weights import BaseModel, pickled
+from model_ops.llm.weights import BaseModel
 
 if TYPE_CHECKING:
     from model_ops.registry.registry import Registry
@@ -65,7 +65,7 @@ def prepare(registry: Registry, path: Any, flavor: str | None, base: str | None)
         read = {PROMPT: _prompt, RETRIEVAL: _retrieval, APPLICATION: _application}[flavor]
         return read(registry, sources[0][1])
     if flavor == FLAVOR_FILES and kind == "directory" and layout.CONFIG_FILE in names:
-        pickles = [n for n in layout.pickle_files(names) if "/" not in n and pickled(Path(path) / n)]
+        pickles = layout.pickle_files(names)  # by name, as in base models: what a loader would unpickle
         if pickles and not registry.policy.allow_pickle_weights:  # a model directory whose weights are pickles
             raise PolicyError(
                 f"{path} holds weights in a format that runs code when loaded: {', '.join(pickles[:5])}",

@@ -344,7 +344,7 @@ GENERATION_FIELDS: dict[str, tuple[type | tuple[type, ...], float | None, float 
     "top_p": ((int, float), 0, 1),
     "presence_penalty": ((int, float), -2, 2),
     "frequency_penalty": ((int, float), -2, 2),
-    "seed": (int, None, None),
+    "seed": (int, 0, 2**63 - 1),
     "n": (int, 1, 8),
     "stop": ((str, list), None, None),
     "user": (str, None, None),
@@ -369,7 +369,9 @@ def generation_fields(extra: dict[str, Any]) -> dict[str, Any]:
                 expected = "text or a list of at most 4 texts"
             raise RequestError(f"'{key}' must be {expected}, not {value!r}")
         if isinstance(value, (int, float)) and not (
-            math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
+            (not isinstance(value, float) or math.isfinite(value))
+            and (low is None or value >= low)
+            and (high is None or value <= high)
         ):
             raise RequestError(f"'{key}' must be from {low} to {high}, not {value!r}")
         if key == "stop" and isinstance(value, list) and (len(value) > 4 or not all(isinstance(v, str) for v in value)):

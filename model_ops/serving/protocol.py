@@ -39,6 +39,8 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise RequestError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise RequestError(f"the JSON document cannot be read: {exc}") from None
 
 
 def _flatten(data: Any, where: str) -> list[Any]:
