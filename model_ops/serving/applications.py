@@ -43,6 +43,8 @@ from model_ops.ops import deployment as dep
 from model_ops.ops import routing
 from model_ops.ops.deployment import Manifest
 from model_ops.registry import Registry
+from model_ops.serving import fleet
+from model_ops.serving.follower import Follower
 from model_ops.serving.scoring import RequestError
 from model_ops.vocab import Arm
 
@@ -100,8 +102,11 @@ class Withdrawn(NotFoundError):
     stops answering, rather than answering with what it no longer deploys."""
 
 
-class Applications:
+class Applications(Follower):
     """The slot of every served application, and the follower that resolves them again when the registry moves."""
+
+    thread_name = "model-ops-serve-applications"
+    failure = "resolving applications failed"
 
     def __init__(
         self,
@@ -111,9 +116,9 @@ class Applications:
         poll_seconds: float = 0.2,
         lora_dir: str | Path | None = None,
     ) -> None:
+        super().__init__(poll_seconds)
         self._open = open_registry
         self.names = list(names)
-        self.poll_seconds = poll_seconds
         self.lora_dir = Path(lora_dir) if lora_dir else None
         self.slots: dict[str, AppSlot] = {}  # replaced, never mutated: a request reads it once
         self.problems: dict[str, str] = {}  # per application: why it does not answer, or answers with an older slot
@@ -123,9 +128,7 @@ class Applications:
         self._reg: Registry | None = None
         self._seen = -2
         self._retry_at = 0.0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one refresh at a time (the follower thread, or a caller)
 
     @property
     def ready(self) -> bool:
@@ -140,30 +143,13 @@ class Applications:
             "reloads": self.reloads,
         }
 
-    def start(self) -> None:
-        self.refresh()
-        self._thread = threading.Thread(target=self._follow, name="model-ops-serve-applications", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _follow(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.refresh()
-            except Exception:  # a bug in one refresh must not end the following; the slots in force keep serving
-                log.exception("model_ops serve: resolving applications failed")
-
     def refresh(self) -> bool:
         """One poll: True when some application now answers differently. One probe when the log did not move."""
         with self._lock:
             try:
                 if self._reg is None:
                     self._reg = self._open()
-                version = self._reg.log_version()
+                version = fleet.registry_log_version(self._reg)  # the model slots' probe (and its test seam)
             except Exception as exc:
                 self.registry_problem = f"cannot read the registry: {str(exc).splitlines()[0] if str(exc) else exc}"
                 return False

@@ -35,6 +35,7 @@ from model_ops.ops import experiments as exps
 from model_ops.ops.deployment import Manifest
 from model_ops.registry import Registry
 from model_ops.serving.abtest import LiveExperiment
+from model_ops.serving.follower import Follower
 from model_ops.serving.scoring import Version
 from model_ops.specs.schema import ModelSpec
 from model_ops.vocab import Arm
@@ -123,7 +124,7 @@ def registry_log_version(reg: Registry) -> int:
     return reg.log_version()
 
 
-class Fleet:
+class Fleet(Follower):
     """The slot of every served model, and the follower that rebuilds them when the registry moves.
 
     ``names``: the models to serve (None: every declared model with a production version, followed as models come
@@ -141,10 +142,10 @@ class Fleet:
         standby: bool = True,
         on_swap: Callable[[str, Slot | None, Slot], None] | None = None,
     ) -> None:
+        super().__init__(poll_seconds)
         self._open = open_registry
         self.specs = dict(specs)
         self.names = list(names) if names else None
-        self.poll_seconds = poll_seconds
         self.drain_seconds = drain_seconds
         self.standby = standby
         self.on_swap = on_swap
@@ -163,8 +164,6 @@ class Fleet:
         self._standbys: dict[str, int] = {}
         self._experiments: dict[tuple[str, int], LiveExperiment] = {}  # by (model, start record's seq)
         self._lock = threading.Lock()  # one refresh at a time (the follower thread, or a caller)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -192,24 +191,6 @@ class Fleet:
         }
 
     # ------------------------------------------------------------------------------------------------ follower
-
-    def start(self) -> None:
-        """Build the first slots (as far as the registry allows), then follow the registry in a daemon thread."""
-        self.refresh()
-        self._thread = threading.Thread(target=self._follow, name="model-ops-serve-follower", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _follow(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.refresh()
-            except Exception:  # a bug in a refresh must not end the following; the slots in force keep serving
-                log.exception("model_ops serve: refreshing from the registry failed")
 
     def refresh(self) -> bool:
         """One poll: True when some slot changed. Cheap when the log did not move (one probe)."""
