@@ -73,17 +73,9 @@ def load(
         return LoadedModel(weights(reg, mv, base), mv)
     if mv.flavor == APPLICATION:
         return LoadedModel(answering(reg, mv), mv)
+    if mv.flavor in (PROMPT, RETRIEVAL):
+        return LoadedModel(_yaml_artifact(reg, mv), mv)
     manifest, files = cached_files(reg.artifacts, mv.digest)
-    if manifest.flavor == PROMPT:
-        from model_ops.llm.prompts import Prompt
-
-        ((name, data),) = files.items()
-        return LoadedModel(Prompt.parse(data, f"{mv.ref} ({name})"), mv)
-    if manifest.flavor == RETRIEVAL:
-        from model_ops.llm.retrieval import Retrieval
-
-        ((name, data),) = files.items()
-        return LoadedModel(Retrieval.parse(data, f"{mv.ref} ({name})"), mv)
     from model_ops.ml import flavors
 
     model = flavors.load(files, trusted=tuple(trusted), flavor=manifest.flavor, what=mv.ref)
@@ -268,26 +260,26 @@ def answering(reg: Registry, mv: ModelVersion) -> Answering:
     """The application version ``mv`` with its parts resolved now: pinned ones as recorded, ones that follow an
     alias or stage wherever it points (checked against the others again, so an alias moved to an adapter for
     another architecture is refused here, not served)."""
-    from model_ops.llm.application import Application
-    from model_ops.llm.prompts import Prompt
-    from model_ops.llm.retrieval import Retrieval
     from model_ops.registry import relations
 
-    _, files = cached_files(reg.artifacts, mv.digest)
-    ((name, data),) = files.items()
-    app = Application.parse(data, f"{mv.ref} ({name})")
-    parts = relations.resolve_parts(reg, app, mv.ref, mv.lineage.get("application"))
+    parts = relations.resolve_parts(reg, _yaml_artifact(reg, mv), mv.ref, mv.lineage.get("application"))
     for part in parts.values():
         reg.verify_signature(part)
-    prompt_mv = parts["prompt"]
-    _, prompt_files = cached_files(reg.artifacts, prompt_mv.digest)
-    ((pname, pdata),) = prompt_files.items()
-    retrieval = None
-    if "retrieval" in parts:
-        _, rfiles = cached_files(reg.artifacts, parts["retrieval"].digest)
-        ((rname, rdata),) = rfiles.items()
-        retrieval = Retrieval.parse(rdata, f"{parts['retrieval'].ref} ({rname})")
-    return Answering(mv, parts, Prompt.parse(pdata, f"{prompt_mv.ref} ({pname})"), retrieval)
+    retrieval = _yaml_artifact(reg, parts["retrieval"]) if "retrieval" in parts else None
+    return Answering(mv, parts, _yaml_artifact(reg, parts["prompt"]), retrieval)
+
+
+def _yaml_artifact(reg: Registry, mv: ModelVersion) -> Any:
+    """A prompt, retrieval configuration or application version's one YAML file, verified, parsed by its flavor."""
+    from model_ops.llm.application import Application
+    from model_ops.llm.layout import APPLICATION, PROMPT
+    from model_ops.llm.prompts import Prompt
+    from model_ops.llm.retrieval import Retrieval
+
+    kind: Any = {PROMPT: Prompt, APPLICATION: Application}.get(mv.flavor, Retrieval)
+    _, files = cached_files(reg.artifacts, mv.digest)
+    ((name, data),) = files.items()
+    return kind.parse(data, f"{mv.ref} ({name})")
 
 
 def weights(reg: Registry, mv: ModelVersion, base: str | None = None) -> Weights:

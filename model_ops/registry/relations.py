@@ -218,8 +218,13 @@ def part(mv: Any, ref: str | None) -> dict[str, Any]:
         "follows": _follows(ref) if ref else None,
     }
     if mv.flavor == PROMPT:
-        recorded["variables"] = sorted((mv.record.get("lineage") or {}).get("prompt", {}).get("variables") or [])
+        recorded["variables"] = _variables(mv)
     return recorded
+
+
+def _variables(prompt_mv: Any) -> list[str]:
+    """The variables a prompt version takes, as its lineage recorded them, sorted."""
+    return sorted(((prompt_mv.record.get("lineage") or {}).get("prompt") or {}).get("variables") or [])
 
 
 def _still_fits(role: str, mv: Any, recorded: dict[str, Any], what: str) -> None:
@@ -230,7 +235,7 @@ def _still_fits(role: str, mv: Any, recorded: dict[str, Any], what: str) -> None
     if mv.version == recorded.get("version"):
         return
     if role == "prompt" and recorded.get("variables") is not None:
-        now = sorted((mv.record.get("lineage") or {}).get("prompt", {}).get("variables") or [])
+        now = _variables(mv)
         if now != recorded["variables"]:
             raise PolicyError(
                 f"{what}: its prompt {recorded.get('ref')} now resolves to {mv.ref}, which takes "
