@@ -33,6 +33,7 @@ import pandas as pd
 from model_ops.artifacts import ArtifactStore
 from model_ops.artifacts.blobstore import check_digest
 from model_ops.artifacts.manifest import Manifest
+from model_ops.artifacts.store import directory_holds
 from model_ops.errors import IntegrityError, UsageError
 from model_ops.location import Location
 from model_ops.registry import Ref, Registry
@@ -340,15 +341,10 @@ def _entry_intact(entry: Path, digest: str) -> bool | None:
     try:
         data = (entry / _MANIFEST).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
-            raise ValueError("manifest")
-        for f in Manifest.from_bytes(data, digest).files:
-            path = entry / _FILES / f.path
-            with path.open("rb") as fh:
-                if path.stat().st_size != f.size or hashlib.file_digest(fh, "sha256").hexdigest() != f.sha256:
-                    raise ValueError(f.path)
-    except (OSError, ValueError, IntegrityError):
+            return False
+        return directory_holds(Manifest.from_bytes(data, digest), entry / _FILES)
+    except (OSError, IntegrityError):
         return False
-    return True
 
 
 def _discard(entry: Path) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_ops.artifacts import chunking
-from model_ops.artifacts.blobstore import Blob, BlobStore, open_blobstore
+from model_ops.artifacts.blobstore import Blob, BlobStore, hash_file, open_blobstore
 from model_ops.artifacts.manifest import FileEntry, Manifest, guess_flavor, list_source_files
 from model_ops.artifacts.progress import Progress
 from model_ops.errors import IntegrityError, NotFoundError, UsageError
@@ -172,6 +172,19 @@ class ArtifactStore:
     def materialize_to_tempdir(self, digest: str) -> tuple[Path, tempfile.TemporaryDirectory]:
         tmp = tempfile.TemporaryDirectory(prefix="model_ops_fetch_")
         return self.fetch(digest, Path(tmp.name) / "artifact"), tmp
+
+
+def directory_holds(manifest: Manifest, directory: Path, *, nothing_else: bool = False) -> bool:
+    """Whether ``directory`` holds every file of ``manifest`` with its exact bytes (each hashed, in bounded memory);
+    with ``nothing_else``, and no other file. A copy fetched earlier is checked this way before it is used again."""
+    try:
+        if nothing_else:
+            present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+            if present != {f.path for f in manifest.files}:
+                return False
+        return all(hash_file(directory / f.path) == (f.sha256, f.size) for f in manifest.files)
+    except OSError:
+        return False
 
 
 def _pick(manifest: Manifest, name: str | None, digest: str) -> FileEntry:

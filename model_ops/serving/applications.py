@@ -36,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+from model_ops.artifacts.store import directory_holds
 from model_ops.errors import ModelOpsError, NotFoundError, UsageError
 from model_ops.llm.layout import APPLICATION
 from model_ops.loading import Answering, answering
@@ -248,20 +249,11 @@ class Applications(Follower):
 
 
 def _holds(reg: Registry, digest: str, directory: Path) -> bool:
-    import hashlib
-
     try:
-        files = reg.artifacts.manifest(digest).files
-        present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
-        if present != {f.path for f in files}:
-            return False
-        for f in files:
-            with (directory / f.path).open("rb") as fh:
-                if hashlib.file_digest(fh, "sha256").hexdigest() != f.sha256:
-                    return False
-    except (OSError, ModelOpsError):
+        manifest = reg.artifacts.manifest(digest)
+    except ModelOpsError:
         return False
-    return True
+    return directory_holds(manifest, directory, nothing_else=True)
 
 
 def _summary(slot: AppSlot) -> str:
