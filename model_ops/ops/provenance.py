@@ -313,8 +313,9 @@ def built_on(reg: Registry, mv: Any) -> list[dict[str, Any]]:
     def links(current: Any) -> list[tuple[str, dict[str, Any]]]:
         parts = current.lineage.get("application")
         if isinstance(parts, dict):
-            order = ("base_model", "adapter", "prompt", "retrieval")  # model_ops.llm.application.ROLES
-            return [(f"uses {r.replace('_', ' ')}", parts[r]) for r in order if isinstance(parts.get(r), dict)]
+            from model_ops.llm.application import ROLES
+
+            return [(f"uses {r.replace('_', ' ')}", parts[r]) for r in ROLES if isinstance(parts.get(r), dict)]
         return [(rel, current.lineage[key]) for key, rel in _BUILT_ON if isinstance(current.lineage.get(key), dict)][:1]
 
     def walk(current: Any, depth: int) -> None:

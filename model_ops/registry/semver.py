@@ -74,23 +74,13 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
             return "major", f"{what} {_base(pl, key)} → {_base(nl, key)}"
     pp, np_ = pl.get("prompt") or {}, nl.get("prompt") or {}
     if (pp or np_) and pp.get("variables") != np_.get("variables"):
-        before, after = set(pp.get("variables") or []), set(np_.get("variables") or [])
-        detail = [f"added {', '.join(sorted(after - before))}"] if after - before else []
-        detail += [f"removed {', '.join(sorted(before - after))}"] if before - after else []
-        return "major", "prompt variables changed (" + "; ".join(detail) + ")"
+        return "major", f"prompt variables changed ({_added_removed(pp.get('variables'), np_.get('variables'))})"
     psig, nsig = parent.get("signature") or {}, new.get("signature") or {}
     if psig or nsig:
         if _inputs(psig) != _inputs(nsig):
             before = {n for n, _ in (_inputs(psig) or [])} if isinstance(_inputs(psig), list) else set()
             after = {n for n, _ in (_inputs(nsig) or [])} if isinstance(_inputs(nsig), list) else set()
-            detail = []
-            if after - before:
-                detail.append("added " + ", ".join(sorted(after - before)))
-            if before - after:
-                detail.append("removed " + ", ".join(sorted(before - after)))
-            if not detail:
-                detail.append("feature dtypes changed")
-            return "major", "input signature changed (" + "; ".join(detail) + ")"
+            return "major", f"input signature changed ({_added_removed(before, after) or 'feature dtypes changed'})"
         if outputs_key(psig.get("outputs")) != outputs_key(nsig.get("outputs")):
             return "major", "output signature changed (task or classes)"
     reasons = []
@@ -127,19 +117,13 @@ def classify(parent: dict | None, new: dict) -> tuple[str, str]:
 def _application(before: dict, after: dict) -> tuple[str, str]:
     """An application's bump: MAJOR when its parts or its base model change, MINOR when the adapter, prompt or
     retrieval configuration it uses is another version, PATCH when only how a part is referenced changed."""
-    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
-    if added or removed:
-        detail = ([f"added {', '.join(added)}"] if added else []) + (
-            [f"removed {', '.join(removed)}"] if removed else []
-        )
-        return "major", "application parts changed (" + "; ".join(detail) + ")"
+    if set(after) != set(before):
+        return "major", f"application parts changed ({_added_removed(before, after)})"
     if _base(before) != _base(after):
         return "major", f"base model {_base(before)} → {_base(after)}"
     vb, va = (before.get("prompt") or {}).get("variables"), (after.get("prompt") or {}).get("variables")
     if vb is not None and va is not None and set(vb) != set(va):
-        detail = [f"added {', '.join(sorted(set(va) - set(vb)))}"] if set(va) - set(vb) else []
-        detail += [f"removed {', '.join(sorted(set(vb) - set(va)))}"] if set(vb) - set(va) else []
-        return "major", "prompt variables changed (" + "; ".join(detail) + ")"
+        return "major", f"prompt variables changed ({_added_removed(vb, va)})"
     moved = [
         f"{role.replace('_', ' ')} {_base(before, role)} → {_base(after, role)}"
         for role in after
@@ -148,6 +132,14 @@ def _application(before: dict, after: dict) -> tuple[str, str]:
     if moved:
         return "minor", "; ".join(moved)
     return "patch", "the same part versions, referenced differently (pinned or following an alias)"
+
+
+def _added_removed(before: Any, after: Any) -> str:
+    """``added a, b; removed c`` between two collections of names ("" when they hold the same names)."""
+    was, now = set(before or ()), set(after or ())
+    detail = [f"added {', '.join(sorted(now - was))}"] if now - was else []
+    detail += [f"removed {', '.join(sorted(was - now))}"] if was - now else []
+    return "; ".join(detail)
 
 
 def _base(lineage: dict, key: str = "base_model") -> str:
