@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_ops import __version__
 from model_ops.errors import ModelOpsError, UsageError
-from model_ops.vocab import DriftStatus
+from model_ops.vocab import DeployAction, DriftStatus
 
 if TYPE_CHECKING:  # the registry (Delta, boto3) is imported when a command needs it: `drift` does not
     from model_ops.registry import Registry
@@ -1214,7 +1214,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         run_id=True,
     )
     sp.add_argument("name")
-    sp.add_argument("action", choices=("deploy", "advance", "promote", "rollback", "rollback_production"))
+    shadows = (DeployAction.SHADOW_ON, DeployAction.SHADOW_OFF)  # an application runs no shadow
+    sp.add_argument("action", choices=[a.value for a in DeployAction if a not in shadows])
     sp.add_argument(
         "--version",
         "--to",

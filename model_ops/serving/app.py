@@ -51,6 +51,7 @@ from starlette.routing import Route
 from model_ops import __version__
 from model_ops.data.partitions import Partitioning
 from model_ops.errors import UsageError
+from model_ops.llm.application import ROLES
 from model_ops.location import Location, resolve_root
 from model_ops.ops import routing
 from model_ops.registry import Registry
@@ -804,7 +805,7 @@ class Server:
             "X-Model-Semver": versions["application"]["semver"],
             "X-Model-Arm": doc["arm"],
         }
-        for role in ("base_model", "adapter", "prompt", "retrieval"):
+        for role in ROLES:
             if role in versions:
                 headers[f"X-Model-Ops-{role.replace('_', '-').title()}"] = (
                     f"{versions[role]['name']}/{versions[role]['version']}"
@@ -836,8 +837,8 @@ class Server:
                     "or POST to /v1/applications/NAME/prompt for the rendered request",
                 )
             doc, rest = await self._rendered(request)
-            llm_apps.generation_fields(rest)  # refused before the backend is asked
-            reply = await run_in_threadpool(llm_apps.generate, backend, doc, rest)
+            fields = llm_apps.generation_fields(rest)  # refused before the backend is asked
+            reply = await run_in_threadpool(llm_apps.generate, backend, doc, fields)
         except RequestError as exc:
             return _error(OIP, exc)
         meta = {k: doc[k] for k in ("application", "arm", "versions", "served_model")}

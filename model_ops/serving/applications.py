@@ -357,12 +357,13 @@ def generation_fields(extra: dict[str, Any]) -> dict[str, Any]:
     return dict(extra)
 
 
-def generate(backend: str, rendered: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def generate(backend: str, rendered: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """The backend's chat completion for a rendered request: its messages under the served model's name, the
-    prompt's generation parameters under the caller's own. Raises RequestError (502) when the backend fails."""
+    prompt's generation parameters under the caller's own ``fields`` (checked by :func:`generation_fields`).
+    Raises RequestError (502) when the backend fails."""
     body = {
         **rendered["parameters"],
-        **generation_fields(extra),
+        **fields,
         "model": rendered["served_model"],
         "messages": rendered["messages"],
     }
